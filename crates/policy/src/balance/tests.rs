@@ -1,0 +1,277 @@
+use std::time::{Duration, Instant};
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::registry::{self, PolicyParams};
+
+pub(crate) fn cand(id: u64, node: usize, in_flight: u32, capacity: u32) -> Candidate {
+    Candidate { id, node, in_flight, capacity, service_time_ms: None }
+}
+
+/// node0, node1 (cloud, 0.5 ms apart) and node2 (edge, 50 ms from both).
+pub(crate) fn edge_cloud() -> RttMatrix {
+    let mut m = RttMatrix::new(3, 0.5, Duration::from_secs(30));
+    m.set_prior_symmetric(0, 2, 50.0);
+    m.set_prior_symmetric(1, 2, 50.0);
+    m
+}
+
+fn ctx(rtt: &RttMatrix, origin: usize, now: Instant) -> PickContext<'_> {
+    PickContext { origin, rtt, now, target_concurrency: 10.0, queued: 0 }
+}
+
+#[test]
+fn even_unlimited_concurrency_prefers_fewer_in_flight_of_two() {
+    let rtt = edge_cloud();
+    let mut b = EvenBalancer::new(1);
+    let cs = [cand(1, 0, 5, 0), cand(2, 1, 1, 0)];
+    for _ in 0..50 {
+        assert_eq!(b.pick(&ctx(&rtt, 2, Instant::now()), &cs), Some(1));
+    }
+    // With many candidates every one gets picked sometimes (random pairs), never the busiest.
+    let cs: Vec<_> = (0..6).map(|i| cand(i, 0, if i == 5 { 100 } else { 0 }, 0)).collect();
+    let mut seen = [0u32; 6];
+    for _ in 0..600 {
+        seen[b.pick(&ctx(&rtt, 0, Instant::now()), &cs).unwrap()] += 1;
+    }
+    assert!(seen[..5].iter().all(|&n| n > 50), "{seen:?}");
+    assert_eq!(seen[5], 0);
+}
+
+#[test]
+fn even_small_concurrency_takes_the_first_available() {
+    let rtt = edge_cloud();
+    let mut b = EvenBalancer::new(1);
+    let cs = [cand(1, 0, 2, 2), cand(2, 1, 1, 2), cand(3, 2, 0, 2)];
+    assert_eq!(b.pick(&ctx(&rtt, 2, Instant::now()), &cs), Some(1), "edge origin still gets node1");
+    let full = [cand(1, 0, 2, 2), cand(2, 1, 2, 2)];
+    assert_eq!(b.pick(&ctx(&rtt, 2, Instant::now()), &full), None);
+}
+
+#[test]
+fn even_large_concurrency_round_robins_skipping_full() {
+    let rtt = edge_cloud();
+    let mut b = EvenBalancer::new(1);
+    let cs = [cand(1, 0, 0, 10), cand(2, 1, 10, 10), cand(3, 2, 3, 10)];
+    let picks: Vec<_> = (0..4).map(|_| b.pick(&ctx(&rtt, 0, Instant::now()), &cs).unwrap()).collect();
+    assert_eq!(picks, [0, 2, 0, 2]);
+}
+
+#[test]
+fn faast_weights_are_inverse_response_times_and_sum_to_one() {
+    let rtt = edge_cloud();
+    let t0 = Instant::now();
+    let mut b = FaastBalancer::new(Duration::from_secs(2), 7);
+    let cs = [cand(1, 0, 0, 0), cand(2, 1, 0, 0), cand(3, 2, 0, 0)];
+    b.pick(&ctx(&rtt, 2, t0), &cs);
+    let w = b.weights(2).to_vec();
+    // r = (50, 50, 0.1 for the zero diagonal): weights ∝ (0.02, 0.02, 10).
+    let expected = [0.02 / 10.04, 0.02 / 10.04, 10.0 / 10.04];
+    for (a, e) in w.iter().zip(expected) {
+        assert!((a - e).abs() < 1e-12, "{w:?}");
+    }
+    for origin in 0..3 {
+        assert!((b.weights(origin).iter().sum::<f64>() - 1.0).abs() < 1e-12);
+    }
+}
+
+#[test]
+fn faast_recomputes_only_every_period_with_mean_processing_time() {
+    let rtt = edge_cloud();
+    let t0 = Instant::now();
+    let mut b = FaastBalancer::new(Duration::from_secs(2), 7);
+    let cs = [cand(1, 0, 0, 0), cand(3, 2, 0, 0)];
+    b.pick(&ctx(&rtt, 2, t0), &cs);
+    let before = b.weights(2).to_vec();
+    // The edge node turns slow: 100 ms per request.
+    for _ in 0..10 {
+        b.observe(&Completion {
+            id: 3,
+            node: 2,
+            origin: 2,
+            latency: Duration::from_millis(100),
+            service_time: Some(Duration::from_millis(100)),
+            reported_in_flight: None,
+            success: true,
+            now: t0,
+        });
+    }
+    b.pick(&ctx(&rtt, 2, t0 + Duration::from_millis(1999)), &cs);
+    assert_eq!(b.weights(2), &before[..], "stale until the period ends");
+    b.pick(&ctx(&rtt, 2, t0 + Duration::from_secs(2)), &cs);
+    let after = b.weights(2);
+    // r = (50 + 0, –, 0 + 100): node0 now gets 2/3.
+    assert!((after[0] - 2.0 / 3.0).abs() < 1e-9, "{after:?}");
+    assert_eq!(after[1], 0.0, "no instance on node1: masked");
+}
+
+#[test]
+fn faast_draws_nodes_by_weight_and_round_robins_inside() {
+    let mut rtt = RttMatrix::new(2, 10.0, Duration::from_secs(30));
+    rtt.set_prior(0, 0, 10.0);
+    let t0 = Instant::now();
+    let mut b = FaastBalancer::new(Duration::from_secs(2), 11);
+    // Both nodes at r = 10 ms: 50/50. Node 1 has two instances used alternately.
+    let cs = [cand(1, 0, 0, 0), cand(2, 1, 0, 0), cand(3, 1, 0, 0)];
+    let mut counts = [0u32; 3];
+    let mut on_node1 = Vec::new();
+    for _ in 0..2000 {
+        let i = b.pick(&ctx(&rtt, 0, t0), &cs).unwrap();
+        counts[i] += 1;
+        if i > 0 {
+            on_node1.push(i);
+        }
+    }
+    assert!((900..1100).contains(&counts[0]), "{counts:?}");
+    assert!(on_node1.windows(2).all(|w| w[0] != w[1]), "round-robin inside node 1");
+}
+
+#[test]
+fn faast_without_instances_keeps_traffic_local_and_falls_back_when_full() {
+    let rtt = edge_cloud();
+    let t0 = Instant::now();
+    let mut b = FaastBalancer::new(Duration::from_secs(2), 3);
+    assert_eq!(b.pick(&ctx(&rtt, 2, t0), &[]), None);
+    assert_eq!(b.weights(2), &[0.0, 0.0, 1.0]);
+    // Instances appear only on node 0 within the stale period: the fallback still finds them.
+    let cs = [cand(1, 0, 0, 5)];
+    assert_eq!(b.pick(&ctx(&rtt, 2, t0 + Duration::from_millis(10)), &cs), Some(0));
+}
+
+#[test]
+fn ert_stays_local_at_low_load() {
+    let rtt = edge_cloud();
+    let mut b = ErtBalancer::new(ErtParams::default());
+    let cs = [cand(1, 0, 0, 0), cand(2, 1, 0, 0), cand(3, 2, 4, 0), cand(4, 2, 3, 0)];
+    for _ in 0..10 {
+        let i = b.pick(&ctx(&rtt, 2, Instant::now()), &cs).unwrap();
+        assert_eq!(cs[i].node, 2);
+    }
+    assert_eq!(b.pick(&ctx(&rtt, 2, Instant::now()), &cs), Some(3), "fewer in flight wins a tie");
+}
+
+#[test]
+fn ert_rotates_between_equal_instances() {
+    let rtt = edge_cloud();
+    let mut b = ErtBalancer::new(ErtParams::default());
+    let cs = [cand(1, 2, 0, 0), cand(2, 2, 0, 0), cand(3, 2, 0, 0)];
+    let picks: Vec<_> = (0..6).map(|_| b.pick(&ctx(&rtt, 2, Instant::now()), &cs).unwrap()).collect();
+    assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
+}
+
+#[test]
+fn ert_waits_for_a_local_slot_while_the_queue_is_short_and_spills_when_it_is_long() {
+    let rtt = edge_cloud();
+    let t0 = Instant::now();
+    let mut b = ErtBalancer::new(ErtParams::default());
+    // Local instance full (cc 10), processing 4 ms; a cloud instance with room 50 ms away.
+    let mut local = cand(1, 2, 10, 10);
+    local.service_time_ms = Some(4.0);
+    let mut cloud = cand(2, 0, 0, 10);
+    cloud.service_time_ms = Some(4.0);
+    let cs = [local, cloud];
+    let mut c = ctx(&rtt, 2, t0);
+    c.queued = 5;
+    assert_eq!(b.pick(&c, &cs), None, "6 × 4 ms / 10 slots = 2.4 ms wait beats 50 ms");
+    c.queued = 200;
+    assert_eq!(b.pick(&c, &cs), Some(1), "201 × 0.4 ms = 80 ms wait: go to the cloud");
+}
+
+#[test]
+fn ert_spills_when_unlimited_instances_are_overloaded() {
+    let rtt = edge_cloud();
+    let mut b = ErtBalancer::new(ErtParams::default());
+    let mut local = cand(1, 2, 9, 0);
+    local.service_time_ms = Some(5.0);
+    let mut cloud = cand(2, 0, 0, 0);
+    cloud.service_time_ms = Some(5.0);
+    // target 10: 9 in flight → 5 ms; local wins.
+    assert_eq!(b.pick(&ctx(&rtt, 2, Instant::now()), &[local, cloud]), Some(0));
+    // 150 in flight: 5 × 151/10 = 75.5 ms > 55 ms in the cloud.
+    local.in_flight = 150;
+    assert_eq!(b.pick(&ctx(&rtt, 2, Instant::now()), &[local, cloud]), Some(1));
+}
+
+#[test]
+fn ert_learns_node_processing_times_from_feedback() {
+    let rtt = RttMatrix::new(2, 10.0, Duration::from_secs(30));
+    let t0 = Instant::now();
+    let mut b = ErtBalancer::new(ErtParams::default());
+    let cs = [cand(1, 0, 0, 0), cand(2, 1, 0, 0)];
+    // Origin 0 is local to node 0 (rtt 0), but node 0 takes 40 ms per request; node 1 takes 1 ms.
+    for (node, ms) in [(0, 40), (1, 1)] {
+        b.observe(&Completion {
+            id: node as u64 + 1,
+            node,
+            origin: 0,
+            latency: Duration::from_millis(ms),
+            service_time: None,
+            reported_in_flight: None,
+            success: true,
+            now: t0,
+        });
+    }
+    assert_eq!(b.pick(&ctx(&rtt, 0, t0), &cs), Some(1), "10 + 1 ms beats 0 + 40 ms");
+}
+
+fn arb_candidates() -> impl Strategy<Value = (Vec<Candidate>, usize, u32)> {
+    (prop::sample::select(vec![0u32, 1, 2, 3, 4, 10]), 1usize..24, 0usize..3, 0u32..50).prop_flat_map(
+        |(capacity, n, origin, queued)| {
+            let one = (0usize..3, 0u32..14, prop::option::of(0.5f64..80.0)).prop_map(
+                move |(node, in_flight, st)| {
+                    let in_flight = if capacity > 0 { in_flight.min(capacity) } else { in_flight };
+                    Candidate { id: 0, node, in_flight, capacity, service_time_ms: st }
+                },
+            );
+            (prop::collection::vec(one, n), Just(origin), Just(queued))
+        },
+    )
+}
+
+proptest! {
+    #[test]
+    fn no_balancer_chooses_a_full_instance((mut cs, origin, queued) in arb_candidates(), seed in 0u64..1000, steps in 1usize..5) {
+        for (i, c) in cs.iter_mut().enumerate() {
+            c.id = i as u64 * 3 + 1;
+        }
+        let rtt = edge_cloud();
+        let t0 = Instant::now();
+        let params = PolicyParams { seed, ..PolicyParams::default() };
+        for entry in registry::BALANCERS {
+            let mut b = (entry.build)(&params);
+            for step in 0..steps {
+                let c = PickContext { origin, rtt: &rtt, now: t0 + Duration::from_secs(step as u64), target_concurrency: 7.0, queued };
+                let pick = b.pick(&c, &cs);
+                if let Some(i) = pick {
+                    prop_assert!(cs[i].has_room(), "{} chose full instance {:?}", entry.name, cs[i]);
+                }
+                let any_room = cs.iter().any(Candidate::has_room);
+                let all_room = cs.iter().all(Candidate::has_room);
+                if entry.name == "ert" {
+                    // ert may choose to wait for a full instance, but never when none is full.
+                    prop_assert!(!all_room || pick.is_some());
+                } else {
+                    prop_assert_eq!(any_room, pick.is_some(), "{}", entry.name);
+                }
+                if let Some(i) = pick {
+                    cs[i].in_flight += 1;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn faast_rows_always_sum_to_one(rtts in prop::collection::vec(0.0f64..200.0, 9), nodes_with in prop::collection::vec(0usize..3, 0..6)) {
+        let mut rtt = RttMatrix::new(3, 1.0, Duration::from_secs(30));
+        for i in 0..3 { for j in 0..3 { rtt.set_prior(i, j, rtts[i * 3 + j]); } }
+        let cs: Vec<_> = nodes_with.iter().enumerate().map(|(i, &n)| cand(i as u64, n, 0, 0)).collect();
+        let mut b = FaastBalancer::new(Duration::from_secs(2), 1);
+        b.pick(&ctx(&rtt, 0, Instant::now()), &cs);
+        for origin in 0..3 {
+            let sum: f64 = b.weights(origin).iter().sum();
+            prop_assert!((sum - 1.0).abs() < 1e-9, "row {} sums to {}", origin, sum);
+            prop_assert!(b.weights(origin).iter().all(|w| (0.0..=1.0).contains(w)));
+        }
+    }
+}

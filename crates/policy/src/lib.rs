@@ -1,0 +1,19 @@
+//! The policy core of ikukantai: pure, IO-free, deterministic algorithms.
+//!
+//! Nothing in this crate reads a clock, touches the network or the disk, or draws unseeded
+//! randomness: time comes in as an argument (`now: Instant`), randomness from a seed. The same code
+//! runs in the gateway, the controller and the benchmarks, and is unit- and property-tested.
+//!
+//! - [`autoscaler`]: Knative's KPA, plus demand per origin node;
+//! - [`balance`]: load balancers (`even`, `faast`, `ert`);
+//! - [`placement`]: instances per node (`spread`, `yukari`, `nearest`);
+//! - [`queue`]: queue disciplines (`fifo`, `priority`, `edf`);
+//! - [`estimate`]: EWMA, peak-EWMA and the RTT matrix;
+//! - [`registry`]: policies by name.
+
+pub mod autoscaler;
+pub mod balance;
+pub mod estimate;
+pub mod placement;
+pub mod queue;
+pub mod registry;

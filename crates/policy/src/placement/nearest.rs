@@ -1,0 +1,160 @@
+//! `nearest`: ikukantai's default placement — demand-weighted, latency-aware, with hysteresis.
+//!
+//! 1. The ideal placement: the reachable total split over origin nodes by demand; each origin's
+//!    units go to its own node while it has room, then to the nodes with the lowest estimated
+//!    response time from that origin (RTT + processing time). Capacity is never exceeded.
+//! 2. Hysteresis against churn: running instances stay. A scale-up adds only where the ideal has
+//!    more than is running; a scale-down removes only where more runs than the ideal (largest
+//!    surplus first, then the node with least demand). So an instance is not stopped on one node
+//!    and started on another just because demand wobbled, and a cold start is not paid twice.
+//! 3. When the total is right but instances sit far from where the demand is, one instance moves
+//!    per `migrate_after`, and only if the move saves at least `min_gain_ms` for that demand.
+//!
+//! Without any demand signal the ideal is an even spread from the current placement.
+
+use std::time::{Duration, Instant};
+
+use super::{Placement, PlacementInput, SpreadPlacement, apportion};
+
+/// Tuning of [`NearestPlacement`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NearestParams {
+    /// How long instances must have been misplaced before one moves.
+    pub migrate_after: Duration,
+    /// Minimum estimated response-time saving (milliseconds) that justifies a move.
+    pub min_gain_ms: f64,
+}
+
+impl Default for NearestParams {
+    fn default() -> Self {
+        Self { migrate_after: Duration::from_secs(30), min_gain_ms: 5.0 }
+    }
+}
+
+/// Demand-weighted latency-aware placement.
+#[derive(Debug)]
+pub struct NearestPlacement {
+    params: NearestParams,
+    misplaced_since: Option<Instant>,
+}
+
+impl NearestPlacement {
+    /// A new placement policy.
+    pub fn new(params: NearestParams) -> Self {
+        Self { params, misplaced_since: None }
+    }
+
+    /// The ideal placement for the input (step 1), or `None` without a demand signal.
+    fn ideal(input: &PlacementInput<'_>, total: u32) -> Option<Vec<u32>> {
+        let n = input.nodes();
+        let demand: Vec<f64> = (0..n).map(|j| input.demand.get(j).copied().unwrap_or(0.0)).collect();
+        if !demand.iter().any(|&d| d > 0.0) {
+            return None;
+        }
+        let units = apportion(total, &demand);
+        let mut room: Vec<u32> = input.capacity.to_vec();
+        let mut ideal = vec![0u32; n];
+        let fastest_processing = input
+            .processing_ms
+            .iter()
+            .flatten()
+            .copied()
+            .fold(f64::INFINITY, f64::min);
+        let mut origins: Vec<usize> = (0..n).filter(|&o| units[o] > 0).collect();
+        origins.sort_by(|&a, &b| units[b].cmp(&units[a]).then(a.cmp(&b)));
+        for o in origins {
+            let mut left = units[o];
+            // Local is the best node whenever it processes as fast as any node (its RTT is 0).
+            let local_processing = input.processing_ms.get(o).copied().flatten().unwrap_or(0.0);
+            if local_processing <= fastest_processing || fastest_processing.is_infinite() {
+                let here = left.min(room[o]);
+                ideal[o] += here;
+                room[o] -= here;
+                left -= here;
+            }
+            if left == 0 {
+                continue;
+            }
+            let mut by_cost: Vec<(f64, usize)> =
+                (0..n).filter(|&j| room[j] > 0).map(|j| (input.response_ms(o, j), j)).collect();
+            by_cost.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+            for (_, j) in by_cost {
+                let here = left.min(room[j]);
+                ideal[j] += here;
+                room[j] -= here;
+                left -= here;
+                if left == 0 {
+                    break;
+                }
+            }
+        }
+        Some(ideal)
+    }
+}
+
+impl Placement for NearestPlacement {
+    fn name(&self) -> &'static str {
+        "nearest"
+    }
+
+    fn place(&mut self, input: &PlacementInput<'_>) -> Vec<u32> {
+        let total = input.reachable_total();
+        let Some(ideal) = Self::ideal(input, total) else {
+            self.misplaced_since = None;
+            return SpreadPlacement.place(input);
+        };
+        let n = input.nodes();
+        let demand = |j: usize| input.demand.get(j).copied().unwrap_or(0.0);
+        let mut out = input.current_within_capacity();
+        let sum: u32 = out.iter().sum();
+        if sum > total {
+            let mut surplus: Vec<usize> = (0..n).filter(|&j| out[j] > ideal[j]).collect();
+            surplus.sort_by(|&a, &b| {
+                (out[b] - ideal[b])
+                    .cmp(&(out[a] - ideal[a]))
+                    .then(demand(a).total_cmp(&demand(b)))
+                    .then(b.cmp(&a))
+            });
+            let mut remove = sum - total;
+            for j in surplus {
+                let here = remove.min(out[j] - ideal[j]);
+                out[j] -= here;
+                remove -= here;
+                if remove == 0 {
+                    break;
+                }
+            }
+        } else if sum < total {
+            let mut deficit: Vec<usize> = (0..n).filter(|&j| out[j] < ideal[j]).collect();
+            deficit.sort_by(|&a, &b| (ideal[b] - out[b]).cmp(&(ideal[a] - out[a])).then(a.cmp(&b)));
+            let mut add = total - sum;
+            for j in deficit {
+                let here = add.min(ideal[j] - out[j]);
+                out[j] += here;
+                add -= here;
+                if add == 0 {
+                    break;
+                }
+            }
+        }
+        // Step 3: one migration at a time, after the misplacement has lasted.
+        let worst_surplus = (0..n).filter(|&j| out[j] > ideal[j]).max_by_key(|&j| (out[j] - ideal[j], j));
+        let worst_deficit = (0..n)
+            .filter(|&j| out[j] < ideal[j] && out[j] < input.capacity[j])
+            .max_by_key(|&j| (ideal[j] - out[j], std::cmp::Reverse(j)));
+        match (worst_surplus, worst_deficit) {
+            (Some(s), Some(d))
+                if input.response_ms(d, s) - input.response_ms(d, d) >= self.params.min_gain_ms =>
+            {
+                let since = *self.misplaced_since.get_or_insert(input.now);
+                if input.now.saturating_duration_since(since) >= self.params.migrate_after {
+                    out[s] -= 1;
+                    out[d] += 1;
+                    self.misplaced_since = None;
+                }
+            }
+            _ => self.misplaced_since = None,
+        }
+        out
+    }
+}

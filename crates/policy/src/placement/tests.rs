@@ -1,0 +1,186 @@
+use std::time::{Duration, Instant};
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::balance::tests::edge_cloud;
+use crate::registry::{self, PolicyParams};
+
+struct World {
+    rtt: RttMatrix,
+    capacity: Vec<u32>,
+    processing: Vec<Option<f64>>,
+}
+
+impl World {
+    fn edge_cloud(capacity: Vec<u32>) -> Self {
+        Self { rtt: edge_cloud(), processing: vec![None; capacity.len()], capacity }
+    }
+
+    fn input<'a>(&'a self, desired: u32, demand: &'a [f64], current: &'a [u32], now: Instant) -> PlacementInput<'a> {
+        PlacementInput {
+            desired,
+            demand,
+            capacity: &self.capacity,
+            current,
+            processing_ms: &self.processing,
+            rtt: &self.rtt,
+            now,
+        }
+    }
+}
+
+#[test]
+fn apportion_uses_largest_remainders() {
+    assert_eq!(apportion(10, &[1.0, 1.0, 1.0]), [4, 3, 3]);
+    assert_eq!(apportion(5, &[0.0, 3.0, 1.0]), [0, 4, 1]);
+    assert_eq!(apportion(3, &[0.0, 0.0]), [0, 0]);
+    assert_eq!(apportion(4, &[f64::NAN, 1.0]), [0, 4]);
+}
+
+#[test]
+fn spread_adds_to_the_emptiest_and_removes_from_the_fullest() {
+    let w = World::edge_cloud(vec![10, 10, 1]);
+    let t0 = Instant::now();
+    let mut p = SpreadPlacement;
+    assert_eq!(p.place(&w.input(5, &[0.0, 0.0, 9.0], &[0, 0, 0], t0)), [2, 2, 1], "demand is ignored");
+    assert_eq!(p.place(&w.input(2, &[], &[2, 2, 1], t0)), [1, 1, 0], "ties: higher index first");
+    assert_eq!(p.place(&w.input(30, &[], &[0, 0, 0], t0)), [10, 10, 1], "capped by capacity");
+}
+
+#[test]
+fn yukari_places_at_the_origin_then_nearest_and_removes_where_it_placed() {
+    let w = World::edge_cloud(vec![10, 10, 1]);
+    let t0 = Instant::now();
+    let mut p = YukariPlacement::new();
+    // All demand at the edge (node 2, capacity 1): one there, the rest on the closest cloud node.
+    let out = p.place(&w.input(3, &[0.0, 0.0, 6.0], &[0, 0, 0], t0));
+    assert_eq!(out, [2, 0, 1], "capacity is checked on the candidate");
+    // Demand falls to one unit: the cloud units go, the edge unit stays.
+    let out = p.place(&w.input(1, &[0.0, 0.0, 6.0], &out, t0));
+    assert_eq!(out, [0, 0, 1], "removed where they were placed");
+}
+
+#[test]
+fn yukari_follows_demand_immediately() {
+    let w = World::edge_cloud(vec![10, 10, 10]);
+    let t0 = Instant::now();
+    let mut p = YukariPlacement::new();
+    let out = p.place(&w.input(2, &[0.0, 0.0, 4.0], &[0, 0, 0], t0));
+    assert_eq!(out, [0, 0, 2]);
+    let out = p.place(&w.input(2, &[4.0, 0.0, 0.0], &out, t0));
+    assert_eq!(out, [2, 0, 0], "no hysteresis in the original");
+}
+
+#[test]
+fn nearest_puts_instances_where_demand_enters_then_spills_to_the_closest() {
+    let mut w = World::edge_cloud(vec![10, 10, 2]);
+    let t0 = Instant::now();
+    let mut p = NearestPlacement::new(NearestParams::default());
+    assert_eq!(p.place(&w.input(1, &[0.0, 0.0, 1.0], &[0, 0, 0], t0)), [0, 0, 1], "cold start at the edge");
+    assert_eq!(p.place(&w.input(4, &[0.0, 0.0, 1.0], &[0, 0, 1], t0)), [2, 0, 2]);
+    // A slow cloud node 0 makes node 1 the closer spill target.
+    w.processing = vec![Some(30.0), Some(3.0), Some(3.0)];
+    let mut p = NearestPlacement::new(NearestParams::default());
+    assert_eq!(p.place(&w.input(4, &[0.0, 0.0, 1.0], &[0, 0, 0], t0)), [0, 2, 2]);
+}
+
+#[test]
+fn nearest_splits_by_demand() {
+    let w = World::edge_cloud(vec![10, 10, 10]);
+    let t0 = Instant::now();
+    let mut p = NearestPlacement::new(NearestParams::default());
+    assert_eq!(p.place(&w.input(6, &[1.0, 0.0, 2.0], &[0, 0, 0], t0)), [2, 0, 4]);
+}
+
+#[test]
+fn nearest_keeps_running_instances_and_scales_down_where_they_are_least_needed() {
+    let w = World::edge_cloud(vec![10, 10, 10]);
+    let t0 = Instant::now();
+    let mut p = NearestPlacement::new(NearestParams::default());
+    // Demand moved to the edge, total grows: existing cloud instances stay, the new ones go to the edge.
+    assert_eq!(p.place(&w.input(4, &[0.0, 0.0, 5.0], &[2, 0, 0], t0)), [2, 0, 2]);
+    // Total shrinks: the cloud surplus goes first.
+    assert_eq!(p.place(&w.input(2, &[0.0, 0.0, 5.0], &[2, 0, 2], t0)), [0, 0, 2]);
+}
+
+#[test]
+fn nearest_migrates_one_instance_at_a_time_after_the_hysteresis() {
+    let w = World::edge_cloud(vec![10, 10, 10]);
+    let t0 = Instant::now();
+    let params = NearestParams { migrate_after: Duration::from_secs(30), min_gain_ms: 5.0 };
+    let mut p = NearestPlacement::new(params);
+    let demand = [0.0, 0.0, 5.0];
+    let mut current = vec![2, 0, 0];
+    assert_eq!(p.place(&w.input(2, &demand, &current, t0)), current, "no move at once");
+    assert_eq!(p.place(&w.input(2, &demand, &current, t0 + Duration::from_secs(29))), current);
+    current = p.place(&w.input(2, &demand, &current, t0 + Duration::from_secs(30)));
+    assert_eq!(current, [1, 0, 1], "one move once misplaced for 30 s");
+    assert_eq!(p.place(&w.input(2, &demand, &current, t0 + Duration::from_secs(31))), current, "re-armed");
+    let current = p.place(&w.input(2, &demand, &current, t0 + Duration::from_secs(61)));
+    assert_eq!(current, [0, 0, 2]);
+}
+
+#[test]
+fn nearest_does_not_migrate_for_a_small_gain() {
+    let w = World::edge_cloud(vec![10, 10, 10]);
+    let t0 = Instant::now();
+    let mut p = NearestPlacement::new(NearestParams::default());
+    // Demand at node 1, instances on node 0: 0.5 ms away, below the 5 ms minimum gain.
+    let current = [2, 0, 0];
+    for s in [0, 60, 120] {
+        assert_eq!(p.place(&w.input(2, &[0.0, 3.0, 0.0], &current, t0 + Duration::from_secs(s))), current);
+    }
+}
+
+#[test]
+fn without_demand_nearest_spreads() {
+    let w = World::edge_cloud(vec![10, 10, 10]);
+    let mut p = NearestPlacement::new(NearestParams::default());
+    assert_eq!(p.place(&w.input(3, &[], &[0, 0, 0], Instant::now())), [1, 1, 1]);
+}
+
+fn arb_world() -> impl Strategy<Value = (Vec<u32>, Vec<f64>, Vec<u32>, Vec<f64>, u32)> {
+    (1usize..8).prop_flat_map(|n| {
+        (
+            prop::collection::vec(0u32..6, n),
+            prop::collection::vec(prop::sample::select(vec![0.0, 0.0, 0.5, 1.0, 3.0, 10.0]), n),
+            prop::collection::vec(0u32..6, n),
+            prop::collection::vec(0.0f64..120.0, n * n),
+            0u32..40,
+        )
+    })
+}
+
+proptest! {
+    #[test]
+    fn placements_respect_capacity_and_meet_demand_when_possible(
+        (capacity, demand, current, rtts, desired) in arb_world(),
+        later_desired in prop::collection::vec(0u32..40, 1..4),
+        step_secs in 0u64..40,
+    ) {
+        let n = capacity.len();
+        let mut rtt = RttMatrix::new(n, 1.0, Duration::from_secs(30));
+        for i in 0..n { for j in 0..n { if i != j { rtt.set_prior(i, j, rtts[i * n + j]); } } }
+        let processing = vec![None; n];
+        let room: u32 = capacity.iter().sum();
+        let t0 = Instant::now();
+        for entry in registry::PLACEMENTS {
+            let mut policy = (entry.build)(&PolicyParams::default());
+            let mut current = current.clone();
+            for (step, &want) in std::iter::once(&desired).chain(&later_desired).enumerate() {
+                let input = PlacementInput {
+                    desired: want, demand: &demand, capacity: &capacity, current: &current,
+                    processing_ms: &processing, rtt: &rtt, now: t0 + Duration::from_secs(step as u64 * step_secs),
+                };
+                let out = policy.place(&input);
+                prop_assert_eq!(out.len(), n);
+                for j in 0..n {
+                    prop_assert!(out[j] <= capacity[j], "{} over capacity at {}: {:?} > {:?}", entry.name, j, out, capacity);
+                }
+                prop_assert_eq!(out.iter().sum::<u32>(), want.min(room), "{}: {:?}", entry.name, out);
+                current = out;
+            }
+        }
+    }
+}

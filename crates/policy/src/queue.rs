@@ -223,9 +223,8 @@ impl PriorityRule {
                 None if !rest.trim().is_empty() => Ok(Self::HeaderValue { name: rest.trim().to_owned() }),
                 None => Err(err("header name is empty")),
                 Some((name, value_priority)) => {
-                    let (value, priority) = value_priority
-                        .rsplit_once(':')
-                        .ok_or_else(|| err("expected header:NAME=VALUE:N"))?;
+                    let (value, priority) =
+                        value_priority.rsplit_once(':').ok_or_else(|| err("expected header:NAME=VALUE:N"))?;
                     if name.trim().is_empty() {
                         return Err(err("header name is empty"));
                     }
@@ -237,7 +236,8 @@ impl PriorityRule {
                 }
             },
             "path" => {
-                let (prefix, priority) = rest.rsplit_once(':').ok_or_else(|| err("expected path:PREFIX:N"))?;
+                let (prefix, priority) =
+                    rest.rsplit_once(':').ok_or_else(|| err("expected path:PREFIX:N"))?;
                 if !prefix.starts_with('/') {
                     return Err(err("path prefix must start with '/'"));
                 }
@@ -258,8 +258,12 @@ impl PriorityRule {
             Self::HeaderEquals { name, value, priority } => {
                 (meta.headers.header(name)? == value).then_some(*priority)
             }
-            Self::PathPrefix { prefix, priority } => meta.path.starts_with(prefix.as_str()).then_some(*priority),
-            Self::Method { method, priority } => meta.method.eq_ignore_ascii_case(method).then_some(*priority),
+            Self::PathPrefix { prefix, priority } => {
+                meta.path.starts_with(prefix.as_str()).then_some(*priority)
+            }
+            Self::Method { method, priority } => {
+                meta.method.eq_ignore_ascii_case(method).then_some(*priority)
+            }
         }
     }
 }
@@ -374,8 +378,10 @@ mod tests {
 
     #[test]
     fn priority_rules_parse_and_order() {
-        let rules = PriorityRule::parse_list("header:x-priority, path:/admin:10, header:x-tier=gold:5, method:POST:-1")
-            .unwrap();
+        let rules = PriorityRule::parse_list(
+            "header:x-priority, path:/admin:10, header:x-tier=gold:5, method:POST:-1",
+        )
+        .unwrap();
         assert_eq!(rules.len(), 4);
         let t0 = Instant::now();
         let mut q = Priority::new(rules);

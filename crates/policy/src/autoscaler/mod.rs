@@ -113,7 +113,7 @@ impl Default for AutoscalerConfig {
 
 /// Per-revision settings given by `autoscaling.knative.dev/*` annotations; `None` = fleet default.
 /// Parsing and range checks live in the API crate; this is the validated result.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct ScalingOverrides {
     /// `metric`.
     pub metric: Option<ScalingMetric>,
@@ -209,25 +209,21 @@ impl ScalingSpec {
                 _ => t,
             };
         }
-        let utilization = overrides
-            .target_utilization_percentage
-            .unwrap_or(config.container_concurrency_target_percentage)
-            / 100.0;
+        let utilization =
+            overrides.target_utilization_percentage.unwrap_or(config.container_concurrency_target_percentage)
+                / 100.0;
         let target = (total * utilization).max(TARGET_MIN);
 
         let stable_window = overrides.window.unwrap_or(config.stable_window);
         let panic_pct = overrides.panic_window_percentage.unwrap_or(config.panic_window_percentage);
         // metric.go MakeMetric: round to whole seconds, at least one bucket.
         let panic_secs = (stable_window.as_secs_f64() * panic_pct / 100.0).round().max(1.0);
-        let threshold_pct =
-            overrides.panic_threshold_percentage.unwrap_or(config.panic_threshold_percentage);
+        let threshold_pct = overrides.panic_threshold_percentage.unwrap_or(config.panic_threshold_percentage);
         Self {
             metric,
             target,
             total,
-            target_burst_capacity: overrides
-                .target_burst_capacity
-                .unwrap_or(config.target_burst_capacity),
+            target_burst_capacity: overrides.target_burst_capacity.unwrap_or(config.target_burst_capacity),
             stable_window,
             panic_window: Duration::from_secs_f64(panic_secs),
             panic_threshold: threshold_pct / 100.0,

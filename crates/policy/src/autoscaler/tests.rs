@@ -71,7 +71,11 @@ fn panic_window_is_rounded_whole_seconds_at_least_one() {
     assert_eq!(s.panic_window, secs(1));
     let s = spec_with(
         0,
-        ScalingOverrides { window: Some(secs(100)), panic_window_percentage: Some(25.0), ..Default::default() },
+        ScalingOverrides {
+            window: Some(secs(100)),
+            panic_window_percentage: Some(25.0),
+            ..Default::default()
+        },
     );
     assert_eq!(s.panic_window, secs(25));
     assert_eq!(s.panic_threshold, 2.0);
@@ -98,7 +102,11 @@ fn scale_up_is_limited_by_max_scale_up_rate() {
     let spec = ScalingSpec::resolve(
         &config,
         0,
-        &ScalingOverrides { target: Some(1.0), target_utilization_percentage: Some(100.0), ..Default::default() },
+        &ScalingOverrides {
+            target: Some(1.0),
+            target_utilization_percentage: Some(100.0),
+            ..Default::default()
+        },
     );
     let mut a = Autoscaler::new(spec, t0, 1);
     feed(&mut a, t0, 0..10, 100.0);
@@ -189,7 +197,8 @@ fn min_and_max_scale_bound_the_result() {
     let mut a = Autoscaler::new(spec_with(0, o), t0, 0);
     feed(&mut a, t0, 0..60, 1000.0);
     assert_eq!(a.tick(t0 + secs(59), ready(4, t0)).desired, 4);
-    let mut b = Autoscaler::new(spec_with(0, ScalingOverrides { min_scale: Some(2), ..spec10_overrides() }), t0, 0);
+    let mut b =
+        Autoscaler::new(spec_with(0, ScalingOverrides { min_scale: Some(2), ..spec10_overrides() }), t0, 0);
     feed(&mut b, t0, 0..60, 0.0);
     assert_eq!(b.tick(t0 + secs(59), ready(2, t0)).desired, 2);
 }
@@ -202,7 +211,11 @@ fn spec10_overrides() -> ScalingOverrides {
 fn initial_scale_is_the_starting_scale_and_a_floor_until_reached() {
     // scaler.go: initialScale > 1 acts as min-scale until the scale target has reached it once.
     let t0 = Instant::now();
-    let mut a = Autoscaler::new(spec_with(0, ScalingOverrides { initial_scale: Some(3), ..spec10_overrides() }), t0, 0);
+    let mut a = Autoscaler::new(
+        spec_with(0, ScalingOverrides { initial_scale: Some(3), ..spec10_overrides() }),
+        t0,
+        0,
+    );
     assert_eq!(a.scale(), 3);
     feed(&mut a, t0, 0..5, 0.0);
     assert_eq!(a.tick(t0 + secs(4), ready(1, t0)).desired, 3, "not reached yet: floor holds");
@@ -263,7 +276,10 @@ fn proxied_traffic_is_not_counted_twice() {
         // The gateway reports what it forwarded...
         a.record(t, &Stat { concurrency: 20.0, requests: 20.0, ..Stat::default() });
         // ...and the instance reports the same traffic marked as proxied.
-        a.record(t, &Stat { concurrency: 20.0, proxied_concurrency: 20.0, requests: 20.0, proxied_requests: 20.0 });
+        a.record(
+            t,
+            &Stat { concurrency: 20.0, proxied_concurrency: 20.0, requests: 20.0, proxied_requests: 20.0 },
+        );
     }
     assert_eq!(a.tick(t0 + secs(5), ready(2, t0)).observed_stable, 20.0);
 }

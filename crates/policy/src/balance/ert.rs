@@ -106,7 +106,9 @@ impl Balancer for ErtBalancer {
             let cost = rtt + service * stretch;
             let better = match &best {
                 None => true,
-                Some(b) => cost < b.cost - EPSILON_MS || (cost <= b.cost + EPSILON_MS && c.in_flight < b.in_flight),
+                Some(b) => {
+                    cost < b.cost - EPSILON_MS || (cost <= b.cost + EPSILON_MS && c.in_flight < b.in_flight)
+                }
             };
             if better {
                 best = Some(Best { index: i, cost, in_flight: c.in_flight });

@@ -57,9 +57,7 @@ impl PlacementInput<'_> {
 
     /// Current placement clipped to capacity.
     fn current_within_capacity(&self) -> Vec<u32> {
-        (0..self.nodes())
-            .map(|j| self.current.get(j).copied().unwrap_or(0).min(self.capacity[j]))
-            .collect()
+        (0..self.nodes()).map(|j| self.current.get(j).copied().unwrap_or(0).min(self.capacity[j])).collect()
     }
 }
 

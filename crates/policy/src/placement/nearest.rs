@@ -54,12 +54,7 @@ impl NearestPlacement {
         let units = apportion(total, &demand);
         let mut room: Vec<u32> = input.capacity.to_vec();
         let mut ideal = vec![0u32; n];
-        let fastest_processing = input
-            .processing_ms
-            .iter()
-            .flatten()
-            .copied()
-            .fold(f64::INFINITY, f64::min);
+        let fastest_processing = input.processing_ms.iter().flatten().copied().fold(f64::INFINITY, f64::min);
         let mut origins: Vec<usize> = (0..n).filter(|&o| units[o] > 0).collect();
         origins.sort_by(|&a, &b| units[b].cmp(&units[a]).then(a.cmp(&b)));
         for o in origins {

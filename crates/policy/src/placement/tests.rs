@@ -17,7 +17,13 @@ impl World {
         Self { rtt: edge_cloud(), processing: vec![None; capacity.len()], capacity }
     }
 
-    fn input<'a>(&'a self, desired: u32, demand: &'a [f64], current: &'a [u32], now: Instant) -> PlacementInput<'a> {
+    fn input<'a>(
+        &'a self,
+        desired: u32,
+        demand: &'a [f64],
+        current: &'a [u32],
+        now: Instant,
+    ) -> PlacementInput<'a> {
         PlacementInput {
             desired,
             demand,

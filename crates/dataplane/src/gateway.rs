@@ -1,0 +1,952 @@
+//! The gateway: one per node. Ingress, activator and load balancer in one hop.
+//!
+//! A request is routed by its Host header the Knative way (`SVC.NS.DOMAIN`, `SVC.NS`,
+//! `SVC.NS.svc`, `SVC.NS.svc.cluster.local`, and `TAG-SVC.NS…` for tagged targets), split across
+//! revisions by traffic percent, and handed to the revision's balancer, which picks an instance
+//! knowing where the request entered, the RTT to every node and the load of every instance.
+//!
+//! When no instance can take it (none exists yet, or all are at containerConcurrency) the request
+//! waits in the revision's bounded activator queue (503 when full, 504 when its timeout ends). The
+//! first request at zero tells the control plane at once that there is demand at this node.
+//!
+//! Every response's serving instance and node, its processing time and the instance's piggybacked
+//! load feed back into the balancer and into the per-instance processing-time estimates.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use ikukantai_policy::autoscaler::Stat;
+use ikukantai_policy::balance::{Balancer, Candidate, Completion, PickContext};
+use ikukantai_policy::estimate::{NodeIndex, PeakEwma, RttMatrix};
+use ikukantai_policy::queue::{PriorityRule, QueueDiscipline, RequestMeta};
+use ikukantai_policy::registry::{self, PolicyParams, UnknownPolicy};
+use prometheus_client::registry::Registry;
+use rand::rngs::SmallRng;
+use rand::{RngExt, SeedableRng};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::time::{Instant, timeout_at};
+
+use crate::body::{Body, Limited, boxed, error_response, full, is_too_large};
+use crate::connect::{NodeConnector, node_client};
+use crate::link::Link;
+use crate::metrics::{GatewayMetrics, RejectLabels, RequestLabels, RevisionLabels, render};
+use crate::proxy::{retarget, strip_hop_by_hop};
+use crate::queue_proxy::{INSTANCE_HEADER, LOAD_HEADER, NODE_HEADER, PROXY_HEADER, SERVICE_TIME_HEADER};
+use crate::server::{Handler, ServerHandle, serve};
+use crate::stats::RequestStats;
+
+/// Request header telling the instance where the request entered the fleet.
+pub const ORIGIN_HEADER: &str = "x-ikukantai-origin";
+/// How long a piggybacked load report is trusted.
+const LOAD_REPORT_TTL: Duration = Duration::from_secs(1);
+/// How often a waiting request re-checks for capacity (a safety net beside the wake-ups).
+const RECHECK: Duration = Duration::from_millis(50);
+
+/// Static settings of a gateway.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// Node names by index; the topology's order.
+    pub nodes: Vec<String>,
+    /// This gateway's node.
+    pub node: NodeIndex,
+    /// Route domain (`example.com`).
+    pub domain: String,
+    /// Activator queue depth per revision.
+    pub queue_depth: usize,
+    /// Largest request head (431 beyond).
+    pub max_header_bytes: usize,
+    /// Largest request body (413 beyond).
+    pub max_body_bytes: u64,
+    /// Seeds and tuning of the policies.
+    pub policy: PolicyParams,
+    /// Links to the other nodes (`None` = direct).
+    pub links: Vec<Option<Link>>,
+    /// RTT priors (measurements replace them while fresh).
+    pub rtt: RttMatrix,
+}
+
+impl GatewayConfig {
+    /// Defaults for a single-node gateway named `node`.
+    pub fn single(node: &str) -> Self {
+        Self {
+            nodes: vec![node.to_owned()],
+            node: 0,
+            domain: "example.com".into(),
+            queue_depth: 10_000,
+            max_header_bytes: 64 * 1024,
+            max_body_bytes: 64 * 1024 * 1024,
+            policy: PolicyParams::default(),
+            links: vec![None],
+            rtt: RttMatrix::new(1, 0.0, Duration::from_secs(30)),
+        }
+    }
+}
+
+/// Where a service's traffic goes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteTarget {
+    /// Revision name.
+    pub revision: String,
+    /// Share in percent.
+    pub percent: u32,
+    /// Tag, reachable at `TAG-SVC.NS…`.
+    pub tag: Option<String>,
+}
+
+/// A routable service.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceRoute {
+    /// Namespace.
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// Traffic split (percent sums to 100; tag-only targets may have 0).
+    pub traffic: Vec<RouteTarget>,
+}
+
+/// An instance a revision can send to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InstanceRoute {
+    /// Unique instance name.
+    pub name: String,
+    /// Node index.
+    pub node: NodeIndex,
+    /// Its queue proxy.
+    pub addr: SocketAddr,
+}
+
+/// A revision and its ready instances.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RevisionRoute {
+    /// Namespace.
+    pub namespace: String,
+    /// Service.
+    pub service: String,
+    /// Revision name.
+    pub revision: String,
+    /// containerConcurrency (0 = unlimited).
+    pub container_concurrency: u32,
+    /// Autoscaler target per instance (balancers use it as a soft limit).
+    pub target_concurrency: f64,
+    /// Request timeout.
+    pub timeout: Duration,
+    /// Balancer name.
+    pub balancer: String,
+    /// Queue discipline of the activator queue.
+    pub queue: String,
+    /// Rules for the `priority` discipline.
+    pub priority_rules: Vec<PriorityRule>,
+    /// Ready instances.
+    pub instances: Vec<InstanceRoute>,
+}
+
+/// The whole routing table of a gateway.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Routes {
+    /// Services.
+    pub services: Vec<ServiceRoute>,
+    /// Revisions.
+    pub revisions: Vec<RevisionRoute>,
+}
+
+/// What the gateway tells the control plane as it happens.
+pub trait GatewayEvents: Send + Sync + 'static {
+    /// A request for a revision without instances arrived at `origin`.
+    fn demand(&self, namespace: &str, revision: &str, origin: NodeIndex);
+}
+
+/// Ignores events.
+#[derive(Debug)]
+pub struct NoEvents;
+
+impl GatewayEvents for NoEvents {
+    fn demand(&self, _: &str, _: &str, _: NodeIndex) {}
+}
+
+/// One revision's stats from this gateway, for the autoscaler.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RevisionReport {
+    /// Namespace.
+    pub namespace: String,
+    /// Revision.
+    pub revision: String,
+    /// Requests that went through the activator queue (Knative's activator stats).
+    pub activator: Stat,
+    /// All requests that entered at this node (demand by origin).
+    pub origin: Stat,
+}
+
+/// Invalid routes.
+#[derive(Debug, thiserror::Error)]
+pub enum RoutesError {
+    /// A policy name is not registered.
+    #[error("revision {revision}: {source}")]
+    Policy {
+        /// The revision.
+        revision: String,
+        /// The error.
+        source: UnknownPolicy,
+    },
+}
+
+struct InstanceState {
+    id: u64,
+    name: String,
+    node: NodeIndex,
+    addr: SocketAddr,
+    in_flight: u32,
+    reported: Option<(u32, Instant)>,
+    service_ms: PeakEwma,
+}
+
+struct RevisionInner {
+    route: RevisionRoute,
+    instances: Vec<InstanceState>,
+    balancer: Box<dyn Balancer>,
+    waiting: Box<dyn QueueDiscipline<oneshot::Sender<u64>>>,
+}
+
+struct RevisionState {
+    labels: RevisionLabels,
+    inner: Mutex<RevisionInner>,
+    activator: RequestStats,
+    origin: RequestStats,
+}
+
+struct ServiceState {
+    route: ServiceRoute,
+}
+
+#[derive(Default)]
+struct Table {
+    hosts: HashMap<String, (Arc<ServiceState>, Option<String>)>,
+    revisions: HashMap<(String, String), Arc<RevisionState>>,
+}
+
+struct Shared {
+    config: GatewayConfig,
+    table: RwLock<Table>,
+    rtt: RwLock<RttMatrix>,
+    clients: Vec<Client<NodeConnector, Body>>,
+    events: Arc<dyn GatewayEvents>,
+    metrics: GatewayMetrics,
+    registry: Registry,
+    rng: Mutex<SmallRng>,
+    ids: AtomicU64,
+    instance_ids: Mutex<HashMap<String, u64>>,
+}
+
+/// A running gateway.
+pub struct Gateway {
+    shared: Arc<Shared>,
+    server: ServerHandle,
+    admin: ServerHandle,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway").field("node", &self.shared.node_name()).field("addr", &self.addr()).finish()
+    }
+}
+
+impl Shared {
+    fn node_name(&self) -> &str {
+        &self.config.nodes[self.config.node]
+    }
+
+    fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+        m.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn instance_id(&self, name: &str) -> u64 {
+        *Self::lock(&self.instance_ids)
+            .entry(name.to_owned())
+            .or_insert_with(|| self.ids.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+impl Gateway {
+    /// Starts a gateway on `listener` (traffic) and `admin` (`/metrics`, `/healthz`).
+    pub fn start(
+        config: GatewayConfig,
+        listener: TcpListener,
+        admin: TcpListener,
+        events: Arc<dyn GatewayEvents>,
+    ) -> std::io::Result<Self> {
+        let mut registry = Registry::default();
+        let metrics = GatewayMetrics::new(&mut registry);
+        let clients = config.links.iter().map(|l| node_client(l.clone())).collect();
+        let max_header = config.max_header_bytes;
+        let shared = Arc::new(Shared {
+            rtt: RwLock::new(config.rtt.clone()),
+            rng: Mutex::new(SmallRng::seed_from_u64(config.policy.seed ^ config.node as u64)),
+            config,
+            table: RwLock::default(),
+            clients,
+            events,
+            metrics,
+            registry,
+            ids: AtomicU64::new(1),
+            instance_ids: Mutex::default(),
+        });
+        let server = serve(listener, Arc::new(Ingress(shared.clone())), max_header)?;
+        let admin = serve(admin, Arc::new(Admin(shared.clone())), 8192)?;
+        Ok(Self { shared, server, admin })
+    }
+
+    /// Where traffic goes.
+    pub fn addr(&self) -> SocketAddr {
+        self.server.addr()
+    }
+
+    /// Where `/metrics` and `/healthz` are.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin.addr()
+    }
+
+    /// Records a measured RTT from this node to `to` (milliseconds).
+    pub fn record_rtt(&self, to: NodeIndex, ms: f64) {
+        let node = self.shared.config.node;
+        self.shared.rtt.write().unwrap_or_else(|e| e.into_inner()).record(
+            node,
+            to,
+            ms,
+            std::time::Instant::now(),
+        );
+    }
+
+    /// Replaces the routing table. Instances keep their state (in-flight counts, estimates)
+    /// across updates; waiting requests are dispatched to new capacity at once.
+    pub fn set_routes(&self, routes: &Routes) -> Result<(), RoutesError> {
+        let shared = &self.shared;
+        let mut next = Table::default();
+        let old = shared.table.read().unwrap_or_else(|e| e.into_inner());
+        for r in &routes.revisions {
+            let key = (r.namespace.clone(), r.revision.clone());
+            let state = match old.revisions.get(&key) {
+                Some(s) => {
+                    let mut inner = Shared::lock(&s.inner);
+                    if inner.route.balancer != r.balancer {
+                        inner.balancer = registry::balancer(&r.balancer, &shared.config.policy)
+                            .map_err(|source| RoutesError::Policy { revision: r.revision.clone(), source })?;
+                    }
+                    let mut previous: HashMap<String, InstanceState> =
+                        inner.instances.drain(..).map(|i| (i.name.clone(), i)).collect();
+                    inner.instances = r
+                        .instances
+                        .iter()
+                        .map(|i| match previous.remove(&i.name) {
+                            Some(mut s) => {
+                                s.addr = i.addr;
+                                s.node = i.node;
+                                s
+                            }
+                            None => new_instance(shared, i),
+                        })
+                        .collect();
+                    inner.instances.sort_by_key(|i| i.id);
+                    inner.route = r.clone();
+                    drop(inner);
+                    s.clone()
+                }
+                None => {
+                    let params = PolicyParams {
+                        priority_rules: r.priority_rules.clone(),
+                        ..shared.config.policy.clone()
+                    };
+                    let err = |source| RoutesError::Policy { revision: r.revision.clone(), source };
+                    let mut instances: Vec<_> = r.instances.iter().map(|i| new_instance(shared, i)).collect();
+                    instances.sort_by_key(|i| i.id);
+                    let now = std::time::Instant::now();
+                    Arc::new(RevisionState {
+                        labels: RevisionLabels {
+                            namespace: r.namespace.clone(),
+                            service: r.service.clone(),
+                            revision: r.revision.clone(),
+                        },
+                        inner: Mutex::new(RevisionInner {
+                            route: r.clone(),
+                            instances,
+                            balancer: registry::balancer(&r.balancer, &params).map_err(err)?,
+                            waiting: registry::queue(&r.queue, &params).map_err(err)?,
+                        }),
+                        activator: RequestStats::new(now),
+                        origin: RequestStats::new(now),
+                    })
+                }
+            };
+            next.revisions.insert(key, state);
+        }
+        drop(old);
+        let domain = &shared.config.domain;
+        for s in &routes.services {
+            let state = Arc::new(ServiceState { route: s.clone() });
+            let base = [
+                format!("{}.{}.{domain}", s.name, s.namespace),
+                format!("{}.{}", s.name, s.namespace),
+                format!("{}.{}.svc", s.name, s.namespace),
+                format!("{}.{}.svc.cluster.local", s.name, s.namespace),
+            ];
+            for host in &base {
+                next.hosts.insert(host.clone(), (state.clone(), None));
+                for t in &s.traffic {
+                    if let Some(tag) = &t.tag {
+                        next.hosts.insert(format!("{tag}-{host}"), (state.clone(), Some(t.revision.clone())));
+                    }
+                }
+            }
+        }
+        let revisions: Vec<_> = next.revisions.values().cloned().collect();
+        *shared.table.write().unwrap_or_else(|e| e.into_inner()) = next;
+        for r in revisions {
+            dispatch(shared, &r);
+        }
+        Ok(())
+    }
+
+    /// Cuts this gateway's per-revision stats for the period since the last call.
+    pub fn report(&self) -> Vec<RevisionReport> {
+        let now = std::time::Instant::now();
+        let table = self.shared.table.read().unwrap_or_else(|e| e.into_inner());
+        table
+            .revisions
+            .values()
+            .map(|r| RevisionReport {
+                namespace: r.labels.namespace.clone(),
+                revision: r.labels.revision.clone(),
+                activator: r.activator.report(now),
+                origin: r.origin.report(now),
+            })
+            .collect()
+    }
+
+    /// Stops accepting, finishes open requests, and returns.
+    pub async fn shutdown(self) {
+        self.server.shutdown().await;
+        self.admin.shutdown().await;
+    }
+}
+
+fn new_instance(shared: &Shared, i: &InstanceRoute) -> InstanceState {
+    InstanceState {
+        id: shared.instance_id(&i.name),
+        name: i.name.clone(),
+        node: i.node,
+        addr: i.addr,
+        in_flight: 0,
+        reported: None,
+        service_ms: PeakEwma::new(Duration::from_secs(5)),
+    }
+}
+
+fn candidates(inner: &RevisionInner, now: Instant) -> Vec<Candidate> {
+    inner
+        .instances
+        .iter()
+        .map(|i| {
+            let reported = i
+                .reported
+                .filter(|(_, at)| now.saturating_duration_since(*at) < LOAD_REPORT_TTL)
+                .map_or(0, |r| r.0);
+            Candidate {
+                id: i.id,
+                node: i.node,
+                in_flight: i.in_flight.max(reported),
+                capacity: inner.route.container_concurrency,
+                service_time_ms: i.service_ms.get(),
+            }
+        })
+        .collect()
+}
+
+/// A picked instance: where to send, and who to tell when done.
+struct Picked {
+    id: u64,
+    name: String,
+    node: NodeIndex,
+    addr: SocketAddr,
+}
+
+fn pick(shared: &Shared, inner: &mut RevisionInner, queued: u32) -> Option<Picked> {
+    let now = Instant::now();
+    let cands = candidates(inner, now);
+    let rtt = shared.rtt.read().unwrap_or_else(|e| e.into_inner());
+    let ctx = PickContext {
+        origin: shared.config.node,
+        rtt: &rtt,
+        now: now.into_std(),
+        target_concurrency: inner.route.target_concurrency,
+        queued,
+    };
+    let i = inner.balancer.pick(&ctx, &cands)?;
+    let id = cands[i].id;
+    let inst = inner.instances.iter_mut().find(|x| x.id == id)?;
+    inst.in_flight += 1;
+    Some(Picked { id, name: inst.name.clone(), node: inst.node, addr: inst.addr })
+}
+
+/// Hands free capacity to waiting requests, in queue order.
+fn dispatch(shared: &Shared, rev: &RevisionState) {
+    let mut inner = Shared::lock(&rev.inner);
+    while !inner.waiting.is_empty() {
+        let Some(p) = pick(shared, &mut inner, 0) else { break };
+        let mut delivered = false;
+        while let Some(waiter) = inner.waiting.pop() {
+            if waiter.send(p.id).is_ok() {
+                delivered = true;
+                break;
+            }
+        }
+        if !delivered {
+            // Everyone had given up: undo the reservation.
+            if let Some(i) = inner.instances.iter_mut().find(|x| x.id == p.id) {
+                i.in_flight = i.in_flight.saturating_sub(1);
+            }
+        }
+    }
+    shared.metrics.buffered.get_or_create(&rev.labels).set(inner.waiting.len() as i64);
+}
+
+/// Finishes a forwarded request however it ends: frees the slot, feeds back, records metrics.
+struct Forwarded {
+    shared: Arc<Shared>,
+    rev: Arc<RevisionState>,
+    id: u64,
+    node: NodeIndex,
+    arrival: Instant,
+    buffered: bool,
+    code: u16,
+}
+
+impl Drop for Forwarded {
+    fn drop(&mut self) {
+        let shared = &self.shared;
+        {
+            let mut inner = Shared::lock(&self.rev.inner);
+            if let Some(i) = inner.instances.iter_mut().find(|x| x.id == self.id) {
+                i.in_flight = i.in_flight.saturating_sub(1);
+            }
+        }
+        dispatch(shared, &self.rev);
+        let now = std::time::Instant::now();
+        self.rev.origin.request_out(now, false);
+        if self.buffered {
+            self.rev.activator.request_out(now, false);
+        }
+        shared.metrics.in_flight.get_or_create(&self.rev.labels).dec();
+        let labels = request_labels(shared, &self.rev.labels, Some(self.node), self.code);
+        shared.metrics.requests.get_or_create(&labels).inc();
+        shared.metrics.duration.get_or_create(&labels).observe(self.arrival.elapsed().as_secs_f64());
+    }
+}
+
+fn request_labels(
+    shared: &Shared,
+    rev: &RevisionLabels,
+    serving: Option<NodeIndex>,
+    code: u16,
+) -> RequestLabels {
+    RequestLabels {
+        namespace: rev.namespace.clone(),
+        service: rev.service.clone(),
+        revision: rev.revision.clone(),
+        origin_node: shared.node_name().to_owned(),
+        serving_node: serving.map_or_else(String::new, |n| shared.config.nodes[n].clone()),
+        code,
+    }
+}
+
+pin_project_lite::pin_project! {
+    struct Tracked<B> {
+        #[pin]
+        inner: B,
+        done: Option<Forwarded>,
+    }
+}
+
+impl<B> http_body::Body for Tracked<B>
+where
+    B: http_body::Body<Data = bytes::Bytes, Error = crate::body::BoxError>,
+{
+    type Data = bytes::Bytes;
+    type Error = crate::body::BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        let this = self.project();
+        let r = this.inner.poll_frame(cx);
+        if matches!(r, std::task::Poll::Ready(None) | std::task::Poll::Ready(Some(Err(_)))) {
+            this.done.take();
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+struct Ingress(Arc<Shared>);
+
+/// Counts a request as entered at this node until dropped (covers cancellation while waiting).
+struct Entered<'a> {
+    rev: &'a RevisionState,
+    buffered: bool,
+    handed_over: bool,
+}
+
+impl Drop for Entered<'_> {
+    fn drop(&mut self) {
+        if !self.handed_over {
+            let now = std::time::Instant::now();
+            self.rev.origin.request_out(now, false);
+            if self.buffered {
+                self.rev.activator.request_out(now, false);
+            }
+        }
+    }
+}
+
+impl Ingress {
+    fn reject(
+        &self,
+        status: StatusCode,
+        namespace: &str,
+        service: &str,
+        reason: &'static str,
+        message: String,
+    ) -> Response<Body> {
+        let labels = RejectLabels { namespace: namespace.to_owned(), service: service.to_owned(), reason };
+        self.0.metrics.rejected.get_or_create(&labels).inc();
+        error_response(status, message)
+    }
+
+    fn choose_revision(&self, service: &ServiceState, tag: Option<&String>) -> Option<String> {
+        if let Some(t) = tag {
+            return Some(t.clone());
+        }
+        let total: u32 = service.route.traffic.iter().map(|t| t.percent).sum();
+        if total == 0 {
+            return None;
+        }
+        let mut draw = Shared::lock(&self.0.rng).random_range(0..total);
+        for t in &service.route.traffic {
+            if draw < t.percent {
+                return Some(t.revision.clone());
+            }
+            draw -= t.percent;
+        }
+        None
+    }
+}
+
+fn host_of(req: &Request<Incoming>) -> Option<String> {
+    let raw = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).or_else(|| req.uri().host())?;
+    let host = match raw.rsplit_once(':') {
+        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => raw,
+    };
+    Some(host.trim_end_matches('.').to_ascii_lowercase())
+}
+
+impl Handler for Ingress {
+    async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        let arrival = Instant::now();
+        let shared = &self.0;
+        let Some(host) = host_of(&req) else {
+            return self.reject(
+                StatusCode::BAD_REQUEST,
+                "",
+                "",
+                "no_route",
+                "request has no Host header".into(),
+            );
+        };
+        let found = shared.table.read().unwrap_or_else(|e| e.into_inner()).hosts.get(&host).cloned();
+        let Some((service, tag)) = found else {
+            return self.reject(
+                StatusCode::NOT_FOUND,
+                "",
+                "",
+                "no_route",
+                format!("no service answers to host {host:?}"),
+            );
+        };
+        let (ns, svc) = (service.route.namespace.clone(), service.route.name.clone());
+        let limit = shared.config.max_body_bytes;
+        if let Some(len) = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            && len > limit
+        {
+            return self.reject(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &ns,
+                &svc,
+                "too_large",
+                format!("request body of {len} bytes is larger than the {limit}-byte limit"),
+            );
+        }
+        let Some(revision) = self.choose_revision(&service, tag.as_ref()) else {
+            return self.reject(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &ns,
+                &svc,
+                "no_route",
+                format!("service {ns}/{svc} routes no traffic"),
+            );
+        };
+        let rev = shared
+            .table
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .revisions
+            .get(&(ns.clone(), revision.clone()))
+            .cloned();
+        let Some(rev) = rev else {
+            return self.reject(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &ns,
+                &svc,
+                "no_route",
+                format!("revision {revision} of {ns}/{svc} is not ready"),
+            );
+        };
+        let timeout = Shared::lock(&rev.inner).route.timeout;
+        let deadline = arrival + timeout;
+
+        rev.origin.request_in(std::time::Instant::now(), false);
+        let mut entered = Entered { rev: &rev, buffered: false, handed_over: false };
+        // Take an instance now, or wait in the activator queue.
+        let waiting = {
+            let mut inner = Shared::lock(&rev.inner);
+            let queued = inner.waiting.len() as u32;
+            match pick(shared, &mut inner, queued) {
+                Some(p) => Ok(p),
+                None => {
+                    if inner.waiting.len() >= shared.config.queue_depth {
+                        let depth = shared.config.queue_depth;
+                        drop(inner);
+                        return self.reject(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            &ns,
+                            &svc,
+                            "queue_full",
+                            format!(
+                                "revision {revision} has no capacity and {depth} requests are already waiting"
+                            ),
+                        );
+                    }
+                    let (tx, rx) = oneshot::channel();
+                    let headers: Vec<(String, String)> = req
+                        .headers()
+                        .iter()
+                        .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str().to_owned(), v.to_owned())))
+                        .collect();
+                    let source = peer.to_string();
+                    let meta = RequestMeta {
+                        id: shared.ids.fetch_add(1, Ordering::Relaxed),
+                        source: Some(&source),
+                        host: &host,
+                        path: req.uri().path(),
+                        method: req.method().as_str(),
+                        headers: &headers,
+                        arrival: arrival.into_std(),
+                        deadline: Some(deadline.into_std()),
+                    };
+                    inner.waiting.push(&meta, tx);
+                    shared.metrics.buffered.get_or_create(&rev.labels).set(inner.waiting.len() as i64);
+                    if inner.instances.is_empty() {
+                        shared.events.demand(&ns, &revision, shared.config.node);
+                    }
+                    Err(rx)
+                }
+            }
+        };
+        let picked = match waiting {
+            Ok(p) => p,
+            Err(mut rx) => {
+                entered.buffered = true;
+                rev.activator.request_in(std::time::Instant::now(), false);
+                shared.metrics.buffered_total.get_or_create(&rev.labels).inc();
+                let id = loop {
+                    let wake = (Instant::now() + RECHECK).min(deadline);
+                    match timeout_at(wake, &mut rx).await {
+                        Ok(Ok(id)) => break Some(id),
+                        Ok(Err(_)) => break None,
+                        Err(_) if Instant::now() >= deadline => break None,
+                        Err(_) => dispatch(shared, &rev),
+                    }
+                };
+                let found = id.and_then(|id| {
+                    let inner = Shared::lock(&rev.inner);
+                    inner.instances.iter().find(|x| x.id == id).map(|i| Picked {
+                        id,
+                        name: i.name.clone(),
+                        node: i.node,
+                        addr: i.addr,
+                    })
+                });
+                match found {
+                    Some(p) => p,
+                    None => {
+                        drop(rx);
+                        dispatch(shared, &rev);
+                        return self.reject(
+                            StatusCode::GATEWAY_TIMEOUT,
+                            &ns,
+                            &svc,
+                            "timeout",
+                            format!("no instance of revision {revision} had room within the {timeout:?} request timeout"),
+                        );
+                    }
+                }
+            }
+        };
+        entered.handed_over = true;
+        let buffered = entered.buffered;
+        drop(entered);
+        shared.metrics.in_flight.get_or_create(&rev.labels).inc();
+        let mut done = Forwarded {
+            shared: shared.clone(),
+            rev: rev.clone(),
+            id: picked.id,
+            node: picked.node,
+            arrival,
+            buffered,
+            code: 0,
+        };
+
+        let (mut parts, body) = req.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        if buffered {
+            parts.headers.insert(PROXY_HEADER, HeaderValue::from_static("activator"));
+        }
+        if let Ok(v) = HeaderValue::from_str(shared.node_name()) {
+            parts.headers.insert(ORIGIN_HEADER, v);
+        }
+        if let Ok(v) = HeaderValue::from_str(&peer.ip().to_string()) {
+            parts.headers.append("x-forwarded-for", v);
+        }
+        let mut upstream = Request::from_parts(parts, boxed(Limited::new(body, limit)));
+        retarget(&mut upstream, picked.addr);
+        let sent = Instant::now();
+        let response = match timeout_at(deadline, shared.clients[picked.node].request(upstream)).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                let too_large = std::error::Error::source(&e).is_some_and(is_too_large);
+                let (status, reason, message) = if too_large {
+                    (
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "too_large",
+                        format!("request body is larger than the {limit}-byte limit"),
+                    )
+                } else {
+                    (
+                        StatusCode::BAD_GATEWAY,
+                        "upstream",
+                        format!(
+                            "instance {} on {} did not answer: {e}",
+                            picked.name, shared.config.nodes[picked.node]
+                        ),
+                    )
+                };
+                done.code = status.as_u16();
+                return self.reject(status, &ns, &svc, reason, message);
+            }
+            Err(_) => {
+                done.code = 504;
+                return self.reject(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    &ns,
+                    &svc,
+                    "timeout",
+                    format!("instance {} did not answer within the {timeout:?} request timeout", picked.name),
+                );
+            }
+        };
+        let latency = sent.elapsed();
+        let (mut parts, body) = response.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        done.code = parts.status.as_u16();
+        feedback(shared, &rev, &picked, &parts.headers, latency, parts.status.is_server_error());
+        let body = Tracked { inner: boxed(body), done: Some(done) };
+        Response::from_parts(parts, boxed(body))
+    }
+}
+
+fn feedback(
+    shared: &Shared,
+    rev: &RevisionState,
+    picked: &Picked,
+    headers: &http::HeaderMap,
+    latency: Duration,
+    failed: bool,
+) {
+    let number =
+        |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<f64>().ok());
+    let service_ms = number(SERVICE_TIME_HEADER);
+    let load = number(LOAD_HEADER).map(|l| l as u32);
+    let served_by_queue_proxy = headers.contains_key(INSTANCE_HEADER) && headers.contains_key(NODE_HEADER);
+    let now = Instant::now();
+    let mut inner = Shared::lock(&rev.inner);
+    if let Some(i) = inner.instances.iter_mut().find(|x| x.id == picked.id) {
+        if let Some(l) = load {
+            i.reported = Some((l, now));
+        }
+        if !failed {
+            let ms = service_ms.unwrap_or(latency.as_secs_f64() * 1e3);
+            i.service_ms.observe(now.into_std(), ms);
+        }
+    }
+    let done = Completion {
+        id: picked.id,
+        node: picked.node,
+        origin: shared.config.node,
+        latency,
+        service_time: service_ms
+            .filter(|_| served_by_queue_proxy)
+            .map(|ms| Duration::from_secs_f64(ms / 1e3)),
+        reported_in_flight: load,
+        success: !failed,
+        now: now.into_std(),
+    };
+    inner.balancer.observe(&done);
+}
+
+struct Admin(Arc<Shared>);
+
+impl Handler for Admin {
+    async fn handle(self: Arc<Self>, req: Request<Incoming>, _peer: SocketAddr) -> Response<Body> {
+        match req.uri().path() {
+            "/metrics" => {
+                let mut r = Response::new(full(render(&self.0.registry)));
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+                );
+                r
+            }
+            "/healthz" => Response::new(full(self.0.node_name().to_owned())),
+            other => error_response(
+                StatusCode::NOT_FOUND,
+                format!("no such admin path {other:?}; try /metrics or /healthz"),
+            ),
+        }
+    }
+}

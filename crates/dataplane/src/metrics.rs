@@ -1,0 +1,189 @@
+//! Prometheus metrics of the gateway and the queue proxy (text format at `/metrics` on their admin
+//! listeners). Names and labels are documented in `docs/metrics.md`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Latency buckets: 0.25 ms to ~8 s, doubling.
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_25, 2.0, 16))
+}
+
+/// Labels of a request seen by a gateway.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// Service namespace.
+    pub namespace: String,
+    /// Service name.
+    pub service: String,
+    /// Revision name.
+    pub revision: String,
+    /// Node the request entered at.
+    pub origin_node: String,
+    /// Node that served it ("" when it was not served).
+    pub serving_node: String,
+    /// HTTP status code.
+    pub code: u16,
+}
+
+/// Labels of a revision at a gateway.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RevisionLabels {
+    /// Service namespace.
+    pub namespace: String,
+    /// Service name.
+    pub service: String,
+    /// Revision name.
+    pub revision: String,
+}
+
+/// Labels of a request the gateway or queue proxy answered itself with an error.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RejectLabels {
+    /// Service namespace ("" if unknown).
+    pub namespace: String,
+    /// Service name ("" if unknown).
+    pub service: String,
+    /// `queue_full` (503), `timeout` (504), `no_route` (404), `too_large` (413), `upstream` (502),
+    /// `draining` (503).
+    pub reason: &'static str,
+}
+
+/// Gateway metrics.
+#[derive(Debug)]
+pub struct GatewayMetrics {
+    /// `ikukantai_gateway_requests_total`.
+    pub requests: Family<RequestLabels, Counter>,
+    /// `ikukantai_gateway_request_duration_seconds`.
+    pub duration: Family<RequestLabels, Histogram>,
+    /// `ikukantai_gateway_in_flight_requests`.
+    pub in_flight: Family<RevisionLabels, Gauge>,
+    /// `ikukantai_gateway_buffered_requests`: waiting in the activator queue now.
+    pub buffered: Family<RevisionLabels, Gauge>,
+    /// `ikukantai_gateway_activator_requests_total`: requests that had to wait (activator path).
+    pub buffered_total: Family<RevisionLabels, Counter>,
+    /// `ikukantai_gateway_rejected_requests_total`.
+    pub rejected: Family<RejectLabels, Counter>,
+}
+
+impl GatewayMetrics {
+    /// Creates the metrics and registers them.
+    pub fn new(registry: &mut Registry) -> Self {
+        let m = Self {
+            requests: Family::default(),
+            duration: Family::new_with_constructor(latency_histogram),
+            in_flight: Family::default(),
+            buffered: Family::default(),
+            buffered_total: Family::default(),
+            rejected: Family::default(),
+        };
+        let r = registry.sub_registry_with_prefix("ikukantai_gateway");
+        r.register(
+            "requests",
+            "Requests answered, by revision, origin and serving node, and status code",
+            m.requests.clone(),
+        );
+        r.register(
+            "request_duration_seconds",
+            "Time from request arrival to the end of the response",
+            m.duration.clone(),
+        );
+        r.register("in_flight_requests", "Requests being forwarded now", m.in_flight.clone());
+        r.register(
+            "buffered_requests",
+            "Requests waiting for an instance with room (activator queue)",
+            m.buffered.clone(),
+        );
+        r.register(
+            "activator_requests",
+            "Requests that waited in the activator queue",
+            m.buffered_total.clone(),
+        );
+        r.register(
+            "rejected_requests",
+            "Requests the gateway answered itself with an error, by reason",
+            m.rejected.clone(),
+        );
+        m
+    }
+}
+
+/// Labels of a queue proxy's instance.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InstanceLabels {
+    /// Service namespace.
+    pub namespace: String,
+    /// Service name.
+    pub service: String,
+    /// Revision name.
+    pub revision: String,
+    /// Instance name.
+    pub instance: String,
+    /// Node name.
+    pub node: String,
+}
+
+/// Labels of a request at a queue proxy.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InstanceRequestLabels {
+    /// The instance.
+    #[prometheus(flatten)]
+    pub instance: InstanceLabels,
+    /// HTTP status code.
+    pub code: u16,
+}
+
+/// Queue proxy metrics.
+#[derive(Debug)]
+pub struct QueueMetrics {
+    /// `ikukantai_queue_requests_total`.
+    pub requests: Family<InstanceRequestLabels, Counter>,
+    /// `ikukantai_queue_request_duration_seconds`.
+    pub duration: Family<InstanceRequestLabels, Histogram>,
+    /// `ikukantai_queue_in_flight_requests`.
+    pub in_flight: Family<InstanceLabels, Gauge>,
+    /// `ikukantai_queue_waiting_requests`.
+    pub waiting: Family<InstanceLabels, Gauge>,
+    /// `ikukantai_queue_rejected_requests_total`.
+    pub rejected: Family<RejectLabels, Counter>,
+}
+
+impl QueueMetrics {
+    /// Creates the metrics and registers them.
+    pub fn new(registry: &mut Registry) -> Self {
+        let m = Self {
+            requests: Family::default(),
+            duration: Family::new_with_constructor(latency_histogram),
+            in_flight: Family::default(),
+            waiting: Family::default(),
+            rejected: Family::default(),
+        };
+        let r = registry.sub_registry_with_prefix("ikukantai_queue");
+        r.register("requests", "Requests answered by the instance, by status code", m.requests.clone());
+        r.register(
+            "request_duration_seconds",
+            "Time from arrival at the queue proxy to the end of the response",
+            m.duration.clone(),
+        );
+        r.register("in_flight_requests", "Requests at the instance now", m.in_flight.clone());
+        r.register("waiting_requests", "Requests waiting for a containerConcurrency slot", m.waiting.clone());
+        r.register(
+            "rejected_requests",
+            "Requests the queue proxy answered itself with an error, by reason",
+            m.rejected.clone(),
+        );
+        m
+    }
+}
+
+/// Renders a registry in the Prometheus text format.
+pub fn render(registry: &Registry) -> String {
+    let mut out = String::new();
+    // Writing into a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut out, registry);
+    out
+}

@@ -1,0 +1,540 @@
+//! The queue proxy: one in front of every instance.
+//!
+//! - enforces containerConcurrency: `cc` requests at once, up to `10 × cc` waiting (ordered by the
+//!   revision's queue discipline), 503 beyond; no limit when `cc = 0`;
+//! - probes the instance (its readinessProbe, by default TCP on its port; every 50 ms until first
+//!   ready when `periodSeconds` is 0, like Knative) and reports ready only when it answers;
+//! - applies `timeoutSeconds` (504 if no response in time, the stream cut if it runs past),
+//!   `responseStartTimeoutSeconds` and `idleTimeoutSeconds`;
+//! - keeps time-weighted concurrency and request-rate stats for the autoscaler, counting requests
+//!   that came through the gateway's buffering path (`K-Proxy-Request: activator`) separately;
+//! - tells every response where it was served and how loaded the instance is
+//!   (`x-ikukantai-instance`, `x-ikukantai-node`, `x-ikukantai-load`, `x-ikukantai-service-time`);
+//! - drains on stop: refuses new work, finishes what it has, then exits.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use http::{HeaderValue, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use ikukantai_api::service::Probe;
+use ikukantai_policy::autoscaler::Stat;
+use ikukantai_policy::queue::{PriorityRule, RequestMeta};
+use ikukantai_policy::registry::{self, PolicyParams};
+use prometheus_client::registry::Registry;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::time::{Instant, timeout, timeout_at};
+
+use crate::body::{Body, Deadlines, boxed, error_response, full};
+use crate::breaker::{Breaker, Permit};
+use crate::metrics::{InstanceLabels, InstanceRequestLabels, QueueMetrics, RejectLabels, render};
+use crate::proxy::{plain_client, retarget, strip_hop_by_hop};
+use crate::server::{Handler, ServerHandle, serve};
+use crate::stats::RequestStats;
+
+/// Header naming the instance that served a response.
+pub const INSTANCE_HEADER: &str = "x-ikukantai-instance";
+/// Header naming the node that served a response.
+pub const NODE_HEADER: &str = "x-ikukantai-node";
+/// Header carrying the instance's load when it answered: requests in flight plus waiting.
+pub const LOAD_HEADER: &str = "x-ikukantai-load";
+/// Header carrying the processing time until the response started, in milliseconds.
+pub const SERVICE_TIME_HEADER: &str = "x-ikukantai-service-time";
+/// Request header marking requests that came through the gateway's buffering path (Knative's).
+pub const PROXY_HEADER: &str = "k-proxy-request";
+/// Request header of Knative-style readiness probes of the queue proxy itself.
+pub const PROBE_HEADER: &str = "k-network-probe";
+
+/// How the instance's readiness is checked.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ProbeAction {
+    /// A TCP connection to the instance's port succeeds.
+    Tcp,
+    /// `GET path` answers 2xx or 3xx.
+    Http {
+        /// Path.
+        path: String,
+        /// Extra headers.
+        headers: Vec<(String, String)>,
+    },
+}
+
+/// The readiness probe, with Kubernetes' defaults.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Readiness {
+    /// What is checked.
+    pub action: ProbeAction,
+    /// Wait before the first check.
+    pub initial_delay: Duration,
+    /// Between checks; zero = aggressive (every 50 ms until ready, then every second).
+    pub period: Duration,
+    /// Per-check time-out.
+    pub timeout: Duration,
+    /// Consecutive failures before not ready.
+    pub failure_threshold: u32,
+    /// Consecutive successes before ready.
+    pub success_threshold: u32,
+}
+
+impl Readiness {
+    /// The probe a container asks for (or the default TCP probe).
+    pub fn from_probe(probe: Option<&Probe>) -> Self {
+        let action = match probe.and_then(|p| p.http_get.as_ref()) {
+            Some(h) => ProbeAction::Http {
+                path: h.path.clone().unwrap_or_else(|| "/".into()),
+                headers: h.http_headers.iter().map(|x| (x.name.clone(), x.value.clone())).collect(),
+            },
+            None => ProbeAction::Tcp,
+        };
+        let secs = |v: Option<u32>, default: u64| Duration::from_secs(v.map_or(default, u64::from));
+        Self {
+            action,
+            initial_delay: secs(probe.and_then(|p| p.initial_delay_seconds), 0),
+            period: secs(probe.and_then(|p| p.period_seconds), 0),
+            timeout: secs(probe.and_then(|p| p.timeout_seconds), 1),
+            failure_threshold: probe.and_then(|p| p.failure_threshold).unwrap_or(3).max(1),
+            success_threshold: probe.and_then(|p| p.success_threshold).unwrap_or(1).max(1),
+        }
+    }
+}
+
+/// Everything a queue proxy needs to know.
+#[derive(Debug, Clone)]
+pub struct QueueProxyConfig {
+    /// Service namespace.
+    pub namespace: String,
+    /// Service name.
+    pub service: String,
+    /// Revision name.
+    pub revision: String,
+    /// Instance name.
+    pub instance: String,
+    /// Node name.
+    pub node: String,
+    /// Where the instance listens.
+    pub app: SocketAddr,
+    /// containerConcurrency (0 = unlimited).
+    pub container_concurrency: u32,
+    /// Waiting requests allowed (default 10 × cc).
+    pub queue_depth: Option<usize>,
+    /// Queue discipline name.
+    pub queue: String,
+    /// Rules of the `priority` discipline.
+    pub priority_rules: Vec<PriorityRule>,
+    /// `timeoutSeconds`.
+    pub timeout: Duration,
+    /// `responseStartTimeoutSeconds`.
+    pub response_start_timeout: Option<Duration>,
+    /// `idleTimeoutSeconds` (None or zero = none).
+    pub idle_timeout: Option<Duration>,
+    /// Readiness probe.
+    pub readiness: Readiness,
+    /// Largest accepted request head.
+    pub max_header_bytes: usize,
+}
+
+/// Invalid queue proxy configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueProxyError {
+    /// Unknown queue discipline.
+    #[error(transparent)]
+    Policy(#[from] ikukantai_policy::registry::UnknownPolicy),
+    /// Listener problem.
+    #[error("queue proxy listener: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+struct Inner {
+    config: QueueProxyConfig,
+    labels: InstanceLabels,
+    breaker: Arc<Breaker>,
+    client: Client<HttpConnector, Body>,
+    stats: RequestStats,
+    ready: watch::Sender<bool>,
+    draining: AtomicBool,
+    metrics: QueueMetrics,
+    registry: Registry,
+}
+
+/// A running queue proxy.
+#[derive(Debug)]
+pub struct QueueProxyHandle {
+    inner: Arc<InnerRef>,
+    server: ServerHandle,
+    admin: ServerHandle,
+    prober: tokio::task::JoinHandle<()>,
+}
+
+/// Opaque shared state (kept private; `Debug` for the handle).
+pub struct InnerRef(Inner);
+
+impl std::fmt::Debug for InnerRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueueProxy").field("instance", &self.0.config.instance).finish_non_exhaustive()
+    }
+}
+
+impl QueueProxyHandle {
+    /// Starts a queue proxy serving on `listener` (requests) and `admin` (`/metrics`).
+    pub fn start(
+        config: QueueProxyConfig,
+        listener: TcpListener,
+        admin: TcpListener,
+    ) -> Result<Self, QueueProxyError> {
+        let params =
+            PolicyParams { priority_rules: config.priority_rules.clone(), ..PolicyParams::default() };
+        let discipline = registry::queue(&config.queue, &params)?;
+        let cc = config.container_concurrency;
+        let depth = config.queue_depth.unwrap_or(10 * cc as usize);
+        let mut registry = Registry::default();
+        let metrics = QueueMetrics::new(&mut registry);
+        let labels = InstanceLabels {
+            namespace: config.namespace.clone(),
+            service: config.service.clone(),
+            revision: config.revision.clone(),
+            instance: config.instance.clone(),
+            node: config.node.clone(),
+        };
+        let (ready, _) = watch::channel(false);
+        let max_header = config.max_header_bytes;
+        let inner = Arc::new(InnerRef(Inner {
+            breaker: Breaker::new(cc, depth, discipline),
+            client: plain_client(),
+            stats: RequestStats::new(std::time::Instant::now()),
+            ready,
+            draining: AtomicBool::new(false),
+            metrics,
+            registry,
+            labels,
+            config,
+        }));
+        let prober = tokio::spawn(probe_loop(inner.clone()));
+        let server = serve(listener, inner.clone(), max_header)?;
+        let admin = serve(admin, Arc::new(Admin(inner.clone())), 8192)?;
+        Ok(Self { inner, server, admin, prober })
+    }
+
+    /// Where requests go.
+    pub fn addr(&self) -> SocketAddr {
+        self.server.addr()
+    }
+
+    /// Where `/metrics` is served.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin.addr()
+    }
+
+    /// Follows readiness.
+    pub fn ready(&self) -> watch::Receiver<bool> {
+        self.inner.0.ready.subscribe()
+    }
+
+    /// Requests in flight (including those waiting for a slot).
+    pub fn in_flight(&self) -> u32 {
+        self.inner.0.stats.in_flight()
+    }
+
+    /// Cuts the stats for the period since the last call (call it every second).
+    pub fn report(&self) -> Stat {
+        self.inner.0.stats.report(std::time::Instant::now())
+    }
+
+    /// Graceful stop: new requests get 503, the ones in flight finish, then the servers stop.
+    pub async fn drain(self) {
+        let inner = &self.inner.0;
+        inner.draining.store(true, Ordering::SeqCst);
+        let _ = inner.ready.send(false);
+        self.prober.abort();
+        while inner.stats.in_flight() > 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        self.server.shutdown().await;
+        self.admin.shutdown().await;
+    }
+}
+
+async fn check(config: &QueueProxyConfig, limit: Duration) -> bool {
+    let attempt = async {
+        match &config.readiness.action {
+            ProbeAction::Tcp => TcpStream::connect(config.app).await.is_ok(),
+            ProbeAction::Http { path, headers } => {
+                let client = plain_client();
+                let mut req = Request::get(format!("http://{}{path}", config.app));
+                for (k, v) in headers {
+                    req = req.header(k, v);
+                }
+                let Ok(req) = req.header("user-agent", "ikukantai-queue-proxy-probe").body(full("")) else {
+                    return false;
+                };
+                client
+                    .request(req)
+                    .await
+                    .is_ok_and(|r| r.status().is_success() || r.status().is_redirection())
+            }
+        }
+    };
+    timeout(limit, attempt).await.unwrap_or(false)
+}
+
+async fn probe_loop(inner: Arc<InnerRef>) {
+    let inner = &inner.0;
+    let r = &inner.config.readiness;
+    tokio::time::sleep(r.initial_delay).await;
+    let aggressive = r.period.is_zero();
+    let (mut ok_run, mut fail_run) = (0u32, 0u32);
+    loop {
+        let limit = if aggressive && !*inner.ready.borrow() { Duration::from_millis(100) } else { r.timeout };
+        if check(&inner.config, limit).await {
+            ok_run += 1;
+            fail_run = 0;
+            if ok_run >= r.success_threshold && !*inner.ready.borrow() {
+                let _ = inner.ready.send(true);
+            }
+        } else {
+            fail_run += 1;
+            ok_run = 0;
+            if fail_run >= r.failure_threshold && *inner.ready.borrow() {
+                let _ = inner.ready.send(false);
+            }
+        }
+        let pause = match (aggressive, *inner.ready.borrow()) {
+            (true, false) => Duration::from_millis(50),
+            (true, true) => Duration::from_secs(1),
+            (false, _) => r.period,
+        };
+        tokio::time::sleep(pause).await;
+    }
+}
+
+/// Decrements stats and gauges when a request ends, however it ends.
+struct InFlight {
+    inner: Arc<InnerRef>,
+    proxied: bool,
+    arrival: Instant,
+    code: u16,
+    _permit: Option<Permit>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let inner = &self.inner.0;
+        inner.stats.request_out(std::time::Instant::now(), self.proxied);
+        inner.metrics.in_flight.get_or_create(&inner.labels).dec();
+        let labels = InstanceRequestLabels { instance: inner.labels.clone(), code: self.code };
+        inner.metrics.requests.get_or_create(&labels).inc();
+        inner.metrics.duration.get_or_create(&labels).observe(self.arrival.elapsed().as_secs_f64());
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that keeps its request counted until it ends.
+    struct Tracked<B> {
+        #[pin]
+        inner: B,
+        guard: Option<InFlight>,
+    }
+}
+
+impl<B> http_body::Body for Tracked<B>
+where
+    B: http_body::Body<Data = bytes::Bytes, Error = crate::body::BoxError>,
+{
+    type Data = bytes::Bytes;
+    type Error = crate::body::BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        let this = self.project();
+        let r = this.inner.poll_frame(cx);
+        if matches!(r, std::task::Poll::Ready(None) | std::task::Poll::Ready(Some(Err(_)))) {
+            this.guard.take();
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl InnerRef {
+    fn reject(&self, status: StatusCode, reason: &'static str, message: String) -> Response<Body> {
+        let labels = RejectLabels {
+            namespace: self.0.config.namespace.clone(),
+            service: self.0.config.service.clone(),
+            reason,
+        };
+        self.0.metrics.rejected.get_or_create(&labels).inc();
+        self.stamp(error_response(status, message))
+    }
+
+    fn stamp(&self, mut resp: Response<Body>) -> Response<Body> {
+        let inner = &self.0;
+        let h = resp.headers_mut();
+        for (name, value) in [(INSTANCE_HEADER, &inner.config.instance), (NODE_HEADER, &inner.config.node)] {
+            if let Ok(v) = HeaderValue::from_str(value) {
+                h.insert(name, v);
+            }
+        }
+        let load = inner.breaker.in_flight() as usize + inner.breaker.waiting();
+        h.insert(LOAD_HEADER, HeaderValue::from(load));
+        resp
+    }
+}
+
+impl Handler for InnerRef {
+    async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        let arrival = Instant::now();
+        let inner = &self.0;
+        let config = &inner.config;
+        if req.headers().get(PROBE_HEADER).is_some_and(|v| v == "queue") {
+            let ready = *inner.ready.borrow() && !inner.draining.load(Ordering::SeqCst);
+            return if ready {
+                Response::new(full("queue"))
+            } else {
+                error_response(StatusCode::SERVICE_UNAVAILABLE, "not ready")
+            };
+        }
+        if inner.draining.load(Ordering::SeqCst) {
+            return self.reject(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "draining",
+                format!("instance {} is draining", config.instance),
+            );
+        }
+        let proxied = req.headers().get(PROXY_HEADER).is_some_and(|v| v == "activator");
+        inner.stats.request_in(std::time::Instant::now(), proxied);
+        inner.metrics.in_flight.get_or_create(&inner.labels).inc();
+        let mut guard = InFlight { inner: self.clone(), proxied, arrival, code: 0, _permit: None };
+        let deadline = arrival + config.timeout;
+
+        let ticket = {
+            let headers: Vec<(String, String)> = req
+                .headers()
+                .iter()
+                .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str().to_owned(), v.to_owned())))
+                .collect();
+            let source = peer.to_string();
+            let host = req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
+            let meta = RequestMeta {
+                id: 0,
+                source: Some(&source),
+                host,
+                path: req.uri().path(),
+                method: req.method().as_str(),
+                headers: &headers,
+                arrival: arrival.into_std(),
+                deadline: Some(deadline.into_std()),
+            };
+            inner.breaker.enter(&meta)
+        };
+        let ticket = match ticket {
+            Ok(t) => t,
+            Err(full) => {
+                guard.code = 503;
+                return self.reject(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "queue_full",
+                    format!("instance {} is at capacity: {full}", config.instance),
+                );
+            }
+        };
+        let waiting = inner.metrics.waiting.get_or_create(&inner.labels).clone();
+        let queued = ticket.queued();
+        if queued {
+            waiting.inc();
+        }
+        let permit = timeout_at(deadline, ticket.wait()).await;
+        if queued {
+            waiting.dec();
+        }
+        let Ok(permit) = permit else {
+            guard.code = 504;
+            return self.reject(
+                StatusCode::GATEWAY_TIMEOUT,
+                "timeout",
+                format!(
+                    "no containerConcurrency slot on instance {} within the {:?} request timeout",
+                    config.instance, config.timeout
+                ),
+            );
+        };
+        guard._permit = Some(permit);
+
+        let started = Instant::now();
+        let (mut parts, body) = req.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        parts.headers.remove(PROXY_HEADER);
+        let mut upstream = Request::from_parts(parts, boxed(body));
+        retarget(&mut upstream, config.app);
+        let start_deadline = config.response_start_timeout.map_or(deadline, |t| (arrival + t).min(deadline));
+        let response = match timeout_at(start_deadline, inner.client.request(upstream)).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                guard.code = 502;
+                return self.reject(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream",
+                    format!("instance {} did not answer: {e}", config.instance),
+                );
+            }
+            Err(_) => {
+                guard.code = 504;
+                let which =
+                    if start_deadline < deadline { "responseStartTimeoutSeconds" } else { "timeoutSeconds" };
+                return self.reject(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "timeout",
+                    format!(
+                        "instance {} did not start responding within {:?} ({which})",
+                        config.instance,
+                        start_deadline - arrival
+                    ),
+                );
+            }
+        };
+        let service_ms = started.elapsed().as_secs_f64() * 1e3;
+        let (mut parts, body) = response.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        guard.code = parts.status.as_u16();
+        if let Ok(v) = HeaderValue::from_str(&format!("{service_ms:.3}")) {
+            parts.headers.insert(SERVICE_TIME_HEADER, v);
+        }
+        let idle = config.idle_timeout.filter(|d| !d.is_zero());
+        let body = Deadlines::new(body, idle, deadline, config.timeout);
+        let body = Tracked { inner: boxed(body), guard: Some(guard) };
+        self.stamp(Response::from_parts(parts, boxed(body)))
+    }
+}
+
+struct Admin(Arc<InnerRef>);
+
+impl Handler for Admin {
+    async fn handle(self: Arc<Self>, req: Request<Incoming>, _peer: SocketAddr) -> Response<Body> {
+        match req.uri().path() {
+            "/metrics" => {
+                let mut r = Response::new(full(render(&self.0.0.registry)));
+                r.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+                );
+                r
+            }
+            "/healthz" => Response::new(full("ok")),
+            other => {
+                error_response(StatusCode::NOT_FOUND, format!("no such admin path {other:?}; try /metrics"))
+            }
+        }
+    }
+}

@@ -1,0 +1,233 @@
+//! Test support: a small instance (backend), and helpers to run queue proxies and gateways on
+//! loopback with OS-assigned ports.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use ikukantai_dataplane::body::{Body, boxed};
+use ikukantai_dataplane::gateway::{InstanceRoute, RevisionRoute, RouteTarget, Routes, ServiceRoute};
+use ikukantai_dataplane::queue_proxy::{ProbeAction, QueueProxyConfig, QueueProxyHandle, Readiness};
+use tokio::net::TcpListener;
+use tokio::sync::{Mutex, mpsc};
+
+/// What the backend saw.
+#[derive(Debug, Default)]
+pub struct Seen {
+    pub requests: AtomicUsize,
+    pub cancelled: AtomicUsize,
+    pub headers: std::sync::Mutex<Vec<http::HeaderMap>>,
+}
+
+struct CancelGuard(Arc<Seen>, bool);
+impl Drop for CancelGuard {
+    fn drop(&mut self) {
+        if !self.1 {
+            self.0.cancelled.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+/// A backend whose `/stream` sends one chunk, then waits for `release` before the second.
+pub struct Backend {
+    pub addr: SocketAddr,
+    pub seen: Arc<Seen>,
+    pub release: mpsc::Sender<()>,
+}
+
+/// Starts the test instance: `/` greets, `/sleep/MS` sleeps, `/echo` streams the body back,
+/// `/hang` never answers (and counts cancellations), `/stream` sends a chunk then waits.
+pub async fn backend(name: &'static str) -> Backend {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    backend_on(listener, name).await
+}
+
+pub async fn backend_on(listener: TcpListener, name: &'static str) -> Backend {
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Seen::default());
+    let (release, rx) = mpsc::channel::<()>(8);
+    let rx = Arc::new(Mutex::new(rx));
+    let s = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { return };
+            let (s, rx) = (s.clone(), rx.clone());
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    let (s, rx) = (s.clone(), rx.clone());
+                    async move { Ok::<_, Infallible>(answer(name, req, s, rx).await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Backend { addr, seen, release }
+}
+
+async fn answer(
+    name: &str,
+    req: Request<Incoming>,
+    seen: Arc<Seen>,
+    release: Arc<Mutex<mpsc::Receiver<()>>>,
+) -> Response<Body> {
+    seen.requests.fetch_add(1, Ordering::SeqCst);
+    seen.headers.lock().unwrap().push(req.headers().clone());
+    let path = req.uri().path().to_owned();
+    if let Some(ms) = path.strip_prefix("/sleep/") {
+        tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
+        return text(format!("slept {ms}ms in {name}"));
+    }
+    match path.as_str() {
+        "/echo" => Response::new(boxed(req.into_body())),
+        "/hang" => {
+            let mut guard = CancelGuard(seen, false);
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            guard.1 = true;
+            text("never".into())
+        }
+        "/stream" => {
+            let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(2);
+            tokio::spawn(async move {
+                let _ = tx.send(Ok(Frame::data(Bytes::from_static(b"first;")))).await;
+                let _ = release.lock().await.recv().await;
+                let _ = tx.send(Ok(Frame::data(Bytes::from_static(b"second")))).await;
+            });
+            let stream =
+                futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|f| (f, rx)) });
+            Response::new(boxed(StreamBody::new(stream)))
+        }
+        _ => text(format!("Konnichiwa from {name}")),
+    }
+}
+
+fn text(s: String) -> Response<Body> {
+    Response::new(boxed(Full::new(Bytes::from(s))))
+}
+
+/// Queue proxy settings for a backend.
+pub fn qp_config(instance: &str, node: &str, revision: &str, app: SocketAddr, cc: u32) -> QueueProxyConfig {
+    QueueProxyConfig {
+        namespace: "default".into(),
+        service: "hello".into(),
+        revision: revision.into(),
+        instance: instance.into(),
+        node: node.into(),
+        app,
+        container_concurrency: cc,
+        queue_depth: None,
+        queue: "fifo".into(),
+        priority_rules: Vec::new(),
+        timeout: Duration::from_secs(30),
+        response_start_timeout: None,
+        idle_timeout: None,
+        readiness: Readiness {
+            action: ProbeAction::Tcp,
+            initial_delay: Duration::ZERO,
+            period: Duration::ZERO,
+            timeout: Duration::from_secs(1),
+            failure_threshold: 3,
+            success_threshold: 1,
+        },
+        max_header_bytes: 64 * 1024,
+    }
+}
+
+pub async fn start_qp(config: QueueProxyConfig) -> QueueProxyHandle {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let a = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    QueueProxyHandle::start(config, l, a).unwrap()
+}
+
+pub async fn wait_ready(qp: &QueueProxyHandle) {
+    let mut ready = qp.ready();
+    tokio::time::timeout(Duration::from_secs(10), ready.wait_for(|r| *r))
+        .await
+        .expect("ready in time")
+        .unwrap();
+}
+
+/// An instance: backend + queue proxy, ready.
+pub struct Instance {
+    pub backend: Backend,
+    pub qp: QueueProxyHandle,
+}
+
+pub async fn instance(name: &'static str, node: &str, revision: &str, cc: u32) -> Instance {
+    let backend = backend(name).await;
+    let qp = start_qp(qp_config(name, node, revision, backend.addr, cc)).await;
+    wait_ready(&qp).await;
+    Instance { backend, qp }
+}
+
+pub fn revision(revision: &str, cc: u32, instances: Vec<InstanceRoute>) -> RevisionRoute {
+    RevisionRoute {
+        namespace: "default".into(),
+        service: "hello".into(),
+        revision: revision.into(),
+        container_concurrency: cc,
+        target_concurrency: 10.0,
+        timeout: Duration::from_secs(30),
+        balancer: "ert".into(),
+        queue: "fifo".into(),
+        priority_rules: Vec::new(),
+        instances,
+    }
+}
+
+pub fn route(name: &str, node: usize, addr: SocketAddr) -> InstanceRoute {
+    InstanceRoute { name: name.into(), node, addr }
+}
+
+pub fn hello_routes(revisions: Vec<RevisionRoute>, traffic: Vec<RouteTarget>) -> Routes {
+    Routes {
+        services: vec![ServiceRoute { namespace: "default".into(), name: "hello".into(), traffic }],
+        revisions,
+    }
+}
+
+pub fn all_to(revision: &str) -> Vec<RouteTarget> {
+    vec![RouteTarget { revision: revision.into(), percent: 100, tag: None }]
+}
+
+pub fn client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
+}
+
+/// Sends GET `path` with `host` to `addr`; returns status, headers and body text.
+pub async fn get(addr: SocketAddr, host: &str, path: &str) -> (StatusCode, http::HeaderMap, String) {
+    let req = Request::get(format!("http://{addr}{path}"))
+        .header("host", host)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = client().request(req).await.unwrap();
+    let (parts, body) = resp.into_parts();
+    let bytes = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+    (parts.status, parts.headers, String::from_utf8_lossy(&bytes).into_owned())
+}
+
+pub fn header(h: &http::HeaderMap, name: &str) -> String {
+    h.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned()
+}
+
+pub async fn gateway(
+    config: ikukantai_dataplane::gateway::GatewayConfig,
+    events: Arc<dyn ikukantai_dataplane::gateway::GatewayEvents>,
+) -> ikukantai_dataplane::gateway::Gateway {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let a = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    ikukantai_dataplane::gateway::Gateway::start(config, l, a, events).unwrap()
+}

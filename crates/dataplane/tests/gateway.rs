@@ -1,0 +1,330 @@
+//! The gateway on loopback: routing, traffic split, scale from zero, overflow, timeouts, client
+//! disconnect, limits, streaming, cross-node links and locality.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
+use ikukantai_api::topology::LinkProperties;
+use ikukantai_dataplane::gateway::{GatewayConfig, GatewayEvents, NoEvents, RouteTarget};
+use ikukantai_dataplane::link::Link;
+use ikukantai_dataplane::queue_proxy::{INSTANCE_HEADER, NODE_HEADER};
+use ikukantai_policy::estimate::RttMatrix;
+
+const HOST: &str = "hello.default.example.com";
+
+#[tokio::test]
+async fn routes_by_host_the_knative_way_and_404s_unknown_hosts() {
+    let i = instance("hello-a", "node1", "hello-00001", 0).await;
+    let gw = gateway(GatewayConfig::single("node1"), Arc::new(NoEvents)).await;
+    gw.set_routes(&hello_routes(
+        vec![revision("hello-00001", 0, vec![route("hello-a", 0, i.qp.addr())])],
+        all_to("hello-00001"),
+    ))
+    .unwrap();
+    for host in [
+        HOST,
+        "hello.default",
+        "hello.default.svc",
+        "hello.default.svc.cluster.local",
+        "HELLO.default.example.com:8080",
+    ] {
+        let (status, headers, body) = get(gw.addr(), host, "/").await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "Konnichiwa from hello-a"), "{host}");
+        assert_eq!(header(&headers, INSTANCE_HEADER), "hello-a");
+    }
+    let (status, _, body) = get(gw.addr(), "nope.default.example.com", "/").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body, "no service answers to host \"nope.default.example.com\"\n");
+    // The origin node travels with the request.
+    let seen = i.backend.seen.headers.lock().unwrap().last().cloned().unwrap();
+    assert_eq!(header(&seen, "x-ikukantai-origin"), "node1");
+}
+
+#[tokio::test]
+async fn traffic_is_split_by_percent_and_tags_pin_a_revision() {
+    let a = instance("rev1-a", "node1", "hello-00001", 0).await;
+    let b = instance("rev2-a", "node1", "hello-00002", 0).await;
+    let gw = gateway(GatewayConfig::single("node1"), Arc::new(NoEvents)).await;
+    let traffic = vec![
+        RouteTarget { revision: "hello-00001".into(), percent: 80, tag: Some("blue".into()) },
+        RouteTarget { revision: "hello-00002".into(), percent: 20, tag: Some("green".into()) },
+    ];
+    gw.set_routes(&hello_routes(
+        vec![
+            revision("hello-00001", 0, vec![route("rev1-a", 0, a.qp.addr())]),
+            revision("hello-00002", 0, vec![route("rev2-a", 0, b.qp.addr())]),
+        ],
+        traffic,
+    ))
+    .unwrap();
+    let mut first = 0;
+    for _ in 0..400 {
+        if get(gw.addr(), HOST, "/").await.2 == "Konnichiwa from rev1-a" {
+            first += 1;
+        }
+    }
+    assert!((280..=360).contains(&first), "80 % of 400 expected, got {first}");
+    for _ in 0..20 {
+        assert_eq!(get(gw.addr(), "green-hello.default.example.com", "/").await.2, "Konnichiwa from rev2-a");
+    }
+}
+
+/// Records demand events and, on the first, starts an instance and routes to it.
+struct ScaleFromZero {
+    demands: Mutex<Vec<(String, String, usize)>>,
+    started: tokio::sync::mpsc::UnboundedSender<()>,
+}
+
+impl GatewayEvents for ScaleFromZero {
+    fn demand(&self, namespace: &str, revision: &str, origin: usize) {
+        self.demands.lock().unwrap().push((namespace.into(), revision.into(), origin));
+        let _ = self.started.send(());
+    }
+}
+
+#[tokio::test]
+async fn scale_from_zero_buffers_pokes_at_once_and_forwards_when_ready() {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let events = Arc::new(ScaleFromZero { demands: Mutex::default(), started: tx });
+    let gw = Arc::new(gateway(GatewayConfig::single("node3"), events.clone()).await);
+    gw.set_routes(&hello_routes(vec![revision("hello-00001", 0, vec![])], all_to("hello-00001"))).unwrap();
+
+    let addr = gw.addr();
+    let request = tokio::spawn(async move { get(addr, HOST, "/").await });
+    // The control plane hears about the demand before any instance exists...
+    rx.recv().await.unwrap();
+    assert_eq!(events.demands.lock().unwrap()[0], ("default".to_owned(), "hello-00001".to_owned(), 0));
+    // ...starts one, and routes to it.
+    let i = instance("hello-cold", "node3", "hello-00001", 0).await;
+    gw.set_routes(&hello_routes(
+        vec![revision("hello-00001", 0, vec![route("hello-cold", 0, i.qp.addr())])],
+        all_to("hello-00001"),
+    ))
+    .unwrap();
+    let (status, headers, body) = request.await.unwrap();
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "Konnichiwa from hello-cold"));
+    assert_eq!(header(&headers, NODE_HEADER), "node3");
+    // The buffered request was marked, so the instance reports it as proxied (not counted twice).
+    let stat = i.qp.report();
+    assert!(stat.proxied_requests > 0.0 && stat.requests == stat.proxied_requests, "{stat:?}");
+    let reports = gw.report();
+    assert!(reports[0].activator.requests > 0.0, "{reports:?}");
+}
+
+#[tokio::test]
+async fn full_activator_queue_gives_503_and_waiting_past_the_timeout_504() {
+    let mut config = GatewayConfig::single("node1");
+    config.queue_depth = 2;
+    let gw = Arc::new(gateway(config, Arc::new(NoEvents)).await);
+    let mut rev = revision("hello-00001", 0, vec![]);
+    rev.timeout = Duration::from_millis(500);
+    gw.set_routes(&hello_routes(vec![rev], all_to("hello-00001"))).unwrap();
+    let addr = gw.addr();
+    let waiting: Vec<_> = (0..2).map(|_| tokio::spawn(async move { get(addr, HOST, "/").await })).collect();
+    // Give both a place in the queue.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (status, _, body) = get(addr, HOST, "/").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(body.contains("2 requests are already waiting"), "{body}");
+    for w in waiting {
+        let (status, _, body) = w.await.unwrap();
+        assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+        assert!(
+            body.contains("no instance of revision hello-00001 had room within the 500ms request timeout"),
+            "{body}"
+        );
+    }
+    let (_, _, metrics) = get(gw.admin_addr(), "admin", "/metrics").await;
+    assert!(metrics.contains("ikukantai_gateway_rejected_requests_total{namespace=\"default\",service=\"hello\",reason=\"queue_full\"} 1"), "{metrics}");
+    assert!(metrics.contains("reason=\"timeout\"} 2"), "{metrics}");
+}
+
+#[tokio::test]
+async fn full_instances_make_requests_wait_for_a_slot() {
+    let i = instance("one-slot", "node1", "hello-00001", 1).await;
+    let mut config = GatewayConfig::single("node1");
+    config.policy.seed = 3;
+    let gw = Arc::new(gateway(config, Arc::new(NoEvents)).await);
+    let mut rev = revision("hello-00001", 1, vec![route("one-slot", 0, i.qp.addr())]);
+    rev.balancer = "even".into();
+    gw.set_routes(&hello_routes(vec![rev], all_to("hello-00001"))).unwrap();
+    let addr = gw.addr();
+    let requests: Vec<_> =
+        (0..4).map(|_| tokio::spawn(async move { get(addr, HOST, "/sleep/50").await })).collect();
+    for r in requests {
+        assert_eq!(r.await.unwrap().0, StatusCode::OK);
+    }
+    // cc = 1: the gateway never had more than one request at the instance.
+    assert_eq!(i.backend.seen.requests.load(Ordering::SeqCst), 4);
+    let (_, _, metrics) = get(gw.admin_addr(), "admin", "/metrics").await;
+    assert!(metrics.contains("ikukantai_gateway_activator_requests_total{namespace=\"default\",service=\"hello\",revision=\"hello-00001\"} 3"), "{metrics}");
+}
+
+#[tokio::test]
+async fn client_disconnect_cancels_the_upstream_request() {
+    let i = instance("hanging", "node1", "hello-00001", 0).await;
+    let gw = gateway(GatewayConfig::single("node1"), Arc::new(NoEvents)).await;
+    gw.set_routes(&hello_routes(
+        vec![revision("hello-00001", 0, vec![route("hanging", 0, i.qp.addr())])],
+        all_to("hello-00001"),
+    ))
+    .unwrap();
+    let addr = gw.addr();
+    let request = tokio::spawn(async move { get(addr, HOST, "/hang").await });
+    while i.backend.seen.requests.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    request.abort();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while i.backend.seen.cancelled.load(Ordering::SeqCst) == 0 {
+        assert!(Instant::now() < deadline, "the instance never saw the cancellation");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    while i.qp.in_flight() > 0 {
+        assert!(Instant::now() < deadline, "the queue proxy still counts the request");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn oversized_headers_get_431_and_bodies_413() {
+    let i = instance("limits", "node1", "hello-00001", 0).await;
+    let mut config = GatewayConfig::single("node1");
+    config.max_header_bytes = 16 * 1024;
+    config.max_body_bytes = 1024;
+    let gw = gateway(config, Arc::new(NoEvents)).await;
+    gw.set_routes(&hello_routes(
+        vec![revision("hello-00001", 0, vec![route("limits", 0, i.qp.addr())])],
+        all_to("hello-00001"),
+    ))
+    .unwrap();
+    let big = "x".repeat(32 * 1024);
+    let req = Request::get(format!("http://{}/", gw.addr()))
+        .header("host", HOST)
+        .header("x-big", big)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = client().request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+
+    // Declared too large: refused before anything is forwarded.
+    let req = Request::post(format!("http://{}/echo", gw.addr()))
+        .header("host", HOST)
+        .body(Full::new(Bytes::from(vec![1u8; 2048])))
+        .unwrap();
+    let resp = client().request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let text = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&text[..], b"request body of 2048 bytes is larger than the 1024-byte limit\n");
+
+    // Streamed without a length: cut when it passes the limit.
+    let chunks: Vec<Result<Frame<Bytes>, std::convert::Infallible>> =
+        (0..4).map(|_| Ok(Frame::data(Bytes::from(vec![7u8; 512])))).collect();
+    let body = StreamBody::new(futures_util::stream::iter(chunks));
+    let streaming = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build::<_, StreamBody<_>>(hyper_util::client::legacy::connect::HttpConnector::new());
+    let req = Request::post(format!("http://{}/echo", gw.addr())).header("host", HOST).body(body).unwrap();
+    match streaming.request(req).await {
+        Ok(resp) => {
+            // Either the gateway answered 413 before the instance did, or the response stream is cut.
+            if resp.status() != StatusCode::PAYLOAD_TOO_LARGE {
+                assert!(resp.into_body().collect().await.is_err(), "an over-long body must not pass whole");
+            }
+        }
+        Err(e) => panic!("{e}"),
+    }
+
+    // Small bodies pass both ways.
+    let req = Request::post(format!("http://{}/echo", gw.addr()))
+        .header("host", HOST)
+        .body(Full::new(Bytes::from_static(b"ping")))
+        .unwrap();
+    let resp = client().request(req).await.unwrap();
+    assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), Bytes::from_static(b"ping"));
+}
+
+#[tokio::test]
+async fn responses_stream_without_buffering() {
+    let i = instance("streamer", "node1", "hello-00001", 0).await;
+    let gw = gateway(GatewayConfig::single("node1"), Arc::new(NoEvents)).await;
+    gw.set_routes(&hello_routes(
+        vec![revision("hello-00001", 0, vec![route("streamer", 0, i.qp.addr())])],
+        all_to("hello-00001"),
+    ))
+    .unwrap();
+    let req = Request::get(format!("http://{}/stream", gw.addr()))
+        .header("host", HOST)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let mut body = client().request(req).await.unwrap().into_body();
+    // The first chunk arrives while the instance is still holding back the second one.
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert_eq!(&first[..], b"first;");
+    i.backend.release.send(()).await.unwrap();
+    let rest = body.collect().await.unwrap().to_bytes();
+    assert_eq!(&rest[..], b"second");
+}
+
+fn two_nodes(me: usize, rtt_ms: u64) -> GatewayConfig {
+    let props =
+        LinkProperties { rtt: Duration::from_millis(rtt_ms), jitter: Duration::ZERO, bandwidth: None };
+    let mut rtt = RttMatrix::new(2, rtt_ms as f64, Duration::from_secs(30));
+    rtt.set_prior(0, 0, 0.0);
+    rtt.set_prior(1, 1, 0.0);
+    GatewayConfig {
+        nodes: vec!["cloud".into(), "edge".into()],
+        node: me,
+        links: (0..2).map(|n| (n != me).then(|| Link::new(&props, 9))).collect(),
+        rtt,
+        ..GatewayConfig::single("unused")
+    }
+}
+
+#[tokio::test]
+async fn cross_node_requests_cross_the_emulated_link() {
+    let cloud = instance("hello-cloud", "cloud", "hello-00001", 0).await;
+    let gw = gateway(two_nodes(1, 30), Arc::new(NoEvents)).await;
+    gw.set_routes(&hello_routes(
+        vec![revision("hello-00001", 0, vec![route("hello-cloud", 0, cloud.qp.addr())])],
+        all_to("hello-00001"),
+    ))
+    .unwrap();
+    for _ in 0..3 {
+        let t = Instant::now();
+        let (status, headers, _) = get(gw.addr(), HOST, "/").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(header(&headers, NODE_HEADER), "cloud");
+        assert!(t.elapsed() >= Duration::from_millis(30), "a cloud round trip from the edge costs the RTT");
+    }
+    let (_, _, metrics) = get(gw.admin_addr(), "admin", "/metrics").await;
+    assert!(metrics.contains("origin_node=\"edge\",serving_node=\"cloud\",code=\"200\"} 3"), "{metrics}");
+}
+
+#[tokio::test]
+async fn the_default_balancer_keeps_traffic_local() {
+    let cloud = instance("hello-cloud", "cloud", "hello-00001", 0).await;
+    let edge = instance("hello-edge", "edge", "hello-00001", 0).await;
+    let gw = gateway(two_nodes(1, 30), Arc::new(NoEvents)).await;
+    gw.set_routes(&hello_routes(
+        vec![revision(
+            "hello-00001",
+            0,
+            vec![route("hello-cloud", 0, cloud.qp.addr()), route("hello-edge", 1, edge.qp.addr())],
+        )],
+        all_to("hello-00001"),
+    ))
+    .unwrap();
+    for _ in 0..20 {
+        let (_, headers, _) = get(gw.addr(), HOST, "/").await;
+        assert_eq!(header(&headers, NODE_HEADER), "edge");
+    }
+    assert_eq!(cloud.backend.seen.requests.load(Ordering::SeqCst), 0);
+}

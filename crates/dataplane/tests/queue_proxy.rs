@@ -1,0 +1,126 @@
+//! The queue proxy on loopback: concurrency, overflow, timeouts, readiness, headers, stats, drain.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::*;
+use http::StatusCode;
+use ikukantai_dataplane::queue_proxy::{INSTANCE_HEADER, LOAD_HEADER, NODE_HEADER, SERVICE_TIME_HEADER};
+use tokio::net::TcpListener;
+
+#[tokio::test]
+async fn forwards_and_says_where_and_how_loaded() {
+    let i = instance("hello-a", "node3", "hello-00001", 0).await;
+    let (status, headers, body) = get(i.qp.addr(), "hello.default", "/").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, "Konnichiwa from hello-a");
+    assert_eq!(header(&headers, INSTANCE_HEADER), "hello-a");
+    assert_eq!(header(&headers, NODE_HEADER), "node3");
+    assert_eq!(header(&headers, LOAD_HEADER), "1", "itself in flight when it answered");
+    assert!(header(&headers, SERVICE_TIME_HEADER).parse::<f64>().unwrap() >= 0.0);
+    let stat = i.qp.report();
+    assert!(stat.requests > 0.0);
+    assert_eq!(stat.proxied_requests, 0.0);
+}
+
+#[tokio::test]
+async fn container_concurrency_queues_then_rejects_overflow_with_503() {
+    let b = backend("hello-cc").await;
+    let mut config = qp_config("hello-cc", "node1", "hello-00001", b.addr, 1);
+    config.queue_depth = Some(1);
+    let qp = start_qp(config).await;
+    wait_ready(&qp).await;
+    let addr = qp.addr();
+    let first = tokio::spawn(async move { get(addr, "h", "/sleep/400").await });
+    while qp.in_flight() < 1 {
+        tokio::task::yield_now().await;
+    }
+    let second = tokio::spawn(async move { get(addr, "h", "/sleep/10").await });
+    while qp.in_flight() < 2 {
+        tokio::task::yield_now().await;
+    }
+    let (status, headers, body) = get(addr, "h", "/").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(body.contains("hello-cc is at capacity: 1 requests already waiting (queue depth 1)"), "{body}");
+    assert_eq!(header(&headers, INSTANCE_HEADER), "hello-cc");
+    assert_eq!(first.await.unwrap().0, StatusCode::OK);
+    assert_eq!(second.await.unwrap().0, StatusCode::OK, "the queued request runs after the first");
+    assert_eq!(b.seen.requests.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn request_timeout_gives_504_with_a_reason() {
+    let b = backend("slow").await;
+    let mut config = qp_config("slow", "node1", "hello-00001", b.addr, 0);
+    config.timeout = Duration::from_millis(300);
+    let qp = start_qp(config).await;
+    wait_ready(&qp).await;
+    let (status, _, body) = get(qp.addr(), "h", "/sleep/5000").await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    assert!(body.contains("did not start responding within 300ms (timeoutSeconds)"), "{body}");
+}
+
+#[tokio::test]
+async fn response_start_timeout_is_separate() {
+    let b = backend("slow2").await;
+    let mut config = qp_config("slow2", "node1", "hello-00001", b.addr, 0);
+    config.response_start_timeout = Some(Duration::from_millis(200));
+    let qp = start_qp(config).await;
+    wait_ready(&qp).await;
+    let (status, _, body) = get(qp.addr(), "h", "/sleep/5000").await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    assert!(body.contains("responseStartTimeoutSeconds"), "{body}");
+}
+
+#[tokio::test]
+async fn ready_only_once_the_instance_answers() {
+    // Reserve a port, start the proxy before the instance listens there.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let qp = start_qp(qp_config("late", "node1", "hello-00001", addr, 0)).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!*qp.ready().borrow(), "nothing listens yet");
+    let (status, _, _) = get(qp.addr(), "h", "/").await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "forwarding fails while the instance is down");
+    let _b = backend_on(TcpListener::bind(addr).await.unwrap(), "late").await;
+    wait_ready(&qp).await;
+    assert_eq!(get(qp.addr(), "h", "/").await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn drain_finishes_in_flight_work_and_refuses_new() {
+    let i = instance("draining", "node1", "hello-00001", 0).await;
+    let addr = i.qp.addr();
+    let slow = tokio::spawn(async move { get(addr, "h", "/sleep/300").await });
+    while i.qp.in_flight() < 1 {
+        tokio::task::yield_now().await;
+    }
+    let drain = tokio::spawn(i.qp.drain());
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (status, _, body) = get(addr, "h", "/").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(body.contains("draining"), "{body}");
+    let (status, _, body) = slow.await.unwrap();
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "slept 300ms in draining"));
+    tokio::time::timeout(Duration::from_secs(5), drain).await.expect("drain ends").unwrap();
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "stopped listening");
+}
+
+#[tokio::test]
+async fn metrics_are_exposed() {
+    let i = instance("metered", "node1", "hello-00001", 0).await;
+    get(i.qp.addr(), "h", "/").await;
+    let (status, _, body) = get(i.qp.admin_addr(), "admin", "/metrics").await;
+    assert_eq!(status, StatusCode::OK);
+    for name in [
+        "ikukantai_queue_requests_total{",
+        "ikukantai_queue_request_duration_seconds_bucket{",
+        "ikukantai_queue_in_flight_requests{",
+    ] {
+        assert!(body.contains(name), "{name} missing in\n{body}");
+    }
+    assert!(body.contains("instance=\"metered\""), "{body}");
+}

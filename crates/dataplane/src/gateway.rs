@@ -26,6 +26,9 @@ use ikukantai_policy::balance::{Balancer, Candidate, Completion, PickContext};
 use ikukantai_policy::estimate::{NodeIndex, PeakEwma, RttMatrix};
 use ikukantai_policy::queue::{PriorityRule, QueueDiscipline, RequestMeta};
 use ikukantai_policy::registry::{self, PolicyParams, UnknownPolicy};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
@@ -37,7 +40,7 @@ use crate::body::{Body, Limited, boxed, error_response, full, is_too_large};
 use crate::connect::{NodeConnector, node_client};
 use crate::link::Link;
 use crate::metrics::{GatewayMetrics, RejectLabels, RequestLabels, RevisionLabels, render};
-use crate::proxy::{retarget, strip_hop_by_hop};
+use crate::proxy::{authority, retarget, strip_hop_by_hop};
 use crate::queue_proxy::{INSTANCE_HEADER, LOAD_HEADER, NODE_HEADER, PROXY_HEADER, SERVICE_TIME_HEADER};
 use crate::server::{Handler, ServerHandle, serve};
 use crate::stats::RequestStats;
@@ -198,9 +201,10 @@ pub enum RoutesError {
 
 struct InstanceState {
     id: u64,
-    name: String,
+    name: Arc<str>,
     node: NodeIndex,
     addr: SocketAddr,
+    authority: http::uri::Authority,
     in_flight: u32,
     reported: Option<(u32, Instant)>,
     service_ms: PeakEwma,
@@ -209,6 +213,7 @@ struct InstanceState {
 struct RevisionInner {
     route: RevisionRoute,
     instances: Vec<InstanceState>,
+    scratch: Vec<Candidate>,
     balancer: Box<dyn Balancer>,
     waiting: Box<dyn QueueDiscipline<oneshot::Sender<u64>>>,
 }
@@ -218,15 +223,30 @@ struct RevisionState {
     inner: Mutex<RevisionInner>,
     activator: RequestStats,
     origin: RequestStats,
+    /// Metric handles, resolved once instead of on every request.
+    in_flight_gauge: Gauge,
+    buffered_gauge: Gauge,
+    buffered_counter: Counter,
+    outcomes: Mutex<HashMap<Outcome, (Counter, Histogram)>>,
 }
 
+/// How a forwarded request ended: serving node and status code.
+type Outcome = (Option<NodeIndex>, u16);
+
+/// A traffic target resolved to its revision (`Err` = named revision not routable yet).
+type Target = Result<Arc<RevisionState>, String>;
+
 struct ServiceState {
-    route: ServiceRoute,
+    namespace: String,
+    name: String,
+    /// (percent, target); percents sum to 100 or the service routes nothing.
+    split: Vec<(u32, Target)>,
 }
 
 #[derive(Default)]
 struct Table {
-    hosts: HashMap<String, (Arc<ServiceState>, Option<String>)>,
+    /// Host → service, and the tag's target for tagged hosts.
+    hosts: HashMap<String, (Arc<ServiceState>, Option<Target>)>,
     revisions: HashMap<(String, String), Arc<RevisionState>>,
 }
 
@@ -337,14 +357,17 @@ impl Gateway {
                         inner.balancer = registry::balancer(&r.balancer, &shared.config.policy)
                             .map_err(|source| RoutesError::Policy { revision: r.revision.clone(), source })?;
                     }
-                    let mut previous: HashMap<String, InstanceState> =
+                    let mut previous: HashMap<Arc<str>, InstanceState> =
                         inner.instances.drain(..).map(|i| (i.name.clone(), i)).collect();
                     inner.instances = r
                         .instances
                         .iter()
-                        .map(|i| match previous.remove(&i.name) {
+                        .map(|i| match previous.remove(i.name.as_str()) {
                             Some(mut s) => {
-                                s.addr = i.addr;
+                                if s.addr != i.addr {
+                                    s.addr = i.addr;
+                                    s.authority = authority(i.addr);
+                                }
                                 s.node = i.node;
                                 s
                             }
@@ -365,15 +388,21 @@ impl Gateway {
                     let mut instances: Vec<_> = r.instances.iter().map(|i| new_instance(shared, i)).collect();
                     instances.sort_by_key(|i| i.id);
                     let now = std::time::Instant::now();
+                    let labels = RevisionLabels {
+                        namespace: r.namespace.clone(),
+                        service: r.service.clone(),
+                        revision: r.revision.clone(),
+                    };
                     Arc::new(RevisionState {
-                        labels: RevisionLabels {
-                            namespace: r.namespace.clone(),
-                            service: r.service.clone(),
-                            revision: r.revision.clone(),
-                        },
+                        in_flight_gauge: shared.metrics.in_flight.get_or_create(&labels).clone(),
+                        buffered_gauge: shared.metrics.buffered.get_or_create(&labels).clone(),
+                        buffered_counter: shared.metrics.buffered_total.get_or_create(&labels).clone(),
+                        outcomes: Mutex::default(),
+                        labels,
                         inner: Mutex::new(RevisionInner {
                             route: r.clone(),
                             instances,
+                            scratch: Vec::new(),
                             balancer: registry::balancer(&r.balancer, &params).map_err(err)?,
                             waiting: registry::queue(&r.queue, &params).map_err(err)?,
                         }),
@@ -387,7 +416,24 @@ impl Gateway {
         drop(old);
         let domain = &shared.config.domain;
         for s in &routes.services {
-            let state = Arc::new(ServiceState { route: s.clone() });
+            let resolve = |revision: &String| -> Target {
+                next.revisions
+                    .get(&(s.namespace.clone(), revision.clone()))
+                    .cloned()
+                    .ok_or_else(|| revision.clone())
+            };
+            let state = Arc::new(ServiceState {
+                namespace: s.namespace.clone(),
+                name: s.name.clone(),
+                split: s
+                    .traffic
+                    .iter()
+                    .filter(|t| t.percent > 0)
+                    .map(|t| (t.percent, resolve(&t.revision)))
+                    .collect(),
+            });
+            let tagged: Vec<(String, Target)> =
+                s.traffic.iter().filter_map(|t| Some((t.tag.clone()?, resolve(&t.revision)))).collect();
             let base = [
                 format!("{}.{}.{domain}", s.name, s.namespace),
                 format!("{}.{}", s.name, s.namespace),
@@ -396,10 +442,8 @@ impl Gateway {
             ];
             for host in &base {
                 next.hosts.insert(host.clone(), (state.clone(), None));
-                for t in &s.traffic {
-                    if let Some(tag) = &t.tag {
-                        next.hosts.insert(format!("{tag}-{host}"), (state.clone(), Some(t.revision.clone())));
-                    }
+                for (tag, target) in &tagged {
+                    next.hosts.insert(format!("{tag}-{host}"), (state.clone(), Some(target.clone())));
                 }
             }
         }
@@ -437,59 +481,64 @@ impl Gateway {
 fn new_instance(shared: &Shared, i: &InstanceRoute) -> InstanceState {
     InstanceState {
         id: shared.instance_id(&i.name),
-        name: i.name.clone(),
+        name: i.name.as_str().into(),
         node: i.node,
         addr: i.addr,
+        authority: authority(i.addr),
         in_flight: 0,
         reported: None,
         service_ms: PeakEwma::new(Duration::from_secs(5)),
     }
 }
 
-fn candidates(inner: &RevisionInner, now: Instant) -> Vec<Candidate> {
-    inner
-        .instances
-        .iter()
-        .map(|i| {
-            let reported = i
-                .reported
-                .filter(|(_, at)| now.saturating_duration_since(*at) < LOAD_REPORT_TTL)
-                .map_or(0, |r| r.0);
-            Candidate {
-                id: i.id,
-                node: i.node,
-                in_flight: i.in_flight.max(reported),
-                capacity: inner.route.container_concurrency,
-                service_time_ms: i.service_ms.get(),
-            }
-        })
-        .collect()
+fn fill_candidates(out: &mut Vec<Candidate>, instances: &[InstanceState], capacity: u32, now: Instant) {
+    out.clear();
+    out.extend(instances.iter().map(|i| {
+        let reported = i
+            .reported
+            .filter(|(_, at)| now.saturating_duration_since(*at) < LOAD_REPORT_TTL)
+            .map_or(0, |r| r.0);
+        Candidate {
+            id: i.id,
+            node: i.node,
+            in_flight: i.in_flight.max(reported),
+            capacity,
+            service_time_ms: i.service_ms.get(),
+        }
+    }));
 }
 
 /// A picked instance: where to send, and who to tell when done.
 struct Picked {
     id: u64,
-    name: String,
+    name: Arc<str>,
     node: NodeIndex,
-    addr: SocketAddr,
+    authority: http::uri::Authority,
+}
+
+impl Picked {
+    fn of(i: &InstanceState) -> Self {
+        Self { id: i.id, name: i.name.clone(), node: i.node, authority: i.authority.clone() }
+    }
 }
 
 fn pick(shared: &Shared, inner: &mut RevisionInner, queued: u32) -> Option<Picked> {
     let now = Instant::now();
-    let cands = candidates(inner, now);
+    let RevisionInner { route, instances, scratch, balancer, .. } = inner;
+    fill_candidates(scratch, instances, route.container_concurrency, now);
     let rtt = shared.rtt.read().unwrap_or_else(|e| e.into_inner());
     let ctx = PickContext {
         origin: shared.config.node,
         rtt: &rtt,
         now: now.into_std(),
-        target_concurrency: inner.route.target_concurrency,
+        target_concurrency: route.target_concurrency,
         queued,
     };
-    let i = inner.balancer.pick(&ctx, &cands)?;
-    let id = cands[i].id;
-    let inst = inner.instances.iter_mut().find(|x| x.id == id)?;
+    let i = balancer.pick(&ctx, scratch)?;
+    // Candidates are built in instance order, so the index is the instance's.
+    let inst = &mut instances[i];
     inst.in_flight += 1;
-    Some(Picked { id, name: inst.name.clone(), node: inst.node, addr: inst.addr })
+    Some(Picked::of(inst))
 }
 
 /// Hands free capacity to waiting requests, in queue order.
@@ -511,7 +560,7 @@ fn dispatch(shared: &Shared, rev: &RevisionState) {
             }
         }
     }
-    shared.metrics.buffered.get_or_create(&rev.labels).set(inner.waiting.len() as i64);
+    rev.buffered_gauge.set(inner.waiting.len() as i64);
 }
 
 /// Finishes a forwarded request however it ends: frees the slot, feeds back, records metrics.
@@ -540,11 +589,29 @@ impl Drop for Forwarded {
         if self.buffered {
             self.rev.activator.request_out(now, false);
         }
-        shared.metrics.in_flight.get_or_create(&self.rev.labels).dec();
-        let labels = request_labels(shared, &self.rev.labels, Some(self.node), self.code);
-        shared.metrics.requests.get_or_create(&labels).inc();
-        shared.metrics.duration.get_or_create(&labels).observe(self.arrival.elapsed().as_secs_f64());
+        self.rev.in_flight_gauge.dec();
+        record_outcome(shared, &self.rev, Some(self.node), self.code, self.arrival);
     }
+}
+
+/// Counts a finished request and its duration, with cached metric handles.
+fn record_outcome(
+    shared: &Shared,
+    rev: &RevisionState,
+    serving: Option<NodeIndex>,
+    code: u16,
+    arrival: Instant,
+) {
+    let mut outcomes = Shared::lock(&rev.outcomes);
+    let (count, duration) = outcomes.entry((serving, code)).or_insert_with(|| {
+        let labels = request_labels(shared, &rev.labels, serving, code);
+        (
+            shared.metrics.requests.get_or_create(&labels).clone(),
+            shared.metrics.duration.get_or_create(&labels).clone(),
+        )
+    });
+    count.inc();
+    duration.observe(arrival.elapsed().as_secs_f64());
 }
 
 fn request_labels(
@@ -634,32 +701,38 @@ impl Ingress {
         error_response(status, message)
     }
 
-    fn choose_revision(&self, service: &ServiceState, tag: Option<&String>) -> Option<String> {
-        if let Some(t) = tag {
-            return Some(t.clone());
-        }
-        let total: u32 = service.route.traffic.iter().map(|t| t.percent).sum();
-        if total == 0 {
-            return None;
-        }
-        let mut draw = Shared::lock(&self.0.rng).random_range(0..total);
-        for t in &service.route.traffic {
-            if draw < t.percent {
-                return Some(t.revision.clone());
+    fn choose(&self, service: &ServiceState) -> Option<Target> {
+        match service.split.as_slice() {
+            [] => None,
+            [(_, only)] => Some(only.clone()),
+            split => {
+                let total: u32 = split.iter().map(|(p, _)| p).sum();
+                let mut draw = Shared::lock(&self.0.rng).random_range(0..total);
+                for (percent, target) in split {
+                    if draw < *percent {
+                        return Some(target.clone());
+                    }
+                    draw -= percent;
+                }
+                None
             }
-            draw -= t.percent;
         }
-        None
     }
 }
 
-fn host_of(req: &Request<Incoming>) -> Option<String> {
+/// The request's host, without port or trailing dot, lowercase (borrowed when already so).
+fn host_of(req: &Request<Incoming>) -> Option<std::borrow::Cow<'_, str>> {
     let raw = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).or_else(|| req.uri().host())?;
     let host = match raw.rsplit_once(':') {
         Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
         _ => raw,
     };
-    Some(host.trim_end_matches('.').to_ascii_lowercase())
+    let host = host.trim_end_matches('.');
+    Some(if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(host)
+    })
 }
 
 impl Handler for Ingress {
@@ -675,8 +748,8 @@ impl Handler for Ingress {
                 "request has no Host header".into(),
             );
         };
-        let found = shared.table.read().unwrap_or_else(|e| e.into_inner()).hosts.get(&host).cloned();
-        let Some((service, tag)) = found else {
+        let found = shared.table.read().unwrap_or_else(|e| e.into_inner()).hosts.get(host.as_ref()).cloned();
+        let Some((service, tagged)) = found else {
             return self.reject(
                 StatusCode::NOT_FOUND,
                 "",
@@ -685,7 +758,7 @@ impl Handler for Ingress {
                 format!("no service answers to host {host:?}"),
             );
         };
-        let (ns, svc) = (service.route.namespace.clone(), service.route.name.clone());
+        let (ns, svc) = (service.namespace.as_str(), service.name.as_str());
         let limit = shared.config.max_body_bytes;
         if let Some(len) = req
             .headers()
@@ -696,45 +769,44 @@ impl Handler for Ingress {
         {
             return self.reject(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                &ns,
-                &svc,
+                ns,
+                svc,
                 "too_large",
                 format!("request body of {len} bytes is larger than the {limit}-byte limit"),
             );
         }
-        let Some(revision) = self.choose_revision(&service, tag.as_ref()) else {
+        let Some(target) = tagged.or_else(|| self.choose(&service)) else {
             return self.reject(
                 StatusCode::SERVICE_UNAVAILABLE,
-                &ns,
-                &svc,
+                ns,
+                svc,
                 "no_route",
                 format!("service {ns}/{svc} routes no traffic"),
             );
         };
-        let rev = shared
-            .table
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .revisions
-            .get(&(ns.clone(), revision.clone()))
-            .cloned();
-        let Some(rev) = rev else {
-            return self.reject(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &ns,
-                &svc,
-                "no_route",
-                format!("revision {revision} of {ns}/{svc} is not ready"),
-            );
+        let rev = match target {
+            Ok(rev) => rev,
+            Err(revision) => {
+                return self.reject(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    ns,
+                    svc,
+                    "no_route",
+                    format!("revision {revision} of {ns}/{svc} is not ready"),
+                );
+            }
         };
-        let timeout = Shared::lock(&rev.inner).route.timeout;
-        let deadline = arrival + timeout;
+        let revision = rev.labels.revision.as_str();
 
         rev.origin.request_in(std::time::Instant::now(), false);
         let mut entered = Entered { rev: &rev, buffered: false, handed_over: false };
         // Take an instance now, or wait in the activator queue.
+        let timeout;
+        let deadline;
         let waiting = {
             let mut inner = Shared::lock(&rev.inner);
+            timeout = inner.route.timeout;
+            deadline = arrival + timeout;
             let queued = inner.waiting.len() as u32;
             match pick(shared, &mut inner, queued) {
                 Some(p) => Ok(p),
@@ -744,8 +816,8 @@ impl Handler for Ingress {
                         drop(inner);
                         return self.reject(
                             StatusCode::SERVICE_UNAVAILABLE,
-                            &ns,
-                            &svc,
+                            ns,
+                            svc,
                             "queue_full",
                             format!(
                                 "revision {revision} has no capacity and {depth} requests are already waiting"
@@ -770,9 +842,9 @@ impl Handler for Ingress {
                         deadline: Some(deadline.into_std()),
                     };
                     inner.waiting.push(&meta, tx);
-                    shared.metrics.buffered.get_or_create(&rev.labels).set(inner.waiting.len() as i64);
+                    rev.buffered_gauge.set(inner.waiting.len() as i64);
                     if inner.instances.is_empty() {
-                        shared.events.demand(&ns, &revision, shared.config.node);
+                        shared.events.demand(ns, revision, shared.config.node);
                     }
                     Err(rx)
                 }
@@ -783,7 +855,7 @@ impl Handler for Ingress {
             Err(mut rx) => {
                 entered.buffered = true;
                 rev.activator.request_in(std::time::Instant::now(), false);
-                shared.metrics.buffered_total.get_or_create(&rev.labels).inc();
+                rev.buffered_counter.inc();
                 let id = loop {
                     let wake = (Instant::now() + RECHECK).min(deadline);
                     match timeout_at(wake, &mut rx).await {
@@ -795,12 +867,7 @@ impl Handler for Ingress {
                 };
                 let found = id.and_then(|id| {
                     let inner = Shared::lock(&rev.inner);
-                    inner.instances.iter().find(|x| x.id == id).map(|i| Picked {
-                        id,
-                        name: i.name.clone(),
-                        node: i.node,
-                        addr: i.addr,
-                    })
+                    inner.instances.iter().find(|x| x.id == id).map(Picked::of)
                 });
                 match found {
                     Some(p) => p,
@@ -809,8 +876,8 @@ impl Handler for Ingress {
                         dispatch(shared, &rev);
                         return self.reject(
                             StatusCode::GATEWAY_TIMEOUT,
-                            &ns,
-                            &svc,
+                            ns,
+                            svc,
                             "timeout",
                             format!("no instance of revision {revision} had room within the {timeout:?} request timeout"),
                         );
@@ -821,7 +888,7 @@ impl Handler for Ingress {
         entered.handed_over = true;
         let buffered = entered.buffered;
         drop(entered);
-        shared.metrics.in_flight.get_or_create(&rev.labels).inc();
+        rev.in_flight_gauge.inc();
         let mut done = Forwarded {
             shared: shared.clone(),
             rev: rev.clone(),
@@ -844,9 +911,11 @@ impl Handler for Ingress {
             parts.headers.append("x-forwarded-for", v);
         }
         let mut upstream = Request::from_parts(parts, boxed(Limited::new(body, limit)));
-        retarget(&mut upstream, picked.addr);
+        retarget(&mut upstream, &picked.authority);
         let sent = Instant::now();
-        let response = match timeout_at(deadline, shared.clients[picked.node].request(upstream)).await {
+        let response = match timeout_at(deadline, Box::pin(shared.clients[picked.node].request(upstream)))
+            .await
+        {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
                 let too_large = std::error::Error::source(&e).is_some_and(is_too_large);
@@ -867,14 +936,14 @@ impl Handler for Ingress {
                     )
                 };
                 done.code = status.as_u16();
-                return self.reject(status, &ns, &svc, reason, message);
+                return self.reject(status, ns, svc, reason, message);
             }
             Err(_) => {
                 done.code = 504;
                 return self.reject(
                     StatusCode::GATEWAY_TIMEOUT,
-                    &ns,
-                    &svc,
+                    ns,
+                    svc,
                     "timeout",
                     format!("instance {} did not answer within the {timeout:?} request timeout", picked.name),
                 );

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use http::uri::{self, Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, HeaderName, Request, Uri, header};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -35,11 +36,21 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Points `req` at `addr`, keeping path and query.
-pub fn retarget(req: &mut Request<Body>, addr: SocketAddr) {
-    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
-    let uri: Uri = format!("http://{addr}{path}").parse().unwrap_or_else(|_| Uri::from_static("/"));
-    *req.uri_mut() = uri;
+/// The URI authority of a socket address (computed once per upstream, not per request).
+pub fn authority(addr: SocketAddr) -> Authority {
+    Authority::try_from(addr.to_string().as_str()).expect("a socket address is a valid authority")
+}
+
+/// Points `req` at `authority` over plain HTTP/1.1, keeping path and query.
+pub fn retarget(req: &mut Request<Body>, authority: &Authority) {
+    let mut parts = uri::Parts::default();
+    parts.scheme = Some(Scheme::HTTP);
+    parts.authority = Some(authority.clone());
+    parts.path_and_query =
+        Some(req.uri().path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/")));
+    if let Ok(u) = Uri::from_parts(parts) {
+        *req.uri_mut() = u;
+    }
     *req.version_mut() = http::Version::HTTP_11;
 }
 

@@ -33,7 +33,7 @@ use tokio::time::{Instant, timeout, timeout_at};
 use crate::body::{Body, Deadlines, boxed, error_response, full};
 use crate::breaker::{Breaker, Permit};
 use crate::metrics::{InstanceLabels, InstanceRequestLabels, QueueMetrics, RejectLabels, render};
-use crate::proxy::{plain_client, retarget, strip_hop_by_hop};
+use crate::proxy::{authority, plain_client, retarget, strip_hop_by_hop};
 use crate::server::{Handler, ServerHandle, serve};
 use crate::stats::RequestStats;
 
@@ -151,6 +151,7 @@ pub enum QueueProxyError {
 
 struct Inner {
     config: QueueProxyConfig,
+    app: http::uri::Authority,
     labels: InstanceLabels,
     breaker: Arc<Breaker>,
     client: Client<HttpConnector, Body>,
@@ -211,6 +212,7 @@ impl QueueProxyHandle {
             metrics,
             registry,
             labels,
+            app: authority(config.app),
             config,
         }));
         let prober = tokio::spawn(probe_loop(inner.clone()));
@@ -477,7 +479,7 @@ impl Handler for InnerRef {
         strip_hop_by_hop(&mut parts.headers);
         parts.headers.remove(PROXY_HEADER);
         let mut upstream = Request::from_parts(parts, boxed(body));
-        retarget(&mut upstream, config.app);
+        retarget(&mut upstream, &inner.app);
         let start_deadline = config.response_start_timeout.map_or(deadline, |t| (arrival + t).min(deadline));
         let response = match timeout_at(start_deadline, inner.client.request(upstream)).await {
             Ok(Ok(r)) => r,

@@ -1,13 +1,12 @@
 //! `ikukantai`: the one binary of the ikukantai serverless platform.
 
-use std::io::Read;
+mod client;
+mod commands;
+mod function;
+
 use std::process::ExitCode;
 
-use anyhow::Context;
-use clap::{Parser, Subcommand};
-use ikukantai_api::config::FleetConfig;
-use ikukantai_api::parse::load;
-use ikukantai_policy::registry;
+use clap::{Parser, Subcommand, ValueEnum};
 
 /// ikukantai (行く艦隊): a latency-aware serverless platform for edge–cloud fleets.
 #[derive(Debug, Parser)]
@@ -17,8 +16,119 @@ struct Cli {
     command: Command,
 }
 
+/// Where the fleet's API is, and how to authenticate.
+#[derive(Debug, Clone, clap::Args)]
+struct ApiArgs {
+    /// The fleet API address.
+    #[arg(long, env = "IKUKANTAI_API", default_value = "127.0.0.1:7700", global = true)]
+    api: String,
+    /// Bearer token of the API, if it requires one.
+    #[arg(long, env = "IKUKANTAI_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+    Yaml,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Kind {
+    Services,
+    Revisions,
+    Instances,
+    Nodes,
+    Placements,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run a whole edge–cloud fleet on this machine: control plane, one gateway per node, instances
+    /// as local processes, emulated links, latency monitor.
+    Up(commands::UpArgs),
+    /// Create or update Services from manifests.
+    Apply {
+        /// Manifest files (`-` reads standard input). Repeatable.
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<String>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// List services, revisions, instances, nodes or placements.
+    Get {
+        /// What to list.
+        kind: Kind,
+        /// Output format.
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Table)]
+        output: Output,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Show a service in full: spec, status, revisions and placement.
+    Describe {
+        /// `service`.
+        #[arg(value_parser = ["service", "services", "ksvc"])]
+        kind: String,
+        /// Service name.
+        name: String,
+        /// Namespace.
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Delete a service, its revisions and instances.
+    Delete {
+        /// `service`.
+        #[arg(value_parser = ["service", "services", "ksvc"])]
+        kind: String,
+        /// Service name.
+        name: String,
+        /// Namespace.
+        #[arg(short, long, default_value = "default")]
+        namespace: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Send requests to a service through a node's gateway and show where each was served.
+    Invoke {
+        /// Service name.
+        service: String,
+        /// The node whose gateway the requests enter.
+        #[arg(long)]
+        from: String,
+        /// Path.
+        #[arg(long, default_value = "/")]
+        path: String,
+        /// Number of requests (sent one after the other).
+        #[arg(short = 'n', long, default_value_t = 1)]
+        count: usize,
+        /// Namespace.
+        #[arg(long, default_value = "default")]
+        namespace: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Show the measured round-trip times between nodes.
+    Latency {
+        /// Output format.
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Table)]
+        output: Output,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Print an instance's log.
+    Logs {
+        /// Instance name (see `ikukantai get instances`).
+        instance: String,
+        /// Only the last N lines.
+        #[arg(long)]
+        tail: Option<usize>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
     /// Check manifests (Knative Services, config ConfigMaps) and topologies offline.
     ///
     /// Reads YAML (multi-document) or JSON. Every problem is printed with its file, document,
@@ -30,67 +140,47 @@ enum Command {
     },
     /// List the load balancers, placements and queue disciplines that annotations can name.
     Policies,
+    /// Run a built-in function (the demo `hello`), listening on $PORT.
+    Function {
+        /// `hello`: `/` answers "Konnichiwa from <instance> in <node>", `/sleep/<ms>`, `/nodename`.
+        #[arg(value_parser = ["hello"])]
+        name: String,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Validate { files } => validate(&files),
-        Command::Policies => {
-            policies();
-            Ok(ExitCode::SUCCESS)
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
         }
     };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Up(args) => commands::up(args).await,
+            Command::Apply { files, api } => commands::apply(&files, &api).await,
+            Command::Get { kind, output, api } => commands::get(kind, output, &api).await,
+            Command::Describe { name, namespace, api, .. } => {
+                commands::describe(&namespace, &name, &api).await
+            }
+            Command::Delete { name, namespace, api, .. } => commands::delete(&namespace, &name, &api).await,
+            Command::Invoke { service, from, path, count, namespace, api } => {
+                commands::invoke(&service, &namespace, &from, &path, count, &api).await
+            }
+            Command::Latency { output, api } => commands::latency(output, &api).await,
+            Command::Logs { instance, tail, api } => commands::logs(&instance, tail, &api).await,
+            Command::Validate { files } => commands::validate(&files),
+            Command::Policies => {
+                commands::policies();
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Function { name } => function::run(&name).await,
+        }
+    });
     result.unwrap_or_else(|e| {
         eprintln!("error: {e:#}");
         ExitCode::FAILURE
     })
-}
-
-fn read_source(file: &str) -> anyhow::Result<String> {
-    if file == "-" {
-        let mut text = String::new();
-        std::io::stdin().read_to_string(&mut text).context("cannot read standard input")?;
-        Ok(text)
-    } else {
-        std::fs::read_to_string(file).with_context(|| format!("cannot read {file}"))
-    }
-}
-
-fn validate(files: &[String]) -> anyhow::Result<ExitCode> {
-    let mut sources = Vec::new();
-    for f in files {
-        sources.push((f.clone(), read_source(f)?));
-    }
-    match load(&sources, &FleetConfig::new()) {
-        Ok((docs, _)) => {
-            for d in &docs {
-                println!("ok: {}: document {} ({})", d.file, d.index, d.document.subject());
-            }
-            println!("{} document(s) valid", docs.len());
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(problems) => {
-            for p in &problems.0 {
-                eprintln!("{p}");
-            }
-            eprintln!("{} problem(s) found", problems.0.len());
-            Ok(ExitCode::FAILURE)
-        }
-    }
-}
-
-fn policies() {
-    println!("balancers (annotation ikukantai.dev/balancer, default {}):", registry::DEFAULT_BALANCER);
-    for e in registry::BALANCERS {
-        println!("  {:<10} {}", e.name, e.summary);
-    }
-    println!("placements (annotation ikukantai.dev/placement, default {}):", registry::DEFAULT_PLACEMENT);
-    for e in registry::PLACEMENTS {
-        println!("  {:<10} {}", e.name, e.summary);
-    }
-    println!("queues (annotation ikukantai.dev/queue, default {}):", registry::DEFAULT_QUEUE);
-    for (name, summary) in registry::QUEUES {
-        println!("  {name:<10} {summary}");
-    }
 }

@@ -90,7 +90,8 @@ impl WindowBuckets {
             }
             sum / history.min((self.len() - gap) as f64)
         };
-        (value * 1e6).round() / 1e6
+        // Float sums can leave a tiny negative residue; the average of non-negative values is ≥ 0.
+        ((value * 1e6).round() / 1e6).max(0.0)
     }
 }
 

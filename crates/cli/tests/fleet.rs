@@ -1,0 +1,286 @@
+//! End to end: the real `ikukantai` binary runs a local fleet and is driven through its CLI,
+//! exactly as the README's quick start does (with short autoscaling windows). Every wait is a
+//! bounded poll for a state, never an assertion on elapsed time.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ikukantai");
+
+/// A running `ikukantai up`, stopped with SIGINT (Ctrl-C) when dropped.
+struct Fleet {
+    child: Option<Child>,
+    api: String,
+    dir: PathBuf,
+    gateway_port: u16,
+    admin_port: u16,
+}
+
+fn free_port_on_all() -> u16 {
+    loop {
+        let l = TcpListener::bind("127.0.1.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let others = (2..=4).all(|i| TcpListener::bind(SocketAddr::from(([127, 0, 1, i], port))).is_ok());
+        if others {
+            return port;
+        }
+    }
+}
+
+const CONFIG: &str = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: config-autoscaler\ndata:\n  scale-to-zero-grace-period: 1s\n";
+
+impl Fleet {
+    fn start(dir: &Path) -> Self {
+        let api =
+            format!("127.0.0.1:{}", TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port());
+        Self::start_at(dir, api, free_port_on_all(), free_port_on_all())
+    }
+
+    fn start_at(dir: &Path, api: String, gateway_port: u16, admin_port: u16) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        let config = dir.join("config.yaml");
+        std::fs::write(&config, CONFIG).unwrap();
+        let child = Command::new(BIN)
+            .args(["up", "--api", &api, "--probe-interval", "1s"])
+            .arg("--state-dir")
+            .arg(dir.join("state"))
+            .arg("--config")
+            .arg(&config)
+            .args(["--gateway-port", &gateway_port.to_string(), "--admin-port", &admin_port.to_string()])
+            .env_remove("IKUKANTAI_API")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let fleet = Self { child: Some(child), api, dir: dir.to_owned(), gateway_port, admin_port };
+        fleet.wait_for("the API to answer", || fleet.cli(&["get", "nodes"]).status.success());
+        fleet
+    }
+
+    fn cli(&self, args: &[&str]) -> Output {
+        Command::new(BIN).args(args).env("IKUKANTAI_API", &self.api).current_dir(&self.dir).output().unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(out.status.success(), "ikukantai {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn json(&self, kind: &str) -> serde_json::Value {
+        serde_json::from_str(&self.ok(&["get", kind, "-o", "json"])).unwrap()
+    }
+
+    fn wait_for(&self, what: &str, mut f: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !f() {
+            assert!(Instant::now() < deadline, "gave up waiting for {what}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn placement(&self) -> String {
+        let p = self.json("placements");
+        let p = &p[0];
+        let join =
+            |k: &str| p[k].as_array().unwrap().iter().map(|v| v.to_string()).collect::<Vec<_>>().join("-");
+        format!("{}/{}", join("ready"), join("desired"))
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGINT,
+            );
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p.display().to_string()
+}
+
+/// examples/hello.yaml with a 6 s window (the shortest Knative allows) and extra annotations.
+fn hello(extra_annotations: &str, target: &str) -> String {
+    let base =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/hello.yaml")).unwrap();
+    base.replace(
+        "autoscaling.knative.dev/window: \"12s\"",
+        &format!("autoscaling.knative.dev/window: \"6s\"{extra_annotations}"),
+    )
+    .replace("value: \"Konnichiwa\"", &format!("value: \"{target}\""))
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("ikukantai-e2e-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn processes_of(dir: &Path) -> usize {
+    // Instances run `ikukantai function hello` with their logs under this fleet's state dir.
+    let out = Command::new("pgrep").args(["-f", "ikukantai function hello"]).output().unwrap();
+    let pids = String::from_utf8_lossy(&out.stdout).into_owned();
+    pids.lines()
+        .filter(|pid| std::fs::read_link(format!("/proc/{pid}/fd/1")).is_ok_and(|p| p.starts_with(dir)))
+        .count()
+}
+
+#[test]
+fn quick_start_cold_start_at_the_edge_then_scale_to_zero() {
+    let dir = scratch("quick");
+    let fleet = Fleet::start(&dir);
+    let manifest = write(&dir, "hello.yaml", &hello("", "Konnichiwa"));
+    assert_eq!(fleet.ok(&["apply", "-f", &manifest]).trim(), "service/hello created");
+    assert_eq!(fleet.placement(), "0-0-0/0-0-0", "initial scale 0: nothing runs before the first request");
+
+    let out = fleet.ok(&["invoke", "hello", "--from", "node3"]);
+    assert!(out.starts_with("Konnichiwa from hello-node3-") && out.contains(" in node3"), "{out}");
+    assert!(out.contains("served by hello-node3-"), "{out}");
+    assert_eq!(fleet.placement(), "0-0-1/0-0-1");
+    let services = fleet.ok(&["get", "services"]);
+    assert!(
+        services.contains("http://hello.default.example.com") && services.contains("hello-00001"),
+        "{services}"
+    );
+
+    // Requests from the cloud reach the edge instance across the 50 ms link.
+    let out = fleet.ok(&["invoke", "hello", "--from", "node1"]);
+    assert!(out.contains("on node3"), "{out}");
+
+    // The latency monitor measured the links.
+    let latency = fleet.json("nodes");
+    assert_eq!(latency.as_array().unwrap().len(), 3);
+    fleet.wait_for("latency measurements", || {
+        let out = fleet.ok(&["latency", "-o", "json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        v["measured"][2][0].as_f64().is_some_and(|ms| ms >= 50.0)
+    });
+
+    // No traffic for the window: back to zero, and the process is gone.
+    fleet.wait_for("scale to zero", || {
+        fleet.placement() == "0-0-0/0-0-0" && fleet.json("instances").as_array().unwrap().is_empty()
+    });
+    fleet.wait_for("the process to exit", || processes_of(&dir) == 0);
+}
+
+#[test]
+fn a_bad_manifest_is_rejected_and_nothing_stored_changes() {
+    let dir = scratch("bad");
+    let fleet = Fleet::start(&dir);
+    let good = write(&dir, "hello.yaml", &hello("", "Konnichiwa"));
+    fleet.ok(&["apply", "-f", &good]);
+    let before = fleet.json("services");
+    let bad =
+        write(&dir, "bad.yaml", &hello("\n        autoscaling.knative.dev/max-scale: \"-2\"", "Changed"));
+    let out = fleet.cli(&["apply", "-f", &bad]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.yaml: document 1 (Service default/hello): spec.template.metadata.annotations[\"autoscaling.knative.dev/max-scale\"]: \"-2\" is not a whole number"), "{err}");
+    assert_eq!(fleet.json("services"), before, "nothing changed");
+    assert_eq!(fleet.json("revisions").as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn state_survives_a_restart_and_nothing_is_orphaned() {
+    let dir = scratch("restart");
+    let mut fleet = Fleet::start(&dir);
+    let manifest = write(&dir, "hello.yaml", &hello("", "Konnichiwa"));
+    fleet.ok(&["apply", "-f", &manifest]);
+    fleet.ok(&["invoke", "hello", "--from", "node2"]);
+    assert_eq!(processes_of(&dir), 1);
+    let (api, gw, admin) = (fleet.api.clone(), fleet.gateway_port, fleet.admin_port);
+    fleet.stop();
+    assert_eq!(processes_of(&dir), 0, "Ctrl-C stopped every instance");
+    let fleet = Fleet::start_at(&dir, api, gw, admin);
+    let services = fleet.ok(&["get", "services"]);
+    assert!(services.contains("hello"), "{services}");
+    let out = fleet.ok(&["invoke", "hello", "--from", "node2"]);
+    assert!(out.contains("in node2"), "{out}");
+    // A file that is not ours is reported, not dropped or overwritten.
+    std::fs::write(dir.join("state/services/foreign.json"), "{\"hello\": 1}").unwrap();
+    drop(fleet);
+    let fleet = Fleet::start(&dir);
+    assert!(fleet.ok(&["get", "services"]).contains("hello"));
+    assert_eq!(std::fs::read_to_string(dir.join("state/services/foreign.json")).unwrap(), "{\"hello\": 1}");
+}
+
+#[test]
+fn a_crashed_instance_is_restarted() {
+    let dir = scratch("crash");
+    let fleet = Fleet::start(&dir);
+    let manifest =
+        write(&dir, "hello.yaml", &hello("\n        autoscaling.knative.dev/min-scale: \"1\"", "Konnichiwa"));
+    fleet.ok(&["apply", "-f", &manifest]);
+    fleet.wait_for("a ready instance", || fleet.json("instances")[0]["state"] == "Ready");
+    let pid = fleet.json("instances")[0]["pid"].as_i64().unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL)
+        .unwrap();
+    fleet.wait_for("the restart", || {
+        let i = &fleet.json("instances")[0];
+        i["restarts"].as_u64() == Some(1) && i["state"] == "Ready"
+    });
+    let name = fleet.json("instances")[0]["name"].as_str().unwrap().to_owned();
+    let log = fleet.ok(&["logs", &name]);
+    assert!(log.contains("exited (signal: 9 (SIGKILL)); restarting in 1s"), "{log}");
+    assert!(fleet.ok(&["invoke", "hello", "--from", "node1"]).starts_with("Konnichiwa"));
+}
+
+#[test]
+fn traffic_splits_between_two_revisions() {
+    let dir = scratch("split");
+    let fleet = Fleet::start(&dir);
+    fleet.ok(&["apply", "-f", &write(&dir, "v1.yaml", &hello("", "Hello-v1"))]);
+    let v2 = hello("", "Hello-v2")
+        + "  traffic:\n    - revisionName: hello-00001\n      percent: 50\n    - latestRevision: true\n      percent: 50\n";
+    assert_eq!(fleet.ok(&["apply", "-f", &write(&dir, "v2.yaml", &v2)]).trim(), "service/hello configured");
+    let out = fleet.ok(&["invoke", "hello", "--from", "node1", "-n", "40"]);
+    let v1 = out.lines().filter(|l| l.starts_with("Hello-v1")).count();
+    let v2 = out.lines().filter(|l| l.starts_with("Hello-v2")).count();
+    assert_eq!(v1 + v2, 40, "{out}");
+    assert!(v1 >= 8 && v2 >= 8, "both revisions serve: v1 {v1}, v2 {v2}");
+    let revisions = fleet.ok(&["get", "revisions"]);
+    assert!(
+        revisions.contains("hello-00001") && revisions.contains("hello-00002") && revisions.contains("50%"),
+        "{revisions}"
+    );
+}
+
+#[test]
+fn scales_up_under_load_and_back_down() {
+    let dir = scratch("load");
+    let fleet = Fleet::start(&dir);
+    // One request per instance: concurrent slow requests need several instances.
+    let manifest = hello("", "Konnichiwa")
+        .replace("autoscaling.knative.dev/target: \"10\"", "autoscaling.knative.dev/target: \"1\"");
+    fleet.ok(&["apply", "-f", &write(&dir, "hello.yaml", &manifest)]);
+    let load: Vec<_> = (0..8)
+        .map(|_| {
+            let api = fleet.api.clone();
+            std::thread::spawn(move || {
+                Command::new(BIN)
+                    .args(["invoke", "hello", "--from", "node1", "--path", "/sleep/400", "-n", "15"])
+                    .env("IKUKANTAI_API", api)
+                    .output()
+                    .unwrap()
+            })
+        })
+        .collect();
+    fleet.wait_for("more than one instance", || fleet.json("instances").as_array().unwrap().len() > 1);
+    for l in load {
+        assert!(l.join().unwrap().status.success());
+    }
+    fleet.wait_for("scale back to zero", || fleet.json("instances").as_array().unwrap().is_empty());
+}

@@ -1,0 +1,332 @@
+//! The node agent's work: running one instance as an OS process with its queue proxy.
+//!
+//! The process gets `PORT`, `K_SERVICE`, `K_CONFIGURATION`, `K_REVISION`, `NODENAME` and `PODNAME`
+//! plus the template's env, runs in its own process group, and logs to its own file. When it exits
+//! unasked it is restarted with exponential backoff (1 s doubling to 30 s, reset after 10 s of
+//! running), shown as `CrashLoopBackOff`. Stopping drains the queue proxy (refuse new work, finish
+//! what is in flight), then sends SIGTERM to the process group and SIGKILL after the grace period.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ikukantai_dataplane::queue_proxy::{QueueProxyConfig, QueueProxyHandle};
+use ikukantai_policy::autoscaler::Stat;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::net::TcpListener;
+use tokio::process::{Child, Command};
+use tokio::sync::{oneshot, watch};
+
+/// Where an instance is in its life.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Phase {
+    /// Process started, not answering yet.
+    Starting,
+    /// Answering; receives traffic.
+    Ready,
+    /// Crashed; waiting to restart.
+    CrashLoopBackOff(String),
+    /// Cannot run at all.
+    Failed(String),
+    /// Being stopped.
+    Terminating,
+    /// Gone.
+    Stopped,
+}
+
+impl Phase {
+    /// The state's name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Starting => "Starting",
+            Self::Ready => "Ready",
+            Self::CrashLoopBackOff(_) => "CrashLoopBackOff",
+            Self::Failed(_) => "Failed",
+            Self::Terminating => "Terminating",
+            Self::Stopped => "Stopped",
+        }
+    }
+
+    /// Why, for the states that have a reason.
+    pub fn message(&self) -> Option<String> {
+        match self {
+            Self::CrashLoopBackOff(m) | Self::Failed(m) => Some(m.clone()),
+            _ => None,
+        }
+    }
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct InstanceSpec {
+    /// Instance name.
+    pub name: String,
+    /// Node name.
+    pub node: String,
+    /// Command and arguments (`ikukantai` as the first word means this very binary).
+    pub command: Vec<String>,
+    /// Working directory.
+    pub working_dir: Option<String>,
+    /// Environment (the template's plus the platform's).
+    pub env: Vec<(String, String)>,
+    /// Where the log goes.
+    pub log: PathBuf,
+    /// Grace period between SIGTERM and SIGKILL.
+    pub grace: Duration,
+    /// The queue proxy's settings (its `app` is filled in here).
+    pub queue_proxy: QueueProxyConfig,
+}
+
+#[derive(Debug)]
+struct Shared {
+    phase: watch::Sender<Phase>,
+    restarts: Mutex<u32>,
+    pid: Mutex<Option<u32>>,
+}
+
+/// A running instance.
+#[derive(Debug)]
+pub struct Instance {
+    /// Name.
+    pub name: String,
+    /// Queue proxy address (traffic goes here).
+    pub queue_proxy: SocketAddr,
+    /// The process's own address.
+    pub address: SocketAddr,
+    shared: Arc<Shared>,
+    qp: Arc<Mutex<Option<QueueProxyHandle>>>,
+    stop: Mutex<Option<oneshot::Sender<()>>>,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// The instance could not even be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// Ports or listeners.
+    #[error("cannot set up instance: {0}")]
+    Io(#[from] std::io::Error),
+    /// Queue proxy configuration.
+    #[error(transparent)]
+    QueueProxy(#[from] ikukantai_dataplane::queue_proxy::QueueProxyError),
+}
+
+fn log_line(path: &PathBuf, line: &str) {
+    if let Ok(mut f) = OpenOptions::new().create(true).append(true).open(path) {
+        let _ = writeln!(f, "[ikukantai] {line}");
+    }
+}
+
+impl Instance {
+    /// Starts the queue proxy and the process; returns at once (the process starts in the
+    /// background; watch [`Instance::phase`]).
+    pub async fn start(mut spec: InstanceSpec) -> Result<Self, AgentError> {
+        // A free port for the process; the queue proxy forwards there.
+        let address = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        spec.queue_proxy.app = address;
+        let qp = QueueProxyHandle::start(
+            spec.queue_proxy.clone(),
+            TcpListener::bind("127.0.0.1:0").await?,
+            TcpListener::bind("127.0.0.1:0").await?,
+        )?;
+        let queue_proxy = qp.addr();
+        let ready = qp.ready();
+        let (phase, _) = watch::channel(Phase::Starting);
+        let shared = Arc::new(Shared { phase, restarts: Mutex::new(0), pid: Mutex::new(None) });
+        let (stop_tx, stop_rx) = oneshot::channel();
+        let qp = Arc::new(Mutex::new(Some(qp)));
+        let task = tokio::spawn(supervise(spec.clone(), address, shared.clone(), ready, qp.clone(), stop_rx));
+        Ok(Self {
+            name: spec.name,
+            queue_proxy,
+            address,
+            shared,
+            qp,
+            stop: Mutex::new(Some(stop_tx)),
+            task: Mutex::new(Some(task)),
+        })
+    }
+
+    /// The current phase.
+    pub fn phase(&self) -> Phase {
+        self.shared.phase.borrow().clone()
+    }
+
+    /// Follows the phase.
+    pub fn watch(&self) -> watch::Receiver<Phase> {
+        self.shared.phase.subscribe()
+    }
+
+    /// Restarts after crashes.
+    pub fn restarts(&self) -> u32 {
+        *self.shared.restarts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Process id while running.
+    pub fn pid(&self) -> Option<u32> {
+        *self.shared.pid.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Cuts the queue proxy's stats for the last period (`None` once stopped).
+    pub fn report(&self) -> Option<Stat> {
+        self.qp.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(QueueProxyHandle::report)
+    }
+
+    /// Stops the instance: drain, SIGTERM, SIGKILL after the grace period. Returns when it is gone.
+    pub async fn stop(&self) {
+        let _ = self.shared.phase.send(Phase::Terminating);
+        let stop = self.stop.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(s) = stop {
+            let _ = s.send(());
+        }
+        let task = self.task.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(t) = task {
+            let _ = t.await;
+        }
+    }
+}
+
+fn resolve(command: &[String]) -> Result<(std::ffi::OsString, Vec<String>), String> {
+    let Some(first) = command.first() else {
+        return Err("the container has no command: the local fleet runs processes, so set spec.template.spec.containers[0].command".into());
+    };
+    let program = if first == "ikukantai" {
+        std::env::current_exe()
+            .map_err(|e| format!("cannot find the ikukantai binary: {e}"))?
+            .into_os_string()
+    } else {
+        first.into()
+    };
+    Ok((program, command[1..].to_vec()))
+}
+
+fn spawn(spec: &InstanceSpec, address: SocketAddr) -> Result<Child, String> {
+    let (program, args) = resolve(&spec.command)?;
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&spec.log)
+        .map_err(|e| format!("cannot open log {}: {e}", spec.log.display()))?;
+    let log2 = log.try_clone().map_err(|e| e.to_string())?;
+    let mut cmd = Command::new(&program);
+    cmd.args(&args)
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .env("PORT", address.port().to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(log))
+        .stderr(Stdio::from(log2))
+        .process_group(0)
+        .kill_on_drop(true);
+    if let Some(dir) = &spec.working_dir {
+        cmd.current_dir(dir);
+    }
+    cmd.spawn().map_err(|e| format!("cannot start {}: {e}", program.to_string_lossy()))
+}
+
+fn signal_group(pid: u32, signal: Signal) {
+    if let Ok(raw) = i32::try_from(pid) {
+        let _ = killpg(Pid::from_raw(raw), signal);
+    }
+}
+
+async fn supervise(
+    spec: InstanceSpec,
+    address: SocketAddr,
+    shared: Arc<Shared>,
+    mut ready: watch::Receiver<bool>,
+    qp: Arc<Mutex<Option<QueueProxyHandle>>>,
+    mut stop: oneshot::Receiver<()>,
+) {
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let mut child = match spawn(&spec, address) {
+            Ok(c) => c,
+            Err(message) => {
+                log_line(&spec.log, &message);
+                let _ = shared.phase.send(Phase::Failed(message));
+                let _ = (&mut stop).await;
+                break;
+            }
+        };
+        let pid = child.id();
+        *shared.pid.lock().unwrap_or_else(|e| e.into_inner()) = pid;
+        log_line(&spec.log, &format!("started {} (pid {})", spec.command.join(" "), pid.unwrap_or(0)));
+        let started = Instant::now();
+        if !matches!(*shared.phase.borrow(), Phase::Terminating) {
+            let _ = shared.phase.send(if *ready.borrow() { Phase::Ready } else { Phase::Starting });
+        }
+        let exited = loop {
+            tokio::select! {
+                status = child.wait() => break Some(status),
+                changed = ready.changed() => {
+                    if changed.is_err() { continue; }
+                    let is_ready = *ready.borrow();
+                    if !matches!(*shared.phase.borrow(), Phase::Terminating) {
+                        let _ = shared.phase.send(if is_ready { Phase::Ready } else { Phase::Starting });
+                    }
+                }
+                _ = &mut stop => break None,
+            }
+        };
+        *shared.pid.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        match exited {
+            None => {
+                // Asked to stop: drain first, then signal the process group.
+                let _ = shared.phase.send(Phase::Terminating);
+                let handle = qp.lock().unwrap_or_else(|e| e.into_inner()).take();
+                if let Some(h) = handle {
+                    h.drain().await;
+                }
+                if let Some(pid) = pid {
+                    signal_group(pid, Signal::SIGTERM);
+                    if tokio::time::timeout(spec.grace, child.wait()).await.is_err() {
+                        log_line(&spec.log, "still running after the grace period: SIGKILL");
+                        signal_group(pid, Signal::SIGKILL);
+                        let _ = child.wait().await;
+                    }
+                }
+                log_line(&spec.log, "stopped");
+                let _ = shared.phase.send(Phase::Stopped);
+                return;
+            }
+            Some(status) => {
+                let how = match status {
+                    Ok(s) => s.to_string(),
+                    Err(e) => e.to_string(),
+                };
+                // The process is gone; anything it started in its group goes too.
+                if let Some(pid) = pid {
+                    signal_group(pid, Signal::SIGKILL);
+                }
+                if started.elapsed() > Duration::from_secs(10) {
+                    backoff = Duration::from_secs(1);
+                }
+                *shared.restarts.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+                let message = format!("exited ({how}); restarting in {}s", backoff.as_secs());
+                log_line(&spec.log, &message);
+                let _ = shared.phase.send(Phase::CrashLoopBackOff(message));
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = &mut stop => {
+                        let handle = qp.lock().unwrap_or_else(|e| e.into_inner()).take();
+                        if let Some(h) = handle {
+                            h.drain().await;
+                        }
+                        let _ = shared.phase.send(Phase::Stopped);
+                        return;
+                    }
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+    let handle = qp.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if let Some(h) = handle {
+        h.drain().await;
+    }
+    let _ = shared.phase.send(Phase::Stopped);
+}

@@ -1,0 +1,1058 @@
+//! The control plane of a local fleet: services → revisions → autoscaler → placement → instances
+//! per node → gateway routes, reconciled continuously; plus one gateway per node.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ikukantai_api::annotations::RevisionSettings;
+use ikukantai_api::config::FleetConfig;
+use ikukantai_api::parse::{Document, load};
+use ikukantai_api::revision::{Revision, next_revision};
+use ikukantai_api::service::{Addressable, Condition, Service, ServiceStatus, TrafficTarget};
+use ikukantai_api::topology::Topology;
+use ikukantai_api::validate::validate_service;
+use ikukantai_dataplane::gateway::{
+    Gateway, GatewayConfig, GatewayEvents, InstanceRoute, RevisionRoute, RouteTarget, Routes, ServiceRoute,
+};
+use ikukantai_dataplane::link::Link;
+use ikukantai_dataplane::queue_proxy::{QueueProxyConfig, Readiness};
+use ikukantai_policy::autoscaler::{Autoscaler, ScalingSpec, TickInputs};
+use ikukantai_policy::estimate::RttMatrix;
+use ikukantai_policy::placement::{Placement, PlacementInput};
+use ikukantai_policy::registry::{self, PolicyParams};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+use crate::agent::{Instance, InstanceSpec, Phase};
+use crate::store::{Store, StoreProblem};
+use crate::view::{ApplyResult, InstanceView, LatencyView, NodeView, PlacementView, RevisionView};
+
+/// How a fleet is started.
+#[derive(Debug, Clone)]
+pub struct FleetOptions {
+    /// State directory (services, logs).
+    pub state_dir: PathBuf,
+    /// The nodes and links.
+    pub topology: Topology,
+    /// Fleet-wide configuration.
+    pub config: FleetConfig,
+    /// Port of every node's gateway (node i listens on 127.0.1.(i+1)).
+    pub gateway_port: u16,
+    /// Port of every gateway's admin listener.
+    pub admin_port: u16,
+    /// How often the latency monitor probes.
+    pub probe_interval: Duration,
+    /// Seed of every policy's randomness.
+    pub seed: u64,
+}
+
+/// A fleet-level failure.
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    /// Listeners, files.
+    #[error("{0}")]
+    Io(String),
+    /// Input the fleet refuses (the message names file, document, field and rule).
+    #[error("{0}")]
+    Invalid(String),
+    /// Unknown object.
+    #[error("{0}")]
+    NotFound(String),
+}
+
+struct RevisionRecord {
+    revision: Revision,
+    settings: RevisionSettings,
+    autoscaler: Autoscaler,
+    placement: Box<dyn Placement>,
+    balancer: String,
+    queue: String,
+    desired: Vec<u32>,
+    ever_ready: bool,
+    spec: ScalingSpec,
+}
+
+struct ServiceRecord {
+    service: Service,
+    revisions: Vec<RevisionRecord>,
+}
+
+struct InstanceRecord {
+    instance: Arc<Instance>,
+    namespace: String,
+    service: String,
+    revision: String,
+    node: usize,
+}
+
+struct State {
+    services: BTreeMap<(String, String), ServiceRecord>,
+    instances: BTreeMap<String, InstanceRecord>,
+    /// Instances being stopped (still counted against capacity until gone).
+    stopping: BTreeMap<String, InstanceRecord>,
+    /// Instances being started: (namespace, revision, node) by name.
+    pending: BTreeMap<String, (String, String, usize)>,
+    rtt: RttMatrix,
+    last_stats: Instant,
+    last_tick: Instant,
+    routes: Routes,
+    counter: u64,
+}
+
+/// A running local fleet.
+pub struct Fleet {
+    options: FleetOptions,
+    store: Store,
+    gateways: Vec<Gateway>,
+    state: Mutex<State>,
+    started: Instant,
+    /// Problems found while loading the state directory.
+    pub problems: Vec<StoreProblem>,
+    poke: mpsc::UnboundedSender<(String, String, usize)>,
+    logs: PathBuf,
+}
+
+impl std::fmt::Debug for Fleet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fleet").field("nodes", &self.options.topology.nodes.len()).finish_non_exhaustive()
+    }
+}
+
+struct Pokes(mpsc::UnboundedSender<(String, String, usize)>);
+
+impl GatewayEvents for Pokes {
+    fn demand(&self, namespace: &str, revision: &str, origin: usize) {
+        let _ = self.0.send((namespace.to_owned(), revision.to_owned(), origin));
+    }
+}
+
+/// Loopback address of node `i`'s gateway.
+pub fn node_ip(i: usize) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 0, 1, (i + 1).min(254) as u8))
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Fleet {
+    /// Starts the gateways, restores the stored services and starts reconciling.
+    pub async fn start(options: FleetOptions) -> Result<Arc<Self>, FleetError> {
+        let io = |e: &dyn std::fmt::Display| FleetError::Io(e.to_string());
+        let store = Store::open(&options.state_dir).map_err(|e| io(&e))?;
+        let logs = options.state_dir.join("logs");
+        std::fs::create_dir_all(&logs).map_err(|e| io(&e))?;
+        let topology = &options.topology;
+        let n = topology.nodes.len();
+        let rtt = topology.rtt_matrix(options.probe_interval * 3);
+        let (poke_tx, poke_rx) = mpsc::unbounded_channel();
+        let mut gateways = Vec::new();
+        for i in 0..n {
+            let links = (0..n)
+                .map(|j| {
+                    (i != j).then(|| Link::new(&topology.link(i, j), options.seed ^ ((i * n + j) as u64)))
+                })
+                .collect();
+            let config = GatewayConfig {
+                nodes: topology.nodes.iter().map(|x| x.name.clone()).collect(),
+                node: i,
+                domain: options.config.domain.clone(),
+                queue_depth: 10_000,
+                max_header_bytes: 64 * 1024,
+                max_body_bytes: 64 * 1024 * 1024,
+                policy: PolicyParams { seed: options.seed ^ i as u64, ..PolicyParams::default() },
+                links,
+                rtt: rtt.clone(),
+            };
+            let ip = node_ip(i);
+            let listener =
+                TcpListener::bind(SocketAddr::new(ip, options.gateway_port)).await.map_err(|e| {
+                    FleetError::Io(format!(
+                        "node {}: gateway on {ip}:{}: {e}",
+                        topology.nodes[i].name, options.gateway_port
+                    ))
+                })?;
+            let admin = TcpListener::bind(SocketAddr::new(ip, options.admin_port)).await.map_err(|e| {
+                FleetError::Io(format!(
+                    "node {}: admin on {ip}:{}: {e}",
+                    topology.nodes[i].name, options.admin_port
+                ))
+            })?;
+            gateways.push(
+                Gateway::start(config, listener, admin, Arc::new(Pokes(poke_tx.clone())))
+                    .map_err(|e| io(&e))?,
+            );
+        }
+        let (stored, problems) = store.load();
+        let now = Instant::now();
+        let fleet = Arc::new(Self {
+            store,
+            gateways,
+            state: Mutex::new(State {
+                services: BTreeMap::new(),
+                instances: BTreeMap::new(),
+                stopping: BTreeMap::new(),
+                pending: BTreeMap::new(),
+                rtt,
+                last_stats: now,
+                last_tick: now,
+                routes: Routes::default(),
+                counter: 0,
+            }),
+            started: now,
+            problems,
+            poke: poke_tx,
+            logs,
+            options,
+        });
+        {
+            let mut state = lock(&fleet.state);
+            for s in stored {
+                let mut record = ServiceRecord { service: s.service, revisions: Vec::new() };
+                for r in s.revisions {
+                    match fleet.revision_record(r) {
+                        Ok(rec) => record.revisions.push(rec),
+                        Err(e) => tracing::error!(error = %e, "cannot restore a revision"),
+                    }
+                }
+                let key = (
+                    record.service.metadata.namespace().to_owned(),
+                    record.service.metadata.name().to_owned(),
+                );
+                state.services.insert(key, record);
+            }
+        }
+        tokio::spawn(run(fleet.clone(), poke_rx));
+        tokio::spawn(crate::monitor::run(fleet.clone()));
+        Ok(fleet)
+    }
+
+    /// The options it runs with.
+    pub fn options(&self) -> &FleetOptions {
+        &self.options
+    }
+
+    /// Gateway of node `i`.
+    pub fn gateway(&self, i: usize) -> &Gateway {
+        &self.gateways[i]
+    }
+
+    /// Records a measured RTT.
+    pub fn record_rtt(&self, from: usize, to: usize, ms: f64) {
+        self.gateways[from].record_rtt(to, ms);
+        lock(&self.state).rtt.record(from, to, ms, std::time::Instant::now());
+    }
+
+    fn revision_record(&self, revision: Revision) -> Result<RevisionRecord, FleetError> {
+        let config = &self.options.config;
+        let settings = ikukantai_api::annotations::revision_settings(
+            &revision.metadata.annotations,
+            config,
+            "spec.template.metadata.annotations",
+        )
+        .map_err(|e| FleetError::Invalid(e.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")))?;
+        let spec = ScalingSpec::resolve(
+            &config.autoscaler,
+            revision.spec.container_concurrency(),
+            &settings.scaling,
+        );
+        let params = PolicyParams { seed: self.options.seed, ..PolicyParams::default() };
+        let placement_name = settings.placement.clone().unwrap_or_else(|| config.policies.placement.clone());
+        let placement =
+            registry::placement(&placement_name, &params).map_err(|e| FleetError::Invalid(e.to_string()))?;
+        Ok(RevisionRecord {
+            autoscaler: Autoscaler::new(spec.clone(), Instant::now(), 0),
+            balancer: settings.balancer.clone().unwrap_or_else(|| config.policies.balancer.clone()),
+            queue: settings.queue.clone().unwrap_or_else(|| config.policies.queue.clone()),
+            desired: vec![0; self.options.topology.nodes.len()],
+            ever_ready: false,
+            spec,
+            placement,
+            settings,
+            revision,
+        })
+    }
+
+    /// Applies manifests (`(file, text)` pairs). Everything is validated first; on any error
+    /// nothing changes.
+    pub fn apply(&self, sources: &[(String, String)]) -> Result<ApplyResult, FleetError> {
+        let (docs, _) =
+            load(sources, &self.options.config).map_err(|d| FleetError::Invalid(d.to_string()))?;
+        let mut problems = Vec::new();
+        for d in &docs {
+            match &d.document {
+                Document::Service(_) => {}
+                Document::Config(_) => problems.push(format!("{}: document {}: fleet configuration is read at start: pass it to `ikukantai up --config`", d.file, d.index)),
+                Document::Topology(_) => problems.push(format!("{}: document {}: the topology is read at start: pass it to `ikukantai up --topology`", d.file, d.index)),
+            }
+        }
+        if !problems.is_empty() {
+            return Err(FleetError::Invalid(problems.join("\n")));
+        }
+        let mut lines = Vec::new();
+        let mut state = lock(&self.state);
+        // Prepare every change first, then commit them all.
+        let mut prepared = Vec::new();
+        for d in docs {
+            let Document::Service(svc) = d.document else { continue };
+            let mut svc = *svc;
+            validate_service(&svc, &self.options.config).map_err(|e| {
+                FleetError::Invalid(e.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))
+            })?;
+            svc.status = None;
+            svc.metadata.namespace = Some(svc.metadata.namespace().to_owned());
+            let key = (svc.metadata.namespace().to_owned(), svc.metadata.name().to_owned());
+            let existing = state.services.get(&key);
+            let revisions: Vec<Revision> = existing
+                .map(|r| r.revisions.iter().map(|x| x.revision.clone()).collect())
+                .unwrap_or_default();
+            let old_generation = existing.and_then(|r| r.service.metadata.generation).unwrap_or(0);
+            let unchanged = existing.is_some_and(|r| {
+                r.service.spec == svc.spec
+                    && r.service.metadata.labels == svc.metadata.labels
+                    && r.service.metadata.annotations == svc.metadata.annotations
+            });
+            svc.metadata.generation = Some(if unchanged { old_generation } else { old_generation + 1 });
+            let existing_uid = existing.map(|e| e.service.metadata.uid.clone());
+            let existed = existing.is_some();
+            let new_revision = next_revision(&svc, &revisions);
+            svc.metadata.uid = match existing_uid {
+                Some(uid) => uid,
+                None => {
+                    state.counter += 1;
+                    Some(format!(
+                        "{:016x}",
+                        self.options.seed
+                            ^ state.counter.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                            ^ self.started.elapsed().as_nanos() as u64
+                    ))
+                }
+            };
+            if let Some(r) = &new_revision
+                && revisions.iter().any(|x| x.name() == r.name())
+            {
+                return Err(FleetError::Invalid(format!(
+                    "{}: document {} (Service {}/{}): spec.template.metadata.name: revision {:?} already exists with a different template; change the name with the template",
+                    d.file,
+                    d.index,
+                    key.0,
+                    key.1,
+                    r.name()
+                )));
+            }
+            let record = new_revision.map(|r| self.revision_record(r)).transpose()?;
+            lines.push(match (existed, unchanged && record.is_none()) {
+                (false, _) => format!("service/{} created", key.1),
+                (true, true) => format!("service/{} unchanged", key.1),
+                (true, false) => format!("service/{} configured", key.1),
+            });
+            prepared.push((key, svc, record));
+        }
+        for (key, svc, record) in prepared {
+            let mut all: Vec<Revision> = state
+                .services
+                .get(&key)
+                .map(|r| r.revisions.iter().map(|x| x.revision.clone()).collect())
+                .unwrap_or_default();
+            if let Some(r) = &record {
+                all.push(r.revision.clone());
+            }
+            self.store.save(&svc, &all).map_err(|e| FleetError::Io(e.to_string()))?;
+            let entry = state
+                .services
+                .entry(key)
+                .or_insert_with(|| ServiceRecord { service: svc.clone(), revisions: Vec::new() });
+            entry.service = svc;
+            if let Some(r) = record {
+                entry.revisions.push(r);
+            }
+        }
+        drop(state);
+        let _ = self.poke.send((String::new(), String::new(), usize::MAX));
+        Ok(ApplyResult { lines })
+    }
+
+    /// Deletes a service, its revisions and instances.
+    pub fn delete(&self, namespace: &str, name: &str) -> Result<(), FleetError> {
+        let mut state = lock(&self.state);
+        if state.services.remove(&(namespace.to_owned(), name.to_owned())).is_none() {
+            return Err(FleetError::NotFound(format!("service {namespace}/{name} not found")));
+        }
+        self.store.delete(namespace, name).map_err(|e| FleetError::Io(e.to_string()))?;
+        drop(state);
+        let _ = self.poke.send((String::new(), String::new(), usize::MAX));
+        Ok(())
+    }
+
+    /// Node views.
+    pub fn nodes(&self) -> Vec<NodeView> {
+        let state = lock(&self.state);
+        self.options
+            .topology
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| NodeView {
+                name: n.name.clone(),
+                labels: n.labels.clone(),
+                capacity: n.capacity,
+                instances: state.instances.values().filter(|r| r.node == i).count() as u32,
+                gateway: self.gateways[i].addr(),
+                admin: self.gateways[i].admin_addr(),
+            })
+            .collect()
+    }
+
+    /// Every service with its status.
+    pub fn services(&self) -> Vec<Service> {
+        let state = lock(&self.state);
+        state.services.values().map(|r| with_status(r, &self.options.config.domain, &state)).collect()
+    }
+
+    /// One service.
+    pub fn service(&self, namespace: &str, name: &str) -> Option<Service> {
+        let state = lock(&self.state);
+        state
+            .services
+            .get(&(namespace.to_owned(), name.to_owned()))
+            .map(|r| with_status(r, &self.options.config.domain, &state))
+    }
+
+    /// Every revision.
+    pub fn revisions(&self) -> Vec<RevisionView> {
+        let state = lock(&self.state);
+        let mut out = Vec::new();
+        for s in state.services.values() {
+            let split = traffic_split(s);
+            for r in &s.revisions {
+                let (ns, name) = (r.revision.metadata.namespace(), r.revision.name());
+                out.push(RevisionView {
+                    namespace: ns.to_owned(),
+                    service: s.service.metadata.name().to_owned(),
+                    name: name.to_owned(),
+                    generation: r.revision.configuration_generation(),
+                    ready: ready_count(&state, ns, name),
+                    desired: r.desired.iter().sum(),
+                    traffic: split.iter().filter(|t| t.revision == name).map(|t| t.percent).sum(),
+                    balancer: r.balancer.clone(),
+                    placement: r.placement.name().to_owned(),
+                    queue: r.queue.clone(),
+                });
+            }
+        }
+        out
+    }
+
+    /// Every instance.
+    pub fn instances(&self) -> Vec<InstanceView> {
+        let state = lock(&self.state);
+        state
+            .instances
+            .values()
+            .chain(state.stopping.values())
+            .map(|r| {
+                let phase = r.instance.phase();
+                InstanceView {
+                    name: r.instance.name.clone(),
+                    namespace: r.namespace.clone(),
+                    service: r.service.clone(),
+                    revision: r.revision.clone(),
+                    node: self.options.topology.nodes[r.node].name.clone(),
+                    state: phase.name().to_owned(),
+                    message: phase.message(),
+                    restarts: r.instance.restarts(),
+                    queue_proxy: r.instance.queue_proxy,
+                    address: r.instance.address,
+                    pid: r.instance.pid(),
+                }
+            })
+            .collect()
+    }
+
+    /// Desired and ready instances per node, per revision.
+    pub fn placements(&self) -> Vec<PlacementView> {
+        let state = lock(&self.state);
+        let nodes: Vec<String> = self.options.topology.nodes.iter().map(|n| n.name.clone()).collect();
+        let now = Instant::now();
+        let mut out = Vec::new();
+        for s in state.services.values() {
+            for r in &s.revisions {
+                let (ns, name) = (r.revision.metadata.namespace(), r.revision.name());
+                let ready = (0..nodes.len())
+                    .map(|i| {
+                        state
+                            .instances
+                            .values()
+                            .filter(|x| {
+                                x.namespace == ns
+                                    && x.revision == name
+                                    && x.node == i
+                                    && x.instance.phase() == Phase::Ready
+                            })
+                            .count() as u32
+                    })
+                    .collect();
+                let mut demand = r.autoscaler.demand_by_origin(now);
+                demand.resize(nodes.len(), 0.0);
+                out.push(PlacementView {
+                    namespace: ns.to_owned(),
+                    service: s.service.metadata.name().to_owned(),
+                    revision: name.to_owned(),
+                    nodes: nodes.clone(),
+                    ready,
+                    desired: r.desired.clone(),
+                    demand,
+                });
+            }
+        }
+        out
+    }
+
+    /// Measured and configured latencies.
+    pub fn latency(&self) -> LatencyView {
+        let state = lock(&self.state);
+        let t = &self.options.topology;
+        let n = t.nodes.len();
+        let now = std::time::Instant::now();
+        LatencyView {
+            nodes: t.nodes.iter().map(|x| x.name.clone()).collect(),
+            measured: (0..n)
+                .map(|i| {
+                    (0..n)
+                        .map(|j| {
+                            if i == j {
+                                None
+                            } else {
+                                state.rtt.sample(i, j).filter(|_| state.rtt.is_fresh(i, j, now)).map(|s| s.0)
+                            }
+                        })
+                        .collect()
+                })
+                .collect(),
+            configured: (0..n)
+                .map(|i| (0..n).map(|j| t.link(i, j).rtt.as_secs_f64() * 1e3).collect())
+                .collect(),
+        }
+    }
+
+    /// The log file of an instance.
+    pub fn log_path(&self, instance: &str) -> Option<PathBuf> {
+        let p = self.logs.join(format!("{instance}.log"));
+        p.exists().then_some(p)
+    }
+
+    /// Stops every instance and gateway (Ctrl-C).
+    pub async fn shutdown(&self) {
+        let all: Vec<Arc<Instance>> = {
+            let mut state = lock(&self.state);
+            let mut v: Vec<_> =
+                std::mem::take(&mut state.instances).into_values().map(|r| r.instance).collect();
+            v.extend(std::mem::take(&mut state.stopping).into_values().map(|r| r.instance));
+            v
+        };
+        futures_join(all.iter().map(|i| i.stop())).await;
+    }
+
+    /// One reconcile pass.
+    fn reconcile(self: &Arc<Self>, force_tick: bool) {
+        let now = Instant::now();
+        let mut state = lock(&self.state);
+        let state = &mut *state;
+        // Finished stops leave the books.
+        state.stopping.retain(|_, r| r.instance.phase() == Phase::Terminating);
+        let n = self.options.topology.nodes.len();
+
+        // 1. Stats, every second.
+        if now.duration_since(state.last_stats) >= Duration::from_secs(1) {
+            state.last_stats = now;
+            let mut by_revision: BTreeMap<(String, String), Vec<ikukantai_policy::autoscaler::Stat>> =
+                BTreeMap::new();
+            for r in state.instances.values() {
+                if let Some(stat) = r.instance.report() {
+                    by_revision.entry((r.namespace.clone(), r.revision.clone())).or_default().push(stat);
+                }
+            }
+            let reports: Vec<_> = self.gateways.iter().enumerate().map(|(i, g)| (i, g.report())).collect();
+            for s in state.services.values_mut() {
+                for r in &mut s.revisions {
+                    let key = (r.revision.metadata.namespace().to_owned(), r.revision.name().to_owned());
+                    for stat in by_revision.get(&key).into_iter().flatten() {
+                        r.autoscaler.record(now, stat);
+                    }
+                    for (node, report) in &reports {
+                        for rep in report.iter().filter(|x| x.namespace == key.0 && x.revision == key.1) {
+                            r.autoscaler.record(now, &rep.activator);
+                            r.autoscaler.record_origin(now, *node, rep.origin.concurrency);
+                        }
+                    }
+                }
+            }
+        }
+
+        // 2. Autoscaler and placement, every 2 s or when poked.
+        let tick = force_tick || now.duration_since(state.last_tick) >= Duration::from_secs(2);
+        if tick {
+            state.last_tick = now;
+            let capacity = self.options.topology.capacities();
+            for key in state.services.keys().cloned().collect::<Vec<_>>() {
+                let reachable: Vec<String> =
+                    traffic_split(&state.services[&key]).into_iter().map(|t| t.revision).collect();
+                for idx in 0..state.services[&key].revisions.len() {
+                    let (ns, name) = {
+                        let r = &state.services[&key].revisions[idx].revision;
+                        (r.metadata.namespace().to_owned(), r.name().to_owned())
+                    };
+                    let ready = ready_count(state, &ns, &name);
+                    let current: Vec<u32> = (0..n)
+                        .map(|i| {
+                            (state
+                                .instances
+                                .values()
+                                .filter(|x| x.namespace == ns && x.revision == name && x.node == i)
+                                .count()
+                                + state
+                                    .pending
+                                    .values()
+                                    .filter(|p| p.0 == ns && p.1 == name && p.2 == i)
+                                    .count()) as u32
+                        })
+                        .collect();
+                    // Room for this revision: node capacity minus everything else running there.
+                    let room: Vec<u32> = (0..n)
+                        .map(|i| {
+                            let others = state
+                                .instances
+                                .values()
+                                .chain(state.stopping.values())
+                                .filter(|x| x.node == i && !(x.namespace == ns && x.revision == name))
+                                .count()
+                                + state
+                                    .pending
+                                    .values()
+                                    .filter(|p| p.2 == i && !(p.0 == ns && p.1 == name))
+                                    .count();
+                            let others = others as u32;
+                            capacity[i].saturating_sub(others)
+                        })
+                        .collect();
+                    let rtt = state.rtt.clone();
+                    let record = &mut state.services.get_mut(&key).expect("key from keys()").revisions[idx];
+                    let decision = record.autoscaler.tick(
+                        now,
+                        TickInputs {
+                            ready,
+                            reachable: reachable.contains(&name),
+                            buffering_since: Some(self.started),
+                        },
+                    );
+                    tracing::debug!(revision = %name, desired = decision.desired, stable = decision.observed_stable, panic = decision.observed_panic, panicking = decision.panicking, ready, "autoscaler decision");
+                    let processing = vec![None; n];
+                    let mut demand = decision.demand_by_origin.clone();
+                    demand.resize(n, 0.0);
+                    record.desired = record.placement.place(&PlacementInput {
+                        desired: decision.desired,
+                        demand: &demand,
+                        capacity: &room,
+                        current: &current,
+                        processing_ms: &processing,
+                        rtt: &rtt,
+                        now,
+                    });
+                }
+            }
+        }
+
+        // 3. Converge instances to the desired placement; stop what is no longer wanted.
+        let mut wanted: BTreeMap<(String, String, usize), u32> = BTreeMap::new();
+        for s in state.services.values() {
+            for r in &s.revisions {
+                for (node, &count) in r.desired.iter().enumerate() {
+                    wanted.insert(
+                        (r.revision.metadata.namespace().to_owned(), r.revision.name().to_owned(), node),
+                        count,
+                    );
+                }
+            }
+        }
+        let mut to_stop = Vec::new();
+        let mut groups: BTreeMap<(String, String, usize), Vec<String>> = BTreeMap::new();
+        for (name, r) in &state.instances {
+            groups.entry((r.namespace.clone(), r.revision.clone(), r.node)).or_default().push(name.clone());
+        }
+        let mut starting: BTreeMap<(String, String, usize), u32> = BTreeMap::new();
+        for (ns, rev, node) in state.pending.values() {
+            *starting.entry((ns.clone(), rev.clone(), *node)).or_default() += 1;
+        }
+        for (key, names) in &groups {
+            let want = wanted.get(key).copied().unwrap_or(0) as usize;
+            if names.len() > want {
+                // Stop the least useful first: not ready before ready, newest first.
+                let mut ranked: Vec<&String> = names.iter().collect();
+                ranked.sort_by_key(|n| {
+                    (state.instances[*n].instance.phase() == Phase::Ready, std::cmp::Reverse((*n).clone()))
+                });
+                to_stop.extend(ranked.into_iter().take(names.len() - want).cloned());
+            }
+        }
+        for name in to_stop {
+            if let Some(r) = state.instances.remove(&name) {
+                let instance = r.instance.clone();
+                state.stopping.insert(name, r);
+                tokio::spawn(async move { instance.stop().await });
+            }
+        }
+        let mut to_start = Vec::new();
+        for ((ns, rev, node), want) in &wanted {
+            let key = (ns.clone(), rev.clone(), *node);
+            let have =
+                groups.get(&key).map_or(0, |v| v.len()) as u32 + starting.get(&key).copied().unwrap_or(0);
+            let have = have.min(*want);
+            for _ in have..*want {
+                to_start.push((ns.clone(), rev.clone(), *node));
+            }
+        }
+        for (ns, rev, node) in to_start {
+            let Some((svc, record)) = state.services.values().find_map(|s| {
+                s.revisions
+                    .iter()
+                    .find(|r| r.revision.metadata.namespace() == ns && r.revision.name() == rev)
+                    .map(|r| (s, r))
+            }) else {
+                continue;
+            };
+            state.counter += 1;
+            let node_name = self.options.topology.nodes[node].name.clone();
+            // Unique across restarts of the fleet too (log files are named after instances).
+            let nonce = self.options.seed
+                ^ std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos() as u64);
+            let name =
+                format!("{}-{}-{}", svc.service.metadata.name(), node_name, suffix(nonce, state.counter));
+            let spec = self.instance_spec(&name, node, svc, record);
+            let fleet = self.clone();
+            let (ns2, rev2, svc_name) = (ns.clone(), rev.clone(), svc.service.metadata.name().to_owned());
+            // Reserve the slot now; the instance moves to the books once its listeners exist.
+            let placeholder_name = name.clone();
+            state.pending.insert(name.clone(), (ns.clone(), rev.clone(), node));
+            tokio::spawn(async move {
+                match Instance::start(spec).await {
+                    Ok(instance) => {
+                        let instance = Arc::new(instance);
+                        let mut watch = instance.watch();
+                        {
+                            let mut state = lock(&fleet.state);
+                            state.pending.remove(&placeholder_name);
+                            state.instances.insert(
+                                placeholder_name,
+                                InstanceRecord {
+                                    instance,
+                                    namespace: ns2,
+                                    service: svc_name,
+                                    revision: rev2,
+                                    node,
+                                },
+                            );
+                        }
+                        // Route to it as soon as it is ready.
+                        let f = fleet.clone();
+                        tokio::spawn(async move {
+                            while watch.changed().await.is_ok() {
+                                f.reconcile(false);
+                            }
+                        });
+                        fleet.reconcile(false);
+                    }
+                    Err(e) => {
+                        tracing::error!(instance = %placeholder_name, error = %e, "cannot start instance");
+                        lock(&fleet.state).pending.remove(&placeholder_name);
+                    }
+                }
+            });
+        }
+
+        // 4. Routes for every gateway.
+        let routes = self.routes(state);
+        if routes != state.routes {
+            for g in &self.gateways {
+                if let Err(e) = g.set_routes(&routes) {
+                    tracing::error!(error = %e, "gateway refused routes");
+                }
+            }
+            state.routes = routes;
+        }
+        for s in state.services.values_mut() {
+            for r in &mut s.revisions {
+                let (ns, name) = (r.revision.metadata.namespace().to_owned(), r.revision.name().to_owned());
+                if state
+                    .instances
+                    .values()
+                    .any(|x| x.namespace == ns && x.revision == name && x.instance.phase() == Phase::Ready)
+                {
+                    r.ever_ready = true;
+                }
+            }
+        }
+    }
+
+    fn instance_spec(
+        &self,
+        name: &str,
+        node: usize,
+        svc: &ServiceRecord,
+        record: &RevisionRecord,
+    ) -> InstanceSpec {
+        let rev = &record.revision;
+        let container = rev.spec.container().cloned().unwrap_or_else(|| ikukantai_api::service::Container {
+            name: None,
+            image: String::new(),
+            command: Vec::new(),
+            args: Vec::new(),
+            env: Vec::new(),
+            env_from: None,
+            ports: Vec::new(),
+            working_dir: None,
+            resources: None,
+            readiness_probe: None,
+            liveness_probe: None,
+            image_pull_policy: None,
+            security_context: None,
+            volume_mounts: None,
+            termination_message_path: None,
+            termination_message_policy: None,
+        });
+        let node_name = self.options.topology.nodes[node].name.clone();
+        let service = svc.service.metadata.name().to_owned();
+        let mut env: Vec<(String, String)> =
+            container.env.iter().filter_map(|e| Some((e.name.clone(), e.value.clone()?))).collect();
+        env.push(("K_SERVICE".into(), service.clone()));
+        env.push(("K_CONFIGURATION".into(), service.clone()));
+        env.push(("K_REVISION".into(), rev.name().to_owned()));
+        env.push(("NODENAME".into(), node_name.clone()));
+        env.push(("PODNAME".into(), name.to_owned()));
+        let mut command = container.command.clone();
+        command.extend(container.args.iter().cloned());
+        let secs = |s: Option<u64>| s.filter(|x| *x > 0).map(Duration::from_secs);
+        InstanceSpec {
+            name: name.to_owned(),
+            node: node_name.clone(),
+            command,
+            working_dir: container.working_dir.clone(),
+            env,
+            log: self.logs.join(format!("{name}.log")),
+            grace: Duration::from_secs(10),
+            queue_proxy: QueueProxyConfig {
+                namespace: rev.metadata.namespace().to_owned(),
+                service,
+                revision: rev.name().to_owned(),
+                instance: name.to_owned(),
+                node: node_name,
+                app: SocketAddr::from(([127, 0, 0, 1], 0)),
+                container_concurrency: rev.spec.container_concurrency(),
+                queue_depth: None,
+                queue: record.queue.clone(),
+                priority_rules: record.settings.priority_rules.clone(),
+                timeout: Duration::from_secs(rev.spec.timeout_seconds()),
+                response_start_timeout: secs(rev.spec.response_start_timeout_seconds),
+                idle_timeout: secs(rev.spec.idle_timeout_seconds),
+                readiness: Readiness::from_probe(container.readiness_probe.as_ref()),
+                max_header_bytes: 64 * 1024,
+            },
+        }
+    }
+
+    fn routes(&self, state: &State) -> Routes {
+        let mut routes = Routes::default();
+        for s in state.services.values() {
+            let split = traffic_split(s);
+            let ns = s.service.metadata.namespace().to_owned();
+            routes.services.push(ServiceRoute {
+                namespace: ns.clone(),
+                name: s.service.metadata.name().to_owned(),
+                traffic: split,
+            });
+            for r in &s.revisions {
+                let name = r.revision.name().to_owned();
+                let instances = state
+                    .instances
+                    .values()
+                    .filter(|x| x.namespace == ns && x.revision == name && x.instance.phase() == Phase::Ready)
+                    .map(|x| InstanceRoute {
+                        name: x.instance.name.clone(),
+                        node: x.node,
+                        addr: x.instance.queue_proxy,
+                    })
+                    .collect();
+                routes.revisions.push(RevisionRoute {
+                    namespace: ns.clone(),
+                    service: s.service.metadata.name().to_owned(),
+                    revision: name,
+                    container_concurrency: r.revision.spec.container_concurrency(),
+                    target_concurrency: r.spec.target,
+                    timeout: Duration::from_secs(r.revision.spec.timeout_seconds()),
+                    balancer: r.balancer.clone(),
+                    queue: r.queue.clone(),
+                    priority_rules: r.settings.priority_rules.clone(),
+                    instances,
+                });
+            }
+        }
+        routes
+    }
+}
+
+async fn futures_join<F: std::future::Future<Output = ()>>(futures: impl Iterator<Item = F>) {
+    let handles: Vec<_> = futures.collect();
+    for f in handles {
+        f.await;
+    }
+}
+
+fn suffix(seed: u64, counter: u64) -> String {
+    const ALPHABET: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut x = (seed ^ counter.wrapping_mul(0x9e37_79b9_7f4a_7c15)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    (0..5)
+        .map(|_| {
+            let c = ALPHABET[(x % 36) as usize] as char;
+            x /= 36;
+            c
+        })
+        .collect()
+}
+
+fn ready_count(state: &State, ns: &str, revision: &str) -> u32 {
+    state
+        .instances
+        .values()
+        .filter(|x| x.namespace == ns && x.revision == revision && x.instance.phase() == Phase::Ready)
+        .count() as u32
+}
+
+/// The service's traffic resolved to revision names (latestRevision → the latest revision that
+/// ever became ready, else the latest created).
+fn traffic_split(s: &ServiceRecord) -> Vec<RouteTarget> {
+    let latest_ready = s.revisions.iter().rev().find(|r| r.ever_ready).or(s.revisions.last());
+    let latest_created = s.revisions.last();
+    // A brand-new revision that has not failed takes over from the last ready one.
+    let latest = match (latest_created, latest_ready) {
+        (Some(c), _) if !c.ever_ready => Some(c),
+        (_, r) => r,
+    };
+    if s.service.spec.traffic.is_empty() {
+        return latest
+            .map(|r| vec![RouteTarget { revision: r.revision.name().to_owned(), percent: 100, tag: None }])
+            .unwrap_or_default();
+    }
+    s.service
+        .spec
+        .traffic
+        .iter()
+        .filter_map(|t| {
+            let revision = if t.latest_revision == Some(true) {
+                latest?.revision.name().to_owned()
+            } else {
+                t.revision_name.clone()?
+            };
+            Some(RouteTarget { revision, percent: t.percent.unwrap_or(0), tag: t.tag.clone() })
+        })
+        .collect()
+}
+
+fn condition(type_: &str, ok: bool, reason: &str, message: Option<String>) -> Condition {
+    Condition {
+        type_: type_.into(),
+        status: if ok { "True" } else { "Unknown" }.into(),
+        reason: (!ok).then(|| reason.to_owned()),
+        message: if ok { None } else { message },
+        last_transition_time: None,
+    }
+}
+
+fn with_status(s: &ServiceRecord, domain: &str, state: &State) -> Service {
+    let mut svc = s.service.clone();
+    let ns = svc.metadata.namespace().to_owned();
+    let name = svc.metadata.name().to_owned();
+    let url = format!("http://{name}.{ns}.{domain}");
+    let split = traffic_split(s);
+    let latest_ready = s.revisions.iter().rev().find(|r| r.ever_ready).map(|r| r.revision.name().to_owned());
+    let latest_created = s.revisions.last().map(|r| r.revision.name().to_owned());
+    let missing: Vec<&String> = split
+        .iter()
+        .map(|t| &t.revision)
+        .filter(|r| !s.revisions.iter().any(|x| x.revision.name() == r.as_str()))
+        .collect();
+    let failing: Vec<String> = state
+        .instances
+        .values()
+        .filter(|x| {
+            x.namespace == ns
+                && x.service == name
+                && matches!(x.instance.phase(), Phase::Failed(_) | Phase::CrashLoopBackOff(_))
+        })
+        .map(|x| format!("{}: {}", x.instance.name, x.instance.phase().message().unwrap_or_default()))
+        .collect();
+    let config_ok = latest_created.is_some() && failing.is_empty();
+    let routes_ok = missing.is_empty() && !split.is_empty();
+    svc.status = Some(ServiceStatus {
+        observed_generation: svc.metadata.generation,
+        conditions: vec![
+            condition("ConfigurationsReady", config_ok, "RevisionFailed", failing.first().cloned()),
+            condition(
+                "Ready",
+                config_ok && routes_ok,
+                if routes_ok { "RevisionFailed" } else { "RevisionMissing" },
+                failing
+                    .first()
+                    .cloned()
+                    .or_else(|| missing.first().map(|m| format!("revision {m} does not exist"))),
+            ),
+            condition(
+                "RoutesReady",
+                routes_ok,
+                "RevisionMissing",
+                missing.first().map(|m| format!("revision {m} does not exist")),
+            ),
+        ],
+        url: Some(url),
+        address: Some(Addressable { url: format!("http://{name}.{ns}.svc.cluster.local") }),
+        latest_ready_revision_name: latest_ready,
+        latest_created_revision_name: latest_created,
+        traffic: split
+            .iter()
+            .map(|t| TrafficTarget {
+                tag: t.tag.clone(),
+                revision_name: Some(t.revision.clone()),
+                percent: Some(t.percent),
+                url: t.tag.as_ref().map(|tag| format!("http://{tag}-{name}.{ns}.{domain}")),
+                ..TrafficTarget::default()
+            })
+            .collect(),
+    });
+    svc
+}
+
+/// The control loop: reconcile every 250 ms, and at once on a poke (demand at zero, apply).
+async fn run(fleet: Arc<Fleet>, mut pokes: mpsc::UnboundedReceiver<(String, String, usize)>) {
+    let mut interval = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        let poked = tokio::select! {
+            _ = interval.tick() => false,
+            p = pokes.recv() => {
+                let Some((ns, rev, origin)) = p else { return };
+                if origin != usize::MAX {
+                    let mut state = lock(&fleet.state);
+                    for s in state.services.values_mut() {
+                        for r in s.revisions.iter_mut().filter(|r| r.revision.metadata.namespace() == ns && r.revision.name() == rev) {
+                            r.autoscaler.poke(Instant::now(), origin);
+                        }
+                    }
+                }
+                true
+            }
+        };
+        fleet.reconcile(poked);
+    }
+}

@@ -1,0 +1,17 @@
+//! The ikukantai control plane and its local runtime: `ikukantai up` runs a whole edge–cloud fleet
+//! on one machine.
+//!
+//! - [`fleet`]: the control plane (services → revisions → autoscaler → placement → instances →
+//!   routes) and one gateway per node;
+//! - [`agent`]: instances as OS processes with their queue proxies, restarts, logs;
+//! - [`monitor`]: RTT between nodes through the emulated links;
+//! - [`store`]: atomic persistence under the state directory;
+//! - [`api`]: the HTTP API the CLI talks to;
+//! - [`view`]: what the API returns.
+
+pub mod agent;
+pub mod api;
+pub mod fleet;
+pub mod monitor;
+pub mod store;
+pub mod view;

@@ -284,3 +284,63 @@ fn scales_up_under_load_and_back_down() {
     }
     fleet.wait_for("scale back to zero", || fleet.json("instances").as_array().unwrap().is_empty());
 }
+
+#[test]
+fn the_api_can_require_a_bearer_token() {
+    let dir = scratch("token");
+    std::fs::create_dir_all(&dir).unwrap();
+    let api = format!("127.0.0.1:{}", TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port());
+    let mut child = Command::new(BIN)
+        .args(["up", "--api", &api, "--token", "s3cret"])
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .args([
+            "--gateway-port",
+            &free_port_on_all().to_string(),
+            "--admin-port",
+            &free_port_on_all().to_string(),
+        ])
+        .env_remove("IKUKANTAI_TOKEN")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let cli = |token: Option<&str>| {
+        let mut c = Command::new(BIN);
+        c.args(["get", "nodes"]).env("IKUKANTAI_API", &api).env_remove("IKUKANTAI_TOKEN");
+        if let Some(t) = token {
+            c.env("IKUKANTAI_TOKEN", t);
+        }
+        c.output().unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cli(Some("s3cret")).status.success() {
+        assert!(Instant::now() < deadline, "fleet did not come up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let denied = cli(None);
+    assert_eq!(denied.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&denied.stderr).contains("missing or wrong bearer token"));
+    assert!(!cli(Some("wrong")).status.success());
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    );
+    let _ = child.wait();
+}
+
+#[test]
+fn no_fleet_gives_a_clear_error() {
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let out = Command::new(BIN)
+        .args(["get", "services"])
+        .env("IKUKANTAI_API", format!("127.0.0.1:{port}"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains(&format!("no fleet at 127.0.0.1:{port} — start one with `ikukantai up`")),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -2,8 +2,9 @@
 //!
 //! - enforces containerConcurrency: `cc` requests at once, up to `10 × cc` waiting (ordered by the
 //!   revision's queue discipline), 503 beyond; no limit when `cc = 0`;
-//! - probes the instance (its readinessProbe, by default TCP on its port; every 50 ms until first
-//!   ready when `periodSeconds` is 0, like Knative) and reports ready only when it answers;
+//! - probes the instance (its readinessProbe, by default TCP on its port; when `periodSeconds` is 0
+//!   aggressively until first ready — from 1 ms backing off to Knative's 50 ms) and reports ready
+//!   only when it answers;
 //! - applies `timeoutSeconds` (504 if no response in time, the stream cut if it runs past),
 //!   `responseStartTimeoutSeconds` and `idleTimeoutSeconds`;
 //! - keeps time-weighted concurrency and request-rate stats for the autoscaler, counting requests
@@ -71,7 +72,8 @@ pub struct Readiness {
     pub action: ProbeAction,
     /// Wait before the first check.
     pub initial_delay: Duration,
-    /// Between checks; zero = aggressive (every 50 ms until ready, then every second).
+    /// Between checks; zero = aggressive (from 1 ms backing off to 50 ms until ready, then every
+    /// second).
     pub period: Duration,
     /// Per-check time-out.
     pub timeout: Duration,
@@ -288,6 +290,9 @@ async fn probe_loop(inner: Arc<InnerRef>) {
     let r = &inner.config.readiness;
     tokio::time::sleep(r.initial_delay).await;
     let aggressive = r.period.is_zero();
+    // Aggressive probing starts at 1 ms and backs off to Knative's 50 ms, so a fast-starting
+    // instance is seen within a millisecond or two of listening (cold starts pay for every ms).
+    let mut startup_pause = Duration::from_millis(1);
     let (mut ok_run, mut fail_run) = (0u32, 0u32);
     loop {
         let limit = if aggressive && !*inner.ready.borrow() { Duration::from_millis(100) } else { r.timeout };
@@ -302,10 +307,15 @@ async fn probe_loop(inner: Arc<InnerRef>) {
             ok_run = 0;
             if fail_run >= r.failure_threshold && *inner.ready.borrow() {
                 let _ = inner.ready.send(false);
+                startup_pause = Duration::from_millis(1);
             }
         }
         let pause = match (aggressive, *inner.ready.borrow()) {
-            (true, false) => Duration::from_millis(50),
+            (true, false) => {
+                let p = startup_pause;
+                startup_pause = (startup_pause * 2).min(Duration::from_millis(50));
+                p
+            }
             (true, true) => Duration::from_secs(1),
             (false, _) => r.period,
         };

@@ -328,3 +328,28 @@ async fn the_default_balancer_keeps_traffic_local() {
     }
     assert_eq!(cloud.backend.seen.requests.load(Ordering::SeqCst), 0);
 }
+
+#[tokio::test]
+async fn h2c_clients_are_served_too() {
+    let i = instance("h2", "node1", "hello-00001", 0).await;
+    let gw = gateway(GatewayConfig::single("node1"), Arc::new(NoEvents)).await;
+    gw.set_routes(&hello_routes(
+        vec![revision("hello-00001", 0, vec![route("h2", 0, i.qp.addr())])],
+        all_to("hello-00001"),
+    ))
+    .unwrap();
+    let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build::<_, Full<Bytes>>(hyper_util::client::legacy::connect::HttpConnector::new());
+    let req = Request::builder()
+        .uri(format!("http://{}/", gw.addr()))
+        .header("host", HOST)
+        .version(http::Version::HTTP_2)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = h2.request(req).await.unwrap();
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"Konnichiwa from h2");
+}

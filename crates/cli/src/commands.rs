@@ -491,3 +491,85 @@ pub(crate) fn policies() {
         println!("  {name:<10} {summary}");
     }
 }
+
+struct Bar;
+
+impl ikukantai_eval::run::Progress for Bar {
+    fn update(&self, set: &str, users: u32, phase: &str, done: f64, total: f64) {
+        let width = 30;
+        let filled = ((done / total.max(1e-9)) * width as f64).round() as usize;
+        eprint!(
+            "\r[{set:<9}] {users:>4} users/origin  {phase:<7} [{}{}] {done:>4.0}/{total:.0} s ",
+            "#".repeat(filled.min(width)),
+            "-".repeat(width - filled.min(width))
+        );
+        if done >= total {
+            eprintln!();
+        }
+    }
+}
+
+pub(crate) async fn bench(
+    scenario: &std::path::Path,
+    out: &std::path::Path,
+    seed: u64,
+) -> anyhow::Result<ExitCode> {
+    use ikukantai_eval::{
+        plot,
+        report::Report,
+        run,
+        scenario::{PolicySet, Scenario},
+    };
+    let file = scenario.display().to_string();
+    let text = std::fs::read_to_string(scenario).with_context(|| format!("cannot read {file}"))?;
+    let s = Scenario::parse(&file, &text)?;
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let binary = std::env::current_exe()?;
+    let work = out.join("fleet-state");
+    eprintln!(
+        "scenario {}: {} policy sets × {} levels × {:.0} s each",
+        s.name,
+        s.policies.len(),
+        s.load.users.len(),
+        (s.load.warmup.0 + s.load.duration.0).as_secs_f64()
+    );
+    let mut runs = Vec::new();
+    for name in &s.policies {
+        let set = PolicySet::named(name).context("policy set")?;
+        runs.push(
+            run::run_set(&s, &set, &binary, &work, seed, &Bar)
+                .await
+                .map_err(|e| anyhow::anyhow!("{name}: {e}"))?,
+        );
+    }
+    let _ = std::fs::remove_dir_all(&work);
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_default();
+    let machine = format!(
+        "{} CPUs ({cpu}), command `ikukantai bench {file} --out {} --seed {seed}`",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        out.display()
+    );
+    let report = Report::new(s, runs, machine);
+    std::fs::write(out.join("report.json"), serde_json::to_vec_pretty(&report)?)?;
+    let mut md = report.markdown();
+    match plot::write_all(&report, out) {
+        Ok(files) => {
+            md += "\n## Plots\n\n";
+            for f in files.iter().filter(|f| f.ends_with(".png")) {
+                md += &format!("![{f}]({f})\n");
+            }
+        }
+        Err(e) => eprintln!("warning: no plots: {e}"),
+    }
+    std::fs::write(out.join("report.md"), &md)?;
+    println!("{md}");
+    println!("written: {}/report.json, report.md and plots", out.display());
+    Ok(ExitCode::SUCCESS)
+}

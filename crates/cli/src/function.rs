@@ -1,6 +1,6 @@
 //! The demo function, like the original's `shuka` app: `/` answers
 //! "`$TARGET` from `$PODNAME` in `$NODENAME`" (TARGET defaults to Konnichiwa), `/sleep/<ms>` sleeps
-//! then answers, `/nodename` answers the node name. Listens on `$PORT` (default 8080) and stops
+//! (fractions allowed) then answers, `/nodename` answers the node name. Listens on `$PORT` (default 8080) and stops
 //! cleanly on SIGTERM.
 
 use std::convert::Infallible;
@@ -22,12 +22,12 @@ async fn hello(req: Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path();
     let node = env("NODENAME", "unknown-node");
     let text = if let Some(ms) = path.strip_prefix("/sleep/") {
-        match ms.parse::<u64>() {
-            Ok(ms) => {
-                tokio::time::sleep(Duration::from_millis(ms)).await;
+        match ms.parse::<f64>() {
+            Ok(v) if v.is_finite() && v >= 0.0 => {
+                tokio::time::sleep(Duration::from_secs_f64(v / 1e3)).await;
                 format!("slept {ms}ms in {}\n", env("PODNAME", "hello"))
             }
-            Err(_) => {
+            _ => {
                 let mut r = Response::new(Full::new(Bytes::from(format!(
                     "{ms:?} is not a number of milliseconds\n"
                 ))));

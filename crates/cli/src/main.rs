@@ -4,6 +4,7 @@ mod client;
 mod commands;
 mod function;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -140,6 +141,17 @@ enum Command {
     },
     /// List the load balancers, placements and queue disciplines that annotations can name.
     Policies,
+    /// Evaluate the policy sets on a scenario: a fleet per set, open-loop load, report and plots.
+    Bench {
+        /// Scenario file (see bench/*.yaml).
+        scenario: PathBuf,
+        /// Output directory (report.json, report.md, plots).
+        #[arg(long)]
+        out: PathBuf,
+        /// Seed of the load and the policies.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// Run a built-in function (the demo `hello`), listening on $PORT.
     Function {
         /// `hello`: `/` answers "Konnichiwa from <instance> in <node>", `/sleep/<ms>`, `/nodename`.
@@ -177,6 +189,7 @@ fn main() -> ExitCode {
                 Ok(ExitCode::SUCCESS)
             }
             Command::Function { name } => function::run(&name).await,
+            Command::Bench { scenario, out, seed } => commands::bench(&scenario, &out, seed).await,
         }
     });
     result.unwrap_or_else(|e| {

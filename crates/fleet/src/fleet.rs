@@ -652,8 +652,14 @@ impl Fleet {
                     let processing = vec![None; n];
                     let mut demand = decision.demand_by_origin.clone();
                     demand.resize(n, 0.0);
+                    // A latency-aware placement may want more instances than the KPA (one per
+                    // distant site with demand), never beyond max-scale.
+                    let mut want = decision.desired.max(record.placement.minimum(&demand, &rtt, now));
+                    if record.spec.max_scale > 0 {
+                        want = want.min(record.spec.max_scale);
+                    }
                     record.desired = record.placement.place(&PlacementInput {
-                        desired: decision.desired,
+                        desired: want,
                         demand: &demand,
                         capacity: &room,
                         current: &current,

@@ -67,6 +67,13 @@ pub trait Placement: Send + std::fmt::Debug {
     fn name(&self) -> &'static str;
     /// Instances per node.
     fn place(&mut self, input: &PlacementInput<'_>) -> Vec<u32>;
+
+    /// The fewest instances this policy wants for the current demand, whatever the autoscaler
+    /// says (a latency-aware policy may want one instance per distant site with demand). The
+    /// caller passes `max(autoscaler's desired, minimum)` as `desired`. Default: no minimum.
+    fn minimum(&self, _demand: &[f64], _rtt: &RttMatrix, _now: Instant) -> u32 {
+        0
+    }
 }
 
 /// Splits `total` whole units over `weights` in proportion (largest remainder, ties to the lower

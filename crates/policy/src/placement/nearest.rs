@@ -11,6 +11,11 @@
 //!    per `migrate_after`, and only if the move saves at least `min_gain_ms` for that demand.
 //!
 //! Without any demand signal the ideal is an even spread from the current placement.
+//!
+//! It also asks for a **minimum**: one instance per *site* with a real share of the demand (a site
+//! groups origin nodes within `site_rtt_ms` of each other). The KPA sizes a revision by total
+//! concurrency, so two users at two sites 50 ms apart get one instance, and one of them pays the
+//! trip on every request; with the minimum each site keeps its own instance while it has demand.
 
 use std::time::{Duration, Instant};
 
@@ -23,11 +28,20 @@ pub struct NearestParams {
     pub migrate_after: Duration,
     /// Minimum estimated response-time saving (milliseconds) that justifies a move.
     pub min_gain_ms: f64,
+    /// Origins closer than this (RTT, ms) are one site.
+    pub site_rtt_ms: f64,
+    /// A site needs at least this share of the demand to get its own instance.
+    pub min_site_share: f64,
 }
 
 impl Default for NearestParams {
     fn default() -> Self {
-        Self { migrate_after: Duration::from_secs(30), min_gain_ms: 5.0 }
+        Self {
+            migrate_after: Duration::from_secs(30),
+            min_gain_ms: 5.0,
+            site_rtt_ms: 10.0,
+            min_site_share: 0.1,
+        }
     }
 }
 
@@ -90,6 +104,26 @@ impl NearestPlacement {
 impl Placement for NearestPlacement {
     fn name(&self) -> &'static str {
         "nearest"
+    }
+
+    fn minimum(&self, demand: &[f64], rtt: &crate::estimate::RttMatrix, now: Instant) -> u32 {
+        let total: f64 = demand.iter().filter(|d| d.is_finite() && **d > 0.0).sum();
+        if total <= 0.0 {
+            return 0;
+        }
+        let mut origins: Vec<usize> = (0..demand.len().min(rtt.len()))
+            .filter(|&o| {
+                demand[o].is_finite() && demand[o] > 0.0 && demand[o] >= self.params.min_site_share * total
+            })
+            .collect();
+        origins.sort_by(|&a, &b| demand[b].total_cmp(&demand[a]).then(a.cmp(&b)));
+        let mut sites: Vec<usize> = Vec::new();
+        for o in origins {
+            if !sites.iter().any(|&s| rtt.get(o, s, now) <= self.params.site_rtt_ms) {
+                sites.push(o);
+            }
+        }
+        sites.len() as u32
     }
 
     fn place(&mut self, input: &PlacementInput<'_>) -> Vec<u32> {

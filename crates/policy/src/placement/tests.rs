@@ -114,7 +114,11 @@ fn nearest_keeps_running_instances_and_scales_down_where_they_are_least_needed()
 fn nearest_migrates_one_instance_at_a_time_after_the_hysteresis() {
     let w = World::edge_cloud(vec![10, 10, 10]);
     let t0 = Instant::now();
-    let params = NearestParams { migrate_after: Duration::from_secs(30), min_gain_ms: 5.0 };
+    let params = NearestParams {
+        migrate_after: Duration::from_secs(30),
+        min_gain_ms: 5.0,
+        ..NearestParams::default()
+    };
     let mut p = NearestPlacement::new(params);
     let demand = [0.0, 0.0, 5.0];
     let mut current = vec![2, 0, 0];
@@ -137,6 +141,24 @@ fn nearest_does_not_migrate_for_a_small_gain() {
     for s in [0, 60, 120] {
         assert_eq!(p.place(&w.input(2, &[0.0, 3.0, 0.0], &current, t0 + Duration::from_secs(s))), current);
     }
+}
+
+#[test]
+fn nearest_wants_one_instance_per_distant_site_with_demand() {
+    let w = World::edge_cloud(vec![10, 10, 10]);
+    let p = NearestPlacement::new(NearestParams::default());
+    let now = Instant::now();
+    assert_eq!(p.minimum(&[0.0, 0.0, 0.0], &w.rtt, now), 0);
+    assert_eq!(p.minimum(&[0.2, 0.0, 0.3], &w.rtt, now), 2, "cloud and edge are 50 ms apart");
+    assert_eq!(p.minimum(&[0.2, 0.2, 0.0], &w.rtt, now), 1, "node0 and node1 are one site (0.5 ms)");
+    assert_eq!(
+        p.minimum(&[1.0, 0.0, 0.05], &w.rtt, now),
+        1,
+        "a site with under 10 % of the demand gets none"
+    );
+    // The baselines ask for nothing extra.
+    assert_eq!(SpreadPlacement.minimum(&[0.2, 0.0, 0.3], &w.rtt, now), 0);
+    assert_eq!(YukariPlacement::new().minimum(&[0.2, 0.0, 0.3], &w.rtt, now), 0);
 }
 
 #[test]

@@ -1,0 +1,246 @@
+//! Running a scenario: for each policy set, a fresh fleet, the service, and open-loop load.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use ikukantai_api::config::{ConfigMap, FleetConfig};
+use ikukantai_fleet::fleet::{Fleet, FleetOptions};
+use rand::rngs::SmallRng;
+use rand::{RngExt, SeedableRng};
+use rand_distr::{Distribution, Exp};
+use serde::{Deserialize, Serialize};
+
+use crate::scenario::{PolicySet, Scenario};
+
+/// One request's outcome.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Sample {
+    /// Origin node index.
+    pub origin: usize,
+    /// Response time in ms (to the end of the body), `None` when it did not complete in time.
+    pub latency_ms: Option<f64>,
+    /// Serving node index, when known.
+    pub served: Option<usize>,
+}
+
+/// Everything measured for one policy set at one load level.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LevelRun {
+    /// Users per origin.
+    pub users: u32,
+    /// Measured samples.
+    pub samples: Vec<Sample>,
+    /// Requests sent in the measuring phase.
+    pub sent: usize,
+    /// Seconds measured.
+    pub seconds: f64,
+}
+
+/// All levels of one policy set.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SetRun {
+    /// The set.
+    pub set: PolicySet,
+    /// Per level.
+    pub levels: Vec<LevelRun>,
+}
+
+fn free_port_on(ips: &[std::net::IpAddr]) -> std::io::Result<u16> {
+    loop {
+        let port = std::net::TcpListener::bind((ips[0], 0))?.local_addr()?.port();
+        if ips[1..].iter().all(|ip| std::net::TcpListener::bind((*ip, port)).is_ok()) {
+            return Ok(port);
+        }
+    }
+}
+
+fn manifest(s: &Scenario, set: &PolicySet, binary: &Path) -> String {
+    format!(
+        r#"apiVersion: serving.knative.dev/v1
+kind: Service
+metadata:
+  name: fn
+spec:
+  template:
+    metadata:
+      annotations:
+        autoscaling.knative.dev/window: "{window}"
+        autoscaling.knative.dev/target: "{target}"
+        autoscaling.knative.dev/initial-scale: "0"
+        ikukantai.dev/balancer: {balancer}
+        ikukantai.dev/placement: {placement}
+    spec:
+      containerConcurrency: {cc}
+      containers:
+        - image: ikukantai/hello
+          command: [{binary:?}, function, hello]
+"#,
+        window = s.function.window,
+        target = s.function.target,
+        balancer = set.balancer,
+        placement = set.placement,
+        cc = s.function.container_concurrency,
+        binary = binary.display().to_string(),
+    )
+}
+
+/// Progress reporting.
+pub trait Progress: Send + Sync {
+    /// `set`, `level` (users), `phase` ("warm-up"/"measure"), `done`/`total` seconds.
+    fn update(&self, set: &str, users: u32, phase: &str, done: f64, total: f64);
+}
+
+/// Runs one policy set over all levels.
+pub async fn run_set(
+    s: &Scenario,
+    set: &PolicySet,
+    binary: &Path,
+    work_dir: &Path,
+    seed: u64,
+    progress: &dyn Progress,
+) -> Result<SetRun, String> {
+    let mut config = FleetConfig::new();
+    config.autoscaler.allow_zero_initial_scale = true;
+    let cm: ConfigMap = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "config-autoscaler"},
+        "data": {"scale-to-zero-grace-period": "1s"}
+    }))
+    .map_err(|e| e.to_string())?;
+    config.apply(&cm).map_err(|e| format!("{e:?}"))?;
+    let n = s.topology.nodes.len();
+    let ips: Vec<_> = (0..n).map(ikukantai_fleet::fleet::node_ip).collect();
+    let state_dir = work_dir.join(&set.name);
+    let _ = std::fs::remove_dir_all(&state_dir);
+    let fleet = Fleet::start(FleetOptions {
+        state_dir,
+        topology: s.topology.clone(),
+        config,
+        gateway_port: free_port_on(&ips).map_err(|e| e.to_string())?,
+        admin_port: free_port_on(&ips).map_err(|e| e.to_string())?,
+        probe_interval: Duration::from_secs(1),
+        seed,
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    fleet.apply(&[("scenario".into(), manifest(s, set, binary))]).map_err(|e| e.to_string())?;
+    // Let the latency monitor measure once.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let gateways: Vec<SocketAddr> = fleet.nodes().iter().map(|n| n.gateway).collect();
+    let origins: Vec<usize> = s.load.origins.iter().filter_map(|o| s.topology.index_of(o)).collect();
+    let mut levels = Vec::new();
+    for (li, &users) in s.load.users.iter().enumerate() {
+        let level = run_level(s, set, users, &origins, &gateways, seed ^ (li as u64 + 1), progress).await;
+        levels.push(level);
+    }
+    fleet.shutdown().await;
+    Ok(SetRun { set: set.clone(), levels })
+}
+
+async fn run_level(
+    s: &Scenario,
+    set: &PolicySet,
+    users: u32,
+    origins: &[usize],
+    gateways: &[SocketAddr],
+    seed: u64,
+    progress: &dyn Progress,
+) -> LevelRun {
+    let client: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).pool_max_idle_per_host(4096).build(HttpConnector::new());
+    let warmup = s.load.warmup.0;
+    let duration = s.load.duration.0;
+    let timeout = s.load.timeout.0;
+    let start = Instant::now();
+    let measure_from = start + warmup;
+    let end = measure_from + duration;
+    let samples = Arc::new(Mutex::new(Vec::new()));
+    let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let rate = f64::from(users) * s.load.rate_per_user;
+    let (lo, hi) = (s.function.work[0].0.as_secs_f64() * 1e3, s.function.work[1].0.as_secs_f64() * 1e3);
+    let mut generators = Vec::new();
+    for (k, &origin) in origins.iter().enumerate() {
+        let client = client.clone();
+        let samples = samples.clone();
+        let sent = sent.clone();
+        let gateway = gateways[origin];
+        let nodes: Arc<Vec<String>> = Arc::new(s.topology.nodes.iter().map(|n| n.name.clone()).collect());
+        generators.push(tokio::spawn(async move {
+            let mut rng = SmallRng::seed_from_u64(seed ^ (k as u64) << 8);
+            let exp = Exp::new(rate.max(1e-9)).expect("positive rate");
+            let mut next = Instant::now();
+            let mut inflight = Vec::new();
+            loop {
+                next += Duration::from_secs_f64(exp.sample(&mut rng));
+                if next >= end {
+                    break;
+                }
+                tokio::time::sleep_until(next.into()).await;
+                let work = if hi > lo { rng.random_range(lo..hi) } else { lo };
+                let measured = next >= measure_from;
+                if measured {
+                    sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                let (client, samples, nodes) = (client.clone(), samples.clone(), nodes.clone());
+                inflight.push(tokio::spawn(async move {
+                    let req = Request::get(format!("http://{gateway}/sleep/{work:.3}"))
+                        .header("host", "fn.default")
+                        .body(Full::new(Bytes::new()))
+                        .expect("request");
+                    let t = Instant::now();
+                    let outcome = tokio::time::timeout(timeout, async {
+                        let resp = client.request(req).await.ok()?;
+                        let served = resp
+                            .headers()
+                            .get("x-ikukantai-node")
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|n| nodes.iter().position(|x| x == n));
+                        let ok = resp.status().is_success();
+                        resp.into_body().collect().await.ok()?;
+                        ok.then_some(served)
+                    })
+                    .await;
+                    if measured {
+                        let sample = match outcome {
+                            Ok(Some(served)) => {
+                                Sample { origin, latency_ms: Some(t.elapsed().as_secs_f64() * 1e3), served }
+                            }
+                            _ => Sample { origin, latency_ms: None, served: None },
+                        };
+                        samples.lock().unwrap_or_else(|e| e.into_inner()).push(sample);
+                    }
+                }));
+            }
+            for f in inflight {
+                let _ = f.await;
+            }
+        }));
+    }
+    let total = (warmup + duration).as_secs_f64();
+    loop {
+        let done = start.elapsed().as_secs_f64().min(total);
+        let phase = if Instant::now() < measure_from { "warm-up" } else { "measure" };
+        progress.update(&set.name, users, phase, done, total);
+        if generators.iter().all(|g| g.is_finished()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    for g in generators {
+        let _ = g.await;
+    }
+    let samples = std::mem::take(&mut *samples.lock().unwrap_or_else(|e| e.into_inner()));
+    LevelRun {
+        users,
+        samples,
+        sent: sent.load(std::sync::atomic::Ordering::Relaxed),
+        seconds: duration.as_secs_f64(),
+    }
+}

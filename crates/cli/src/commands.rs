@@ -533,11 +533,19 @@ pub(crate) async fn bench(
         s.load.users.len(),
         (s.load.warmup.0 + s.load.duration.0).as_secs_f64()
     );
+    // Ctrl-C stops the run and every instance it started.
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("\ninterrupted: stopping the fleet…");
+            let _ = stop_tx.send(true);
+        }
+    });
     let mut runs = Vec::new();
     for name in &s.policies {
         let set = PolicySet::named(name).context("policy set")?;
         runs.push(
-            run::run_set(&s, &set, &binary, &work, seed, &Bar)
+            run::run_set(&s, &set, &binary, &work, seed, &Bar, &stop)
                 .await
                 .map_err(|e| anyhow::anyhow!("{name}: {e}"))?,
         );

@@ -344,3 +344,36 @@ fn no_fleet_gives_a_clear_error() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn bench_runs_a_scenario_and_writes_report_and_plots() {
+    let dir = scratch("bench");
+    std::fs::create_dir_all(&dir).unwrap();
+    let scenario = write(
+        &dir,
+        "tiny.yaml",
+        "name: tiny\ntopology:\n  nodes: [{name: cloud, capacity: 4}, {name: edge, capacity: 2}]\n  links: [{between: [cloud, edge], rtt: 20ms}]\n\
+         function: {work: [1ms, 2ms], containerConcurrency: 2, target: 2, window: 6s}\n\
+         load: {origins: [cloud, edge], users: [2], rate_per_user: 5, warmup: 1s, duration: 2s, timeout: 2s}\n\
+         policies: [knative, ours]\n",
+    );
+    let out = dir.join("out");
+    let run = Command::new(BIN).args(["bench", &scenario, "--out"]).arg(&out).output().unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let rows = report["rows"].as_array().unwrap();
+    // Two sets × one level × (all + two origins).
+    assert_eq!(rows.len(), 6);
+    for r in rows {
+        assert!(r["stats"]["requests"].as_u64().unwrap() > 0, "{r}");
+    }
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(md.contains("| knative | 2 | all |") && md.contains("| ours | 2 | edge |"), "{md}");
+    if std::path::Path::new("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf").exists() {
+        for f in ["cdf-low.png", "cdf-high.svg", "served-high.png", "latency-vs-load.svg"] {
+            assert!(out.join(f).metadata().unwrap().len() > 1000, "{f}");
+        }
+    }
+    assert_eq!(processes_of(&out), 0);
+}

@@ -47,8 +47,6 @@ use crate::stats::RequestStats;
 
 /// Request header telling the instance where the request entered the fleet.
 pub const ORIGIN_HEADER: &str = "x-ikukantai-origin";
-/// How long a piggybacked load report is trusted.
-const LOAD_REPORT_TTL: Duration = Duration::from_secs(1);
 /// How often a waiting request re-checks for capacity (a safety net beside the wake-ups).
 const RECHECK: Duration = Duration::from_millis(50);
 
@@ -206,7 +204,6 @@ struct InstanceState {
     addr: SocketAddr,
     authority: http::uri::Authority,
     in_flight: u32,
-    reported: Option<(u32, Instant)>,
     service_ms: PeakEwma,
 }
 
@@ -486,25 +483,34 @@ fn new_instance(shared: &Shared, i: &InstanceRoute) -> InstanceState {
         addr: i.addr,
         authority: authority(i.addr),
         in_flight: 0,
-        reported: None,
         service_ms: PeakEwma::new(Duration::from_secs(5)),
     }
 }
 
-fn fill_candidates(out: &mut Vec<Candidate>, instances: &[InstanceState], capacity: u32, now: Instant) {
+/// Builds the balancer's view of the instances.
+///
+/// A gateway counts a request in flight from sending it to the end of its response, which for an
+/// instance across a link includes the round trip; the instance itself is busy only while it
+/// processes. So, as seen from this gateway, an instance with containerConcurrency `cc` can have
+/// `cc × (1 + RTT / processing time)` requests in flight (its bandwidth-delay product) before it
+/// is really full; the queue proxy still enforces `cc` at the instance.
+fn fill_candidates(
+    out: &mut Vec<Candidate>,
+    instances: &[InstanceState],
+    capacity: u32,
+    rtt_to: impl Fn(NodeIndex) -> f64,
+) {
     out.clear();
     out.extend(instances.iter().map(|i| {
-        let reported = i
-            .reported
-            .filter(|(_, at)| now.saturating_duration_since(*at) < LOAD_REPORT_TTL)
-            .map_or(0, |r| r.0);
-        Candidate {
-            id: i.id,
-            node: i.node,
-            in_flight: i.in_flight.max(reported),
-            capacity,
-            service_time_ms: i.service_ms.get(),
-        }
+        let service_ms = i.service_ms.get();
+        let capacity = if capacity == 0 {
+            0
+        } else {
+            let rtt = rtt_to(i.node);
+            let in_transit = (f64::from(capacity) * rtt / service_ms.unwrap_or(1.0).max(1.0)).ceil();
+            capacity.saturating_add(in_transit.min(f64::from(u32::MAX / 2)) as u32)
+        };
+        Candidate { id: i.id, node: i.node, in_flight: i.in_flight, capacity, service_time_ms: service_ms }
     }));
 }
 
@@ -525,8 +531,10 @@ impl Picked {
 fn pick(shared: &Shared, inner: &mut RevisionInner, queued: u32) -> Option<Picked> {
     let now = Instant::now();
     let RevisionInner { route, instances, scratch, balancer, .. } = inner;
-    fill_candidates(scratch, instances, route.container_concurrency, now);
     let rtt = shared.rtt.read().unwrap_or_else(|e| e.into_inner());
+    let origin = shared.config.node;
+    let std_now = now.into_std();
+    fill_candidates(scratch, instances, route.container_concurrency, |node| rtt.get(origin, node, std_now));
     let ctx = PickContext {
         origin: shared.config.node,
         rtt: &rtt,
@@ -974,14 +982,9 @@ fn feedback(
     let served_by_queue_proxy = headers.contains_key(INSTANCE_HEADER) && headers.contains_key(NODE_HEADER);
     let now = Instant::now();
     let mut inner = Shared::lock(&rev.inner);
-    if let Some(i) = inner.instances.iter_mut().find(|x| x.id == picked.id) {
-        if let Some(l) = load {
-            i.reported = Some((l, now));
-        }
-        if !failed {
-            let ms = service_ms.unwrap_or(latency.as_secs_f64() * 1e3);
-            i.service_ms.observe(now.into_std(), ms);
-        }
+    if !failed && let Some(i) = inner.instances.iter_mut().find(|x| x.id == picked.id) {
+        let ms = service_ms.unwrap_or(latency.as_secs_f64() * 1e3);
+        i.service_ms.observe(now.into_std(), ms);
     }
     let done = Completion {
         id: picked.id,

@@ -98,7 +98,7 @@ pub trait Progress: Send + Sync {
     fn update(&self, set: &str, users: u32, phase: &str, done: f64, total: f64);
 }
 
-/// Runs one policy set over all levels.
+/// Runs one policy set over all levels; stops early (and cleans up) when `stop` turns true.
 pub async fn run_set(
     s: &Scenario,
     set: &PolicySet,
@@ -106,6 +106,7 @@ pub async fn run_set(
     work_dir: &Path,
     seed: u64,
     progress: &dyn Progress,
+    stop: &tokio::sync::watch::Receiver<bool>,
 ) -> Result<SetRun, String> {
     let mut config = FleetConfig::new();
     config.autoscaler.allow_zero_initial_scale = true;
@@ -136,23 +137,33 @@ pub async fn run_set(
     let gateways: Vec<SocketAddr> = fleet.nodes().iter().map(|n| n.gateway).collect();
     let origins: Vec<usize> = s.load.origins.iter().filter_map(|o| s.topology.index_of(o)).collect();
     let mut levels = Vec::new();
+    let ctx = Level { s, set, origins: &origins, gateways: &gateways, progress, stop };
     for (li, &users) in s.load.users.iter().enumerate() {
-        let level = run_level(s, set, users, &origins, &gateways, seed ^ (li as u64 + 1), progress).await;
-        levels.push(level);
+        if *stop.borrow() {
+            break;
+        }
+        levels.push(run_level(&ctx, users, seed ^ (li as u64 + 1)).await);
     }
+    // Whatever happened, the fleet's processes go.
     fleet.shutdown().await;
+    if *stop.borrow() {
+        return Err("interrupted".into());
+    }
     Ok(SetRun { set: set.clone(), levels })
 }
 
-async fn run_level(
-    s: &Scenario,
-    set: &PolicySet,
-    users: u32,
-    origins: &[usize],
-    gateways: &[SocketAddr],
-    seed: u64,
-    progress: &dyn Progress,
-) -> LevelRun {
+/// What every level of one policy set shares.
+struct Level<'a> {
+    s: &'a Scenario,
+    set: &'a PolicySet,
+    origins: &'a [usize],
+    gateways: &'a [SocketAddr],
+    progress: &'a dyn Progress,
+    stop: &'a tokio::sync::watch::Receiver<bool>,
+}
+
+async fn run_level(ctx: &Level<'_>, users: u32, seed: u64) -> LevelRun {
+    let Level { s, set, origins, gateways, progress, stop } = *ctx;
     let client: Client<HttpConnector, Full<Bytes>> =
         Client::builder(TokioExecutor::new()).pool_max_idle_per_host(4096).build(HttpConnector::new());
     let warmup = s.load.warmup.0;
@@ -229,6 +240,10 @@ async fn run_level(
         let phase = if Instant::now() < measure_from { "warm-up" } else { "measure" };
         progress.update(&set.name, users, phase, done, total);
         if generators.iter().all(|g| g.is_finished()) {
+            break;
+        }
+        if *stop.borrow() {
+            generators.iter().for_each(|g| g.abort());
             break;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;

@@ -188,3 +188,49 @@ pub fn is_too_large(err: &(dyn std::error::Error + 'static)) -> bool {
     }
     false
 }
+
+pin_project! {
+    /// A body that holds `guard` until it ends (last frame, error, or drop), so whatever the guard
+    /// does on drop happens exactly when the response is over.
+    pub struct Guarded<B, G> {
+        #[pin]
+        inner: B,
+        guard: Option<G>,
+    }
+}
+
+impl<B, G> Guarded<B, G> {
+    /// Wraps `inner`, dropping `guard` when it ends.
+    pub fn new(inner: B, guard: G) -> Self {
+        Self { inner, guard: Some(guard) }
+    }
+}
+
+impl<B, G> HttpBody for Guarded<B, G>
+where
+    B: HttpBody<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        let r = this.inner.poll_frame(cx);
+        if matches!(r, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+            this.guard.take();
+        }
+        r.map(|f| f.map(|f| f.map_err(Into::into)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -36,10 +36,10 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::time::{Instant, timeout_at};
 
-use crate::body::{Body, Limited, boxed, error_response, full, is_too_large};
+use crate::body::{Body, Guarded, Limited, boxed, error_response, full, is_too_large};
 use crate::connect::{NodeConnector, node_client};
 use crate::link::Link;
-use crate::metrics::{GatewayMetrics, RejectLabels, RequestLabels, RevisionLabels, render};
+use crate::metrics::{GatewayMetrics, RejectLabels, RequestLabels, RevisionLabels, metrics_response};
 use crate::proxy::{authority, retarget, strip_hop_by_hop};
 use crate::queue_proxy::{INSTANCE_HEADER, LOAD_HEADER, NODE_HEADER, PROXY_HEADER, SERVICE_TIME_HEADER};
 use crate::server::{Handler, ServerHandle, serve};
@@ -638,42 +638,6 @@ fn request_labels(
     }
 }
 
-pin_project_lite::pin_project! {
-    struct Tracked<B> {
-        #[pin]
-        inner: B,
-        done: Option<Forwarded>,
-    }
-}
-
-impl<B> http_body::Body for Tracked<B>
-where
-    B: http_body::Body<Data = bytes::Bytes, Error = crate::body::BoxError>,
-{
-    type Data = bytes::Bytes;
-    type Error = crate::body::BoxError;
-
-    fn poll_frame(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
-        let this = self.project();
-        let r = this.inner.poll_frame(cx);
-        if matches!(r, std::task::Poll::Ready(None) | std::task::Poll::Ready(Some(Err(_)))) {
-            this.done.take();
-        }
-        r
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
 struct Ingress(Arc<Shared>);
 
 /// Counts a request as entered at this node until dropped (covers cancellation while waiting).
@@ -962,7 +926,7 @@ impl Handler for Ingress {
         strip_hop_by_hop(&mut parts.headers);
         done.code = parts.status.as_u16();
         feedback(shared, &rev, &picked, &parts.headers, latency, parts.status.is_server_error());
-        let body = Tracked { inner: boxed(body), done: Some(done) };
+        let body = Guarded::new(body, done);
         Response::from_parts(parts, boxed(body))
     }
 }
@@ -1006,14 +970,7 @@ struct Admin(Arc<Shared>);
 impl Handler for Admin {
     async fn handle(self: Arc<Self>, req: Request<Incoming>, _peer: SocketAddr) -> Response<Body> {
         match req.uri().path() {
-            "/metrics" => {
-                let mut r = Response::new(full(render(&self.0.registry)));
-                r.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
-                );
-                r
-            }
+            "/metrics" => metrics_response(&self.0.registry),
             "/healthz" => Response::new(full(self.0.node_name().to_owned())),
             other => error_response(
                 StatusCode::NOT_FOUND,

@@ -187,3 +187,13 @@ pub fn render(registry: &Registry) -> String {
     let _ = prometheus_client::encoding::text::encode(&mut out, registry);
     out
 }
+
+/// The `/metrics` response for a registry.
+pub fn metrics_response(registry: &Registry) -> http::Response<crate::body::Body> {
+    let mut r = http::Response::new(crate::body::full(render(registry)));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    r
+}

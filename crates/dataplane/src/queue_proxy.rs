@@ -31,9 +31,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::{Instant, timeout, timeout_at};
 
-use crate::body::{Body, Deadlines, boxed, error_response, full};
+use crate::body::{Body, Deadlines, Guarded, boxed, error_response, full};
 use crate::breaker::{Breaker, Permit};
-use crate::metrics::{InstanceLabels, InstanceRequestLabels, QueueMetrics, RejectLabels, render};
+use crate::metrics::{InstanceLabels, InstanceRequestLabels, QueueMetrics, RejectLabels, metrics_response};
 use crate::proxy::{authority, plain_client, retarget, strip_hop_by_hop};
 use crate::server::{Handler, ServerHandle, serve};
 use crate::stats::RequestStats;
@@ -343,43 +343,6 @@ impl Drop for InFlight {
     }
 }
 
-pin_project_lite::pin_project! {
-    /// A response body that keeps its request counted until it ends.
-    struct Tracked<B> {
-        #[pin]
-        inner: B,
-        guard: Option<InFlight>,
-    }
-}
-
-impl<B> http_body::Body for Tracked<B>
-where
-    B: http_body::Body<Data = bytes::Bytes, Error = crate::body::BoxError>,
-{
-    type Data = bytes::Bytes;
-    type Error = crate::body::BoxError;
-
-    fn poll_frame(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
-        let this = self.project();
-        let r = this.inner.poll_frame(cx);
-        if matches!(r, std::task::Poll::Ready(None) | std::task::Poll::Ready(Some(Err(_)))) {
-            this.guard.take();
-        }
-        r
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
-    }
-}
-
 impl InnerRef {
     fn reject(&self, status: StatusCode, reason: &'static str, message: String) -> Response<Body> {
         let labels = RejectLabels {
@@ -525,7 +488,7 @@ impl Handler for InnerRef {
         }
         let idle = config.idle_timeout.filter(|d| !d.is_zero());
         let body = Deadlines::new(body, idle, deadline, config.timeout);
-        let body = Tracked { inner: boxed(body), guard: Some(guard) };
+        let body = Guarded::new(body, guard);
         self.stamp(Response::from_parts(parts, boxed(body)))
     }
 }
@@ -535,14 +498,7 @@ struct Admin(Arc<InnerRef>);
 impl Handler for Admin {
     async fn handle(self: Arc<Self>, req: Request<Incoming>, _peer: SocketAddr) -> Response<Body> {
         match req.uri().path() {
-            "/metrics" => {
-                let mut r = Response::new(full(render(&self.0.0.registry)));
-                r.headers_mut().insert(
-                    http::header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
-                );
-                r
-            }
+            "/metrics" => metrics_response(&self.0.0.registry),
             "/healthz" => Response::new(full("ok")),
             other => {
                 error_response(StatusCode::NOT_FOUND, format!("no such admin path {other:?}; try /metrics"))

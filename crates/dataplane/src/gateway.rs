@@ -40,7 +40,7 @@ use crate::body::{Body, Guarded, Limited, boxed, error_response, full, is_too_la
 use crate::connect::{NodeConnector, node_client};
 use crate::link::Link;
 use crate::metrics::{GatewayMetrics, RejectLabels, RequestLabels, RevisionLabels, metrics_response};
-use crate::proxy::{authority, retarget, strip_hop_by_hop};
+use crate::proxy::{HeaderView, authority, retarget, strip_hop_by_hop};
 use crate::queue_proxy::{INSTANCE_HEADER, LOAD_HEADER, NODE_HEADER, PROXY_HEADER, SERVICE_TIME_HEADER};
 use crate::server::{Handler, ServerHandle, serve};
 use crate::stats::RequestStats;
@@ -797,11 +797,7 @@ impl Handler for Ingress {
                         );
                     }
                     let (tx, rx) = oneshot::channel();
-                    let headers: Vec<(String, String)> = req
-                        .headers()
-                        .iter()
-                        .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str().to_owned(), v.to_owned())))
-                        .collect();
+                    let headers = HeaderView(req.headers());
                     let source = peer.to_string();
                     let meta = RequestMeta {
                         id: shared.ids.fetch_add(1, Ordering::Relaxed),

@@ -22,6 +22,16 @@ const HOP_BY_HOP: [HeaderName; 7] = [
     header::UPGRADE,
 ];
 
+/// A request's headers as the queue disciplines see them (no copy).
+#[derive(Debug, Clone, Copy)]
+pub struct HeaderView<'a>(pub &'a HeaderMap);
+
+impl ikukantai_policy::queue::HeaderLookup for HeaderView<'_> {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.0.get(name)?.to_str().ok()
+    }
+}
+
 /// Removes hop-by-hop headers, including those the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers

@@ -34,7 +34,7 @@ use tokio::time::{Instant, timeout, timeout_at};
 use crate::body::{Body, Deadlines, Guarded, boxed, error_response, full};
 use crate::breaker::{Breaker, Permit};
 use crate::metrics::{InstanceLabels, InstanceRequestLabels, QueueMetrics, RejectLabels, metrics_response};
-use crate::proxy::{authority, plain_client, retarget, strip_hop_by_hop};
+use crate::proxy::{HeaderView, authority, plain_client, retarget, strip_hop_by_hop};
 use crate::server::{Handler, ServerHandle, serve};
 use crate::stats::RequestStats;
 
@@ -395,11 +395,7 @@ impl Handler for InnerRef {
         let deadline = arrival + config.timeout;
 
         let ticket = {
-            let headers: Vec<(String, String)> = req
-                .headers()
-                .iter()
-                .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str().to_owned(), v.to_owned())))
-                .collect();
+            let headers = HeaderView(req.headers());
             let source = peer.to_string();
             let host = req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
             let meta = RequestMeta {

@@ -13,7 +13,6 @@ use ikukantai_api::parse::{Document, load};
 use ikukantai_api::revision::{Revision, next_revision};
 use ikukantai_api::service::{Addressable, Condition, Service, ServiceStatus, TrafficTarget};
 use ikukantai_api::topology::Topology;
-use ikukantai_api::validate::validate_service;
 use ikukantai_dataplane::gateway::{
     Gateway, GatewayConfig, GatewayEvents, InstanceRoute, RevisionRoute, RouteTarget, Routes, ServiceRoute,
 };
@@ -298,10 +297,8 @@ impl Fleet {
         let mut prepared = Vec::new();
         for d in docs {
             let Document::Service(svc) = d.document else { continue };
+            // `load` above already checked every Service against the fleet's configuration.
             let mut svc = *svc;
-            validate_service(&svc, &self.options.config).map_err(|e| {
-                FleetError::Invalid(e.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))
-            })?;
             svc.status = None;
             svc.metadata.namespace = Some(svc.metadata.namespace().to_owned());
             let key = (svc.metadata.namespace().to_owned(), svc.metadata.name().to_owned());

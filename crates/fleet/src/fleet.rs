@@ -582,7 +582,7 @@ impl Fleet {
                     for (node, report) in &reports {
                         for rep in report.iter().filter(|x| x.namespace == key.0 && x.revision == key.1) {
                             r.autoscaler.record(now, &rep.activator);
-                            r.autoscaler.record_origin(now, *node, rep.origin.requests);
+                            r.autoscaler.record_origin(now, *node, rep.origin.concurrency);
                         }
                     }
                 }

@@ -64,7 +64,7 @@ pub struct PlacementView {
     pub ready: Vec<u32>,
     /// Desired instances per node.
     pub desired: Vec<u32>,
-    /// Demand (requests per second) by origin node over the stable window.
+    /// Demand (concurrency) by origin node over the stable window.
     pub demand: Vec<f64>,
 }
 

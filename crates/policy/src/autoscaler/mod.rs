@@ -290,8 +290,7 @@ pub struct Decision {
     pub observed_stable: f64,
     /// Panic-window average of the metric (whole revision).
     pub observed_panic: f64,
-    /// Stable-window average demand (requests per second) by the node requests entered at
-    /// (index = node).
+    /// Stable-window average concurrency of requests by the node they entered at (index = node).
     pub demand_by_origin: Vec<f64>,
 }
 
@@ -397,26 +396,24 @@ impl Autoscaler {
         self.panic_rps.record(now, rps);
     }
 
-    /// Records the demand (requests per second) that entered the fleet at `origin`, for
-    /// placement. A rate, not a concurrency: concurrency measured where requests enter includes
-    /// the trip to wherever they are served, which would inflate the share of remote users.
-    pub fn record_origin(&mut self, now: Instant, origin: NodeIndex, requests_per_second: f64) {
+    /// Records the concurrency of requests that entered the fleet at `origin` (for placement).
+    pub fn record_origin(&mut self, now: Instant, origin: NodeIndex, concurrency: f64) {
         while self.origin.len() <= origin {
             self.origin.push(WindowBuckets::new(self.epoch, self.spec.stable_window));
         }
-        self.origin[origin].record(now, requests_per_second);
+        self.origin[origin].record(now, concurrency);
     }
 
     /// A request arrived at `origin` for a revision with no instance: records a synthetic
-    /// concurrency of 1 and one request (Knative's activator "poke") and tells whether the caller
-    /// should tick at once instead of waiting for the next period.
+    /// concurrency of 1 (Knative's activator "poke") and tells whether the caller should tick at
+    /// once instead of waiting for the next period.
     pub fn poke(&mut self, now: Instant, origin: NodeIndex) -> bool {
         self.record(now, &Stat { concurrency: 1.0, requests: 1.0, ..Stat::default() });
         self.record_origin(now, origin, 1.0);
         self.scale == 0
     }
 
-    /// Stable-window average demand (requests per second) by origin node.
+    /// Stable-window average concurrency by origin node.
     pub fn demand_by_origin(&self, now: Instant) -> Vec<f64> {
         self.origin.iter().map(|b| b.average(now)).collect()
     }

@@ -514,6 +514,12 @@ pub(crate) async fn bench(
     out: &std::path::Path,
     seed: u64,
 ) -> anyhow::Result<ExitCode> {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("IKUKANTAI_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
     use ikukantai_eval::{
         plot,
         report::Report,

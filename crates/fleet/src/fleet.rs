@@ -655,6 +655,7 @@ impl Fleet {
                     if record.spec.max_scale > 0 {
                         want = want.min(record.spec.max_scale);
                     }
+                    tracing::debug!(revision = %name, want, ?demand, ?current, "placement input");
                     record.desired = record.placement.place(&PlacementInput {
                         desired: want,
                         demand: &demand,

@@ -8,7 +8,8 @@
 //!    surplus first, then the node with least demand). So an instance is not stopped on one node
 //!    and started on another just because demand wobbled, and a cold start is not paid twice.
 //! 3. When the total is right but instances sit far from where the demand is, one instance moves
-//!    per `migrate_after`, and only if the move saves at least `min_gain_ms` for that demand.
+//!    per `migrate_after`, and only if the move saves at least `min_gain_ms` for that demand — at
+//!    once, though, when the demand's site has no instance at all.
 //!
 //! Without any demand signal the ideal is an even spread from the current placement.
 //!
@@ -175,8 +176,12 @@ impl Placement for NearestPlacement {
             (Some(s), Some(d))
                 if input.response_ms(d, s) - input.response_ms(d, d) >= self.params.min_gain_ms =>
             {
+                // A site with demand and no instance at all is covered at once: its users pay the
+                // trip on every request until then, a cold start is paid once. Finer moves wait.
+                let covered =
+                    (0..n).any(|j| out[j] > 0 && input.rtt.get(d, j, input.now) <= self.params.site_rtt_ms);
                 let since = *self.misplaced_since.get_or_insert(input.now);
-                if input.now.saturating_duration_since(since) >= self.params.migrate_after {
+                if !covered || input.now.saturating_duration_since(since) >= self.params.migrate_after {
                     out[s] -= 1;
                     out[d] += 1;
                     self.misplaced_since = None;

@@ -111,7 +111,7 @@ fn nearest_keeps_running_instances_and_scales_down_where_they_are_least_needed()
 }
 
 #[test]
-fn nearest_migrates_one_instance_at_a_time_after_the_hysteresis() {
+fn nearest_covers_an_uncovered_site_at_once_then_migrates_after_the_hysteresis() {
     let w = World::edge_cloud(vec![10, 10, 10]);
     let t0 = Instant::now();
     let params = NearestParams {
@@ -121,13 +121,13 @@ fn nearest_migrates_one_instance_at_a_time_after_the_hysteresis() {
     };
     let mut p = NearestPlacement::new(params);
     let demand = [0.0, 0.0, 5.0];
-    let mut current = vec![2, 0, 0];
-    assert_eq!(p.place(&w.input(2, &demand, &current, t0)), current, "no move at once");
-    assert_eq!(p.place(&w.input(2, &demand, &current, t0 + Duration::from_secs(29))), current);
-    current = p.place(&w.input(2, &demand, &current, t0 + Duration::from_secs(30)));
-    assert_eq!(current, [1, 0, 1], "one move once misplaced for 30 s");
-    assert_eq!(p.place(&w.input(2, &demand, &current, t0 + Duration::from_secs(31))), current, "re-armed");
-    let current = p.place(&w.input(2, &demand, &current, t0 + Duration::from_secs(61)));
+    // All demand at the edge, both instances in the cloud: the edge gets one at once.
+    let current = p.place(&w.input(2, &demand, &[2, 0, 0], t0));
+    assert_eq!(current, [1, 0, 1], "an uncovered site is covered at once");
+    // The second one moves only once misplaced for 30 s.
+    assert_eq!(p.place(&w.input(2, &demand, &current, t0 + Duration::from_secs(1))), current);
+    assert_eq!(p.place(&w.input(2, &demand, &current, t0 + Duration::from_secs(30))), current);
+    let current = p.place(&w.input(2, &demand, &current, t0 + Duration::from_secs(31)));
     assert_eq!(current, [0, 0, 2]);
 }
 

@@ -550,7 +550,11 @@ impl Fleet {
             v.extend(std::mem::take(&mut state.stopping).into_values().map(|r| r.instance));
             v
         };
-        futures_join(all.iter().map(|i| i.stop())).await;
+        // Stop them all at once: each drains and may wait out its grace period.
+        let stops: Vec<_> = all.into_iter().map(|i| tokio::spawn(async move { i.stop().await })).collect();
+        for s in stops {
+            let _ = s.await;
+        }
     }
 
     /// One reconcile pass.
@@ -905,13 +909,6 @@ impl Fleet {
             }
         }
         routes
-    }
-}
-
-async fn futures_join<F: std::future::Future<Output = ()>>(futures: impl Iterator<Item = F>) {
-    let handles: Vec<_> = futures.collect();
-    for f in handles {
-        f.await;
     }
 }
 

@@ -444,6 +444,9 @@ impl Gateway {
                 }
             }
         }
+        // Ids of instances no longer routed are forgotten (names are never reused).
+        Shared::lock(&shared.instance_ids)
+            .retain(|name, _| routes.revisions.iter().any(|r| r.instances.iter().any(|i| &i.name == name)));
         let revisions: Vec<_> = next.revisions.values().cloned().collect();
         *shared.table.write().unwrap_or_else(|e| e.into_inner()) = next;
         for r in revisions {

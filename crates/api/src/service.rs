@@ -171,7 +171,7 @@ impl RevisionSpec {
 }
 
 /// The user's container.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Container {
     /// Container name.

@@ -277,10 +277,7 @@ async fn supervise(
             None => {
                 // Asked to stop: drain first, then signal the process group.
                 let _ = shared.phase.send(Phase::Terminating);
-                let handle = qp.lock().unwrap_or_else(|e| e.into_inner()).take();
-                if let Some(h) = handle {
-                    h.drain().await;
-                }
+                drain_queue_proxy(&qp).await;
                 if let Some(pid) = pid {
                     signal_group(pid, Signal::SIGTERM);
                     if tokio::time::timeout(spec.grace, child.wait()).await.is_err() {
@@ -312,10 +309,7 @@ async fn supervise(
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
                     _ = &mut stop => {
-                        let handle = qp.lock().unwrap_or_else(|e| e.into_inner()).take();
-                        if let Some(h) = handle {
-                            h.drain().await;
-                        }
+                        drain_queue_proxy(&qp).await;
                         let _ = shared.phase.send(Phase::Stopped);
                         return;
                     }
@@ -324,9 +318,14 @@ async fn supervise(
             }
         }
     }
+    drain_queue_proxy(&qp).await;
+    let _ = shared.phase.send(Phase::Stopped);
+}
+
+/// Drains and stops the queue proxy, once (later calls find it gone).
+async fn drain_queue_proxy(qp: &Mutex<Option<QueueProxyHandle>>) {
     let handle = qp.lock().unwrap_or_else(|e| e.into_inner()).take();
     if let Some(h) = handle {
         h.drain().await;
     }
-    let _ = shared.phase.send(Phase::Stopped);
 }

@@ -598,6 +598,7 @@ impl Fleet {
         if tick {
             state.last_tick = now;
             let capacity = self.options.topology.capacities();
+            let rtt = state.rtt.clone();
             for key in state.services.keys().cloned().collect::<Vec<_>>() {
                 let reachable: Vec<String> =
                     traffic_split(&state.services[&key]).into_iter().map(|t| t.revision).collect();
@@ -639,7 +640,6 @@ impl Fleet {
                             capacity[i].saturating_sub(others)
                         })
                         .collect();
-                    let rtt = state.rtt.clone();
                     let record = &mut state.services.get_mut(&key).expect("key from keys()").revisions[idx];
                     let decision = record.autoscaler.tick(
                         now,
@@ -814,24 +814,7 @@ impl Fleet {
         record: &RevisionRecord,
     ) -> InstanceSpec {
         let rev = &record.revision;
-        let container = rev.spec.container().cloned().unwrap_or_else(|| ikukantai_api::service::Container {
-            name: None,
-            image: String::new(),
-            command: Vec::new(),
-            args: Vec::new(),
-            env: Vec::new(),
-            env_from: None,
-            ports: Vec::new(),
-            working_dir: None,
-            resources: None,
-            readiness_probe: None,
-            liveness_probe: None,
-            image_pull_policy: None,
-            security_context: None,
-            volume_mounts: None,
-            termination_message_path: None,
-            termination_message_policy: None,
-        });
+        let container = rev.spec.container().cloned().unwrap_or_default();
         let node_name = self.options.topology.nodes[node].name.clone();
         let service = svc.service.metadata.name().to_owned();
         let mut env: Vec<(String, String)> =

@@ -64,6 +64,29 @@ pub struct FleetConfig {
     pub policies: PolicyDefaults,
     /// Route domain: services answer at `NAME.NAMESPACE.DOMAIN` (default `example.com`).
     pub domain: String,
+    /// Settings only the Kubernetes runtime reads.
+    pub kubernetes: KubernetesDefaults,
+}
+
+/// `config-ikukantai` keys only the Kubernetes runtime reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubernetesDefaults {
+    /// `queue-proxy-image`: the image of the queue-proxy sidecar (this binary).
+    pub queue_proxy_image: String,
+    /// `node-capacity`: instances a node holds when its `ikukantai.dev/capacity` label is unset.
+    pub node_capacity: u32,
+    /// `probe-interval`: how often gateways measure the RTT to their peers.
+    pub probe_interval: Duration,
+}
+
+impl Default for KubernetesDefaults {
+    fn default() -> Self {
+        Self {
+            queue_proxy_image: "ikukantai:0.1.0".into(),
+            node_capacity: 10,
+            probe_interval: Duration::from_secs(5),
+        }
+    }
 }
 
 impl FleetConfig {
@@ -113,7 +136,15 @@ pub const AUTOSCALER_KEYS: &[&str] = &[
 ];
 
 /// Keys of `config-ikukantai`.
-pub const IKUKANTAI_KEYS: &[&str] = &["default-balancer", "default-placement", "default-queue", "domain"];
+pub const IKUKANTAI_KEYS: &[&str] = &[
+    "default-balancer",
+    "default-placement",
+    "default-queue",
+    "domain",
+    "queue-proxy-image",
+    "node-capacity",
+    "probe-interval",
+];
 
 struct Data<'a> {
     data: &'a BTreeMap<String, String>,
@@ -337,6 +368,44 @@ fn apply_ikukantai(c: &mut FleetConfig, data: &BTreeMap<String, String>) -> Resu
             d.fail("domain", format!("{v:?} is not a DNS name (lowercase letters, digits, '-' and '.')"));
         }
     }
+    if let Some(v) = data.get("queue-proxy-image") {
+        if v.trim().is_empty() || v.contains(char::is_whitespace) {
+            d.fail("queue-proxy-image", format!("{v:?} is not an image reference"));
+        } else {
+            next.kubernetes.queue_proxy_image = v.clone();
+        }
+    }
+    match d.uint("node-capacity") {
+        Some(0) => d.fail("node-capacity", "must be at least 1".into()),
+        Some(n) => next.kubernetes.node_capacity = n,
+        None => {}
+    }
+    if let Some(v) = data.get("probe-interval") {
+        match parse_duration(v) {
+            Ok(x) if x >= Duration::from_millis(100) => next.kubernetes.probe_interval = x,
+            Ok(_) => d.fail("probe-interval", format!("{v:?} out of range: at least 100ms")),
+            Err(e) => d.fail("probe-interval", e.to_string()),
+        }
+    }
+    if let Some(v) = data.get("queue-proxy-image") {
+        if v.trim().is_empty() || v.contains(char::is_whitespace) {
+            d.fail("queue-proxy-image", format!("{v:?} is not an image reference"));
+        } else {
+            next.kubernetes.queue_proxy_image = v.clone();
+        }
+    }
+    match d.uint("node-capacity") {
+        Some(0) => d.fail("node-capacity", "must be at least 1".into()),
+        Some(n) => next.kubernetes.node_capacity = n,
+        None => {}
+    }
+    if let Some(v) = data.get("probe-interval") {
+        match parse_duration(v) {
+            Ok(x) if x >= Duration::from_millis(100) => next.kubernetes.probe_interval = x,
+            Ok(_) => d.fail("probe-interval", format!("{v:?} out of range: at least 100ms")),
+            Err(e) => d.fail("probe-interval", e.to_string()),
+        }
+    }
     let result = d.finish();
     if result.is_ok() {
         *c = next;
@@ -410,5 +479,26 @@ mod tests {
             "data.default-placement: unknown placement \"yukary\" (did you mean \"yukari\"?); registered: nearest, spread, yukari"
         );
         assert!(f.apply(&cm("config-other", &[])).is_err());
+    }
+
+    #[test]
+    fn kubernetes_keys_are_checked_all_or_nothing() {
+        let mut f = FleetConfig::new();
+        f.apply(&cm(
+            "config-ikukantai",
+            &[("queue-proxy-image", "registry.local/ikukantai:1"), ("node-capacity", "4"), ("probe-interval", "2s")],
+        ))
+        .unwrap();
+        assert_eq!(f.kubernetes.queue_proxy_image, "registry.local/ikukantai:1");
+        assert_eq!(f.kubernetes.node_capacity, 4);
+        assert_eq!(f.kubernetes.probe_interval, Duration::from_secs(2));
+        let before = f.clone();
+        let errors = f
+            .apply(&cm("config-ikukantai", &[("node-capacity", "0"), ("probe-interval", "10ms"), ("domain", "x.dev")]))
+            .unwrap_err();
+        let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert!(text.iter().any(|e| e.starts_with("data.node-capacity")), "{text:?}");
+        assert!(text.iter().any(|e| e.contains("data.probe-interval") && e.contains("100ms")), "{text:?}");
+        assert_eq!(f, before, "nothing applied");
     }
 }

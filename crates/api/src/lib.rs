@@ -16,6 +16,8 @@ pub mod duration;
 pub mod error;
 pub mod parse;
 pub mod revision;
+mod schema;
+pub mod status;
 pub mod service;
 pub mod topology;
 pub mod validate;

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -21,7 +22,7 @@ pub const MAX_TIMEOUT_SECONDS: u64 = 600;
 pub const MAX_CONTAINER_CONCURRENCY: u32 = 1000;
 
 /// Object metadata (the part of Kubernetes' `ObjectMeta` that matters here).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ObjectMeta {
     /// Name.
@@ -63,7 +64,7 @@ impl ObjectMeta {
 }
 
 /// A Knative Service.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Service {
     /// `serving.knative.dev/v1`.
@@ -81,7 +82,7 @@ pub struct Service {
 }
 
 /// `Service.spec`: a configuration (`template`) and a route (`traffic`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ServiceSpec {
     /// The revision template.
@@ -92,7 +93,7 @@ pub struct ServiceSpec {
 }
 
 /// `spec.template`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RevisionTemplate {
     /// Metadata: annotations carry the autoscaling and policy settings; `name` fixes the
@@ -104,7 +105,7 @@ pub struct RevisionTemplate {
 }
 
 /// A revision's spec (Kubernetes' PodSpec subset plus Knative's fields).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RevisionSpec {
     /// Exactly one container.
@@ -126,21 +127,26 @@ pub struct RevisionSpec {
     pub service_account_name: Option<String>,
     /// Kubernetes only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::any")]
     pub image_pull_secrets: Option<Value>,
     /// Kubernetes only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::any")]
     pub volumes: Option<Value>,
     /// Kubernetes only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_selector: Option<BTreeMap<String, String>>,
     /// Kubernetes only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::any")]
     pub affinity: Option<Value>,
     /// Kubernetes only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::any")]
     pub tolerations: Option<Value>,
     /// Kubernetes only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::any")]
     pub security_context: Option<Value>,
     /// Kubernetes only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -171,7 +177,7 @@ impl RevisionSpec {
 }
 
 /// The user's container.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Container {
     /// Container name.
@@ -191,6 +197,7 @@ pub struct Container {
     pub env: Vec<EnvVar>,
     /// Kubernetes only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::any")]
     pub env_from: Option<Value>,
     /// At most one port: the one requests go to.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -212,9 +219,11 @@ pub struct Container {
     pub image_pull_policy: Option<String>,
     /// Kubernetes only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::any")]
     pub security_context: Option<Value>,
     /// Kubernetes only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::any")]
     pub volume_mounts: Option<Value>,
     /// Kubernetes only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -232,7 +241,7 @@ impl Container {
 }
 
 /// An environment variable.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EnvVar {
     /// Name.
@@ -242,11 +251,12 @@ pub struct EnvVar {
     pub value: Option<String>,
     /// Kubernetes only (secret and config map references).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::any")]
     pub value_from: Option<Value>,
 }
 
 /// The container's port.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ContainerPort {
     /// `http1` (default) or `h2c`.
@@ -260,19 +270,21 @@ pub struct ContainerPort {
 }
 
 /// Resource requests and limits (quantities as Kubernetes writes them: `500m`, `640M`, `1`).
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ResourceRequirements {
     /// Limits.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "crate::schema::quantities")]
     pub limits: BTreeMap<String, Value>,
     /// Requests.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "crate::schema::quantities")]
     pub requests: BTreeMap<String, Value>,
 }
 
 /// A probe.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Probe {
     /// HTTP GET check.
@@ -283,6 +295,7 @@ pub struct Probe {
     pub tcp_socket: Option<TcpSocketAction>,
     /// Command check (not supported by ikukantai; accepted to say so clearly).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::any")]
     pub exec: Option<Value>,
     /// Seconds before the first check.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -302,7 +315,7 @@ pub struct Probe {
 }
 
 /// An HTTP GET probe.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpGetAction {
     /// Path (default `/`).
@@ -310,6 +323,7 @@ pub struct HttpGetAction {
     pub path: Option<String>,
     /// Port (default: the container port). A number or the port's name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::int_or_string")]
     pub port: Option<Value>,
     /// Host (ignored: probes go to the instance).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -323,7 +337,7 @@ pub struct HttpGetAction {
 }
 
 /// A header sent by an HTTP probe.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct HttpHeader {
     /// Name.
@@ -333,11 +347,12 @@ pub struct HttpHeader {
 }
 
 /// A TCP probe.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TcpSocketAction {
     /// Port (default: the container port).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::int_or_string")]
     pub port: Option<Value>,
     /// Host (ignored).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -345,7 +360,7 @@ pub struct TcpSocketAction {
 }
 
 /// One entry of `spec.traffic` (and of `status.traffic`).
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TrafficTarget {
     /// A name for a dedicated URL of this target.
@@ -369,7 +384,7 @@ pub struct TrafficTarget {
 }
 
 /// A status condition.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Condition {
     /// `Ready`, `ConfigurationsReady`, `RoutesReady`.
@@ -389,14 +404,14 @@ pub struct Condition {
 }
 
 /// An addressable URL.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Addressable {
     /// The URL.
     pub url: String,
 }
 
 /// `Service.status`, shaped like Knative's.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceStatus {
     /// The generation the status describes.

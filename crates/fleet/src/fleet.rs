@@ -11,16 +11,17 @@ use ikukantai_api::annotations::RevisionSettings;
 use ikukantai_api::config::FleetConfig;
 use ikukantai_api::parse::{Document, load};
 use ikukantai_api::revision::{Revision, next_revision};
-use ikukantai_api::service::{Addressable, Condition, Service, ServiceStatus, TrafficTarget};
+use ikukantai_api::service::Service;
+use ikukantai_api::status::{RevisionState, resolve_traffic, service_status};
 use ikukantai_api::topology::Topology;
 use ikukantai_dataplane::gateway::{
     Gateway, GatewayConfig, GatewayEvents, InstanceRoute, RevisionRoute, RouteTarget, Routes, ServiceRoute,
 };
 use ikukantai_dataplane::link::Link;
 use ikukantai_dataplane::queue_proxy::{QueueProxyConfig, Readiness};
-use ikukantai_policy::autoscaler::{Autoscaler, ScalingSpec, TickInputs};
+use ikukantai_policy::autoscaler::{ScalingSpec, TickInputs};
 use ikukantai_policy::estimate::RttMatrix;
-use ikukantai_policy::placement::{Placement, PlacementInput};
+use ikukantai_policy::scaler::{RevisionScaler, ScaleInputs};
 use ikukantai_policy::registry::{self, PolicyParams};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -65,8 +66,7 @@ pub enum FleetError {
 struct RevisionRecord {
     revision: Revision,
     settings: RevisionSettings,
-    autoscaler: Autoscaler,
-    placement: Box<dyn Placement>,
+    scaler: RevisionScaler,
     balancer: String,
     queue: String,
     desired: Vec<u32>,
@@ -263,13 +263,12 @@ impl Fleet {
         let placement =
             registry::placement(&placement_name, &params).map_err(|e| FleetError::Invalid(e.to_string()))?;
         Ok(RevisionRecord {
-            autoscaler: Autoscaler::new(spec.clone(), Instant::now(), 0),
+            scaler: RevisionScaler::new(spec.clone(), placement, Instant::now(), 0),
             balancer: settings.balancer.clone().unwrap_or_else(|| config.policies.balancer.clone()),
             queue: settings.queue.clone().unwrap_or_else(|| config.policies.queue.clone()),
             desired: vec![0; self.options.topology.nodes.len()],
             ever_ready: false,
             spec,
-            placement,
             settings,
             revision,
         })
@@ -435,7 +434,7 @@ impl Fleet {
                     desired: r.desired.iter().sum(),
                     traffic: split.iter().filter(|t| t.revision == name).map(|t| t.percent).sum(),
                     balancer: r.balancer.clone(),
-                    placement: r.placement.name().to_owned(),
+                    placement: r.scaler.placement_name().to_owned(),
                     queue: r.queue.clone(),
                 });
             }
@@ -492,7 +491,7 @@ impl Fleet {
                             .count() as u32
                     })
                     .collect();
-                let mut demand = r.autoscaler.demand_by_origin(now);
+                let mut demand = r.scaler.autoscaler.demand_by_origin(now);
                 demand.resize(nodes.len(), 0.0);
                 out.push(PlacementView {
                     namespace: ns.to_owned(),
@@ -581,12 +580,12 @@ impl Fleet {
                 for r in &mut s.revisions {
                     let key = (r.revision.metadata.namespace().to_owned(), r.revision.name().to_owned());
                     for stat in by_revision.get(&key).into_iter().flatten() {
-                        r.autoscaler.record(now, stat);
+                        r.scaler.autoscaler.record(now, stat);
                     }
                     for (node, report) in &reports {
                         for rep in report.iter().filter(|x| x.namespace == key.0 && x.revision == key.1) {
-                            r.autoscaler.record(now, &rep.activator);
-                            r.autoscaler.record_origin(now, *node, rep.origin.concurrency);
+                            r.scaler.autoscaler.record(now, &rep.activator);
+                            r.scaler.autoscaler.record_origin(now, *node, rep.origin.concurrency);
                         }
                     }
                 }
@@ -641,34 +640,21 @@ impl Fleet {
                         })
                         .collect();
                     let record = &mut state.services.get_mut(&key).expect("key from keys()").revisions[idx];
-                    let decision = record.autoscaler.tick(
+                    let (decision, desired) = record.scaler.decide(
                         now,
-                        TickInputs {
-                            ready,
-                            reachable: reachable.contains(&name),
-                            buffering_since: Some(self.started),
+                        ScaleInputs {
+                            tick: TickInputs {
+                                ready,
+                                reachable: reachable.contains(&name),
+                                buffering_since: Some(self.started),
+                            },
+                            current: &current,
+                            room: &room,
+                            rtt: &rtt,
                         },
                     );
-                    tracing::debug!(revision = %name, desired = decision.desired, stable = decision.observed_stable, panic = decision.observed_panic, panicking = decision.panicking, ready, "autoscaler decision");
-                    let processing = vec![None; n];
-                    let mut demand = decision.demand_by_origin.clone();
-                    demand.resize(n, 0.0);
-                    // A latency-aware placement may want more instances than the KPA (one per
-                    // distant site with demand), never beyond max-scale.
-                    let mut want = decision.desired.max(record.placement.minimum(&demand, &rtt, now));
-                    if record.spec.max_scale > 0 {
-                        want = want.min(record.spec.max_scale);
-                    }
-                    tracing::debug!(revision = %name, want, ?demand, ?current, "placement input");
-                    record.desired = record.placement.place(&PlacementInput {
-                        desired: want,
-                        demand: &demand,
-                        capacity: &room,
-                        current: &current,
-                        processing_ms: &processing,
-                        rtt: &rtt,
-                        now,
-                    });
+                    tracing::debug!(revision = %name, desired = decision.desired, stable = decision.observed_stable, panic = decision.observed_panic, panicking = decision.panicking, ready, placed = ?desired, "autoscaler decision");
+                    record.desired = desired;
                 }
             }
         }
@@ -915,59 +901,21 @@ fn ready_count(state: &State, ns: &str, revision: &str) -> u32 {
         .count() as u32
 }
 
-/// The service's traffic resolved to revision names (latestRevision → the latest revision that
-/// ever became ready, else the latest created).
-fn traffic_split(s: &ServiceRecord) -> Vec<RouteTarget> {
-    let latest_ready = s.revisions.iter().rev().find(|r| r.ever_ready).or(s.revisions.last());
-    let latest_created = s.revisions.last();
-    // A brand-new revision that has not failed takes over from the last ready one.
-    let latest = match (latest_created, latest_ready) {
-        (Some(c), _) if !c.ever_ready => Some(c),
-        (_, r) => r,
-    };
-    if s.service.spec.traffic.is_empty() {
-        return latest
-            .map(|r| vec![RouteTarget { revision: r.revision.name().to_owned(), percent: 100, tag: None }])
-            .unwrap_or_default();
-    }
-    s.service
-        .spec
-        .traffic
-        .iter()
-        .filter_map(|t| {
-            let revision = if t.latest_revision == Some(true) {
-                latest?.revision.name().to_owned()
-            } else {
-                t.revision_name.clone()?
-            };
-            Some(RouteTarget { revision, percent: t.percent.unwrap_or(0), tag: t.tag.clone() })
-        })
-        .collect()
+fn revision_states(s: &ServiceRecord) -> Vec<RevisionState<'_>> {
+    s.revisions.iter().map(|r| RevisionState { name: r.revision.name(), ever_ready: r.ever_ready }).collect()
 }
 
-fn condition(type_: &str, ok: bool, reason: &str, message: Option<String>) -> Condition {
-    Condition {
-        type_: type_.into(),
-        status: if ok { "True" } else { "Unknown" }.into(),
-        reason: (!ok).then(|| reason.to_owned()),
-        message: if ok { None } else { message },
-        last_transition_time: None,
-    }
+/// The service's traffic resolved to revision names.
+fn traffic_split(s: &ServiceRecord) -> Vec<RouteTarget> {
+    resolve_traffic(&s.service.spec, &revision_states(s))
+        .into_iter()
+        .map(|t| RouteTarget { revision: t.revision, percent: t.percent, tag: t.tag })
+        .collect()
 }
 
 fn with_status(s: &ServiceRecord, domain: &str, state: &State) -> Service {
     let mut svc = s.service.clone();
-    let ns = svc.metadata.namespace().to_owned();
-    let name = svc.metadata.name().to_owned();
-    let url = format!("http://{name}.{ns}.{domain}");
-    let split = traffic_split(s);
-    let latest_ready = s.revisions.iter().rev().find(|r| r.ever_ready).map(|r| r.revision.name().to_owned());
-    let latest_created = s.revisions.last().map(|r| r.revision.name().to_owned());
-    let missing: Vec<&String> = split
-        .iter()
-        .map(|t| &t.revision)
-        .filter(|r| !s.revisions.iter().any(|x| x.revision.name() == r.as_str()))
-        .collect();
+    let (ns, name) = (svc.metadata.namespace().to_owned(), svc.metadata.name().to_owned());
     let failing: Vec<String> = state
         .instances
         .values()
@@ -978,43 +926,7 @@ fn with_status(s: &ServiceRecord, domain: &str, state: &State) -> Service {
         })
         .map(|x| format!("{}: {}", x.instance.name, x.instance.phase().message().unwrap_or_default()))
         .collect();
-    let config_ok = latest_created.is_some() && failing.is_empty();
-    let routes_ok = missing.is_empty() && !split.is_empty();
-    svc.status = Some(ServiceStatus {
-        observed_generation: svc.metadata.generation,
-        conditions: vec![
-            condition("ConfigurationsReady", config_ok, "RevisionFailed", failing.first().cloned()),
-            condition(
-                "Ready",
-                config_ok && routes_ok,
-                if routes_ok { "RevisionFailed" } else { "RevisionMissing" },
-                failing
-                    .first()
-                    .cloned()
-                    .or_else(|| missing.first().map(|m| format!("revision {m} does not exist"))),
-            ),
-            condition(
-                "RoutesReady",
-                routes_ok,
-                "RevisionMissing",
-                missing.first().map(|m| format!("revision {m} does not exist")),
-            ),
-        ],
-        url: Some(url),
-        address: Some(Addressable { url: format!("http://{name}.{ns}.svc.cluster.local") }),
-        latest_ready_revision_name: latest_ready,
-        latest_created_revision_name: latest_created,
-        traffic: split
-            .iter()
-            .map(|t| TrafficTarget {
-                tag: t.tag.clone(),
-                revision_name: Some(t.revision.clone()),
-                percent: Some(t.percent),
-                url: t.tag.as_ref().map(|tag| format!("http://{tag}-{name}.{ns}.{domain}")),
-                ..TrafficTarget::default()
-            })
-            .collect(),
-    });
+    svc.status = Some(service_status(&svc, &revision_states(s), &failing, domain));
     svc
 }
 
@@ -1030,7 +942,7 @@ async fn run(fleet: Arc<Fleet>, mut pokes: mpsc::UnboundedReceiver<(String, Stri
                     let mut state = lock(&fleet.state);
                     for s in state.services.values_mut() {
                         for r in s.revisions.iter_mut().filter(|r| r.revision.metadata.namespace() == ns && r.revision.name() == rev) {
-                            r.autoscaler.poke(Instant::now(), origin);
+                            r.scaler.autoscaler.poke(Instant::now(), origin);
                         }
                     }
                 }

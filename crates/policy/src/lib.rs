@@ -17,3 +17,4 @@ pub mod estimate;
 pub mod placement;
 pub mod queue;
 pub mod registry;
+pub mod scaler;

@@ -1,0 +1,1 @@
+fn main() { print!("{}", ikukantai_kube::crd::crds_yaml().unwrap()); }

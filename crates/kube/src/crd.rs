@@ -1,0 +1,238 @@
+//! The custom resources: Knative's `Service` (from the same Rust types as the local model) and
+//! our `Placement` (the original's "Seika": one per revision, desired and ready instances per node).
+
+use std::collections::BTreeMap;
+
+use ikukantai_api::revision::{CONFIGURATION_GENERATION_LABEL, CONFIGURATION_LABEL, Revision, SERVICE_LABEL};
+use ikukantai_api::service::{ObjectMeta, RevisionTemplate, SERVING_API_VERSION, ServiceSpec, ServiceStatus};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::{CustomResource, CustomResourceExt, ResourceExt};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Label naming the revision on placements and pods (Knative's).
+pub const REVISION_LABEL: &str = "serving.knative.dev/revision";
+/// Label naming the node a pod is pinned to.
+pub const NODE_LABEL: &str = "ikukantai.dev/node";
+/// Label marking objects this platform manages.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+/// Value of [`MANAGED_BY_LABEL`].
+pub const MANAGED_BY: &str = "ikukantai";
+/// Node label overriding `node-capacity` (instances the node holds).
+pub const CAPACITY_LABEL: &str = "ikukantai.dev/capacity";
+/// Field manager for server-side apply.
+pub const FIELD_MANAGER: &str = "ikukantai-controller";
+
+/// `serving.knative.dev/v1` `Service`: the spec is the local model's [`ServiceSpec`], so a ksvc
+/// manifest means the same on one machine and on a cluster.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "serving.knative.dev",
+    version = "v1",
+    kind = "Service",
+    root = "KnativeService",
+    plural = "services",
+    namespaced,
+    status = "ServiceStatus",
+    shortname = "ksvc",
+    category = "knative",
+    printcolumn(name = "URL", type_ = "string", json_path = ".status.url"),
+    printcolumn(name = "LatestCreated", type_ = "string", json_path = ".status.latestCreatedRevisionName"),
+    printcolumn(name = "LatestReady", type_ = "string", json_path = ".status.latestReadyRevisionName"),
+    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type=='Ready')].status"),
+    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type=='Ready')].reason")
+)]
+pub struct KnativeServiceSpec {
+    /// The Knative spec (template and traffic).
+    #[serde(flatten)]
+    pub inner: ServiceSpec,
+}
+
+/// Where a revision's instances run: one per revision, named after it.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "ikukantai.dev",
+    version = "v1alpha1",
+    kind = "Placement",
+    namespaced,
+    status = "PlacementStatus",
+    shortname = "pl",
+    category = "ikukantai",
+    printcolumn(name = "Service", type_ = "string", json_path = ".spec.service"),
+    printcolumn(
+        name = "Ready/Desired",
+        type_ = "string",
+        json_path = ".status.summary",
+        description = "ready and desired instances per node, nodes in name order"
+    ),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct PlacementSpec {
+    /// The Knative Service this revision belongs to.
+    pub service: String,
+    /// Configuration generation that cut the revision (its number).
+    pub generation: u64,
+    /// The frozen revision template.
+    pub template: RevisionTemplate,
+    /// Desired instances per node name.
+    #[serde(default)]
+    pub nodes: BTreeMap<String, u32>,
+}
+
+/// Observed state of a placement.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PlacementStatus {
+    /// Ready instances per node name.
+    #[serde(default)]
+    pub ready: BTreeMap<String, u32>,
+    /// `ready/desired` per node, like `0-0-1/0-0-1`.
+    #[serde(default)]
+    pub summary: String,
+    /// The revision has had a ready instance at least once.
+    #[serde(default)]
+    pub ever_ready: bool,
+}
+
+impl Placement {
+    /// The revision this placement stands for, as the local model sees it.
+    pub fn revision(&self) -> Revision {
+        let spec = &self.spec;
+        let mut labels = spec.template.metadata.labels.clone();
+        labels.insert(SERVICE_LABEL.into(), spec.service.clone());
+        labels.insert(CONFIGURATION_LABEL.into(), spec.service.clone());
+        labels.insert(CONFIGURATION_GENERATION_LABEL.into(), spec.generation.to_string());
+        Revision {
+            api_version: SERVING_API_VERSION.into(),
+            kind: "Revision".into(),
+            metadata: ObjectMeta {
+                name: Some(self.name_any()),
+                namespace: self.namespace(),
+                labels,
+                annotations: spec.template.metadata.annotations.clone(),
+                generation: Some(1),
+                ..ObjectMeta::default()
+            },
+            spec: spec.template.spec.clone(),
+            status: Default::default(),
+        }
+    }
+
+    /// Whether the revision has ever been ready.
+    pub fn ever_ready(&self) -> bool {
+        self.status.as_ref().is_some_and(|s| s.ever_ready)
+    }
+}
+
+/// `ready/desired` per node in `nodes` order, like `0-0-1/0-0-1`.
+pub fn summary(nodes: &[String], ready: &BTreeMap<String, u32>, desired: &BTreeMap<String, u32>) -> String {
+    let row = |m: &BTreeMap<String, u32>| {
+        nodes.iter().map(|n| m.get(n).copied().unwrap_or(0).to_string()).collect::<Vec<_>>().join("-")
+    };
+    format!("{}/{}", row(ready), row(desired))
+}
+
+/// Every CRD this platform installs.
+pub fn crds() -> Vec<CustomResourceDefinition> {
+    vec![KnativeService::crd(), Placement::crd()]
+}
+
+/// The CRDs as one multi-document YAML file (what `ikukantai crds` prints).
+pub fn crds_yaml() -> Result<String, serde_saphyr::ser::Error> {
+    let mut out = String::from("# Generated by `ikukantai crds` from the Rust types; do not edit.\n");
+    for crd in crds() {
+        out.push_str("---\n");
+        out.push_str(&serde_saphyr::to_string(&crd)?);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HELLO: &str = r#"
+apiVersion: serving.knative.dev/v1
+kind: Service
+metadata:
+  name: hello
+  namespace: default
+spec:
+  template:
+    metadata:
+      annotations:
+        autoscaling.knative.dev/target: "10"
+    spec:
+      containerConcurrency: 4
+      containers:
+        - image: ghcr.io/example/hello:1
+          ports: [{ containerPort: 8080 }]
+          resources: { limits: { cpu: 500m, memory: 128Mi }, requests: { cpu: 1 } }
+          readinessProbe: { httpGet: { path: /healthz, port: 8080 } }
+          securityContext: { runAsNonRoot: true }
+  traffic:
+    - latestRevision: true
+      percent: 100
+"#;
+
+    #[test]
+    fn a_knative_manifest_reads_as_the_crd_type_and_round_trips() {
+        let svc: KnativeService = serde_saphyr::from_str(HELLO).expect("parses");
+        assert_eq!(svc.spec.inner.template.spec.container_concurrency, Some(4));
+        assert_eq!(svc.spec.inner.traffic.len(), 1);
+        let back = serde_json::to_value(&svc).unwrap();
+        assert_eq!(back["spec"]["template"]["spec"]["containers"][0]["securityContext"]["runAsNonRoot"], true);
+        assert_eq!(back["apiVersion"], "serving.knative.dev/v1");
+    }
+
+    #[test]
+    fn unknown_spec_fields_are_refused_like_the_local_model() {
+        let bad = HELLO.replace("containerConcurrency", "containerConcurency");
+        let err = serde_saphyr::from_str::<KnativeService>(&bad).unwrap_err().to_string();
+        assert!(err.contains("containerConcurency"), "{err}");
+    }
+
+    #[test]
+    fn crds_are_structural() {
+        fn walk(path: &str, v: &serde_json::Value, problems: &mut Vec<String>) {
+            let Some(o) = v.as_object() else { return };
+            let open = o.contains_key("x-kubernetes-preserve-unknown-fields")
+                || o.contains_key("x-kubernetes-int-or-string");
+            if !open && !o.contains_key("type") {
+                problems.push(format!("{path}: no type"));
+            }
+            for bad in ["oneOf", "$ref", "$defs"] {
+                if o.contains_key(bad) && !open {
+                    problems.push(format!("{path}: {bad}"));
+                }
+            }
+            if let Some(props) = o.get("properties").and_then(|p| p.as_object()) {
+                for (k, s) in props {
+                    walk(&format!("{path}.{k}"), s, problems);
+                }
+            }
+            if let Some(items) = o.get("items") {
+                walk(&format!("{path}[]"), items, problems);
+            }
+            if let Some(extra) = o.get("additionalProperties").filter(|a| a.is_object()) {
+                walk(&format!("{path}{{}}"), extra, problems);
+            }
+        }
+        for crd in crds() {
+            let v = serde_json::to_value(&crd).unwrap();
+            let schema = &v["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+            let mut problems = Vec::new();
+            walk(&crd.spec.names.kind, schema, &mut problems);
+            assert!(problems.is_empty(), "{problems:#?}");
+        }
+    }
+
+    #[test]
+    fn placement_summary_orders_nodes() {
+        let nodes = vec!["node1".to_owned(), "node2".to_owned(), "node3".to_owned()];
+        let desired = BTreeMap::from([("node3".to_owned(), 1)]);
+        let ready = BTreeMap::new();
+        assert_eq!(summary(&nodes, &ready, &desired), "0-0-0/0-0-1");
+    }
+}

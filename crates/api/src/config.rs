@@ -384,26 +384,7 @@ fn apply_ikukantai(c: &mut FleetConfig, data: &BTreeMap<String, String>) -> Resu
         match parse_duration(v) {
             Ok(x) if x >= Duration::from_millis(100) => next.kubernetes.probe_interval = x,
             Ok(_) => d.fail("probe-interval", format!("{v:?} out of range: at least 100ms")),
-            Err(e) => d.fail("probe-interval", e.to_string()),
-        }
-    }
-    if let Some(v) = data.get("queue-proxy-image") {
-        if v.trim().is_empty() || v.contains(char::is_whitespace) {
-            d.fail("queue-proxy-image", format!("{v:?} is not an image reference"));
-        } else {
-            next.kubernetes.queue_proxy_image = v.clone();
-        }
-    }
-    match d.uint("node-capacity") {
-        Some(0) => d.fail("node-capacity", "must be at least 1".into()),
-        Some(n) => next.kubernetes.node_capacity = n,
-        None => {}
-    }
-    if let Some(v) = data.get("probe-interval") {
-        match parse_duration(v) {
-            Ok(x) if x >= Duration::from_millis(100) => next.kubernetes.probe_interval = x,
-            Ok(_) => d.fail("probe-interval", format!("{v:?} out of range: at least 100ms")),
-            Err(e) => d.fail("probe-interval", e.to_string()),
+            Err(e) => d.fail("probe-interval", e),
         }
     }
     let result = d.finish();
@@ -486,7 +467,11 @@ mod tests {
         let mut f = FleetConfig::new();
         f.apply(&cm(
             "config-ikukantai",
-            &[("queue-proxy-image", "registry.local/ikukantai:1"), ("node-capacity", "4"), ("probe-interval", "2s")],
+            &[
+                ("queue-proxy-image", "registry.local/ikukantai:1"),
+                ("node-capacity", "4"),
+                ("probe-interval", "2s"),
+            ],
         ))
         .unwrap();
         assert_eq!(f.kubernetes.queue_proxy_image, "registry.local/ikukantai:1");
@@ -494,7 +479,10 @@ mod tests {
         assert_eq!(f.kubernetes.probe_interval, Duration::from_secs(2));
         let before = f.clone();
         let errors = f
-            .apply(&cm("config-ikukantai", &[("node-capacity", "0"), ("probe-interval", "10ms"), ("domain", "x.dev")]))
+            .apply(&cm(
+                "config-ikukantai",
+                &[("node-capacity", "0"), ("probe-interval", "10ms"), ("domain", "x.dev")],
+            ))
             .unwrap_err();
         let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
         assert!(text.iter().any(|e| e.starts_with("data.node-capacity")), "{text:?}");

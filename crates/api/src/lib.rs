@@ -17,8 +17,8 @@ pub mod error;
 pub mod parse;
 pub mod revision;
 mod schema;
-pub mod status;
 pub mod service;
+pub mod status;
 pub mod topology;
 pub mod validate;
 

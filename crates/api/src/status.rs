@@ -39,8 +39,11 @@ pub fn resolve_traffic(spec: &ServiceSpec, revisions: &[RevisionState<'_>]) -> V
     spec.traffic
         .iter()
         .filter_map(|t| {
-            let revision =
-                if t.latest_revision == Some(true) { latest?.name.to_owned() } else { t.revision_name.clone()? };
+            let revision = if t.latest_revision == Some(true) {
+                latest?.name.to_owned()
+            } else {
+                t.revision_name.clone()?
+            };
             Some(ResolvedTarget { revision, percent: t.percent.unwrap_or(0), tag: t.tag.clone() })
         })
         .collect()
@@ -70,8 +73,11 @@ pub fn service_status(
     let split = resolve_traffic(&svc.spec, revisions);
     let latest_ready = revisions.iter().rev().find(|r| r.ever_ready).map(|r| r.name.to_owned());
     let latest_created = revisions.last().map(|r| r.name.to_owned());
-    let missing: Vec<&String> =
-        split.iter().map(|t| &t.revision).filter(|r| !revisions.iter().any(|x| x.name == r.as_str())).collect();
+    let missing: Vec<&String> = split
+        .iter()
+        .map(|t| &t.revision)
+        .filter(|r| !revisions.iter().any(|x| x.name == r.as_str()))
+        .collect();
     let missing_message = missing.first().map(|m| format!("revision {m} does not exist"));
     let config_ok = latest_created.is_some() && failing.is_empty();
     let routes_ok = missing.is_empty() && !split.is_empty();

@@ -21,8 +21,8 @@ use ikukantai_dataplane::link::Link;
 use ikukantai_dataplane::queue_proxy::{QueueProxyConfig, Readiness};
 use ikukantai_policy::autoscaler::{ScalingSpec, TickInputs};
 use ikukantai_policy::estimate::RttMatrix;
-use ikukantai_policy::scaler::{RevisionScaler, ScaleInputs};
 use ikukantai_policy::registry::{self, PolicyParams};
+use ikukantai_policy::scaler::{RevisionScaler, ScaleInputs};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 

@@ -1,1 +1,3 @@
-fn main() { print!("{}", ikukantai_kube::crd::crds_yaml().unwrap()); }
+fn main() {
+    print!("{}", ikukantai_kube::crd::crds_yaml().unwrap());
+}

@@ -1,6 +1,9 @@
 //! The custom resources: Knative's `Service` (from the same Rust types as the local model) and
 //! our `Placement` (the original's "Seika": one per revision, desired and ready instances per node).
 
+// `printcolumn(... type_ = "string" ...)` repeated across columns reads as a duplicated attribute.
+#![allow(clippy::duplicated_attributes)]
+
 use std::collections::BTreeMap;
 
 use ikukantai_api::revision::{CONFIGURATION_GENERATION_LABEL, CONFIGURATION_LABEL, Revision, SERVICE_LABEL};
@@ -39,8 +42,16 @@ pub const FIELD_MANAGER: &str = "ikukantai-controller";
     printcolumn(name = "URL", type_ = "string", json_path = ".status.url"),
     printcolumn(name = "LatestCreated", type_ = "string", json_path = ".status.latestCreatedRevisionName"),
     printcolumn(name = "LatestReady", type_ = "string", json_path = ".status.latestReadyRevisionName"),
-    printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type=='Ready')].status"),
-    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type=='Ready')].reason")
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type=='Ready')].status"
+    ),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type=='Ready')].reason"
+    )
 )]
 pub struct KnativeServiceSpec {
     /// The Knative spec (template and traffic).
@@ -182,7 +193,10 @@ spec:
         assert_eq!(svc.spec.inner.template.spec.container_concurrency, Some(4));
         assert_eq!(svc.spec.inner.traffic.len(), 1);
         let back = serde_json::to_value(&svc).unwrap();
-        assert_eq!(back["spec"]["template"]["spec"]["containers"][0]["securityContext"]["runAsNonRoot"], true);
+        assert_eq!(
+            back["spec"]["template"]["spec"]["containers"][0]["securityContext"]["runAsNonRoot"],
+            true
+        );
         assert_eq!(back["apiVersion"], "serving.knative.dev/v1");
     }
 

@@ -6,4 +6,7 @@
 //! - [`sidecar`]: the queue proxy as a sidecar container, pushing stats to the controller.
 //! - [`wire`]: what gateways and sidecars tell the controller.
 
+pub mod controller;
 pub mod crd;
+pub mod pod;
+pub mod wire;

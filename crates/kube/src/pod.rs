@@ -1,0 +1,329 @@
+//! The Pod of one instance: the user's container and the queue-proxy sidecar, pinned to a node.
+
+use std::collections::BTreeMap;
+
+use ikukantai_api::revision::{Revision, child_name};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use serde_json::{Value, json};
+
+use crate::crd::{MANAGED_BY, MANAGED_BY_LABEL, NODE_LABEL, REVISION_LABEL};
+
+/// Port the queue proxy serves requests on (Knative's).
+pub const QUEUE_PORT: u16 = 8012;
+/// Port of the queue proxy's `/metrics`, `/healthz` and `/ready`.
+pub const QUEUE_ADMIN_PORT: u16 = 8022;
+/// Label carrying an instance's index within its revision and node.
+pub const INDEX_LABEL: &str = "ikukantai.dev/index";
+/// Name of the sidecar container.
+pub const QUEUE_CONTAINER: &str = "queue-proxy";
+
+/// Environment of the queue-proxy sidecar (read by `ikukantai queue-proxy`).
+pub mod env {
+    /// Namespace.
+    pub const NAMESPACE: &str = "SERVING_NAMESPACE";
+    /// Knative Service.
+    pub const SERVICE: &str = "SERVING_SERVICE";
+    /// Revision.
+    pub const REVISION: &str = "SERVING_REVISION";
+    /// Pod name (downward API).
+    pub const POD: &str = "SERVING_POD";
+    /// Node name (downward API).
+    pub const NODE: &str = "NODE_NAME";
+    /// The user container's port.
+    pub const USER_PORT: &str = "USER_PORT";
+    /// containerConcurrency.
+    pub const CONTAINER_CONCURRENCY: &str = "CONTAINER_CONCURRENCY";
+    /// Queue discipline.
+    pub const QUEUE: &str = "QUEUE_DISCIPLINE";
+    /// `ikukantai.dev/queue-priority-rules` text.
+    pub const PRIORITY_RULES: &str = "QUEUE_PRIORITY_RULES";
+    /// timeoutSeconds.
+    pub const TIMEOUT: &str = "REVISION_TIMEOUT_SECONDS";
+    /// responseStartTimeoutSeconds (0 = none).
+    pub const RESPONSE_START_TIMEOUT: &str = "REVISION_RESPONSE_START_TIMEOUT_SECONDS";
+    /// idleTimeoutSeconds (0 = none).
+    pub const IDLE_TIMEOUT: &str = "REVISION_IDLE_TIMEOUT_SECONDS";
+    /// The user's readiness probe as JSON (empty = TCP on the user port).
+    pub const READINESS_PROBE: &str = "SERVING_READINESS_PROBE";
+    /// Where to push stats.
+    pub const CONTROLLER_URL: &str = "IKUKANTAI_CONTROLLER_URL";
+    /// Serving port.
+    pub const QUEUE_PORT: &str = "QUEUE_SERVING_PORT";
+    /// Admin port.
+    pub const ADMIN_PORT: &str = "QUEUE_ADMIN_PORT";
+}
+
+/// What the Pod of an instance is made of besides the revision.
+#[derive(Debug, Clone)]
+pub struct PodParams<'a> {
+    /// Knative Service name.
+    pub service: &'a str,
+    /// Node to pin to.
+    pub node: &'a str,
+    /// Index of the instance within its revision and node.
+    pub index: u32,
+    /// Queue discipline resolved for the revision.
+    pub queue: &'a str,
+    /// Image of the sidecar.
+    pub queue_proxy_image: &'a str,
+    /// Controller URL for the sidecar's stats.
+    pub controller_url: &'a str,
+    /// The Placement that owns the Pod.
+    pub owner: OwnerReference,
+}
+
+/// The name of instance `index` of `revision` on `node` (deterministic, so a retried create
+/// cannot make a second one).
+pub fn pod_name(revision: &str, node: &str, index: u32) -> String {
+    child_name(revision, &format!("-{}-{index}", short_node(node)))
+}
+
+fn short_node(node: &str) -> String {
+    let cut: String = node.chars().take(20).collect();
+    cut.trim_end_matches(['-', '.']).replace('.', "-")
+}
+
+/// Labels selecting the Pods of one revision.
+pub fn revision_labels(revision: &Revision) -> BTreeMap<String, String> {
+    let mut labels = revision.metadata.labels.clone();
+    labels.insert(REVISION_LABEL.into(), revision.name().to_owned());
+    labels.insert(MANAGED_BY_LABEL.into(), MANAGED_BY.into());
+    labels
+}
+
+/// Builds the Pod. Fails when a pass-through field (volumes, tolerations, …) does not have the
+/// shape Kubernetes expects; the message names the field.
+pub fn build_pod(revision: &Revision, p: &PodParams<'_>) -> Result<Pod, String> {
+    let spec = &revision.spec;
+    let container = spec.container().cloned().unwrap_or_default();
+    let ns = revision.metadata.namespace();
+    let name = pod_name(revision.name(), p.node, p.index);
+    let mut labels = revision_labels(revision);
+    labels.insert(NODE_LABEL.into(), p.node.to_owned());
+    labels.insert(INDEX_LABEL.into(), p.index.to_string());
+    let user_port = container.port();
+
+    let field_ref = |path: &str| json!({ "valueFrom": { "fieldRef": { "fieldPath": path } } });
+    let mut user_env: Vec<Value> = container
+        .env
+        .iter()
+        .map(|e| {
+            let mut v = json!({ "name": e.name });
+            if let Some(value) = &e.value {
+                v["value"] = json!(value);
+            }
+            if let Some(from) = &e.value_from {
+                v["valueFrom"] = from.clone();
+            }
+            v
+        })
+        .collect();
+    for (k, v) in [
+        ("PORT", user_port.to_string()),
+        ("K_SERVICE", p.service.to_owned()),
+        ("K_CONFIGURATION", p.service.to_owned()),
+        ("K_REVISION", revision.name().to_owned()),
+    ] {
+        user_env.push(json!({ "name": k, "value": v }));
+    }
+    for (k, path) in [("NODENAME", "spec.nodeName"), ("PODNAME", "metadata.name")] {
+        let mut v = field_ref(path);
+        v["name"] = json!(k);
+        user_env.push(v);
+    }
+    let mut user = json!({
+        "name": container.name.clone().unwrap_or_else(|| "user-container".into()),
+        "image": container.image,
+        "env": user_env,
+        "ports": [{ "name": "user-port", "containerPort": user_port, "protocol": "TCP" }],
+    });
+    let set = |obj: &mut Value, key: &str, value: Option<Value>| {
+        if let Some(v) = value {
+            obj[key] = v;
+        }
+    };
+    set(&mut user, "command", (!container.command.is_empty()).then(|| json!(container.command)));
+    set(&mut user, "args", (!container.args.is_empty()).then(|| json!(container.args)));
+    set(&mut user, "workingDir", container.working_dir.as_ref().map(|w| json!(w)));
+    set(&mut user, "envFrom", container.env_from.clone());
+    set(&mut user, "resources", container.resources.as_ref().map(|r| json!(r)));
+    set(&mut user, "livenessProbe", container.liveness_probe.as_ref().map(|r| json!(r)));
+    set(&mut user, "imagePullPolicy", container.image_pull_policy.as_ref().map(|r| json!(r)));
+    set(&mut user, "securityContext", container.security_context.clone());
+    set(&mut user, "volumeMounts", container.volume_mounts.clone());
+    set(&mut user, "terminationMessagePath", container.termination_message_path.as_ref().map(|r| json!(r)));
+    set(
+        &mut user,
+        "terminationMessagePolicy",
+        container.termination_message_policy.as_ref().map(|r| json!(r)),
+    );
+
+    let secs = |s: Option<u64>| s.unwrap_or(0).to_string();
+    let probe = container.readiness_probe.as_ref().map(|r| json!(r).to_string()).unwrap_or_default();
+    let priority_rules = revision
+        .metadata
+        .annotations
+        .get(ikukantai_api::annotations::PRIORITY_RULES_ANNOTATION)
+        .cloned()
+        .unwrap_or_default();
+    let mut qp_env: Vec<Value> = [
+        (env::NAMESPACE, ns.to_owned()),
+        (env::SERVICE, p.service.to_owned()),
+        (env::REVISION, revision.name().to_owned()),
+        (env::USER_PORT, user_port.to_string()),
+        (env::CONTAINER_CONCURRENCY, spec.container_concurrency().to_string()),
+        (env::QUEUE, p.queue.to_owned()),
+        (env::PRIORITY_RULES, priority_rules),
+        (env::TIMEOUT, spec.timeout_seconds().to_string()),
+        (env::RESPONSE_START_TIMEOUT, secs(spec.response_start_timeout_seconds)),
+        (env::IDLE_TIMEOUT, secs(spec.idle_timeout_seconds)),
+        (env::READINESS_PROBE, probe),
+        (env::CONTROLLER_URL, p.controller_url.to_owned()),
+        (env::QUEUE_PORT, QUEUE_PORT.to_string()),
+        (env::ADMIN_PORT, QUEUE_ADMIN_PORT.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| json!({ "name": k, "value": v }))
+    .collect();
+    for (k, path) in [(env::POD, "metadata.name"), (env::NODE, "spec.nodeName")] {
+        let mut v = field_ref(path);
+        v["name"] = json!(k);
+        qp_env.push(v);
+    }
+    let queue_proxy = json!({
+        "name": QUEUE_CONTAINER,
+        "image": p.queue_proxy_image,
+        "args": ["queue-proxy"],
+        "env": qp_env,
+        "ports": [
+            { "name": "http", "containerPort": QUEUE_PORT, "protocol": "TCP" },
+            { "name": "admin", "containerPort": QUEUE_ADMIN_PORT, "protocol": "TCP" }
+        ],
+        "readinessProbe": { "httpGet": { "path": "/ready", "port": QUEUE_ADMIN_PORT }, "periodSeconds": 1, "failureThreshold": 1 },
+        "resources": { "requests": { "cpu": "25m", "memory": "16Mi" } },
+        "securityContext": {
+            "allowPrivilegeEscalation": false,
+            "readOnlyRootFilesystem": true,
+            "runAsNonRoot": true,
+            "capabilities": { "drop": ["ALL"] }
+        }
+    });
+
+    // Pinned the way DaemonSets pin: a required node affinity on the node's name, so the
+    // scheduler still checks resources and taints. Other affinity terms of the user stay.
+    let mut affinity = spec.affinity.clone().filter(Value::is_object).unwrap_or_else(|| json!({}));
+    affinity["nodeAffinity"] = json!({
+        "requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [{ "matchFields": [{ "key": "metadata.name", "operator": "In", "values": [p.node] }] }]
+        }
+    });
+    let mut pod_spec = json!({
+        "containers": [user, queue_proxy],
+        "affinity": affinity,
+        "enableServiceLinks": spec.enable_service_links.unwrap_or(false),
+        "terminationGracePeriodSeconds": spec.timeout_seconds() + 10,
+    });
+    set(&mut pod_spec, "serviceAccountName", spec.service_account_name.as_ref().map(|r| json!(r)));
+    set(&mut pod_spec, "imagePullSecrets", spec.image_pull_secrets.clone());
+    set(&mut pod_spec, "volumes", spec.volumes.clone());
+    set(&mut pod_spec, "nodeSelector", spec.node_selector.as_ref().map(|r| json!(r)));
+    set(&mut pod_spec, "tolerations", spec.tolerations.clone());
+    set(&mut pod_spec, "securityContext", spec.security_context.clone());
+    set(&mut pod_spec, "runtimeClassName", spec.runtime_class_name.as_ref().map(|r| json!(r)));
+    set(&mut pod_spec, "priorityClassName", spec.priority_class_name.as_ref().map(|r| json!(r)));
+
+    let pod = json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": ns,
+            "labels": labels,
+            "annotations": revision.metadata.annotations,
+            "ownerReferences": [p.owner],
+        },
+        "spec": pod_spec,
+    });
+    serde_path_to_error::deserialize(pod)
+        .map_err(|e| format!("spec.template.spec: {}: {}", e.path(), e.inner()))
+}
+
+#[cfg(test)]
+mod tests {
+    use ikukantai_api::revision::next_revision;
+    use ikukantai_api::service::Service;
+
+    use super::*;
+
+    fn revision(extra: &str) -> Revision {
+        let text = format!(
+            r#"{{"apiVersion":"serving.knative.dev/v1","kind":"Service","metadata":{{"name":"hello","namespace":"demo"}},
+            "spec":{{"template":{{"metadata":{{"annotations":{{"ikukantai.dev/queue-priority-rules":"header:x-priority"}}}},
+            "spec":{{"containerConcurrency":2,"containers":[{{"image":"hello:1","env":[{{"name":"TARGET","value":"x"}}],
+            "readinessProbe":{{"httpGet":{{"path":"/ready"}}}}}}]{extra}}}}}}}}}"#
+        );
+        let svc: Service = serde_json::from_str(&text).unwrap();
+        next_revision(&svc, &[]).unwrap()
+    }
+
+    fn params() -> PodParams<'static> {
+        PodParams {
+            service: "hello",
+            node: "node3",
+            index: 0,
+            queue: "priority",
+            queue_proxy_image: "ikukantai:test",
+            controller_url: "http://ctl:9090",
+            owner: OwnerReference {
+                api_version: "ikukantai.dev/v1alpha1".into(),
+                kind: "Placement".into(),
+                name: "hello-00001".into(),
+                uid: "u1".into(),
+                controller: Some(true),
+                block_owner_deletion: Some(true),
+            },
+        }
+    }
+
+    fn env_of(pod: &Pod, container: usize, name: &str) -> Option<String> {
+        let c = &pod.spec.as_ref().unwrap().containers[container];
+        c.env.as_ref()?.iter().find(|e| e.name == name)?.value.clone()
+    }
+
+    #[test]
+    fn pod_is_pinned_labelled_owned_and_carries_the_sidecar() {
+        let pod = build_pod(&revision(""), &params()).unwrap();
+        let v = serde_json::to_value(&pod).unwrap();
+        assert_eq!(pod.metadata.name.as_deref(), Some("hello-00001-node3-0"));
+        assert_eq!(v["metadata"]["labels"][REVISION_LABEL], "hello-00001");
+        assert_eq!(v["metadata"]["labels"][NODE_LABEL], "node3");
+        assert_eq!(v["metadata"]["labels"]["serving.knative.dev/service"], "hello");
+        assert_eq!(v["metadata"]["ownerReferences"][0]["kind"], "Placement");
+        let term = &v["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+            [0]["matchFields"][0];
+        assert_eq!(term["values"][0], "node3");
+        assert_eq!(env_of(&pod, 0, "TARGET").as_deref(), Some("x"));
+        assert_eq!(env_of(&pod, 0, "K_REVISION").as_deref(), Some("hello-00001"));
+        assert_eq!(env_of(&pod, 1, env::CONTAINER_CONCURRENCY).as_deref(), Some("2"));
+        assert_eq!(env_of(&pod, 1, env::QUEUE).as_deref(), Some("priority"));
+        assert_eq!(env_of(&pod, 1, env::PRIORITY_RULES).as_deref(), Some("header:x-priority"));
+        assert!(env_of(&pod, 1, env::READINESS_PROBE).unwrap().contains("/ready"));
+        // The user's readiness probe moved into the sidecar, like Knative does.
+        assert!(pod.spec.as_ref().unwrap().containers[0].readiness_probe.is_none());
+        assert_eq!(pod.spec.as_ref().unwrap().containers[1].image.as_deref(), Some("ikukantai:test"));
+    }
+
+    #[test]
+    fn a_malformed_pass_through_field_is_named() {
+        let err = build_pod(&revision(r#","tolerations":{"key":"x"}"#), &params()).unwrap_err();
+        assert!(err.contains("spec.tolerations"), "{err}");
+    }
+
+    #[test]
+    fn long_names_stay_within_limits() {
+        let name = pod_name(&"r".repeat(60), "a-very-long-node-name.example.internal", 12);
+        assert!(name.len() <= 63, "{name}");
+        assert!(name.ends_with("-12"));
+    }
+}

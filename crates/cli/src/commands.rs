@@ -80,13 +80,18 @@ fn local_defaults() -> FleetConfig {
     c
 }
 
-pub(crate) async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
+/// Logs to stderr, filtered by `IKUKANTAI_LOG` (else `default`).
+pub(crate) fn init_logs(default: &str) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("IKUKANTAI_LOG").unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_env("IKUKANTAI_LOG").unwrap_or_else(|_| default.into()),
         )
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+pub(crate) async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
+    init_logs("warn");
     let topology = match &args.topology {
         None => Topology::demo(),
         Some(path) => {
@@ -514,12 +519,7 @@ pub(crate) async fn bench(
     out: &std::path::Path,
     seed: u64,
 ) -> anyhow::Result<ExitCode> {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("IKUKANTAI_LOG").unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .try_init();
+    init_logs("warn");
     use ikukantai_eval::{
         plot,
         report::Report,

@@ -1,6 +1,7 @@
 //! `ikukantai`: the one binary of the ikukantai serverless platform.
 
 mod client;
+mod cluster;
 mod commands;
 mod function;
 
@@ -152,6 +153,18 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+    /// Print the CustomResourceDefinitions (Knative Service, Placement) for Kubernetes.
+    Crds {
+        /// Write to this file instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Run the Kubernetes controller (in-cluster, or with the current kube context).
+    Controller(cluster::ControllerArgs),
+    /// Run the per-node gateway on Kubernetes (the DaemonSet's container).
+    Gateway(cluster::GatewayArgs),
+    /// Run the queue proxy as an instance Pod's sidecar (configured by its environment).
+    QueueProxy,
     /// Run a built-in function (the demo `hello`), listening on $PORT.
     Function {
         /// `hello`: `/` answers "Konnichiwa from <instance> in <node>", `/sleep/<ms>`, `/nodename`.
@@ -189,6 +202,10 @@ fn main() -> ExitCode {
                 Ok(ExitCode::SUCCESS)
             }
             Command::Function { name } => function::run(&name).await,
+            Command::Crds { out } => cluster::crds(out.as_deref()),
+            Command::Controller(args) => cluster::controller(args).await,
+            Command::Gateway(args) => cluster::gateway(args).await,
+            Command::QueueProxy => cluster::queue_proxy().await,
             Command::Bench { scenario, out, seed } => commands::bench(&scenario, &out, seed).await,
         }
     });

@@ -116,3 +116,19 @@ pub fn node_client(link: Option<Link>) -> Client<NodeConnector, Body> {
         .pool_max_idle_per_host(1024)
         .build(NodeConnector::new(link))
 }
+
+/// Measures the round trip to a peer gateway: opens a connection (through the link, if any),
+/// then times one `GET /healthz` request/response on it, so the handshake is not counted.
+/// `None` if the peer did not answer within 5 s.
+pub async fn probe_rtt(connector: &NodeConnector, admin: SocketAddr) -> Option<f64> {
+    use http_body_util::{BodyExt, Empty};
+    let stream = tokio::time::timeout(Duration::from_secs(5), connector.connect(admin)).await.ok()?.ok()?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.ok()?;
+    tokio::spawn(conn);
+    let req =
+        http::Request::get("/healthz").header("host", "monitor").body(Empty::<bytes::Bytes>::new()).ok()?;
+    let started = std::time::Instant::now();
+    let resp = tokio::time::timeout(Duration::from_secs(5), sender.send_request(req)).await.ok()?.ok()?;
+    let _ = resp.into_body().collect().await;
+    Some(started.elapsed().as_secs_f64() * 1e3)
+}

@@ -39,7 +39,9 @@ use tokio::time::{Instant, timeout_at};
 use crate::body::{Body, Guarded, Limited, boxed, error_response, full, is_too_large};
 use crate::connect::{NodeConnector, node_client};
 use crate::link::Link;
-use crate::metrics::{GatewayMetrics, RejectLabels, RequestLabels, RevisionLabels, metrics_response};
+use crate::metrics::{
+    GatewayMetrics, LinkLabels, RejectLabels, RequestLabels, RevisionLabels, metrics_response,
+};
 use crate::proxy::{HeaderView, authority, retarget, strip_hop_by_hop};
 use crate::queue_proxy::{INSTANCE_HEADER, LOAD_HEADER, NODE_HEADER, PROXY_HEADER, SERVICE_TIME_HEADER};
 use crate::server::{Handler, ServerHandle, serve};
@@ -331,6 +333,10 @@ impl Gateway {
     /// Records a measured RTT from this node to `to` (milliseconds).
     pub fn record_rtt(&self, to: NodeIndex, ms: f64) {
         let node = self.shared.config.node;
+        if let Some(peer) = self.shared.config.nodes.get(to) {
+            let labels = LinkLabels { from: self.shared.node_name().to_owned(), to: peer.clone() };
+            self.shared.metrics.latency.get_or_create(&labels).set(ms);
+        }
         self.shared.rtt.write().unwrap_or_else(|e| e.into_inner()).record(
             node,
             to,

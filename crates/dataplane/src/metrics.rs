@@ -1,6 +1,8 @@
 //! Prometheus metrics of the gateway and the queue proxy (text format at `/metrics` on their admin
 //! listeners). Names and labels are documented in `docs/metrics.md`.
 
+use std::sync::atomic::AtomicU64;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -68,6 +70,18 @@ pub struct GatewayMetrics {
     pub buffered_total: Family<RevisionLabels, Counter>,
     /// `ikukantai_gateway_rejected_requests_total`.
     pub rejected: Family<RejectLabels, Counter>,
+    /// `latency_between_nodes{from,to}`: the latest RTT this gateway measured, in milliseconds
+    /// (the original monlat's name, so its dashboards keep working).
+    pub latency: Family<LinkLabels, Gauge<f64, AtomicU64>>,
+}
+
+/// Labels of a node pair.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LinkLabels {
+    /// Measuring node.
+    pub from: String,
+    /// Measured node.
+    pub to: String,
 }
 
 impl GatewayMetrics {
@@ -80,7 +94,13 @@ impl GatewayMetrics {
             buffered: Family::default(),
             buffered_total: Family::default(),
             rejected: Family::default(),
+            latency: Family::default(),
         };
+        registry.register(
+            "latency_between_nodes",
+            "Round-trip time from this node's gateway to a peer gateway, in milliseconds",
+            m.latency.clone(),
+        );
         let r = registry.sub_registry_with_prefix("ikukantai_gateway");
         r.register(
             "requests",

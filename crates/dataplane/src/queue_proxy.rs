@@ -252,7 +252,7 @@ impl QueueProxyHandle {
     pub async fn drain(self) {
         let inner = &self.inner.0;
         inner.draining.store(true, Ordering::SeqCst);
-        let _ = inner.ready.send(false);
+        inner.ready.send_replace(false);
         self.prober.abort();
         while inner.stats.in_flight() > 0 {
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -300,13 +300,13 @@ async fn probe_loop(inner: Arc<InnerRef>) {
             ok_run += 1;
             fail_run = 0;
             if ok_run >= r.success_threshold && !*inner.ready.borrow() {
-                let _ = inner.ready.send(true);
+                inner.ready.send_replace(true);
             }
         } else {
             fail_run += 1;
             ok_run = 0;
             if fail_run >= r.failure_threshold && *inner.ready.borrow() {
-                let _ = inner.ready.send(false);
+                inner.ready.send_replace(false);
                 startup_pause = Duration::from_millis(1);
             }
         }
@@ -496,9 +496,13 @@ impl Handler for Admin {
         match req.uri().path() {
             "/metrics" => metrics_response(&self.0.0.registry),
             "/healthz" => Response::new(full("ok")),
-            other => {
-                error_response(StatusCode::NOT_FOUND, format!("no such admin path {other:?}; try /metrics"))
-            }
+            // Readiness for Kubernetes: the instance answers its probe and no drain started.
+            "/ready" if *self.0.0.ready.borrow() => Response::new(full("ready")),
+            "/ready" => error_response(StatusCode::SERVICE_UNAVAILABLE, "not ready"),
+            other => error_response(
+                StatusCode::NOT_FOUND,
+                format!("no such admin path {other:?}; try /metrics, /ready"),
+            ),
         }
     }
 }

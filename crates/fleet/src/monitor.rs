@@ -4,28 +4,15 @@
 //! `latency_between_nodes{from,to}` in milliseconds.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::Request;
-use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
-use ikukantai_dataplane::connect::NodeConnector;
+use ikukantai_dataplane::connect::{NodeConnector, probe_rtt};
 use ikukantai_dataplane::link::Link;
 
 use crate::fleet::Fleet;
 
-/// Measures once from `from` to `to`: the time of one request/response on an open connection.
+/// Measures once from a node to gateway `to` through `link`.
 async fn probe(fleet: &Fleet, link: &Link, to: usize) -> Option<f64> {
-    let addr = fleet.gateway(to).admin_addr();
-    let stream = NodeConnector::new(Some(link.clone())).connect(addr).await.ok()?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.ok()?;
-    tokio::spawn(conn);
-    let req = Request::get("/healthz").header("host", "monitor").body(Empty::<Bytes>::new()).ok()?;
-    let started = Instant::now();
-    let resp = tokio::time::timeout(Duration::from_secs(5), sender.send_request(req)).await.ok()?.ok()?;
-    let _ = resp.into_body().collect().await;
-    Some(started.elapsed().as_secs_f64() * 1e3)
+    probe_rtt(&NodeConnector::new(Some(link.clone())), fleet.gateway(to).admin_addr()).await
 }
 
 /// Probes every ordered pair of nodes every probe interval.

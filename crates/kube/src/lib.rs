@@ -8,5 +8,8 @@
 
 pub mod controller;
 pub mod crd;
+pub mod gateway;
+pub mod manager;
 pub mod pod;
+pub mod sidecar;
 pub mod wire;

@@ -1,3 +1,0 @@
-fn main() {
-    print!("{}", ikukantai_kube::crd::crds_yaml().unwrap());
-}

@@ -1,7 +1,9 @@
 //! The emulated link reproduces its configured round-trip time. This is the one timing-sensitive
-//! test of the data plane, kept in its own binary so nothing else runs beside it; it checks the
-//! median of 20 round trips (robust to a scheduling hiccup) and that no round trip is ever shorter
-//! than configured (that part does not depend on timing at all).
+//! test of the data plane, kept in its own binary so nothing else runs beside it. A busy machine
+//! only ever adds delay, so the fastest of 20 round trips measures the link itself: it must be
+//! within 1 ms of the configured RTT. No round trip may be shorter than configured (that part does
+//! not depend on timing at all). The median is printed, not asserted: on a loaded CI machine it
+//! drifts with the load, not with the link.
 
 use std::time::{Duration, Instant};
 
@@ -43,6 +45,10 @@ async fn measured_round_trip_is_within_a_millisecond_of_the_configured_rtt() {
     samples.sort();
     assert!(samples[0] >= rtt, "never faster than the link: {samples:?}");
     let median = samples[samples.len() / 2];
-    assert!(median <= rtt + Duration::from_millis(1), "median {median:?} for a {rtt:?} link: {samples:?}");
+    assert!(
+        samples[0] <= rtt + Duration::from_millis(1),
+        "fastest {:?} for a {rtt:?} link: {samples:?}",
+        samples[0]
+    );
     eprintln!("configured {rtt:?}, measured median {median:?}, min {:?}, max {:?}", samples[0], samples[19]);
 }

@@ -265,7 +265,10 @@ pub fn error_policy(ksvc: Arc<KnativeService>, error: &Error, _ctx: Arc<Context>
 
 struct NodeInfo {
     name: String,
-    schedulable: bool,
+    /// The node is Ready.
+    ready: bool,
+    /// `spec.unschedulable` (cordoned): instances there stay, no new ones go there.
+    cordoned: bool,
     capacity: u32,
 }
 
@@ -282,7 +285,7 @@ fn nodes(store: &Store<Node>, default_capacity: u32) -> Vec<NodeInfo> {
             let cordoned = n.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false);
             let capacity =
                 n.labels().get(CAPACITY_LABEL).and_then(|c| c.parse().ok()).unwrap_or(default_capacity);
-            NodeInfo { name: n.name_any(), schedulable: ready && !cordoned, capacity }
+            NodeInfo { name: n.name_any(), ready, cordoned, capacity }
         })
         .collect();
     out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -419,12 +422,15 @@ async fn apply(ksvc: &KnativeService, ctx: &Context) -> Result<Action, Error> {
                 ready += u32::from(pod_ready(p));
             }
             for (info, &i) in node_infos.iter().zip(&idx) {
-                if info.schedulable {
+                // A node that is not Ready takes nothing (its instances are replaced elsewhere);
+                // a cordoned one keeps what it has.
+                if info.ready {
                     let others = all_pods
                         .iter()
                         .filter(|p| pod_node(p).as_deref() == Some(info.name.as_str()) && !mine(p))
                         .count() as u32;
-                    room[i] = info.capacity.saturating_sub(others);
+                    let free = info.capacity.saturating_sub(others);
+                    room[i] = if info.cordoned { free.min(current[i]) } else { free };
                 }
             }
             let queue = settings.queue.clone().unwrap_or_else(|| config.policies.queue.clone());

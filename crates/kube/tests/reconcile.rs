@@ -485,6 +485,30 @@ async fn instances_on_a_node_that_is_gone_are_replaced_elsewhere() {
 }
 
 #[tokio::test]
+async fn a_cordoned_node_keeps_its_instances_and_gets_no_new_ones() {
+    let mut h = Harness::new(&["node1", "node2", "node3"]);
+    let svc = ksvc("Konnichiwa", &json!({"autoscaling.knative.dev/target": "10"}));
+    h.reconcile(&svc).await;
+    h.make_ready();
+    let (cordoned, pods) = h.pods_by_node().into_iter().next().unwrap();
+    let mut n = node(&cordoned);
+    n.spec = Some(k8s_openapi::api::core::v1::NodeSpec { unschedulable: Some(true), ..Default::default() });
+    h.nodes.apply_watcher_event(&watcher::Event::Apply(n));
+    let (_, calls) = h.reconcile(&svc).await;
+    assert!(calls.iter().all(|c| c.method != Method::DELETE), "{calls:#?}");
+
+    h.load(10, 30.0, &cordoned);
+    let (_, calls) = h.reconcile(&svc).await;
+    let created: Vec<&Call> = calls.iter().filter(|c| c.is(&Method::POST, PODS)).collect();
+    assert!(!created.is_empty(), "{calls:#?}");
+    assert!(
+        created.iter().all(|c| c.body["metadata"]["labels"]["ikukantai.dev/node"] != cordoned.as_str()),
+        "{created:#?}"
+    );
+    assert_eq!(h.pods_by_node()[&cordoned], pods, "the instance there stays");
+}
+
+#[tokio::test]
 async fn deleting_the_service_removes_its_pods_and_placements_then_the_finalizer() {
     let mut h = Harness::new(&["node1", "node2", "node3"]);
     let svc = ksvc("Konnichiwa", &json!({}));

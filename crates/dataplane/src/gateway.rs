@@ -207,6 +207,8 @@ struct InstanceState {
     authority: http::uri::Authority,
     in_flight: u32,
     service_ms: PeakEwma,
+    /// Send → response headers, as this gateway sees it (how long a slot stays taken).
+    held_ms: PeakEwma,
 }
 
 struct RevisionInner {
@@ -493,6 +495,7 @@ fn new_instance(shared: &Shared, i: &InstanceRoute) -> InstanceState {
         authority: authority(i.addr),
         in_flight: 0,
         service_ms: PeakEwma::new(Duration::from_secs(5)),
+        held_ms: PeakEwma::new(Duration::from_secs(5)),
     }
 }
 
@@ -519,7 +522,14 @@ fn fill_candidates(
             let in_transit = (f64::from(capacity) * rtt / service_ms.unwrap_or(1.0).max(1.0)).ceil();
             capacity.saturating_add(in_transit.min(f64::from(u32::MAX / 2)) as u32)
         };
-        Candidate { id: i.id, node: i.node, in_flight: i.in_flight, capacity, service_time_ms: service_ms }
+        Candidate {
+            id: i.id,
+            node: i.node,
+            in_flight: i.in_flight,
+            capacity,
+            service_time_ms: service_ms,
+            held_ms: i.held_ms.get(),
+        }
     }));
 }
 
@@ -952,8 +962,9 @@ fn feedback(
     let now = Instant::now();
     let mut inner = Shared::lock(&rev.inner);
     if !failed && let Some(i) = inner.instances.iter_mut().find(|x| x.id == picked.id) {
-        let ms = service_ms.unwrap_or(latency.as_secs_f64() * 1e3);
-        i.service_ms.observe(now.into_std(), ms);
+        let held = latency.as_secs_f64() * 1e3;
+        i.service_ms.observe(now.into_std(), service_ms.unwrap_or(held));
+        i.held_ms.observe(now.into_std(), held);
     }
     let done = Completion {
         id: picked.id,

@@ -41,6 +41,7 @@ fn bench_pick(c: &mut Criterion) {
                     in_flight: (i * 7 % 10) as u32,
                     capacity: 10,
                     service_time_ms: Some(3.0 + (i % 3) as f64),
+                    held_ms: Some(4.0 + (i % 3) as f64),
                 })
                 .collect();
             let mut balancer = (entry.build)(&PolicyParams::default());

@@ -14,7 +14,12 @@
 //!   is assumed to stretch linearly (processor sharing).
 //!
 //! When instances are full (containerConcurrency reached), waiting for one of them is an option
-//! too: the expected wait for the `queued + 1`-th slot to free is `(queued + 1) × service / slots`.
+//! too: the expected wait for the `queued + 1`-th slot to free is `(queued + 1) × held / slots`,
+//! where `held` is how long a slot stays taken as this gateway sees it (send to response:
+//! processing plus proxying, plus the link for a remote instance — whose slots the gateway counts
+//! by its bandwidth-delay product, so the ratio stays the instance's real throughput). Using the
+//! processing time alone here made the wait look shorter than it was once the machine was busy,
+//! and requests queued for a local slot long past the point where the trip was cheaper.
 //! If waiting and then being served there beats every instance with room, the balancer answers
 //! `None` and the gateway buffers the request. So traffic stays local while local is fastest, and
 //! spills over exactly when the local queue would cost more than the trip to another node. Ties
@@ -87,7 +92,7 @@ impl Balancer for ErtBalancer {
         // Best "wait for a full instance" option: its cost once a slot frees, and its slots.
         let mut full_cost = f64::INFINITY;
         let mut full_slots = 0u32;
-        let mut full_service = 0.0;
+        let mut full_held = 0.0;
         let mut full_count = 0u32;
         for k in 0..m {
             let i = (start + k) % m;
@@ -97,7 +102,7 @@ impl Balancer for ErtBalancer {
             if !c.has_room() {
                 full_cost = full_cost.min(rtt + service);
                 full_slots += c.capacity;
-                full_service += service;
+                full_held += c.held_ms.unwrap_or(rtt + service).max(service);
                 full_count += 1;
                 continue;
             }
@@ -116,8 +121,8 @@ impl Balancer for ErtBalancer {
         }
         let best = best?;
         if full_count > 0 {
-            let mean_service = full_service / f64::from(full_count);
-            let wait = f64::from(ctx.queued + 1) * mean_service / f64::from(full_slots.max(1));
+            let mean_held = full_held / f64::from(full_count);
+            let wait = f64::from(ctx.queued + 1) * mean_held / f64::from(full_slots.max(1));
             if full_cost + wait < best.cost {
                 return None;
             }

@@ -33,6 +33,10 @@ pub struct Candidate {
     pub capacity: u32,
     /// Recent estimate of the instance's processing time (milliseconds), if known.
     pub service_time_ms: Option<f64>,
+    /// Recent estimate of how long a request sent from this gateway holds one of the instance's
+    /// slots here, from sending to the response (milliseconds), if known: processing plus the
+    /// proxying overhead, plus the link for an instance on another node.
+    pub held_ms: Option<f64>,
 }
 
 impl Candidate {

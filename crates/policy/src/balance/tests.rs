@@ -6,7 +6,7 @@ use super::*;
 use crate::registry::{self, PolicyParams};
 
 pub(crate) fn cand(id: u64, node: usize, in_flight: u32, capacity: u32) -> Candidate {
-    Candidate { id, node, in_flight, capacity, service_time_ms: None }
+    Candidate { id, node, in_flight, capacity, service_time_ms: None, held_ms: None }
 }
 
 /// node0, node1 (cloud, 0.5 ms apart) and node2 (edge, 50 ms from both).
@@ -179,6 +179,23 @@ fn ert_waits_for_a_local_slot_while_the_queue_is_short_and_spills_when_it_is_lon
 }
 
 #[test]
+fn ert_counts_the_wait_in_how_long_slots_are_really_held() {
+    let rtt = edge_cloud();
+    let mut b = ErtBalancer::new(ErtParams::default());
+    // One local slot (cc 1), processing 4 ms; a cloud instance with room.
+    let mut local = cand(1, 2, 1, 1);
+    local.service_time_ms = Some(4.0);
+    let mut cloud = cand(2, 0, 0, 10);
+    cloud.service_time_ms = Some(4.0);
+    let mut c = ctx(&rtt, 2, Instant::now());
+    c.queued = 7;
+    assert_eq!(b.pick(&c, &[local, cloud]), None, "8 × 4 ms = 32 ms + 4 beats 54 ms");
+    // A busy machine: the gateway sees each local request hold its slot for 9 ms.
+    local.held_ms = Some(9.0);
+    assert_eq!(b.pick(&c, &[local, cloud]), Some(1), "8 × 9 ms = 72 ms: the trip is cheaper");
+}
+
+#[test]
 fn ert_spills_when_unlimited_instances_are_overloaded() {
     let rtt = edge_cloud();
     let mut b = ErtBalancer::new(ErtParams::default());
@@ -221,7 +238,7 @@ fn arb_candidates() -> impl Strategy<Value = (Vec<Candidate>, usize, u32)> {
             let one = (0usize..3, 0u32..14, prop::option::of(0.5f64..80.0)).prop_map(
                 move |(node, in_flight, st)| {
                     let in_flight = if capacity > 0 { in_flight.min(capacity) } else { in_flight };
-                    Candidate { id: 0, node, in_flight, capacity, service_time_ms: st }
+                    Candidate { id: 0, node, in_flight, capacity, service_time_ms: st, held_ms: None }
                 },
             );
             (prop::collection::vec(one, n), Just(origin), Just(queued))

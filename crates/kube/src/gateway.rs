@@ -155,22 +155,37 @@ pub fn routes(view: &ClusterView<'_>) -> Routes {
     routes
 }
 
-/// Pushes demand at zero to the controller (revision → service from the routes).
+/// Pushes demand at zero to the controller (revision → service from the routes), at most once a
+/// second per revision: every request buffered at zero reports demand, one push is enough.
 struct DemandPusher {
     pusher: Pusher,
     node: String,
     services: Arc<RwLock<HashMap<(String, String), String>>>,
+    last: std::sync::Mutex<HashMap<(String, String), std::time::Instant>>,
+}
+
+/// True (and remembered) if `key` was not seen in the last second.
+fn first_in_a_second(
+    last: &std::sync::Mutex<HashMap<(String, String), std::time::Instant>>,
+    key: &(String, String),
+    now: std::time::Instant,
+) -> bool {
+    let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
+    if last.get(key).is_some_and(|t| now.saturating_duration_since(*t) < Duration::from_secs(1)) {
+        return false;
+    }
+    last.insert(key.clone(), now);
+    true
 }
 
 impl GatewayEvents for DemandPusher {
     fn demand(&self, namespace: &str, revision: &str, _origin: usize) {
-        let service = self
-            .services
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&(namespace.to_owned(), revision.to_owned()))
-            .cloned()
-            .unwrap_or_default();
+        let key = (namespace.to_owned(), revision.to_owned());
+        if !first_in_a_second(&self.last, &key, std::time::Instant::now()) {
+            return;
+        }
+        let service =
+            self.services.read().unwrap_or_else(|e| e.into_inner()).get(&key).cloned().unwrap_or_default();
         let msg = Demand {
             namespace: namespace.into(),
             service,
@@ -226,6 +241,7 @@ pub async fn run(options: GatewayOptions) -> Result<(), GatewayError> {
         pusher: pusher.clone(),
         node: options.node.clone(),
         services: services_by_revision.clone(),
+        last: std::sync::Mutex::default(),
     });
     let gateway = Arc::new(
         Gateway::start(gateway_config, listen(options.listen).await?, listen(options.admin).await?, events)
@@ -389,6 +405,18 @@ mod tests {
             }))
             .unwrap(),
         )
+    }
+
+    #[test]
+    fn demand_is_pushed_once_a_second_per_revision() {
+        let last = std::sync::Mutex::default();
+        let t0 = std::time::Instant::now();
+        let a = ("default".to_owned(), "hello-00001".to_owned());
+        let b = ("default".to_owned(), "other-00001".to_owned());
+        assert!(first_in_a_second(&last, &a, t0));
+        assert!(!first_in_a_second(&last, &a, t0 + Duration::from_millis(900)));
+        assert!(first_in_a_second(&last, &b, t0 + Duration::from_millis(900)));
+        assert!(first_in_a_second(&last, &a, t0 + Duration::from_millis(1000)));
     }
 
     #[test]

@@ -26,32 +26,11 @@ use kube::{Api, Client, ResourceExt};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
+use crate::ProcessError;
 use crate::crd::{KnativeService, MANAGED_BY, MANAGED_BY_LABEL, Placement, REVISION_LABEL};
 use crate::manager::fleet_config;
 use crate::pod::QUEUE_PORT;
 use crate::wire::{DEMAND_PATH, Demand, GatewayReport, Pusher, REPORT_PATH, RevisionLoad};
-
-/// The gateway process failed.
-#[derive(Debug, thiserror::Error)]
-pub enum GatewayError {
-    /// No usable kube config.
-    #[error("kubernetes client: {0}")]
-    Client(#[from] kube::Error),
-    /// A listener.
-    #[error("listen on {addr}: {source}")]
-    Listen {
-        /// Address.
-        addr: SocketAddr,
-        /// Cause.
-        source: std::io::Error,
-    },
-    /// This gateway's node is not among the cluster's nodes.
-    #[error("node {0:?} is not a node of this cluster (set NODE_NAME from spec.nodeName)")]
-    UnknownNode(String),
-    /// Nodes joined the cluster; the gateway exits so the DaemonSet restarts it with the new set.
-    #[error("the cluster's nodes changed ({0}); restarting to index them")]
-    NodesChanged(String),
-}
 
 /// Options of `ikukantai gateway`.
 #[derive(Debug, Clone)]
@@ -202,7 +181,7 @@ impl GatewayEvents for DemandPusher {
 }
 
 /// Runs the gateway until SIGTERM/Ctrl-C.
-pub async fn run(options: GatewayOptions) -> Result<(), GatewayError> {
+pub async fn run(options: GatewayOptions) -> Result<(), ProcessError> {
     let client = Client::try_default().await?;
     let mut nodes: Vec<String> = Api::<Node>::all(client.clone())
         .list(&Default::default())
@@ -215,7 +194,7 @@ pub async fn run(options: GatewayOptions) -> Result<(), GatewayError> {
     let me = nodes
         .iter()
         .position(|n| *n == options.node)
-        .ok_or_else(|| GatewayError::UnknownNode(options.node.clone()))?;
+        .ok_or_else(|| ProcessError::UnknownNode(options.node.clone()))?;
     let configs_api = Api::<ConfigMap>::namespaced(client.clone(), &options.system_namespace);
     let initial: Vec<ConfigMap> = configs_api.list(&Default::default()).await?.items;
     let config = fleet_config(&initial).unwrap_or_else(|message| {
@@ -233,7 +212,7 @@ pub async fn run(options: GatewayOptions) -> Result<(), GatewayError> {
         ..GatewayConfig::single(&options.node)
     };
     let listen = |addr: SocketAddr| async move {
-        TcpListener::bind(addr).await.map_err(|source| GatewayError::Listen { addr, source })
+        TcpListener::bind(addr).await.map_err(|source| ProcessError::Listen { addr, source })
     };
     let services_by_revision: Arc<RwLock<HashMap<(String, String), String>>> = Arc::default();
     let pusher = Pusher::new(&options.controller_url);
@@ -245,7 +224,7 @@ pub async fn run(options: GatewayOptions) -> Result<(), GatewayError> {
     });
     let gateway = Arc::new(
         Gateway::start(gateway_config, listen(options.listen).await?, listen(options.admin).await?, events)
-            .map_err(|source| GatewayError::Listen { addr: options.listen, source })?,
+            .map_err(|source| ProcessError::Listen { addr: options.listen, source })?,
     );
     tracing::info!(node = %options.node, addr = %gateway.addr(), admin = %gateway.admin_addr(), "gateway serving");
 
@@ -340,7 +319,7 @@ pub async fn run(options: GatewayOptions) -> Result<(), GatewayError> {
             changed.notified().await;
             let current: Vec<String> = node_store.state().iter().map(|n| n.name_any()).collect();
             if let Some(new) = current.iter().find(|n| !nodes.contains(n)) {
-                return GatewayError::NodesChanged(format!("{new} joined"));
+                return ProcessError::NodesChanged(format!("{new} joined"));
             }
             let config = fleet_config(&cm_store.state().iter().map(|c| (**c).clone()).collect::<Vec<_>>())
                 .unwrap_or_else(|message| {

@@ -13,3 +13,27 @@ pub mod manager;
 pub mod pod;
 pub mod sidecar;
 pub mod wire;
+
+use std::net::SocketAddr;
+
+/// The controller or a gateway process failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    /// No usable kube config (in-cluster or `~/.kube/config`), or the API server refused.
+    #[error("kubernetes client: {0}")]
+    Client(#[from] kube::Error),
+    /// A listener could not be opened.
+    #[error("listen on {addr}: {source}")]
+    Listen {
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The gateway's node is not among the cluster's nodes.
+    #[error("node {0:?} is not a node of this cluster (set NODE_NAME from spec.nodeName)")]
+    UnknownNode(String),
+    /// Nodes joined the cluster; the gateway exits so the DaemonSet restarts it with the new set.
+    #[error("the cluster's nodes changed ({0}); restarting to index them")]
+    NodesChanged(String),
+}

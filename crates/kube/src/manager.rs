@@ -20,25 +20,10 @@ use kube::{Api, Client, ResourceExt};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
+use crate::ProcessError;
 use crate::controller::{Context, Settings, Stores, SystemClock, error_policy, reconcile};
 use crate::crd::{KnativeService, MANAGED_BY, MANAGED_BY_LABEL, Placement};
 use crate::wire::{DEMAND_PATH, Demand, GatewayReport, InstanceStats, REPORT_PATH, STATS_PATH};
-
-/// The controller process failed to start.
-#[derive(Debug, thiserror::Error)]
-pub enum ManagerError {
-    /// No usable kube config (in-cluster or `~/.kube/config`).
-    #[error("kubernetes client: {0}")]
-    Client(#[from] kube::Error),
-    /// The inbox listener.
-    #[error("listen on {addr}: {source}")]
-    Listen {
-        /// Address.
-        addr: SocketAddr,
-        /// Cause.
-        source: std::io::Error,
-    },
-}
 
 /// Options of `ikukantai controller`.
 #[derive(Debug, Clone)]
@@ -116,7 +101,7 @@ pub fn fleet_config(maps: &[ConfigMap]) -> Result<FleetConfig, String> {
 }
 
 /// Runs the controller until SIGTERM/Ctrl-C.
-pub async fn run(options: ManagerOptions) -> Result<(), ManagerError> {
+pub async fn run(options: ManagerOptions) -> Result<(), ProcessError> {
     let client = Client::try_default().await?;
     let mut settings = options.settings.clone();
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
@@ -165,7 +150,7 @@ pub async fn run(options: ManagerOptions) -> Result<(), ManagerError> {
 
     let listener = TcpListener::bind(options.listen)
         .await
-        .map_err(|source| ManagerError::Listen { addr: options.listen, source })?;
+        .map_err(|source| ProcessError::Listen { addr: options.listen, source })?;
     let (demand_tx, demand_rx) = mpsc::unbounded_channel();
     let inbox_ctx = ctx.clone();
     tokio::spawn(async move {

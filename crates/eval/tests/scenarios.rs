@@ -1,0 +1,21 @@
+//! Every scenario shipped in `bench/` parses, and the documented ones are there.
+
+use ikukantai_eval::scenario::Scenario;
+
+#[test]
+fn shipped_scenarios_parse() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../bench");
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            let s = Scenario::parse(&path.display().to_string(), &text).unwrap_or_else(|e| panic!("{e}"));
+            names.push(s.name.clone());
+        }
+    }
+    names.sort();
+    for expected in ["multi-edge", "overload", "paper", "paper-100ms"] {
+        assert!(names.iter().any(|n| n == expected), "{names:?}");
+    }
+}

@@ -20,7 +20,7 @@ use ikukantai_policy::autoscaler::{ScalingSpec, TickInputs};
 use ikukantai_policy::estimate::RttMatrix;
 use ikukantai_policy::registry::{self, PolicyParams};
 use ikukantai_policy::scaler::{RevisionScaler, ScaleInputs};
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Node, Pod, Taint};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
@@ -269,7 +269,30 @@ struct NodeInfo {
     ready: bool,
     /// `spec.unschedulable` (cordoned): instances there stay, no new ones go there.
     cordoned: bool,
+    /// Taints that keep Pods off (`NoSchedule`, `NoExecute`): only revisions tolerating them go there.
+    taints: Vec<Taint>,
     capacity: u32,
+}
+
+/// Whether `tolerations` (a revision's pass-through `spec.tolerations`) tolerate every taint, the
+/// way the scheduler matches them: an empty key with `Exists` tolerates everything; otherwise the
+/// keys match and, for `Equal` (the default), the values; an empty effect matches every effect.
+fn tolerates(tolerations: Option<&serde_json::Value>, taints: &[Taint]) -> bool {
+    let list: Vec<&serde_json::Value> =
+        tolerations.and_then(|t| t.as_array()).map(|a| a.iter().collect()).unwrap_or_default();
+    let field =
+        |t: &serde_json::Value, k: &str| t.get(k).and_then(|v| v.as_str()).unwrap_or_default().to_owned();
+    taints.iter().all(|taint| {
+        list.iter().any(|t| {
+            let (key, op, value, effect) =
+                (field(t, "key"), field(t, "operator"), field(t, "value"), field(t, "effect"));
+            let exists = op == "Exists";
+            let key_ok = (key.is_empty() && exists) || key == taint.key;
+            let value_ok = exists || value == taint.value.clone().unwrap_or_default();
+            let effect_ok = effect.is_empty() || effect == taint.effect;
+            key_ok && value_ok && effect_ok
+        })
+    })
 }
 
 fn nodes(store: &Store<Node>, default_capacity: u32) -> Vec<NodeInfo> {
@@ -285,7 +308,15 @@ fn nodes(store: &Store<Node>, default_capacity: u32) -> Vec<NodeInfo> {
             let cordoned = n.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false);
             let capacity =
                 n.labels().get(CAPACITY_LABEL).and_then(|c| c.parse().ok()).unwrap_or(default_capacity);
-            NodeInfo { name: n.name_any(), ready, cordoned, capacity }
+            let taints = n
+                .spec
+                .as_ref()
+                .and_then(|s| s.taints.clone())
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
+                .collect();
+            NodeInfo { name: n.name_any(), ready, cordoned, taints, capacity }
         })
         .collect();
     out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -423,14 +454,17 @@ async fn apply(ksvc: &KnativeService, ctx: &Context) -> Result<Action, Error> {
             }
             for (info, &i) in node_infos.iter().zip(&idx) {
                 // A node that is not Ready takes nothing (its instances are replaced elsewhere);
-                // a cordoned one keeps what it has.
+                // a cordoned one, or one whose taints the revision does not tolerate, keeps what
+                // it has and gets nothing new.
                 if info.ready {
                     let others = all_pods
                         .iter()
                         .filter(|p| pod_node(p).as_deref() == Some(info.name.as_str()) && !mine(p))
                         .count() as u32;
                     let free = info.capacity.saturating_sub(others);
-                    room[i] = if info.cordoned { free.min(current[i]) } else { free };
+                    let closed =
+                        info.cordoned || !tolerates(revision.spec.tolerations.as_ref(), &info.taints);
+                    room[i] = if closed { free.min(current[i]) } else { free };
                 }
             }
             let queue = settings.queue.clone().unwrap_or_else(|| config.policies.queue.clone());

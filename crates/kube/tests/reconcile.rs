@@ -509,6 +509,47 @@ async fn a_cordoned_node_keeps_its_instances_and_gets_no_new_ones() {
 }
 
 #[tokio::test]
+async fn tainted_nodes_get_instances_only_of_revisions_that_tolerate_them() {
+    let mut h = Harness::new(&["node1", "node2", "node3"]);
+    let mut master = node("node1");
+    master.spec = Some(
+        serde_json::from_value(
+            json!({"taints": [{"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}]}),
+        )
+        .unwrap(),
+    );
+    h.nodes.apply_watcher_event(&watcher::Event::Apply(master));
+    // Demand at node1 only: a revision that does not tolerate the taint is placed elsewhere.
+    let svc = ksvc("Konnichiwa", &json!({"autoscaling.knative.dev/target": "10"}));
+    h.reconcile(&svc).await;
+    h.make_ready();
+    h.load(10, 30.0, "node1");
+    h.reconcile(&svc).await;
+    let pods = h.pods_by_node();
+    assert!(!pods.contains_key("node1"), "{pods:?}");
+    assert!(pods.values().map(Vec::len).sum::<usize>() >= 2, "{pods:?}");
+
+    // One that tolerates it may go there.
+    let mut h = Harness::new(&["node1", "node2", "node3"]);
+    let mut master = node("node1");
+    master.spec = Some(
+        serde_json::from_value(
+            json!({"taints": [{"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}]}),
+        )
+        .unwrap(),
+    );
+    h.nodes.apply_watcher_event(&watcher::Event::Apply(master));
+    let mut svc = ksvc("Konnichiwa", &json!({"autoscaling.knative.dev/target": "10"}));
+    svc.spec.inner.template.spec.tolerations =
+        Some(json!([{"key": "node-role.kubernetes.io/control-plane", "operator": "Exists"}]));
+    h.reconcile(&svc).await;
+    h.make_ready();
+    h.load(10, 30.0, "node1");
+    h.reconcile(&svc).await;
+    assert!(h.pods_by_node().contains_key("node1"), "{:?}", h.pods_by_node());
+}
+
+#[tokio::test]
 async fn deleting_the_service_removes_its_pods_and_placements_then_the_finalizer() {
     let mut h = Harness::new(&["node1", "node2", "node3"]);
     let svc = ksvc("Konnichiwa", &json!({}));

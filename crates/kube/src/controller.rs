@@ -337,6 +337,15 @@ fn pod_ready(p: &Pod) -> bool {
 /// Why a Pod cannot run, if it cannot (image pull errors, crash loops, unschedulable).
 fn pod_problem(p: &Pod) -> Option<String> {
     let status = p.status.as_ref()?;
+    if let Some(c) = status.conditions.iter().flatten().find(|c| {
+        c.type_ == "PodScheduled" && c.status == "False" && c.reason.as_deref() == Some("Unschedulable")
+    }) {
+        return Some(format!(
+            "{}: Unschedulable: {}",
+            p.name_any(),
+            c.message.as_deref().unwrap_or_default()
+        ));
+    }
     for cs in status.container_statuses.iter().flatten() {
         if let Some(w) = cs.state.as_ref().and_then(|s| s.waiting.as_ref()) {
             let reason = w.reason.as_deref().unwrap_or_default();

@@ -397,6 +397,26 @@ async fn create_applies_a_placement_creates_the_pod_and_reports_status() {
     let summary = h.placement("hello-00001")["status"]["summary"].as_str().unwrap().to_owned();
     let (ready_row, desired_row) = summary.split_once('/').unwrap();
     assert_eq!(ready_row, desired_row, "{summary}");
+    // A Pod the node cannot fit says so in the Service's status.
+    {
+        let mut objects = h.objects.lock().unwrap();
+        let pod = objects.iter_mut().find(|(k, _)| k.starts_with(PODS)).unwrap().1;
+        pod["status"] = json!({"conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                                               "message": "0/3 nodes are available: 1 Insufficient cpu."}]});
+    }
+    h.sync();
+    h.reconcile(&svc).await;
+    let ready = h.ksvc_status()["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .cloned()
+        .unwrap();
+    assert_eq!(ready["reason"], "RevisionFailed", "{ready}");
+    assert!(ready["message"].as_str().unwrap().contains("Unschedulable: 0/3 nodes are available"), "{ready}");
+    h.make_ready();
+    h.reconcile(&svc).await;
     let mut svc2 = svc.clone();
     svc2.status = serde_json::from_value(h.ksvc_status()).unwrap();
     let (_, calls) = h.reconcile(&svc2).await;

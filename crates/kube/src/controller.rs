@@ -27,6 +27,10 @@ use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event as Finalized, finalizer};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 use serde_json::json;
 
 use crate::crd::{
@@ -127,6 +131,46 @@ impl ControlState {
     }
 }
 
+/// Labels of a revision's controller metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct RevisionLabels {
+    namespace: String,
+    revision: String,
+}
+
+/// Labels of a reconcile outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct OutcomeLabels {
+    result: String,
+}
+
+type GaugeF = prometheus_client::metrics::gauge::Gauge<f64, std::sync::atomic::AtomicU64>;
+
+/// What the controller exports at the inbox's `/metrics`.
+#[derive(Debug, Default)]
+struct ControllerMetrics {
+    desired: Family<RevisionLabels, Gauge>,
+    ready: Family<RevisionLabels, Gauge>,
+    stable: Family<RevisionLabels, GaugeF>,
+    panic: Family<RevisionLabels, Gauge>,
+    reconciles: Family<OutcomeLabels, Counter>,
+}
+
+impl ControllerMetrics {
+    fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("ikukantai_controller");
+        r.register("desired_instances", "Instances the autoscaler and placement want", self.desired.clone());
+        r.register("ready_instances", "Ready instance Pods", self.ready.clone());
+        r.register(
+            "observed_stable_concurrency",
+            "Stable-window average concurrency the autoscaler saw",
+            self.stable.clone(),
+        );
+        r.register("panic_mode", "1 while the autoscaler is in panic mode", self.panic.clone());
+        r.register("reconciles", "Reconciles of Knative Services, by result", self.reconciles.clone());
+    }
+}
+
 /// Everything a reconcile needs.
 pub struct Context {
     client: Client,
@@ -136,6 +180,8 @@ pub struct Context {
     settings: Settings,
     clock: Arc<dyn Clock>,
     started: Instant,
+    metrics: ControllerMetrics,
+    registry: Registry,
 }
 
 impl std::fmt::Debug for Context {
@@ -158,6 +204,9 @@ impl Context {
         clock: Arc<dyn Clock>,
     ) -> Self {
         let started = clock.now();
+        let metrics = ControllerMetrics::default();
+        let mut registry = Registry::default();
+        metrics.register(&mut registry);
         Self {
             client,
             stores,
@@ -166,7 +215,14 @@ impl Context {
             settings,
             clock,
             started,
+            metrics,
+            registry,
         }
+    }
+
+    /// The controller's metrics in the Prometheus text format.
+    pub fn metrics_text(&self) -> String {
+        ikukantai_dataplane::metrics::render(&self.registry)
     }
 
     /// The fleet configuration now.
@@ -246,14 +302,17 @@ pub fn to_local(ksvc: &KnativeService, config: &FleetConfig) -> Result<Service, 
 pub async fn reconcile(ksvc: Arc<KnativeService>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ns = ksvc.namespace().unwrap_or_else(|| "default".into());
     let api: Api<KnativeService> = Api::namespaced(ctx.client.clone(), &ns);
-    finalizer(&api, FINALIZER, ksvc, |event| async {
+    let result = finalizer(&api, FINALIZER, ksvc, |event| async {
         match event {
             Finalized::Apply(s) => apply(&s, &ctx).await,
             Finalized::Cleanup(s) => cleanup(&s, &ctx).await,
         }
     })
     .await
-    .map_err(|e| Error::Finalizer(Box::new(e)))
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    let outcome = if result.is_ok() { "ok" } else { "error" };
+    ctx.metrics.reconciles.get_or_create(&OutcomeLabels { result: outcome.into() }).inc();
+    result
 }
 
 /// Retry soon after a failure.
@@ -510,6 +569,12 @@ async fn apply(ksvc: &KnativeService, ctx: &Context) -> Result<Action, Error> {
                 },
             );
             tracing::debug!(revision = %rev, desired = decision.desired, ready, ?per_node, "autoscaler decision");
+            let labels = RevisionLabels { namespace: ns.clone(), revision: rev.clone() };
+            let m = &ctx.metrics;
+            m.desired.get_or_create(&labels).set(i64::from(per_node.iter().sum::<u32>()));
+            m.ready.get_or_create(&labels).set(i64::from(ready));
+            m.stable.get_or_create(&labels).set(decision.observed_stable);
+            m.panic.get_or_create(&labels).set(i64::from(decision.panicking));
             let desired =
                 node_infos.iter().zip(&idx).map(|(info, &i)| (info.name.clone(), per_node[i])).collect();
             plans.push(Plan { revision: revision.clone(), placement: placement.clone(), desired, queue });

@@ -42,7 +42,7 @@ struct Inbox {
     demand: mpsc::UnboundedSender<ObjectRef<KnativeService>>,
 }
 
-/// The inbox: `POST /v1/stats`, `/v1/report`, `/v1/demand`; `GET /healthz`.
+/// The inbox: `POST /v1/stats`, `/v1/report`, `/v1/demand`; `GET /healthz`, `/metrics`.
 fn inbox(ctx: Arc<Context>, demand: mpsc::UnboundedSender<ObjectRef<KnativeService>>) -> Router {
     Router::new()
         .route(
@@ -68,6 +68,18 @@ fn inbox(ctx: Arc<Context>, demand: mpsc::UnboundedSender<ObjectRef<KnativeServi
             }),
         )
         .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/metrics",
+            get(|State(i): State<Inbox>| async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    i.ctx.metrics_text(),
+                )
+            }),
+        )
         .with_state(Inbox { ctx, demand })
 }
 

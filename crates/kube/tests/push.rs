@@ -140,6 +140,7 @@ async fn the_inbox_takes_stats_reports_and_demand() {
         "the Service is reconciled at once"
     );
 
+    assert_eq!(get_status(&format!("http://{addr}/metrics")).await, 200);
     let report = GatewayReport {
         node: "node3".into(),
         revisions: vec![],

@@ -443,6 +443,13 @@ async fn load_entering_at_a_node_scales_up_there_and_back_down_when_it_stops() {
     );
     let placed = h.placement("hello-00001")["spec"]["nodes"].clone();
     assert!(placed["node3"].as_u64().unwrap() >= 2, "{placed}");
+    let metrics = h.ctx.metrics_text();
+    let desired = format!(
+        "ikukantai_controller_desired_instances{{namespace=\"default\",revision=\"hello-00001\"}} {}",
+        total(&placed)
+    );
+    assert!(metrics.contains(&desired), "{metrics}");
+    assert!(metrics.contains("ikukantai_controller_reconciles_total{result=\"ok\"} 2"), "{metrics}");
     h.make_ready();
 
     // Load stops: the revision scales down step by step (at most halving per tick, as the

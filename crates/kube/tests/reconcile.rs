@@ -149,6 +149,18 @@ struct Harness {
     placements: Writer<Placement>,
 }
 
+/// Re-lists a store from the objects under `prefix`, as a restarted watch would.
+fn relist<K>(writer: &mut Writer<K>, objects: &BTreeMap<String, Value>, prefix: &str)
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + 'static,
+{
+    writer.apply_watcher_event(&watcher::Event::Init);
+    for (_, v) in objects.iter().filter(|(k, _)| k.starts_with(prefix)) {
+        writer.apply_watcher_event(&watcher::Event::InitApply(serde_json::from_value(v.clone()).unwrap()));
+    }
+    writer.apply_watcher_event(&watcher::Event::InitDone);
+}
+
 fn node(name: &str) -> Node {
     serde_json::from_value(json!({
         "metadata": {"name": name},
@@ -250,26 +262,8 @@ impl Harness {
 
     fn sync(&mut self) {
         let objects = self.objects.lock().unwrap();
-        let pods: Vec<Pod> = objects
-            .iter()
-            .filter(|(k, _)| k.starts_with(PODS))
-            .map(|(_, v)| serde_json::from_value(v.clone()).unwrap())
-            .collect();
-        self.pods.apply_watcher_event(&watcher::Event::Init);
-        for p in pods {
-            self.pods.apply_watcher_event(&watcher::Event::InitApply(p));
-        }
-        self.pods.apply_watcher_event(&watcher::Event::InitDone);
-        let placements: Vec<Placement> = objects
-            .iter()
-            .filter(|(k, _)| k.starts_with(PLACEMENTS))
-            .map(|(_, v)| serde_json::from_value(v.clone()).unwrap())
-            .collect();
-        self.placements.apply_watcher_event(&watcher::Event::Init);
-        for p in placements {
-            self.placements.apply_watcher_event(&watcher::Event::InitApply(p));
-        }
-        self.placements.apply_watcher_event(&watcher::Event::InitDone);
+        relist(&mut self.pods, &objects, PODS);
+        relist(&mut self.placements, &objects, PLACEMENTS);
     }
 
     /// Marks every Pod ready (the kubelet and queue proxy would).
@@ -298,6 +292,11 @@ impl Harness {
 
     fn placement(&self, name: &str) -> Value {
         self.objects.lock().unwrap()[&format!("{PLACEMENTS}/{name}")].clone()
+    }
+
+    fn ready_condition(&self) -> Value {
+        let status = self.ksvc_status();
+        status["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Ready").cloned().unwrap()
     }
 
     fn ksvc_status(&self) -> Value {
@@ -385,13 +384,7 @@ async fn create_applies_a_placement_creates_the_pod_and_reports_status() {
     h.make_ready();
     let (_, calls) = h.reconcile(&svc).await;
     assert!(calls.iter().all(|c| c.path.ends_with("/status")), "{calls:#?}");
-    let ready = h.ksvc_status()["conditions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["type"] == "Ready")
-        .cloned()
-        .unwrap();
+    let ready = h.ready_condition();
     assert_eq!(ready["status"], "True", "{ready}");
     assert_eq!(h.ksvc_status()["latestReadyRevisionName"], "hello-00001");
     let summary = h.placement("hello-00001")["status"]["summary"].as_str().unwrap().to_owned();
@@ -406,13 +399,7 @@ async fn create_applies_a_placement_creates_the_pod_and_reports_status() {
     }
     h.sync();
     h.reconcile(&svc).await;
-    let ready = h.ksvc_status()["conditions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["type"] == "Ready")
-        .cloned()
-        .unwrap();
+    let ready = h.ready_condition();
     assert_eq!(ready["reason"], "RevisionFailed", "{ready}");
     assert!(ready["message"].as_str().unwrap().contains("Unschedulable: 0/3 nodes are available"), "{ready}");
     h.make_ready();
@@ -535,17 +522,19 @@ async fn a_cordoned_node_keeps_its_instances_and_gets_no_new_ones() {
     assert_eq!(h.pods_by_node()[&cordoned], pods, "the instance there stays");
 }
 
-#[tokio::test]
-async fn tainted_nodes_get_instances_only_of_revisions_that_tolerate_them() {
+/// Three nodes, node1 tainted like a control-plane node.
+fn tainted_node1() -> Harness {
     let mut h = Harness::new(&["node1", "node2", "node3"]);
     let mut master = node("node1");
-    master.spec = Some(
-        serde_json::from_value(
-            json!({"taints": [{"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}]}),
-        )
-        .unwrap(),
-    );
+    let taint = json!({"taints": [{"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}]});
+    master.spec = Some(serde_json::from_value(taint).unwrap());
     h.nodes.apply_watcher_event(&watcher::Event::Apply(master));
+    h
+}
+
+#[tokio::test]
+async fn tainted_nodes_get_instances_only_of_revisions_that_tolerate_them() {
+    let mut h = tainted_node1();
     // Demand at node1 only: a revision that does not tolerate the taint is placed elsewhere.
     let svc = ksvc("Konnichiwa", &json!({"autoscaling.knative.dev/target": "10"}));
     h.reconcile(&svc).await;
@@ -557,15 +546,7 @@ async fn tainted_nodes_get_instances_only_of_revisions_that_tolerate_them() {
     assert!(pods.values().map(Vec::len).sum::<usize>() >= 2, "{pods:?}");
 
     // One that tolerates it may go there.
-    let mut h = Harness::new(&["node1", "node2", "node3"]);
-    let mut master = node("node1");
-    master.spec = Some(
-        serde_json::from_value(
-            json!({"taints": [{"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}]}),
-        )
-        .unwrap(),
-    );
-    h.nodes.apply_watcher_event(&watcher::Event::Apply(master));
+    let mut h = tainted_node1();
     let mut svc = ksvc("Konnichiwa", &json!({"autoscaling.knative.dev/target": "10"}));
     svc.spec.inner.template.spec.tolerations =
         Some(json!([{"key": "node-role.kubernetes.io/control-plane", "operator": "Exists"}]));

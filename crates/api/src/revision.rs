@@ -81,8 +81,12 @@ fn user_labels(labels: &BTreeMap<String, String>) -> BTreeMap<String, String> {
 impl Revision {
     /// The revision of `svc`'s current template at configuration generation `generation`.
     pub fn from_template(svc: &Service, generation: u64) -> Self {
-        let template = &svc.spec.template;
-        let service = svc.metadata.name();
+        Self::new(svc.metadata.name(), svc.metadata.namespace(), &svc.spec.template, generation)
+    }
+
+    /// The revision of `template`, cut from Service `service` in `namespace` at configuration
+    /// generation `generation`.
+    pub fn new(service: &str, namespace: &str, template: &RevisionTemplate, generation: u64) -> Self {
         let mut labels = user_labels(&template.metadata.labels);
         labels.insert(SERVICE_LABEL.into(), service.into());
         labels.insert(CONFIGURATION_LABEL.into(), service.into());
@@ -92,7 +96,7 @@ impl Revision {
             kind: "Revision".into(),
             metadata: ObjectMeta {
                 name: Some(revision_name(service, template, generation)),
-                namespace: Some(svc.metadata.namespace().into()),
+                namespace: Some(namespace.into()),
                 labels,
                 annotations: template.metadata.annotations.clone(),
                 generation: Some(1),

@@ -71,7 +71,6 @@ struct RevisionRecord {
     queue: String,
     desired: Vec<u32>,
     ever_ready: bool,
-    spec: ScalingSpec,
 }
 
 struct ServiceRecord {
@@ -263,12 +262,11 @@ impl Fleet {
         let placement =
             registry::placement(&placement_name, &params).map_err(|e| FleetError::Invalid(e.to_string()))?;
         Ok(RevisionRecord {
-            scaler: RevisionScaler::new(spec.clone(), placement, Instant::now(), 0),
+            scaler: RevisionScaler::new(spec, placement, Instant::now(), 0),
             balancer: settings.balancer.clone().unwrap_or_else(|| config.policies.balancer.clone()),
             queue: settings.queue.clone().unwrap_or_else(|| config.policies.queue.clone()),
             desired: vec![0; self.options.topology.nodes.len()],
             ever_ready: false,
-            spec,
             settings,
             revision,
         })
@@ -868,7 +866,7 @@ impl Fleet {
                     service: s.service.metadata.name().to_owned(),
                     revision: name,
                     container_concurrency: r.revision.spec.container_concurrency(),
-                    target_concurrency: r.spec.target,
+                    target_concurrency: r.scaler.autoscaler.spec().target,
                     timeout: Duration::from_secs(r.revision.spec.timeout_seconds()),
                     balancer: r.balancer.clone(),
                     queue: r.queue.clone(),

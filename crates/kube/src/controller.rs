@@ -37,7 +37,7 @@ use crate::crd::{
     CAPACITY_LABEL, FIELD_MANAGER, KnativeService, MANAGED_BY, MANAGED_BY_LABEL, NODE_LABEL, Placement,
     PlacementSpec, PlacementStatus, summary,
 };
-use crate::pod::{INDEX_LABEL, PodParams, build_pod};
+use crate::pod::{INDEX_LABEL, PodParams, build_pod, pod_ready, revision_labels};
 use crate::wire::{Demand, GatewayReport, InstanceStats};
 
 /// Finalizer on Knative Services: their Pods are drained and their scaling state dropped first.
@@ -386,13 +386,6 @@ fn pod_node(p: &Pod) -> Option<String> {
     p.spec.as_ref().and_then(|s| s.node_name.clone()).or_else(|| p.labels().get(NODE_LABEL).cloned())
 }
 
-fn pod_ready(p: &Pod) -> bool {
-    p.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
 /// Why a Pod cannot run, if it cannot (image pull errors, crash loops, unschedulable).
 fn pod_problem(p: &Pod) -> Option<String> {
     let status = p.status.as_ref()?;
@@ -590,7 +583,7 @@ async fn apply(ksvc: &KnativeService, ctx: &Context) -> Result<Action, Error> {
             .iter()
             .filter(|p| rev_of(p) == Some(plan.revision.name()) && p.namespace().as_deref() == Some(&ns))
             .collect();
-        converge_pods(&name, plan, &pods, owner, ctx).await?;
+        converge_pods(&name, plan, &pods, owner, &config.kubernetes.queue_proxy_image, ctx).await?;
         if plans.last().is_some_and(|l| l.revision.name() == plan.revision.name()) {
             failing.extend(pods.iter().filter_map(|p| pod_problem(p)));
         }
@@ -636,38 +629,20 @@ async fn ensure_placement(
     plan: &Plan,
     ctx: &Context,
 ) -> Result<Arc<Placement>, Error> {
-    let ns = ksvc.namespace().unwrap_or_else(|| "default".into());
-    let service = ksvc.name_any();
     let revision = &plan.revision;
-    let template = ikukantai_api::service::RevisionTemplate {
-        metadata: ObjectMeta {
-            name: ksvc.spec.inner.template.metadata.name.clone().filter(|n| n == revision.name()),
-            labels: revision
-                .metadata
-                .labels
-                .iter()
-                .filter(|(k, _)| !k.starts_with("serving.knative.dev/"))
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-            annotations: revision.metadata.annotations.clone(),
-            ..ObjectMeta::default()
+    // An existing revision keeps its frozen template; only the node counts change. A new one
+    // freezes the Service's current template (the one `next_revision` was cut from).
+    let spec = match &plan.placement {
+        Some(p) if p.spec.nodes == plan.desired => return Ok(p.clone()),
+        Some(p) => PlacementSpec { nodes: plan.desired.clone(), ..p.spec.clone() },
+        None => PlacementSpec {
+            service: ksvc.name_any(),
+            generation: revision.configuration_generation(),
+            template: ksvc.spec.inner.template.clone(),
+            nodes: plan.desired.clone(),
         },
-        spec: revision.spec.clone(),
     };
-    let spec = PlacementSpec {
-        service: service.clone(),
-        generation: revision.configuration_generation(),
-        template,
-        nodes: plan.desired.clone(),
-    };
-    if let Some(p) = &plan.placement
-        && p.spec.nodes == spec.nodes
-    {
-        return Ok(p.clone());
-    }
-    let mut labels = revision.metadata.labels.clone();
-    labels.insert(crate::crd::REVISION_LABEL.into(), revision.name().to_owned());
-    labels.insert(MANAGED_BY_LABEL.into(), MANAGED_BY.into());
+    let ns = revision.metadata.namespace();
     let owner = ksvc.controller_owner_ref(&()).expect("services have a name");
     let body = json!({
         "apiVersion": "ikukantai.dev/v1alpha1",
@@ -675,16 +650,12 @@ async fn ensure_placement(
         "metadata": {
             "name": revision.name(),
             "namespace": ns,
-            "labels": labels,
+            "labels": revision_labels(revision),
             "ownerReferences": [owner],
         },
-        // An existing revision keeps its frozen template; only the node counts change.
-        "spec": match &plan.placement {
-            Some(p) => json!({ "service": p.spec.service, "generation": p.spec.generation, "template": p.spec.template, "nodes": spec.nodes }),
-            None => json!(spec),
-        },
+        "spec": spec,
     });
-    let api: Api<Placement> = Api::namespaced(ctx.client.clone(), &ns);
+    let api: Api<Placement> = Api::namespaced(ctx.client.clone(), ns);
     let applied =
         api.patch(revision.name(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(body)).await?;
     Ok(Arc::new(applied))
@@ -697,6 +668,7 @@ async fn converge_pods(
     plan: &Plan,
     pods: &[&Arc<Pod>],
     owner: OwnerReference,
+    queue_proxy_image: &str,
     ctx: &Context,
 ) -> Result<(), Error> {
     let ns = plan.revision.metadata.namespace().to_owned();
@@ -722,7 +694,6 @@ async fn converge_pods(
             }
         }
     }
-    let config = ctx.config();
     for (node, &want) in &plan.desired {
         let have: Vec<u32> =
             by_node.get(node).map(|g| g.iter().map(|p| index_of(p)).collect()).unwrap_or_default();
@@ -735,7 +706,7 @@ async fn converge_pods(
                     node,
                     index,
                     queue: &plan.queue,
-                    queue_proxy_image: &config.kubernetes.queue_proxy_image,
+                    queue_proxy_image,
                     controller_url: &ctx.settings.controller_url,
                     owner: owner.clone(),
                 };

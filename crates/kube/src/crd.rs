@@ -6,8 +6,8 @@
 
 use std::collections::BTreeMap;
 
-use ikukantai_api::revision::{CONFIGURATION_GENERATION_LABEL, CONFIGURATION_LABEL, Revision, SERVICE_LABEL};
-use ikukantai_api::service::{ObjectMeta, RevisionTemplate, SERVING_API_VERSION, ServiceSpec, ServiceStatus};
+use ikukantai_api::revision::Revision;
+use ikukantai_api::service::{RevisionTemplate, ServiceSpec, ServiceStatus};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::{CustomResource, CustomResourceExt, ResourceExt};
 use schemars::JsonSchema;
@@ -109,25 +109,8 @@ pub struct PlacementStatus {
 impl Placement {
     /// The revision this placement stands for, as the local model sees it.
     pub fn revision(&self) -> Revision {
-        let spec = &self.spec;
-        let mut labels = spec.template.metadata.labels.clone();
-        labels.insert(SERVICE_LABEL.into(), spec.service.clone());
-        labels.insert(CONFIGURATION_LABEL.into(), spec.service.clone());
-        labels.insert(CONFIGURATION_GENERATION_LABEL.into(), spec.generation.to_string());
-        Revision {
-            api_version: SERVING_API_VERSION.into(),
-            kind: "Revision".into(),
-            metadata: ObjectMeta {
-                name: Some(self.name_any()),
-                namespace: self.namespace(),
-                labels,
-                annotations: spec.template.metadata.annotations.clone(),
-                generation: Some(1),
-                ..ObjectMeta::default()
-            },
-            spec: spec.template.spec.clone(),
-            status: Default::default(),
-        }
+        let ns = self.namespace().unwrap_or_else(|| "default".into());
+        Revision::new(&self.spec.service, &ns, &self.spec.template, self.spec.generation)
     }
 
     /// Whether the revision has ever been ready.

@@ -29,7 +29,7 @@ use tokio::sync::Notify;
 use crate::ProcessError;
 use crate::crd::{KnativeService, MANAGED_BY, MANAGED_BY_LABEL, Placement, REVISION_LABEL};
 use crate::manager::fleet_config;
-use crate::pod::QUEUE_PORT;
+use crate::pod::{QUEUE_PORT, pod_ready};
 use crate::wire::{DEMAND_PATH, Demand, GatewayReport, Pusher, REPORT_PATH, RevisionLoad};
 
 /// Options of `ikukantai gateway`.
@@ -65,12 +65,10 @@ pub struct ClusterView<'a> {
 }
 
 fn ready_ip(p: &Pod) -> Option<IpAddr> {
-    let status = p.status.as_ref()?;
-    let ready = status.conditions.as_ref()?.iter().any(|c| c.type_ == "Ready" && c.status == "True");
-    if !ready || p.metadata.deletion_timestamp.is_some() {
+    if !pod_ready(p) || p.metadata.deletion_timestamp.is_some() {
         return None;
     }
-    status.pod_ip.as_ref()?.parse().ok()
+    p.status.as_ref()?.pod_ip.as_ref()?.parse().ok()
 }
 
 /// The routing table: services from the traffic their status resolved, revisions from
@@ -321,11 +319,10 @@ pub async fn run(options: GatewayOptions) -> Result<(), ProcessError> {
             if let Some(new) = current.iter().find(|n| !nodes.contains(n)) {
                 return ProcessError::NodesChanged(format!("{new} joined"));
             }
-            let config = fleet_config(&cm_store.state().iter().map(|c| (**c).clone()).collect::<Vec<_>>())
-                .unwrap_or_else(|message| {
-                    tracing::error!(%message, "configuration rejected; using defaults");
-                    FleetConfig::new()
-                });
+            let config = fleet_config(&cm_store.state()).unwrap_or_else(|message| {
+                tracing::error!(%message, "configuration rejected; using defaults");
+                FleetConfig::new()
+            });
             let (services, placements, pods) = (svc_store.state(), pl_store.state(), pod_store.state());
             let table = routes(&ClusterView {
                 nodes: &nodes,

@@ -94,10 +94,10 @@ pub async fn serve_inbox(
 
 /// The fleet configuration from the two ConfigMaps among `maps` (missing ones = defaults).
 /// Errors name the ConfigMap and key; the caller keeps the previous configuration.
-pub fn fleet_config(maps: &[ConfigMap]) -> Result<FleetConfig, String> {
+pub fn fleet_config<C: std::borrow::Borrow<ConfigMap>>(maps: &[C]) -> Result<FleetConfig, String> {
     let mut config = FleetConfig::new();
     for name in [CONFIG_AUTOSCALER, CONFIG_IKUKANTAI] {
-        let Some(cm) = maps.iter().find(|c| c.name_any() == name) else { continue };
+        let Some(cm) = maps.iter().map(C::borrow).find(|c| c.name_any() == name) else { continue };
         let local = LocalConfigMap {
             api_version: "v1".into(),
             kind: "ConfigMap".into(),
@@ -151,8 +151,7 @@ pub async fn run(options: ManagerOptions) -> Result<(), ProcessError> {
     .reflect(config_writer)
     .applied_objects()
     .for_each(move |_| {
-        let maps: Vec<ConfigMap> = config_store.state().iter().map(|c| (**c).clone()).collect();
-        match fleet_config(&maps) {
+        match fleet_config(&config_store.state()) {
             Ok(config) => config_ctx.set_config(config),
             Err(message) => tracing::error!(%message, "configuration rejected; keeping the previous one"),
         }

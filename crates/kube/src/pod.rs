@@ -84,6 +84,14 @@ fn short_node(node: &str) -> String {
     cut.trim_end_matches(['-', '.']).replace('.', "-")
 }
 
+/// The Pod's `Ready` condition is `True`.
+pub fn pod_ready(p: &Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
 /// Labels selecting the Pods of one revision.
 pub fn revision_labels(revision: &Revision) -> BTreeMap<String, String> {
     let mut labels = revision.metadata.labels.clone();

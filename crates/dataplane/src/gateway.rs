@@ -55,7 +55,8 @@ const RECHECK: Duration = Duration::from_millis(50);
 /// Static settings of a gateway.
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
-    /// Node names by index; the topology's order.
+    /// Node names by index; the topology's order. More can join later
+    /// ([`Gateway::add_node`]); indices never change.
     pub nodes: Vec<String>,
     /// This gateway's node.
     pub node: NodeIndex,
@@ -197,6 +198,20 @@ pub enum RoutesError {
         /// The error.
         source: UnknownPolicy,
     },
+    /// An instance names a node index this gateway does not know.
+    #[error(
+        "revision {revision}: instance {instance} is on node #{node}, but this gateway knows {known} nodes"
+    )]
+    UnknownNode {
+        /// The revision.
+        revision: String,
+        /// The instance.
+        instance: String,
+        /// The node index it named.
+        node: NodeIndex,
+        /// How many nodes the gateway knows.
+        known: usize,
+    },
 }
 
 struct InstanceState {
@@ -251,11 +266,18 @@ struct Table {
     revisions: HashMap<(String, String), Arc<RevisionState>>,
 }
 
+/// The nodes a gateway knows, by index, and the client that reaches each. It only grows, so an
+/// index stays valid for the gateway's life.
+struct NodeSet {
+    names: Vec<String>,
+    clients: Vec<Client<NodeConnector, Body>>,
+}
+
 struct Shared {
     config: GatewayConfig,
     table: RwLock<Table>,
     rtt: RwLock<RttMatrix>,
-    clients: Vec<Client<NodeConnector, Body>>,
+    nodes: RwLock<NodeSet>,
     events: Arc<dyn GatewayEvents>,
     metrics: GatewayMetrics,
     registry: Registry,
@@ -282,6 +304,10 @@ impl Shared {
         &self.config.nodes[self.config.node]
     }
 
+    fn nodes(&self) -> std::sync::RwLockReadGuard<'_, NodeSet> {
+        self.nodes.read().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         m.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -303,14 +329,17 @@ impl Gateway {
     ) -> std::io::Result<Self> {
         let mut registry = Registry::default();
         let metrics = GatewayMetrics::new(&mut registry);
-        let clients = config.links.iter().map(|l| node_client(l.clone())).collect();
+        let nodes = NodeSet {
+            names: config.nodes.clone(),
+            clients: config.links.iter().map(|l| node_client(l.clone())).collect(),
+        };
         let max_header = config.max_header_bytes;
         let shared = Arc::new(Shared {
             rtt: RwLock::new(config.rtt.clone()),
             rng: Mutex::new(SmallRng::seed_from_u64(config.policy.seed ^ config.node as u64)),
             config,
             table: RwLock::default(),
-            clients,
+            nodes: RwLock::new(nodes),
             events,
             metrics,
             registry,
@@ -332,13 +361,37 @@ impl Gateway {
         self.admin.addr()
     }
 
+    /// The nodes this gateway knows, by index.
+    pub fn nodes(&self) -> Vec<String> {
+        self.shared.nodes().names.clone()
+    }
+
+    /// The index of node `name`, if this gateway knows it.
+    pub fn node_index(&self, name: &str) -> Option<NodeIndex> {
+        self.shared.nodes().names.iter().position(|n| n == name)
+    }
+
+    /// Learns a node that joined (reached directly, no emulated link; RTT prior `prior_ms` until
+    /// measured) and returns its index; a known node keeps its index. Nothing in flight is
+    /// disturbed: existing indices, connections and estimates stay as they are.
+    pub fn add_node(&self, name: &str, prior_ms: f64) -> NodeIndex {
+        let mut nodes = self.shared.nodes.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = nodes.names.iter().position(|n| n == name) {
+            return i;
+        }
+        nodes.names.push(name.to_owned());
+        nodes.clients.push(node_client(None));
+        let n = nodes.names.len();
+        self.shared.rtt.write().unwrap_or_else(|e| e.into_inner()).grow(n, prior_ms);
+        n - 1
+    }
+
     /// Records a measured RTT from this node to `to` (milliseconds).
     pub fn record_rtt(&self, to: NodeIndex, ms: f64) {
         let node = self.shared.config.node;
-        if let Some(peer) = self.shared.config.nodes.get(to) {
-            let labels = LinkLabels { from: self.shared.node_name().to_owned(), to: peer.clone() };
-            self.shared.metrics.latency.get_or_create(&labels).set(ms);
-        }
+        let Some(peer) = self.shared.nodes().names.get(to).cloned() else { return };
+        let labels = LinkLabels { from: self.shared.node_name().to_owned(), to: peer };
+        self.shared.metrics.latency.get_or_create(&labels).set(ms);
         self.shared.rtt.write().unwrap_or_else(|e| e.into_inner()).record(
             node,
             to,
@@ -351,6 +404,17 @@ impl Gateway {
     /// across updates; waiting requests are dispatched to new capacity at once.
     pub fn set_routes(&self, routes: &Routes) -> Result<(), RoutesError> {
         let shared = &self.shared;
+        let known = shared.nodes().names.len();
+        for r in &routes.revisions {
+            if let Some(i) = r.instances.iter().find(|i| i.node >= known) {
+                return Err(RoutesError::UnknownNode {
+                    revision: r.revision.clone(),
+                    instance: i.name.clone(),
+                    node: i.node,
+                    known,
+                });
+            }
+        }
         let mut next = Table::default();
         let old = shared.table.read().unwrap_or_else(|e| e.into_inner());
         for r in &routes.revisions {
@@ -652,7 +716,7 @@ fn request_labels(
         service: rev.service.clone(),
         revision: rev.revision.clone(),
         origin_node: shared.node_name().to_owned(),
-        serving_node: serving.map_or_else(String::new, |n| shared.config.nodes[n].clone()),
+        serving_node: serving.map_or_else(String::new, |n| shared.nodes().names[n].clone()),
         code,
     }
 }
@@ -900,9 +964,8 @@ impl Handler for Ingress {
         let mut upstream = Request::from_parts(parts, boxed(Limited::new(body, limit)));
         retarget(&mut upstream, &picked.authority);
         let sent = Instant::now();
-        let response = match timeout_at(deadline, Box::pin(shared.clients[picked.node].request(upstream)))
-            .await
-        {
+        let request = shared.nodes().clients[picked.node].request(upstream);
+        let response = match timeout_at(deadline, Box::pin(request)).await {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
                 let too_large = std::error::Error::source(&e).is_some_and(is_too_large);
@@ -918,7 +981,8 @@ impl Handler for Ingress {
                         "upstream",
                         format!(
                             "instance {} on {} did not answer: {e}",
-                            picked.name, shared.config.nodes[picked.node]
+                            picked.name,
+                            shared.nodes().names[picked.node]
                         ),
                     )
                 };

@@ -309,6 +309,54 @@ async fn cross_node_requests_cross_the_emulated_link() {
 }
 
 #[tokio::test]
+async fn a_node_that_joins_is_learned_and_routed_to() {
+    let local = instance("hello-local", "node1", "hello-00001", 0).await;
+    let joined = instance("hello-joined", "node2", "hello-00001", 0).await;
+    let gw = gateway(GatewayConfig::single("node1"), Arc::new(NoEvents)).await;
+    let with_joined = || {
+        hello_routes(
+            vec![revision(
+                "hello-00001",
+                0,
+                vec![route("hello-local", 0, local.qp.addr()), route("hello-joined", 1, joined.qp.addr())],
+            )],
+            all_to("hello-00001"),
+        )
+    };
+    gw.set_routes(&hello_routes(
+        vec![revision("hello-00001", 0, vec![route("hello-local", 0, local.qp.addr())])],
+        all_to("hello-00001"),
+    ))
+    .unwrap();
+    // An instance on a node the gateway does not know is refused, and the table stays as it was.
+    let err = gw.set_routes(&with_joined()).unwrap_err().to_string();
+    assert_eq!(
+        err,
+        "revision hello-00001: instance hello-joined is on node #1, but this gateway knows 1 nodes"
+    );
+    assert_eq!(get(gw.addr(), HOST, "/").await.0, StatusCode::OK);
+
+    assert_eq!(gw.add_node("node2", 5.0), 1);
+    assert_eq!(gw.add_node("node2", 9.0), 1, "a known node keeps its index");
+    assert_eq!(gw.add_node("node1", 9.0), 0);
+    assert_eq!(gw.nodes(), vec!["node1".to_owned(), "node2".to_owned()]);
+    assert_eq!(gw.node_index("node2"), Some(1));
+    gw.set_routes(&with_joined()).unwrap();
+    // Only the joined node's instance is left: requests go there, and metrics name the node.
+    gw.set_routes(&hello_routes(
+        vec![revision("hello-00001", 0, vec![route("hello-joined", 1, joined.qp.addr())])],
+        all_to("hello-00001"),
+    ))
+    .unwrap();
+    let (status, headers, _) = get(gw.addr(), HOST, "/").await;
+    assert_eq!((status, header(&headers, NODE_HEADER).as_str()), (StatusCode::OK, "node2"));
+    gw.record_rtt(1, 12.5);
+    let (_, _, metrics) = get(gw.admin_addr(), "admin", "/metrics").await;
+    assert!(metrics.contains("origin_node=\"node1\",serving_node=\"node2\",code=\"200\"} 1"), "{metrics}");
+    assert!(metrics.contains("latency_between_nodes{from=\"node1\",to=\"node2\"} 12.5"), "{metrics}");
+}
+
+#[tokio::test]
 async fn the_default_balancer_keeps_traffic_local() {
     let cloud = instance("hello-cloud", "cloud", "hello-00001", 0).await;
     let edge = instance("hello-edge", "edge", "hello-00001", 0).await;

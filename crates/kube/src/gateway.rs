@@ -32,6 +32,10 @@ use crate::manager::fleet_config;
 use crate::pod::{QUEUE_PORT, pod_ready};
 use crate::wire::{DEMAND_PATH, Demand, GatewayReport, Pusher, REPORT_PATH, RevisionLoad};
 
+/// The RTT assumed between two nodes until the monitor measured it (ms): in-cluster links are
+/// fast until proven otherwise.
+const PRIOR_RTT_MS: f64 = 1.0;
+
 /// Options of `ikukantai gateway`.
 #[derive(Debug, Clone)]
 pub struct GatewayOptions {
@@ -201,11 +205,11 @@ pub async fn run(options: GatewayOptions) -> Result<(), ProcessError> {
     });
     let n = nodes.len();
     let gateway_config = GatewayConfig {
-        nodes: nodes.clone(),
+        nodes,
         node: me,
         domain: config.domain.clone(),
         links: vec![None; n],
-        rtt: RttMatrix::new(n, 1.0, Duration::from_secs(30)),
+        rtt: RttMatrix::new(n, PRIOR_RTT_MS, Duration::from_secs(30)),
         policy: PolicyParams::default(),
         ..GatewayConfig::single(&options.node)
     };
@@ -258,8 +262,7 @@ pub async fn run(options: GatewayOptions) -> Result<(), ProcessError> {
     // Latency monitor: probe every peer gateway's admin port.
     let rtt_ms: Arc<RwLock<BTreeMap<String, f64>>> = Arc::default();
     {
-        let (gateway, rtt_ms, nodes, me) =
-            (gateway.clone(), rtt_ms.clone(), nodes.clone(), options.node.clone());
+        let (gateway, rtt_ms, me) = (gateway.clone(), rtt_ms.clone(), options.node.clone());
         let admin_port = options.admin.port();
         let interval = config.kubernetes.probe_interval;
         tokio::spawn(async move {
@@ -275,7 +278,7 @@ pub async fn run(options: GatewayOptions) -> Result<(), ProcessError> {
                     }
                     if let (Some(ms), Some(i)) = (
                         probe_rtt(&connector, SocketAddr::new(ip, admin_port)).await,
-                        nodes.iter().position(|n| *n == node),
+                        gateway.node_index(&node),
                     ) {
                         gateway.record_rtt(i, ms);
                         rtt_ms.write().unwrap_or_else(|e| e.into_inner()).insert(node, ms);
@@ -315,10 +318,15 @@ pub async fn run(options: GatewayOptions) -> Result<(), ProcessError> {
     let builder = async {
         loop {
             changed.notified().await;
-            let current: Vec<String> = node_store.state().iter().map(|n| n.name_any()).collect();
-            if let Some(new) = current.iter().find(|n| !nodes.contains(n)) {
-                return ProcessError::NodesChanged(format!("{new} joined"));
+            let mut joined: Vec<String> = node_store.state().iter().map(|n| n.name_any()).collect();
+            joined.sort();
+            for name in joined {
+                if gateway.node_index(&name).is_none() {
+                    let i = gateway.add_node(&name, PRIOR_RTT_MS);
+                    tracing::info!(node = %name, index = i, "node joined");
+                }
             }
+            let nodes = gateway.nodes();
             let config = fleet_config(&cm_store.state()).unwrap_or_else(|message| {
                 tracing::error!(%message, "configuration rejected; using defaults");
                 FleetConfig::new()
@@ -341,13 +349,13 @@ pub async fn run(options: GatewayOptions) -> Result<(), ProcessError> {
             }
         }
     };
+    // The route builder runs until shutdown.
     tokio::select! {
-        e = builder => Err(e),
-        _ = shutdown_signal() => {
-            tracing::info!("gateway stopping");
-            Ok(())
-        }
+        _ = builder => {}
+        () = shutdown_signal() => {}
     }
+    tracing::info!("gateway stopping");
+    Ok(())
 }
 
 /// SIGTERM or Ctrl-C.

@@ -33,7 +33,4 @@ pub enum ProcessError {
     /// The gateway's node is not among the cluster's nodes.
     #[error("node {0:?} is not a node of this cluster (set NODE_NAME from spec.nodeName)")]
     UnknownNode(String),
-    /// Nodes joined the cluster; the gateway exits so the DaemonSet restarts it with the new set.
-    #[error("the cluster's nodes changed ({0}); restarting to index them")]
-    NodesChanged(String),
 }

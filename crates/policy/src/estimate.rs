@@ -116,6 +116,22 @@ impl RttMatrix {
         self.n == 0
     }
 
+    /// Grows the matrix to `n` nodes (no-op if it has as many): every prior and sample it had is
+    /// kept; pairs with a new node get the prior `default_ms` (0 on the diagonal).
+    pub fn grow(&mut self, n: usize, default_ms: f64) {
+        if n <= self.n {
+            return;
+        }
+        let mut grown = Self::new(n, default_ms, self.max_age);
+        for from in 0..self.n {
+            for to in 0..self.n {
+                grown.prior_ms[from * n + to] = self.prior_ms[from * self.n + to];
+                grown.sample[from * n + to] = self.sample[from * self.n + to];
+            }
+        }
+        *self = grown;
+    }
+
     /// Sets the prior for the ordered pair `from → to`.
     pub fn set_prior(&mut self, from: NodeIndex, to: NodeIndex, rtt_ms: f64) {
         self.prior_ms[from * self.n + to] = rtt_ms;
@@ -204,5 +220,24 @@ mod tests {
         assert_eq!(m.sample(0, 2), Some((48.0, t0)));
         // Direction matters.
         assert_eq!(m.get(2, 0, t0), 50.0);
+    }
+
+    #[test]
+    fn rtt_matrix_grows_keeping_what_it_knew() {
+        let t0 = Instant::now();
+        let mut m = RttMatrix::new(2, 1.0, Duration::from_secs(10));
+        m.set_prior(0, 1, 40.0);
+        m.record(1, 0, 42.0, t0);
+        m.grow(1, 9.0);
+        assert_eq!(m.len(), 2, "never shrinks");
+        m.grow(3, 7.0);
+        assert_eq!(m.len(), 3);
+        assert_eq!(m.get(0, 1, t0), 40.0);
+        assert_eq!(m.sample(1, 0), Some((42.0, t0)));
+        assert_eq!(m.get(1, 0, t0), 42.0);
+        assert_eq!((m.get(0, 2, t0), m.get(2, 1, t0), m.get(2, 2, t0)), (7.0, 7.0, 0.0));
+        assert_eq!(m.sample(2, 0), None);
+        m.record(0, 2, 5.0, t0);
+        assert_eq!(m.get(0, 2, t0), 5.0);
     }
 }

@@ -38,6 +38,13 @@ pub(crate) struct ControllerArgs {
     /// Seed of the policies' random choices.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// This replica's name in the leader election (default: the Pod's name from `POD_NAME`, else
+    /// `HOSTNAME`).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// This replica's Pod IP: while it leads, the controller Service points there.
+    #[arg(long, env = "POD_IP")]
+    pod_ip: Option<std::net::IpAddr>,
 }
 
 /// Options of `ikukantai gateway`.
@@ -81,7 +88,13 @@ pub(crate) fn crds(out: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
 
 pub(crate) async fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     init_logs("info");
+    let identity = args
+        .identity
+        .or_else(|| std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()))
+        .context("no replica identity: set --identity or POD_NAME (the Pod's name)")?;
     ikukantai_kube::manager::run(ManagerOptions {
+        identity,
+        pod_ip: args.pod_ip,
         listen: args.listen,
         system_namespace: args.system_namespace,
         settings: Settings {

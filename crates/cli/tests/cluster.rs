@@ -6,7 +6,15 @@ use std::process::{Command, Output};
 fn ikukantai(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ikukantai"));
     cmd.args(args).current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."));
-    for var in ["KUBECONFIG", "KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT", "NODE_NAME", "HOME"] {
+    for var in [
+        "KUBECONFIG",
+        "KUBERNETES_SERVICE_HOST",
+        "KUBERNETES_SERVICE_PORT",
+        "NODE_NAME",
+        "HOME",
+        "POD_NAME",
+        "HOSTNAME",
+    ] {
         cmd.env_remove(var);
     }
     cmd.envs(env.iter().copied());
@@ -28,11 +36,21 @@ fn crds_prints_the_committed_crds() {
 
 #[test]
 fn controller_without_a_cluster_says_so() {
-    let out =
-        ikukantai(&["controller", "--listen", "127.0.0.1:0"], &[("KUBECONFIG", "/nonexistent/kubeconfig")]);
+    let out = ikukantai(
+        &["controller", "--listen", "127.0.0.1:0"],
+        &[("KUBECONFIG", "/nonexistent/kubeconfig"), ("POD_NAME", "ikukantai-controller-0")],
+    );
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
     assert!(err.contains("error: kubernetes client:"), "{err}");
+}
+
+#[test]
+fn controller_needs_a_replica_identity_for_the_election() {
+    let out = ikukantai(&["controller"], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("no replica identity: set --identity or POD_NAME"), "{err}");
 }
 
 #[test]

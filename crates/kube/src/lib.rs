@@ -30,6 +30,17 @@ pub enum ProcessError {
         /// Cause.
         source: std::io::Error,
     },
+    /// The leader-election Lease could not be read or written.
+    #[error("leader election (Lease {lease}): {source}")]
+    Lease {
+        /// The Lease's namespace/name.
+        lease: String,
+        /// Cause.
+        source: kube_lease_manager::LeaseManagerError,
+    },
+    /// Another replica took over: this one stops reconciling and exits so it restarts as a standby.
+    #[error("lost the leader lease {0}; exiting so this replica restarts as a standby")]
+    LeadershipLost(String),
     /// The gateway's node is not among the cluster's nodes.
     #[error("node {0:?} is not a node of this cluster (set NODE_NAME from spec.nodeName)")]
     UnknownNode(String),

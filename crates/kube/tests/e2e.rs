@@ -7,7 +7,8 @@
 //!
 //! It deploys `deploy/examples/hello.yaml`, sends a request into the chosen node's gateway
 //! (`http://<node InternalIP>:8080`, or `IKUKANTAI_E2E_GATEWAY=host:port`), expects
-//! "Konnichiwa from hello-… in <node>", checks the Placement, then deletes the Service.
+//! "Konnichiwa from hello-… in <node>", checks the Placement and that the controller Service
+//! points at the replica holding the lease, then deletes the Service.
 
 use std::time::{Duration, Instant};
 
@@ -16,7 +17,9 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::rt::TokioExecutor;
 use ikukantai_kube::crd::{KnativeService, Placement};
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 
@@ -87,6 +90,16 @@ async fn hello_is_served_on_the_node_the_request_enters() {
     let p = placements.get("hello-00001").await.unwrap();
     assert_eq!(p.spec.nodes.get(&node_name), Some(&1), "{:?}", p.spec.nodes);
     println!("placement {}", p.status.map(|s| s.summary).unwrap_or_default());
+
+    // One controller replica leads, and the controller Service points at it.
+    let system = "ikukantai-system";
+    let lease = Api::<Lease>::namespaced(client.clone(), system).get("ikukantai-controller").await.unwrap();
+    let holder = lease.spec.and_then(|s| s.holder_identity).expect("a leader holds the lease");
+    let slice =
+        Api::<EndpointSlice>::namespaced(client.clone(), system).get("ikukantai-controller").await.unwrap();
+    let target = slice.endpoints.first().and_then(|e| e.target_ref.as_ref()).and_then(|r| r.name.clone());
+    assert_eq!(target.as_deref(), Some(holder.as_str()), "the Service points at the lease holder");
+    println!("controller leader {holder}");
 
     services.delete("hello", &DeleteParams::default()).await.unwrap();
     let pods: Api<Pod> = Api::namespaced(client, "default");

@@ -1,6 +1,7 @@
 //! The push paths on loopback: the queue-proxy sidecar pushing its stats, and the controller's
 //! inbox taking stats, reports and demand.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -123,7 +124,8 @@ async fn the_inbox_takes_stats_reports_and_demand() {
     let ctx = Arc::new(Context::new(client, stores, FleetConfig::new(), settings, Arc::new(SystemClock)));
     let (listener, addr) = local().await;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(serve_inbox(listener, ctx, tx));
+    let leading = Arc::new(AtomicBool::new(false));
+    tokio::spawn(serve_inbox(listener, ctx, tx, leading.clone()));
     let pusher = Pusher::new(&format!("http://{addr}/"));
 
     let demand = Demand {
@@ -141,6 +143,11 @@ async fn the_inbox_takes_stats_reports_and_demand() {
     );
 
     assert_eq!(get_status(&format!("http://{addr}/metrics")).await, 200);
+    // `/leader` tells a leader from a standby.
+    assert_eq!(get_status(&format!("http://{addr}/leader")).await, 503);
+    leading.store(true, Ordering::Release);
+    assert_eq!(get_status(&format!("http://{addr}/leader")).await, 200);
+    assert_eq!(get_status(&format!("http://{addr}/healthz")).await, 200);
     let report = GatewayReport {
         node: "node3".into(),
         revisions: vec![],
@@ -153,4 +160,42 @@ async fn the_inbox_takes_stats_reports_and_demand() {
         Err(PushError::Status { status, .. }) => assert!(status.is_client_error(), "{status}"),
         other => panic!("{other:?}"),
     }
+}
+
+#[tokio::test]
+async fn the_leader_points_the_controller_service_at_itself() {
+    use ikukantai_kube::manager::{leader_endpoint_slice, publish_leader};
+    let (svc, mut handle) =
+        tower_test::mock::pair::<http::Request<kube::client::Body>, http::Response<kube::client::Body>>();
+    let client = kube::Client::new(svc, "default");
+    let api = kube::Api::namespaced(client, "ikukantai-system");
+    let slice = leader_endpoint_slice("ikukantai-controller-abc", "10.244.1.7".parse().unwrap(), 9090);
+    let expected = slice.clone();
+    let server = tokio::spawn(async move {
+        let (req, send) = handle.next_request().await.expect("one request");
+        let (parts, body) = req.into_parts();
+        assert_eq!(parts.method, http::Method::PATCH);
+        assert_eq!(
+            parts.uri.path(),
+            "/apis/discovery.k8s.io/v1/namespaces/ikukantai-system/endpointslices/ikukantai-controller"
+        );
+        let query = parts.uri.query().unwrap_or_default();
+        assert!(
+            query.contains("fieldManager=ikukantai-controller") && query.contains("force=true"),
+            "{query}"
+        );
+        assert_eq!(parts.headers[http::header::CONTENT_TYPE], "application/apply-patch+yaml");
+        let body: serde_json::Value =
+            serde_json::from_slice(&body.collect().await.unwrap().to_bytes()).unwrap();
+        assert_eq!(body, expected);
+        assert_eq!(body["endpoints"][0]["addresses"][0], "10.244.1.7");
+        assert_eq!(body["metadata"]["labels"]["kubernetes.io/service-name"], "ikukantai-controller");
+        send.send_response(
+            http::Response::builder()
+                .body(kube::client::Body::from(serde_json::to_vec(&body).unwrap()))
+                .unwrap(),
+        );
+    });
+    publish_leader(&api, &slice).await.unwrap();
+    server.await.unwrap();
 }

@@ -36,6 +36,9 @@ use crate::wire::{DEMAND_PATH, Demand, GatewayReport, Pusher, REPORT_PATH, Revis
 /// fast until proven otherwise.
 const PRIOR_RTT_MS: f64 = 1.0;
 
+/// Peer gateways probed at the same time.
+const PROBES_AT_ONCE: usize = 32;
+
 /// Options of `ikukantai gateway`.
 #[derive(Debug, Clone)]
 pub struct GatewayOptions {
@@ -182,6 +185,26 @@ impl GatewayEvents for DemandPusher {
     }
 }
 
+/// Measures the RTT to every peer gateway (`(node, admin address)`), records it in the gateway
+/// (balancers, `latency_between_nodes`) and in `rtt_ms` (reported to the controller). Probes run
+/// concurrently: a peer that does not answer costs its own timeout, not everyone's.
+pub async fn probe_peers(
+    gateway: &Gateway,
+    connector: &NodeConnector,
+    peers: Vec<(String, SocketAddr)>,
+    rtt_ms: &RwLock<BTreeMap<String, f64>>,
+) {
+    futures_util::stream::iter(peers)
+        .for_each_concurrent(PROBES_AT_ONCE, |(node, admin)| async move {
+            let ms = probe_rtt(connector, admin).await;
+            if let (Some(ms), Some(i)) = (ms, gateway.node_index(&node)) {
+                gateway.record_rtt(i, ms);
+                rtt_ms.write().unwrap_or_else(|e| e.into_inner()).insert(node, ms);
+            }
+        })
+        .await;
+}
+
 /// Runs the gateway until SIGTERM/Ctrl-C.
 pub async fn run(options: GatewayOptions) -> Result<(), ProcessError> {
     let client = Client::try_default().await?;
@@ -268,22 +291,17 @@ pub async fn run(options: GatewayOptions) -> Result<(), ProcessError> {
         tokio::spawn(async move {
             let connector = NodeConnector::new(None);
             let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                for peer in peer_store.state() {
-                    let Some(node) = peer.spec.as_ref().and_then(|s| s.node_name.clone()) else { continue };
-                    let Some(ip) = ready_ip(&peer) else { continue };
-                    if node == me {
-                        continue;
-                    }
-                    if let (Some(ms), Some(i)) = (
-                        probe_rtt(&connector, SocketAddr::new(ip, admin_port)).await,
-                        gateway.node_index(&node),
-                    ) {
-                        gateway.record_rtt(i, ms);
-                        rtt_ms.write().unwrap_or_else(|e| e.into_inner()).insert(node, ms);
-                    }
-                }
+                let peers: Vec<(String, SocketAddr)> = peer_store
+                    .state()
+                    .iter()
+                    .filter_map(|peer| Some((peer.spec.as_ref()?.node_name.clone()?, ready_ip(peer)?)))
+                    .filter(|(node, _)| *node != me)
+                    .map(|(node, ip)| (node, SocketAddr::new(ip, admin_port)))
+                    .collect();
+                probe_peers(&gateway, &connector, peers, &rtt_ms).await;
             }
         });
     }
@@ -389,6 +407,34 @@ mod tests {
             }))
             .unwrap(),
         )
+    }
+
+    #[tokio::test]
+    async fn peers_are_probed_and_their_rtt_recorded_where_balancers_and_metrics_see_it() {
+        let listen = || async { TcpListener::bind("127.0.0.1:0").await.unwrap() };
+        let events = Arc::new(ikukantai_dataplane::gateway::NoEvents);
+        let me =
+            Gateway::start(GatewayConfig::single("node1"), listen().await, listen().await, events.clone())
+                .unwrap();
+        let peer =
+            Gateway::start(GatewayConfig::single("node2"), listen().await, listen().await, events).unwrap();
+        // node3's gateway is gone: its port refuses connections.
+        let gone = listen().await.local_addr().unwrap();
+        me.add_node("node2", PRIOR_RTT_MS);
+        me.add_node("node3", PRIOR_RTT_MS);
+        let rtt_ms = RwLock::default();
+        let peers = vec![("node2".to_owned(), peer.admin_addr()), ("node3".to_owned(), gone)];
+        probe_peers(&me, &NodeConnector::new(None), peers, &rtt_ms).await;
+        let measured = rtt_ms.read().unwrap().clone();
+        assert_eq!(measured.keys().collect::<Vec<_>>(), vec!["node2"], "{measured:?}");
+        assert!(measured["node2"] >= 0.0);
+        let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http::<http_body_util::Empty<bytes::Bytes>>();
+        let resp = client.get(format!("http://{}/metrics", me.admin_addr()).parse().unwrap()).await.unwrap();
+        let body = http_body_util::BodyExt::collect(resp.into_body()).await.unwrap().to_bytes();
+        let text = String::from_utf8_lossy(&body);
+        assert!(text.contains("latency_between_nodes{from=\"node1\",to=\"node2\"}"), "{text}");
+        assert!(!text.contains("to=\"node3\""), "{text}");
     }
 
     #[test]

@@ -243,7 +243,8 @@ struct RevisionState {
     in_flight_gauge: Gauge,
     buffered_gauge: Gauge,
     buffered_counter: Counter,
-    outcomes: Mutex<HashMap<Outcome, (Counter, Histogram)>>,
+    /// A handful of (serving node, code) pairs per revision: a list beats hashing.
+    outcomes: Mutex<Vec<(Outcome, Counter, Histogram)>>,
 }
 
 /// How a forwarded request ended: serving node and status code.
@@ -693,16 +694,22 @@ fn record_outcome(
     code: u16,
     arrival: Instant,
 ) {
+    let elapsed = arrival.elapsed().as_secs_f64();
     let mut outcomes = Shared::lock(&rev.outcomes);
-    let (count, duration) = outcomes.entry((serving, code)).or_insert_with(|| {
-        let labels = request_labels(shared, &rev.labels, serving, code);
-        (
-            shared.metrics.requests.get_or_create(&labels).clone(),
-            shared.metrics.duration.get_or_create(&labels).clone(),
-        )
-    });
+    let outcome = (serving, code);
+    if let Some((_, count, duration)) = outcomes.iter().find(|(o, ..)| *o == outcome) {
+        count.inc();
+        duration.observe(elapsed);
+        return;
+    }
+    let labels = request_labels(shared, &rev.labels, serving, code);
+    let (count, duration) = (
+        shared.metrics.requests.get_or_create(&labels).clone(),
+        shared.metrics.duration.get_or_create(&labels).clone(),
+    );
     count.inc();
-    duration.observe(arrival.elapsed().as_secs_f64());
+    duration.observe(elapsed);
+    outcomes.push((outcome, count, duration));
 }
 
 fn request_labels(
@@ -1018,11 +1025,19 @@ fn feedback(
     latency: Duration,
     failed: bool,
 ) {
-    let number =
-        |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<f64>().ok());
-    let service_ms = number(SERVICE_TIME_HEADER);
-    let load = number(LOAD_HEADER).map(|l| l as u32);
-    let served_by_queue_proxy = headers.contains_key(INSTANCE_HEADER) && headers.contains_key(NODE_HEADER);
+    let number = |v: &HeaderValue| v.to_str().ok().and_then(|v| v.parse::<f64>().ok());
+    // One pass over the response's few headers, rather than a hashed lookup per name.
+    let (mut service_ms, mut load, mut instance, mut node) = (None, None, false, false);
+    for (name, value) in headers {
+        match name.as_str() {
+            SERVICE_TIME_HEADER => service_ms = number(value),
+            LOAD_HEADER => load = number(value).map(|l| l as u32),
+            INSTANCE_HEADER => instance = true,
+            NODE_HEADER => node = true,
+            _ => {}
+        }
+    }
+    let served_by_queue_proxy = instance && node;
     let now = Instant::now();
     let mut inner = Shared::lock(&rev.inner);
     if !failed && let Some(i) = inner.instances.iter_mut().find(|x| x.id == picked.id) {

@@ -12,7 +12,7 @@ use hyper_util::rt::TokioExecutor;
 use crate::body::Body;
 
 /// Headers that describe one connection, not the message; never forwarded.
-const HOP_BY_HOP: [HeaderName; 7] = [
+static HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -34,14 +34,19 @@ impl ikukantai_policy::queue::HeaderLookup for HeaderView<'_> {
 
 /// Removes hop-by-hop headers, including those the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for h in HOP_BY_HOP.iter().chain(&named) {
+    // One pass over the names present (no hashing, no parsing of the names `Connection` lists),
+    // then remove only what was found: most messages carry none.
+    let connection = headers.get_all(header::CONNECTION);
+    let listed = |name: &HeaderName| {
+        connection
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|token| token.trim().eq_ignore_ascii_case(name.as_str()))
+    };
+    let present: Vec<HeaderName> =
+        headers.keys().filter(|k| HOP_BY_HOP.contains(k) || listed(k)).cloned().collect();
+    for h in &present {
         headers.remove(h);
     }
 }
@@ -73,4 +78,38 @@ pub fn plain_client() -> Client<HttpConnector, Body> {
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_max_idle_per_host(1024)
         .build(connector)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        pairs.iter().map(|(k, v)| (HeaderName::from_static(k), http::HeaderValue::from_static(v))).collect()
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_names_are_stripped() {
+        let mut h = map(&[
+            ("host", "hello.default"),
+            ("connection", "close, x-session"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "websocket"),
+            ("x-session", "abc"),
+            ("x-request-id", "42"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, vec!["host", "x-request-id"]);
+    }
+
+    #[test]
+    fn messages_without_hop_by_hop_headers_are_left_alone() {
+        let mut h = map(&[("host", "hello.default"), ("x-session", "abc"), ("content-length", "2")]);
+        let before = h.clone();
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h, before);
+    }
 }

@@ -13,12 +13,12 @@
 //! load feed back into the balancer and into the per-instance processing-time estimates.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use http::{HeaderValue, Request, Response, StatusCode, header};
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use ikukantai_policy::autoscaler::Stat;
@@ -49,6 +49,37 @@ use crate::stats::RequestStats;
 
 /// Request header telling the instance where the request entered the fleet.
 pub const ORIGIN_HEADER: &str = "x-ikukantai-origin";
+static ORIGIN_NAME: HeaderName = HeaderName::from_static(ORIGIN_HEADER);
+static PROXY_NAME: HeaderName = HeaderName::from_static(PROXY_HEADER);
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+
+/// A client address as a header value. IPv4 is written by hand: `Display` goes through the
+/// formatting machinery and cost about 3 % of a proxied request's instructions.
+fn ip_value(ip: IpAddr) -> HeaderValue {
+    let IpAddr::V4(v4) = ip else {
+        return HeaderValue::try_from(ip.to_string()).expect("an IPv6 address is a valid header value");
+    };
+    let mut buf = [0u8; 15];
+    let mut n = 0;
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            buf[n] = b'.';
+            n += 1;
+        }
+        if octet >= 100 {
+            buf[n] = b'0' + octet / 100;
+            n += 1;
+        }
+        if octet >= 10 {
+            buf[n] = b'0' + octet / 10 % 10;
+            n += 1;
+        }
+        buf[n] = b'0' + octet % 10;
+        n += 1;
+    }
+    HeaderValue::from_bytes(&buf[..n]).expect("digits and dots are a valid header value")
+}
+
 /// How often a waiting request re-checks for capacity (a safety net beside the wake-ups).
 const RECHECK: Duration = Duration::from_millis(50);
 
@@ -285,6 +316,8 @@ struct Shared {
     rng: Mutex<SmallRng>,
     ids: AtomicU64,
     instance_ids: Mutex<HashMap<String, u64>>,
+    /// This node's name as the origin header's value (`None` if it is not a valid header value).
+    origin_value: Option<HeaderValue>,
 }
 
 /// A running gateway.
@@ -335,6 +368,7 @@ impl Gateway {
             clients: config.links.iter().map(|l| node_client(l.clone())).collect(),
         };
         let max_header = config.max_header_bytes;
+        let origin_value = HeaderValue::from_str(&config.nodes[config.node]).ok();
         let shared = Arc::new(Shared {
             rtt: RwLock::new(config.rtt.clone()),
             rng: Mutex::new(SmallRng::seed_from_u64(config.policy.seed ^ config.node as u64)),
@@ -346,6 +380,7 @@ impl Gateway {
             registry,
             ids: AtomicU64::new(1),
             instance_ids: Mutex::default(),
+            origin_value,
         });
         let server = serve(listener, Arc::new(Ingress(shared.clone())), max_header)?;
         let admin = serve(admin, Arc::new(Admin(shared.clone())), 8192)?;
@@ -959,15 +994,14 @@ impl Handler for Ingress {
 
         let (mut parts, body) = req.into_parts();
         strip_hop_by_hop(&mut parts.headers);
+        // Names and the origin's value are built once; only the peer's address is new.
         if buffered {
-            parts.headers.insert(PROXY_HEADER, HeaderValue::from_static("activator"));
+            parts.headers.insert(PROXY_NAME.clone(), HeaderValue::from_static("activator"));
         }
-        if let Ok(v) = HeaderValue::from_str(shared.node_name()) {
-            parts.headers.insert(ORIGIN_HEADER, v);
+        if let Some(v) = &shared.origin_value {
+            parts.headers.insert(ORIGIN_NAME.clone(), v.clone());
         }
-        if let Ok(v) = HeaderValue::from_str(&peer.ip().to_string()) {
-            parts.headers.append("x-forwarded-for", v);
-        }
+        parts.headers.append(X_FORWARDED_FOR.clone(), ip_value(peer.ip()));
         let mut upstream = Request::from_parts(parts, boxed(Limited::new(body, limit)));
         retarget(&mut upstream, &picked.authority);
         let sent = Instant::now();
@@ -1072,5 +1106,21 @@ impl Handler for Admin {
                 format!("no such admin path {other:?}; try /metrics or /healthz"),
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_addresses_become_the_header_values_display_would_give() {
+        for ip in ["0.0.0.0", "127.0.0.1", "10.20.30.40", "192.168.100.9", "255.255.255.255", "8.80.108.200"]
+        {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(ip_value(ip).to_str().unwrap(), ip.to_string());
+        }
+        let v6: IpAddr = "2001:db8::1".parse().unwrap();
+        assert_eq!(ip_value(v6).to_str().unwrap(), "2001:db8::1");
     }
 }

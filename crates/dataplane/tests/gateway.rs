@@ -46,6 +46,7 @@ async fn routes_by_host_the_knative_way_and_404s_unknown_hosts() {
     // The origin node travels with the request.
     let seen = i.backend.seen.headers.lock().unwrap().last().cloned().unwrap();
     assert_eq!(header(&seen, "x-ikukantai-origin"), "node1");
+    assert_eq!(header(&seen, "x-forwarded-for"), "127.0.0.1");
 }
 
 #[tokio::test]

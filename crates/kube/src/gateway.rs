@@ -418,8 +418,8 @@ mod tests {
                 .unwrap();
         let peer =
             Gateway::start(GatewayConfig::single("node2"), listen().await, listen().await, events).unwrap();
-        // node3's gateway is gone: its port refuses connections.
-        let gone = listen().await.local_addr().unwrap();
+        // node3's gateway is gone: nothing listens on port 1, so the connection is refused.
+        let gone: SocketAddr = "127.0.0.1:1".parse().unwrap();
         me.add_node("node2", PRIOR_RTT_MS);
         me.add_node("node3", PRIOR_RTT_MS);
         let rtt_ms = RwLock::default();

@@ -354,13 +354,28 @@ impl Shared {
 }
 
 impl Gateway {
-    /// Starts a gateway on `listener` (traffic) and `admin` (`/metrics`, `/healthz`).
+    /// Starts a gateway on `listener` (traffic) and `admin` (`/metrics`, `/healthz`). A config
+    /// whose per-node lists disagree (nodes, links, RTT matrix, this node's index) is refused with
+    /// `InvalidInput`.
     pub fn start(
         config: GatewayConfig,
         listener: TcpListener,
         admin: TcpListener,
         events: Arc<dyn GatewayEvents>,
     ) -> std::io::Result<Self> {
+        let n = config.nodes.len();
+        if config.links.len() != n || config.rtt.len() != n || config.node >= n {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "gateway config: {n} nodes, {} links, an RTT matrix of {} nodes, and this node at index {}; \
+                     the lists must have one entry per node and the index must be one of them",
+                    config.links.len(),
+                    config.rtt.len(),
+                    config.node
+                ),
+            ));
+        }
         let mut registry = Registry::default();
         let metrics = GatewayMetrics::new(&mut registry);
         let nodes = NodeSet {
@@ -1112,6 +1127,19 @@ impl Handler for Admin {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_config_whose_per_node_lists_disagree_is_refused() {
+        let listen = || async { TcpListener::bind("127.0.0.1:0").await.unwrap() };
+        let mut config = GatewayConfig::single("node1");
+        config.nodes.push("node2".into());
+        let err = Gateway::start(config, listen().await, listen().await, Arc::new(NoEvents)).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+        assert!(
+            err.to_string().starts_with("gateway config: 2 nodes, 1 links, an RTT matrix of 1 nodes"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn client_addresses_become_the_header_values_display_would_give() {

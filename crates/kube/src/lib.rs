@@ -38,7 +38,8 @@ pub enum ProcessError {
         /// Cause.
         source: kube_lease_manager::LeaseManagerError,
     },
-    /// Another replica took over: this one stops reconciling and exits so it restarts as a standby.
+    /// The leader lease was lost (another replica took over, or the election task ended): this
+    /// replica stops reconciling and exits so it restarts as a standby.
     #[error("lost the leader lease {0}; exiting so this replica restarts as a standby")]
     LeadershipLost(String),
     /// The gateway's node is not among the cluster's nodes.

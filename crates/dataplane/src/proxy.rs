@@ -3,8 +3,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use bytes::{Bytes, BytesMut};
 use http::uri::{self, Authority, PathAndQuery, Scheme};
-use http::{HeaderMap, HeaderName, Request, Uri, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Uri, header};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
@@ -49,6 +50,36 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for h in &present {
         headers.remove(h);
     }
+}
+
+/// Gives a waiting request's head storage of its own. hyper parses a head into slices of the
+/// connection's read buffer and, to notice a client that goes away, keeps reading while the
+/// request is handled, into a fresh 8 KiB buffer when the old one is still shared. A request
+/// waiting in the activator queue would so hold two buffers per connection. Copying the URI and
+/// the header values (all values in one allocation) lets the first go. Only for requests that
+/// wait; the fast path never pays for it.
+pub fn detach_head<B>(req: Request<B>) -> Request<B> {
+    let (mut parts, body) = req.into_parts();
+    if let Ok(uri) = Uri::from_maybe_shared(Bytes::from(parts.uri.to_string())) {
+        parts.uri = uri;
+    }
+    let total = parts.headers.values().map(HeaderValue::len).sum();
+    let mut store = BytesMut::with_capacity(total);
+    for v in parts.headers.values() {
+        store.extend_from_slice(v.as_bytes());
+    }
+    let store = store.freeze();
+    let mut at = 0;
+    for v in parts.headers.values_mut() {
+        let len = v.len();
+        // A value hyper accepted is a valid value; should one not be, it keeps its old storage.
+        if let Ok(mut copy) = HeaderValue::from_maybe_shared(store.slice(at..at + len)) {
+            copy.set_sensitive(v.is_sensitive());
+            *v = copy;
+        }
+        at += len;
+    }
+    Request::from_parts(parts, body)
 }
 
 /// The URI authority of a socket address (computed once per upstream, not per request).
@@ -103,6 +134,29 @@ mod tests {
         strip_hop_by_hop(&mut h);
         let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
         assert_eq!(left, vec!["host", "x-request-id"]);
+    }
+
+    #[test]
+    fn a_detached_head_keeps_its_values_and_lets_the_read_buffer_go() {
+        let read_buffer = Bytes::from(b"GET /p?q=1 HTTP/1.1|hello.default|Bearer x|a|b".to_vec());
+        let part = |range: std::ops::Range<usize>| read_buffer.slice(range);
+        let mut secret = HeaderValue::from_maybe_shared(part(34..42)).unwrap();
+        secret.set_sensitive(true);
+        let req = Request::builder()
+            .uri(Uri::from_maybe_shared(part(4..10)).unwrap())
+            .header("host", HeaderValue::from_maybe_shared(part(20..33)).unwrap())
+            .header("authorization", secret)
+            .header("x-many", HeaderValue::from_maybe_shared(part(43..44)).unwrap())
+            .header("x-many", HeaderValue::from_maybe_shared(part(45..46)).unwrap())
+            .body(())
+            .unwrap();
+        let req = detach_head(req);
+        assert!(read_buffer.is_unique(), "the head still points into the read buffer");
+        assert_eq!(req.uri(), "/p?q=1");
+        assert_eq!(req.headers()["host"], "hello.default");
+        assert_eq!(req.headers()["authorization"], "Bearer x");
+        assert_eq!(req.headers().get_all("x-many").iter().collect::<Vec<_>>(), ["a", "b"]);
+        assert!(req.headers()["authorization"].is_sensitive());
     }
 
     #[test]

@@ -4,16 +4,18 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio::time::timeout;
 
 use crate::body::Body;
 
@@ -48,6 +50,33 @@ impl ServerHandle {
     }
 }
 
+/// How long a new connection may take to show which protocol it speaks; hyper's own limit for
+/// reading an HTTP/1.1 head takes over after that.
+const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What h2c "prior knowledge" clients send first.
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether the client opens with the HTTP/2 preface. Peeks, so nothing is consumed: hyper's
+/// first read then gets the whole request head. (hyper-util's auto-detection reads the first
+/// bytes itself and hands them back, and that split first read made hyper grow every HTTP/1.1
+/// connection's read buffer from 8 to 16 KiB.) Any byte that differs from the preface decides
+/// HTTP/1.1, which is the first byte for every method but `P…`.
+async fn opens_with_h2_preface(stream: &TcpStream) -> std::io::Result<bool> {
+    let mut buf = [0u8; H2_PREFACE.len()];
+    loop {
+        let n = stream.peek(&mut buf).await?;
+        if n == 0 || buf[..n] != H2_PREFACE[..n] {
+            return Ok(false);
+        }
+        if n == H2_PREFACE.len() {
+            return Ok(true);
+        }
+        // Only part of the preface has arrived; peeking again at once would see the same bytes.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
 /// Serves `handler` on `listener` until shut down. `max_header_bytes` bounds the request head
 /// (larger heads get 431 from HTTP/1.1).
 pub fn serve<H: Handler>(
@@ -57,9 +86,12 @@ pub fn serve<H: Handler>(
 ) -> std::io::Result<ServerHandle> {
     let addr = listener.local_addr()?;
     let (stop, mut stopped) = watch::channel(false);
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().max_buf_size(max_header_bytes.max(8192)).timer(hyper_util::rt::TokioTimer::new());
-    builder.http2().max_header_list_size(max_header_bytes.try_into().unwrap_or(u32::MAX));
+    let mut http1 = http1::Builder::new();
+    http1.max_buf_size(max_header_bytes.max(8192)).timer(TokioTimer::new());
+    let mut http2 = http2::Builder::new(TokioExecutor::new());
+    http2.max_header_list_size(max_header_bytes.try_into().unwrap_or(u32::MAX));
+    // Shared, not copied into every connection's task (which lives as long as the connection).
+    let builders = Arc::new((http1, http2));
     let task = tokio::spawn(async move {
         let graceful = GracefulShutdown::new();
         loop {
@@ -72,10 +104,28 @@ pub fn serve<H: Handler>(
                         let handler = handler.clone();
                         async move { Ok::<_, Infallible>(handler.handle(req, peer).await) }
                     });
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
-                    let conn = graceful.watch(conn);
+                    let builders = builders.clone();
+                    let watcher = graceful.watcher();
+                    let mut stopped = stopped.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = conn.await {
+                        let h2 = tokio::select! {
+                            h2 = timeout(FIRST_BYTES_TIMEOUT, opens_with_h2_preface(&stream)) => h2,
+                            // Shutting down before the client said anything: nothing to finish.
+                            _ = stopped.wait_for(|s| *s) => return,
+                        };
+                        let result = match h2 {
+                            Ok(Ok(false)) => {
+                                watcher.watch(builders.0.serve_connection(TokioIo::new(stream), service)).await
+                            }
+                            // Boxed, so that the task of every HTTP/1.1 connection is not sized
+                            // for an HTTP/2 connection's state.
+                            Ok(Ok(true)) => {
+                                Box::pin(watcher.watch(builders.1.serve_connection(TokioIo::new(stream), service)))
+                                    .await
+                            }
+                            Ok(Err(_)) | Err(_) => return,
+                        };
+                        if let Err(e) = result {
                             tracing::debug!(%peer, error = %e, "connection ended with an error");
                         }
                     });
@@ -87,4 +137,82 @@ pub fn serve<H: Handler>(
         graceful.shutdown().await;
     });
     Ok(ServerHandle { addr, stop, task })
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::body::full;
+
+    struct Ok200;
+
+    impl Handler for Ok200 {
+        async fn handle(self: Arc<Self>, req: Request<Incoming>, _: SocketAddr) -> Response<Body> {
+            Response::new(full(format!("{} {:?}", req.method(), req.version())))
+        }
+    }
+
+    async fn server() -> ServerHandle {
+        serve(TcpListener::bind("127.0.0.1:0").await.unwrap(), Arc::new(Ok200), 8192).unwrap()
+    }
+
+    /// Writes `pieces` with pauses between them, so that each arrives on its own, then reads
+    /// until the server has sent at least `at_least` bytes.
+    async fn exchange(addr: SocketAddr, pieces: &[&[u8]], at_least: usize) -> Vec<u8> {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        for piece in pieces {
+            stream.write_all(piece).await.unwrap();
+            stream.flush().await.unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        while got.len() < at_least {
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the server closed after {:?}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+        got
+    }
+
+    #[tokio::test]
+    async fn methods_starting_like_the_h2_preface_are_http1() {
+        let server = server().await;
+        for pieces in [
+            &[b"POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 0\r\n\r\n".as_slice()][..],
+            &[b"P", b"UT / HTTP/1.1\r\nhost: a\r\ncontent-length: 0\r\n\r\n"],
+            &[b"GET / HTTP/1.1\r\nhost: a\r\n\r\n"],
+        ] {
+            let got = exchange(server.addr(), pieces, 12).await;
+            assert!(got.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&got));
+        }
+        server.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn an_h2_preface_in_pieces_is_http2() {
+        let server = server().await;
+        let (head, tail) = H2_PREFACE.split_at(7);
+        // The server's first frame answers the preface: SETTINGS (type 4) on stream 0.
+        let got = exchange(server.addr(), &[head, tail], 9).await;
+        assert_eq!(got[3], 4, "expected a SETTINGS frame, got {:?}", String::from_utf8_lossy(&got));
+        server.shutdown().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_connection_does_not_hold_up_shutdown() {
+        let server = server().await;
+        let _silent = TcpStream::connect(server.addr()).await.unwrap();
+        // Let the server accept it without letting paused time jump (which it does whenever
+        // every task waits), so that its first-bytes timer is still running at shutdown.
+        for _ in 0..1000 {
+            tokio::task::yield_now().await;
+        }
+        let start = tokio::time::Instant::now();
+        server.shutdown().await;
+        // With time paused, waiting for the first-bytes timeout would show as that much time.
+        assert!(start.elapsed() < FIRST_BYTES_TIMEOUT, "shutdown waited {:?}", start.elapsed());
+    }
 }

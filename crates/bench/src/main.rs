@@ -1,11 +1,12 @@
 //! `ikukantai-bench`: measures the gateway against real peers, on loopback.
 //!
 //! - `proxy`: one hop through our gateway, nginx and HAProxy (each a reverse proxy with the same
-//!   number of worker threads in front of the same trivial backend), driven by wrk at 1, 10 and 100
-//!   connections; prints added p50/p99 latency over the direct path and throughput, as Markdown;
+//!   number of worker threads in front of the same trivial backend), and through the least proxy
+//!   that can be built on hyper (`hyper-floor`), driven by wrk at 1, 10 and 100 connections; prints
+//!   added p50/p99 latency over the direct path and throughput, as Markdown;
 //! - `rss`: the gateway's resident memory idle and with 10 000 requests buffered in its activator
 //!   queue;
-//! - `backend`, `gateway`: the processes the two above start.
+//! - `backend`, `gateway`, `hyper-floor`: the processes the two above start.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -55,7 +56,18 @@ enum Cmd {
         #[arg(long, default_value_t = 1)]
         threads: usize,
     },
-    /// Gateway vs nginx vs HAProxy, one hop, with wrk.
+    /// The least a reverse proxy on hyper 1 can do, to tell hyper's cost from ours: every client
+    /// connection gets its own upstream connection and requests pass through untouched (no
+    /// routing, pool, header rewriting or metrics). Not a product, a yardstick.
+    HyperFloor {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long)]
+        backend: SocketAddr,
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+    },
+    /// Gateway vs nginx vs HAProxy (and the hyper floor), one hop, with wrk.
     Proxy {
         /// Seconds per wrk run.
         #[arg(long, default_value_t = 10)]
@@ -93,13 +105,10 @@ fn main() -> anyhow::Result<()> {
             tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(backend(listen))
         }
         Cmd::Gateway { listen, admin, backend, threads } => {
-            // One thread: a single-threaded runtime, like one nginx worker; more: work-stealing.
-            let runtime = if threads <= 1 {
-                tokio::runtime::Builder::new_current_thread().enable_all().build()?
-            } else {
-                tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()?
-            };
-            runtime.block_on(gateway(listen, admin, backend))
+            runtime(threads)?.block_on(gateway(listen, admin, backend))
+        }
+        Cmd::HyperFloor { listen, backend, threads } => {
+            runtime(threads)?.block_on(hyper_floor(listen, backend))
         }
         Cmd::Proxy { duration, rounds, threads, connections } => {
             proxy(duration, rounds, threads, &connections)
@@ -108,6 +117,45 @@ fn main() -> anyhow::Result<()> {
         Cmd::Coldstart { rounds } => {
             tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(coldstart(rounds))
         }
+    }
+}
+
+/// One thread: a single-threaded runtime, like one nginx worker; more: work-stealing.
+fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()
+    }
+}
+
+async fn hyper_floor(listen: SocketAddr, backend: SocketAddr) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    loop {
+        let (stream, _) = listener.accept().await?;
+        stream.set_nodelay(true)?;
+        tokio::spawn(async move {
+            let Ok(upstream) = tokio::net::TcpStream::connect(backend).await else { return };
+            let _ = upstream.set_nodelay(true);
+            let Ok((sender, conn)) =
+                hyper::client::conn::http1::handshake::<_, Incoming>(TokioIo::new(upstream)).await
+            else {
+                return;
+            };
+            tokio::spawn(conn);
+            // HTTP/1.1 serves one request at a time per connection: the lock is never contended.
+            let sender = Arc::new(tokio::sync::Mutex::new(sender));
+            let svc = service_fn(move |req: Request<Incoming>| {
+                let sender = sender.clone();
+                async move {
+                    let mut sender = sender.lock().await;
+                    sender.ready().await?;
+                    sender.send_request(req).await
+                }
+            });
+            let _ =
+                hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+        });
     }
 }
 
@@ -281,6 +329,7 @@ fn proxy(duration: u64, rounds: usize, threads: usize, connections: &[usize]) ->
     let ours_admin = free_port()?;
     let nginx = free_port()?;
     let haproxy = free_port()?;
+    let floor = free_port()?;
     std::fs::write(dir.join("nginx.conf"), nginx_config(&dir, nginx, backend, threads))?;
     std::fs::write(dir.join("haproxy.cfg"), haproxy_config(haproxy, backend, threads))?;
     let quiet = || Stdio::null();
@@ -292,6 +341,13 @@ fn proxy(duration: u64, rounds: usize, threads: usize, connections: &[usize]) ->
         Command::new(me()?)
             .args(["gateway", "--listen", &ours.to_string(), "--admin", &ours_admin.to_string()])
             .args(["--backend", &backend.to_string(), "--threads", &threads.to_string()])
+            .stdout(quiet())
+            .spawn()?,
+    );
+    procs.0.push(
+        Command::new(me()?)
+            .args(["hyper-floor", "--listen", &floor.to_string(), "--backend", &backend.to_string()])
+            .args(["--threads", &threads.to_string()])
             .stdout(quiet())
             .spawn()?,
     );
@@ -312,10 +368,16 @@ fn proxy(duration: u64, rounds: usize, threads: usize, connections: &[usize]) ->
             .stderr(quiet())
             .spawn()?,
     );
-    for a in [backend, ours, nginx, haproxy] {
+    for a in [backend, ours, nginx, haproxy, floor] {
         wait_for(a)?;
     }
-    let targets = [("direct", backend), ("ikukantai", ours), ("nginx", nginx), ("haproxy", haproxy)];
+    let targets = [
+        ("direct", backend),
+        ("ikukantai", ours),
+        ("nginx", nginx),
+        ("haproxy", haproxy),
+        ("hyper floor", floor),
+    ];
     // Warm every path once.
     for (_, addr) in targets {
         wrk(addr, 10, 1)?;

@@ -1,21 +1,16 @@
 //! Connecting to instances on a given node: plain TCP for the local node, through the emulated
 //! link for the others.
 
-use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::Uri;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::{Connected, Connection};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::body::Body;
 use crate::link::Link;
 
 /// A connection to an instance.
@@ -57,12 +52,6 @@ impl AsyncWrite for NodeStream {
     }
 }
 
-impl Connection for NodeStream {
-    fn connected(&self) -> Connected {
-        Connected::new()
-    }
-}
-
 /// Connects to addresses on one node.
 #[derive(Debug, Clone)]
 pub struct NodeConnector {
@@ -86,35 +75,6 @@ impl NodeConnector {
             }
         }
     }
-}
-
-impl tower_service::Service<Uri> for NodeConnector {
-    type Response = TokioIo<NodeStream>;
-    type Error = io::Error;
-    type Future = Pin<Box<dyn Future<Output = io::Result<TokioIo<NodeStream>>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        let this = self.clone();
-        Box::pin(async move {
-            let addr: SocketAddr =
-                uri.authority().and_then(|a| a.as_str().parse().ok()).ok_or_else(|| {
-                    io::Error::new(io::ErrorKind::InvalidInput, format!("not an ip:port address: {uri}"))
-                })?;
-            this.connect(addr).await.map(TokioIo::new)
-        })
-    }
-}
-
-/// A pooled HTTP/1.1 client for the instances of one node.
-pub fn node_client(link: Option<Link>) -> Client<NodeConnector, Body> {
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(1024)
-        .build(NodeConnector::new(link))
 }
 
 /// Measures the round trip to a peer gateway: opens a connection (through the link, if any),

@@ -21,7 +21,6 @@ use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
 use ikukantai_policy::autoscaler::Stat;
 use ikukantai_policy::balance::{Balancer, Candidate, Completion, PickContext};
 use ikukantai_policy::estimate::{NodeIndex, PeakEwma, RttMatrix};
@@ -38,12 +37,13 @@ use tokio::sync::oneshot;
 use tokio::time::{Instant, timeout_at};
 
 use crate::body::{Body, Guarded, Limited, boxed, error_response, full, is_too_large};
-use crate::connect::{NodeConnector, node_client};
+use crate::connect::NodeConnector;
 use crate::link::Link;
 use crate::metrics::{
     GatewayMetrics, LinkLabels, RejectLabels, RequestLabels, RevisionLabels, metrics_response,
 };
-use crate::proxy::{HeaderView, authority, detach_head, retarget, strip_hop_by_hop};
+use crate::pool::Upstream;
+use crate::proxy::{HeaderView, detach_head, origin_form, strip_hop_by_hop};
 use crate::queue_proxy::{INSTANCE_HEADER, LOAD_HEADER, NODE_HEADER, PROXY_HEADER, SERVICE_TIME_HEADER};
 use crate::server::{Handler, ServerHandle, serve};
 use crate::stats::RequestStats;
@@ -250,8 +250,8 @@ struct InstanceState {
     id: u64,
     name: Arc<str>,
     node: NodeIndex,
-    addr: SocketAddr,
-    authority: http::uri::Authority,
+    /// Its address and the pooled connections to it.
+    upstream: Arc<Upstream>,
     in_flight: u32,
     service_ms: PeakEwma,
     /// Send → response headers, as this gateway sees it (how long a slot stays taken).
@@ -299,11 +299,11 @@ struct Table {
     revisions: HashMap<(String, String), Arc<RevisionState>>,
 }
 
-/// The nodes a gateway knows, by index, and the client that reaches each. It only grows, so an
-/// index stays valid for the gateway's life.
+/// The nodes a gateway knows, by index, and how to connect to each. It only grows, so an index
+/// stays valid for the gateway's life.
 struct NodeSet {
     names: Vec<String>,
-    clients: Vec<Client<NodeConnector, Body>>,
+    connectors: Vec<NodeConnector>,
 }
 
 struct Shared {
@@ -381,7 +381,7 @@ impl Gateway {
         let metrics = GatewayMetrics::new(&mut registry);
         let nodes = NodeSet {
             names: config.nodes.clone(),
-            clients: config.links.iter().map(|l| node_client(l.clone())).collect(),
+            connectors: config.links.iter().map(|l| NodeConnector::new(l.clone())).collect(),
         };
         let max_header = config.max_header_bytes;
         let origin_value = HeaderValue::from_str(&config.nodes[config.node]).ok();
@@ -432,7 +432,7 @@ impl Gateway {
             return i;
         }
         nodes.names.push(name.to_owned());
-        nodes.clients.push(node_client(None));
+        nodes.connectors.push(NodeConnector::new(None));
         let n = nodes.names.len();
         self.shared.rtt.write().unwrap_or_else(|e| e.into_inner()).grow(n, prior_ms);
         n - 1
@@ -485,9 +485,8 @@ impl Gateway {
                         .iter()
                         .map(|i| match previous.remove(i.name.as_str()) {
                             Some(mut s) => {
-                                if s.addr != i.addr {
-                                    s.addr = i.addr;
-                                    s.authority = authority(i.addr);
+                                if s.upstream.addr() != i.addr || s.node != i.node {
+                                    s.upstream = new_upstream(shared, i);
                                 }
                                 s.node = i.node;
                                 s
@@ -602,13 +601,16 @@ impl Gateway {
     }
 }
 
+fn new_upstream(shared: &Shared, i: &InstanceRoute) -> Arc<Upstream> {
+    Arc::new(Upstream::new(i.addr, shared.nodes().connectors[i.node].clone()))
+}
+
 fn new_instance(shared: &Shared, i: &InstanceRoute) -> InstanceState {
     InstanceState {
         id: shared.instance_id(&i.name),
         name: i.name.as_str().into(),
         node: i.node,
-        addr: i.addr,
-        authority: authority(i.addr),
+        upstream: new_upstream(shared, i),
         in_flight: 0,
         service_ms: PeakEwma::new(Duration::from_secs(5)),
         held_ms: PeakEwma::new(Duration::from_secs(5)),
@@ -654,12 +656,12 @@ struct Picked {
     id: u64,
     name: Arc<str>,
     node: NodeIndex,
-    authority: http::uri::Authority,
+    upstream: Arc<Upstream>,
 }
 
 impl Picked {
     fn of(i: &InstanceState) -> Self {
-        Self { id: i.id, name: i.name.clone(), node: i.node, authority: i.authority.clone() }
+        Self { id: i.id, name: i.name.clone(), node: i.node, upstream: i.upstream.clone() }
     }
 }
 
@@ -1024,8 +1026,9 @@ impl Handler for Ingress {
                 }
                 parts.headers.append(X_FORWARDED_FOR.clone(), ip_value(peer.ip()));
                 let mut upstream = Request::from_parts(parts, boxed(Limited::new(body, limit)));
-                retarget(&mut upstream, &picked.authority);
-                shared.nodes().clients[picked.node].request(upstream)
+                origin_form(&mut upstream);
+                let pool = picked.upstream.clone();
+                async move { pool.send(upstream).await }
             };
             let sent = Instant::now();
             let response = match timeout_at(deadline, Box::pin(request)).await {

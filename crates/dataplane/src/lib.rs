@@ -9,6 +9,7 @@ pub mod connect;
 pub mod gateway;
 pub mod link;
 pub mod metrics;
+pub mod pool;
 pub mod proxy;
 pub mod queue_proxy;
 pub mod server;

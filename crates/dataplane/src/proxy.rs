@@ -1,16 +1,8 @@
-//! Shared pieces of forwarding HTTP: hop-by-hop headers, the upstream client.
-
-use std::net::SocketAddr;
-use std::time::Duration;
+//! Shared pieces of forwarding HTTP: hop-by-hop headers, origin-form requests, detached heads.
 
 use bytes::{Bytes, BytesMut};
-use http::uri::{self, Authority, PathAndQuery, Scheme};
+use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Uri, header};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
-
-use crate::body::Body;
 
 /// Headers that describe one connection, not the message; never forwarded.
 static HOP_BY_HOP: [HeaderName; 7] = [
@@ -35,8 +27,11 @@ impl ikukantai_policy::queue::HeaderLookup for HeaderView<'_> {
 
 /// Removes hop-by-hop headers, including those the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // One pass over the names present (no hashing, no parsing of the names `Connection` lists),
-    // then remove only what was found: most messages carry none.
+    // Most messages carry none, and names can only be listed in a `Connection` header, which is
+    // one of them: one pass of comparisons decides, without hashing or allocating.
+    if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
+        return;
+    }
     let connection = headers.get_all(header::CONNECTION);
     let listed = |name: &HeaderName| {
         connection
@@ -82,33 +77,20 @@ pub fn detach_head<B>(req: Request<B>) -> Request<B> {
     Request::from_parts(parts, body)
 }
 
-/// The URI authority of a socket address (computed once per upstream, not per request).
-pub fn authority(addr: SocketAddr) -> Authority {
-    Authority::try_from(addr.to_string().as_str()).expect("a socket address is a valid authority")
-}
-
-/// Points `req` at `authority` over plain HTTP/1.1, keeping path and query.
-pub fn retarget(req: &mut Request<Body>, authority: &Authority) {
-    let mut parts = uri::Parts::default();
-    parts.scheme = Some(Scheme::HTTP);
-    parts.authority = Some(authority.clone());
-    parts.path_and_query =
-        Some(req.uri().path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/")));
-    if let Ok(u) = Uri::from_parts(parts) {
-        *req.uri_mut() = u;
+/// Makes `req` an HTTP/1.1 request in origin form (`/path?query`), as sent to an upstream over a
+/// connection to it. The host the client asked for stays in `Host`; a request that named it only
+/// in its URI (HTTP/2's `:authority`) gets it as `Host`.
+pub fn origin_form<B>(req: &mut Request<B>) {
+    if !req.headers().contains_key(header::HOST)
+        && let Some(host) = req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    {
+        req.headers_mut().insert(header::HOST, host);
+    }
+    if req.uri().scheme().is_some() || req.uri().authority().is_some() {
+        let path = req.uri().path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+        *req.uri_mut() = Uri::from(path);
     }
     *req.version_mut() = http::Version::HTTP_11;
-}
-
-/// An HTTP/1.1 client over plain TCP with a connection pool.
-pub fn plain_client() -> Client<HttpConnector, Body> {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_keepalive(Some(Duration::from_secs(60)));
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(1024)
-        .build(connector)
 }
 
 #[cfg(test)]

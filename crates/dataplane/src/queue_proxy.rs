@@ -20,8 +20,6 @@ use std::time::Duration;
 
 use http::{HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 use ikukantai_api::service::Probe;
 use ikukantai_policy::autoscaler::Stat;
 use ikukantai_policy::queue::{PriorityRule, RequestMeta};
@@ -33,8 +31,10 @@ use tokio::time::{Instant, timeout, timeout_at};
 
 use crate::body::{Body, Deadlines, Guarded, boxed, error_response, full};
 use crate::breaker::{Breaker, Permit};
+use crate::connect::NodeConnector;
 use crate::metrics::{InstanceLabels, InstanceRequestLabels, QueueMetrics, RejectLabels, metrics_response};
-use crate::proxy::{HeaderView, authority, plain_client, retarget, strip_hop_by_hop};
+use crate::pool::Upstream;
+use crate::proxy::{HeaderView, origin_form, strip_hop_by_hop};
 use crate::server::{Handler, ServerHandle, serve};
 use crate::stats::RequestStats;
 
@@ -153,10 +153,10 @@ pub enum QueueProxyError {
 
 struct Inner {
     config: QueueProxyConfig,
-    app: http::uri::Authority,
     labels: InstanceLabels,
     breaker: Arc<Breaker>,
-    client: Client<HttpConnector, Body>,
+    /// The instance's process, and the pooled connections to it.
+    app: Upstream,
     stats: RequestStats,
     ready: watch::Sender<bool>,
     draining: AtomicBool,
@@ -207,14 +207,13 @@ impl QueueProxyHandle {
         let max_header = config.max_header_bytes;
         let inner = Arc::new(InnerRef(Inner {
             breaker: Breaker::new(cc, depth, discipline),
-            client: plain_client(),
             stats: RequestStats::new(std::time::Instant::now()),
             ready,
             draining: AtomicBool::new(false),
             metrics,
             registry,
             labels,
-            app: authority(config.app),
+            app: Upstream::new(config.app, NodeConnector::new(None)),
             config,
         }));
         let prober = tokio::spawn(probe_loop(inner.clone()));
@@ -267,18 +266,16 @@ async fn check(config: &QueueProxyConfig, limit: Duration) -> bool {
         match &config.readiness.action {
             ProbeAction::Tcp => TcpStream::connect(config.app).await.is_ok(),
             ProbeAction::Http { path, headers } => {
-                let client = plain_client();
-                let mut req = Request::get(format!("http://{}{path}", config.app));
+                // A connection of its own: probes must not take (or wait for) a request's.
+                let app = Upstream::new(config.app, NodeConnector::new(None));
+                let mut req = Request::get(path.as_str());
                 for (k, v) in headers {
                     req = req.header(k, v);
                 }
                 let Ok(req) = req.header("user-agent", "ikukantai-queue-proxy-probe").body(full("")) else {
                     return false;
                 };
-                client
-                    .request(req)
-                    .await
-                    .is_ok_and(|r| r.status().is_success() || r.status().is_redirection())
+                app.send(req).await.is_ok_and(|r| r.status().is_success() || r.status().is_redirection())
             }
         }
     };
@@ -448,9 +445,9 @@ impl Handler for InnerRef {
         strip_hop_by_hop(&mut parts.headers);
         parts.headers.remove(PROXY_HEADER);
         let mut upstream = Request::from_parts(parts, boxed(body));
-        retarget(&mut upstream, &inner.app);
+        origin_form(&mut upstream);
         let start_deadline = config.response_start_timeout.map_or(deadline, |t| (arrival + t).min(deadline));
-        let response = match timeout_at(start_deadline, inner.client.request(upstream)).await {
+        let response = match timeout_at(start_deadline, inner.app.send(upstream)).await {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
                 guard.code = 502;

@@ -27,23 +27,37 @@ impl ikukantai_policy::queue::HeaderLookup for HeaderView<'_> {
 
 /// Removes hop-by-hop headers, including those the `Connection` header names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none, and names can only be listed in a `Connection` header, which is
-    // one of them: one pass of comparisons decides, without hashing or allocating.
-    if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
+    // One pass of comparisons over the names present (no hashing): which fixed ones to remove.
+    let mut present = 0u8;
+    for k in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == k) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 {
+        // Names can only be listed in a `Connection` header, which would have been found.
         return;
     }
-    let connection = headers.get_all(header::CONNECTION);
-    let listed = |name: &HeaderName| {
-        connection
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|token| token.trim().eq_ignore_ascii_case(name.as_str()))
-    };
-    let present: Vec<HeaderName> =
-        headers.keys().filter(|k| HOP_BY_HOP.contains(k) || listed(k)).cloned().collect();
-    for h in &present {
-        headers.remove(h);
+    // `HOP_BY_HOP[0]` is `Connection`. Its usual tokens (`keep-alive`, `close`) name nothing
+    // else present, so this allocates only when it lists a header the message really carries.
+    let mut listed: Vec<String> = Vec::new();
+    if present & 1 != 0 {
+        for v in headers.get_all(header::CONNECTION) {
+            for token in v.to_str().unwrap_or_default().split(',').map(str::trim) {
+                let fixed = HOP_BY_HOP.iter().any(|h| h.as_str().eq_ignore_ascii_case(token));
+                if !token.is_empty() && !fixed && headers.contains_key(token) {
+                    listed.push(token.to_owned());
+                }
+            }
+        }
+    }
+    for name in &listed {
+        headers.remove(name.as_str());
+    }
+    for (i, h) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(h);
+        }
     }
 }
 
@@ -139,6 +153,20 @@ mod tests {
         assert_eq!(req.headers()["authorization"], "Bearer x");
         assert_eq!(req.headers().get_all("x-many").iter().collect::<Vec<_>>(), ["a", "b"]);
         assert!(req.headers()["authorization"].is_sensitive());
+    }
+
+    #[test]
+    fn connection_tokens_match_names_in_any_case_and_only_what_is_present_goes() {
+        assert_eq!(HOP_BY_HOP[0], header::CONNECTION, "strip_hop_by_hop relies on the order");
+        let mut h = map(&[
+            ("host", "hello.default"),
+            ("connection", "Keep-Alive, X-Trace, x-absent"),
+            ("x-trace", "1"),
+            ("x-request-id", "42"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        let left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, vec!["host", "x-request-id"]);
     }
 
     #[test]

@@ -338,6 +338,32 @@ mod tests {
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 
+    /// On a multi-threaded runtime a connection can come back before its task has seen the end of
+    /// the exchange; it must still be reused (not leaked, not used too early).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn connections_are_reused_across_threads() {
+        let (addr, accepted) = backend().await;
+        let up = Arc::new(Upstream::new(addr, NodeConnector::new(None)));
+        let workers: Vec<_> = (0..4)
+            .map(|w| {
+                let up = up.clone();
+                tokio::spawn(async move {
+                    for i in 0..50 {
+                        let path = format!("/w{w}-{i}");
+                        let got = text(up.send(get(&path)).await.unwrap()).await;
+                        assert_eq!(got, format!("{path} Some(\"svc.test\")"));
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            w.await.unwrap();
+        }
+        let opened = accepted.load(Ordering::SeqCst);
+        // 4 in every run, loaded machine or not; the bound leaves room for a slow return.
+        assert!(opened <= 40, "200 requests, 4 at a time, opened {opened} connections");
+    }
+
     #[tokio::test]
     async fn a_body_dropped_half_way_does_not_return_its_connection() {
         let (addr, accepted) = backend().await;

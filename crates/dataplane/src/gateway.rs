@@ -43,7 +43,7 @@ use crate::metrics::{
     GatewayMetrics, LinkLabels, RejectLabels, RequestLabels, RevisionLabels, metrics_response,
 };
 use crate::pool::Upstream;
-use crate::proxy::{HeaderView, detach_head, origin_form, strip_hop_by_hop};
+use crate::proxy::{HeaderView, detach_head, strip_hop_by_hop};
 use crate::queue_proxy::{INSTANCE_HEADER, LOAD_HEADER, NODE_HEADER, PROXY_HEADER, SERVICE_TIME_HEADER};
 use crate::server::{Handler, ServerHandle, serve};
 use crate::stats::RequestStats;
@@ -1025,10 +1025,8 @@ impl Handler for Ingress {
                     parts.headers.insert(ORIGIN_NAME.clone(), v.clone());
                 }
                 parts.headers.append(X_FORWARDED_FOR.clone(), ip_value(peer.ip()));
-                let mut upstream = Request::from_parts(parts, boxed(Limited::new(body, limit)));
-                origin_form(&mut upstream);
-                let pool = picked.upstream.clone();
-                async move { pool.send(upstream).await }
+                let upstream = Request::from_parts(parts, boxed(Limited::new(body, limit)));
+                picked.upstream.send(upstream)
             };
             let sent = Instant::now();
             let response = match timeout_at(deadline, Box::pin(request)).await {

@@ -31,6 +31,7 @@ use tokio::time::Instant;
 
 use crate::body::Body;
 use crate::connect::NodeConnector;
+use crate::proxy::origin_form;
 
 /// Idle connections older than this are closed instead of reused.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -100,11 +101,11 @@ impl Upstream {
         lock(&self.idle).len()
     }
 
-    /// Sends `req` (its URI in origin form, `/path?query`) and returns the response head; the
-    /// body streams, and the connection is reused once it has been read to the end. A request
-    /// without a `Host` header gets the upstream's address as its host.
+    /// Sends `req` as HTTP/1.1 in origin form ([`origin_form`]) and returns the response head;
+    /// the body streams, and the connection is reused once it has been read to the end. A
+    /// request that names no host gets the upstream's address as its host.
     pub async fn send(&self, mut req: Request<Body>) -> Result<Response<PooledBody>, UpstreamError> {
-        if !req.headers().contains_key(header::HOST)
+        if !origin_form(&mut req)
             && let Ok(host) = HeaderValue::try_from(self.addr.to_string())
         {
             req.headers_mut().insert(header::HOST, host);
@@ -188,12 +189,13 @@ impl ReturnTo {
 }
 
 fn put(idle: &IdleList, sender: SendRequest<Body>) {
+    let now = Instant::now();
     let mut idle = lock(idle);
     // The oldest are at the front: drop those past the idle timeout, and make room.
-    let stale = idle.iter().take_while(|i| i.since.elapsed() >= IDLE_TIMEOUT).count();
+    let stale = idle.iter().take_while(|i| now - i.since >= IDLE_TIMEOUT).count();
     let excess = (idle.len() - stale + 1).saturating_sub(MAX_IDLE);
     idle.drain(..stale + excess);
-    idle.push(Idle { since: Instant::now(), sender });
+    idle.push(Idle { since: now, sender });
 }
 
 pin_project! {

@@ -93,18 +93,21 @@ pub fn detach_head<B>(req: Request<B>) -> Request<B> {
 
 /// Makes `req` an HTTP/1.1 request in origin form (`/path?query`), as sent to an upstream over a
 /// connection to it. The host the client asked for stays in `Host`; a request that named it only
-/// in its URI (HTTP/2's `:authority`) gets it as `Host`.
-pub fn origin_form<B>(req: &mut Request<B>) {
-    if !req.headers().contains_key(header::HOST)
+/// in its URI (HTTP/2's `:authority`) gets it as `Host`. Returns whether the request has a `Host`.
+pub fn origin_form<B>(req: &mut Request<B>) -> bool {
+    let mut has_host = req.headers().contains_key(header::HOST);
+    if !has_host
         && let Some(host) = req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     {
         req.headers_mut().insert(header::HOST, host);
+        has_host = true;
     }
     if req.uri().scheme().is_some() || req.uri().authority().is_some() {
         let path = req.uri().path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
         *req.uri_mut() = Uri::from(path);
     }
     *req.version_mut() = http::Version::HTTP_11;
+    has_host
 }
 
 #[cfg(test)]

@@ -34,7 +34,7 @@ use crate::breaker::{Breaker, Permit};
 use crate::connect::NodeConnector;
 use crate::metrics::{InstanceLabels, InstanceRequestLabels, QueueMetrics, RejectLabels, metrics_response};
 use crate::pool::Upstream;
-use crate::proxy::{HeaderView, origin_form, strip_hop_by_hop};
+use crate::proxy::{HeaderView, strip_hop_by_hop};
 use crate::server::{Handler, ServerHandle, serve};
 use crate::stats::RequestStats;
 
@@ -444,8 +444,7 @@ impl Handler for InnerRef {
         let (mut parts, body) = req.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         parts.headers.remove(PROXY_HEADER);
-        let mut upstream = Request::from_parts(parts, boxed(body));
-        origin_form(&mut upstream);
+        let upstream = Request::from_parts(parts, boxed(body));
         let start_deadline = config.response_start_timeout.map_or(deadline, |t| (arrival + t).min(deadline));
         let response = match timeout_at(start_deadline, inner.app.send(upstream)).await {
             Ok(Ok(r)) => r,

@@ -28,6 +28,10 @@ use ikukantai_dataplane::gateway::{
     Gateway, GatewayConfig, InstanceRoute, NoEvents, RevisionRoute, RouteTarget, Routes, ServiceRoute,
 };
 
+/// The same allocator as the `ikukantai` binary, so the gateway measured here is the one shipped.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 const HOST: &str = "hello.default.example.com";
 
 #[derive(Debug, Parser)]

@@ -665,8 +665,7 @@ impl Picked {
     }
 }
 
-fn pick(shared: &Shared, inner: &mut RevisionInner, queued: u32) -> Option<Picked> {
-    let now = Instant::now();
+fn pick(shared: &Shared, inner: &mut RevisionInner, queued: u32, now: Instant) -> Option<Picked> {
     let RevisionInner { route, instances, scratch, balancer, .. } = inner;
     let rtt = shared.rtt.read().unwrap_or_else(|e| e.into_inner());
     let origin = shared.config.node;
@@ -688,9 +687,17 @@ fn pick(shared: &Shared, inner: &mut RevisionInner, queued: u32) -> Option<Picke
 
 /// Hands free capacity to waiting requests, in queue order.
 fn dispatch(shared: &Shared, rev: &RevisionState) {
-    let mut inner = Shared::lock(&rev.inner);
+    dispatch_locked(shared, rev, &mut Shared::lock(&rev.inner));
+}
+
+/// [`dispatch`] with the revision already locked.
+fn dispatch_locked(shared: &Shared, rev: &RevisionState, inner: &mut RevisionInner) {
+    if inner.waiting.is_empty() {
+        return;
+    }
+    let now = Instant::now();
     while !inner.waiting.is_empty() {
-        let Some(p) = pick(shared, &mut inner, 0) else { break };
+        let Some(p) = pick(shared, inner, 0, now) else { break };
         let mut delivered = false;
         while let Some(waiter) = inner.waiting.pop() {
             if waiter.send(p.id).is_ok() {
@@ -727,15 +734,15 @@ impl Drop for Forwarded {
             if let Some(i) = inner.instances.iter_mut().find(|x| x.id == self.id) {
                 i.in_flight = i.in_flight.saturating_sub(1);
             }
+            dispatch_locked(shared, &self.rev, &mut inner);
         }
-        dispatch(shared, &self.rev);
-        let now = std::time::Instant::now();
-        self.rev.origin.request_out(now, false);
+        let now = Instant::now();
+        self.rev.origin.request_out(now.into_std(), false);
         if self.buffered {
-            self.rev.activator.request_out(now, false);
+            self.rev.activator.request_out(now.into_std(), false);
         }
         self.rev.in_flight_gauge.dec();
-        record_outcome(shared, &self.rev, Some(self.node), self.code, self.arrival);
+        record_outcome(shared, &self.rev, Some(self.node), self.code, now - self.arrival);
     }
 }
 
@@ -745,9 +752,9 @@ fn record_outcome(
     rev: &RevisionState,
     serving: Option<NodeIndex>,
     code: u16,
-    arrival: Instant,
+    elapsed: Duration,
 ) {
-    let elapsed = arrival.elapsed().as_secs_f64();
+    let elapsed = elapsed.as_secs_f64();
     let mut outcomes = Shared::lock(&rev.outcomes);
     let outcome = (serving, code);
     if let Some((_, count, duration)) = outcomes.iter().find(|(o, ..)| *o == outcome) {
@@ -923,7 +930,9 @@ impl Handler for Ingress {
             };
             let revision = rev.labels.revision.as_str();
 
-            rev.origin.request_in(std::time::Instant::now(), false);
+            // One clock reading serves the arrival, the stats, the pick and (for requests that do
+            // not wait) the start of the upstream exchange.
+            rev.origin.request_in(arrival.into_std(), false);
             let mut entered = Entered { rev: &rev, buffered: false, handed_over: false };
             // Take an instance now, or wait in the activator queue.
             let timeout;
@@ -933,7 +942,7 @@ impl Handler for Ingress {
                 timeout = inner.route.timeout;
                 deadline = arrival + timeout;
                 let queued = inner.waiting.len() as u32;
-                match pick(shared, &mut inner, queued) {
+                match pick(shared, &mut inner, queued, arrival) {
                     Some(p) => Ok(p),
                     None => {
                         if inner.waiting.len() >= shared.config.queue_depth {
@@ -1028,7 +1037,7 @@ impl Handler for Ingress {
                 let upstream = Request::from_parts(parts, boxed(Limited::new(body, limit)));
                 picked.upstream.send(upstream)
             };
-            let sent = Instant::now();
+            let sent = if buffered { Instant::now() } else { arrival };
             let response = match timeout_at(deadline, Box::pin(request)).await {
                 Ok(Ok(r)) => r,
                 Ok(Err(e)) => {
@@ -1067,11 +1076,11 @@ impl Handler for Ingress {
                     );
                 }
             };
-            let latency = sent.elapsed();
+            let now = Instant::now();
             let (mut parts, body) = response.into_parts();
             strip_hop_by_hop(&mut parts.headers);
             done.code = parts.status.as_u16();
-            feedback(shared, &rev, &picked, &parts.headers, latency, parts.status.is_server_error());
+            feedback(shared, &rev, &picked, &parts.headers, now, now - sent, parts.status.is_server_error());
             let body = Guarded::new(body, done);
             Response::from_parts(parts, boxed(body))
         }
@@ -1102,6 +1111,7 @@ fn feedback(
     rev: &RevisionState,
     picked: &Picked,
     headers: &http::HeaderMap,
+    now: Instant,
     latency: Duration,
     failed: bool,
 ) {
@@ -1118,7 +1128,6 @@ fn feedback(
         }
     }
     let served_by_queue_proxy = instance && node;
-    let now = Instant::now();
     let mut inner = Shared::lock(&rev.inner);
     if !failed && let Some(i) = inner.instances.iter_mut().find(|x| x.id == picked.id) {
         let held = latency.as_secs_f64() * 1e3;

@@ -3,7 +3,10 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -11,9 +14,10 @@ use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::GracefulConnection;
+use pin_project_lite::pin_project;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{Notify, futures::OwnedNotified, watch};
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
 
@@ -77,6 +81,82 @@ async fn opens_with_h2_preface(stream: &TcpStream) -> std::io::Result<bool> {
     }
 }
 
+/// Graceful shutdown of a server's connections. hyper-util's `GracefulShutdown` polls a watch
+/// channel, which takes its lock, on every poll of every connection; here a connection registers
+/// its task's waker once and then reads a flag, so a request pays one atomic load for it.
+#[derive(Debug, Default)]
+struct Drain {
+    closing: AtomicBool,
+    notify: Arc<Notify>,
+}
+
+impl Drain {
+    /// Tells every connection, present and future, to finish its requests and close.
+    fn start(&self) {
+        // The flag first: a connection that registers after the wake-up below still sees it.
+        self.closing.store(true, Ordering::Release);
+        self.notify.notify_waiters();
+    }
+
+    /// `conn`, closed gracefully once [`Drain::start`] is called. `alive` is held until the
+    /// connection ends, so that its sender's `closed()` tells when all have.
+    fn watch<C: GracefulConnection>(self: &Arc<Self>, conn: C, alive: watch::Receiver<()>) -> Draining<C> {
+        Draining {
+            conn,
+            notified: self.notify.clone().notified_owned(),
+            drain: self.clone(),
+            state: DrainState::New,
+            _alive: alive,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DrainState {
+    /// Not polled yet: no waker registered.
+    New,
+    /// Registered; the flag is read on every poll.
+    Open,
+    /// Told to close.
+    Closing,
+}
+
+pin_project! {
+    /// A connection under a [`Drain`].
+    struct Draining<C> {
+        #[pin]
+        conn: C,
+        #[pin]
+        notified: OwnedNotified,
+        drain: Arc<Drain>,
+        state: DrainState,
+        _alive: watch::Receiver<()>,
+    }
+}
+
+impl<C: GracefulConnection> Future for Draining<C> {
+    type Output = C::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<C::Output> {
+        let mut this = self.project();
+        let close = match *this.state {
+            DrainState::Closing => false,
+            DrainState::Open => this.drain.closing.load(Ordering::Acquire),
+            DrainState::New => {
+                // Registers this task's waker, the same at every later poll (the connection
+                // never leaves its task); the flag covers a drain started before `watch`.
+                *this.state = DrainState::Open;
+                this.notified.poll(cx).is_ready() || this.drain.closing.load(Ordering::Acquire)
+            }
+        };
+        if close {
+            *this.state = DrainState::Closing;
+            this.conn.as_mut().graceful_shutdown();
+        }
+        this.conn.poll(cx)
+    }
+}
+
 /// Serves `handler` on `listener` until shut down. `max_header_bytes` bounds the request head
 /// (larger heads get 431 from HTTP/1.1).
 pub fn serve<H: Handler>(
@@ -93,7 +173,9 @@ pub fn serve<H: Handler>(
     // Shared, not copied into every connection's task (which lives as long as the connection).
     let builders = Arc::new((http1, http2));
     let task = tokio::spawn(async move {
-        let graceful = GracefulShutdown::new();
+        let drain = Arc::new(Drain::default());
+        // Every connection holds a receiver; `closed()` is when the last has ended.
+        let (alive, _) = watch::channel(());
         loop {
             tokio::select! {
                 accepted = listener.accept() => {
@@ -105,7 +187,8 @@ pub fn serve<H: Handler>(
                         async move { Ok::<_, Infallible>(handler.handle(req, peer).await) }
                     });
                     let builders = builders.clone();
-                    let watcher = graceful.watcher();
+                    let drain = drain.clone();
+                    let alive = alive.subscribe();
                     let mut stopped = stopped.clone();
                     tokio::spawn(async move {
                         let h2 = tokio::select! {
@@ -115,12 +198,12 @@ pub fn serve<H: Handler>(
                         };
                         let result = match h2 {
                             Ok(Ok(false)) => {
-                                watcher.watch(builders.0.serve_connection(TokioIo::new(stream), service)).await
+                                drain.watch(builders.0.serve_connection(TokioIo::new(stream), service), alive).await
                             }
                             // Boxed, so that the task of every HTTP/1.1 connection is not sized
                             // for an HTTP/2 connection's state.
                             Ok(Ok(true)) => {
-                                Box::pin(watcher.watch(builders.1.serve_connection(TokioIo::new(stream), service)))
+                                Box::pin(drain.watch(builders.1.serve_connection(TokioIo::new(stream), service), alive))
                                     .await
                             }
                             Ok(Err(_)) | Err(_) => return,
@@ -134,7 +217,8 @@ pub fn serve<H: Handler>(
             }
         }
         drop(listener);
-        graceful.shutdown().await;
+        drain.start();
+        alive.closed().await;
     });
     Ok(ServerHandle { addr, stop, task })
 }
@@ -199,6 +283,47 @@ mod tests {
         let got = exchange(server.addr(), &[head, tail], 9).await;
         assert_eq!(got[3], 4, "expected a SETTINGS frame, got {:?}", String::from_utf8_lossy(&got));
         server.shutdown().await;
+    }
+
+    struct Slow;
+
+    impl Handler for Slow {
+        async fn handle(self: Arc<Self>, _: Request<Incoming>, _: SocketAddr) -> Response<Body> {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            Response::new(full("done"))
+        }
+    }
+
+    /// What the server sends until it closes (a failure, not a hang, if it never does).
+    async fn read_to_end(stream: &mut TcpStream) -> String {
+        let mut got = Vec::new();
+        timeout(Duration::from_secs(10), stream.read_to_end(&mut got)).await.expect("closed").unwrap();
+        String::from_utf8_lossy(&got).into_owned()
+    }
+
+    #[tokio::test]
+    async fn shutdown_finishes_requests_in_flight_and_closes_idle_connections() {
+        let server = serve(TcpListener::bind("127.0.0.1:0").await.unwrap(), Arc::new(Slow), 8192).unwrap();
+        let request = b"GET / HTTP/1.1\r\nhost: a\r\n\r\n";
+        // Kept alive after one answer, then silent.
+        let mut idle = TcpStream::connect(server.addr()).await.unwrap();
+        idle.write_all(request).await.unwrap();
+        let mut buf = [0u8; 1024];
+        let mut got = Vec::new();
+        while !got.ends_with(b"done") {
+            let n = idle.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed early");
+            got.extend_from_slice(&buf[..n]);
+        }
+        // In the handler when the shutdown starts.
+        let mut busy = TcpStream::connect(server.addr()).await.unwrap();
+        busy.write_all(request).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let shutdown = tokio::spawn(server.shutdown());
+        let answer = read_to_end(&mut busy).await;
+        assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("done"), "{answer}");
+        assert_eq!(read_to_end(&mut idle).await, "", "the idle connection is closed");
+        tokio::time::timeout(Duration::from_secs(10), shutdown).await.expect("shutdown returns").unwrap();
     }
 
     #[tokio::test(start_paused = true)]

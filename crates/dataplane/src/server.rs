@@ -285,10 +285,14 @@ mod tests {
         server.shutdown().await;
     }
 
-    struct Slow;
+    /// Answers after 100 ms; tells `entered` when a request reaches it.
+    struct Slow {
+        entered: Arc<Notify>,
+    }
 
     impl Handler for Slow {
         async fn handle(self: Arc<Self>, _: Request<Incoming>, _: SocketAddr) -> Response<Body> {
+            self.entered.notify_one();
             tokio::time::sleep(Duration::from_millis(100)).await;
             Response::new(full("done"))
         }
@@ -303,7 +307,9 @@ mod tests {
 
     #[tokio::test]
     async fn shutdown_finishes_requests_in_flight_and_closes_idle_connections() {
-        let server = serve(TcpListener::bind("127.0.0.1:0").await.unwrap(), Arc::new(Slow), 8192).unwrap();
+        let entered = Arc::new(Notify::new());
+        let slow = Arc::new(Slow { entered: entered.clone() });
+        let server = serve(TcpListener::bind("127.0.0.1:0").await.unwrap(), slow, 8192).unwrap();
         let request = b"GET / HTTP/1.1\r\nhost: a\r\n\r\n";
         // Kept alive after one answer, then silent.
         let mut idle = TcpStream::connect(server.addr()).await.unwrap();
@@ -315,10 +321,11 @@ mod tests {
             assert!(n > 0, "closed early");
             got.extend_from_slice(&buf[..n]);
         }
+        entered.notified().await; // the idle connection's request
         // In the handler when the shutdown starts.
         let mut busy = TcpStream::connect(server.addr()).await.unwrap();
         busy.write_all(request).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        entered.notified().await;
         let shutdown = tokio::spawn(server.shutdown());
         let answer = read_to_end(&mut busy).await;
         assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("done"), "{answer}");

@@ -870,25 +870,30 @@ impl Handler for Ingress {
         async move {
             let arrival = Instant::now();
             let shared = &self.0;
-            let Some(host) = host_of(&req) else {
-                return self.reject(
-                    StatusCode::BAD_REQUEST,
-                    "",
-                    "",
-                    "no_route",
-                    "request has no Host header".into(),
-                );
-            };
-            let found =
-                shared.table.read().unwrap_or_else(|e| e.into_inner()).hosts.get(host.as_ref()).cloned();
-            let Some((service, tagged)) = found else {
-                return self.reject(
-                    StatusCode::NOT_FOUND,
-                    "",
-                    "",
-                    "no_route",
-                    format!("no service answers to host {host:?}"),
-                );
+            // Locals that are gone before the upstream `.await` live in blocks (or are never
+            // named), so that the future does not keep room for them while a request waits.
+            let (service, tagged) = {
+                let Some(host) = host_of(&req) else {
+                    return self.reject(
+                        StatusCode::BAD_REQUEST,
+                        "",
+                        "",
+                        "no_route",
+                        "request has no Host header".into(),
+                    );
+                };
+                let found =
+                    shared.table.read().unwrap_or_else(|e| e.into_inner()).hosts.get(host.as_ref()).cloned();
+                let Some(found) = found else {
+                    return self.reject(
+                        StatusCode::NOT_FOUND,
+                        "",
+                        "",
+                        "no_route",
+                        format!("no service answers to host {host:?}"),
+                    );
+                };
+                found
             };
             let (ns, svc) = (service.namespace.as_str(), service.name.as_str());
             let limit = shared.config.max_body_bytes;
@@ -907,18 +912,9 @@ impl Handler for Ingress {
                     format!("request body of {len} bytes is larger than the {limit}-byte limit"),
                 );
             }
-            let Some(target) = tagged.or_else(|| self.choose(&service)) else {
-                return self.reject(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    ns,
-                    svc,
-                    "no_route",
-                    format!("service {ns}/{svc} routes no traffic"),
-                );
-            };
-            let rev = match target {
-                Ok(rev) => rev,
-                Err(revision) => {
+            let rev = match tagged.or_else(|| self.choose(&service)) {
+                Some(Ok(rev)) => rev,
+                Some(Err(revision)) => {
                     return self.reject(
                         StatusCode::SERVICE_UNAVAILABLE,
                         ns,
@@ -927,28 +923,38 @@ impl Handler for Ingress {
                         format!("revision {revision} of {ns}/{svc} is not ready"),
                     );
                 }
+                None => {
+                    return self.reject(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        ns,
+                        svc,
+                        "no_route",
+                        format!("service {ns}/{svc} routes no traffic"),
+                    );
+                }
             };
             let revision = rev.labels.revision.as_str();
 
             // One clock reading serves the arrival, the stats, the pick and (for requests that do
             // not wait) the start of the upstream exchange.
             rev.origin.request_in(arrival.into_std(), false);
-            let mut entered = Entered { rev: &rev, buffered: false, handed_over: false };
             // Take an instance now, or wait in the activator queue.
             let timeout;
             let deadline;
-            let waiting = {
-                let mut inner = Shared::lock(&rev.inner);
-                timeout = inner.route.timeout;
-                deadline = arrival + timeout;
-                let queued = inner.waiting.len() as u32;
-                match pick(shared, &mut inner, queued, arrival) {
-                    Some(p) => Ok(p),
-                    None => {
-                        if inner.waiting.len() >= shared.config.queue_depth {
-                            let depth = shared.config.queue_depth;
-                            drop(inner);
-                            return self.reject(
+            let (picked, buffered) = {
+                let mut entered = Entered { rev: &rev, buffered: false, handed_over: false };
+                let waiting = {
+                    let mut inner = Shared::lock(&rev.inner);
+                    timeout = inner.route.timeout;
+                    deadline = arrival + timeout;
+                    let queued = inner.waiting.len() as u32;
+                    match pick(shared, &mut inner, queued, arrival) {
+                        Some(p) => Ok(p),
+                        None => {
+                            if inner.waiting.len() >= shared.config.queue_depth {
+                                let depth = shared.config.queue_depth;
+                                drop(inner);
+                                return self.reject(
                             StatusCode::SERVICE_UNAVAILABLE,
                             ns,
                             svc,
@@ -957,61 +963,62 @@ impl Handler for Ingress {
                                 "revision {revision} has no capacity and {depth} requests are already waiting"
                             ),
                         );
+                            }
+                            let (tx, rx) = oneshot::channel();
+                            let headers = HeaderView(req.headers());
+                            let source = peer.to_string();
+                            let host = host_of(&req).unwrap_or_default();
+                            let meta = RequestMeta {
+                                id: shared.ids.fetch_add(1, Ordering::Relaxed),
+                                source: Some(&source),
+                                host: &host,
+                                path: req.uri().path(),
+                                method: req.method().as_str(),
+                                headers: &headers,
+                                arrival: arrival.into_std(),
+                                deadline: Some(deadline.into_std()),
+                            };
+                            inner.waiting.push(&meta, tx);
+                            rev.buffered_gauge.set(inner.waiting.len() as i64);
+                            if inner.instances.is_empty() {
+                                shared.events.demand(ns, revision, shared.config.node);
+                            }
+                            Err(rx)
                         }
-                        let (tx, rx) = oneshot::channel();
-                        let headers = HeaderView(req.headers());
-                        let source = peer.to_string();
-                        let meta = RequestMeta {
-                            id: shared.ids.fetch_add(1, Ordering::Relaxed),
-                            source: Some(&source),
-                            host: &host,
-                            path: req.uri().path(),
-                            method: req.method().as_str(),
-                            headers: &headers,
-                            arrival: arrival.into_std(),
-                            deadline: Some(deadline.into_std()),
-                        };
-                        inner.waiting.push(&meta, tx);
-                        rev.buffered_gauge.set(inner.waiting.len() as i64);
-                        if inner.instances.is_empty() {
-                            shared.events.demand(ns, revision, shared.config.node);
-                        }
-                        Err(rx)
                     }
-                }
-            };
-            let picked = match waiting {
-                Ok(p) => p,
-                Err(mut rx) => {
-                    entered.buffered = true;
-                    req = detach_head(req);
-                    rev.activator.request_in(std::time::Instant::now(), false);
-                    rev.buffered_counter.inc();
-                    // Boxed: the wait's timer and channel then take room only in requests that wait.
-                    let id = Box::pin(wait_for_instance(shared, &rev, &mut rx, deadline)).await;
-                    let found = id.and_then(|id| {
-                        let inner = Shared::lock(&rev.inner);
-                        inner.instances.iter().find(|x| x.id == id).map(Picked::of)
-                    });
-                    match found {
-                        Some(p) => p,
-                        None => {
-                            drop(rx);
-                            dispatch(shared, &rev);
-                            return self.reject(
+                };
+                let picked = match waiting {
+                    Ok(p) => p,
+                    Err(mut rx) => {
+                        entered.buffered = true;
+                        req = detach_head(req);
+                        rev.activator.request_in(std::time::Instant::now(), false);
+                        rev.buffered_counter.inc();
+                        // Boxed: the wait's timer and channel then take room only in requests that wait.
+                        let id = Box::pin(wait_for_instance(shared, &rev, &mut rx, deadline)).await;
+                        let found = id.and_then(|id| {
+                            let inner = Shared::lock(&rev.inner);
+                            inner.instances.iter().find(|x| x.id == id).map(Picked::of)
+                        });
+                        match found {
+                            Some(p) => p,
+                            None => {
+                                drop(rx);
+                                dispatch(shared, &rev);
+                                return self.reject(
                             StatusCode::GATEWAY_TIMEOUT,
                             ns,
                             svc,
                             "timeout",
                             format!("no instance of revision {revision} had room within the {timeout:?} request timeout"),
                         );
+                            }
                         }
                     }
-                }
+                };
+                entered.handed_over = true;
+                (picked, entered.buffered)
             };
-            entered.handed_over = true;
-            let buffered = entered.buffered;
-            drop(entered);
             rev.in_flight_gauge.inc();
             let mut done = Forwarded {
                 shared: shared.clone(),

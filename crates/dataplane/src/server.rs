@@ -170,6 +170,15 @@ fn connection_service<H: Handler>(
     service_fn(move |req| handler.clone().handle(req, peer).map(never_fails))
 }
 
+/// Logs how a connection from `peer` ended, if not well.
+fn connection_ended(peer: SocketAddr) -> impl FnOnce(Result<(), hyper::Error>) {
+    move |result| {
+        if let Err(e) = result {
+            tracing::debug!(%peer, error = %e, "connection ended with an error");
+        }
+    }
+}
+
 /// A handler's response as hyper's service result (a named fn: the `Ok` constructor trips
 /// higher-ranked inference over the body's `dyn Error + 'static`).
 fn never_fails(response: Response<Body>) -> Result<Response<Body>, Infallible> {
@@ -205,26 +214,26 @@ pub fn serve<H: Handler>(
                     let drain = drain.clone();
                     let alive = alive.subscribe();
                     let mut stopped = stopped.clone();
+                    // Two tasks: this one waits for the first bytes; the connection then gets a
+                    // task of its own, sized for it alone (none of this one's state stays with
+                    // a connection whose request waits in the activator queue).
                     tokio::spawn(async move {
                         let h2 = tokio::select! {
                             h2 = timeout(FIRST_BYTES_TIMEOUT, opens_with_h2_preface(&stream)) => h2,
                             // Shutting down before the client said anything: nothing to finish.
                             _ = stopped.wait_for(|s| *s) => return,
                         };
-                        let result = match h2 {
+                        let io = TokioIo::new(stream);
+                        match h2 {
                             Ok(Ok(false)) => {
-                                drain.watch(builders.0.serve_connection(TokioIo::new(stream), service), alive).await
+                                let conn = builders.0.serve_connection(io, service);
+                                tokio::spawn(drain.watch(conn, alive).map(connection_ended(peer)));
                             }
-                            // Boxed, so that the task of every HTTP/1.1 connection is not sized
-                            // for an HTTP/2 connection's state.
                             Ok(Ok(true)) => {
-                                Box::pin(drain.watch(builders.1.serve_connection(TokioIo::new(stream), service), alive))
-                                    .await
+                                let conn = builders.1.serve_connection(io, service);
+                                tokio::spawn(drain.watch(conn, alive).map(connection_ended(peer)));
                             }
-                            Ok(Err(_)) | Err(_) => return,
-                        };
-                        if let Err(e) = result {
-                            tracing::debug!(%peer, error = %e, "connection ended with an error");
+                            Ok(Err(_)) | Err(_) => {}
                         }
                     });
                 }

@@ -121,10 +121,11 @@ impl Drain {
         }
     }
 
-    /// `conn`, closed gracefully once [`Drain::start`] is called, and counted until it ends.
-    fn watch<C: GracefulConnection>(self: &Arc<Self>, conn: C) -> Draining<C> {
+    /// A new connection, counted from now (also while its protocol is not yet known) until its
+    /// registration is dropped.
+    fn enter(self: &Arc<Self>) -> Registration {
         self.conns().live += 1;
-        Draining { conn, registration: Registration { drain: self.clone(), slot: NO_SLOT }, closing: false }
+        Registration { drain: self.clone(), slot: NO_SLOT }
     }
 
     /// Returns once every watched connection has ended.
@@ -149,6 +150,11 @@ struct Registration {
 }
 
 impl Registration {
+    /// `conn`, closed gracefully once [`Drain::start`] is called (at once if it already was).
+    fn watch<C: GracefulConnection>(self, conn: C) -> Draining<C> {
+        Draining { conn, registration: self, closing: false }
+    }
+
     fn register(&mut self, waker: &Waker) {
         let mut conns = self.drain.conns();
         let slot = match conns.free.pop() {
@@ -264,7 +270,8 @@ pub fn serve<H: Handler>(
                     let _ = stream.set_nodelay(true);
                     let service = connection_service(handler.clone(), peer);
                     let builders = builders.clone();
-                    let drain = drain.clone();
+                    // Counted from here, so that a shutdown also waits for this connection.
+                    let registration = drain.enter();
                     let mut stopped = stopped.clone();
                     // Two tasks: this one waits for the first bytes; the connection then gets a
                     // task of its own, sized for it alone (none of this one's state stays with
@@ -279,11 +286,11 @@ pub fn serve<H: Handler>(
                         match h2 {
                             Ok(Ok(false)) => {
                                 let conn = builders.0.serve_connection(io, service);
-                                tokio::spawn(drain.watch(conn).map(connection_ended(peer)));
+                                tokio::spawn(registration.watch(conn).map(connection_ended(peer)));
                             }
                             Ok(Ok(true)) => {
                                 let conn = builders.1.serve_connection(io, service);
-                                tokio::spawn(drain.watch(conn).map(connection_ended(peer)));
+                                tokio::spawn(registration.watch(conn).map(connection_ended(peer)));
                             }
                             Ok(Err(_)) | Err(_) => {}
                         }

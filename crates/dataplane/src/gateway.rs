@@ -951,39 +951,21 @@ impl Handler for Ingress {
                     match pick(shared, &mut inner, queued, arrival) {
                         Some(p) => Ok(p),
                         None => {
-                            if inner.waiting.len() >= shared.config.queue_depth {
-                                let depth = shared.config.queue_depth;
+                            let depth = shared.config.queue_depth;
+                            if inner.waiting.len() >= depth {
                                 drop(inner);
+                                let message = format!(
+                                    "revision {revision} has no capacity and {depth} requests are already waiting"
+                                );
                                 return self.reject(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            ns,
-                            svc,
-                            "queue_full",
-                            format!(
-                                "revision {revision} has no capacity and {depth} requests are already waiting"
-                            ),
-                        );
+                                    StatusCode::SERVICE_UNAVAILABLE,
+                                    ns,
+                                    svc,
+                                    "queue_full",
+                                    message,
+                                );
                             }
-                            let (tx, rx) = oneshot::channel();
-                            let headers = HeaderView(req.headers());
-                            let source = peer.to_string();
-                            let host = host_of(&req).unwrap_or_default();
-                            let meta = RequestMeta {
-                                id: shared.ids.fetch_add(1, Ordering::Relaxed),
-                                source: Some(&source),
-                                host: &host,
-                                path: req.uri().path(),
-                                method: req.method().as_str(),
-                                headers: &headers,
-                                arrival: arrival.into_std(),
-                                deadline: Some(deadline.into_std()),
-                            };
-                            inner.waiting.push(&meta, tx);
-                            rev.buffered_gauge.set(inner.waiting.len() as i64);
-                            if inner.instances.is_empty() {
-                                shared.events.demand(ns, revision, shared.config.node);
-                            }
-                            Err(rx)
+                            Err(enqueue(shared, &rev, &mut inner, &req, peer, arrival, deadline))
                         }
                     }
                 };
@@ -1005,13 +987,10 @@ impl Handler for Ingress {
                             None => {
                                 drop(rx);
                                 dispatch(shared, &rev);
-                                return self.reject(
-                            StatusCode::GATEWAY_TIMEOUT,
-                            ns,
-                            svc,
-                            "timeout",
-                            format!("no instance of revision {revision} had room within the {timeout:?} request timeout"),
-                        );
+                                let message = format!(
+                                    "no instance of revision {revision} had room within the {timeout:?} request timeout"
+                                );
+                                return self.reject(StatusCode::GATEWAY_TIMEOUT, ns, svc, "timeout", message);
                             }
                         }
                     }
@@ -1092,6 +1071,40 @@ impl Handler for Ingress {
             Response::from_parts(parts, boxed(body))
         }
     }
+}
+
+/// Puts a request that found no instance with room into the revision's activator queue, and
+/// tells the control plane about demand at this node if the revision has no instance at all.
+fn enqueue(
+    shared: &Shared,
+    rev: &RevisionState,
+    inner: &mut RevisionInner,
+    req: &Request<Incoming>,
+    peer: SocketAddr,
+    arrival: Instant,
+    deadline: Instant,
+) -> oneshot::Receiver<u64> {
+    let (tx, rx) = oneshot::channel();
+    let headers = HeaderView(req.headers());
+    let source = peer.to_string();
+    let host = host_of(req).unwrap_or_default();
+    let meta = RequestMeta {
+        id: shared.ids.fetch_add(1, Ordering::Relaxed),
+        source: Some(&source),
+        host: &host,
+        path: req.uri().path(),
+        method: req.method().as_str(),
+        headers: &headers,
+        arrival: arrival.into_std(),
+        deadline: Some(deadline.into_std()),
+    };
+    inner.waiting.push(&meta, tx);
+    rev.buffered_gauge.set(inner.waiting.len() as i64);
+    if inner.instances.is_empty() {
+        let RevisionLabels { namespace, revision, .. } = &rev.labels;
+        shared.events.demand(namespace, revision, shared.config.node);
+    }
+    rx
 }
 
 /// Waits for the activator queue to hand this request an instance (its id), re-dispatching

@@ -25,12 +25,11 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use ikukantai_dataplane::gateway::{
-    Gateway, GatewayConfig, InstanceRoute, NoEvents, RevisionRoute, RouteTarget, Routes, ServiceRoute,
+    Gateway, GatewayConfig, InstanceRoute, MemoryRelease, NoEvents, RevisionRoute, RouteTarget, Routes,
+    ServiceRoute,
 };
-
-/// The same allocator as the `ikukantai` binary, so the gateway measured here is the one shipped.
-#[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+// The allocator: ikukantai_alloc, the same as the `ikukantai` binary's, so the gateway measured
+// here is the one shipped.
 
 const HOST: &str = "hello.default.example.com";
 
@@ -181,6 +180,7 @@ async fn backend(listen: SocketAddr) -> anyhow::Result<()> {
 async fn gateway(listen: SocketAddr, admin: SocketAddr, backend: Option<SocketAddr>) -> anyhow::Result<()> {
     let mut config = GatewayConfig::single("node1");
     config.queue_depth = 100_000;
+    config.memory_release = Some(MemoryRelease::new(ikukantai_alloc::release_freed));
     let gw = Gateway::start(
         config,
         tokio::net::TcpListener::bind(listen).await?,
@@ -575,6 +575,7 @@ async fn coldstart(rounds: usize) -> anyhow::Result<()> {
         admin_port: free_port()?.port(),
         probe_interval: Duration::from_secs(5),
         seed: 1,
+        memory_release: Some(MemoryRelease::new(ikukantai_alloc::release_freed)),
     })
     .await?;
     let manifest = format!(

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use ikukantai_dataplane::gateway::MemoryRelease;
 use ikukantai_kube::controller::Settings;
 use ikukantai_kube::gateway::{GatewayOptions, shutdown_signal};
 use ikukantai_kube::manager::ManagerOptions;
@@ -117,6 +118,7 @@ pub(crate) async fn gateway(args: GatewayArgs) -> anyhow::Result<ExitCode> {
         system_namespace: args.system_namespace,
         peer_selector: args.peer_selector,
         controller_url: args.controller_url,
+        memory_release: Some(MemoryRelease::new(ikukantai_alloc::release_freed)),
     })
     .await?;
     Ok(ExitCode::SUCCESS)

@@ -17,6 +17,7 @@ use ikukantai_api::duration::parse_duration;
 use ikukantai_api::parse::{Document, load};
 use ikukantai_api::service::Service;
 use ikukantai_api::topology::Topology;
+use ikukantai_dataplane::gateway::MemoryRelease;
 use ikukantai_dataplane::queue_proxy::{INSTANCE_HEADER, NODE_HEADER};
 use ikukantai_fleet::fleet::{Fleet, FleetOptions};
 use ikukantai_fleet::view::{ApplyResult, InstanceView, LatencyView, NodeView, PlacementView, RevisionView};
@@ -139,6 +140,7 @@ pub(crate) async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         admin_port: args.admin_port,
         probe_interval: args.probe_interval,
         seed: args.seed,
+        memory_release: Some(MemoryRelease::new(ikukantai_alloc::release_freed)),
     })
     .await?;
     for p in &fleet.problems {

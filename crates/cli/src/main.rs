@@ -10,12 +10,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-/// jemalloc rather than glibc's malloc: an idle HTTP/1.1 connection leaves fewer resident pages
-/// behind (hyper's untouched 8 KiB buffers stay unmapped) and a proxied request costs fewer
-/// instructions; measured in docs/benchmarks.md.
-#[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
+// The allocator is jemalloc, from ikukantai_alloc: an idle HTTP/1.1 connection leaves fewer
+// resident pages behind than with glibc's malloc and a proxied request costs fewer instructions
+// (docs/benchmarks.md).
 /// ikukantai (行く艦隊): a latency-aware serverless platform for edge–cloud fleets.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about = None)]

@@ -106,6 +106,35 @@ pub struct GatewayConfig {
     pub links: Vec<Option<Link>>,
     /// RTT priors (measurements replace them while fresh).
     pub rtt: RttMatrix,
+    /// Giving memory back to the operating system while many requests wait (`None`: never).
+    pub memory_release: Option<MemoryRelease>,
+}
+
+/// How a gateway gives memory back to the operating system while many HTTP/1.1 requests wait.
+///
+/// hyper reads a request head into an 8 KiB buffer; a waiting request's head is copied out of it
+/// ([`detach_head`]) and the buffer freed. The allocator caches freed blocks and hands this one to
+/// the next 8 KiB allocation, which is the next connection's output buffer: it never writes to
+/// its pages, but they stay resident, one page per waiting connection (40 MiB for 10 000).
+/// Releasing freed memory when the request parks ends that. It costs a few system calls, so only
+/// requests that park in a queue already `from_depth` deep pay it, and the fast path never does.
+#[derive(Debug, Clone, Copy)]
+pub struct MemoryRelease {
+    /// Returns memory the process freed to the operating system (the allocator's business:
+    /// `ikukantai_alloc::release_freed` in ikukantai's binaries).
+    pub release: fn(),
+    /// Depth of a revision's activator queue from which a parking HTTP/1.1 request calls it.
+    pub from_depth: usize,
+}
+
+impl MemoryRelease {
+    /// Default depth: below it, waiting connections keep at most 1 MiB of such pages per revision.
+    pub const FROM_DEPTH: usize = 256;
+
+    /// `release`, from the default depth.
+    pub fn new(release: fn()) -> Self {
+        Self { release, from_depth: Self::FROM_DEPTH }
+    }
 }
 
 impl GatewayConfig {
@@ -121,6 +150,7 @@ impl GatewayConfig {
             policy: PolicyParams::default(),
             links: vec![None],
             rtt: RttMatrix::new(1, 0.0, Duration::from_secs(30)),
+            memory_release: None,
         }
     }
 }
@@ -965,15 +995,16 @@ impl Handler for Ingress {
                                     message,
                                 );
                             }
-                            Err(enqueue(shared, &rev, &mut inner, &req, peer, arrival, deadline))
+                            Err((enqueue(shared, &rev, &mut inner, &req, peer, arrival, deadline), queued))
                         }
                     }
                 };
                 let picked = match waiting {
                     Ok(p) => p,
-                    Err(mut rx) => {
+                    Err((mut rx, ahead)) => {
                         entered.buffered = true;
                         req = detach_head(req);
+                        release_memory(&shared.config, &req, ahead);
                         rev.activator.request_in(std::time::Instant::now(), false);
                         rev.buffered_counter.inc();
                         // Boxed: the wait's timer and channel then take room only in requests that wait.
@@ -1105,6 +1136,17 @@ fn enqueue(
         shared.events.demand(namespace, revision, shared.config.node);
     }
     rx
+}
+
+/// Gives freed memory back to the system for an HTTP/1.1 request that parks behind `ahead`
+/// others (after its head was detached), if the queue is deep enough to be worth the cost.
+fn release_memory<B>(config: &GatewayConfig, req: &Request<B>, ahead: u32) {
+    if let Some(m) = config.memory_release
+        && ahead as usize >= m.from_depth
+        && req.version() <= http::Version::HTTP_11
+    {
+        (m.release)();
+    }
 }
 
 /// Waits for the activator queue to hand this request an instance (its id), re-dispatching

@@ -13,7 +13,7 @@ use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
 use ikukantai_api::topology::LinkProperties;
-use ikukantai_dataplane::gateway::{GatewayConfig, GatewayEvents, NoEvents, RouteTarget};
+use ikukantai_dataplane::gateway::{GatewayConfig, GatewayEvents, MemoryRelease, NoEvents, RouteTarget};
 use ikukantai_dataplane::link::Link;
 use ikukantai_dataplane::queue_proxy::{INSTANCE_HEADER, NODE_HEADER};
 use ikukantai_policy::estimate::RttMatrix;
@@ -146,6 +146,62 @@ async fn full_activator_queue_gives_503_and_waiting_past_the_timeout_504() {
     let (_, _, metrics) = get(gw.admin_addr(), "admin", "/metrics").await;
     assert!(metrics.contains("ikukantai_gateway_rejected_requests_total{namespace=\"default\",service=\"hello\",reason=\"queue_full\"} 1"), "{metrics}");
     assert!(metrics.contains("reason=\"timeout\"} 2"), "{metrics}");
+}
+
+static RELEASES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+fn count_release() {
+    RELEASES.fetch_add(1, Ordering::SeqCst);
+}
+
+#[tokio::test]
+async fn http1_requests_that_park_in_a_deep_queue_release_freed_memory() {
+    let mut config = GatewayConfig::single("node1");
+    config.memory_release = Some(MemoryRelease { release: count_release, from_depth: 2 });
+    let gw = Arc::new(gateway(config, Arc::new(NoEvents)).await);
+    let mut rev = revision("hello-00001", 0, vec![]);
+    rev.timeout = Duration::from_secs(2);
+    gw.set_routes(&hello_routes(vec![rev], all_to("hello-00001"))).unwrap();
+    let (addr, admin) = (gw.addr(), gw.admin_addr());
+    let buffered = || async move {
+        let (_, _, metrics) = get(admin, "admin", "/metrics").await;
+        metrics
+            .lines()
+            .find(|l| l.starts_with("ikukantai_gateway_buffered_requests{"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<usize>().ok())
+            .unwrap_or(0)
+    };
+    let until_buffered = |n: usize| async move {
+        while buffered().await < n {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    // One at a time, so that each knows how many wait ahead of it: 0, 1, 2 and 3.
+    let mut waiting = Vec::new();
+    for n in 1..=4 {
+        waiting.push(tokio::spawn(async move { get(addr, HOST, "/").await.0 }));
+        until_buffered(n).await;
+    }
+    // Those with 2 and 3 ahead released memory; the first two did not.
+    assert_eq!(RELEASES.load(Ordering::SeqCst), 2);
+    // HTTP/2 streams share their connection's buffers: none to give back.
+    let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build::<_, Full<Bytes>>(hyper_util::client::legacy::connect::HttpConnector::new());
+    let req = Request::builder()
+        .uri(format!("http://{addr}/"))
+        .header("host", HOST)
+        .version(http::Version::HTTP_2)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let h2_request = tokio::spawn(h2.request(req));
+    until_buffered(5).await;
+    assert_eq!(RELEASES.load(Ordering::SeqCst), 2);
+    // Parked requests behave as ever: no instance came, so each gets its 504.
+    for w in waiting {
+        assert_eq!(w.await.unwrap(), StatusCode::GATEWAY_TIMEOUT);
+    }
+    assert_eq!(h2_request.await.unwrap().unwrap().status(), StatusCode::GATEWAY_TIMEOUT);
 }
 
 #[tokio::test]

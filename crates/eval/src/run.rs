@@ -128,6 +128,8 @@ pub async fn run_set(
         admin_port: free_port_on(&ips).map_err(|e| e.to_string())?,
         probe_interval: Duration::from_secs(1),
         seed,
+        // The scenarios' queues stay far shallower than where releasing starts.
+        memory_release: None,
     })
     .await
     .map_err(|e| e.to_string())?;

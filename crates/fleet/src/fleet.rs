@@ -15,7 +15,8 @@ use ikukantai_api::service::Service;
 use ikukantai_api::status::{RevisionState, resolve_traffic, service_status};
 use ikukantai_api::topology::Topology;
 use ikukantai_dataplane::gateway::{
-    Gateway, GatewayConfig, GatewayEvents, InstanceRoute, RevisionRoute, RouteTarget, Routes, ServiceRoute,
+    Gateway, GatewayConfig, GatewayEvents, InstanceRoute, MemoryRelease, RevisionRoute, RouteTarget, Routes,
+    ServiceRoute,
 };
 use ikukantai_dataplane::link::Link;
 use ikukantai_dataplane::queue_proxy::{QueueProxyConfig, Readiness};
@@ -47,6 +48,8 @@ pub struct FleetOptions {
     pub probe_interval: Duration,
     /// Seed of every policy's randomness.
     pub seed: u64,
+    /// How gateways give memory back to the system while many requests wait.
+    pub memory_release: Option<MemoryRelease>,
 }
 
 /// A fleet-level failure.
@@ -164,6 +167,7 @@ impl Fleet {
                 policy: PolicyParams { seed: options.seed ^ i as u64, ..PolicyParams::default() },
                 links,
                 rtt: rtt.clone(),
+                memory_release: options.memory_release,
             };
             let ip = node_ip(i);
             let listener =

@@ -14,7 +14,8 @@ use ikukantai_api::annotations::revision_settings;
 use ikukantai_api::config::FleetConfig;
 use ikukantai_dataplane::connect::{NodeConnector, probe_rtt};
 use ikukantai_dataplane::gateway::{
-    Gateway, GatewayConfig, GatewayEvents, InstanceRoute, RevisionRoute, RouteTarget, Routes, ServiceRoute,
+    Gateway, GatewayConfig, GatewayEvents, InstanceRoute, MemoryRelease, RevisionRoute, RouteTarget, Routes,
+    ServiceRoute,
 };
 use ikukantai_policy::autoscaler::ScalingSpec;
 use ikukantai_policy::estimate::RttMatrix;
@@ -54,6 +55,8 @@ pub struct GatewayOptions {
     pub peer_selector: String,
     /// Where to push reports and demand.
     pub controller_url: String,
+    /// How the gateway gives memory back to the system while many requests wait.
+    pub memory_release: Option<MemoryRelease>,
 }
 
 /// The cluster as a gateway sees it, from its stores.
@@ -234,6 +237,7 @@ pub async fn run(options: GatewayOptions) -> Result<(), ProcessError> {
         links: vec![None; n],
         rtt: RttMatrix::new(n, PRIOR_RTT_MS, Duration::from_secs(30)),
         policy: PolicyParams::default(),
+        memory_release: options.memory_release,
         ..GatewayConfig::single(&options.node)
     };
     let listen = |addr: SocketAddr| async move {

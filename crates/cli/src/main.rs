@@ -13,6 +13,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 // The allocator is jemalloc, from ikukantai_alloc: an idle HTTP/1.1 connection leaves fewer
 // resident pages behind than with glibc's malloc and a proxied request costs fewer instructions
 // (docs/benchmarks.md).
+
 /// ikukantai (行く艦隊): a latency-aware serverless platform for edge–cloud fleets.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about = None)]

@@ -115,7 +115,7 @@ pub struct GatewayConfig {
 /// hyper reads a request head into an 8 KiB buffer; a waiting request's head is copied out of it
 /// ([`detach_head`]) and the buffer freed. The allocator caches freed blocks and hands this one to
 /// the next 8 KiB allocation, which is the next connection's output buffer: it never writes to
-/// its pages, but they stay resident, one page per waiting connection (40 MiB for 10 000).
+/// its pages, but they stay resident, one page per waiting connection (39 MiB for 10 000).
 /// Releasing freed memory when the request parks ends that. It costs a few system calls, so only
 /// requests that park in a queue already `from_depth` deep pay it, and the fast path never does.
 #[derive(Debug, Clone, Copy)]
@@ -1138,7 +1138,7 @@ fn enqueue(
     rx
 }
 
-/// Gives freed memory back to the system for an HTTP/1.1 request that parks behind `ahead`
+/// Gives freed memory back to the system for an HTTP/1.x request that parks behind `ahead`
 /// others (after its head was detached), if the queue is deep enough to be worth the cost.
 fn release_memory<B>(config: &GatewayConfig, req: &Request<B>, ahead: u32) {
     if let Some(m) = config.memory_release

@@ -15,7 +15,7 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// allocation of its size, which keeps the block's pages resident even if that allocation never
 /// writes to them.
 ///
-/// Costs a few system calls (about 15 µs measured); for slow paths only.
+/// Costs a few system calls (about 18 µs measured, docs/benchmarks.md); for slow paths only.
 pub fn release_freed() {
     // Both are jemalloc "void" controls: no old value to read, no new value to write.
     mallctl_void(c"thread.tcache.flush");

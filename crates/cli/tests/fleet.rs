@@ -32,13 +32,30 @@ fn free_port_on_all() -> u16 {
 const CONFIG: &str = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: config-autoscaler\ndata:\n  scale-to-zero-grace-period: 1s\n";
 
 impl Fleet {
+    /// A fleet on free ports. A port found free can be taken by a parallel test before the fleet
+    /// binds it; the fleet then exits at once ("address already in use") and gets fresh ports.
     fn start(dir: &Path) -> Self {
-        let api =
-            format!("127.0.0.1:{}", TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port());
-        Self::start_at(dir, api, free_port_on_all(), free_port_on_all())
+        for _ in 0..5 {
+            let api = format!(
+                "127.0.0.1:{}",
+                TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+            );
+            let mut fleet = Self::spawn(dir, api, free_port_on_all(), free_port_on_all());
+            if fleet.answers() {
+                return fleet;
+            }
+        }
+        panic!("the fleet exited at start five times");
     }
 
+    /// A fleet on the given ports (a restart on the ports of the fleet before it).
     fn start_at(dir: &Path, api: String, gateway_port: u16, admin_port: u16) -> Self {
+        let mut fleet = Self::spawn(dir, api, gateway_port, admin_port);
+        assert!(fleet.answers(), "the fleet exited at start");
+        fleet
+    }
+
+    fn spawn(dir: &Path, api: String, gateway_port: u16, admin_port: u16) -> Self {
         std::fs::create_dir_all(dir).unwrap();
         let config = dir.join("config.yaml");
         std::fs::write(&config, CONFIG).unwrap();
@@ -54,9 +71,24 @@ impl Fleet {
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
-        let fleet = Self { child: Some(child), api, dir: dir.to_owned(), gateway_port, admin_port };
-        fleet.wait_for("the API to answer", || fleet.cli(&["get", "nodes"]).status.success());
-        fleet
+        Self { child: Some(child), api, dir: dir.to_owned(), gateway_port, admin_port }
+    }
+
+    /// Whether the API answers; `false` if the process exited first.
+    fn answers(&mut self) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if self.child.as_mut().is_some_and(|c| c.try_wait().unwrap().is_some()) {
+                // Reaped: nothing for `stop` to signal (its pid may already be another's).
+                self.child = None;
+                return false;
+            }
+            if self.cli(&["get", "nodes"]).status.success() {
+                return true;
+            }
+            assert!(Instant::now() < deadline, "gave up waiting for the API to answer");
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     fn cli(&self, args: &[&str]) -> Output {

@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -45,7 +45,8 @@ use crate::metrics::{
 use crate::pool::Upstream;
 use crate::proxy::{HeaderView, detach_head, strip_hop_by_hop};
 use crate::queue_proxy::{INSTANCE_HEADER, LOAD_HEADER, NODE_HEADER, PROXY_HEADER, SERVICE_TIME_HEADER};
-use crate::server::{Handler, ServerHandle, serve};
+use crate::recycling_timer::RecyclingTimer;
+use crate::server::{Handler, Peer, ServerHandle, serve};
 use crate::stats::RequestStats;
 
 /// Request header telling the instance where the request entered the fleet.
@@ -53,33 +54,6 @@ pub const ORIGIN_HEADER: &str = "x-ikukantai-origin";
 static ORIGIN_NAME: HeaderName = HeaderName::from_static(ORIGIN_HEADER);
 static PROXY_NAME: HeaderName = HeaderName::from_static(PROXY_HEADER);
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-
-/// A client address as a header value. IPv4 is written by hand: `Display` goes through the
-/// formatting machinery and cost about 3 % of a proxied request's instructions.
-fn ip_value(ip: IpAddr) -> HeaderValue {
-    let IpAddr::V4(v4) = ip else {
-        return HeaderValue::try_from(ip.to_string()).expect("an IPv6 address is a valid header value");
-    };
-    let mut buf = [0u8; 15];
-    let mut n = 0;
-    for (i, octet) in v4.octets().into_iter().enumerate() {
-        if i > 0 {
-            buf[n] = b'.';
-            n += 1;
-        }
-        if octet >= 100 {
-            buf[n] = b'0' + octet / 100;
-            n += 1;
-        }
-        if octet >= 10 {
-            buf[n] = b'0' + octet / 10 % 10;
-            n += 1;
-        }
-        buf[n] = b'0' + octet % 10;
-        n += 1;
-    }
-    HeaderValue::from_bytes(&buf[..n]).expect("digits and dots are a valid header value")
-}
 
 /// How often a waiting request re-checks for capacity (a safety net beside the wake-ups).
 const RECHECK: Duration = Duration::from_millis(50);
@@ -324,8 +298,10 @@ struct ServiceState {
 
 #[derive(Default)]
 struct Table {
-    /// Host → service, and the tag's target for tagged hosts.
-    hosts: HashMap<String, (Arc<ServiceState>, Option<Target>)>,
+    /// Host → service, and the tag's target for tagged hosts. Looked up for every request;
+    /// foldhash (seeded per map) hashes a host in a fraction of SipHash's time, and the keys
+    /// come from configuration, not from clients.
+    hosts: foldhash::HashMap<String, (Arc<ServiceState>, Option<Target>)>,
     revisions: HashMap<(String, String), Arc<RevisionState>>,
 }
 
@@ -349,6 +325,8 @@ struct Shared {
     instance_ids: Mutex<HashMap<String, u64>>,
     /// This node's name as the origin header's value (`None` if it is not a valid header value).
     origin_value: Option<HeaderValue>,
+    /// Sleeps for the request timeout, reused from request to request.
+    timers: RecyclingTimer,
 }
 
 /// A running gateway.
@@ -427,6 +405,7 @@ impl Gateway {
             ids: AtomicU64::new(1),
             instance_ids: Mutex::default(),
             origin_value,
+            timers: RecyclingTimer::default(),
         });
         let server = serve(listener, Arc::new(Ingress(shared.clone())), max_header)?;
         let admin = serve(admin, Arc::new(Admin(shared.clone())), 8192)?;
@@ -873,18 +852,36 @@ impl Ingress {
 }
 
 /// The request's host, without port or trailing dot, lowercase (borrowed when already so).
-fn host_of(req: &Request<Incoming>) -> Option<std::borrow::Cow<'_, str>> {
-    let raw = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).or_else(|| req.uri().host())?;
-    let host = match raw.rsplit_once(':') {
-        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
-        _ => raw,
-    };
-    let host = host.trim_end_matches('.');
-    Some(if host.bytes().any(|b| b.is_ascii_uppercase()) {
+fn host_of<B>(req: &Request<B>) -> Option<std::borrow::Cow<'_, str>> {
+    let header = req.headers().get(header::HOST).and_then(|h| host_parts(h.as_bytes()));
+    let (host, upper) = header.or_else(|| host_parts(req.uri().host()?.as_bytes()))?;
+    Some(if upper {
         std::borrow::Cow::Owned(host.to_ascii_lowercase())
     } else {
         std::borrow::Cow::Borrowed(host)
     })
+}
+
+/// A Host value without a numeric port and trailing dots, and whether it holds an uppercase
+/// letter; `None` if it is not UTF-8. (A non-ASCII host is looked up like any other, and no
+/// service answers to it.) Port and dots are found from the end, without searching the name.
+fn host_parts(raw: &[u8]) -> Option<(&str, bool)> {
+    let mut end = raw.len();
+    let mut digits = end;
+    while digits > 0 && raw[digits - 1].is_ascii_digit() {
+        digits -= 1;
+    }
+    if digits > 0 && raw[digits - 1] == b':' {
+        end = digits - 1;
+    }
+    while end > 0 && raw[end - 1] == b'.' {
+        end -= 1;
+    }
+    // Only ASCII was cut off, so the rest is UTF-8 exactly when the whole value is.
+    let host = &raw[..end];
+    // No early exit, so that it runs over whole vectors.
+    let upper = host.iter().fold(false, |upper, b| upper | b.is_ascii_uppercase());
+    Some((std::str::from_utf8(host).ok()?, upper))
 }
 
 impl Handler for Ingress {
@@ -895,7 +892,7 @@ impl Handler for Ingress {
     fn handle(
         self: Arc<Self>,
         mut req: Request<Incoming>,
-        peer: SocketAddr,
+        peer: Arc<Peer>,
     ) -> impl Future<Output = Response<Body>> + Send {
         async move {
             let arrival = Instant::now();
@@ -995,7 +992,10 @@ impl Handler for Ingress {
                                     message,
                                 );
                             }
-                            Err((enqueue(shared, &rev, &mut inner, &req, peer, arrival, deadline), queued))
+                            Err((
+                                enqueue(shared, &rev, &mut inner, &req, peer.addr(), arrival, deadline),
+                                queued,
+                            ))
                         }
                     }
                 };
@@ -1043,21 +1043,21 @@ impl Handler for Ingress {
             let request = {
                 let (mut parts, body) = req.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
-                // Names and the origin's value are built once; only the peer's address is new.
+                // Names, the origin's value and the client's address are built once, not per request.
                 if buffered {
                     parts.headers.insert(PROXY_NAME.clone(), HeaderValue::from_static("activator"));
                 }
                 if let Some(v) = &shared.origin_value {
                     parts.headers.insert(ORIGIN_NAME.clone(), v.clone());
                 }
-                parts.headers.append(X_FORWARDED_FOR.clone(), ip_value(peer.ip()));
+                parts.headers.append(X_FORWARDED_FOR.clone(), peer.ip_header().clone());
                 let upstream = Request::from_parts(parts, boxed(Limited::new(body, limit)));
                 picked.upstream.send(upstream)
             };
             let sent = if buffered { Instant::now() } else { arrival };
-            let response = match timeout_at(deadline, Box::pin(request)).await {
-                Ok(Ok(r)) => r,
-                Ok(Err(e)) => {
+            let response = match shared.timers.timeout_at(deadline, Box::pin(request)).await {
+                Some(Ok(r)) => r,
+                Some(Err(e)) => {
                     let too_large = std::error::Error::source(&e).is_some_and(is_too_large);
                     let (status, reason, message) = if too_large {
                         (
@@ -1079,7 +1079,7 @@ impl Handler for Ingress {
                     done.code = status.as_u16();
                     return self.reject(status, ns, svc, reason, message);
                 }
-                Err(_) => {
+                None => {
                     done.code = 504;
                     return self.reject(
                         StatusCode::GATEWAY_TIMEOUT,
@@ -1214,7 +1214,7 @@ fn feedback(
 struct Admin(Arc<Shared>);
 
 impl Handler for Admin {
-    async fn handle(self: Arc<Self>, req: Request<Incoming>, _peer: SocketAddr) -> Response<Body> {
+    async fn handle(self: Arc<Self>, req: Request<Incoming>, _peer: Arc<Peer>) -> Response<Body> {
         match req.uri().path() {
             "/metrics" => metrics_response(&self.0.registry),
             "/healthz" => Response::new(full(self.0.node_name().to_owned())),
@@ -1245,7 +1245,7 @@ mod tests {
 
     fn future_size<F, Fut>(_: F) -> usize
     where
-        F: Fn(Arc<Ingress>, Request<Incoming>, SocketAddr) -> Fut,
+        F: Fn(Arc<Ingress>, Request<Incoming>, Arc<Peer>) -> Fut,
     {
         std::mem::size_of::<Fut>()
     }
@@ -1261,13 +1261,52 @@ mod tests {
     }
 
     #[test]
-    fn client_addresses_become_the_header_values_display_would_give() {
-        for ip in ["0.0.0.0", "127.0.0.1", "10.20.30.40", "192.168.100.9", "255.255.255.255", "8.80.108.200"]
-        {
-            let ip: IpAddr = ip.parse().unwrap();
-            assert_eq!(ip_value(ip).to_str().unwrap(), ip.to_string());
+    fn hosts_lose_port_and_trailing_dots_and_are_lowercased() {
+        // What the gateway did with `str` methods before `host_parts`: the reference.
+        fn reference(raw: &str) -> String {
+            let host = match raw.rsplit_once(':') {
+                Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+                _ => raw,
+            };
+            host.trim_end_matches('.').to_ascii_lowercase()
         }
-        let v6: IpAddr = "2001:db8::1".parse().unwrap();
-        assert_eq!(ip_value(v6).to_str().unwrap(), "2001:db8::1");
+        let cases = [
+            "hello.default.example.com",
+            "Hello.Default.Example.COM:8080",
+            "hello.default.:80",
+            "hello.default..",
+            "hello:",
+            "hello:8a",
+            "Hello:X",
+            "[::1]:8080",
+            "[::1]",
+            "127.0.0.1:19101",
+            ":80",
+            "",
+            "a\tb",
+            "Café.default:80",
+        ];
+        for raw in cases {
+            let req = Request::builder().header(header::HOST, raw).body(()).unwrap();
+            assert_eq!(host_of(&req).as_deref(), Some(reference(raw).as_str()), "{raw:?}");
+            let already_lower = raw == raw.to_ascii_lowercase();
+            assert_eq!(
+                matches!(host_of(&req), Some(std::borrow::Cow::Borrowed(_))),
+                already_lower,
+                "{raw:?} allocates only when it has uppercase"
+            );
+        }
+        // Not UTF-8: the URI's host instead, else nothing.
+        let bad = HeaderValue::from_bytes(b"caf\xe9.default").unwrap();
+        let req = Request::builder()
+            .uri("http://Hello.Default/")
+            .header(header::HOST, bad.clone())
+            .body(())
+            .unwrap();
+        assert_eq!(host_of(&req).as_deref(), Some("hello.default"));
+        let req = Request::builder().header(header::HOST, bad).body(()).unwrap();
+        assert_eq!(host_of(&req), None);
+        let req = Request::builder().uri("/").body(()).unwrap();
+        assert_eq!(host_of(&req), None);
     }
 }

@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod pool;
 pub mod proxy;
 pub mod queue_proxy;
+mod recycling_timer;
 pub mod server;
 pub mod stats;
 pub mod timer;

@@ -35,7 +35,7 @@ use crate::connect::NodeConnector;
 use crate::metrics::{InstanceLabels, InstanceRequestLabels, QueueMetrics, RejectLabels, metrics_response};
 use crate::pool::Upstream;
 use crate::proxy::{HeaderView, strip_hop_by_hop};
-use crate::server::{Handler, ServerHandle, serve};
+use crate::server::{Handler, Peer, ServerHandle, serve};
 use crate::stats::RequestStats;
 
 /// Header naming the instance that served a response.
@@ -366,7 +366,7 @@ impl InnerRef {
 }
 
 impl Handler for InnerRef {
-    async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: Arc<Peer>) -> Response<Body> {
         let arrival = Instant::now();
         let inner = &self.0;
         let config = &inner.config;
@@ -393,7 +393,7 @@ impl Handler for InnerRef {
 
         let ticket = {
             let headers = HeaderView(req.headers());
-            let source = peer.to_string();
+            let source = peer.addr().to_string();
             let host = req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
             let meta = RequestMeta {
                 id: 0,
@@ -488,7 +488,7 @@ impl Handler for InnerRef {
 struct Admin(Arc<InnerRef>);
 
 impl Handler for Admin {
-    async fn handle(self: Arc<Self>, req: Request<Incoming>, _peer: SocketAddr) -> Response<Body> {
+    async fn handle(self: Arc<Self>, req: Request<Incoming>, _peer: Arc<Peer>) -> Response<Body> {
         match req.uri().path() {
             "/metrics" => metrics_response(&self.0.0.registry),
             "/healthz" => Response::new(full("ok")),

@@ -9,12 +9,13 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures_util::FutureExt;
-use http::{Request, Response};
+use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::service::{Service, service_fn};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::graceful::GracefulConnection;
 use pin_project_lite::pin_project;
 use tokio::net::{TcpListener, TcpStream};
@@ -23,15 +24,46 @@ use tokio::task::JoinHandle;
 use tokio::time::timeout;
 
 use crate::body::Body;
+use crate::recycling_timer::RecyclingTimer;
 
-/// Handles one request; `peer` is the client's address.
+/// Handles one request; `peer` is the client end of its connection.
 pub trait Handler: Send + Sync + 'static {
     /// Answers a request.
     fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
-        peer: SocketAddr,
+        peer: Arc<Peer>,
     ) -> impl Future<Output = Response<Body>> + Send;
+}
+
+/// The client end of a connection, made once per connection and shared by its requests: what
+/// handlers derive from the address is not derived again for every request.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    addr: SocketAddr,
+    ip_header: HeaderValue,
+}
+
+impl Peer {
+    /// The client at `addr`.
+    pub fn new(addr: SocketAddr) -> Self {
+        let ip_header =
+            HeaderValue::try_from(addr.ip().to_string()).expect("an IP address is a valid header value");
+        // Shared storage, so that each request's copy is a reference count.
+        let ip_header = HeaderValue::from_maybe_shared(Bytes::copy_from_slice(ip_header.as_bytes()))
+            .expect("still the same valid value");
+        Self { addr, ip_header }
+    }
+
+    /// The client's address and port.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The client's IP address as a header value (for `X-Forwarded-For`).
+    pub fn ip_header(&self) -> &HeaderValue {
+        &self.ip_header
+    }
 }
 
 /// A running server.
@@ -55,9 +87,14 @@ impl ServerHandle {
     }
 }
 
-/// How long a new connection may take to show which protocol it speaks; hyper's own limit for
-/// reading an HTTP/1.1 head takes over after that.
+/// How long a new connection may take to show which protocol it speaks; the limit for reading
+/// an HTTP/1.1 head takes over after that.
 const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long an HTTP/1.1 client has to send a whole request head, counted from when the server
+/// starts waiting for it: a client that trickles a head byte by byte holds a connection no longer
+/// than this, and neither does an idle keep-alive connection (hyper closes the connection).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What h2c "prior knowledge" clients send first.
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -228,7 +265,8 @@ fn connection_service<H: Handler>(
     handler: Arc<H>,
     peer: SocketAddr,
 ) -> impl Service<Request<Incoming>, Response = Response<Body>, Error = Infallible, Future: Send> + Clone {
-    service_fn(move |req| handler.clone().handle(req, peer).map(never_fails))
+    let peer = Arc::new(Peer::new(peer));
+    service_fn(move |req| handler.clone().handle(req, peer.clone()).map(never_fails))
 }
 
 /// Logs how a connection from `peer` ended, if not well.
@@ -256,7 +294,10 @@ pub fn serve<H: Handler>(
     let addr = listener.local_addr()?;
     let (stop, mut stopped) = watch::channel(false);
     let mut http1 = http1::Builder::new();
-    http1.max_buf_size(max_header_bytes.max(8192)).timer(TokioTimer::new());
+    http1
+        .max_buf_size(max_header_bytes.max(8192))
+        .timer(RecyclingTimer::default())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
     let mut http2 = http2::Builder::new(TokioExecutor::new());
     http2.max_header_list_size(max_header_bytes.try_into().unwrap_or(u32::MAX));
     // Shared, not copied into every connection's task (which lives as long as the connection).
@@ -316,7 +357,7 @@ mod tests {
     struct Ok200;
 
     impl Handler for Ok200 {
-        async fn handle(self: Arc<Self>, req: Request<Incoming>, _: SocketAddr) -> Response<Body> {
+        async fn handle(self: Arc<Self>, req: Request<Incoming>, _: Arc<Peer>) -> Response<Body> {
             Response::new(full(format!("{} {:?}", req.method(), req.version())))
         }
     }
@@ -327,13 +368,23 @@ mod tests {
 
     fn handler_future_size<H, F, Fut>(_: F) -> usize
     where
-        F: Fn(Arc<H>, Request<Incoming>, SocketAddr) -> Fut,
+        F: Fn(Arc<H>, Request<Incoming>, Arc<Peer>) -> Fut,
     {
         std::mem::size_of::<Fut>()
     }
 
     fn service_future_size<S: Service<Request<Incoming>>>(_: &S) -> usize {
         std::mem::size_of::<S::Future>()
+    }
+
+    #[test]
+    fn a_peer_carries_its_ip_as_the_header_value_display_gives() {
+        for addr in ["127.0.0.1:80", "10.20.30.40:1", "255.255.255.255:65535", "[2001:db8::1]:8080"] {
+            let addr: SocketAddr = addr.parse().unwrap();
+            let peer = Peer::new(addr);
+            assert_eq!(peer.ip_header().to_str().unwrap(), addr.ip().to_string());
+            assert_eq!(peer.addr(), addr);
+        }
     }
 
     #[test]
@@ -393,7 +444,7 @@ mod tests {
     }
 
     impl Handler for Slow {
-        async fn handle(self: Arc<Self>, _: Request<Incoming>, _: SocketAddr) -> Response<Body> {
+        async fn handle(self: Arc<Self>, _: Request<Incoming>, _: Arc<Peer>) -> Response<Body> {
             self.entered.notify_one();
             tokio::time::sleep(Duration::from_millis(100)).await;
             Response::new(full("done"))
@@ -433,6 +484,78 @@ mod tests {
         assert!(answer.starts_with("HTTP/1.1 200") && answer.ends_with("done"), "{answer}");
         assert_eq!(read_to_end(&mut idle).await, "", "the idle connection is closed");
         tokio::time::timeout(Duration::from_secs(10), shutdown).await.expect("shutdown returns").unwrap();
+    }
+
+    /// Reads one `Ok200` answer (`GET HTTP/1.1`, 16 bytes of body).
+    async fn read_answer(stream: &mut TcpStream) -> String {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !got.ends_with(b"GET HTTP/1.1") {
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8_lossy(&got).into_owned()
+    }
+
+    /// Waits until the server closes `stream` (an answer before that, such as a 408, is fine).
+    async fn closed(stream: &mut (impl tokio::io::AsyncRead + Unpin)) {
+        let mut buf = [0u8; 1024];
+        while stream.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_head_that_trickles_in_is_cut_off_at_the_header_read_timeout() {
+        let server = server().await;
+        let (mut reader, mut writer) = TcpStream::connect(server.addr()).await.unwrap().into_split();
+        let start = tokio::time::Instant::now();
+        writer.write_all(b"GET / HTTP/1.1\r\nhost: a\r\n").await.unwrap();
+        let trickle = async {
+            loop {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                if writer.write_all(b"x-slow: 1\r\n").await.is_err() {
+                    return;
+                }
+            }
+        };
+        let cut_off = async {
+            tokio::select! {
+                () = closed(&mut reader) => {}
+                () = trickle => {}
+            }
+        };
+        timeout(HEADER_READ_TIMEOUT * 3, cut_off).await.expect("the connection is closed");
+        let waited = start.elapsed();
+        assert!(
+            waited >= HEADER_READ_TIMEOUT && waited < HEADER_READ_TIMEOUT + Duration::from_secs(6),
+            "closed after {waited:?}"
+        );
+        server.shutdown().await;
+    }
+
+    /// Each head gets the whole timeout from when the server starts to wait for it, also when the
+    /// timer's sleeps are reused: a request sent after an earlier head's deadline is served.
+    #[tokio::test(start_paused = true)]
+    async fn every_head_gets_its_own_header_read_timeout_and_idle_connections_close() {
+        let server = server().await;
+        let mut stream = TcpStream::connect(server.addr()).await.unwrap();
+        let request = b"GET / HTTP/1.1\r\nhost: a\r\n\r\n";
+        let start = tokio::time::Instant::now();
+        for _ in 0..4 {
+            stream.write_all(request).await.unwrap();
+            let answer = read_answer(&mut stream).await;
+            assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+            tokio::time::sleep(HEADER_READ_TIMEOUT - Duration::from_secs(5)).await;
+        }
+        assert!(start.elapsed() > HEADER_READ_TIMEOUT * 3, "the requests spanned several deadlines");
+        let idle_since = tokio::time::Instant::now() - (HEADER_READ_TIMEOUT - Duration::from_secs(5));
+        timeout(HEADER_READ_TIMEOUT * 3, closed(&mut stream)).await.expect("the idle connection is closed");
+        let idle = idle_since.elapsed();
+        assert!(
+            idle >= HEADER_READ_TIMEOUT && idle < HEADER_READ_TIMEOUT + Duration::from_secs(1),
+            "an idle keep-alive connection closed after {idle:?}"
+        );
+        server.shutdown().await;
     }
 
     #[tokio::test(start_paused = true)]

@@ -28,6 +28,7 @@ use ikukantai_dataplane::gateway::{
     Gateway, GatewayConfig, InstanceRoute, MemoryRelease, NoEvents, RevisionRoute, RouteTarget, Routes,
     ServiceRoute,
 };
+use ikukantai_dataplane::queue_proxy::{QueueProxyConfig, QueueProxyHandle, Readiness};
 // The allocator: ikukantai_alloc, the same as the `ikukantai` binary's, so the gateway measured
 // here is the one shipped.
 
@@ -58,6 +59,18 @@ enum Cmd {
         backend: Option<SocketAddr>,
         #[arg(long, default_value_t = 1)]
         threads: usize,
+    },
+    /// A queue proxy in front of `backend` (unlimited containerConcurrency unless given), alone,
+    /// to profile it.
+    QueueProxy {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long)]
+        admin: SocketAddr,
+        #[arg(long)]
+        backend: SocketAddr,
+        #[arg(long, default_value_t = 0)]
+        container_concurrency: u32,
     },
     /// The least a reverse proxy on hyper 1 can do, to tell hyper's cost from ours: every client
     /// connection gets its own upstream connection and requests pass through untouched (no
@@ -109,6 +122,9 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Gateway { listen, admin, backend, threads } => {
             runtime(threads)?.block_on(gateway(listen, admin, backend))
+        }
+        Cmd::QueueProxy { listen, admin, backend, container_concurrency } => {
+            runtime(1)?.block_on(queue_proxy(listen, admin, backend, container_concurrency))
         }
         Cmd::HyperFloor { listen, backend, threads } => {
             runtime(threads)?.block_on(hyper_floor(listen, backend))
@@ -208,6 +224,33 @@ async fn gateway(listen: SocketAddr, admin: SocketAddr, backend: Option<SocketAd
             instances,
         }],
     })?;
+    std::future::pending::<()>().await;
+    Ok(())
+}
+
+async fn queue_proxy(listen: SocketAddr, admin: SocketAddr, app: SocketAddr, cc: u32) -> anyhow::Result<()> {
+    let config = QueueProxyConfig {
+        namespace: "default".into(),
+        service: "hello".into(),
+        revision: "hello-00001".into(),
+        instance: "hello-00001-bench".into(),
+        node: "node1".into(),
+        app,
+        container_concurrency: cc,
+        queue_depth: None,
+        queue: "fifo".into(),
+        priority_rules: Vec::new(),
+        timeout: Duration::from_secs(300),
+        response_start_timeout: None,
+        idle_timeout: None,
+        readiness: Readiness::from_probe(None),
+        max_header_bytes: 64 * 1024,
+    };
+    let _proxy: QueueProxyHandle = QueueProxyHandle::start(
+        config,
+        tokio::net::TcpListener::bind(listen).await?,
+        tokio::net::TcpListener::bind(admin).await?,
+    )?;
     std::future::pending::<()>().await;
     Ok(())
 }

@@ -993,7 +993,7 @@ impl Handler for Ingress {
                                 );
                             }
                             Err((
-                                enqueue(shared, &rev, &mut inner, &req, peer.addr(), arrival, deadline),
+                                enqueue(shared, &rev, &mut inner, &req, peer.addr_text(), arrival, deadline),
                                 queued,
                             ))
                         }
@@ -1111,17 +1111,17 @@ fn enqueue(
     rev: &RevisionState,
     inner: &mut RevisionInner,
     req: &Request<Incoming>,
-    peer: SocketAddr,
+    source: &str,
     arrival: Instant,
     deadline: Instant,
 ) -> oneshot::Receiver<u64> {
     let (tx, rx) = oneshot::channel();
     let headers = HeaderView(req.headers());
-    let source = peer.to_string();
+
     let host = host_of(req).unwrap_or_default();
     let meta = RequestMeta {
         id: shared.ids.fetch_add(1, Ordering::Relaxed),
-        source: Some(&source),
+        source: Some(source),
         host: &host,
         path: req.uri().path(),
         method: req.method().as_str(),

@@ -14,16 +14,19 @@
 //! - drains on stop: refuses new work, finishes what it has, then exits.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use http::{HeaderValue, Request, Response, StatusCode};
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use ikukantai_api::service::Probe;
 use ikukantai_policy::autoscaler::Stat;
 use ikukantai_policy::queue::{PriorityRule, RequestMeta};
 use ikukantai_policy::registry::{self, PolicyParams};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -35,6 +38,7 @@ use crate::connect::NodeConnector;
 use crate::metrics::{InstanceLabels, InstanceRequestLabels, QueueMetrics, RejectLabels, metrics_response};
 use crate::pool::Upstream;
 use crate::proxy::{HeaderView, strip_hop_by_hop};
+use crate::recycling_timer::RecyclingTimer;
 use crate::server::{Handler, Peer, ServerHandle, serve};
 use crate::stats::RequestStats;
 
@@ -50,6 +54,41 @@ pub const SERVICE_TIME_HEADER: &str = "x-ikukantai-service-time";
 pub const PROXY_HEADER: &str = "k-proxy-request";
 /// Request header of Knative-style readiness probes of the queue proxy itself.
 pub const PROBE_HEADER: &str = "k-network-probe";
+
+// The names as `HeaderName`s: looking a header up by `&str` parses and validates the name first.
+static INSTANCE_NAME: HeaderName = HeaderName::from_static(INSTANCE_HEADER);
+static NODE_NAME: HeaderName = HeaderName::from_static(NODE_HEADER);
+static LOAD_NAME: HeaderName = HeaderName::from_static(LOAD_HEADER);
+static SERVICE_TIME_NAME: HeaderName = HeaderName::from_static(SERVICE_TIME_HEADER);
+static PROXY_NAME: HeaderName = HeaderName::from_static(PROXY_HEADER);
+static PROBE_NAME: HeaderName = HeaderName::from_static(PROBE_HEADER);
+
+/// Milliseconds with three decimals (`12.345`) from microseconds, as a header value. Written by
+/// hand: formatting an `f64` cost more than a thousand instructions per request.
+fn millis_value(micros: u64) -> HeaderValue {
+    let mut buf = [0u8; 24];
+    let mut at = buf.len();
+    let mut put = |digit: u64| {
+        at -= 1;
+        buf[at] = b'0' + (digit % 10) as u8;
+    };
+    let fraction = micros % 1000;
+    put(fraction);
+    put(fraction / 10);
+    put(fraction / 100);
+    at -= 1;
+    buf[at] = b'.';
+    let mut whole = micros / 1000;
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (whole % 10) as u8;
+        whole /= 10;
+        if whole == 0 {
+            break;
+        }
+    }
+    HeaderValue::from_bytes(&buf[at..]).expect("digits and a dot are a valid header value")
+}
 
 /// How the instance's readiness is checked.
 #[derive(Debug, Clone, PartialEq)]
@@ -154,6 +193,16 @@ pub enum QueueProxyError {
 struct Inner {
     config: QueueProxyConfig,
     labels: InstanceLabels,
+    /// The instance's and node's names as header values (`None` if not valid as one).
+    instance_value: Option<HeaderValue>,
+    node_value: Option<HeaderValue>,
+    /// Metric handles resolved once, not hashed from the labels on every request.
+    in_flight_gauge: Gauge,
+    waiting_gauge: Gauge,
+    /// A handful of status codes per instance: a list beats hashing.
+    outcomes: Mutex<Vec<(u16, Counter, Histogram)>>,
+    /// Sleeps for the response-start timeout, reused from request to request.
+    timers: RecyclingTimer,
     breaker: Arc<Breaker>,
     /// The instance's process, and the pooled connections to it.
     app: Upstream,
@@ -205,7 +254,15 @@ impl QueueProxyHandle {
         };
         let (ready, _) = watch::channel(false);
         let max_header = config.max_header_bytes;
+        let in_flight_gauge = metrics.in_flight.get_or_create(&labels).clone();
+        let waiting_gauge = metrics.waiting.get_or_create(&labels).clone();
         let inner = Arc::new(InnerRef(Inner {
+            instance_value: HeaderValue::from_str(&config.instance).ok(),
+            node_value: HeaderValue::from_str(&config.node).ok(),
+            in_flight_gauge,
+            waiting_gauge,
+            outcomes: Mutex::new(Vec::new()),
+            timers: RecyclingTimer::default(),
             breaker: Breaker::new(cc, depth, discipline),
             stats: RequestStats::new(std::time::Instant::now()),
             ready,
@@ -332,11 +389,24 @@ struct InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         let inner = &self.inner.0;
-        inner.stats.request_out(std::time::Instant::now(), self.proxied);
-        inner.metrics.in_flight.get_or_create(&inner.labels).dec();
+        let now = Instant::now();
+        inner.stats.request_out(now.into_std(), self.proxied);
+        inner.in_flight_gauge.dec();
+        let elapsed = (now - self.arrival).as_secs_f64();
+        let mut outcomes = inner.outcomes.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, count, duration)) = outcomes.iter().find(|(code, ..)| *code == self.code) {
+            count.inc();
+            duration.observe(elapsed);
+            return;
+        }
         let labels = InstanceRequestLabels { instance: inner.labels.clone(), code: self.code };
-        inner.metrics.requests.get_or_create(&labels).inc();
-        inner.metrics.duration.get_or_create(&labels).observe(self.arrival.elapsed().as_secs_f64());
+        let (count, duration) = (
+            inner.metrics.requests.get_or_create(&labels).clone(),
+            inner.metrics.duration.get_or_create(&labels).clone(),
+        );
+        count.inc();
+        duration.observe(elapsed);
+        outcomes.push((self.code, count, duration));
     }
 }
 
@@ -354,13 +424,13 @@ impl InnerRef {
     fn stamp(&self, mut resp: Response<Body>) -> Response<Body> {
         let inner = &self.0;
         let h = resp.headers_mut();
-        for (name, value) in [(INSTANCE_HEADER, &inner.config.instance), (NODE_HEADER, &inner.config.node)] {
-            if let Ok(v) = HeaderValue::from_str(value) {
-                h.insert(name, v);
+        for (name, value) in [(&INSTANCE_NAME, &inner.instance_value), (&NODE_NAME, &inner.node_value)] {
+            if let Some(v) = value {
+                h.insert(name.clone(), v.clone());
             }
         }
         let load = inner.breaker.in_flight() as usize + inner.breaker.waiting();
-        h.insert(LOAD_HEADER, HeaderValue::from(load));
+        h.insert(LOAD_NAME.clone(), HeaderValue::from(load));
         resp
     }
 }
@@ -370,7 +440,7 @@ impl Handler for InnerRef {
         let arrival = Instant::now();
         let inner = &self.0;
         let config = &inner.config;
-        if req.headers().get(PROBE_HEADER).is_some_and(|v| v == "queue") {
+        if req.headers().get(&PROBE_NAME).is_some_and(|v| v == "queue") {
             let ready = *inner.ready.borrow() && !inner.draining.load(Ordering::SeqCst);
             return if ready {
                 Response::new(full("queue"))
@@ -385,19 +455,19 @@ impl Handler for InnerRef {
                 format!("instance {} is draining", config.instance),
             );
         }
-        let proxied = req.headers().get(PROXY_HEADER).is_some_and(|v| v == "activator");
+        let proxied = req.headers().get(&PROXY_NAME).is_some_and(|v| v == "activator");
         inner.stats.request_in(std::time::Instant::now(), proxied);
-        inner.metrics.in_flight.get_or_create(&inner.labels).inc();
+        inner.in_flight_gauge.inc();
         let mut guard = InFlight { inner: self.clone(), proxied, arrival, code: 0, _permit: None };
         let deadline = arrival + config.timeout;
 
         let ticket = {
             let headers = HeaderView(req.headers());
-            let source = peer.addr().to_string();
+            let source = peer.addr_text();
             let host = req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
             let meta = RequestMeta {
                 id: 0,
-                source: Some(&source),
+                source: Some(source),
                 host,
                 path: req.uri().path(),
                 method: req.method().as_str(),
@@ -418,16 +488,16 @@ impl Handler for InnerRef {
                 );
             }
         };
-        let waiting = inner.metrics.waiting.get_or_create(&inner.labels).clone();
-        let queued = ticket.queued();
-        if queued {
-            waiting.inc();
-        }
-        let permit = timeout_at(deadline, ticket.wait()).await;
-        if queued {
-            waiting.dec();
-        }
-        let Ok(permit) = permit else {
+        let permit = if ticket.queued() {
+            inner.waiting_gauge.inc();
+            let permit = timeout_at(deadline, ticket.wait()).await;
+            inner.waiting_gauge.dec();
+            permit.ok()
+        } else {
+            // Granted at once: no timer to arm.
+            Some(ticket.wait().await)
+        };
+        let Some(permit) = permit else {
             guard.code = 504;
             return self.reject(
                 StatusCode::GATEWAY_TIMEOUT,
@@ -443,12 +513,12 @@ impl Handler for InnerRef {
         let started = Instant::now();
         let (mut parts, body) = req.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        parts.headers.remove(PROXY_HEADER);
+        parts.headers.remove(&PROXY_NAME);
         let upstream = Request::from_parts(parts, boxed(body));
         let start_deadline = config.response_start_timeout.map_or(deadline, |t| (arrival + t).min(deadline));
-        let response = match timeout_at(start_deadline, inner.app.send(upstream)).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => {
+        let response = match inner.timers.timeout_at(start_deadline, inner.app.send(upstream)).await {
+            Some(Ok(r)) => r,
+            Some(Err(e)) => {
                 guard.code = 502;
                 return self.reject(
                     StatusCode::BAD_GATEWAY,
@@ -456,7 +526,7 @@ impl Handler for InnerRef {
                     format!("instance {} did not answer: {e}", config.instance),
                 );
             }
-            Err(_) => {
+            None => {
                 guard.code = 504;
                 let which =
                     if start_deadline < deadline { "responseStartTimeoutSeconds" } else { "timeoutSeconds" };
@@ -471,13 +541,11 @@ impl Handler for InnerRef {
                 );
             }
         };
-        let service_ms = started.elapsed().as_secs_f64() * 1e3;
+        let service_micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         guard.code = parts.status.as_u16();
-        if let Ok(v) = HeaderValue::from_str(&format!("{service_ms:.3}")) {
-            parts.headers.insert(SERVICE_TIME_HEADER, v);
-        }
+        parts.headers.insert(SERVICE_TIME_NAME.clone(), millis_value(service_micros));
         let idle = config.idle_timeout.filter(|d| !d.is_zero());
         let body = Deadlines::new(body, idle, deadline, config.timeout);
         let body = Guarded::new(body, guard);
@@ -499,6 +567,25 @@ impl Handler for Admin {
                 StatusCode::NOT_FOUND,
                 format!("no such admin path {other:?}; try /metrics, /ready"),
             ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_times_are_milliseconds_with_three_decimals() {
+        for (micros, text) in [
+            (0, "0.000"),
+            (7, "0.007"),
+            (1_000, "1.000"),
+            (12_345, "12.345"),
+            (100_050, "100.050"),
+            (u64::MAX, "18446744073709551.615"),
+        ] {
+            assert_eq!(millis_value(micros), text, "{micros} µs");
         }
     }
 }

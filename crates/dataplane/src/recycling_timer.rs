@@ -19,6 +19,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use hyper::rt::{Sleep, Timer};
+use pin_project_lite::pin_project;
 
 /// Sleeps kept for reuse at most (each is a boxed tokio sleep, about a hundred bytes).
 const POOL_MAX: usize = 64;
@@ -35,7 +36,7 @@ pub(crate) struct RecyclingTimer {
 impl RecyclingTimer {
     /// `fut`'s output, or `None` if `deadline` comes first: tokio's `timeout_at` with a reused
     /// sleep, for timeouts armed on every request.
-    pub(crate) fn timeout_at<F: Future + Unpin>(&self, deadline: tokio::time::Instant, fut: F) -> Timeout<F> {
+    pub(crate) fn timeout_at<F: Future>(&self, deadline: tokio::time::Instant, fut: F) -> Timeout<F> {
         Timeout { fut, sleep: self.take(deadline) }
     }
 
@@ -112,22 +113,25 @@ impl Future for RecycledSleep {
 
 impl Sleep for RecycledSleep {}
 
-/// See [`RecyclingTimer::timeout_at`].
-#[derive(Debug)]
-pub(crate) struct Timeout<F> {
-    fut: F,
-    sleep: RecycledSleep,
+pin_project! {
+    /// See [`RecyclingTimer::timeout_at`].
+    #[derive(Debug)]
+    pub(crate) struct Timeout<F> {
+        #[pin]
+        fut: F,
+        sleep: RecycledSleep,
+    }
 }
 
-impl<F: Future + Unpin> Future for Timeout<F> {
+impl<F: Future> Future for Timeout<F> {
     type Output = Option<F::Output>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.get_mut();
-        if let Poll::Ready(out) = Pin::new(&mut this.fut).poll(cx) {
+        let this = self.project();
+        if let Poll::Ready(out) = this.fut.poll(cx) {
             return Poll::Ready(Some(out));
         }
-        Pin::new(&mut this.sleep).poll(cx).map(|()| None)
+        Pin::new(this.sleep).poll(cx).map(|()| None)
     }
 }
 
@@ -188,12 +192,12 @@ mod tests {
     async fn a_timeout_gives_the_output_or_none_at_the_deadline() {
         let timer = RecyclingTimer::default();
         let now = tokio::time::Instant::now();
-        let quick = Box::pin(async {
+        let quick = async {
             tokio::time::sleep(Duration::from_secs(1)).await;
             7
-        });
+        };
         assert_eq!(timer.timeout_at(now + Duration::from_secs(2), quick).await, Some(7));
-        let slow = Box::pin(tokio::time::sleep(Duration::from_secs(60)));
+        let slow = tokio::time::sleep(Duration::from_secs(60));
         assert_eq!(timer.timeout_at(now + Duration::from_secs(3), slow).await, None);
         assert_eq!(now.elapsed(), Duration::from_secs(3));
         assert_eq!(timer.pooled(), 1, "both used the same sleep");

@@ -41,6 +41,7 @@ pub trait Handler: Send + Sync + 'static {
 #[derive(Debug, Clone)]
 pub struct Peer {
     addr: SocketAddr,
+    addr_text: Box<str>,
     ip_header: HeaderValue,
 }
 
@@ -52,12 +53,17 @@ impl Peer {
         // Shared storage, so that each request's copy is a reference count.
         let ip_header = HeaderValue::from_maybe_shared(Bytes::copy_from_slice(ip_header.as_bytes()))
             .expect("still the same valid value");
-        Self { addr, ip_header }
+        Self { addr, addr_text: addr.to_string().into(), ip_header }
     }
 
     /// The client's address and port.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The client's address and port as text (what queue disciplines see as the source).
+    pub fn addr_text(&self) -> &str {
+        &self.addr_text
     }
 
     /// The client's IP address as a header value (for `X-Forwarded-For`).
@@ -384,6 +390,7 @@ mod tests {
             let peer = Peer::new(addr);
             assert_eq!(peer.ip_header().to_str().unwrap(), addr.ip().to_string());
             assert_eq!(peer.addr(), addr);
+            assert_eq!(peer.addr_text(), addr.to_string());
         }
     }
 

@@ -6,7 +6,8 @@
 //!   added p50/p99 latency over the direct path and throughput, as Markdown;
 //! - `rss`: the gateway's resident memory idle and with 10 000 requests buffered in its activator
 //!   queue;
-//! - `backend`, `gateway`, `hyper-floor`: the processes the two above start.
+//! - `backend`, `gateway`, `hyper-floor`: the processes the two above start;
+//! - `queue-proxy`: a queue proxy alone in front of a backend, to profile it (docs/benchmarks.md).
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;

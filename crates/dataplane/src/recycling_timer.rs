@@ -9,8 +9,10 @@
 //! moves a deadline later without touching the wheel (the entry is re-filed only when its old
 //! deadline comes), so a request costs a pool push and pop instead.
 //!
-//! A sleep in the pool whose old deadline comes may wake the task that used it last: one spurious
-//! poll of that connection, or nothing if it is gone.
+//! A sleep in the pool keeps the waker of the task that polled it last until the next user polls
+//! it: that task's allocation (about a kilobyte for a connection) outlives the task by as long, at
+//! most [`POOL_MAX`] of them per server. If the sleep's old deadline comes while it waits in the
+//! pool, that task is woken once for nothing (or nothing happens if it has ended).
 
 use std::future::Future;
 use std::pin::Pin;

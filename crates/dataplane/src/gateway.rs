@@ -1117,7 +1117,6 @@ fn enqueue(
 ) -> oneshot::Receiver<u64> {
     let (tx, rx) = oneshot::channel();
     let headers = HeaderView(req.headers());
-
     let host = host_of(req).unwrap_or_default();
     let meta = RequestMeta {
         id: shared.ids.fetch_add(1, Ordering::Relaxed),

@@ -377,6 +377,22 @@ async fn probe_loop(inner: Arc<InnerRef>) {
     }
 }
 
+/// Counts a request in the waiting gauge while it lives.
+struct Waiting<'a>(&'a Gauge);
+
+impl<'a> Waiting<'a> {
+    fn start(gauge: &'a Gauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// Decrements stats and gauges when a request ends, however it ends.
 struct InFlight {
     inner: Arc<InnerRef>,
@@ -456,7 +472,7 @@ impl Handler for InnerRef {
             );
         }
         let proxied = req.headers().get(&PROXY_NAME).is_some_and(|v| v == "activator");
-        inner.stats.request_in(std::time::Instant::now(), proxied);
+        inner.stats.request_in(arrival.into_std(), proxied);
         inner.in_flight_gauge.inc();
         let mut guard = InFlight { inner: self.clone(), proxied, arrival, code: 0, _permit: None };
         let deadline = arrival + config.timeout;
@@ -489,10 +505,9 @@ impl Handler for InnerRef {
             }
         };
         let permit = if ticket.queued() {
-            inner.waiting_gauge.inc();
-            let permit = timeout_at(deadline, ticket.wait()).await;
-            inner.waiting_gauge.dec();
-            permit.ok()
+            // Counted as waiting until the wait ends, also when the client leaves during it.
+            let _waiting = Waiting::start(&inner.waiting_gauge);
+            timeout_at(deadline, ticket.wait()).await.ok()
         } else {
             // Granted at once: no timer to arm.
             Some(ticket.wait().await)

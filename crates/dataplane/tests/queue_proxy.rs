@@ -8,6 +8,7 @@ use std::time::Duration;
 use common::*;
 use http::StatusCode;
 use ikukantai_dataplane::queue_proxy::{INSTANCE_HEADER, LOAD_HEADER, NODE_HEADER, SERVICE_TIME_HEADER};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 
 #[tokio::test]
@@ -123,4 +124,49 @@ async fn metrics_are_exposed() {
         assert!(body.contains(name), "{name} missing in\n{body}");
     }
     assert!(body.contains("instance=\"metered\""), "{body}");
+}
+
+/// The value of the queue proxy's waiting gauge.
+async fn waiting(qp: &ikukantai_dataplane::queue_proxy::QueueProxyHandle) -> String {
+    let (_, _, body) = get(qp.admin_addr(), "admin", "/metrics").await;
+    body.lines()
+        .find(|l| l.starts_with("ikukantai_queue_waiting_requests{"))
+        .and_then(|l| l.rsplit(' ').next())
+        .unwrap_or("missing")
+        .to_owned()
+}
+
+#[tokio::test]
+async fn a_waiting_request_whose_client_leaves_stops_counting_as_waiting() {
+    let b = backend("hello-leave").await;
+    let qp = start_qp(qp_config("hello-leave", "node1", "hello-00001", b.addr, 1)).await;
+    wait_ready(&qp).await;
+    let addr = qp.addr();
+    let first = tokio::spawn(async move { get(addr, "h", "/sleep/1500").await });
+    while qp.in_flight() < 1 {
+        tokio::task::yield_now().await;
+    }
+    // A second request waits for the only slot; then its client goes away.
+    let mut leaving = tokio::net::TcpStream::connect(addr).await.unwrap();
+    leaving.write_all(b"GET / HTTP/1.1\r\nhost: h\r\n\r\n").await.unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..200 {
+        seen.push(waiting(&qp).await);
+        if seen.last().is_some_and(|w| w == "1") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(seen.last().map(String::as_str), Some("1"), "never counted as waiting: {seen:?}");
+    drop(leaving);
+    let mut after = String::new();
+    for _ in 0..200 {
+        after = waiting(&qp).await;
+        if after == "0" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(after, "0", "still counted as waiting after its client left");
+    assert_eq!(first.await.unwrap().0, StatusCode::OK);
 }

@@ -44,7 +44,9 @@ impl RecyclingTimer {
 
     /// A sleep until `deadline`, from the pool if it has one.
     fn take(&self, deadline: tokio::time::Instant) -> RecycledSleep {
-        let sleep = match lock(&self.pool).pop() {
+        // Popped in a statement of its own, so that the lock is not held while tokio re-files.
+        let recycled = lock(&self.pool).pop();
+        let sleep = match recycled {
             Some(mut sleep) => {
                 sleep.as_mut().reset(deadline);
                 sleep

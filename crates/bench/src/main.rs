@@ -7,7 +7,9 @@
 //! - `rss`: the gateway's resident memory idle and with 10 000 requests buffered in its activator
 //!   queue;
 //! - `backend`, `gateway`, `hyper-floor`: the processes the two above start;
-//! - `queue-proxy`: a queue proxy alone in front of a backend, to profile it (docs/benchmarks.md).
+//! - `queue-proxy`: a queue proxy alone in front of a backend, to profile it (docs/benchmarks.md);
+//! - `raw-floor`: the least HTTP/1.1 proxy tokio and httparse allow, a yardstick for a request
+//!   path without hyper (docs/benchmarks.md).
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -73,6 +75,16 @@ enum Cmd {
         #[arg(long, default_value_t = 0)]
         container_concurrency: u32,
     },
+    /// The least HTTP/1.1 reverse proxy tokio and httparse allow: each client connection paired
+    /// with its own upstream connection, request heads passed through as read, responses read to
+    /// their Content-Length and passed back. Only what the benchmark sends: requests without a
+    /// body, responses with a Content-Length. Not a product, a yardstick for a path without hyper.
+    RawFloor {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long)]
+        backend: SocketAddr,
+    },
     /// The least a reverse proxy on hyper 1 can do, to tell hyper's cost from ours: every client
     /// connection gets its own upstream connection and requests pass through untouched (no
     /// routing, pool, header rewriting or metrics). Not a product, a yardstick.
@@ -127,6 +139,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::QueueProxy { listen, admin, backend, container_concurrency } => {
             runtime(1)?.block_on(queue_proxy(listen, admin, backend, container_concurrency))
         }
+        Cmd::RawFloor { listen, backend } => runtime(1)?.block_on(raw_floor(listen, backend)),
         Cmd::HyperFloor { listen, backend, threads } => {
             runtime(threads)?.block_on(hyper_floor(listen, backend))
         }
@@ -176,6 +189,89 @@ async fn hyper_floor(listen: SocketAddr, backend: SocketAddr) -> anyhow::Result<
             let _ =
                 hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
         });
+    }
+}
+
+async fn raw_floor(listen: SocketAddr, backend: SocketAddr) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    loop {
+        let (client, _) = listener.accept().await?;
+        client.set_nodelay(true)?;
+        tokio::spawn(async move {
+            // Clients that leave (wrk at the end of a run) reset their connections: not news.
+            if let Err(e) = raw_pair(client, backend).await
+                && e.kind() == std::io::ErrorKind::InvalidData
+            {
+                eprintln!("{e}");
+            }
+        });
+    }
+}
+
+/// Reads from `stream` into `buf`; false at end of stream.
+async fn read_more(stream: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> std::io::Result<bool> {
+    use tokio::io::AsyncReadExt;
+    buf.reserve(8192);
+    Ok(stream.read_buf(buf).await? > 0)
+}
+
+fn unsupported(what: &str) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, format!("raw floor: {what}"))
+}
+
+/// One client connection and its upstream connection, request by request.
+async fn raw_pair(mut client: tokio::net::TcpStream, backend: SocketAddr) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let mut upstream = tokio::net::TcpStream::connect(backend).await?;
+    upstream.set_nodelay(true)?;
+    let (mut request, mut response) = (Vec::new(), Vec::new());
+    loop {
+        let head = loop {
+            let mut headers = [httparse::EMPTY_HEADER; 32];
+            let mut req = httparse::Request::new(&mut headers);
+            if let httparse::Status::Complete(n) =
+                req.parse(&request).map_err(|e| unsupported(&e.to_string()))?
+            {
+                let has_body = req.headers.iter().any(|h| {
+                    h.name.eq_ignore_ascii_case("transfer-encoding")
+                        || (h.name.eq_ignore_ascii_case("content-length") && h.value != b"0")
+                });
+                if has_body {
+                    return Err(unsupported("request bodies"));
+                }
+                break n;
+            }
+            if !read_more(&mut client, &mut request).await? {
+                return Ok(());
+            }
+        };
+        upstream.write_all(&request[..head]).await?;
+        request.drain(..head);
+        let whole = loop {
+            let mut headers = [httparse::EMPTY_HEADER; 32];
+            let mut resp = httparse::Response::new(&mut headers);
+            if let httparse::Status::Complete(n) =
+                resp.parse(&response).map_err(|e| unsupported(&e.to_string()))?
+            {
+                let length = resp
+                    .headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                    .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse::<usize>().ok())
+                    .ok_or_else(|| unsupported("responses without a Content-Length"))?;
+                break n + length;
+            }
+            if !read_more(&mut upstream, &mut response).await? {
+                return Err(unsupported("the backend closed mid-response"));
+            }
+        };
+        while response.len() < whole {
+            if !read_more(&mut upstream, &mut response).await? {
+                return Err(unsupported("the backend closed mid-body"));
+            }
+        }
+        client.write_all(&response[..whole]).await?;
+        response.drain(..whole);
     }
 }
 

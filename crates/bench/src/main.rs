@@ -162,50 +162,55 @@ fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
     }
 }
 
-async fn hyper_floor(listen: SocketAddr, backend: SocketAddr) -> anyhow::Result<()> {
+/// Accepts on `listen` for ever, each connection (with Nagle off) in a task of its own.
+async fn serve_each<F, Fut>(listen: SocketAddr, per_connection: F) -> anyhow::Result<()>
+where
+    F: Fn(tokio::net::TcpStream) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     let listener = tokio::net::TcpListener::bind(listen).await?;
     loop {
         let (stream, _) = listener.accept().await?;
         stream.set_nodelay(true)?;
-        tokio::spawn(async move {
-            let Ok(upstream) = tokio::net::TcpStream::connect(backend).await else { return };
-            let _ = upstream.set_nodelay(true);
-            let Ok((sender, conn)) =
-                hyper::client::conn::http1::handshake::<_, Incoming>(TokioIo::new(upstream)).await
-            else {
-                return;
-            };
-            tokio::spawn(conn);
-            // HTTP/1.1 serves one request at a time per connection: the lock is never contended.
-            let sender = Arc::new(tokio::sync::Mutex::new(sender));
-            let svc = service_fn(move |req: Request<Incoming>| {
-                let sender = sender.clone();
-                async move {
-                    let mut sender = sender.lock().await;
-                    sender.ready().await?;
-                    sender.send_request(req).await
-                }
-            });
-            let _ =
-                hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
-        });
+        tokio::spawn(per_connection(stream));
     }
 }
 
-async fn raw_floor(listen: SocketAddr, backend: SocketAddr) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(listen).await?;
-    loop {
-        let (client, _) = listener.accept().await?;
-        client.set_nodelay(true)?;
-        tokio::spawn(async move {
-            // Clients that leave (wrk at the end of a run) reset their connections: not news.
-            if let Err(e) = raw_pair(client, backend).await
-                && e.kind() == std::io::ErrorKind::InvalidData
-            {
-                eprintln!("{e}");
+async fn hyper_floor(listen: SocketAddr, backend: SocketAddr) -> anyhow::Result<()> {
+    serve_each(listen, move |stream| async move {
+        let Ok(upstream) = tokio::net::TcpStream::connect(backend).await else { return };
+        let _ = upstream.set_nodelay(true);
+        let Ok((sender, conn)) =
+            hyper::client::conn::http1::handshake::<_, Incoming>(TokioIo::new(upstream)).await
+        else {
+            return;
+        };
+        tokio::spawn(conn);
+        // HTTP/1.1 serves one request at a time per connection: the lock is never contended.
+        let sender = Arc::new(tokio::sync::Mutex::new(sender));
+        let svc = service_fn(move |req: Request<Incoming>| {
+            let sender = sender.clone();
+            async move {
+                let mut sender = sender.lock().await;
+                sender.ready().await?;
+                sender.send_request(req).await
             }
         });
-    }
+        let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+    })
+    .await
+}
+
+async fn raw_floor(listen: SocketAddr, backend: SocketAddr) -> anyhow::Result<()> {
+    serve_each(listen, move |client| async move {
+        // Clients that leave (wrk at the end of a run) reset their connections: not news.
+        if let Err(e) = raw_pair(client, backend).await
+            && e.kind() == std::io::ErrorKind::InvalidData
+        {
+            eprintln!("{e}");
+        }
+    })
+    .await
 }
 
 /// Reads from `stream` into `buf`; false at end of stream.
@@ -276,18 +281,13 @@ async fn raw_pair(mut client: tokio::net::TcpStream, backend: SocketAddr) -> std
 }
 
 async fn backend(listen: SocketAddr) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(listen).await?;
-    loop {
-        let (stream, _) = listener.accept().await?;
-        stream.set_nodelay(true)?;
-        tokio::spawn(async move {
-            let svc = service_fn(|_req: Request<Incoming>| async {
-                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
-            });
-            let _ =
-                hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+    serve_each(listen, |stream| async move {
+        let svc = service_fn(|_req: Request<Incoming>| async {
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
         });
-    }
+        let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+    })
+    .await
 }
 
 async fn gateway(listen: SocketAddr, admin: SocketAddr, backend: Option<SocketAddr>) -> anyhow::Result<()> {

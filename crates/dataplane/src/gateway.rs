@@ -28,7 +28,6 @@ use ikukantai_policy::queue::{PriorityRule, QueueDiscipline, RequestMeta};
 use ikukantai_policy::registry::{self, PolicyParams, UnknownPolicy};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
@@ -40,7 +39,7 @@ use crate::body::{Body, Guarded, Limited, boxed, error_response, full, is_too_la
 use crate::connect::NodeConnector;
 use crate::link::Link;
 use crate::metrics::{
-    GatewayMetrics, LinkLabels, RejectLabels, RequestLabels, RevisionLabels, metrics_response,
+    GatewayMetrics, LinkLabels, OutcomeHandles, RejectLabels, RequestLabels, RevisionLabels, metrics_response,
 };
 use crate::pool::Upstream;
 use crate::proxy::{HeaderView, detach_head, strip_hop_by_hop};
@@ -280,7 +279,7 @@ struct RevisionState {
     buffered_gauge: Gauge,
     buffered_counter: Counter,
     /// A handful of (serving node, code) pairs per revision: a list beats hashing.
-    outcomes: Mutex<Vec<(Outcome, Counter, Histogram)>>,
+    outcomes: OutcomeHandles<Outcome>,
 }
 
 /// How a forwarded request ended: serving node and status code.
@@ -526,7 +525,7 @@ impl Gateway {
                         in_flight_gauge: shared.metrics.in_flight.get_or_create(&labels).clone(),
                         buffered_gauge: shared.metrics.buffered.get_or_create(&labels).clone(),
                         buffered_counter: shared.metrics.buffered_total.get_or_create(&labels).clone(),
-                        outcomes: Mutex::default(),
+                        outcomes: OutcomeHandles::default(),
                         labels,
                         inner: Mutex::new(RevisionInner {
                             route: r.clone(),
@@ -763,22 +762,13 @@ fn record_outcome(
     code: u16,
     elapsed: Duration,
 ) {
-    let elapsed = elapsed.as_secs_f64();
-    let mut outcomes = Shared::lock(&rev.outcomes);
-    let outcome = (serving, code);
-    if let Some((_, count, duration)) = outcomes.iter().find(|(o, ..)| *o == outcome) {
-        count.inc();
-        duration.observe(elapsed);
-        return;
-    }
-    let labels = request_labels(shared, &rev.labels, serving, code);
-    let (count, duration) = (
-        shared.metrics.requests.get_or_create(&labels).clone(),
-        shared.metrics.duration.get_or_create(&labels).clone(),
-    );
-    count.inc();
-    duration.observe(elapsed);
-    outcomes.push((outcome, count, duration));
+    rev.outcomes.record((serving, code), elapsed.as_secs_f64(), || {
+        let labels = request_labels(shared, &rev.labels, serving, code);
+        (
+            shared.metrics.requests.get_or_create(&labels).clone(),
+            shared.metrics.duration.get_or_create(&labels).clone(),
+        )
+    });
 }
 
 fn request_labels(

@@ -1,6 +1,7 @@
 //! Prometheus metrics of the gateway and the queue proxy (text format at `/metrics` on their admin
 //! listeners). Names and labels are documented in `docs/metrics.md`.
 
+use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -200,6 +201,38 @@ impl QueueMetrics {
     }
 }
 
+/// A request counter and duration histogram per outcome, resolved from their families once per
+/// outcome and then found in a short list: a handful of outcomes (status codes, serving nodes)
+/// per revision or instance, where hashing the labels on every request cost thousands of
+/// instructions.
+#[derive(Debug)]
+pub struct OutcomeHandles<K>(Mutex<Vec<(K, Counter, Histogram)>>);
+
+impl<K> Default for OutcomeHandles<K> {
+    fn default() -> Self {
+        Self(Mutex::new(Vec::new()))
+    }
+}
+
+impl<K: PartialEq> OutcomeHandles<K> {
+    /// Counts one request with outcome `key` that took `seconds`; `resolve` gives the handles
+    /// the first time `key` is seen.
+    pub fn record(&self, key: K, seconds: f64, resolve: impl FnOnce() -> (Counter, Histogram)) {
+        let mut list = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let at = match list.iter().position(|(k, ..)| *k == key) {
+            Some(at) => at,
+            None => {
+                let (count, duration) = resolve();
+                list.push((key, count, duration));
+                list.len() - 1
+            }
+        };
+        let (_, count, duration) = &list[at];
+        count.inc();
+        duration.observe(seconds);
+    }
+}
+
 /// Renders a registry in the Prometheus text format.
 pub fn render(registry: &Registry) -> String {
     let mut out = String::new();
@@ -216,4 +249,25 @@ pub fn metrics_response(registry: &Registry) -> http::Response<crate::body::Body
         http::HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
     );
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcome_handles_are_resolved_once_per_key() {
+        let handles = OutcomeHandles::default();
+        let mut resolved = 0;
+        for code in [200u16, 200, 503, 200] {
+            handles.record(code, 0.5, || {
+                resolved += 1;
+                (Counter::default(), latency_histogram())
+            });
+        }
+        assert_eq!(resolved, 2);
+        let list = handles.0.lock().unwrap();
+        let counts: Vec<(u16, u64)> = list.iter().map(|(k, c, _)| (*k, c.get())).collect();
+        assert_eq!(counts, vec![(200, 3), (503, 1)]);
+    }
 }

@@ -14,8 +14,8 @@
 //! - drains on stop: refuses new work, finishes what it has, then exits.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
@@ -24,9 +24,7 @@ use ikukantai_api::service::Probe;
 use ikukantai_policy::autoscaler::Stat;
 use ikukantai_policy::queue::{PriorityRule, RequestMeta};
 use ikukantai_policy::registry::{self, PolicyParams};
-use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -35,7 +33,9 @@ use tokio::time::{Instant, timeout, timeout_at};
 use crate::body::{Body, Deadlines, Guarded, boxed, error_response, full};
 use crate::breaker::{Breaker, Permit};
 use crate::connect::NodeConnector;
-use crate::metrics::{InstanceLabels, InstanceRequestLabels, QueueMetrics, RejectLabels, metrics_response};
+use crate::metrics::{
+    InstanceLabels, InstanceRequestLabels, OutcomeHandles, QueueMetrics, RejectLabels, metrics_response,
+};
 use crate::pool::Upstream;
 use crate::proxy::{HeaderView, strip_hop_by_hop};
 use crate::recycling_timer::RecyclingTimer;
@@ -199,8 +199,8 @@ struct Inner {
     /// Metric handles resolved once, not hashed from the labels on every request.
     in_flight_gauge: Gauge,
     waiting_gauge: Gauge,
-    /// A handful of status codes per instance: a list beats hashing.
-    outcomes: Mutex<Vec<(u16, Counter, Histogram)>>,
+    /// Requests and durations by status code.
+    outcomes: OutcomeHandles<u16>,
     /// Sleeps for the response-start timeout, reused from request to request.
     timers: RecyclingTimer,
     breaker: Arc<Breaker>,
@@ -261,7 +261,7 @@ impl QueueProxyHandle {
             node_value: HeaderValue::from_str(&config.node).ok(),
             in_flight_gauge,
             waiting_gauge,
-            outcomes: Mutex::new(Vec::new()),
+            outcomes: OutcomeHandles::default(),
             timers: RecyclingTimer::default(),
             breaker: Breaker::new(cc, depth, discipline),
             stats: RequestStats::new(std::time::Instant::now()),
@@ -408,21 +408,13 @@ impl Drop for InFlight {
         let now = Instant::now();
         inner.stats.request_out(now.into_std(), self.proxied);
         inner.in_flight_gauge.dec();
-        let elapsed = (now - self.arrival).as_secs_f64();
-        let mut outcomes = inner.outcomes.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((_, count, duration)) = outcomes.iter().find(|(code, ..)| *code == self.code) {
-            count.inc();
-            duration.observe(elapsed);
-            return;
-        }
-        let labels = InstanceRequestLabels { instance: inner.labels.clone(), code: self.code };
-        let (count, duration) = (
-            inner.metrics.requests.get_or_create(&labels).clone(),
-            inner.metrics.duration.get_or_create(&labels).clone(),
-        );
-        count.inc();
-        duration.observe(elapsed);
-        outcomes.push((self.code, count, duration));
+        inner.outcomes.record(self.code, (now - self.arrival).as_secs_f64(), || {
+            let labels = InstanceRequestLabels { instance: inner.labels.clone(), code: self.code };
+            (
+                inner.metrics.requests.get_or_create(&labels).clone(),
+                inner.metrics.duration.get_or_create(&labels).clone(),
+            )
+        });
     }
 }
 

@@ -48,11 +48,9 @@ pub struct Peer {
 impl Peer {
     /// The client at `addr`.
     pub fn new(addr: SocketAddr) -> Self {
-        let ip_header =
-            HeaderValue::try_from(addr.ip().to_string()).expect("an IP address is a valid header value");
-        // Shared storage, so that each request's copy is a reference count.
-        let ip_header = HeaderValue::from_maybe_shared(Bytes::copy_from_slice(ip_header.as_bytes()))
-            .expect("still the same valid value");
+        // Over `Bytes`, so that each request's copy is a reference count.
+        let ip_header = HeaderValue::from_maybe_shared(Bytes::from(addr.ip().to_string()))
+            .expect("an IP address is a valid header value");
         Self { addr, addr_text: addr.to_string().into(), ip_header }
     }
 

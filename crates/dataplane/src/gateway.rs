@@ -41,7 +41,7 @@ use crate::link::Link;
 use crate::metrics::{
     GatewayMetrics, LinkLabels, OutcomeHandles, RejectLabels, RequestLabels, RevisionLabels, metrics_response,
 };
-use crate::pool::Upstream;
+use crate::pool::{Forwarding, Upstream};
 use crate::proxy::{HeaderView, detach_head, strip_hop_by_hop};
 use crate::queue_proxy::{INSTANCE_HEADER, LOAD_HEADER, NODE_HEADER, PROXY_HEADER, SERVICE_TIME_HEADER};
 use crate::recycling_timer::RecyclingTimer;
@@ -53,6 +53,8 @@ pub const ORIGIN_HEADER: &str = "x-ikukantai-origin";
 static ORIGIN_NAME: HeaderName = HeaderName::from_static(ORIGIN_HEADER);
 static PROXY_NAME: HeaderName = HeaderName::from_static(PROXY_HEADER);
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// The proxy header's value on a request that waited in the activator queue.
+static ACTIVATOR: HeaderValue = HeaderValue::from_static("activator");
 
 /// How often a waiting request re-checks for capacity (a safety net beside the wake-ups).
 const RECHECK: Duration = Duration::from_millis(50);
@@ -1030,20 +1032,24 @@ impl Handler for Ingress {
                 code: 0,
             };
 
-            let request = {
-                let (mut parts, body) = req.into_parts();
-                strip_hop_by_hop(&mut parts.headers);
-                // Names, the origin's value and the client's address are built once, not per request.
-                if buffered {
-                    parts.headers.insert(PROXY_NAME.clone(), HeaderValue::from_static("activator"));
-                }
-                if let Some(v) = &shared.origin_value {
-                    parts.headers.insert(ORIGIN_NAME.clone(), v.clone());
-                }
-                parts.headers.append(X_FORWARDED_FOR.clone(), peer.ip_header().clone());
-                let upstream = Request::from_parts(parts, boxed(Limited::new(body, limit)));
-                picked.upstream.send(upstream)
-            };
+            let (mut parts, body) = req.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            let upstream = Request::from_parts(parts, boxed(Limited::new(body, limit)));
+            // What the gateway says goes straight into the head: the origin and proxy headers
+            // replace whatever the client sent under those names; X-Forwarded-For appends. The
+            // names, the origin's value and the client's address are built once, not per request.
+            let mut added = [(&X_FORWARDED_FOR, peer.ip_header()); 3];
+            let mut count = 1;
+            if let Some(v) = &shared.origin_value {
+                added[count] = (&ORIGIN_NAME, v);
+                count += 1;
+            }
+            if buffered {
+                added[count] = (&PROXY_NAME, &ACTIVATOR);
+                count += 1;
+            }
+            let forwarding = Forwarding { remove: &[&ORIGIN_NAME, &PROXY_NAME], add: &added[..count] };
+            let request = picked.upstream.forward(upstream, forwarding);
             let sent = if buffered { Instant::now() } else { arrival };
             let response = match shared.timers.timeout_at(deadline, Box::pin(request)).await {
                 Some(Ok(r)) => r,

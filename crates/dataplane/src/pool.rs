@@ -1,42 +1,60 @@
 //! Reused HTTP/1.1 connections to one upstream: an instance (from a gateway) or the process behind
-//! a queue proxy.
+//! a queue proxy, and the HTTP/1.1 client that talks over them.
 //!
-//! Built on hyper's connection API (`hyper::client::conn::http1`) rather than hyper-util's legacy
-//! client: an upstream is one address, so the legacy client's per-request work — hashing the
-//! scheme and authority into its pool map twice, converting the URI, and spawning a task per
-//! request to return the connection — is all overhead here (about 7 000 of a proxied request's
-//! 44 500 instructions, measured with callgrind; `docs/benchmarks.md`).
+//! The client is our own, driven inside the task of the request it carries: it writes the
+//! request, reads the response head with httparse and hands back a body that decodes the rest
+//! (fixed length, chunked with trailers, or up to the close) straight from the connection's read
+//! buffer. hyper's client, which this replaces, runs every connection as a task of its own and
+//! passes each request and response through channels to it; for an upstream that is a single
+//! address that was a task switch, two channels and hyper's protocol state machine per request
+//! (`docs/benchmarks.md` has the instruction counts). The server side stays hyper's.
 //!
-//! A connection goes back to the pool when its response body has been read to the end, and is
-//! dropped when the body is abandoned half-way (it cannot carry another request). The most
-//! recently used idle connection is taken first, so under light load few stay warm; those idle
-//! for longer than [`IDLE_TIMEOUT`] are closed. A request that could not be written on a reused
-//! connection (the upstream closed it while idle) is retried once on a new one; nothing is
-//! retried once it may have reached the upstream.
+//! A connection goes back to the pool when its response body has been read to the end (and its
+//! request body written to the end), and is closed when the body is abandoned half-way, the
+//! upstream said `Connection: close`, or the response ran to the close. The most recently used
+//! idle connection is taken first, so under light load few stay warm; those idle for longer than
+//! [`IDLE_TIMEOUT`] are closed as others come back. Taking an idle connection first checks, without blocking, that
+//! the upstream has not closed it meanwhile (a read that would block; the readiness it clears is
+//! the one the response read needs cleared anyway). Should the upstream close it between that
+//! check and the request, an idempotent request without a body is sent once more on a new
+//! connection, as Go's `net/http` does; nothing else is retried once it may have reached the
+//! upstream.
 
+use std::future::poll_fn;
+use std::io;
+use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{HeaderValue, Request, Response, header};
+use bytes::{Buf, Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version, header};
 use http_body::{Body as HttpBody, Frame, SizeHint};
-use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
-use pin_project_lite::pin_project;
+use tokio::io::AsyncWrite;
 use tokio::time::Instant;
 
-use crate::body::Body;
-use crate::connect::NodeConnector;
+use crate::body::{Body, BoxError};
+use crate::connect::{NodeConnector, NodeStream};
 use crate::proxy::origin_form;
 
 /// Idle connections older than this are closed instead of reused.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// At most this many idle connections are kept per upstream.
 pub const MAX_IDLE: usize = 1024;
+/// Largest response head (and chunked-body trailer section) accepted from an upstream.
+pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+/// Most header fields in a response head or trailer section.
+const MAX_HEADERS: usize = 100;
+/// Longest chunk-size line (size and extensions) in a chunked response body.
+const MAX_CHUNK_LINE: usize = 4096;
+/// Smallest and largest room made in the read buffer before a read.
+const READ_MIN: usize = 8 * 1024;
+const READ_MAX: usize = 64 * 1024;
+/// Request body frames up to this size are copied next to the head and written with it; larger
+/// ones are written on their own.
+const COPY_MAX: usize = 16 * 1024;
 
 /// Why a request got no response from the upstream.
 #[derive(Debug, thiserror::Error)]
@@ -47,27 +65,680 @@ pub enum UpstreamError {
         /// The upstream.
         addr: SocketAddr,
         /// The error.
-        source: std::io::Error,
-    },
-    /// The connection opened but the HTTP/1.1 handshake failed.
-    #[error("HTTP/1.1 handshake with {addr}: {source}")]
-    Handshake {
-        /// The upstream.
-        addr: SocketAddr,
-        /// The error.
-        source: hyper::Error,
+        source: io::Error,
     },
     /// Sending the request or reading the response head failed.
     #[error("{source}")]
     Exchange {
         /// The error (its source says more, e.g. a request body over the limit).
-        source: hyper::Error,
+        source: ExchangeError,
     },
+}
+
+/// What went wrong in one request/response exchange on a connection.
+#[derive(Debug, thiserror::Error)]
+pub enum ExchangeError {
+    /// Writing to the connection failed.
+    #[error("writing the request: {0}")]
+    Write(io::Error),
+    /// Reading from the connection failed.
+    #[error("reading the response: {0}")]
+    Read(io::Error),
+    /// The upstream closed the connection before the whole response head.
+    #[error("the upstream closed the connection before a complete response head")]
+    ClosedBeforeHead,
+    /// The response head broke HTTP/1.1's rules.
+    #[error("invalid response head: {0}")]
+    Head(String),
+    /// The response body's framing broke HTTP/1.1's rules, or the body ended early.
+    #[error("response body: {0}")]
+    Body(&'static str),
+    /// The request body failed (its source says why, e.g. over the size limit).
+    #[error("request body: {0}")]
+    RequestBody(#[source] BoxError),
+    /// The request body did not match the length it declared.
+    #[error("request body: {0}")]
+    RequestLength(&'static str),
+}
+
+impl ExchangeError {
+    /// Errors after which the request may not have reached the upstream at all.
+    fn is_connection_lost(&self) -> bool {
+        matches!(self, Self::Write(_) | Self::Read(_) | Self::ClosedBeforeHead)
+    }
+}
+
+/// One connection, with its buffers (kept across requests: no allocation per request).
+struct Conn {
+    io: NodeStream,
+    /// Bytes read and not yet consumed.
+    read: BytesMut,
+    /// Bytes to write; `written` of them are written.
+    write: Vec<u8>,
+    written: usize,
+    /// Where each header of the response head being parsed lies in it.
+    spans: Vec<HeaderSpan>,
+}
+
+#[derive(Clone, Copy)]
+struct HeaderSpan {
+    name: (usize, usize),
+    value: (usize, usize),
+}
+
+impl Conn {
+    /// Boxed: a connection moves between the pool, the request and its response body, and a
+    /// pointer moves cheaper than the connection with its buffers.
+    fn new(io: NodeStream) -> Box<Self> {
+        Box::new(Self { io, read: BytesMut::new(), write: Vec::new(), written: 0, spans: Vec::new() })
+    }
+
+    /// Reads what is there into the read buffer, with room for at least `want` bytes (within
+    /// [`READ_MIN`]..=[`READ_MAX`]). `Ok(0)` at the end of the stream.
+    fn poll_fill(&mut self, cx: &mut Context<'_>, want: usize) -> Poll<io::Result<usize>> {
+        let want = want.clamp(READ_MIN, READ_MAX);
+        if self.read.capacity() - self.read.len() < want / 2 {
+            self.read.reserve(want);
+        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read)
+    }
+
+    /// Writes the write buffer out.
+    fn poll_flush_buffer(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.written < self.write.len() {
+            let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.write[self.written..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.written += n;
+        }
+        self.write.clear();
+        self.written = 0;
+        Poll::Ready(Ok(()))
+    }
+
+    /// True unless the upstream closed the connection (or sent bytes nobody asked for) while it
+    /// was idle. Never waits.
+    fn still_open(&mut self) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        matches!(self.poll_fill(&mut cx, READ_MIN), Poll::Pending) && self.read.is_empty()
+    }
+}
+
+/// How a request body is framed on the wire.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum RequestFraming {
+    /// No body bytes.
+    Empty,
+    /// `Content-Length`: this many bytes still to come.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+}
+
+/// Writes a request: its head (serialized at the start) and then its body as it streams.
+struct Writer {
+    /// The body still to write; `None` once it has ended.
+    body: Option<Body>,
+    framing: RequestFraming,
+    /// A large body frame being written directly, not copied…
+    large: Option<Bytes>,
+    /// …and what is written after it (its chunk's end, the body's end).
+    after_large: Vec<u8>,
+    /// Everything is written (or writing was given up).
+    complete: bool,
+}
+
+/// Methods whose requests, without a body, may be sent again on a new connection when a reused
+/// one turns out to have been closed (the set Go's `net/http` retries).
+fn replayable(parts: &http::request::Parts) -> bool {
+    matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE)
+        || parts.headers.contains_key("idempotency-key")
+        || parts.headers.contains_key("x-idempotency-key")
+}
+
+/// Headers a proxy changes as it forwards a request, written straight into the request head
+/// rather than into the request's header map (which hyper sizes to what it parsed, so one more
+/// header reallocates and rehashes it).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Forwarding<'a> {
+    /// The request's own headers with these names are not sent.
+    pub remove: &'a [&'a HeaderName],
+    /// Sent after the request's own headers (a name the request has too then appears twice,
+    /// which for a list-valued header such as `X-Forwarded-For` means appended).
+    pub add: &'a [(&'a HeaderName, &'a HeaderValue)],
+}
+
+/// Appends the request line and headers to `out`, with the framing header for `framing`.
+/// Whatever framing headers the request carried are replaced: the body decides.
+fn write_head(
+    parts: &http::request::Parts,
+    forwarding: Forwarding<'_>,
+    framing: RequestFraming,
+    out: &mut Vec<u8>,
+) {
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(parts.uri.path_and_query().map_or("/", |p| p.as_str()).as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in &parts.headers {
+        if name == header::CONTENT_LENGTH
+            || name == header::TRANSFER_ENCODING
+            || name == header::CONNECTION
+            || forwarding.remove.contains(&name)
+        {
+            continue;
+        }
+        write_field(name, value, out);
+    }
+    for (name, value) in forwarding.add {
+        write_field(name, value, out);
+    }
+    match framing {
+        RequestFraming::Empty => {
+            // Methods that define a body say its length even when it is empty (RFC 9110 §8.6).
+            if !matches!(
+                parts.method,
+                Method::GET
+                    | Method::HEAD
+                    | Method::DELETE
+                    | Method::OPTIONS
+                    | Method::TRACE
+                    | Method::CONNECT
+            ) {
+                out.extend_from_slice(b"content-length: 0\r\n");
+            }
+        }
+        RequestFraming::Length(n) => {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(n.to_string().as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        RequestFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// One `name: value` line.
+fn write_field(name: &HeaderName, value: &HeaderValue, out: &mut Vec<u8>) {
+    out.extend_from_slice(name.as_str().as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+impl Writer {
+    /// Serializes the head of `parts` into `out` and returns the writer for `body`.
+    fn start(
+        parts: &http::request::Parts,
+        forwarding: Forwarding<'_>,
+        body: Body,
+        out: &mut Vec<u8>,
+    ) -> Self {
+        let framing = if body.is_end_stream() {
+            RequestFraming::Empty
+        } else if let Some(n) = body.size_hint().exact() {
+            RequestFraming::Length(n)
+        } else {
+            RequestFraming::Chunked
+        };
+        write_head(parts, forwarding, framing, out);
+        let body = (framing != RequestFraming::Empty).then_some(body);
+        Self { body, framing, large: None, after_large: Vec::new(), complete: false }
+    }
+
+    fn done(&self) -> bool {
+        self.complete
+    }
+
+    /// Takes one frame of the body into the write buffer (or as the large frame).
+    fn take_frame(
+        &mut self,
+        frame: Option<Result<Frame<Bytes>, BoxError>>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), ExchangeError> {
+        let frame = match frame {
+            Some(Ok(frame)) => frame,
+            Some(Err(e)) => return Err(ExchangeError::RequestBody(e)),
+            None => return self.finish(None, out),
+        };
+        match frame.into_data() {
+            Ok(data) => {
+                if !data.is_empty() {
+                    match &mut self.framing {
+                        RequestFraming::Length(left) => {
+                            *left = left.checked_sub(data.len() as u64).ok_or(
+                                ExchangeError::RequestLength("longer than the Content-Length it declared"),
+                            )?;
+                        }
+                        RequestFraming::Chunked => {
+                            use std::io::Write as _;
+                            let _ = write!(out, "{:x}\r\n", data.len());
+                        }
+                        RequestFraming::Empty => {}
+                    }
+                    let chunked = self.framing == RequestFraming::Chunked;
+                    if data.len() <= COPY_MAX {
+                        out.extend_from_slice(&data);
+                        if chunked {
+                            out.extend_from_slice(b"\r\n");
+                        }
+                    } else {
+                        self.large = Some(data);
+                        if chunked {
+                            self.after_large.extend_from_slice(b"\r\n");
+                        }
+                    }
+                }
+                if self.body.as_ref().is_some_and(HttpBody::is_end_stream) {
+                    self.finish(None, out)?;
+                }
+                Ok(())
+            }
+            Err(frame) => self.finish(frame.trailers_ref(), out),
+        }
+    }
+
+    /// The body ended (with `trailers`, if any).
+    fn finish(&mut self, trailers: Option<&HeaderMap>, out: &mut Vec<u8>) -> Result<(), ExchangeError> {
+        self.body = None;
+        match self.framing {
+            RequestFraming::Length(0) | RequestFraming::Empty => Ok(()),
+            RequestFraming::Length(_) => {
+                Err(ExchangeError::RequestLength("shorter than the Content-Length it declared"))
+            }
+            RequestFraming::Chunked => {
+                // After a large last frame still being written, if there is one.
+                let out = if self.large.is_some() { &mut self.after_large } else { out };
+                out.extend_from_slice(b"0\r\n");
+                for (name, value) in trailers.into_iter().flatten() {
+                    write_field(name, value, out);
+                }
+                out.extend_from_slice(b"\r\n");
+                Ok(())
+            }
+        }
+    }
+}
+
+impl Writer {
+    /// A writer for a request without a body whose head is already in the write buffer.
+    fn head_only() -> Self {
+        Self {
+            body: None,
+            framing: RequestFraming::Empty,
+            large: None,
+            after_large: Vec::new(),
+            complete: false,
+        }
+    }
+
+    /// Writes what it can: the buffered bytes, the large frame, and body frames as they come.
+    /// Ready with `Ok` once the whole request is written.
+    fn poll_write(&mut self, conn: &mut Conn, cx: &mut Context<'_>) -> Poll<Result<(), ExchangeError>> {
+        loop {
+            // Gather the frames that are ready while the buffer is small: a head and a small body
+            // leave in one write.
+            let mut body_pending = false;
+            while self.large.is_none() && conn.write.len() < COPY_MAX {
+                let Some(body) = self.body.as_mut() else { break };
+                match Pin::new(body).poll_frame(cx) {
+                    Poll::Pending => {
+                        body_pending = true;
+                        break;
+                    }
+                    Poll::Ready(frame) => self.take_frame(frame, &mut conn.write)?,
+                }
+            }
+            ready!(conn.poll_flush_buffer(cx)).map_err(ExchangeError::Write)?;
+            if let Some(large) = &mut self.large {
+                while !large.is_empty() {
+                    let n =
+                        ready!(Pin::new(&mut conn.io).poll_write(cx, large)).map_err(ExchangeError::Write)?;
+                    if n == 0 {
+                        return Poll::Ready(Err(ExchangeError::Write(io::ErrorKind::WriteZero.into())));
+                    }
+                    large.advance(n);
+                }
+                self.large = None;
+                conn.write.append(&mut self.after_large);
+                continue;
+            }
+            if self.body.is_none() {
+                self.complete = true;
+                return Poll::Ready(Ok(()));
+            }
+            if body_pending {
+                return Poll::Pending;
+            }
+        }
+    }
+
+    /// Stops writing (the upstream will not read the rest; the connection cannot be reused).
+    fn abandon(&mut self) {
+        self.body = None;
+        self.large = None;
+        self.complete = true;
+    }
+}
+
+/// How a response body is framed on the wire.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum BodyFraming {
+    /// This many bytes still to come.
+    Length(u64),
+    /// Chunked, in this state.
+    Chunked(Chunk),
+    /// Up to the end of the stream.
+    Close,
+}
+
+/// Where a chunked body's decoder is.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Chunk {
+    /// At a chunk-size line.
+    Size,
+    /// Inside a chunk, with this many bytes left.
+    Data(u64),
+    /// At the line end after a chunk's data.
+    DataEnd,
+    /// After the last chunk, at the trailer section.
+    Trailers,
+    /// Past the end.
+    Done,
+}
+
+impl BodyFraming {
+    fn is_done(self) -> bool {
+        matches!(self, Self::Length(0) | Self::Chunked(Chunk::Done))
+    }
+}
+
+/// A parsed response head and what follows it.
+struct Head {
+    response: Response<()>,
+    framing: BodyFraming,
+    keep_alive: bool,
+}
+
+/// The chunk size at the start of a chunk-size line (`1a;ext=1\r`), if the line is valid.
+fn chunk_size(line: &[u8]) -> Option<u64> {
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let digits = line.iter().position(|b| !b.is_ascii_hexdigit()).unwrap_or(line.len());
+    if digits == 0 || digits > 16 || !matches!(line.get(digits), None | Some(b';' | b' ' | b'\t')) {
+        return None;
+    }
+    line[..digits].iter().try_fold(0u64, |n, &b| Some(n << 4 | u64::from(char::from(b).to_digit(16)?)))
+}
+
+/// A `Content-Length` value: decimal digits only.
+fn content_length(value: &[u8]) -> Option<u64> {
+    if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(value).ok()?.parse().ok()
+}
+
+/// Whether the comma-separated `value` lists `token` (any case).
+fn lists(value: &HeaderValue, token: &str) -> bool {
+    value.as_bytes().split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+}
+
+/// Parses the response head at the start of the read buffer (skipping 1xx interim responses).
+/// `None` if it is not complete yet.
+fn parse_head(conn: &mut Conn, head_request: bool) -> Result<Option<Head>, ExchangeError> {
+    let bad = |why: &str| ExchangeError::Head(why.to_owned());
+    let (len, code, version) = loop {
+        let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut parsed = httparse::Response::new(&mut []);
+        let status = httparse::ParserConfig::default()
+            .parse_response_with_uninit_headers(&mut parsed, &conn.read, &mut headers)
+            .map_err(|e| ExchangeError::Head(e.to_string()))?;
+        let httparse::Status::Complete(len) = status else {
+            if conn.read.len() > MAX_RESPONSE_HEAD {
+                return Err(ExchangeError::Head(format!("larger than {MAX_RESPONSE_HEAD} bytes")));
+            }
+            return Ok(None);
+        };
+        if len > MAX_RESPONSE_HEAD {
+            return Err(ExchangeError::Head(format!("larger than {MAX_RESPONSE_HEAD} bytes")));
+        }
+        let code = parsed.code.unwrap_or_default();
+        let version = if parsed.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
+        if code == 101 {
+            return Err(bad("101 Switching Protocols, but no upgrade was asked for"));
+        }
+        if (100..200).contains(&code) {
+            // Interim (`100 Continue`, `103 Early Hints`): the final response follows.
+            conn.read.advance(len);
+            if conn.read.is_empty() {
+                return Ok(None);
+            }
+            continue;
+        }
+        let base = conn.read.as_ptr() as usize;
+        conn.spans.clear();
+        conn.spans.extend(parsed.headers.iter().map(|h| {
+            let (name, value) = (h.name.as_ptr() as usize - base, h.value.as_ptr() as usize - base);
+            HeaderSpan { name: (name, name + h.name.len()), value: (value, value + h.value.len()) }
+        }));
+        break (len, code, version);
+    };
+    let status = StatusCode::from_u16(code).map_err(|_| bad("invalid status code"))?;
+    // Header values keep pointing into the frozen head: no copy.
+    let head = conn.read.split_to(len).freeze();
+    // Room for the few headers the proxies add to a response (they would grow a full map).
+    let mut headers = HeaderMap::with_capacity(conn.spans.len() + 4);
+    let (mut length, mut transfer_encoding, mut chunked) = (None, false, false);
+    let mut keep_alive = version == Version::HTTP_11;
+    for span in &conn.spans {
+        let name = HeaderName::from_bytes(&head[span.name.0..span.name.1])
+            .map_err(|_| bad("invalid header name"))?;
+        let value = HeaderValue::from_maybe_shared(head.slice(span.value.0..span.value.1))
+            .map_err(|_| bad("invalid header value"))?;
+        if name == header::CONTENT_LENGTH {
+            let n = content_length(value.as_bytes()).ok_or_else(|| bad("invalid Content-Length"))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(bad("Content-Length headers that disagree"));
+            }
+            length = Some(n);
+        } else if name == header::TRANSFER_ENCODING {
+            transfer_encoding = true;
+            // Chunked only if it is the last coding of the last such header.
+            chunked = value
+                .as_bytes()
+                .rsplit(|&b| b == b',')
+                .next()
+                .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        } else if name == header::CONNECTION {
+            if lists(&value, "close") {
+                keep_alive = false;
+            } else if version == Version::HTTP_10 && lists(&value, "keep-alive") {
+                keep_alive = true;
+            }
+        }
+        headers.append(name, value);
+    }
+    // RFC 9112 §6.3, in its order.
+    let framing = if head_request || code == 204 || code == 304 {
+        BodyFraming::Length(0)
+    } else if transfer_encoding {
+        // With a Content-Length beside it, the length is wrong (not sent on) and the connection
+        // cannot be trusted for another message.
+        if length.is_some() {
+            headers.remove(header::CONTENT_LENGTH);
+            keep_alive = false;
+        }
+        if chunked { BodyFraming::Chunked(Chunk::Size) } else { BodyFraming::Close }
+    } else if let Some(n) = length {
+        BodyFraming::Length(n)
+    } else {
+        BodyFraming::Close
+    };
+    if framing == BodyFraming::Close {
+        keep_alive = false;
+    }
+    let mut response = Response::new(());
+    *response.status_mut() = status;
+    *response.version_mut() = version;
+    *response.headers_mut() = headers;
+    Ok(Some(Head { response, framing, keep_alive }))
+}
+
+/// Decodes the next frame of a response body from `conn`. `None` at its end.
+fn decode(
+    conn: &mut Conn,
+    framing: &mut BodyFraming,
+    cx: &mut Context<'_>,
+) -> Poll<Result<Option<Frame<Bytes>>, ExchangeError>> {
+    /// Reads more, failing with `early` at the end of the stream.
+    fn more(
+        conn: &mut Conn,
+        cx: &mut Context<'_>,
+        want: u64,
+        early: &'static str,
+    ) -> Poll<Result<(), ExchangeError>> {
+        let n = ready!(conn.poll_fill(cx, usize::try_from(want).unwrap_or(usize::MAX)))
+            .map_err(ExchangeError::Read)?;
+        Poll::Ready(if n == 0 { Err(ExchangeError::Body(early)) } else { Ok(()) })
+    }
+    const EARLY: &str = "the upstream closed the connection before the body's end";
+    loop {
+        match framing {
+            BodyFraming::Length(0) | BodyFraming::Chunked(Chunk::Done) => return Poll::Ready(Ok(None)),
+            BodyFraming::Length(left) | BodyFraming::Chunked(Chunk::Data(left)) => {
+                if conn.read.is_empty() {
+                    ready!(more(conn, cx, *left, EARLY))?;
+                }
+                let take = conn.read.len().min(usize::try_from(*left).unwrap_or(usize::MAX));
+                *left -= take as u64;
+                if let BodyFraming::Chunked(chunk @ Chunk::Data(0)) = framing {
+                    *chunk = Chunk::DataEnd;
+                }
+                return Poll::Ready(Ok(Some(Frame::data(conn.read.split_to(take).freeze()))));
+            }
+            BodyFraming::Close => {
+                if conn.read.is_empty() {
+                    let n = ready!(conn.poll_fill(cx, READ_MAX)).map_err(ExchangeError::Read)?;
+                    if n == 0 {
+                        return Poll::Ready(Ok(None));
+                    }
+                }
+                return Poll::Ready(Ok(Some(Frame::data(conn.read.split().freeze()))));
+            }
+            BodyFraming::Chunked(chunk @ Chunk::Size) => match conn.read.iter().position(|&b| b == b'\n') {
+                Some(end) => {
+                    let size = chunk_size(&conn.read[..end])
+                        .ok_or(ExchangeError::Body("invalid chunk size line"))?;
+                    conn.read.advance(end + 1);
+                    *chunk = if size == 0 { Chunk::Trailers } else { Chunk::Data(size) };
+                }
+                None if conn.read.len() > MAX_CHUNK_LINE => {
+                    return Poll::Ready(Err(ExchangeError::Body("chunk size line too long")));
+                }
+                None => ready!(more(conn, cx, 0, EARLY))?,
+            },
+            BodyFraming::Chunked(chunk @ Chunk::DataEnd) => {
+                if conn.read.starts_with(b"\r\n") {
+                    conn.read.advance(2);
+                } else if conn.read.starts_with(b"\n") {
+                    conn.read.advance(1);
+                } else if conn.read.is_empty() || conn.read[..] == *b"\r" {
+                    ready!(more(conn, cx, 0, EARLY))?;
+                    continue;
+                } else {
+                    return Poll::Ready(Err(ExchangeError::Body("chunk data longer than its size")));
+                }
+                *chunk = Chunk::Size;
+            }
+            BodyFraming::Chunked(chunk @ Chunk::Trailers) => {
+                let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                match httparse::parse_headers(&conn.read, &mut fields) {
+                    Ok(httparse::Status::Complete((len, fields))) => {
+                        let mut trailers = HeaderMap::new();
+                        for f in fields {
+                            let (Ok(name), Ok(value)) =
+                                (HeaderName::from_bytes(f.name.as_bytes()), HeaderValue::from_bytes(f.value))
+                            else {
+                                return Poll::Ready(Err(ExchangeError::Body("invalid trailer field")));
+                            };
+                            trailers.append(name, value);
+                        }
+                        conn.read.advance(len);
+                        *chunk = Chunk::Done;
+                        return Poll::Ready(Ok((!trailers.is_empty()).then(|| Frame::trailers(trailers))));
+                    }
+                    Ok(httparse::Status::Partial) if conn.read.len() <= MAX_RESPONSE_HEAD => {
+                        ready!(more(conn, cx, 0, EARLY))?;
+                    }
+                    Ok(httparse::Status::Partial) => {
+                        return Poll::Ready(Err(ExchangeError::Body("trailer section too large")));
+                    }
+                    Err(_) => return Poll::Ready(Err(ExchangeError::Body("invalid trailer section"))),
+                }
+            }
+        }
+    }
+}
+
+/// A request on its way: the connection and what is left of the request to write.
+struct Exchange {
+    conn: Box<Conn>,
+    writer: Writer,
+    /// Writing failed (the upstream may have answered and closed): kept for when no response
+    /// comes either.
+    write_error: Option<io::Error>,
+    /// Whether any byte of a response arrived.
+    read_any: bool,
+}
+
+impl Exchange {
+    fn new(conn: Box<Conn>, writer: Writer) -> Self {
+        Self { conn, writer, write_error: None, read_any: false }
+    }
+
+    /// Writes the request while reading the response head (an upstream may answer before it has
+    /// read the whole body).
+    fn poll_head(&mut self, cx: &mut Context<'_>, head_request: bool) -> Poll<Result<Head, ExchangeError>> {
+        if !self.writer.done() {
+            match self.writer.poll_write(&mut self.conn, cx) {
+                Poll::Ready(Err(ExchangeError::Write(e))) => {
+                    // The upstream may have answered early and stopped reading: see what it said.
+                    self.writer.abandon();
+                    self.write_error = Some(e);
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                _ => {}
+            }
+        }
+        loop {
+            if !self.conn.read.is_empty()
+                && let Some(mut head) = parse_head(&mut self.conn, head_request)?
+            {
+                if self.write_error.is_some() {
+                    head.keep_alive = false;
+                }
+                return Poll::Ready(Ok(head));
+            }
+            let read = ready!(self.conn.poll_fill(cx, READ_MIN));
+            let error = match (read, self.write_error.take()) {
+                (Ok(0), None) => ExchangeError::ClosedBeforeHead,
+                (Ok(_), write_error) => {
+                    self.write_error = write_error;
+                    self.read_any = true;
+                    continue;
+                }
+                (_, Some(e)) => ExchangeError::Write(e),
+                (Err(e), None) => ExchangeError::Read(e),
+            };
+            return Poll::Ready(Err(error));
+        }
+    }
 }
 
 struct Idle {
     since: Instant,
-    sender: SendRequest<Body>,
+    conn: Box<Conn>,
 }
 
 type IdleList = Mutex<Vec<Idle>>;
@@ -77,6 +748,8 @@ pub struct Upstream {
     addr: SocketAddr,
     connector: NodeConnector,
     idle: Arc<IdleList>,
+    /// The address as a `Host` value, for requests that name no host.
+    host: HeaderValue,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -88,7 +761,8 @@ impl std::fmt::Debug for Upstream {
 impl Upstream {
     /// Connections to `addr`, opened with `connector` (directly or through an emulated link).
     pub fn new(addr: SocketAddr, connector: NodeConnector) -> Self {
-        Self { addr, connector, idle: Arc::default() }
+        let host = HeaderValue::try_from(addr.to_string()).expect("a socket address is a valid header value");
+        Self { addr, connector, idle: Arc::default(), host }
     }
 
     /// The upstream's address.
@@ -104,56 +778,75 @@ impl Upstream {
     /// Sends `req` as HTTP/1.1 in origin form ([`origin_form`]) and returns the response head;
     /// the body streams, and the connection is reused once it has been read to the end. A
     /// request that names no host gets the upstream's address as its host.
-    pub async fn send(&self, mut req: Request<Body>) -> Result<Response<PooledBody>, UpstreamError> {
-        if !origin_form(&mut req)
-            && let Ok(host) = HeaderValue::try_from(self.addr.to_string())
-        {
-            req.headers_mut().insert(header::HOST, host);
+    pub async fn send(&self, req: Request<Body>) -> Result<Response<PooledBody>, UpstreamError> {
+        self.forward(req, Forwarding::default()).await
+    }
+
+    /// [`send`](Self::send), with the headers `forwarding` removes and adds.
+    pub async fn forward(
+        &self,
+        mut req: Request<Body>,
+        forwarding: Forwarding<'_>,
+    ) -> Result<Response<PooledBody>, UpstreamError> {
+        if !origin_form(&mut req) {
+            req.headers_mut().insert(header::HOST, self.host.clone());
         }
-        let (mut sender, reused) = match self.take_idle() {
-            Some(s) => (s, true),
+        let (parts, body) = req.into_parts();
+        let head_request = parts.method == Method::HEAD;
+        let mut may_retry = body.is_end_stream() && replayable(&parts);
+        let (mut conn, mut reused) = match self.take_idle() {
+            Some(c) => (c, true),
             None => (self.connect().await?, false),
         };
-        let response = match sender.try_send_request(req).await {
-            Ok(r) => r,
-            Err(mut e) => match e.take_message() {
-                // Not written: the idle connection had been closed. Once more, on a new one.
-                Some(req) if reused => {
-                    sender = self.connect().await?;
-                    sender.send_request(req).await.map_err(|source| UpstreamError::Exchange { source })?
+        let writer = Writer::start(&parts, forwarding, body, &mut conn.write);
+        let mut exchange = Exchange::new(conn, writer);
+        let head = loop {
+            match poll_fn(|cx| exchange.poll_head(cx, head_request)).await {
+                Ok(head) => break head,
+                Err(e) if reused && may_retry && !exchange.read_any && e.is_connection_lost() => {
+                    // The upstream closed the idle connection as the request went out.
+                    tracing::debug!(addr = %self.addr, error = %e, "reused connection was closed; sending again");
+                    (may_retry, reused) = (false, false);
+                    let mut conn = self.connect().await?;
+                    write_head(&parts, forwarding, RequestFraming::Empty, &mut conn.write);
+                    exchange = Exchange::new(conn, Writer::head_only());
                 }
-                _ => return Err(UpstreamError::Exchange { source: e.into_error() }),
-            },
+                Err(e) => return Err(UpstreamError::Exchange { source: e }),
+            }
         };
-        let (parts, body) = response.into_parts();
-        let back = ReturnTo { sender: Some(sender), idle: Arc::downgrade(&self.idle) };
-        Ok(Response::from_parts(parts, PooledBody { inner: body, back }))
+        let Exchange { conn, writer, .. } = exchange;
+        let (parts, ()) = head.response.into_parts();
+        let body = PooledBody {
+            conn: Some(conn),
+            writer,
+            framing: head.framing,
+            keep_alive: head.keep_alive,
+            home: Arc::downgrade(&self.idle),
+        };
+        let mut body = body;
+        if body.framing.is_done() {
+            body.end();
+        }
+        Ok(Response::from_parts(parts, body))
     }
 
-    /// The most recently returned idle connection that can take a request now.
-    fn take_idle(&self) -> Option<SendRequest<Body>> {
-        let mut idle = lock(&self.idle);
-        while let Some(i) = idle.pop() {
-            if i.sender.is_ready() && i.since.elapsed() < IDLE_TIMEOUT {
-                return Some(i.sender);
+    /// The most recently returned idle connection that is still open. (One idle for longer
+    /// than [`IDLE_TIMEOUT`] is still used if the upstream kept it open: the timeout is for
+    /// trimming the pool, which [`put`] does.)
+    fn take_idle(&self) -> Option<Box<Conn>> {
+        loop {
+            let Idle { mut conn, .. } = lock(&self.idle).pop()?;
+            if conn.still_open() {
+                return Some(conn);
             }
         }
-        None
     }
 
-    async fn connect(&self) -> Result<SendRequest<Body>, UpstreamError> {
+    async fn connect(&self) -> Result<Box<Conn>, UpstreamError> {
         let addr = self.addr;
         let stream =
             self.connector.connect(addr).await.map_err(|source| UpstreamError::Connect { addr, source })?;
-        let (sender, conn) = http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|source| UpstreamError::Handshake { addr, source })?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%addr, error = %e, "upstream connection ended with an error");
-            }
-        });
-        Ok(sender)
+        Ok(Conn::new(stream))
     }
 }
 
@@ -161,96 +854,107 @@ fn lock(idle: &IdleList) -> std::sync::MutexGuard<'_, Vec<Idle>> {
     idle.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Puts a connection back into its pool (if the pool still exists).
-struct ReturnTo {
-    sender: Option<SendRequest<Body>>,
-    idle: Weak<IdleList>,
-}
-
-impl ReturnTo {
-    fn give_back(&mut self) {
-        let Some(sender) = self.sender.take() else { return };
-        let Some(idle) = self.idle.upgrade() else { return };
-        if sender.is_ready() {
-            put(&idle, sender);
-        } else if !sender.is_closed() {
-            // The connection task has not yet seen the end of the exchange; wait for it.
-            let idle = Arc::downgrade(&idle);
-            tokio::spawn(async move {
-                let mut sender = sender;
-                if sender.ready().await.is_ok()
-                    && let Some(idle) = idle.upgrade()
-                {
-                    put(&idle, sender);
-                }
-            });
-        }
-    }
-}
-
-fn put(idle: &IdleList, sender: SendRequest<Body>) {
+fn put(idle: &IdleList, conn: Box<Conn>) {
     let now = Instant::now();
     let mut idle = lock(idle);
     // The oldest are at the front: drop those past the idle timeout, and make room.
     let stale = idle.iter().take_while(|i| now - i.since >= IDLE_TIMEOUT).count();
     let excess = (idle.len() - stale + 1).saturating_sub(MAX_IDLE);
-    idle.drain(..stale + excess);
-    idle.push(Idle { since: now, sender });
+    let gone: Vec<Idle> = idle.drain(..stale + excess).collect();
+    idle.push(Idle { since: now, conn });
+    drop(idle);
+    drop(gone);
 }
 
-pin_project! {
-    /// A response body from a pooled connection: when it has been read to the end, the
-    /// connection goes back to the pool; dropped earlier, the connection is closed.
-    pub struct PooledBody {
-        #[pin]
-        inner: Incoming,
-        back: ReturnTo,
-    }
+/// A response body read from a pooled connection: when it has been read to the end, the
+/// connection goes back to the pool; dropped earlier, the connection is closed. While the
+/// request body is still being written (the upstream answered early), reading the response
+/// writes it on.
+pub struct PooledBody {
+    /// `None` once the body has ended or failed.
+    conn: Option<Box<Conn>>,
+    writer: Writer,
+    framing: BodyFraming,
+    keep_alive: bool,
+    home: Weak<IdleList>,
+}
 
-    impl PinnedDrop for PooledBody {
-        fn drop(this: Pin<&mut Self>) {
-            let this = this.project();
-            if this.inner.is_end_stream() {
-                this.back.give_back();
-            }
+impl PooledBody {
+    /// The body is over: its connection goes back to the pool if it can carry another exchange.
+    fn end(&mut self) {
+        let Some(conn) = self.conn.take() else { return };
+        let reusable =
+            self.keep_alive && self.writer.done() && self.framing.is_done() && conn.read.is_empty();
+        self.writer.abandon();
+        if reusable && let Some(idle) = self.home.upgrade() {
+            put(&idle, conn);
         }
     }
 }
 
 impl std::fmt::Debug for PooledBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PooledBody").field("inner", &self.inner).finish_non_exhaustive()
+        f.debug_struct("PooledBody")
+            .field("framing", &self.framing)
+            .field("open", &self.conn.is_some())
+            .finish_non_exhaustive()
     }
 }
 
 impl HttpBody for PooledBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = ExchangeError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let mut this = self.project();
-        let frame = this.inner.as_mut().poll_frame(cx);
-        match &frame {
-            Poll::Ready(None) => this.back.give_back(),
-            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.back.give_back(),
-            Poll::Ready(Some(Err(_))) => drop(this.back.sender.take()),
-            _ => {}
+    ) -> Poll<Option<Result<Frame<Bytes>, ExchangeError>>> {
+        let this = self.get_mut();
+        let Some(conn) = this.conn.as_mut() else { return Poll::Ready(None) };
+        if !this.writer.done() {
+            match this.writer.poll_write(conn, cx) {
+                Poll::Ready(Err(ExchangeError::Write(_))) => {
+                    // The upstream stopped reading the request; its response may still be whole.
+                    this.writer.abandon();
+                    this.keep_alive = false;
+                }
+                Poll::Ready(Err(e)) => {
+                    this.conn = None;
+                    return Poll::Ready(Some(Err(e)));
+                }
+                _ => {}
+            }
         }
-        frame
+        match ready!(decode(conn, &mut this.framing, cx)) {
+            Ok(Some(frame)) => {
+                if this.framing.is_done() {
+                    this.end();
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Ok(None) => {
+                this.end();
+                Poll::Ready(None)
+            }
+            Err(e) => {
+                this.conn = None;
+                Poll::Ready(Some(Err(e)))
+            }
+        }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.conn.is_none() || self.framing.is_done()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match self.framing {
+            BodyFraming::Length(n) => SizeHint::with_exact(n),
+            _ if self.conn.is_none() => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
+        }
     }
 }
-
 #[cfg(test)]
 mod tests {
     use std::convert::Infallible;
@@ -258,7 +962,9 @@ mod tests {
 
     use futures_util::StreamExt;
     use http_body_util::{BodyExt, StreamBody};
+    use hyper::body::Incoming;
     use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
     use tokio::net::TcpListener;
 
     use super::*;
@@ -279,6 +985,25 @@ mod tests {
                     let svc = service_fn(|req: Request<Incoming>| async move {
                         let path = req.uri().path().to_owned();
                         let host = req.headers().get(header::HOST).cloned();
+                        if path == "/echo" {
+                            // The request's framing and body, back.
+                            let framing = format!(
+                                "{:?} {:?} ",
+                                req.headers().get(header::CONTENT_LENGTH),
+                                req.headers().get(header::TRANSFER_ENCODING)
+                            );
+                            let collected = req.into_body().collect().await.unwrap();
+                            let trailers =
+                                collected.trailers().map(|t| format!(" {t:?}")).unwrap_or_default();
+                            let mut text = framing.into_bytes();
+                            text.extend_from_slice(&collected.to_bytes());
+                            text.extend_from_slice(trailers.as_bytes());
+                            return Ok(Response::new(
+                                http_body_util::Full::new(Bytes::from(text))
+                                    .map_err(|never| match never {})
+                                    .boxed(),
+                            ));
+                        }
                         let mut resp = match path.as_str() {
                             "/slow" => {
                                 let chunks = futures_util::stream::iter([b"a".as_slice(), b"b".as_slice()])
@@ -402,5 +1127,366 @@ mod tests {
         let err = up.send(get("/a")).await.unwrap_err();
         assert!(matches!(err, UpstreamError::Connect { .. }), "{err}");
         assert!(err.to_string().starts_with(&format!("connecting to {addr}: ")), "{err}");
+    }
+
+    /// An upstream that answers from a script: `answer(connection, request on it, request head)`
+    /// gives the bytes to send back (written `piece` bytes at a time, to split them across
+    /// reads), or `None` to close the connection instead. Request bodies are read by their
+    /// Content-Length. Counts connections.
+    async fn scripted<F>(piece: usize, answer: F) -> (SocketAddr, Arc<AtomicUsize>)
+    where
+        F: Fn(usize, usize, &str) -> Option<Vec<u8>> + Send + Sync + 'static,
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        let answer = Arc::new(answer);
+        tokio::spawn(async move {
+            loop {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                let connection = count.fetch_add(1, Ordering::SeqCst);
+                let answer = answer.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    for request in 0.. {
+                        let end = loop {
+                            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                                break i + 4;
+                            }
+                            let mut more = [0u8; 4096];
+                            match stream.read(&mut more).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&more[..n]),
+                            }
+                        };
+                        let head = String::from_utf8(buf[..end].to_vec()).unwrap();
+                        let length = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length: "))
+                            .map_or(0, |n| n.trim().parse::<usize>().unwrap());
+                        while buf.len() < end + length {
+                            let mut more = [0u8; 4096];
+                            match stream.read(&mut more).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&more[..n]),
+                            }
+                        }
+                        buf.drain(..end + length);
+                        let Some(reply) = answer(connection, request, &head) else { return };
+                        for part in reply.chunks(piece.max(1)) {
+                            if stream.write_all(part).await.is_err() {
+                                return;
+                            }
+                            if piece < reply.len() {
+                                tokio::task::yield_now().await;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        (addr, accepted)
+    }
+
+    /// All of a response: its data, and its trailers if any.
+    async fn frames(resp: Response<PooledBody>) -> Result<(Vec<u8>, Option<HeaderMap>), ExchangeError> {
+        let collected = resp.into_body().collect().await?;
+        let trailers = collected.trailers().cloned();
+        Ok((collected.to_bytes().to_vec(), trailers))
+    }
+
+    #[tokio::test]
+    async fn chunked_responses_with_extensions_and_trailers_are_decoded_byte_by_byte() {
+        let reply = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\
+            4\r\nWiki\r\n5;name=value\r\npedia\r\nE \r\n in\r\n\r\nchunks.\r\n0\r\nx-sum: 23\r\n\r\n";
+        let (addr, accepted) = scripted(1, move |_, _, _| Some(reply.to_vec())).await;
+        let up = Upstream::new(addr, NodeConnector::new(None));
+        for _ in 0..2 {
+            let (data, trailers) = frames(up.send(get("/")).await.unwrap()).await.unwrap();
+            assert_eq!(data, b"Wikipedia in\r\n\r\nchunks.");
+            assert_eq!(trailers.unwrap()["x-sum"], "23");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "the connection is reused after a chunked body");
+    }
+
+    #[tokio::test]
+    async fn random_chunkings_and_read_splits_decode_to_the_same_body() {
+        use rand::{RngExt, SeedableRng};
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(7);
+        for case in 0..40 {
+            let body: Vec<u8> = (0..rng.random_range(0..3000)).map(|i| (i % 251) as u8).collect();
+            let mut wire = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n".to_vec();
+            let mut rest = body.as_slice();
+            while !rest.is_empty() {
+                let n = rng.random_range(1..=rest.len().min(700));
+                let ext = if rng.random_bool(0.3) { ";x=y" } else { "" };
+                wire.extend_from_slice(format!("{n:X}{ext}\r\n").as_bytes());
+                wire.extend_from_slice(&rest[..n]);
+                wire.extend_from_slice(b"\r\n");
+                rest = &rest[n..];
+            }
+            wire.extend_from_slice(b"0\r\n\r\n");
+            let piece = rng.random_range(1..64);
+            let (addr, _) = scripted(piece, move |_, _, _| Some(wire.clone())).await;
+            let up = Upstream::new(addr, NodeConnector::new(None));
+            let (data, trailers) = frames(up.send(get("/")).await.unwrap()).await.unwrap();
+            assert_eq!(data, body, "case {case}, pieces of {piece}");
+            assert!(trailers.is_none());
+            assert_eq!(up.idle_count(), 1, "case {case}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_up_to_the_close_is_read_whole_and_its_connection_not_kept() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf).await.unwrap();
+            s.write_all(b"HTTP/1.0 200 OK\r\ncontent-type: text/plain\r\n\r\nuntil the end").await.unwrap();
+        });
+        let up = Upstream::new(addr, NodeConnector::new(None));
+        let resp = up.send(get("/")).await.unwrap();
+        assert_eq!(resp.version(), http::Version::HTTP_10);
+        assert_eq!(frames(resp).await.unwrap().0, b"until the end");
+        assert_eq!(up.idle_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn bodiless_responses_end_at_their_head_and_interim_responses_are_skipped() {
+        let (addr, accepted) = scripted(5, |_, request, _| {
+            Some(match request {
+                // HEAD: the length it would have, no body.
+                0 => b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n".to_vec(),
+                1 => b"HTTP/1.1 204 No Content\r\n\r\n".to_vec(),
+                2 => b"HTTP/1.1 304 Not Modified\r\ncontent-length: 7\r\n\r\n".to_vec(),
+                _ => b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n\
+                       HTTP/1.1 201 Created\r\ncontent-length: 2\r\n\r\nok"
+                    .to_vec(),
+            })
+        })
+        .await;
+        let up = Upstream::new(addr, NodeConnector::new(None));
+        let head = Request::head("/").header("host", "svc.test").body(full("")).unwrap();
+        let resp = up.send(head).await.unwrap();
+        assert_eq!(resp.headers()["content-length"], "5");
+        assert!(resp.body().is_end_stream());
+        assert_eq!(frames(resp).await.unwrap().0, b"");
+        for status in [204, 304] {
+            let resp = up.send(get("/")).await.unwrap();
+            assert_eq!(resp.status(), status);
+            assert_eq!(frames(resp).await.unwrap().0, b"");
+        }
+        let resp = up.send(get("/")).await.unwrap();
+        assert_eq!(resp.status(), 201);
+        assert_eq!(frames(resp).await.unwrap().0, b"ok");
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn broken_responses_are_errors_that_say_what_broke() {
+        let (addr, _) = scripted(64, |_, _, head| {
+            let path = head.split(' ').nth(1).unwrap();
+            Some(
+                match path {
+                    "/short" => "HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc",
+                    "/garbage" => "HTTP/1.1 2OO OK\r\n\r\n",
+                    "/two-lengths" => "HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\nab",
+                    "/bad-size" => "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
+                    "/overlong-chunk" => {
+                        "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n1\r\nab\r\n0\r\n\r\n"
+                    }
+                    "/switch" => "HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\n\r\n",
+                    _ => return None,
+                }
+                .as_bytes()
+                .to_vec(),
+            )
+        })
+        .await;
+        let up = Upstream::new(addr, NodeConnector::new(None));
+        // The head is fine, the body is not: the error comes with the body, after the data.
+        let short = up.send(get("/short")).await.unwrap();
+        let mut body = short.into_body();
+        assert_eq!(body.frame().await.unwrap().unwrap().into_data().unwrap(), "abc");
+        drop(body);
+        for (path, expected) in [
+            ("/garbage", "invalid response head: invalid response status"),
+            ("/two-lengths", "invalid response head: Content-Length headers that disagree"),
+            ("/switch", "invalid response head: 101 Switching Protocols, but no upgrade was asked for"),
+            ("/closed", "the upstream closed the connection before a complete response head"),
+        ] {
+            let err = up.send(get(path)).await.unwrap_err();
+            assert_eq!(err.to_string(), expected, "{path}");
+        }
+        for (path, expected) in [
+            ("/bad-size", "response body: invalid chunk size line"),
+            ("/overlong-chunk", "response body: chunk data longer than its size"),
+        ] {
+            let err = frames(up.send(get(path)).await.unwrap()).await.unwrap_err();
+            assert_eq!(err.to_string(), expected, "{path}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_chunked_body_that_also_claims_a_length_is_read_as_chunked_and_its_connection_dropped() {
+        let (addr, accepted) = scripted(64, |_, _, _| {
+            Some(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n".to_vec())
+        })
+        .await;
+        let up = Upstream::new(addr, NodeConnector::new(None));
+        for _ in 0..2 {
+            let resp = up.send(get("/")).await.unwrap();
+            assert_eq!(resp.headers().get(header::CONTENT_LENGTH), None);
+            assert_eq!(frames(resp).await.unwrap().0, b"hello");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_body_cut_short_by_the_close_is_an_error() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf).await.unwrap();
+            s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc").await.unwrap();
+        });
+        let up = Upstream::new(addr, NodeConnector::new(None));
+        let err = frames(up.send(get("/")).await.unwrap()).await.unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "response body: the upstream closed the connection before the body's end"
+        );
+        assert_eq!(up.idle_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn request_bodies_go_with_their_length_or_chunked_and_arrive_whole() {
+        let (addr, accepted) = backend().await;
+        let up = Upstream::new(addr, NodeConnector::new(None));
+        let post = |body: Body| Request::post("/echo").header("host", "svc.test").body(body).unwrap();
+        // Known length (small: one write with the head).
+        let (data, _) = frames(up.send(post(full("hello"))).await.unwrap()).await.unwrap();
+        assert_eq!(String::from_utf8(data).unwrap(), "Some(\"5\") None hello");
+        // Known length, larger than what is copied next to the head.
+        let (data, _) = frames(up.send(post(full(vec![b'y'; 50_000]))).await.unwrap()).await.unwrap();
+        assert_eq!(data.len(), "Some(\"50000\") None ".len() + 50_000);
+        assert!(data.starts_with(b"Some(\"50000\") None yyy") && data.ends_with(b"yyy"));
+        // Empty, on a method that defines a body: says so.
+        let (data, _) = frames(up.send(post(full(""))).await.unwrap()).await.unwrap();
+        assert_eq!(String::from_utf8(data).unwrap(), "Some(\"0\") None ");
+        // Unknown length, with a frame large enough to be written on its own in the middle.
+        let large = vec![b'x'; 100_000];
+        let mut sum = HeaderMap::new();
+        sum.insert("x-sum", HeaderValue::from_static("7"));
+        let frames_sent = vec![
+            Frame::data(Bytes::from_static(b"a")),
+            Frame::data(Bytes::from(large.clone())),
+            Frame::data(Bytes::from_static(b"z")),
+            Frame::trailers(sum),
+        ];
+        let stream = futures_util::stream::iter(frames_sent.into_iter().map(Ok::<_, BoxError>));
+        let (data, _) =
+            frames(up.send(post(BodyExt::boxed(StreamBody::new(stream)))).await.unwrap()).await.unwrap();
+        let mut expected = b"None Some(\"chunked\") a".to_vec();
+        expected.extend_from_slice(&large);
+        expected.extend_from_slice(b"z {\"x-sum\": \"7\"}");
+        assert_eq!(data, expected);
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "one connection for all four");
+    }
+
+    #[tokio::test]
+    async fn a_request_body_over_its_limit_fails_the_exchange_with_that_reason() {
+        let (addr, _) = backend().await;
+        let up = Upstream::new(addr, NodeConnector::new(None));
+        let body = crate::body::boxed(crate::body::Limited::new(full("too long"), 3));
+        let err = up.send(Request::post("/echo").body(body).unwrap()).await.unwrap_err();
+        assert!(crate::body::is_too_large(&err), "{err}");
+    }
+
+    #[tokio::test]
+    async fn an_upstream_answering_before_the_request_body_ends_is_heard_and_the_connection_not_kept() {
+        let (addr, _) =
+            scripted(64, |_, _, _| Some(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nearly".to_vec())).await;
+        let up = Upstream::new(addr, NodeConnector::new(None));
+        // A body with a first frame and then nothing more for as long as the test lasts.
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(1);
+        tx.send(Ok(Frame::data(Bytes::from_static(b"start")))).await.unwrap();
+        let stream =
+            futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|f| (f, rx)) });
+        // No length: the script reads the head (no content-length) and answers at once.
+        let req = Request::post("/").body(BodyExt::boxed(StreamBody::new(stream))).unwrap();
+        let resp = up.send(req).await.unwrap();
+        assert_eq!(frames(resp).await.unwrap().0, b"early");
+        assert_eq!(up.idle_count(), 0, "the rest of the request body would be read as the next request");
+        drop(tx);
+    }
+
+    #[tokio::test]
+    async fn a_connection_closed_while_idle_is_noticed_before_it_is_used() {
+        // Answers, then closes without saying so: the close arrives while the connection idles.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            loop {
+                let (mut s, _) = listener.accept().await.unwrap();
+                count.fetch_add(1, Ordering::SeqCst);
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf).await.unwrap();
+                s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await.unwrap();
+            }
+        });
+        let up = Upstream::new(addr, NodeConnector::new(None));
+        assert_eq!(frames(up.send(get("/")).await.unwrap()).await.unwrap().0, b"ok");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        // Not idempotent, so never sent twice: it must go out on a new connection at once.
+        let post = Request::post("/").header("host", "svc.test").body(full("x")).unwrap();
+        assert_eq!(frames(up.send(post).await.unwrap()).await.unwrap().0, b"ok");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_reused_connection_closed_as_the_request_goes_out_is_retried_only_if_idempotent() {
+        // Answers a connection's first request; closes on its second without answering.
+        let (addr, accepted) = scripted(64, |_, request, _| {
+            (request == 0).then(|| b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec())
+        })
+        .await;
+        let up = Upstream::new(addr, NodeConnector::new(None));
+        assert_eq!(frames(up.send(get("/")).await.unwrap()).await.unwrap().0, b"ok");
+        assert_eq!(frames(up.send(get("/")).await.unwrap()).await.unwrap().0, b"ok");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2, "the GET went again on a new connection");
+        let post = Request::post("/").header("host", "svc.test").body(full("x")).unwrap();
+        let err = up.send(post).await.unwrap_err();
+        assert_eq!(err.to_string(), "the upstream closed the connection before a complete response head");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2, "the POST was not sent twice");
+    }
+
+    #[test]
+    fn chunk_size_lines() {
+        for (line, size) in [
+            (&b"0"[..], Some(0)),
+            (b"1a\r", Some(26)),
+            (b"FFFF;ext=\"v\"\r", Some(65535)),
+            (b"10 ;x\r", Some(16)),
+            (b"ffffffffffffffff\r", Some(u64::MAX)),
+            (b"1ffffffffffffffff\r", None),
+            (b"\r", None),
+            (b"-1\r", None),
+            (b"1x\r", None),
+            (b"0x10\r", None),
+        ] {
+            assert_eq!(chunk_size(line), size, "{:?}", String::from_utf8_lossy(line));
+        }
     }
 }

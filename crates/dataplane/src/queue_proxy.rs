@@ -36,7 +36,7 @@ use crate::connect::NodeConnector;
 use crate::metrics::{
     InstanceLabels, InstanceRequestLabels, OutcomeHandles, QueueMetrics, RejectLabels, metrics_response,
 };
-use crate::pool::Upstream;
+use crate::pool::{Forwarding, Upstream};
 use crate::proxy::{HeaderView, strip_hop_by_hop};
 use crate::recycling_timer::RecyclingTimer;
 use crate::server::{Handler, Peer, ServerHandle, serve};
@@ -520,10 +520,12 @@ impl Handler for InnerRef {
         let started = Instant::now();
         let (mut parts, body) = req.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        parts.headers.remove(&PROXY_NAME);
         let upstream = Request::from_parts(parts, boxed(body));
+        // The activator's mark is for this proxy's stats, not for the instance.
+        let forwarding = Forwarding { remove: &[&PROXY_NAME], add: &[] };
         let start_deadline = config.response_start_timeout.map_or(deadline, |t| (arrival + t).min(deadline));
-        let response = match inner.timers.timeout_at(start_deadline, inner.app.send(upstream)).await {
+        let send = inner.app.forward(upstream, forwarding);
+        let response = match inner.timers.timeout_at(start_deadline, send).await {
             Some(Ok(r)) => r,
             Some(Err(e)) => {
                 guard.code = 502;

@@ -15,7 +15,7 @@ use hyper::body::Frame;
 use ikukantai_api::topology::LinkProperties;
 use ikukantai_dataplane::gateway::{GatewayConfig, GatewayEvents, MemoryRelease, NoEvents, RouteTarget};
 use ikukantai_dataplane::link::Link;
-use ikukantai_dataplane::queue_proxy::{INSTANCE_HEADER, NODE_HEADER};
+use ikukantai_dataplane::queue_proxy::{INSTANCE_HEADER, NODE_HEADER, PROXY_HEADER};
 use ikukantai_policy::estimate::RttMatrix;
 
 const HOST: &str = "hello.default.example.com";
@@ -47,6 +47,36 @@ async fn routes_by_host_the_knative_way_and_404s_unknown_hosts() {
     let seen = i.backend.seen.headers.lock().unwrap().last().cloned().unwrap();
     assert_eq!(header(&seen, "x-ikukantai-origin"), "node1");
     assert_eq!(header(&seen, "x-forwarded-for"), "127.0.0.1");
+}
+
+#[tokio::test]
+async fn the_gateways_own_headers_cannot_be_forged_and_forwarded_for_is_appended() {
+    let i = instance("hello-a", "node1", "hello-00001", 0).await;
+    let gw = gateway(GatewayConfig::single("node1"), Arc::new(NoEvents)).await;
+    gw.set_routes(&hello_routes(
+        vec![revision("hello-00001", 0, vec![route("hello-a", 0, i.qp.addr())])],
+        all_to("hello-00001"),
+    ))
+    .unwrap();
+    let req = Request::get(format!("http://{}/", gw.addr()))
+        .header("host", HOST)
+        .header("x-ikukantai-origin", "node9")
+        .header(PROXY_HEADER, "activator")
+        .header("x-forwarded-for", "10.0.0.7")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = client().request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    resp.into_body().collect().await.unwrap();
+    let seen = i.backend.seen.headers.lock().unwrap().last().cloned().unwrap();
+    let all =
+        |name: &str| seen.get_all(name).iter().map(|v| v.to_str().unwrap().to_owned()).collect::<Vec<_>>();
+    assert_eq!(all("x-ikukantai-origin"), ["node1"]);
+    assert_eq!(all(PROXY_HEADER), Vec::<String>::new(), "the queue proxy keeps the mark to itself");
+    assert_eq!(all("x-forwarded-for"), ["10.0.0.7", "127.0.0.1"]);
+    // The forged activator mark did not make the instance count the request as proxied.
+    let stat = i.qp.report();
+    assert!(stat.requests > 0.0 && stat.proxied_requests == 0.0, "{stat:?}");
 }
 
 #[tokio::test]

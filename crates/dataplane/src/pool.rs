@@ -118,6 +118,9 @@ struct Conn {
     written: usize,
     /// Where each header of the response head being parsed lies in it.
     spans: Vec<HeaderSpan>,
+    /// The request being written (here rather than in the response body, which then stays small
+    /// enough to move cheaply).
+    writer: Writer,
 }
 
 #[derive(Clone, Copy)]
@@ -130,7 +133,14 @@ impl Conn {
     /// Boxed: a connection moves between the pool, the request and its response body, and a
     /// pointer moves cheaper than the connection with its buffers.
     fn new(io: NodeStream) -> Box<Self> {
-        Box::new(Self { io, read: BytesMut::new(), write: Vec::new(), written: 0, spans: Vec::new() })
+        Box::new(Self {
+            io,
+            read: BytesMut::new(),
+            write: Vec::new(),
+            written: 0,
+            spans: Vec::new(),
+            writer: Writer::idle(),
+        })
     }
 
     /// Reads what is there into the read buffer, with room for at least `want` bytes (within
@@ -143,18 +153,10 @@ impl Conn {
         tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read)
     }
 
-    /// Writes the write buffer out.
-    fn poll_flush_buffer(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        while self.written < self.write.len() {
-            let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.write[self.written..]))?;
-            if n == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-            }
-            self.written += n;
-        }
-        self.write.clear();
-        self.written = 0;
-        Poll::Ready(Ok(()))
+    /// Writes what it can of the request ([`Writer::poll_write`]).
+    fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ExchangeError>> {
+        let Self { io, write, written, writer, .. } = self;
+        writer.poll_write(io, write, written, cx)
     }
 
     /// True unless the upstream closed the connection (or sent bytes nobody asked for) while it
@@ -174,6 +176,25 @@ enum RequestFraming {
     Length(u64),
     /// `Transfer-Encoding: chunked`.
     Chunked,
+}
+
+/// Writes the buffered bytes out (`written` of them are).
+fn poll_flush(
+    io: &mut NodeStream,
+    write: &mut Vec<u8>,
+    written: &mut usize,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<()>> {
+    while *written < write.len() {
+        let n = ready!(Pin::new(&mut *io).poll_write(cx, &write[*written..]))?;
+        if n == 0 {
+            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+        }
+        *written += n;
+    }
+    write.clear();
+    *written = 0;
+    Poll::Ready(Ok(()))
 }
 
 /// Writes a request: its head (serialized at the start) and then its body as it streams.
@@ -364,44 +385,54 @@ impl Writer {
 impl Writer {
     /// A writer for a request without a body whose head is already in the write buffer.
     fn head_only() -> Self {
+        Self { complete: false, ..Self::idle() }
+    }
+
+    /// A writer with nothing to write.
+    fn idle() -> Self {
         Self {
             body: None,
             framing: RequestFraming::Empty,
             large: None,
             after_large: Vec::new(),
-            complete: false,
+            complete: true,
         }
     }
 
     /// Writes what it can: the buffered bytes, the large frame, and body frames as they come.
     /// Ready with `Ok` once the whole request is written.
-    fn poll_write(&mut self, conn: &mut Conn, cx: &mut Context<'_>) -> Poll<Result<(), ExchangeError>> {
+    fn poll_write(
+        &mut self,
+        io: &mut NodeStream,
+        write: &mut Vec<u8>,
+        written: &mut usize,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), ExchangeError>> {
         loop {
             // Gather the frames that are ready while the buffer is small: a head and a small body
             // leave in one write.
             let mut body_pending = false;
-            while self.large.is_none() && conn.write.len() < COPY_MAX {
+            while self.large.is_none() && write.len() < COPY_MAX {
                 let Some(body) = self.body.as_mut() else { break };
                 match Pin::new(body).poll_frame(cx) {
                     Poll::Pending => {
                         body_pending = true;
                         break;
                     }
-                    Poll::Ready(frame) => self.take_frame(frame, &mut conn.write)?,
+                    Poll::Ready(frame) => self.take_frame(frame, write)?,
                 }
             }
-            ready!(conn.poll_flush_buffer(cx)).map_err(ExchangeError::Write)?;
+            ready!(poll_flush(io, write, written, cx)).map_err(ExchangeError::Write)?;
             if let Some(large) = &mut self.large {
                 while !large.is_empty() {
-                    let n =
-                        ready!(Pin::new(&mut conn.io).poll_write(cx, large)).map_err(ExchangeError::Write)?;
+                    let n = ready!(Pin::new(&mut *io).poll_write(cx, large)).map_err(ExchangeError::Write)?;
                     if n == 0 {
                         return Poll::Ready(Err(ExchangeError::Write(io::ErrorKind::WriteZero.into())));
                     }
                     large.advance(n);
                 }
                 self.large = None;
-                conn.write.append(&mut self.after_large);
+                write.append(&mut self.after_large);
                 continue;
             }
             if self.body.is_none() {
@@ -681,10 +712,9 @@ fn decode(
     }
 }
 
-/// A request on its way: the connection and what is left of the request to write.
+/// A request on its way: the connection (with what is left of the request to write).
 struct Exchange {
     conn: Box<Conn>,
-    writer: Writer,
     /// Writing failed (the upstream may have answered and closed): kept for when no response
     /// comes either.
     write_error: Option<io::Error>,
@@ -693,18 +723,18 @@ struct Exchange {
 }
 
 impl Exchange {
-    fn new(conn: Box<Conn>, writer: Writer) -> Self {
-        Self { conn, writer, write_error: None, read_any: false }
+    fn new(conn: Box<Conn>) -> Self {
+        Self { conn, write_error: None, read_any: false }
     }
 
     /// Writes the request while reading the response head (an upstream may answer before it has
     /// read the whole body).
     fn poll_head(&mut self, cx: &mut Context<'_>, head_request: bool) -> Poll<Result<Head, ExchangeError>> {
-        if !self.writer.done() {
-            match self.writer.poll_write(&mut self.conn, cx) {
+        if !self.conn.writer.done() {
+            match self.conn.poll_send(cx) {
                 Poll::Ready(Err(ExchangeError::Write(e))) => {
                     // The upstream may have answered early and stopped reading: see what it said.
-                    self.writer.abandon();
+                    self.conn.writer.abandon();
                     self.write_error = Some(e);
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
@@ -798,8 +828,8 @@ impl Upstream {
             Some(c) => (c, true),
             None => (self.connect().await?, false),
         };
-        let writer = Writer::start(&parts, forwarding, body, &mut conn.write);
-        let mut exchange = Exchange::new(conn, writer);
+        conn.writer = Writer::start(&parts, forwarding, body, &mut conn.write);
+        let mut exchange = Exchange::new(conn);
         let head = loop {
             match poll_fn(|cx| exchange.poll_head(cx, head_request)).await {
                 Ok(head) => break head,
@@ -809,21 +839,19 @@ impl Upstream {
                     (may_retry, reused) = (false, false);
                     let mut conn = self.connect().await?;
                     write_head(&parts, forwarding, RequestFraming::Empty, &mut conn.write);
-                    exchange = Exchange::new(conn, Writer::head_only());
+                    conn.writer = Writer::head_only();
+                    exchange = Exchange::new(conn);
                 }
                 Err(e) => return Err(UpstreamError::Exchange { source: e }),
             }
         };
-        let Exchange { conn, writer, .. } = exchange;
         let (parts, ()) = head.response.into_parts();
-        let body = PooledBody {
-            conn: Some(conn),
-            writer,
+        let mut body = PooledBody {
+            conn: Some(exchange.conn),
             framing: head.framing,
             keep_alive: head.keep_alive,
             home: Arc::downgrade(&self.idle),
         };
-        let mut body = body;
         if body.framing.is_done() {
             body.end();
         }
@@ -873,7 +901,6 @@ fn put(idle: &IdleList, conn: Box<Conn>) {
 pub struct PooledBody {
     /// `None` once the body has ended or failed.
     conn: Option<Box<Conn>>,
-    writer: Writer,
     framing: BodyFraming,
     keep_alive: bool,
     home: Weak<IdleList>,
@@ -882,10 +909,10 @@ pub struct PooledBody {
 impl PooledBody {
     /// The body is over: its connection goes back to the pool if it can carry another exchange.
     fn end(&mut self) {
-        let Some(conn) = self.conn.take() else { return };
+        let Some(mut conn) = self.conn.take() else { return };
         let reusable =
-            self.keep_alive && self.writer.done() && self.framing.is_done() && conn.read.is_empty();
-        self.writer.abandon();
+            self.keep_alive && conn.writer.done() && self.framing.is_done() && conn.read.is_empty();
+        conn.writer.abandon();
         if reusable && let Some(idle) = self.home.upgrade() {
             put(&idle, conn);
         }
@@ -911,11 +938,11 @@ impl HttpBody for PooledBody {
     ) -> Poll<Option<Result<Frame<Bytes>, ExchangeError>>> {
         let this = self.get_mut();
         let Some(conn) = this.conn.as_mut() else { return Poll::Ready(None) };
-        if !this.writer.done() {
-            match this.writer.poll_write(conn, cx) {
+        if !conn.writer.done() {
+            match conn.poll_send(cx) {
                 Poll::Ready(Err(ExchangeError::Write(_))) => {
                     // The upstream stopped reading the request; its response may still be whole.
-                    this.writer.abandon();
+                    conn.writer.abandon();
                     this.keep_alive = false;
                 }
                 Poll::Ready(Err(e)) => {

@@ -1164,6 +1164,14 @@ mod tests {
     where
         F: Fn(usize, usize, &str) -> Option<Vec<u8>> + Send + Sync + 'static,
     {
+        scripted_with(piece, false, answer).await
+    }
+
+    /// [`scripted`], closing each connection after its first answer if `once`.
+    async fn scripted_with<F>(piece: usize, once: bool, answer: F) -> (SocketAddr, Arc<AtomicUsize>)
+    where
+        F: Fn(usize, usize, &str) -> Option<Vec<u8>> + Send + Sync + 'static,
+    {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -1210,11 +1218,20 @@ mod tests {
                                 tokio::task::yield_now().await;
                             }
                         }
+                        if once {
+                            return;
+                        }
                     }
                 });
             }
         });
         (addr, accepted)
+    }
+
+    /// An upstream that answers the first request on each connection with `reply` and closes it.
+    /// Counts connections.
+    async fn answer_and_close(reply: &'static [u8]) -> (SocketAddr, Arc<AtomicUsize>) {
+        scripted_with(64, true, move |_, _, _| Some(reply.to_vec())).await
     }
 
     /// All of a response: its data, and its trailers if any.
@@ -1267,15 +1284,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_body_up_to_the_close_is_read_whole_and_its_connection_not_kept() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            let (mut s, _) = listener.accept().await.unwrap();
-            let mut buf = [0u8; 1024];
-            let _ = s.read(&mut buf).await.unwrap();
-            s.write_all(b"HTTP/1.0 200 OK\r\ncontent-type: text/plain\r\n\r\nuntil the end").await.unwrap();
-        });
+        let (addr, _) =
+            answer_and_close(b"HTTP/1.0 200 OK\r\ncontent-type: text/plain\r\n\r\nuntil the end").await;
         let up = Upstream::new(addr, NodeConnector::new(None));
         let resp = up.send(get("/")).await.unwrap();
         assert_eq!(resp.version(), http::Version::HTTP_10);
@@ -1376,15 +1386,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_body_cut_short_by_the_close_is_an_error() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            let (mut s, _) = listener.accept().await.unwrap();
-            let mut buf = [0u8; 1024];
-            let _ = s.read(&mut buf).await.unwrap();
-            s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc").await.unwrap();
-        });
+        let (addr, _) = answer_and_close(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc").await;
         let up = Upstream::new(addr, NodeConnector::new(None));
         let err = frames(up.send(get("/")).await.unwrap()).await.unwrap_err();
         assert_eq!(
@@ -1459,20 +1461,7 @@ mod tests {
     #[tokio::test]
     async fn a_connection_closed_while_idle_is_noticed_before_it_is_used() {
         // Answers, then closes without saying so: the close arrives while the connection idles.
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let count = accepted.clone();
-        tokio::spawn(async move {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            loop {
-                let (mut s, _) = listener.accept().await.unwrap();
-                count.fetch_add(1, Ordering::SeqCst);
-                let mut buf = [0u8; 1024];
-                let _ = s.read(&mut buf).await.unwrap();
-                s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await.unwrap();
-            }
-        });
+        let (addr, accepted) = answer_and_close(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
         let up = Upstream::new(addr, NodeConnector::new(None));
         assert_eq!(frames(up.send(get("/")).await.unwrap()).await.unwrap().0, b"ok");
         tokio::time::sleep(Duration::from_millis(20)).await;

@@ -20,15 +20,21 @@ use ikukantai_policy::estimate::RttMatrix;
 
 const HOST: &str = "hello.default.example.com";
 
-#[tokio::test]
-async fn routes_by_host_the_knative_way_and_404s_unknown_hosts() {
-    let i = instance("hello-a", "node1", "hello-00001", 0).await;
+/// A single-node gateway routing all of `hello` to one instance named `name` on node1.
+async fn one_instance(name: &'static str) -> (Instance, ikukantai_dataplane::gateway::Gateway) {
+    let i = instance(name, "node1", "hello-00001", 0).await;
     let gw = gateway(GatewayConfig::single("node1"), Arc::new(NoEvents)).await;
     gw.set_routes(&hello_routes(
-        vec![revision("hello-00001", 0, vec![route("hello-a", 0, i.qp.addr())])],
+        vec![revision("hello-00001", 0, vec![route(name, 0, i.qp.addr())])],
         all_to("hello-00001"),
     ))
     .unwrap();
+    (i, gw)
+}
+
+#[tokio::test]
+async fn routes_by_host_the_knative_way_and_404s_unknown_hosts() {
+    let (i, gw) = one_instance("hello-a").await;
     for host in [
         HOST,
         "hello.default",
@@ -51,13 +57,7 @@ async fn routes_by_host_the_knative_way_and_404s_unknown_hosts() {
 
 #[tokio::test]
 async fn the_gateways_own_headers_cannot_be_forged_and_forwarded_for_is_appended() {
-    let i = instance("hello-a", "node1", "hello-00001", 0).await;
-    let gw = gateway(GatewayConfig::single("node1"), Arc::new(NoEvents)).await;
-    gw.set_routes(&hello_routes(
-        vec![revision("hello-00001", 0, vec![route("hello-a", 0, i.qp.addr())])],
-        all_to("hello-00001"),
-    ))
-    .unwrap();
+    let (i, gw) = one_instance("hello-a").await;
     let req = Request::get(format!("http://{}/", gw.addr()))
         .header("host", HOST)
         .header("x-ikukantai-origin", "node9")
@@ -261,13 +261,7 @@ async fn full_instances_make_requests_wait_for_a_slot() {
 
 #[tokio::test]
 async fn client_disconnect_cancels_the_upstream_request() {
-    let i = instance("hanging", "node1", "hello-00001", 0).await;
-    let gw = gateway(GatewayConfig::single("node1"), Arc::new(NoEvents)).await;
-    gw.set_routes(&hello_routes(
-        vec![revision("hello-00001", 0, vec![route("hanging", 0, i.qp.addr())])],
-        all_to("hello-00001"),
-    ))
-    .unwrap();
+    let (i, gw) = one_instance("hanging").await;
     let addr = gw.addr();
     let request = tokio::spawn(async move { get(addr, HOST, "/hang").await });
     while i.backend.seen.requests.load(Ordering::SeqCst) == 0 {
@@ -344,13 +338,7 @@ async fn oversized_headers_get_431_and_bodies_413() {
 
 #[tokio::test]
 async fn responses_stream_without_buffering() {
-    let i = instance("streamer", "node1", "hello-00001", 0).await;
-    let gw = gateway(GatewayConfig::single("node1"), Arc::new(NoEvents)).await;
-    gw.set_routes(&hello_routes(
-        vec![revision("hello-00001", 0, vec![route("streamer", 0, i.qp.addr())])],
-        all_to("hello-00001"),
-    ))
-    .unwrap();
+    let (i, gw) = one_instance("streamer").await;
     let req = Request::get(format!("http://{}/stream", gw.addr()))
         .header("host", HOST)
         .body(Full::new(Bytes::new()))
@@ -470,13 +458,7 @@ async fn the_default_balancer_keeps_traffic_local() {
 
 #[tokio::test]
 async fn h2c_clients_are_served_too() {
-    let i = instance("h2", "node1", "hello-00001", 0).await;
-    let gw = gateway(GatewayConfig::single("node1"), Arc::new(NoEvents)).await;
-    gw.set_routes(&hello_routes(
-        vec![revision("hello-00001", 0, vec![route("h2", 0, i.qp.addr())])],
-        all_to("hello-00001"),
-    ))
-    .unwrap();
+    let (_i, gw) = one_instance("h2").await;
     let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
         .http2_only(true)
         .build::<_, Full<Bytes>>(hyper_util::client::legacy::connect::HttpConnector::new());

@@ -13,9 +13,9 @@
 //! request body written to the end), and is closed when the body is abandoned half-way, the
 //! upstream said `Connection: close`, or the response ran to the close. The most recently used
 //! idle connection is taken first, so under light load few stay warm; those idle for longer than
-//! [`IDLE_TIMEOUT`] are closed as others come back. Taking an idle connection first checks, without blocking, that
-//! the upstream has not closed it meanwhile (a read that would block; the readiness it clears is
-//! the one the response read needs cleared anyway). Should the upstream close it between that
+//! [`IDLE_TIMEOUT`] are closed as others come back. Taking an idle connection first checks,
+//! without blocking, that the upstream has not closed it meanwhile (a read that would block; the
+//! readiness it clears is the one the response read needs cleared anyway). Should the upstream close it between that
 //! check and the request, an idempotent request without a body is sent once more on a new
 //! connection, as Go's `net/http` does; nothing else is retried once it may have reached the
 //! upstream.
@@ -113,9 +113,6 @@ struct Conn {
     io: NodeStream,
     /// Bytes read and not yet consumed.
     read: BytesMut,
-    /// Bytes to write; `written` of them are written.
-    write: Vec<u8>,
-    written: usize,
     /// Where each header of the response head being parsed lies in it.
     spans: Vec<HeaderSpan>,
     /// The request being written (here rather than in the response body, which then stays small
@@ -133,14 +130,7 @@ impl Conn {
     /// Boxed: a connection moves between the pool, the request and its response body, and a
     /// pointer moves cheaper than the connection with its buffers.
     fn new(io: NodeStream) -> Box<Self> {
-        Box::new(Self {
-            io,
-            read: BytesMut::new(),
-            write: Vec::new(),
-            written: 0,
-            spans: Vec::new(),
-            writer: Writer::idle(),
-        })
+        Box::new(Self { io, read: BytesMut::new(), spans: Vec::new(), writer: Writer::idle() })
     }
 
     /// Reads what is there into the read buffer, with room for at least `want` bytes (within
@@ -153,10 +143,22 @@ impl Conn {
         tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.read)
     }
 
-    /// Writes what it can of the request ([`Writer::poll_write`]).
-    fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ExchangeError>> {
-        let Self { io, write, written, writer, .. } = self;
-        writer.poll_write(io, write, written, cx)
+    /// Writes on what is left of the request, if anything, while the response is read. When
+    /// writing fails the rest is given up and the error returned in `Ok`: the upstream may have
+    /// answered early and stopped reading, so its response is still worth reading (but the
+    /// connection cannot carry another exchange). A failing request body is an `Err`.
+    fn keep_writing(&mut self, cx: &mut Context<'_>) -> Result<Option<io::Error>, ExchangeError> {
+        if self.writer.complete {
+            return Ok(None);
+        }
+        match self.writer.poll_write(&mut self.io, cx) {
+            Poll::Ready(Err(ExchangeError::Write(e))) => {
+                self.writer.abandon();
+                Ok(Some(e))
+            }
+            Poll::Ready(Err(e)) => Err(e),
+            Poll::Ready(Ok(())) | Poll::Pending => Ok(None),
+        }
     }
 
     /// True unless the upstream closed the connection (or sent bytes nobody asked for) while it
@@ -178,32 +180,35 @@ enum RequestFraming {
     Chunked,
 }
 
-/// Writes the buffered bytes out (`written` of them are).
-fn poll_flush(
+/// Writes `buf` out from `written` on, counting what went in `written`.
+fn poll_write_all(
     io: &mut NodeStream,
-    write: &mut Vec<u8>,
+    buf: &[u8],
     written: &mut usize,
     cx: &mut Context<'_>,
 ) -> Poll<io::Result<()>> {
-    while *written < write.len() {
-        let n = ready!(Pin::new(&mut *io).poll_write(cx, &write[*written..]))?;
+    while *written < buf.len() {
+        let n = ready!(Pin::new(&mut *io).poll_write(cx, &buf[*written..]))?;
         if n == 0 {
             return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
         }
         *written += n;
     }
-    write.clear();
-    *written = 0;
     Poll::Ready(Ok(()))
 }
 
-/// Writes a request: its head (serialized at the start) and then its body as it streams.
+/// Writes a request: its head (serialized at the start) and then its body as it streams. One per
+/// connection, reused for each exchange (its buffer keeps its capacity).
 struct Writer {
+    /// Bytes to write; `written` of them are written.
+    buf: Vec<u8>,
+    written: usize,
     /// The body still to write; `None` once it has ended.
     body: Option<Body>,
     framing: RequestFraming,
-    /// A large body frame being written directly, not copied…
+    /// A large body frame being written directly, not copied, `large_written` of it so far…
     large: Option<Bytes>,
+    large_written: usize,
     /// …and what is written after it (its chunk's end, the body's end).
     after_large: Vec<u8>,
     /// Everything is written (or writing was given up).
@@ -271,9 +276,8 @@ fn write_head(
             }
         }
         RequestFraming::Length(n) => {
-            out.extend_from_slice(b"content-length: ");
-            out.extend_from_slice(n.to_string().as_bytes());
-            out.extend_from_slice(b"\r\n");
+            use std::io::Write as _;
+            let _ = write!(out, "content-length: {n}\r\n");
         }
         RequestFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
     }
@@ -289,39 +293,45 @@ fn write_field(name: &HeaderName, value: &HeaderValue, out: &mut Vec<u8>) {
 }
 
 impl Writer {
-    /// Serializes the head of `parts` into `out` and returns the writer for `body`.
-    fn start(
-        parts: &http::request::Parts,
-        forwarding: Forwarding<'_>,
-        body: Body,
-        out: &mut Vec<u8>,
-    ) -> Self {
-        let framing = if body.is_end_stream() {
-            RequestFraming::Empty
-        } else if let Some(n) = body.size_hint().exact() {
-            RequestFraming::Length(n)
-        } else {
-            RequestFraming::Chunked
-        };
-        write_head(parts, forwarding, framing, out);
-        let body = (framing != RequestFraming::Empty).then_some(body);
-        Self { body, framing, large: None, after_large: Vec::new(), complete: false }
+    /// A writer with nothing to write.
+    fn idle() -> Self {
+        Self {
+            buf: Vec::new(),
+            written: 0,
+            body: None,
+            framing: RequestFraming::Empty,
+            large: None,
+            large_written: 0,
+            after_large: Vec::new(),
+            complete: true,
+        }
     }
 
-    fn done(&self) -> bool {
-        self.complete
+    /// Starts an exchange: serializes the head of `parts` (framed for `body`, or for no body)
+    /// into the buffer, and the body follows as it streams.
+    fn begin(&mut self, parts: &http::request::Parts, forwarding: Forwarding<'_>, body: Option<Body>) {
+        let framing = match &body {
+            Some(b) if !b.is_end_stream() => {
+                b.size_hint().exact().map_or(RequestFraming::Chunked, RequestFraming::Length)
+            }
+            _ => RequestFraming::Empty,
+        };
+        self.abandon();
+        self.buf.clear();
+        self.written = 0;
+        self.after_large.clear();
+        write_head(parts, forwarding, framing, &mut self.buf);
+        self.body = body.filter(|_| framing != RequestFraming::Empty);
+        self.framing = framing;
+        self.complete = false;
     }
 
     /// Takes one frame of the body into the write buffer (or as the large frame).
-    fn take_frame(
-        &mut self,
-        frame: Option<Result<Frame<Bytes>, BoxError>>,
-        out: &mut Vec<u8>,
-    ) -> Result<(), ExchangeError> {
+    fn take_frame(&mut self, frame: Option<Result<Frame<Bytes>, BoxError>>) -> Result<(), ExchangeError> {
         let frame = match frame {
             Some(Ok(frame)) => frame,
             Some(Err(e)) => return Err(ExchangeError::RequestBody(e)),
-            None => return self.finish(None, out),
+            None => return self.finish(None),
         };
         match frame.into_data() {
             Ok(data) => {
@@ -334,15 +344,15 @@ impl Writer {
                         }
                         RequestFraming::Chunked => {
                             use std::io::Write as _;
-                            let _ = write!(out, "{:x}\r\n", data.len());
+                            let _ = write!(self.buf, "{:x}\r\n", data.len());
                         }
                         RequestFraming::Empty => {}
                     }
                     let chunked = self.framing == RequestFraming::Chunked;
                     if data.len() <= COPY_MAX {
-                        out.extend_from_slice(&data);
+                        self.buf.extend_from_slice(&data);
                         if chunked {
-                            out.extend_from_slice(b"\r\n");
+                            self.buf.extend_from_slice(b"\r\n");
                         }
                     } else {
                         self.large = Some(data);
@@ -352,16 +362,16 @@ impl Writer {
                     }
                 }
                 if self.body.as_ref().is_some_and(HttpBody::is_end_stream) {
-                    self.finish(None, out)?;
+                    self.finish(None)?;
                 }
                 Ok(())
             }
-            Err(frame) => self.finish(frame.trailers_ref(), out),
+            Err(frame) => self.finish(frame.trailers_ref()),
         }
     }
 
     /// The body ended (with `trailers`, if any).
-    fn finish(&mut self, trailers: Option<&HeaderMap>, out: &mut Vec<u8>) -> Result<(), ExchangeError> {
+    fn finish(&mut self, trailers: Option<&HeaderMap>) -> Result<(), ExchangeError> {
         self.body = None;
         match self.framing {
             RequestFraming::Length(0) | RequestFraming::Empty => Ok(()),
@@ -370,7 +380,7 @@ impl Writer {
             }
             RequestFraming::Chunked => {
                 // After a large last frame still being written, if there is one.
-                let out = if self.large.is_some() { &mut self.after_large } else { out };
+                let out = if self.large.is_some() { &mut self.after_large } else { &mut self.buf };
                 out.extend_from_slice(b"0\r\n");
                 for (name, value) in trailers.into_iter().flatten() {
                     write_field(name, value, out);
@@ -380,59 +390,33 @@ impl Writer {
             }
         }
     }
-}
-
-impl Writer {
-    /// A writer for a request without a body whose head is already in the write buffer.
-    fn head_only() -> Self {
-        Self { complete: false, ..Self::idle() }
-    }
-
-    /// A writer with nothing to write.
-    fn idle() -> Self {
-        Self {
-            body: None,
-            framing: RequestFraming::Empty,
-            large: None,
-            after_large: Vec::new(),
-            complete: true,
-        }
-    }
 
     /// Writes what it can: the buffered bytes, the large frame, and body frames as they come.
     /// Ready with `Ok` once the whole request is written.
-    fn poll_write(
-        &mut self,
-        io: &mut NodeStream,
-        write: &mut Vec<u8>,
-        written: &mut usize,
-        cx: &mut Context<'_>,
-    ) -> Poll<Result<(), ExchangeError>> {
+    fn poll_write(&mut self, io: &mut NodeStream, cx: &mut Context<'_>) -> Poll<Result<(), ExchangeError>> {
         loop {
             // Gather the frames that are ready while the buffer is small: a head and a small body
             // leave in one write.
             let mut body_pending = false;
-            while self.large.is_none() && write.len() < COPY_MAX {
+            while self.large.is_none() && self.buf.len() < COPY_MAX {
                 let Some(body) = self.body.as_mut() else { break };
                 match Pin::new(body).poll_frame(cx) {
                     Poll::Pending => {
                         body_pending = true;
                         break;
                     }
-                    Poll::Ready(frame) => self.take_frame(frame, write)?,
+                    Poll::Ready(frame) => self.take_frame(frame)?,
                 }
             }
-            ready!(poll_flush(io, write, written, cx)).map_err(ExchangeError::Write)?;
-            if let Some(large) = &mut self.large {
-                while !large.is_empty() {
-                    let n = ready!(Pin::new(&mut *io).poll_write(cx, large)).map_err(ExchangeError::Write)?;
-                    if n == 0 {
-                        return Poll::Ready(Err(ExchangeError::Write(io::ErrorKind::WriteZero.into())));
-                    }
-                    large.advance(n);
-                }
+            ready!(poll_write_all(io, &self.buf, &mut self.written, cx)).map_err(ExchangeError::Write)?;
+            self.buf.clear();
+            self.written = 0;
+            if let Some(large) = &self.large {
+                ready!(poll_write_all(io, large, &mut self.large_written, cx))
+                    .map_err(ExchangeError::Write)?;
                 self.large = None;
-                write.append(&mut self.after_large);
+                self.large_written = 0;
+                self.buf.append(&mut self.after_large);
                 continue;
             }
             if self.body.is_none() {
@@ -449,6 +433,7 @@ impl Writer {
     fn abandon(&mut self) {
         self.body = None;
         self.large = None;
+        self.large_written = 0;
         self.complete = true;
     }
 }
@@ -504,10 +489,13 @@ fn chunk_size(line: &[u8]) -> Option<u64> {
 
 /// A `Content-Length` value: decimal digits only.
 fn content_length(value: &[u8]) -> Option<u64> {
-    if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
+    if value.is_empty() {
         return None;
     }
-    std::str::from_utf8(value).ok()?.parse().ok()
+    value.iter().try_fold(0u64, |n, &b| {
+        let digit = char::from(b).to_digit(10)?;
+        n.checked_mul(10)?.checked_add(u64::from(digit))
+    })
 }
 
 /// Whether the comma-separated `value` lists `token` (any case).
@@ -525,15 +513,14 @@ fn parse_head(conn: &mut Conn, head_request: bool) -> Result<Option<Head>, Excha
         let status = httparse::ParserConfig::default()
             .parse_response_with_uninit_headers(&mut parsed, &conn.read, &mut headers)
             .map_err(|e| ExchangeError::Head(e.to_string()))?;
-        let httparse::Status::Complete(len) = status else {
-            if conn.read.len() > MAX_RESPONSE_HEAD {
-                return Err(ExchangeError::Head(format!("larger than {MAX_RESPONSE_HEAD} bytes")));
-            }
-            return Ok(None);
+        let seen = match status {
+            httparse::Status::Complete(len) => len,
+            httparse::Status::Partial => conn.read.len(),
         };
-        if len > MAX_RESPONSE_HEAD {
+        if seen > MAX_RESPONSE_HEAD {
             return Err(ExchangeError::Head(format!("larger than {MAX_RESPONSE_HEAD} bytes")));
         }
+        let httparse::Status::Complete(len) = status else { return Ok(None) };
         let code = parsed.code.unwrap_or_default();
         let version = if parsed.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
         if code == 101 {
@@ -730,16 +717,8 @@ impl Exchange {
     /// Writes the request while reading the response head (an upstream may answer before it has
     /// read the whole body).
     fn poll_head(&mut self, cx: &mut Context<'_>, head_request: bool) -> Poll<Result<Head, ExchangeError>> {
-        if !self.conn.writer.done() {
-            match self.conn.poll_send(cx) {
-                Poll::Ready(Err(ExchangeError::Write(e))) => {
-                    // The upstream may have answered early and stopped reading: see what it said.
-                    self.conn.writer.abandon();
-                    self.write_error = Some(e);
-                }
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                _ => {}
-            }
+        if let Some(e) = self.conn.keep_writing(cx)? {
+            self.write_error = Some(e);
         }
         loop {
             if !self.conn.read.is_empty()
@@ -828,7 +807,7 @@ impl Upstream {
             Some(c) => (c, true),
             None => (self.connect().await?, false),
         };
-        conn.writer = Writer::start(&parts, forwarding, body, &mut conn.write);
+        conn.writer.begin(&parts, forwarding, Some(body));
         let mut exchange = Exchange::new(conn);
         let head = loop {
             match poll_fn(|cx| exchange.poll_head(cx, head_request)).await {
@@ -838,8 +817,7 @@ impl Upstream {
                     tracing::debug!(addr = %self.addr, error = %e, "reused connection was closed; sending again");
                     (may_retry, reused) = (false, false);
                     let mut conn = self.connect().await?;
-                    write_head(&parts, forwarding, RequestFraming::Empty, &mut conn.write);
-                    conn.writer = Writer::head_only();
+                    conn.writer.begin(&parts, forwarding, None);
                     exchange = Exchange::new(conn);
                 }
                 Err(e) => return Err(UpstreamError::Exchange { source: e }),
@@ -911,7 +889,7 @@ impl PooledBody {
     fn end(&mut self) {
         let Some(mut conn) = self.conn.take() else { return };
         let reusable =
-            self.keep_alive && conn.writer.done() && self.framing.is_done() && conn.read.is_empty();
+            self.keep_alive && conn.writer.complete && self.framing.is_done() && conn.read.is_empty();
         conn.writer.abandon();
         if reusable && let Some(idle) = self.home.upgrade() {
             put(&idle, conn);
@@ -938,18 +916,13 @@ impl HttpBody for PooledBody {
     ) -> Poll<Option<Result<Frame<Bytes>, ExchangeError>>> {
         let this = self.get_mut();
         let Some(conn) = this.conn.as_mut() else { return Poll::Ready(None) };
-        if !conn.writer.done() {
-            match conn.poll_send(cx) {
-                Poll::Ready(Err(ExchangeError::Write(_))) => {
-                    // The upstream stopped reading the request; its response may still be whole.
-                    conn.writer.abandon();
-                    this.keep_alive = false;
-                }
-                Poll::Ready(Err(e)) => {
-                    this.conn = None;
-                    return Poll::Ready(Some(Err(e)));
-                }
-                _ => {}
+        match conn.keep_writing(cx) {
+            Ok(None) => {}
+            // The upstream stopped reading the request; its response may still be whole.
+            Ok(Some(_)) => this.keep_alive = false,
+            Err(e) => {
+                this.conn = None;
+                return Poll::Ready(Some(Err(e)));
             }
         }
         match ready!(decode(conn, &mut this.framing, cx)) {
@@ -982,6 +955,7 @@ impl HttpBody for PooledBody {
         }
     }
 }
+
 #[cfg(test)]
 mod tests {
     use std::convert::Infallible;
@@ -1486,6 +1460,22 @@ mod tests {
         let err = up.send(post).await.unwrap_err();
         assert_eq!(err.to_string(), "the upstream closed the connection before a complete response head");
         assert_eq!(accepted.load(Ordering::SeqCst), 2, "the POST was not sent twice");
+    }
+
+    #[test]
+    fn content_lengths_are_decimal_digits_within_u64() {
+        for (value, length) in [
+            (&b"0"[..], Some(0)),
+            (b"42", Some(42)),
+            (b"18446744073709551615", Some(u64::MAX)),
+            (b"18446744073709551616", None),
+            (b"", None),
+            (b"+1", None),
+            (b" 1", None),
+            (b"1,1", None),
+        ] {
+            assert_eq!(content_length(value), length, "{:?}", String::from_utf8_lossy(value));
+        }
     }
 
     #[test]

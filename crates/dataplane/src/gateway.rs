@@ -19,8 +19,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use crate::h1::RequestBody;
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode, header};
-use hyper::body::Incoming;
 use ikukantai_policy::autoscaler::Stat;
 use ikukantai_policy::balance::{Balancer, Candidate, Completion, PickContext};
 use ikukantai_policy::estimate::{NodeIndex, PeakEwma, RttMatrix};
@@ -883,7 +883,7 @@ impl Handler for Ingress {
     #[expect(clippy::manual_async_fn, reason = "an async fn stores its arguments twice")]
     fn handle(
         self: Arc<Self>,
-        mut req: Request<Incoming>,
+        mut req: Request<RequestBody>,
         peer: Arc<Peer>,
     ) -> impl Future<Output = Response<Body>> + Send {
         async move {
@@ -1121,7 +1121,7 @@ fn enqueue(
     shared: &Shared,
     rev: &RevisionState,
     inner: &mut RevisionInner,
-    req: &Request<Incoming>,
+    req: &Request<RequestBody>,
     source: &str,
     arrival: Instant,
     deadline: Instant,
@@ -1224,7 +1224,7 @@ fn feedback(
 struct Admin(Arc<Shared>);
 
 impl Handler for Admin {
-    async fn handle(self: Arc<Self>, req: Request<Incoming>, _peer: Arc<Peer>) -> Response<Body> {
+    async fn handle(self: Arc<Self>, req: Request<RequestBody>, _peer: Arc<Peer>) -> Response<Body> {
         match req.uri().path() {
             "/metrics" => metrics_response(&self.0.registry),
             "/healthz" => Response::new(full(self.0.node_name().to_owned())),
@@ -1255,7 +1255,7 @@ mod tests {
 
     fn future_size<F, Fut>(_: F) -> usize
     where
-        F: Fn(Arc<Ingress>, Request<Incoming>, Arc<Peer>) -> Fut,
+        F: Fn(Arc<Ingress>, Request<RequestBody>, Arc<Peer>) -> Fut,
     {
         std::mem::size_of::<Fut>()
     }

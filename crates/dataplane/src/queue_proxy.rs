@@ -18,8 +18,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use crate::h1::RequestBody;
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
-use hyper::body::Incoming;
 use ikukantai_api::service::Probe;
 use ikukantai_policy::autoscaler::Stat;
 use ikukantai_policy::queue::{PriorityRule, RequestMeta};
@@ -444,7 +444,7 @@ impl InnerRef {
 }
 
 impl Handler for InnerRef {
-    async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: Arc<Peer>) -> Response<Body> {
+    async fn handle(self: Arc<Self>, req: Request<RequestBody>, peer: Arc<Peer>) -> Response<Body> {
         let arrival = Instant::now();
         let inner = &self.0;
         let config = &inner.config;
@@ -565,7 +565,7 @@ impl Handler for InnerRef {
 struct Admin(Arc<InnerRef>);
 
 impl Handler for Admin {
-    async fn handle(self: Arc<Self>, req: Request<Incoming>, _peer: Arc<Peer>) -> Response<Body> {
+    async fn handle(self: Arc<Self>, req: Request<RequestBody>, _peer: Arc<Peer>) -> Response<Body> {
         match req.uri().path() {
             "/metrics" => metrics_response(&self.0.0.registry),
             "/healthz" => Response::new(full("ok")),

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use futures_util::FutureExt;
 use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
-use hyper::server::conn::{http1, http2};
+use hyper::server::conn::http2;
 use hyper::service::{Service, service_fn};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::graceful::GracefulConnection;
@@ -24,14 +24,14 @@ use tokio::task::JoinHandle;
 use tokio::time::timeout;
 
 use crate::body::Body;
-use crate::recycling_timer::RecyclingTimer;
+use crate::h1::{RequestBody, serve_connection};
 
 /// Handles one request; `peer` is the client end of its connection.
 pub trait Handler: Send + Sync + 'static {
     /// Answers a request.
     fn handle(
         self: Arc<Self>,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         peer: Arc<Peer>,
     ) -> impl Future<Output = Response<Body>> + Send;
 }
@@ -191,9 +191,16 @@ struct Registration {
 }
 
 impl Registration {
-    /// `conn`, closed gracefully once [`Drain::start`] is called (at once if it already was).
-    fn watch<C: GracefulConnection>(self, conn: C) -> Draining<C> {
-        Draining { conn, registration: self, closing: false }
+    /// `conn`, told to close gracefully by `shut_down` once [`Drain::start`] is called (at once
+    /// if it already was).
+    fn watch<C: Future>(self, conn: C, shut_down: fn(Pin<&mut C>)) -> Draining<C> {
+        Draining { conn, registration: self, closing: false, shut_down }
+    }
+
+    /// Whether the server is draining (for connections that look for themselves).
+    fn closing(&self) -> impl Fn() -> bool + Send + 'static {
+        let drain = self.drain.clone();
+        move || drain.closing.load(Ordering::SeqCst)
     }
 
     fn register(&mut self, waker: &Waker) {
@@ -236,10 +243,11 @@ pin_project! {
         conn: C,
         registration: Registration,
         closing: bool,
+        shut_down: fn(Pin<&mut C>),
     }
 }
 
-impl<C: GracefulConnection> Future for Draining<C> {
+impl<C: Future> Future for Draining<C> {
     type Output = C::Output;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<C::Output> {
@@ -253,24 +261,23 @@ impl<C: GracefulConnection> Future for Draining<C> {
             // Read after registering: a drain that starts later wakes this task.
             if this.registration.drain.closing.load(Ordering::SeqCst) {
                 *this.closing = true;
-                this.conn.as_mut().graceful_shutdown();
+                (this.shut_down)(this.conn.as_mut());
             }
         }
         this.conn.poll(cx)
     }
 }
 
-/// hyper's service for one connection from `peer`. It returns the handler's own future, mapped:
-/// an `async` block around it would also hold what it moves in (the request, or the future
-/// itself), and hyper keeps one box per connection sized for this future, which lives as long as a
-/// request waits (a block made it 1,120 bytes for the gateway, and a waiting HTTP/1.1 connection
-/// 0.4 KiB larger).
+/// hyper's service for one h2c connection from `peer`. It returns the handler's own future,
+/// mapped: an `async` block around it would also hold what it moves in (the request, or the
+/// future itself), and the future lives as long as a request waits.
 fn connection_service<H: Handler>(
     handler: Arc<H>,
-    peer: SocketAddr,
+    peer: Arc<Peer>,
 ) -> impl Service<Request<Incoming>, Response = Response<Body>, Error = Infallible, Future: Send> + Clone {
-    let peer = Arc::new(Peer::new(peer));
-    service_fn(move |req| handler.clone().handle(req, peer.clone()).map(never_fails))
+    service_fn(move |req: Request<Incoming>| {
+        handler.clone().handle(req.map(RequestBody::from), peer.clone()).map(never_fails)
+    })
 }
 
 /// Logs how a connection from `peer` ended, if not well.
@@ -288,8 +295,8 @@ fn never_fails(response: Response<Body>) -> Result<Response<Body>, Infallible> {
     Ok(response)
 }
 
-/// Serves `handler` on `listener` until shut down. `max_header_bytes` bounds the request head
-/// (larger heads get 431 from HTTP/1.1).
+/// Serves `handler` on `listener` until shut down: HTTP/1.1 with our own [`crate::h1`], h2c
+/// with hyper's. `max_header_bytes` bounds the request head (larger heads get 431 from HTTP/1.1).
 pub fn serve<H: Handler>(
     listener: TcpListener,
     handler: Arc<H>,
@@ -297,15 +304,10 @@ pub fn serve<H: Handler>(
 ) -> std::io::Result<ServerHandle> {
     let addr = listener.local_addr()?;
     let (stop, mut stopped) = watch::channel(false);
-    let mut http1 = http1::Builder::new();
-    http1
-        .max_buf_size(max_header_bytes.max(8192))
-        .timer(RecyclingTimer::default())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
     let mut http2 = http2::Builder::new(TokioExecutor::new());
     http2.max_header_list_size(max_header_bytes.try_into().unwrap_or(u32::MAX));
     // Shared, not copied into every connection's task (which lives as long as the connection).
-    let builders = Arc::new((http1, http2));
+    let http2 = Arc::new(http2);
     let task = tokio::spawn(async move {
         let drain = Arc::new(Drain::default());
         loop {
@@ -313,8 +315,8 @@ pub fn serve<H: Handler>(
                 accepted = listener.accept() => {
                     let Ok((stream, peer)) = accepted else { continue };
                     let _ = stream.set_nodelay(true);
-                    let service = connection_service(handler.clone(), peer);
-                    let builders = builders.clone();
+                    let handler = handler.clone();
+                    let http2 = http2.clone();
                     // Counted from here, so that a shutdown also waits for this connection.
                     let registration = drain.enter();
                     let mut stopped = stopped.clone();
@@ -327,15 +329,29 @@ pub fn serve<H: Handler>(
                             // Shutting down before the client said anything: nothing to finish.
                             _ = stopped.wait_for(|s| *s) => return,
                         };
-                        let io = TokioIo::new(stream);
+                        let client = Arc::new(Peer::new(peer));
                         match h2 {
                             Ok(Ok(false)) => {
-                                let conn = builders.0.serve_connection(io, service);
-                                tokio::spawn(registration.watch(conn).map(connection_ended(peer)));
+                                let closing = registration.closing();
+                                let conn = serve_connection(
+                                    stream,
+                                    handler,
+                                    client,
+                                    max_header_bytes,
+                                    HEADER_READ_TIMEOUT,
+                                    closing,
+                                );
+                                // It looks at `closing` itself.
+                                tokio::spawn(registration.watch(conn, |_| {}));
                             }
                             Ok(Ok(true)) => {
-                                let conn = builders.1.serve_connection(io, service);
-                                tokio::spawn(registration.watch(conn).map(connection_ended(peer)));
+                                let service = connection_service(handler, client);
+                                let conn = http2.serve_connection(TokioIo::new(stream), service);
+                                tokio::spawn(
+                                    registration
+                                        .watch(conn, GracefulConnection::graceful_shutdown)
+                                        .map(connection_ended(peer)),
+                                );
                             }
                             Ok(Err(_)) | Err(_) => {}
                         }
@@ -361,7 +377,7 @@ mod tests {
     struct Ok200;
 
     impl Handler for Ok200 {
-        async fn handle(self: Arc<Self>, req: Request<Incoming>, _: Arc<Peer>) -> Response<Body> {
+        async fn handle(self: Arc<Self>, req: Request<RequestBody>, _: Arc<Peer>) -> Response<Body> {
             Response::new(full(format!("{} {:?}", req.method(), req.version())))
         }
     }
@@ -372,7 +388,7 @@ mod tests {
 
     fn handler_future_size<H, F, Fut>(_: F) -> usize
     where
-        F: Fn(Arc<H>, Request<Incoming>, Arc<Peer>) -> Fut,
+        F: Fn(Arc<H>, Request<RequestBody>, Arc<Peer>) -> Fut,
     {
         std::mem::size_of::<Fut>()
     }
@@ -395,7 +411,10 @@ mod tests {
     #[test]
     fn the_service_future_is_the_handlers_without_copies() {
         let handler = handler_future_size(<Ok200 as Handler>::handle);
-        let service = service_future_size(&connection_service(Arc::new(Ok200), ([127, 0, 0, 1], 1).into()));
+        let service = service_future_size(&connection_service(
+            Arc::new(Ok200),
+            Arc::new(Peer::new(([127, 0, 0, 1], 1).into())),
+        ));
         // The mapping adds its state, not a second copy of the request or of the future.
         assert!(service <= handler + 16, "the service's future is {service} bytes, the handler's {handler}");
     }
@@ -449,7 +468,7 @@ mod tests {
     }
 
     impl Handler for Slow {
-        async fn handle(self: Arc<Self>, _: Request<Incoming>, _: Arc<Peer>) -> Response<Body> {
+        async fn handle(self: Arc<Self>, _: Request<RequestBody>, _: Arc<Peer>) -> Response<Body> {
             self.entered.notify_one();
             tokio::time::sleep(Duration::from_millis(100)).await;
             Response::new(full("done"))

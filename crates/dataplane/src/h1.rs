@@ -1,0 +1,1004 @@
+//! The server side of HTTP/1.1: one connection, its requests served one after another by a
+//! [`Handler`] in the connection's own task.
+//!
+//! Our own, like the upstream client ([`crate::pool`]) and sharing its wire format
+//! ([`crate::wire`]): a request head is parsed with httparse straight from the connection's read
+//! buffer (header values stay slices of it), the handler's future is polled here while the
+//! connection is watched for the client going away, and the response head and body are written
+//! by the same [`Writer`] that writes requests upstream. hyper's server, which this replaces for
+//! HTTP/1.1, runs a protocol state machine and buffers of its own around every request; h2c
+//! connections are still hyper's.
+//!
+//! The rules a proxy must keep to not be fooled about where one request ends (RFC 9112 §6):
+//! a request with both `Transfer-Encoding` and `Content-Length`, with `Content-Length` values that
+//! disagree or are not plain digits, with `Transfer-Encoding` in HTTP/1.0 or with `chunked` not
+//! its last coding, is refused with 400 and the connection closed; other transfer codings get 501.
+//! A connection whose request body was not read to its end is closed after the response (the
+//! bytes left cannot be told apart from a next request).
+
+use std::cell::RefCell;
+use std::future::{Future, poll_fn};
+use std::io;
+use std::mem::MaybeUninit;
+use std::pin::{Pin, pin};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker, ready};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, Version, header};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use hyper::body::Incoming;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::time::Instant;
+
+use crate::body::{Body, BoxError, error_response};
+use crate::server::{Handler, Peer};
+use crate::wire::{
+    BodyFraming, Chunk, Fill, MAX_HEADERS, READ_MAX, READ_MIN, WriteFraming, Writer, content_length, decode,
+    lists, poll_read_into, poll_write_all, write_field,
+};
+
+/// What a server answers to `Expect: 100-continue` once the handler reads the body.
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+/// After a response, a connection whose client may still be sending (a request body nobody read)
+/// reads and drops what comes for up to this long and this many bytes before it closes, so that
+/// closing does not reset the connection under a response the client has not read yet.
+const LINGER_TIME: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 4 << 20;
+
+/// A request's body: nothing, read from an HTTP/1.1 connection as the handler asks for it, or
+/// hyper's (h2c).
+pub struct RequestBody(Kind);
+
+enum Kind {
+    Empty,
+    H1 {
+        side: Arc<Mutex<ReadSide>>,
+        /// The request it belongs to (a body kept past its request must not read the next one).
+        request: u64,
+        ended: bool,
+    },
+    H2(Incoming),
+}
+
+impl RequestBody {
+    /// No body.
+    pub fn empty() -> Self {
+        Self(Kind::Empty)
+    }
+}
+
+impl From<Incoming> for RequestBody {
+    fn from(body: Incoming) -> Self {
+        Self(Kind::H2(body))
+    }
+}
+
+impl std::fmt::Debug for RequestBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self.0 {
+            Kind::Empty => "RequestBody::Empty",
+            Kind::H1 { .. } => "RequestBody::H1",
+            Kind::H2(_) => "RequestBody::H2",
+        })
+    }
+}
+
+/// Reading a request body failed.
+#[derive(Debug, thiserror::Error)]
+#[error("request body: {0}")]
+pub struct RequestBodyError(String);
+
+impl HttpBody for RequestBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let (side, request, ended) = match &mut self.get_mut().0 {
+            Kind::Empty => return Poll::Ready(None),
+            Kind::H2(body) => return Pin::new(body).poll_frame(cx).map_err(Into::into),
+            Kind::H1 { side, request, ended } => (side, *request, ended),
+        };
+        if *ended {
+            return Poll::Ready(None);
+        }
+        let mut side = lock(side);
+        if side.request != request {
+            *ended = true;
+            let e = RequestBodyError("read after its request was answered".into());
+            return Poll::Ready(Some(Err(e.into())));
+        }
+        if side.expect == Expect::Unasked {
+            side.expect = Expect::Wanted;
+            if let Some(waker) = side.conn.take() {
+                waker.wake();
+            }
+        }
+        let mut framing = side.framing;
+        let decoded = decode(&mut *side, &mut framing, cx);
+        side.framing = framing;
+        match ready!(decoded) {
+            Ok(Some(frame)) => Poll::Ready(Some(Ok(frame))),
+            Ok(None) => {
+                *ended = true;
+                Poll::Ready(None)
+            }
+            Err(e) => {
+                *ended = true;
+                side.broken = true;
+                Poll::Ready(Some(Err(RequestBodyError(e.to_string()).into())))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.0 {
+            Kind::Empty => true,
+            Kind::H2(body) => body.is_end_stream(),
+            Kind::H1 { side, request, ended } => {
+                *ended || {
+                    let side = lock(side);
+                    side.request != *request || side.framing.is_done()
+                }
+            }
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.0 {
+            Kind::Empty => SizeHint::with_exact(0),
+            Kind::H2(body) => body.size_hint(),
+            Kind::H1 { side, ended, .. } => match lock(side).framing {
+                _ if *ended => SizeHint::with_exact(0),
+                BodyFraming::Length(n) => SizeHint::with_exact(n),
+                _ => SizeHint::default(),
+            },
+        }
+    }
+}
+
+/// Where a request stands with `Expect: 100-continue`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Expect {
+    /// Not asked for (or already answered).
+    No,
+    /// The client waits for it; the handler has not read the body yet.
+    Unasked,
+    /// The handler reads the body: the connection sends `100 Continue`.
+    Wanted,
+}
+
+/// A connection's read side, shared by the connection and its current request's body.
+struct ReadSide {
+    io: OwnedReadHalf,
+    buf: BytesMut,
+    /// How the current request's body is framed, and how far it has been read.
+    framing: BodyFraming,
+    /// Counts the connection's requests.
+    request: u64,
+    expect: Expect,
+    /// The connection's task while a `100 Continue` may be wanted (the body may be read in
+    /// another task).
+    conn: Option<Waker>,
+    /// The body's framing broke: nothing after it can be trusted.
+    broken: bool,
+}
+
+impl Fill for ReadSide {
+    const EARLY: &'static str = "the client closed the connection before the body's end";
+
+    fn buffer(&mut self) -> &mut BytesMut {
+        &mut self.buf
+    }
+
+    fn poll_fill(&mut self, cx: &mut Context<'_>, want: usize) -> Poll<io::Result<usize>> {
+        poll_read_into(&mut self.io, &mut self.buf, cx, want)
+    }
+}
+
+impl ReadSide {
+    /// Whether the current request's body has been read to its end, so that what follows is the
+    /// next request.
+    fn body_over(&self) -> bool {
+        self.framing.is_done() && !self.broken
+    }
+}
+
+fn lock(side: &Mutex<ReadSide>) -> MutexGuard<'_, ReadSide> {
+    side.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A request head that cannot be served, and the answer it gets.
+#[derive(Debug, PartialEq)]
+struct Refused {
+    status: StatusCode,
+    why: String,
+}
+
+impl Refused {
+    fn new(status: StatusCode, why: impl Into<String>) -> Self {
+        Self { status, why: why.into() }
+    }
+}
+
+/// A parsed request head.
+struct Head {
+    parts: http::request::Parts,
+    framing: BodyFraming,
+    keep_alive: bool,
+    expect_continue: bool,
+}
+
+/// Where a header field lies in the buffer its head was parsed from.
+#[derive(Clone, Copy)]
+struct Span {
+    name: (usize, usize),
+    value: (usize, usize),
+}
+
+/// Parses the request head at the start of `buf`, taking it out of the buffer. `None` if it is
+/// not complete yet. `spans` is scratch room, kept across requests.
+fn parse_head(buf: &mut BytesMut, spans: &mut Vec<Span>, max_head: usize) -> Result<Option<Head>, Refused> {
+    let bad = |why: &str| Refused::new(StatusCode::BAD_REQUEST, why);
+    let (len, method, target, version) = {
+        let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut parsed = httparse::Request::new(&mut []);
+        let status = match httparse::ParserConfig::default().parse_request_with_uninit_headers(
+            &mut parsed,
+            buf,
+            &mut headers,
+        ) {
+            Ok(status) => status,
+            Err(httparse::Error::TooManyHeaders) => {
+                let why = format!("request head has more than {MAX_HEADERS} header fields");
+                return Err(Refused::new(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, why));
+            }
+            Err(httparse::Error::Version) => {
+                return Err(Refused::new(
+                    StatusCode::HTTP_VERSION_NOT_SUPPORTED,
+                    "only HTTP/1.0 and 1.1 are served",
+                ));
+            }
+            Err(e) => return Err(bad(&format!("invalid request head: {e}"))),
+        };
+        let seen = match status {
+            httparse::Status::Complete(len) => len,
+            httparse::Status::Partial => buf.len(),
+        };
+        if seen > max_head {
+            let why = format!("request head larger than {max_head} bytes");
+            return Err(Refused::new(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, why));
+        }
+        let httparse::Status::Complete(len) = status else { return Ok(None) };
+        let (Some(method), Some(path)) = (parsed.method, parsed.path) else {
+            return Err(bad("invalid request line"));
+        };
+        let method = Method::from_bytes(method.as_bytes()).map_err(|_| bad("invalid method"))?;
+        let base = buf.as_ptr() as usize;
+        let offset = |s: &[u8]| (s.as_ptr() as usize - base, s.as_ptr() as usize - base + s.len());
+        spans.clear();
+        spans.extend(
+            parsed.headers.iter().map(|h| Span { name: offset(h.name.as_bytes()), value: offset(h.value) }),
+        );
+        let version = if parsed.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
+        (len, method, offset(path.as_bytes()), version)
+    };
+    // Header values and the target keep pointing into the frozen head: no copy.
+    let head = buf.split_to(len).freeze();
+    let uri =
+        Uri::from_maybe_shared(head.slice(target.0..target.1)).map_err(|_| bad("invalid request target"))?;
+    let mut headers = HeaderMap::with_capacity(spans.len());
+    let (mut length, mut transfer_encoding) = (None, false);
+    let mut keep_alive = version == Version::HTTP_11;
+    let mut expect_continue = false;
+    for span in spans.iter() {
+        let name = HeaderName::from_bytes(&head[span.name.0..span.name.1])
+            .map_err(|_| bad("invalid header name"))?;
+        let value = HeaderValue::from_maybe_shared(head.slice(span.value.0..span.value.1))
+            .map_err(|_| bad("invalid header value"))?;
+        if name == header::CONTENT_LENGTH {
+            let n = content_length(value.as_bytes()).ok_or_else(|| bad("invalid Content-Length"))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(bad("Content-Length headers that disagree"));
+            }
+            length = Some(n);
+        } else if name == header::TRANSFER_ENCODING {
+            // Only `chunked`, once, and last: anything else would change the body's bytes (which
+            // the proxy does not undo) or leave its end unknown.
+            if transfer_encoding {
+                return Err(bad("more than one Transfer-Encoding header"));
+            }
+            transfer_encoding = true;
+            let codings: Vec<&[u8]> =
+                value.as_bytes().split(|&b| b == b',').map(<[u8]>::trim_ascii).collect();
+            match codings[..] {
+                [coding] if coding.eq_ignore_ascii_case(b"chunked") => {}
+                _ if codings.last().is_some_and(|c| c.eq_ignore_ascii_case(b"chunked")) => {
+                    return Err(Refused::new(
+                        StatusCode::NOT_IMPLEMENTED,
+                        "only the chunked transfer coding is served",
+                    ));
+                }
+                _ => return Err(bad("Transfer-Encoding whose last coding is not chunked")),
+            }
+        } else if name == header::CONNECTION {
+            if lists(&value, "close") {
+                keep_alive = false;
+            } else if version == Version::HTTP_10 && lists(&value, "keep-alive") {
+                keep_alive = true;
+            }
+        } else if name == header::EXPECT {
+            expect_continue = value.as_bytes().eq_ignore_ascii_case(b"100-continue");
+        }
+        headers.append(name, value);
+    }
+    let framing = if transfer_encoding {
+        if version == Version::HTTP_10 {
+            return Err(bad("Transfer-Encoding in an HTTP/1.0 request"));
+        }
+        if length.is_some() {
+            return Err(bad("both Transfer-Encoding and Content-Length"));
+        }
+        BodyFraming::Chunked(Chunk::Size)
+    } else {
+        BodyFraming::Length(length.unwrap_or(0))
+    };
+    let mut request = Request::new(());
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.version_mut() = version;
+    *request.headers_mut() = headers;
+    let (parts, ()) = request.into_parts();
+    let expect_continue = expect_continue && version == Version::HTTP_11 && !framing.is_done();
+    Ok(Some(Head { parts, framing, keep_alive, expect_continue }))
+}
+
+/// Appends the `Date` header for now (formatted once a second per thread).
+fn write_date(out: &mut Vec<u8>) {
+    thread_local! {
+        static DATE: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    }
+    let now = SystemTime::now();
+    let second = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    DATE.with_borrow_mut(|(at, text)| {
+        if *at != second {
+            *at = second;
+            *text = httpdate::fmt_http_date(now);
+        }
+        out.extend_from_slice(b"date: ");
+        out.extend_from_slice(text.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    });
+}
+
+/// Appends a response head: the status line, the response's headers (framing and connection
+/// headers replaced by what `framing` and `connection` say, except in a response without a body,
+/// whose `Content-Length` describes what a GET would have got), a `Date` unless it has one.
+fn write_response_head(
+    parts: &http::response::Parts,
+    framing: WriteFraming,
+    bodiless: bool,
+    connection: Option<&str>,
+    out: &mut Vec<u8>,
+) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(parts.status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(parts.status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in &parts.headers {
+        if name == header::CONNECTION
+            || (!bodiless && (name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING))
+        {
+            continue;
+        }
+        write_field(name, value, out);
+    }
+    if !parts.headers.contains_key(header::DATE) {
+        write_date(out);
+    }
+    match framing {
+        _ if bodiless => {}
+        WriteFraming::Empty => out.extend_from_slice(b"content-length: 0\r\n"),
+        WriteFraming::Length(n) => {
+            use std::io::Write as _;
+            let _ = write!(out, "content-length: {n}\r\n");
+        }
+        WriteFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        WriteFraming::Close => {}
+    }
+    if let Some(connection) = connection {
+        out.extend_from_slice(b"connection: ");
+        out.extend_from_slice(connection.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// How a response goes out: its body's framing, whether it has a body at all, and whether the
+/// connection stays open after it.
+fn response_framing(
+    parts: &http::response::Parts,
+    body: &Body,
+    head_request: bool,
+    version: Version,
+    keep_alive: &mut bool,
+) -> (WriteFraming, bool) {
+    let status = parts.status;
+    if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+        return (WriteFraming::Empty, true);
+    }
+    // A length the response declares is kept to (a body that disagrees fails and closes the
+    // connection, as in hyper).
+    let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| content_length(v.as_bytes()));
+    let framing = match declared.map_or_else(|| WriteFraming::of(body), WriteFraming::Length) {
+        WriteFraming::Chunked if version == Version::HTTP_10 => {
+            *keep_alive = false;
+            WriteFraming::Close
+        }
+        framing => framing,
+    };
+    (framing, false)
+}
+
+/// Puts `response` into `writer` (head serialized, body to stream), framed for the request
+/// (`head_request`, `version`) and for whether the connection is to stay open (`keep_alive`).
+/// Returns whether it stays open after this response.
+fn start_response(
+    writer: &mut Writer,
+    response: http::Response<Body>,
+    head_request: bool,
+    version: Version,
+    mut keep_alive: bool,
+) -> bool {
+    let (parts, body) = response.into_parts();
+    let (framing, bodiless) = response_framing(&parts, &body, head_request, version, &mut keep_alive);
+    let connection = match (keep_alive, version) {
+        (false, _) => Some("close"),
+        (true, Version::HTTP_10) => Some("keep-alive"),
+        (true, _) => None,
+    };
+    writer.start(framing, Some(body), |out| write_response_head(&parts, framing, bodiless, connection, out));
+    keep_alive
+}
+
+/// Serves the HTTP/1.1 connection `stream` from `peer` with `handler` until it closes. Heads
+/// larger than `max_head` bytes get 431; `closing` says the server is draining (requests in
+/// progress are finished, then the connection closes). The connection's task must be woken when
+/// `closing` turns true.
+pub(crate) async fn serve_connection<H: Handler>(
+    stream: TcpStream,
+    handler: Arc<H>,
+    peer: Arc<Peer>,
+    max_head: usize,
+    header_read_timeout: Duration,
+    closing: impl Fn() -> bool,
+) {
+    let (read, mut write) = stream.into_split();
+    let shared = Arc::new(Mutex::new(ReadSide {
+        io: read,
+        buf: BytesMut::new(),
+        framing: BodyFraming::Length(0),
+        request: 0,
+        expect: Expect::No,
+        conn: None,
+        broken: false,
+    }));
+    let mut writer = Writer::idle();
+    let mut spans = Vec::new();
+    // One timer for the connection, not one per request: when it fires before the current
+    // head's deadline it is set to that deadline (a deadline is never later than the one it
+    // replaces: each starts when its wait does, 30 s before it).
+    let mut head_timer = pin!(tokio::time::sleep(header_read_timeout));
+    loop {
+        // In a block: what is gone once the request is built takes no room in the connection's
+        // future while the handler runs (moved-from locals keep theirs until their scope ends).
+        let Some((request, keep_alive, version, head_request)) = ('head: {
+            let deadline = Instant::now() + header_read_timeout;
+            let head = poll_fn(|cx| -> Poll<Result<Option<Head>, Refused>> {
+                let mut side = lock(&shared);
+                loop {
+                    if side.buf.is_empty() {
+                        if closing() {
+                            return Poll::Ready(Ok(None));
+                        }
+                    } else if let Some(head) = parse_head(&mut side.buf, &mut spans, max_head)? {
+                        if side.buf.is_empty() {
+                            // Let go of the buffer the head was read into (the head still holds
+                            // it): a request that waits in the activator queue copies its head out,
+                            // and then nothing keeps the buffer (8 KiB) while it waits. The next
+                            // read allocates again, usually the block just freed.
+                            side.buf = BytesMut::new();
+                        }
+                        return Poll::Ready(Ok(Some(head)));
+                    }
+                    match side.poll_fill(cx, READ_MIN) {
+                        // Closed between requests (or in the middle of a head: nothing to answer).
+                        Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(Ok(None)),
+                        Poll::Ready(Ok(_)) => {}
+                        Poll::Pending => break,
+                    }
+                }
+                while head_timer.as_mut().poll(cx).is_ready() {
+                    if head_timer.deadline() >= deadline {
+                        return Poll::Ready(Ok(None));
+                    }
+                    head_timer.as_mut().reset(deadline);
+                }
+                Poll::Pending
+            })
+            .await;
+            let head = match head {
+                Ok(Some(head)) => head,
+                Ok(None) => return,
+                Err(refused) => {
+                    let response = error_response(refused.status, refused.why);
+                    start_response(&mut writer, response, false, Version::HTTP_11, false);
+                    break 'head None;
+                }
+            };
+            let Head { parts, framing, keep_alive, expect_continue } = head;
+            let (version, head_request) = (parts.version, parts.method == Method::HEAD);
+            let body = {
+                let mut side = lock(&shared);
+                side.request += 1;
+                side.framing = framing;
+                side.expect = if expect_continue { Expect::Unasked } else { Expect::No };
+                if framing.is_done() {
+                    RequestBody::empty()
+                } else {
+                    RequestBody(Kind::H1 { side: shared.clone(), request: side.request, ended: false })
+                }
+            };
+            Some((Request::from_parts(parts, body), keep_alive, version, head_request))
+        }) else {
+            // Refused: the answer is in the writer.
+            if poll_fn(|cx| writer.poll_write(&mut write, cx)).await.is_ok() {
+                linger(write, &shared).await;
+            }
+            return;
+        };
+
+        // The handler, with the connection watched meanwhile: a `100 Continue` sent when the body
+        // is first read, and the client going away (once its request body is in) ends the
+        // request, dropping the handler's future (which cancels what it waits for upstream).
+        let keep_alive = {
+            let mut handling = pin!(handler.clone().handle(request, peer.clone()));
+            let mut continue_written = 0;
+            let response = poll_fn(|cx| {
+                if let Poll::Ready(response) = handling.as_mut().poll(cx) {
+                    return Poll::Ready(Some(response));
+                }
+                let mut side = lock(&shared);
+                match side.expect {
+                    Expect::No => {}
+                    Expect::Unasked => side.conn = Some(cx.waker().clone()),
+                    Expect::Wanted => match poll_write_all(&mut write, CONTINUE, &mut continue_written, cx) {
+                        Poll::Ready(Ok(())) => side.expect = Expect::No,
+                        Poll::Ready(Err(_)) => return Poll::Ready(None),
+                        Poll::Pending => {}
+                    },
+                }
+                // Bytes after the body are kept for the next request, up to a head's worth.
+                while side.body_over() && side.buf.len() < max_head {
+                    match side.poll_fill(cx, READ_MIN) {
+                        Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(None),
+                        Poll::Ready(Ok(_)) => {}
+                        Poll::Pending => break,
+                    }
+                }
+                Poll::Pending
+            });
+            let Some(response) = response.await else {
+                tracing::debug!(peer = %peer.addr(), "the client closed the connection before its answer");
+                return;
+            };
+            start_response(&mut writer, response, head_request, version, keep_alive && !closing())
+        };
+        if let Err(e) = poll_fn(|cx| writer.poll_write(&mut write, cx)).await {
+            tracing::debug!(peer = %peer.addr(), error = %e, "the response was cut short");
+            return;
+        }
+        let (body_over, unread) = {
+            let side = lock(&shared);
+            (side.body_over(), !side.buf.is_empty())
+        };
+        if !body_over || (!keep_alive && unread) {
+            linger(write, &shared).await;
+            return;
+        }
+        if !keep_alive {
+            return;
+        }
+    }
+}
+
+/// Closes the write side and drops what the client still sends for a while, then returns (and the
+/// connection closes).
+async fn linger(mut write: OwnedWriteHalf, side: &Mutex<ReadSide>) {
+    if write.shutdown().await.is_err() {
+        return;
+    }
+    let mut dropped = 0;
+    let drain = poll_fn(|cx| {
+        let mut side = lock(side);
+        loop {
+            side.buf.clear();
+            match ready!(side.poll_fill(cx, READ_MAX)) {
+                Ok(0) | Err(_) => return Poll::Ready(()),
+                Ok(n) if dropped + n > LINGER_BYTES => return Poll::Ready(()),
+                Ok(n) => dropped += n,
+            }
+        }
+    });
+    let _ = tokio::time::timeout(LINGER_TIME, drain).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use http::Response;
+    use http_body_util::{BodyExt, StreamBody};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+    use tokio::time::timeout;
+
+    use super::*;
+    use crate::body::{boxed, full};
+    use crate::server::{ServerHandle, serve};
+
+    fn parse(head: &str) -> Result<Option<Head>, Refused> {
+        parse_head(&mut BytesMut::from(head), &mut Vec::new(), 8192)
+    }
+
+    fn refused(head: &str) -> (u16, String) {
+        match parse(head) {
+            Err(r) => (r.status.as_u16(), r.why),
+            Ok(h) => panic!("{head:?} was accepted: {:?}", h.map(|h| h.framing)),
+        }
+    }
+
+    #[test]
+    fn heads_frame_their_bodies_and_say_whether_the_connection_stays() {
+        for (head, framing, keep_alive, expect) in [
+            ("GET / HTTP/1.1\r\nhost: a\r\n\r\n", BodyFraming::Length(0), true, false),
+            ("GET / HTTP/1.0\r\n\r\n", BodyFraming::Length(0), false, false),
+            ("GET / HTTP/1.0\r\nconnection: Keep-Alive\r\n\r\n", BodyFraming::Length(0), true, false),
+            ("GET / HTTP/1.1\r\nconnection: foo, close\r\n\r\n", BodyFraming::Length(0), false, false),
+            (
+                "POST / HTTP/1.1\r\ncontent-length: 5\r\ncontent-length: 5\r\n\r\n",
+                BodyFraming::Length(5),
+                true,
+                false,
+            ),
+            (
+                "POST / HTTP/1.1\r\ntransfer-encoding: Chunked\r\n\r\n",
+                BodyFraming::Chunked(Chunk::Size),
+                true,
+                false,
+            ),
+            (
+                "PUT / HTTP/1.1\r\ncontent-length: 3\r\nexpect: 100-continue\r\n\r\n",
+                BodyFraming::Length(3),
+                true,
+                true,
+            ),
+            // Nothing to wait for without a body.
+            (
+                "PUT / HTTP/1.1\r\ncontent-length: 0\r\nexpect: 100-continue\r\n\r\n",
+                BodyFraming::Length(0),
+                true,
+                false,
+            ),
+        ] {
+            let h = parse(head).unwrap().unwrap();
+            assert_eq!(
+                (h.framing, h.keep_alive, h.expect_continue),
+                (framing, keep_alive, expect),
+                "{head:?}"
+            );
+        }
+        let h = parse("OPTIONS * HTTP/1.1\r\nX-A: 1\r\nx-a: 2\r\n\r\n").unwrap().unwrap();
+        assert_eq!((h.parts.method, h.parts.uri.to_string()), (Method::OPTIONS, "*".to_owned()));
+        assert_eq!(h.parts.headers.get_all("x-a").iter().count(), 2);
+        assert!(parse("GET / HTTP/1.1\r\nhost: a\r\n").unwrap().is_none(), "incomplete");
+    }
+
+    #[test]
+    fn heads_that_could_smuggle_a_request_or_are_too_large_are_refused() {
+        let many: String = (0..=MAX_HEADERS).map(|i| format!("x-{i}: 1\r\n")).collect();
+        let long = format!("GET / HTTP/1.1\r\nx: {}\r\n\r\n", "a".repeat(9000));
+        for (head, status, why) in [
+            (
+                "POST / HTTP/1.1\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n",
+                400,
+                "both Transfer-Encoding and Content-Length",
+            ),
+            (
+                "POST / HTTP/1.1\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\n",
+                400,
+                "Content-Length headers that disagree",
+            ),
+            ("POST / HTTP/1.1\r\ncontent-length: +5\r\n\r\n", 400, "invalid Content-Length"),
+            ("POST / HTTP/1.1\r\ncontent-length: 5, 5\r\n\r\n", 400, "invalid Content-Length"),
+            (
+                "POST / HTTP/1.1\r\ntransfer-encoding: chunked, gzip\r\n\r\n",
+                400,
+                "Transfer-Encoding whose last coding is not chunked",
+            ),
+            (
+                "POST / HTTP/1.1\r\ntransfer-encoding: gzip, chunked\r\n\r\n",
+                501,
+                "only the chunked transfer coding is served",
+            ),
+            (
+                "POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\ntransfer-encoding: chunked\r\n\r\n",
+                400,
+                "more than one Transfer-Encoding header",
+            ),
+            (
+                "POST / HTTP/1.0\r\ntransfer-encoding: chunked\r\n\r\n",
+                400,
+                "Transfer-Encoding in an HTTP/1.0 request",
+            ),
+            ("GET / HTTP/2.0\r\n\r\n", 505, "only HTTP/1.0 and 1.1 are served"),
+            ("GET / HTTP/1.1\r\nbad header\r\n\r\n", 400, "invalid request head: invalid header name"),
+            (&long, 431, "request head larger than 8192 bytes"),
+        ] {
+            assert_eq!(refused(head), (status, why.to_owned()), "{head:?}");
+        }
+        let (status, _) = refused(&format!("GET / HTTP/1.1\r\n{many}\r\n"));
+        assert_eq!(status, 431);
+        // Too large is told before the head is complete.
+        assert_eq!(refused(&long[..8300]).0, 431);
+    }
+
+    /// Answers with what it got: method, target, body (read to its end) and trailer names.
+    struct Echo;
+
+    impl Handler for Echo {
+        async fn handle(self: Arc<Self>, req: Request<RequestBody>, _: Arc<Peer>) -> Response<Body> {
+            let (parts, body) = req.into_parts();
+            let text = match body.collect().await {
+                Ok(c) => {
+                    let trailers: Vec<String> =
+                        c.trailers().into_iter().flatten().map(|(n, v)| format!("{n}={v:?}")).collect();
+                    let body = String::from_utf8_lossy(&c.to_bytes()).into_owned();
+                    format!("{} {} body={body} trailers={}", parts.method, parts.uri, trailers.join(","))
+                }
+                Err(e) => format!("error {e}"),
+            };
+            Response::new(full(text))
+        }
+    }
+
+    /// Answers at once without reading the body; streams its answer (no length known) for
+    /// `/stream`, and sets `dropped` when a request to `/hang` (which never ends) is dropped.
+    struct Quick {
+        dropped: Arc<AtomicBool>,
+    }
+
+    struct SetOnDrop(Arc<AtomicBool>);
+
+    impl Drop for SetOnDrop {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    impl Handler for Quick {
+        async fn handle(self: Arc<Self>, req: Request<RequestBody>, _: Arc<Peer>) -> Response<Body> {
+            match req.uri().path() {
+                "/hang" => {
+                    let _guard = SetOnDrop(self.dropped.clone());
+                    std::future::pending::<()>().await;
+                    unreachable!()
+                }
+                "/stream" => {
+                    let frames = ["ab", "cd"].map(|s| Ok::<_, BoxError>(Frame::data(Bytes::from(s))));
+                    Response::new(boxed(StreamBody::new(futures_util::stream::iter(frames))))
+                }
+                "/head" => {
+                    let mut r = Response::new(full("hello"));
+                    r.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
+                    r
+                }
+                path => Response::new(full(format!("quick {path}"))),
+            }
+        }
+    }
+
+    async fn start<H: Handler>(handler: H) -> ServerHandle {
+        serve(TcpListener::bind("127.0.0.1:0").await.unwrap(), Arc::new(handler), 8192).unwrap()
+    }
+
+    /// Sends `bytes` and returns everything the server sends until it closes (or, with
+    /// `until`, until that text has come).
+    async fn talk(addr: SocketAddr, bytes: &[u8], until: Option<&str>) -> String {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream.write_all(bytes).await.unwrap();
+        read_from(&mut stream, until).await
+    }
+
+    async fn read_from(stream: &mut TcpStream, until: Option<&str>) -> String {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        timeout(Duration::from_secs(10), async {
+            loop {
+                if until.is_some_and(|u| String::from_utf8_lossy(&got).contains(u)) {
+                    break;
+                }
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+        })
+        .await
+        .expect("the server answered and closed in time");
+        String::from_utf8_lossy(&got).into_owned()
+    }
+
+    #[tokio::test]
+    async fn pipelined_requests_are_answered_in_order_with_chunked_bodies_and_trailers() {
+        let server = start(Echo).await;
+        let requests = "GET /one HTTP/1.1\r\nhost: a\r\n\r\n\
+                        POST /two HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n\r\n\
+                        3;x=y\r\nabc\r\n2\r\nde\r\n0\r\nx-sum: 5\r\n\r\n\
+                        PUT /three HTTP/1.1\r\nhost: a\r\ncontent-length: 2\r\nconnection: close\r\n\r\nfg";
+        let got = talk(server.addr(), requests.as_bytes(), None).await;
+        let bodies: Vec<&str> =
+            got.split("HTTP/1.1 200 OK\r\n").skip(1).map(|r| r.split("\r\n\r\n").nth(1).unwrap()).collect();
+        assert_eq!(
+            bodies,
+            [
+                "GET /one body= trailers=",
+                "POST /two body=abcde trailers=x-sum=\"5\"",
+                "PUT /three body=fg trailers="
+            ],
+            "{got}"
+        );
+        assert!(got.contains("date: "), "{got}");
+        assert!(got.contains("connection: close\r\n"), "the last answer says the connection closes: {got}");
+        server.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_body_is_asked_for_with_100_continue_when_the_handler_reads_it() {
+        let server = start(Echo).await;
+        let mut stream = TcpStream::connect(server.addr()).await.unwrap();
+        stream
+            .write_all(b"POST /up HTTP/1.1\r\nhost: a\r\ncontent-length: 5\r\nexpect: 100-continue\r\n\r\n")
+            .await
+            .unwrap();
+        let interim = read_from(&mut stream, Some("\r\n\r\n")).await;
+        assert_eq!(interim, "HTTP/1.1 100 Continue\r\n\r\n");
+        stream.write_all(b"hello").await.unwrap();
+        let answer = read_from(&mut stream, Some("trailers=")).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 200 OK") && answer.ends_with("POST /up body=hello trailers="),
+            "{answer}"
+        );
+        server.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn an_unread_body_is_never_taken_for_the_next_request() {
+        let server = start(Quick { dropped: Arc::default() }).await;
+        // The body looks like a request; the handler answers without reading it.
+        let smuggled = "GET /evil HTTP/1.1\r\nhost: a\r\n\r\n";
+        let request = format!(
+            "POST /first HTTP/1.1\r\nhost: a\r\ncontent-length: {}\r\n\r\n{smuggled}",
+            smuggled.len()
+        );
+        let got = talk(server.addr(), request.as_bytes(), None).await;
+        assert!(got.contains("quick /first"), "{got}");
+        assert!(!got.contains("/evil"), "the body was served as a request: {got}");
+        server.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_request_that_could_be_smuggled_gets_400_and_the_connection_closes() {
+        let server = start(Echo).await;
+        let request = "POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 4\r\ntransfer-encoding: chunked\r\n\r\n\
+                       0\r\n\r\nGET /evil HTTP/1.1\r\nhost: a\r\n\r\n";
+        let got = talk(server.addr(), request.as_bytes(), None).await;
+        assert!(got.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{got}");
+        assert!(
+            got.ends_with("both Transfer-Encoding and Content-Length\n") && got.contains("connection: close"),
+            "{got}"
+        );
+        assert_eq!(got.matches("HTTP/1.1").count(), 1, "{got}");
+        server.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn responses_are_framed_for_the_request_and_the_client() {
+        let server = start(Quick { dropped: Arc::default() }).await;
+        let addr = server.addr();
+        // Length unknown: chunked to HTTP/1.1, up to the close for HTTP/1.0.
+        let got = talk(addr, b"GET /stream HTTP/1.1\r\nhost: a\r\n\r\n", Some("0\r\n\r\n")).await;
+        assert!(
+            got.contains("transfer-encoding: chunked\r\n")
+                && got.ends_with("\r\n\r\n2\r\nab\r\n2\r\ncd\r\n0\r\n\r\n"),
+            "{got}"
+        );
+        let got = talk(addr, b"GET /stream HTTP/1.0\r\nconnection: keep-alive\r\n\r\n", None).await;
+        assert!(got.contains("connection: close\r\n") && got.ends_with("\r\n\r\nabcd"), "{got}");
+        assert!(!got.contains("transfer-encoding") && !got.contains("content-length"), "{got}");
+        // HEAD: the length a GET would get, no body; then the connection serves on.
+        let got = talk(
+            addr,
+            b"HEAD /head HTTP/1.1\r\nhost: a\r\n\r\nGET /next HTTP/1.1\r\nhost: a\r\n\r\n",
+            Some("quick /next"),
+        )
+        .await;
+        let (head, rest) = got.split_once("\r\n\r\n").unwrap();
+        assert!(head.contains("content-length: 5"), "{got}");
+        assert!(rest.starts_with("HTTP/1.1 200 OK\r\n"), "no body after the HEAD answer: {got}");
+        // HTTP/1.0 with keep-alive is kept alive and told so.
+        let got = talk(addr, b"GET /a HTTP/1.0\r\nconnection: keep-alive\r\n\r\n", Some("quick /a")).await;
+        assert!(got.contains("connection: keep-alive\r\n") && got.contains("content-length: 8\r\n"), "{got}");
+        server.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_client_that_goes_away_cancels_its_request() {
+        let dropped = Arc::new(AtomicBool::new(false));
+        let server = start(Quick { dropped: dropped.clone() }).await;
+        let mut stream = TcpStream::connect(server.addr()).await.unwrap();
+        stream.write_all(b"GET /hang HTTP/1.1\r\nhost: a\r\n\r\n").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!dropped.load(Ordering::SeqCst));
+        drop(stream);
+        timeout(Duration::from_secs(10), async {
+            while !dropped.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("the handler's future was dropped");
+        server.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_body_cut_short_is_an_error_for_the_handler() {
+        let server = start(Echo).await;
+        let mut stream = TcpStream::connect(server.addr()).await.unwrap();
+        stream.write_all(b"POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 10\r\n\r\nabc").await.unwrap();
+        stream.shutdown().await.unwrap();
+        let got = read_from(&mut stream, None).await;
+        assert!(
+            got.ends_with("error request body: the client closed the connection before the body's end"),
+            "{got}"
+        );
+        server.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn the_connection_holds_its_handlers_future_and_little_else() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let stream = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let handler = Arc::new(Echo);
+        let peer = Arc::new(Peer::new(stream.local_addr().unwrap()));
+        let handling = handler.clone().handle(Request::new(RequestBody::empty()), peer.clone());
+        let handler_size = std::mem::size_of_val(&handling);
+        let conn = serve_connection(stream, handler, peer, 8192, Duration::from_secs(30), || false);
+        let size = std::mem::size_of_val(&conn);
+        // What a waiting request's connection holds besides its handler's future: the writer,
+        // the timer, the head's scratch room. A moved-from request head kept in scope would add
+        // hundreds of bytes to every connection.
+        assert!(
+            size <= handler_size + 512,
+            "the connection's future is {size} bytes, its handler's {handler_size}"
+        );
+    }
+}

@@ -87,11 +87,12 @@ pub struct GatewayConfig {
 
 /// How a gateway gives memory back to the operating system while many HTTP/1.1 requests wait.
 ///
-/// hyper reads a request head into an 8 KiB buffer; a waiting request's head is copied out of it
-/// ([`detach_head`]) and the buffer freed. The allocator caches freed blocks and hands this one to
-/// the next 8 KiB allocation, which is the next connection's output buffer: it never writes to
-/// its pages, but they stay resident, one page per waiting connection (39 MiB for 10 000).
-/// Releasing freed memory when the request parks ends that. It costs a few system calls, so only
+/// A request head is read into an 8 KiB buffer; a waiting request's head is copied out of it
+/// ([`detach_head`]) and its connection lets go of the buffer
+/// ([`RequestBody::release_read_buffer`]), which is then freed. The allocator keeps freed
+/// blocks, their touched pages resident, for later allocations (with hyper's server, whose next
+/// 8 KiB allocation was a buffer it never wrote to, that was one page per waiting connection:
+/// 39 MiB for 10 000). Releasing freed memory when the request parks ends that. It costs a few system calls, so only
 /// requests that park in a queue already `from_depth` deep pay it, and the fast path never does.
 #[derive(Debug, Clone, Copy)]
 pub struct MemoryRelease {
@@ -996,6 +997,7 @@ impl Handler for Ingress {
                     Err((mut rx, ahead)) => {
                         entered.buffered = true;
                         req = detach_head(req);
+                        req.body().release_read_buffer();
                         release_memory(&shared.config, &req, ahead);
                         rev.activator.request_in(std::time::Instant::now(), false);
                         rev.buffered_counter.inc();

@@ -29,7 +29,7 @@ use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, Version, header};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::time::Instant;
@@ -68,6 +68,21 @@ impl RequestBody {
     /// No body.
     pub fn empty() -> Self {
         Self(Kind::Empty)
+    }
+}
+
+impl RequestBody {
+    /// For a request about to wait long (in the activator queue): lets its HTTP/1.1 connection
+    /// give up its read buffer meanwhile, unless it holds bytes. A head parsed from the buffer
+    /// keeps sharing it, so copy the head out too ([`crate::proxy::detach_head`]) for the memory
+    /// to be freed. The connection allocates a new buffer for its next read.
+    pub fn release_read_buffer(&self) {
+        if let Kind::H1 { side, request, .. } = &self.0 {
+            let mut side = lock(side);
+            if side.request == *request && side.buf.is_empty() {
+                side.buf = BytesMut::new();
+            }
+        }
     }
 }
 
@@ -509,13 +524,6 @@ pub(crate) async fn serve_connection<H: Handler>(
                             return Poll::Ready(Ok(None));
                         }
                     } else if let Some(head) = parse_head(&mut side.buf, &mut spans, max_head)? {
-                        if side.buf.is_empty() {
-                            // Let go of the buffer the head was read into (the head still holds
-                            // it): a request that waits in the activator queue copies its head out,
-                            // and then nothing keeps the buffer (8 KiB) while it waits. The next
-                            // read allocates again, usually the block just freed.
-                            side.buf = BytesMut::new();
-                        }
                         return Poll::Ready(Ok(Some(head)));
                     }
                     match side.poll_fill(cx, READ_MIN) {
@@ -550,11 +558,8 @@ pub(crate) async fn serve_connection<H: Handler>(
                 side.request += 1;
                 side.framing = framing;
                 side.expect = if expect_continue { Expect::Unasked } else { Expect::No };
-                if framing.is_done() {
-                    RequestBody::empty()
-                } else {
-                    RequestBody(Kind::H1 { side: shared.clone(), request: side.request, ended: false })
-                }
+                let ended = framing.is_done();
+                RequestBody(Kind::H1 { side: shared.clone(), request: side.request, ended })
             };
             Some((Request::from_parts(parts, body), keep_alive, version, head_request))
         }) else {
@@ -570,7 +575,7 @@ pub(crate) async fn serve_connection<H: Handler>(
         // request, dropping the handler's future (which cancels what it waits for upstream).
         let keep_alive = {
             let mut handling = pin!(handler.clone().handle(request, peer.clone()));
-            let mut continue_written = 0;
+            let (mut continue_written, mut more_sent) = (0, false);
             let response = poll_fn(|cx| {
                 if let Poll::Ready(response) = handling.as_mut().poll(cx) {
                     return Poll::Ready(Some(response));
@@ -585,12 +590,16 @@ pub(crate) async fn serve_connection<H: Handler>(
                         Poll::Pending => {}
                     },
                 }
-                // Bytes after the body are kept for the next request, up to a head's worth.
-                while side.body_over() && side.buf.len() < max_head {
-                    match side.poll_fill(cx, READ_MIN) {
+                // Once the body is in, a peek tells whether the client went away (a peek, not a
+                // read: the read buffer stays untouched, so a parked request's connection can let
+                // go of it). Bytes the client sends meanwhile are the next request's, read after
+                // this one is answered.
+                if side.body_over() && !more_sent {
+                    let mut byte = [0u8; 1];
+                    match side.io.poll_peek(cx, &mut ReadBuf::new(&mut byte)) {
                         Poll::Ready(Ok(0) | Err(_)) => return Poll::Ready(None),
-                        Poll::Ready(Ok(_)) => {}
-                        Poll::Pending => break,
+                        Poll::Ready(Ok(_)) => more_sent = true,
+                        Poll::Pending => {}
                     }
                 }
                 Poll::Pending
@@ -1000,5 +1009,36 @@ mod tests {
             size <= handler_size + 512,
             "the connection's future is {size} bytes, its handler's {handler_size}"
         );
+    }
+
+    /// Lets go of its connection's read buffer, as a request that parks does, and answers with
+    /// the buffer's capacity before and after.
+    struct Parks;
+
+    impl Handler for Parks {
+        async fn handle(self: Arc<Self>, req: Request<RequestBody>, _: Arc<Peer>) -> Response<Body> {
+            let capacity = |req: &Request<RequestBody>| match &req.body().0 {
+                Kind::H1 { side, .. } => lock(side).buf.capacity(),
+                _ => usize::MAX,
+            };
+            let before = capacity(&req);
+            req.body().release_read_buffer();
+            Response::new(full(format!("{before}->{}", capacity(&req))))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_parked_request_lets_its_connection_give_up_the_read_buffer() {
+        let server = start(Parks).await;
+        let mut stream = TcpStream::connect(server.addr()).await.unwrap();
+        for _ in 0..2 {
+            stream.write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n").await.unwrap();
+            let got = read_from(&mut stream, Some("->0")).await;
+            let before: usize =
+                got.rsplit("\r\n\r\n").next().unwrap().split("->").next().unwrap().parse().unwrap();
+            // The next request on the connection is read into a new buffer.
+            assert!(before >= READ_MIN / 2, "{got}");
+        }
+        server.shutdown().await;
     }
 }

@@ -76,12 +76,12 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Gives a waiting request's head storage of its own. hyper parses a head into slices of the
-/// connection's read buffer and, to notice a client that goes away, keeps reading while the
-/// request is handled, into a fresh 8 KiB buffer when the old one is still shared. A request
-/// waiting in the activator queue would so hold two buffers per connection. Copying the URI and
-/// the header values (all values in one allocation) lets the first go. Only for requests that
-/// wait; the fast path never pays for it.
+/// Gives a waiting request's head storage of its own. A head is parsed into slices of the
+/// connection's read buffer (8 KiB), which would so stay allocated as long as the request waits
+/// in the activator queue. Copying the URI and the header values (all values in one allocation)
+/// lets it go, once the connection lets go of it too
+/// ([`crate::h1::RequestBody::release_read_buffer`]). Only for requests that wait; the fast path
+/// never pays for it.
 pub fn detach_head<B>(req: Request<B>) -> Request<B> {
     let (mut parts, body) = req.into_parts();
     if let Ok(uri) = Uri::from_maybe_shared(Bytes::from(parts.uri.to_string())) {

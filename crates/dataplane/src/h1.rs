@@ -374,6 +374,19 @@ fn parse_head(buf: &mut BytesMut, spans: &mut Vec<Span>, max_head: usize) -> Res
     Ok(Some(Head { parts, framing, keep_alive, expect_continue }))
 }
 
+/// Whether `buf` may hold a whole request head (or more than a head may be): it has an empty
+/// line in what came after the first `scanned` bytes, which it then counts as scanned. Without
+/// this a head arriving in pieces would be parsed from its start at every piece: quadratic in
+/// its size, and a client sending a 64 KiB head byte by byte would cost seconds of CPU.
+fn may_hold_a_head(buf: &[u8], scanned: &mut usize, max_head: usize) -> bool {
+    // A line end at the edge of what was scanned may begin the empty line.
+    let from = scanned.saturating_sub(2);
+    *scanned = buf.len();
+    buf.len() > max_head
+        || memchr::memchr_iter(b'\n', &buf[from..])
+            .any(|i| matches!(&buf[from + i + 1..], [b'\n', ..] | [b'\r', b'\n', ..]))
+}
+
 /// Appends the `Date` header for now (formatted once a second per thread).
 fn write_date(out: &mut Vec<u8>) {
     thread_local! {
@@ -516,6 +529,7 @@ pub(crate) async fn serve_connection<H: Handler>(
         // future while the handler runs (moved-from locals keep theirs until their scope ends).
         let Some((request, keep_alive, version, head_request)) = ('head: {
             let deadline = Instant::now() + header_read_timeout;
+            let mut scanned = 0;
             let head = poll_fn(|cx| -> Poll<Result<Option<Head>, Refused>> {
                 let mut side = lock(&shared);
                 loop {
@@ -523,7 +537,9 @@ pub(crate) async fn serve_connection<H: Handler>(
                         if closing() {
                             return Poll::Ready(Ok(None));
                         }
-                    } else if let Some(head) = parse_head(&mut side.buf, &mut spans, max_head)? {
+                    } else if may_hold_a_head(&side.buf, &mut scanned, max_head)
+                        && let Some(head) = parse_head(&mut side.buf, &mut spans, max_head)?
+                    {
                         return Poll::Ready(Ok(Some(head)));
                     }
                     match side.poll_fill(cx, READ_MIN) {
@@ -719,6 +735,28 @@ mod tests {
         assert_eq!((h.parts.method, h.parts.uri.to_string()), (Method::OPTIONS, "*".to_owned()));
         assert_eq!(h.parts.headers.get_all("x-a").iter().count(), 2);
         assert!(parse("GET / HTTP/1.1\r\nhost: a\r\n").unwrap().is_none(), "incomplete");
+    }
+
+    #[test]
+    fn a_head_is_parsed_once_its_empty_line_has_come() {
+        let head = b"GET / HTTP/1.1\r\nhost: a\r\n\r\n";
+        // Where each piece that arrives ends.
+        for ends in [vec![head.len()], vec![10, head.len()], vec![24, 25, 26, 27], (1..=head.len()).collect()]
+        {
+            let (mut scanned, mut whole) = (0, Vec::new());
+            for end in ends {
+                whole.push(may_hold_a_head(&head[..end], &mut scanned, 8192));
+            }
+            // Only the last piece completes the head.
+            assert_eq!(whole.iter().filter(|w| **w).count(), 1, "{whole:?}");
+            assert!(whole.last().unwrap());
+        }
+        let mut scanned = 0;
+        assert!(may_hold_a_head(b"GET / HTTP/1.0\n\n", &mut scanned, 8192), "bare line feeds");
+        let mut scanned = 0;
+        assert!(may_hold_a_head(&[b'a'; 9000], &mut scanned, 8192), "larger than a head may be");
+        let mut scanned = 0;
+        assert!(!may_hold_a_head(b"GET / HTTP/1.1\r\nhost: a\r\n", &mut scanned, 8192));
     }
 
     #[test]

@@ -18,8 +18,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use crate::h1::RequestBody;
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
+use http_body_util::BodyExt;
 use ikukantai_api::service::Probe;
 use ikukantai_policy::autoscaler::Stat;
 use ikukantai_policy::queue::{PriorityRule, RequestMeta};
@@ -30,9 +30,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::{Instant, timeout, timeout_at};
 
-use crate::body::{Body, Deadlines, Guarded, boxed, error_response, full};
+use crate::body::{Body, Deadlines, Guarded, Limited, boxed, error_response, full};
 use crate::breaker::{Breaker, Permit};
 use crate::connect::NodeConnector;
+use crate::h1::RequestBody;
 use crate::metrics::{
     InstanceLabels, InstanceRequestLabels, OutcomeHandles, QueueMetrics, RejectLabels, metrics_response,
 };
@@ -318,13 +319,16 @@ impl QueueProxyHandle {
     }
 }
 
-async fn check(config: &QueueProxyConfig, limit: Duration) -> bool {
+/// Most of a probe response's body that is read (the kubelet's limit); the rest is not waited for.
+const PROBE_BODY_LIMIT: u64 = 10 * 1024;
+
+/// One readiness check; HTTP probes go over `probes`, connections of their own (probes must not
+/// take, or wait for, a request's), kept from one probe to the next.
+async fn check(config: &QueueProxyConfig, probes: &Upstream, limit: Duration) -> bool {
     let attempt = async {
         match &config.readiness.action {
             ProbeAction::Tcp => TcpStream::connect(config.app).await.is_ok(),
             ProbeAction::Http { path, headers } => {
-                // A connection of its own: probes must not take (or wait for) a request's.
-                let app = Upstream::new(config.app, NodeConnector::new(None));
                 let mut req = Request::get(path.as_str());
                 for (k, v) in headers {
                     req = req.header(k, v);
@@ -332,7 +336,11 @@ async fn check(config: &QueueProxyConfig, limit: Duration) -> bool {
                 let Ok(req) = req.header("user-agent", "ikukantai-queue-proxy-probe").body(full("")) else {
                     return false;
                 };
-                app.send(req).await.is_ok_and(|r| r.status().is_success() || r.status().is_redirection())
+                let Ok(response) = probes.send(req).await else { return false };
+                let ready = response.status().is_success() || response.status().is_redirection();
+                // Read to its end, so that the connection carries the next probe too.
+                let _ = Limited::new(response.into_body(), PROBE_BODY_LIMIT).collect().await;
+                ready
             }
         }
     };
@@ -347,10 +355,11 @@ async fn probe_loop(inner: Arc<InnerRef>) {
     // Aggressive probing starts at 1 ms and backs off to Knative's 50 ms, so a fast-starting
     // instance is seen within a millisecond or two of listening (cold starts pay for every ms).
     let mut startup_pause = Duration::from_millis(1);
+    let probes = Upstream::new(inner.config.app, NodeConnector::new(None));
     let (mut ok_run, mut fail_run) = (0u32, 0u32);
     loop {
         let limit = if aggressive && !*inner.ready.borrow() { Duration::from_millis(100) } else { r.timeout };
-        if check(&inner.config, limit).await {
+        if check(&inner.config, &probes, limit).await {
             ok_run += 1;
             fail_run = 0;
             if ok_run >= r.success_threshold && !*inner.ready.borrow() {

@@ -2,13 +2,16 @@
 
 mod common;
 
-use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::*;
 use http::StatusCode;
-use ikukantai_dataplane::queue_proxy::{INSTANCE_HEADER, LOAD_HEADER, NODE_HEADER, SERVICE_TIME_HEADER};
-use tokio::io::AsyncWriteExt;
+use ikukantai_dataplane::queue_proxy::{
+    INSTANCE_HEADER, LOAD_HEADER, NODE_HEADER, ProbeAction, SERVICE_TIME_HEADER,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 #[tokio::test]
@@ -169,4 +172,52 @@ async fn a_waiting_request_whose_client_leaves_stops_counting_as_waiting() {
     }
     assert_eq!(after, "0", "still counted as waiting after its client left");
     assert_eq!(first.await.unwrap().0, StatusCode::OK);
+}
+
+/// An instance that answers its first `not_ready` requests with 503 (with a body), then 200,
+/// keeping connections alive; counts the connections it accepts.
+async fn counting_instance(not_ready: usize) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let answered = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            let answered = answered.clone();
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let mut buf = [0u8; 1024];
+                loop {
+                    while let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                        got.drain(..end + 4);
+                        let answer: &[u8] = if answered.fetch_add(1, Ordering::SeqCst) < not_ready {
+                            b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 9\r\n\r\nstarting\n"
+                        } else {
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n"
+                        };
+                        if stream.write_all(answer).await.is_err() {
+                            return;
+                        }
+                    }
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test]
+async fn http_readiness_probes_reuse_their_connection() {
+    let (app, accepted) = counting_instance(4).await;
+    let mut config = qp_config("probed", "node1", "hello-00001", app, 0);
+    config.readiness.action = ProbeAction::Http { path: "/healthz".into(), headers: Vec::new() };
+    let qp = start_qp(config).await;
+    wait_ready(&qp).await;
+    assert_eq!(accepted.load(Ordering::SeqCst), 1, "five probes, one connection");
 }

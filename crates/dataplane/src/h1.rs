@@ -12,7 +12,8 @@
 //! The rules a proxy must keep to not be fooled about where one request ends (RFC 9112 §6):
 //! a request with both `Transfer-Encoding` and `Content-Length`, with `Content-Length` values that
 //! disagree or are not plain digits, with `Transfer-Encoding` in HTTP/1.0 or with `chunked` not
-//! its last coding, is refused with 400 and the connection closed; other transfer codings get 501.
+//! its last coding, is refused with 400 and the connection closed, as is one with two `Host`
+//! headers; other transfer codings get 501.
 //! A connection whose request body was not read to its end is closed after the response (the
 //! bytes left cannot be told apart from a next request).
 
@@ -342,6 +343,9 @@ fn parse_head(buf: &mut BytesMut, spans: &mut Vec<Span>, max_head: usize) -> Res
                 }
                 _ => return Err(bad("Transfer-Encoding whose last coding is not chunked")),
             }
+        } else if name == header::HOST && headers.contains_key(header::HOST) {
+            // Which one routes the request and which one the instance sees must not differ.
+            return Err(bad("more than one Host header"));
         } else if name == header::CONNECTION {
             if lists(&value, "close") {
                 keep_alive = false;
@@ -797,6 +801,7 @@ mod tests {
                 "Transfer-Encoding in an HTTP/1.0 request",
             ),
             ("GET / HTTP/2.0\r\n\r\n", 505, "only HTTP/1.0 and 1.1 are served"),
+            ("GET / HTTP/1.1\r\nhost: a\r\nHost: b\r\n\r\n", 400, "more than one Host header"),
             ("GET / HTTP/1.1\r\nbad header\r\n\r\n", 400, "invalid request head: invalid header name"),
             (&long, 431, "request head larger than 8192 bytes"),
         ] {

@@ -1,13 +1,12 @@
-//! hyper's timer for HTTP/1.1 servers, with tokio sleeps that are used again.
+//! Timeouts armed on every request (the gateway's and the queue proxy's request timeouts), on
+//! tokio sleeps that are used again.
 //!
-//! hyper's HTTP/1.1 server asks its timer for a new sleep whenever it starts to wait for a request
-//! head (the time a client has to send it, our protection against clients that trickle a head
-//! byte by byte), and drops that sleep once the head is in: on a keep-alive connection, once per
-//! request. With hyper-util's `TokioTimer` each of those is an allocation, an insertion into
+//! With a fresh tokio sleep per request, each request costs an allocation, an insertion into
 //! tokio's timer wheel and a removal from it. [`RecyclingTimer`] puts a dropped sleep into a small
-//! pool, still filed in the wheel, and gives it to the next head with a later deadline: tokio
+//! pool, still filed in the wheel, and gives it to the next timeout with a later deadline: tokio
 //! moves a deadline later without touching the wheel (the entry is re-filed only when its old
-//! deadline comes), so a request costs a pool push and pop instead.
+//! deadline comes), so a request costs a pool push and pop instead. (It began as hyper's timer
+//! for its HTTP/1.1 server's header-read timeout; our own server keeps one sleep per connection.)
 //!
 //! A sleep in the pool keeps the waker of the task that polled it last until the next user polls
 //! it: that task's allocation (about a kilobyte for a connection) outlives the task by as long, at
@@ -18,9 +17,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
 
-use hyper::rt::{Sleep, Timer};
 use pin_project_lite::pin_project;
 
 /// Sleeps kept for reuse at most (each is a boxed tokio sleep, about a hundred bytes).
@@ -28,8 +25,8 @@ const POOL_MAX: usize = 64;
 
 type Pool = Mutex<Vec<Pin<Box<tokio::time::Sleep>>>>;
 
-/// A hyper [`Timer`] on tokio's clock (paused time included) that reuses dropped sleeps. Made
-/// inside the tokio runtime whose timer its sleeps use, like any tokio sleep.
+/// Timeouts on tokio's clock (paused time included) that reuse dropped sleeps. Made inside the
+/// tokio runtime whose timer its sleeps use, like any tokio sleep.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct RecyclingTimer {
     pool: Arc<Pool>,
@@ -67,41 +64,12 @@ fn lock(pool: &Pool) -> MutexGuard<'_, Vec<Pin<Box<tokio::time::Sleep>>>> {
     pool.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-impl Timer for RecyclingTimer {
-    fn sleep(&self, duration: Duration) -> Pin<Box<dyn Sleep>> {
-        Box::pin(self.take(tokio::time::Instant::now() + duration))
-    }
-
-    fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn Sleep>> {
-        Box::pin(self.take(deadline.into()))
-    }
-
-    fn reset(&self, sleep: &mut Pin<Box<dyn Sleep>>, new_deadline: Instant) {
-        match sleep.as_mut().downcast_mut_pin::<RecycledSleep>() {
-            Some(mine) => mine.get_mut().reset(new_deadline.into()),
-            None => *sleep = self.sleep_until(new_deadline),
-        }
-    }
-
-    fn now(&self) -> Instant {
-        tokio::time::Instant::now().into_std()
-    }
-}
-
 /// A sleep that goes back to its timer's pool when dropped.
 #[derive(Debug)]
 struct RecycledSleep {
     /// `Some` until dropped.
     sleep: Option<Pin<Box<tokio::time::Sleep>>>,
     pool: Arc<Pool>,
-}
-
-impl RecycledSleep {
-    fn reset(&mut self, deadline: tokio::time::Instant) {
-        if let Some(sleep) = &mut self.sleep {
-            sleep.as_mut().reset(deadline);
-        }
-    }
 }
 
 impl Future for RecycledSleep {
@@ -114,8 +82,6 @@ impl Future for RecycledSleep {
         }
     }
 }
-
-impl Sleep for RecycledSleep {}
 
 pin_project! {
     /// See [`RecyclingTimer::timeout_at`].
@@ -152,18 +118,24 @@ impl Drop for RecycledSleep {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+
+    fn sleep(timer: &RecyclingTimer, duration: Duration) -> RecycledSleep {
+        timer.take(tokio::time::Instant::now() + duration)
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_reused_sleep_ends_at_its_new_deadline() {
         let timer = RecyclingTimer::default();
-        let first = timer.sleep(Duration::from_secs(30));
+        let first = sleep(&timer, Duration::from_secs(30));
         drop(first);
         assert_eq!(timer.pooled(), 1);
         // Its old deadline passes while it waits in the pool; reused, it keeps the new one.
         tokio::time::sleep(Duration::from_secs(40)).await;
         let start = tokio::time::Instant::now();
-        timer.sleep(Duration::from_secs(30)).await;
+        sleep(&timer, Duration::from_secs(30)).await;
         assert_eq!(start.elapsed(), Duration::from_secs(30));
         assert_eq!(timer.pooled(), 1, "the same sleep went back");
     }
@@ -171,25 +143,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_reused_sleep_does_not_end_at_its_old_deadline() {
         let timer = RecyclingTimer::default();
-        drop(timer.sleep(Duration::from_secs(30)));
+        drop(sleep(&timer, Duration::from_secs(30)));
         tokio::time::sleep(Duration::from_secs(10)).await;
         // Taken before its old deadline (20 s from now) and given one 30 s away.
         let start = tokio::time::Instant::now();
-        timer.sleep(Duration::from_secs(30)).await;
+        sleep(&timer, Duration::from_secs(30)).await;
         assert_eq!(start.elapsed(), Duration::from_secs(30));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn reset_moves_the_deadline_both_ways() {
-        let timer = RecyclingTimer::default();
-        let start = tokio::time::Instant::now();
-        let mut sleep = timer.sleep(Duration::from_secs(30));
-        timer.reset(&mut sleep, timer.now() + Duration::from_secs(5));
-        sleep.as_mut().await;
-        assert_eq!(start.elapsed(), Duration::from_secs(5));
-        timer.reset(&mut sleep, timer.now() + Duration::from_secs(50));
-        sleep.await;
-        assert_eq!(start.elapsed(), Duration::from_secs(55));
     }
 
     #[tokio::test(start_paused = true)]
@@ -210,7 +169,7 @@ mod tests {
     #[tokio::test]
     async fn the_pool_is_bounded() {
         let timer = RecyclingTimer::default();
-        let many: Vec<_> = (0..POOL_MAX + 10).map(|_| timer.sleep(Duration::from_secs(30))).collect();
+        let many: Vec<_> = (0..POOL_MAX + 10).map(|_| sleep(&timer, Duration::from_secs(30))).collect();
         drop(many);
         assert_eq!(timer.pooled(), POOL_MAX);
     }

@@ -19,7 +19,6 @@
 
 use std::cell::RefCell;
 use std::future::{Future, poll_fn};
-use std::io;
 use std::mem::MaybeUninit;
 use std::pin::{Pin, pin};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -27,7 +26,7 @@ use std::task::{Context, Poll, Waker, ready};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, Version, header};
+use http::{HeaderMap, Method, Request, StatusCode, Uri, Version, header};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::io::{AsyncWriteExt, ReadBuf};
@@ -38,8 +37,8 @@ use tokio::time::Instant;
 use crate::body::{Body, BoxError, error_response};
 use crate::server::{Handler, Peer};
 use crate::wire::{
-    BodyFraming, Chunk, Fill, MAX_HEADERS, READ_MAX, READ_MIN, WriteFraming, Writer, content_length, decode,
-    lists, poll_read_into, poll_write_all, write_field,
+    BodyFraming, Chunk, FieldSpan, Fill, MAX_HEADERS, READ_MAX, READ_MIN, WriteFraming, Writer,
+    add_content_length, content_length, decode, lists, poll_write_all, span, write_field,
 };
 
 /// What a server answers to `Expect: 100-continue` once the handler reads the body.
@@ -208,13 +207,10 @@ struct ReadSide {
 
 impl Fill for ReadSide {
     const EARLY: &'static str = "the client closed the connection before the body's end";
+    type Io = OwnedReadHalf;
 
-    fn buffer(&mut self) -> &mut BytesMut {
-        &mut self.buf
-    }
-
-    fn poll_fill(&mut self, cx: &mut Context<'_>, want: usize) -> Poll<io::Result<usize>> {
-        poll_read_into(&mut self.io, &mut self.buf, cx, want)
+    fn parts(&mut self) -> (&mut OwnedReadHalf, &mut BytesMut) {
+        (&mut self.io, &mut self.buf)
     }
 }
 
@@ -251,16 +247,13 @@ struct Head {
     expect_continue: bool,
 }
 
-/// Where a header field lies in the buffer its head was parsed from.
-#[derive(Clone, Copy)]
-struct Span {
-    name: (usize, usize),
-    value: (usize, usize),
-}
-
 /// Parses the request head at the start of `buf`, taking it out of the buffer. `None` if it is
 /// not complete yet. `spans` is scratch room, kept across requests.
-fn parse_head(buf: &mut BytesMut, spans: &mut Vec<Span>, max_head: usize) -> Result<Option<Head>, Refused> {
+fn parse_head(
+    buf: &mut BytesMut,
+    spans: &mut Vec<FieldSpan>,
+    max_head: usize,
+) -> Result<Option<Head>, Refused> {
     let bad = |why: &str| Refused::new(StatusCode::BAD_REQUEST, why);
     let (len, method, target, version) = {
         let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
@@ -296,14 +289,9 @@ fn parse_head(buf: &mut BytesMut, spans: &mut Vec<Span>, max_head: usize) -> Res
             return Err(bad("invalid request line"));
         };
         let method = Method::from_bytes(method.as_bytes()).map_err(|_| bad("invalid method"))?;
-        let base = buf.as_ptr() as usize;
-        let offset = |s: &[u8]| (s.as_ptr() as usize - base, s.as_ptr() as usize - base + s.len());
-        spans.clear();
-        spans.extend(
-            parsed.headers.iter().map(|h| Span { name: offset(h.name.as_bytes()), value: offset(h.value) }),
-        );
+        FieldSpan::record(buf, parsed.headers, spans);
         let version = if parsed.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
-        (len, method, offset(path.as_bytes()), version)
+        (len, method, span(buf, path.as_bytes()), version)
     };
     // Header values and the target keep pointing into the frozen head: no copy.
     let head = buf.split_to(len).freeze();
@@ -313,17 +301,10 @@ fn parse_head(buf: &mut BytesMut, spans: &mut Vec<Span>, max_head: usize) -> Res
     let (mut length, mut transfer_encoding) = (None, false);
     let mut keep_alive = version == Version::HTTP_11;
     let mut expect_continue = false;
-    for span in spans.iter() {
-        let name = HeaderName::from_bytes(&head[span.name.0..span.name.1])
-            .map_err(|_| bad("invalid header name"))?;
-        let value = HeaderValue::from_maybe_shared(head.slice(span.value.0..span.value.1))
-            .map_err(|_| bad("invalid header value"))?;
+    for field in spans.iter() {
+        let (name, value) = field.field(&head).map_err(bad)?;
         if name == header::CONTENT_LENGTH {
-            let n = content_length(value.as_bytes()).ok_or_else(|| bad("invalid Content-Length"))?;
-            if length.is_some_and(|l| l != n) {
-                return Err(bad("Content-Length headers that disagree"));
-            }
-            length = Some(n);
+            add_content_length(&mut length, &value).map_err(bad)?;
         } else if name == header::TRANSFER_ENCODING {
             // Only `chunked`, once, and last: anything else would change the body's bytes (which
             // the proxy does not undo) or leave its end unknown.
@@ -674,7 +655,7 @@ mod tests {
     use std::net::SocketAddr;
     use std::sync::atomic::{AtomicBool, Ordering};
 
-    use http::Response;
+    use http::{HeaderValue, Response};
     use http_body_util::{BodyExt, StreamBody};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;

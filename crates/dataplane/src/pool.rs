@@ -39,8 +39,8 @@ use crate::body::{Body, BoxError};
 use crate::connect::{NodeConnector, NodeStream};
 use crate::proxy::origin_form;
 use crate::wire::{
-    BodyFraming, Chunk, Fill, MAX_HEADERS, READ_MIN, ReadError, WriteError, WriteFraming, Writer,
-    content_length, decode, lists, poll_read_into, write_field,
+    BodyFraming, Chunk, FieldSpan, Fill, MAX_HEADERS, READ_MIN, ReadError, WriteError, WriteFraming, Writer,
+    add_content_length, decode, lists, write_field,
 };
 
 /// Idle connections older than this are closed instead of reused.
@@ -133,27 +133,18 @@ struct Conn {
     /// Bytes read and not yet consumed.
     read: BytesMut,
     /// Where each header of the response head being parsed lies in it.
-    spans: Vec<HeaderSpan>,
+    spans: Vec<FieldSpan>,
     /// The request being written (here rather than in the response body, which then stays small
     /// enough to move cheaply).
     writer: Writer,
 }
 
-#[derive(Clone, Copy)]
-struct HeaderSpan {
-    name: (usize, usize),
-    value: (usize, usize),
-}
-
 impl Fill for Conn {
     const EARLY: &'static str = "the upstream closed the connection before the body's end";
+    type Io = NodeStream;
 
-    fn buffer(&mut self) -> &mut BytesMut {
-        &mut self.read
-    }
-
-    fn poll_fill(&mut self, cx: &mut Context<'_>, want: usize) -> Poll<io::Result<usize>> {
-        poll_read_into(&mut self.io, &mut self.read, cx, want)
+    fn parts(&mut self) -> (&mut NodeStream, &mut BytesMut) {
+        (&mut self.io, &mut self.read)
     }
 }
 
@@ -297,12 +288,7 @@ fn parse_head(conn: &mut Conn, head_request: bool) -> Result<Option<Head>, Excha
             }
             continue;
         }
-        let base = conn.read.as_ptr() as usize;
-        conn.spans.clear();
-        conn.spans.extend(parsed.headers.iter().map(|h| {
-            let (name, value) = (h.name.as_ptr() as usize - base, h.value.as_ptr() as usize - base);
-            HeaderSpan { name: (name, name + h.name.len()), value: (value, value + h.value.len()) }
-        }));
+        FieldSpan::record(&conn.read, parsed.headers, &mut conn.spans);
         break (len, code, version);
     };
     let status = StatusCode::from_u16(code).map_err(|_| bad("invalid status code"))?;
@@ -313,16 +299,9 @@ fn parse_head(conn: &mut Conn, head_request: bool) -> Result<Option<Head>, Excha
     let (mut length, mut transfer_encoding, mut chunked) = (None, false, false);
     let mut keep_alive = version == Version::HTTP_11;
     for span in &conn.spans {
-        let name = HeaderName::from_bytes(&head[span.name.0..span.name.1])
-            .map_err(|_| bad("invalid header name"))?;
-        let value = HeaderValue::from_maybe_shared(head.slice(span.value.0..span.value.1))
-            .map_err(|_| bad("invalid header value"))?;
+        let (name, value) = span.field(&head).map_err(bad)?;
         if name == header::CONTENT_LENGTH {
-            let n = content_length(value.as_bytes()).ok_or_else(|| bad("invalid Content-Length"))?;
-            if length.is_some_and(|l| l != n) {
-                return Err(bad("Content-Length headers that disagree"));
-            }
-            length = Some(n);
+            add_content_length(&mut length, &value).map_err(bad)?;
         } else if name == header::TRANSFER_ENCODING {
             transfer_encoding = true;
             // Chunked only if it is the last coding of the last such header.

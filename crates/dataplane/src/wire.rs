@@ -26,6 +26,50 @@ pub(crate) const READ_MAX: usize = 64 * 1024;
 /// written on their own.
 const COPY_MAX: usize = 16 * 1024;
 
+/// Where a header field of a parsed head lies in the buffer the head was parsed from.
+#[derive(Clone, Copy)]
+pub(crate) struct FieldSpan {
+    name: (usize, usize),
+    value: (usize, usize),
+}
+
+impl FieldSpan {
+    /// Records where the fields httparse found in `buf` lie, into `spans` (cleared first).
+    pub(crate) fn record(buf: &[u8], fields: &[httparse::Header<'_>], spans: &mut Vec<FieldSpan>) {
+        spans.clear();
+        spans.extend(
+            fields
+                .iter()
+                .map(|h| FieldSpan { name: span(buf, h.name.as_bytes()), value: span(buf, h.value) }),
+        );
+    }
+
+    /// The field in `head`, the frozen buffer: the name checked, the value a slice of `head`.
+    pub(crate) fn field(self, head: &Bytes) -> Result<(HeaderName, HeaderValue), &'static str> {
+        let name =
+            HeaderName::from_bytes(&head[self.name.0..self.name.1]).map_err(|_| "invalid header name")?;
+        let value = HeaderValue::from_maybe_shared(head.slice(self.value.0..self.value.1))
+            .map_err(|_| "invalid header value")?;
+        Ok((name, value))
+    }
+}
+
+/// Where `part`, a slice of `buf`, lies in it.
+pub(crate) fn span(buf: &[u8], part: &[u8]) -> (usize, usize) {
+    let start = part.as_ptr() as usize - buf.as_ptr() as usize;
+    (start, start + part.len())
+}
+
+/// Takes a `Content-Length` value into `length`: plain digits, and the same as any before it.
+pub(crate) fn add_content_length(length: &mut Option<u64>, value: &HeaderValue) -> Result<(), &'static str> {
+    let n = content_length(value.as_bytes()).ok_or("invalid Content-Length")?;
+    if length.is_some_and(|l| l != n) {
+        return Err("Content-Length headers that disagree");
+    }
+    *length = Some(n);
+    Ok(())
+}
+
 /// Reading an incoming body failed.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ReadError {
@@ -56,16 +100,27 @@ pub(crate) enum WriteError {
 pub(crate) trait Fill {
     /// What a body that ends with the connection, before its framing says it is done, fails with.
     const EARLY: &'static str;
+    /// What it reads from.
+    type Io: tokio::io::AsyncRead + Unpin;
+    /// What it reads from, and the bytes read and not yet consumed.
+    fn parts(&mut self) -> (&mut Self::Io, &mut BytesMut);
+
     /// The bytes read and not yet consumed.
-    fn buffer(&mut self) -> &mut BytesMut;
+    fn buffer(&mut self) -> &mut BytesMut {
+        self.parts().1
+    }
+
     /// Reads what is there into the buffer, with room for at least `want` bytes (within
     /// [`READ_MIN`]..=[`READ_MAX`]). `Ok(0)` at the end of the stream.
-    fn poll_fill(&mut self, cx: &mut Context<'_>, want: usize) -> Poll<io::Result<usize>>;
+    fn poll_fill(&mut self, cx: &mut Context<'_>, want: usize) -> Poll<io::Result<usize>> {
+        let (io, buf) = self.parts();
+        poll_read_into(io, buf, cx, want)
+    }
 }
 
 /// Makes room for `want` bytes (clamped to [`READ_MIN`]..=[`READ_MAX`]) in `buf` and reads into
 /// it what `io` has.
-pub(crate) fn poll_read_into<R: tokio::io::AsyncRead + Unpin>(
+fn poll_read_into<R: tokio::io::AsyncRead + Unpin>(
     io: &mut R,
     buf: &mut BytesMut,
     cx: &mut Context<'_>,

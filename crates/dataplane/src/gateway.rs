@@ -917,11 +917,8 @@ impl Handler for Ingress {
             };
             let (ns, svc) = (service.namespace.as_str(), service.name.as_str());
             let limit = shared.config.max_body_bytes;
-            if let Some(len) = req
-                .headers()
-                .get(header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse::<u64>().ok())
+            // The declared length, as the server read it (no header lookup).
+            if let Some(len) = http_body::Body::size_hint(req.body()).exact()
                 && len > limit
             {
                 return self.reject(

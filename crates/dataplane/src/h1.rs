@@ -405,15 +405,18 @@ fn write_response_head(
     out.push(b' ');
     out.extend_from_slice(parts.status.canonical_reason().unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
+    // Noted on the way rather than looked up: a lookup hashes the name.
+    let mut dated = false;
     for (name, value) in &parts.headers {
         if name == header::CONNECTION
             || (!bodiless && (name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING))
         {
             continue;
         }
+        dated |= name == header::DATE;
         write_field(name, value, out);
     }
-    if !parts.headers.contains_key(header::DATE) {
+    if !dated {
         write_date(out);
     }
     match framing {

@@ -577,7 +577,7 @@ pub(crate) async fn serve_connection<H: Handler>(
         // The handler, with the connection watched meanwhile: a `100 Continue` sent when the body
         // is first read, and the client going away (once its request body is in) ends the
         // request, dropping the handler's future (which cancels what it waits for upstream).
-        let keep_alive = {
+        let (response, continue_written) = {
             let mut handling = pin!(handler.clone().handle(request, peer.clone()));
             let (mut continue_written, mut more_sent) = (0, false);
             let response = poll_fn(|cx| {
@@ -612,8 +612,17 @@ pub(crate) async fn serve_connection<H: Handler>(
                 tracing::debug!(peer = %peer.addr(), "the client closed the connection before its answer");
                 return;
             };
-            start_response(&mut writer, response, head_request, version, keep_alive && !closing())
+            (response, continue_written)
         };
+        // A `100 Continue` cut short by the answer is finished before the answer's head.
+        if continue_written > 0
+            && continue_written < CONTINUE.len()
+            && write.write_all(&CONTINUE[continue_written..]).await.is_err()
+        {
+            return;
+        }
+        let keep_alive =
+            start_response(&mut writer, response, head_request, version, keep_alive && !closing());
         if let Err(e) = poll_fn(|cx| writer.poll_write(&mut write, cx)).await {
             tracing::debug!(peer = %peer.addr(), error = %e, "the response was cut short");
             return;

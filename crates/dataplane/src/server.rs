@@ -97,17 +97,17 @@ const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long an HTTP/1.1 client has to send a whole request head, counted from when the server
 /// starts waiting for it: a client that trickles a head byte by byte holds a connection no longer
-/// than this, and neither does an idle keep-alive connection (hyper closes the connection).
+/// than this, and neither does an idle keep-alive connection (the connection is closed).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What h2c "prior knowledge" clients send first.
 const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// Whether the client opens with the HTTP/2 preface. Peeks, so nothing is consumed: hyper's
-/// first read then gets the whole request head. (hyper-util's auto-detection reads the first
-/// bytes itself and hands them back, and that split first read made hyper grow every HTTP/1.1
-/// connection's read buffer from 8 to 16 KiB.) Any byte that differs from the preface decides
-/// HTTP/1.1, which is the first byte for every method but `P…`.
+/// Whether the client opens with the HTTP/2 preface. Peeks, so nothing is consumed: the
+/// server's first read then gets the whole request head or preface. (hyper-util's
+/// auto-detection reads the first bytes itself and hands them back, and that split first read
+/// made hyper grow every HTTP/1.1 connection's read buffer from 8 to 16 KiB.) Any byte that
+/// differs from the preface decides HTTP/1.1, which is the first byte for every method but `P…`.
 async fn opens_with_h2_preface(stream: &TcpStream) -> std::io::Result<bool> {
     let mut buf = [0u8; H2_PREFACE.len()];
     loop {

@@ -19,7 +19,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use crate::h1::RequestBody;
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode, header};
 use ikukantai_policy::autoscaler::Stat;
 use ikukantai_policy::balance::{Balancer, Candidate, Completion, PickContext};
@@ -37,6 +36,7 @@ use tokio::time::{Instant, timeout_at};
 
 use crate::body::{Body, Guarded, Limited, boxed, error_response, full, is_too_large};
 use crate::connect::NodeConnector;
+use crate::h1::RequestBody;
 use crate::link::Link;
 use crate::metrics::{
     GatewayMetrics, LinkLabels, OutcomeHandles, RejectLabels, RequestLabels, RevisionLabels, metrics_response,
@@ -92,8 +92,9 @@ pub struct GatewayConfig {
 /// ([`RequestBody::release_read_buffer`]), which is then freed. The allocator keeps freed
 /// blocks, their touched pages resident, for later allocations (with hyper's server, whose next
 /// 8 KiB allocation was a buffer it never wrote to, that was one page per waiting connection:
-/// 39 MiB for 10 000). Releasing freed memory when the request parks ends that. It costs a few system calls, so only
-/// requests that park in a queue already `from_depth` deep pay it, and the fast path never does.
+/// 39 MiB for 10 000). Releasing freed memory when the request parks ends that. It costs a few
+/// system calls, so only requests that park in a queue already `from_depth` deep pay it, and the
+/// fast path never does.
 #[derive(Debug, Clone, Copy)]
 pub struct MemoryRelease {
     /// Returns memory the process freed to the operating system (the allocator's business:
@@ -878,8 +879,8 @@ fn host_parts(raw: &[u8]) -> Option<(&str, bool)> {
 }
 
 impl Handler for Ingress {
-    // Not an `async fn`: that would store the arguments twice in the future, which hyper boxes
-    // for every request and which lives as long as a request waits. For the same reason values
+    // Not an `async fn`: that would store the arguments twice in the future, which the
+    // connection holds for every request and which lives as long as a request waits. For the same reason values
     // that are gone before an `.await` live in blocks that end before it.
     #[expect(clippy::manual_async_fn, reason = "an async fn stores its arguments twice")]
     fn handle(
@@ -1259,8 +1260,8 @@ mod tests {
         std::mem::size_of::<Fut>()
     }
 
-    /// hyper boxes this future for every request, and it lives as long as the request waits in
-    /// the activator queue: its size is paid once per buffered request (it was 1,616 bytes
+    /// The connection holds this future for every request, and it lives as long as the request
+    /// waits in the activator queue: its size is paid once per buffered request (it was 1,616 bytes
     /// before the arguments stopped being stored twice and the forwarding temporaries moved into
     /// blocks; 552 with rustc 1.95). 6518465 moved the request's parts out of their block, and
     /// the future grew to 784 bytes (2.3 MiB more for 10 000 waiting requests) until they went

@@ -69,9 +69,7 @@ impl RequestBody {
     pub fn empty() -> Self {
         Self(Kind::Empty)
     }
-}
 
-impl RequestBody {
     /// For a request about to wait long (in the activator queue): lets its HTTP/1.1 connection
     /// give up its read buffer meanwhile, unless it holds bytes. A head parsed from the buffer
     /// keeps sharing it, so copy the head out too ([`crate::proxy::detach_head`]) for the memory

@@ -190,7 +190,7 @@ fn replayable(parts: &http::request::Parts) -> bool {
 }
 
 /// Headers a proxy changes as it forwards a request, written straight into the request head
-/// rather than into the request's header map (which hyper sizes to what it parsed, so one more
+/// rather than into the request's header map (sized to what the server parsed, so one more
 /// header reallocates and rehashes it).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Forwarding<'a> {

@@ -3,13 +3,16 @@
 //! - `proxy`: one hop through our gateway, nginx and HAProxy (each a reverse proxy with the same
 //!   number of worker threads in front of the same trivial backend), and through the least proxy
 //!   that can be built on hyper (`hyper-floor`), driven by wrk at 1, 10 and 100 connections; prints
-//!   added p50/p99 latency over the direct path and throughput, as Markdown;
+//!   added p50/p99 latency over the direct path, throughput and CPU time per request, and each
+//!   proxy paired with nginx round by round (`paired`), as Markdown;
 //! - `rss`: the gateway's resident memory idle and with 10 000 requests buffered in its activator
 //!   queue;
 //! - `backend`, `gateway`, `hyper-floor`: the processes the two above start;
 //! - `queue-proxy`: a queue proxy alone in front of a backend, to profile it (docs/benchmarks.md);
 //! - `raw-floor`: the least HTTP/1.1 proxy tokio and httparse allow, a yardstick for a request
 //!   path without hyper (docs/benchmarks.md).
+
+mod paired;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -36,6 +39,9 @@ use ikukantai_dataplane::queue_proxy::{QueueProxyConfig, QueueProxyHandle, Readi
 // here is the one shipped.
 
 const HOST: &str = "hello.default.example.com";
+
+/// The proxies `proxy` can measure, in table order.
+const PROXIES: [&str; 4] = ["ikukantai", "nginx", "haproxy", "hyper-floor"];
 
 #[derive(Debug, Parser)]
 #[command(about = "ikukantai benchmark harness")]
@@ -110,6 +116,14 @@ enum Cmd {
         /// Connection counts.
         #[arg(long, value_delimiter = ',', default_values_t = [1usize, 10, 100])]
         connections: Vec<usize>,
+        /// Proxies to measure (the direct path always is): any of ikukantai, nginx, haproxy,
+        /// hyper-floor. Fewer paths give more rounds in the same time.
+        #[arg(long, value_delimiter = ',', default_values_t = PROXIES.map(str::to_owned))]
+        paths: Vec<String>,
+        /// A run during which the hypervisor took more than this percentage of the machine's CPU
+        /// time (steal, `/proc/stat`) is measured again, up to 5 attempts; 100 keeps every run.
+        #[arg(long, default_value_t = 2.0)]
+        max_steal: f64,
     },
     /// Cold start: request at zero to first byte through a local fleet, against the function's own
     /// start time. Needs the `ikukantai` binary next to this one (build both).
@@ -143,8 +157,8 @@ fn main() -> anyhow::Result<()> {
         Cmd::HyperFloor { listen, backend, threads } => {
             runtime(threads)?.block_on(hyper_floor(listen, backend))
         }
-        Cmd::Proxy { duration, rounds, threads, connections } => {
-            proxy(duration, rounds, threads, &connections)
+        Cmd::Proxy { duration, rounds, threads, connections, paths, max_steal } => {
+            proxy(duration, rounds, threads, &connections, &paths, max_steal)
         }
         Cmd::Rss { buffered, h2_connections } => rss(buffered, h2_connections),
         Cmd::Coldstart { rounds } => {
@@ -417,6 +431,38 @@ struct WrkResult {
     p50_ms: f64,
     p99_ms: f64,
     rps: f64,
+    requests: f64,
+}
+
+/// CPU time (user + system) a process has used so far, in clock ticks (`/proc/PID/stat`).
+fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces, so split after its closing paren):
+    // state is field 3, utime 14 and stime 15.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).context("no command name in /proc/PID/stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let tick =
+        |i: usize| fields.get(i - 3).and_then(|f| f.parse::<u64>().ok()).context("short /proc/PID/stat");
+    Ok(tick(14)? + tick(15)?)
+}
+
+/// Clock ticks per second (`getconf CLK_TCK`; 100 on Linux when that fails).
+fn ticks_per_second() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// The machine's CPU time so far and the part of it stolen by the hypervisor (`/proc/stat`).
+fn machine_ticks() -> anyhow::Result<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let line = stat.lines().next().context("empty /proc/stat")?;
+    let fields: Vec<u64> = line.split_whitespace().skip(1).filter_map(|f| f.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal guest guest_nice; guests are in user.
+    Ok((fields.iter().take(8).sum(), fields.get(7).copied().unwrap_or(0)))
 }
 
 fn parse_ms(text: &str) -> Option<f64> {
@@ -451,11 +497,16 @@ fn wrk(addr: SocketAddr, connections: usize, seconds: u64) -> anyhow::Result<Wrk
     let p50 = field("50%").and_then(|v| parse_ms(&v));
     let p99 = field("99%").and_then(|v| parse_ms(&v));
     let rps = field("Requests/sec:").and_then(|v| v.parse::<f64>().ok());
+    let requests = text
+        .lines()
+        .find_map(|l| l.trim().split_once(" requests in").and_then(|(n, _)| n.parse::<f64>().ok()));
     if text.contains("Non-2xx") || text.contains("Socket errors") {
         bail!("wrk saw errors against {addr}:\n{text}");
     }
-    match (p50, p99, rps) {
-        (Some(p50_ms), Some(p99_ms), Some(rps)) => Ok(WrkResult { p50_ms, p99_ms, rps }),
+    match (p50, p99, rps, requests) {
+        (Some(p50_ms), Some(p99_ms), Some(rps), Some(requests)) => {
+            Ok(WrkResult { p50_ms, p99_ms, rps, requests })
+        }
         _ => bail!("cannot read wrk output:\n{text}"),
     }
 }
@@ -465,104 +516,210 @@ fn median(mut xs: Vec<f64>) -> f64 {
     xs[xs.len() / 2]
 }
 
-fn proxy(duration: u64, rounds: usize, threads: usize, connections: &[usize]) -> anyhow::Result<()> {
+/// How often `proxy` measures a run again while the hypervisor steals more than allowed.
+const STEAL_ATTEMPTS: usize = 5;
+
+fn proxy(
+    duration: u64,
+    rounds: usize,
+    threads: usize,
+    connections: &[usize],
+    paths: &[String],
+    max_steal: f64,
+) -> anyhow::Result<()> {
+    if let Some(unknown) = paths.iter().find(|p| !PROXIES.contains(&p.as_str())) {
+        bail!("--paths: unknown path `{unknown}` (known: {})", PROXIES.join(", "));
+    }
+    if !(0.0..=100.0).contains(&max_steal) {
+        bail!("--max-steal: {max_steal} is not a percentage between 0 and 100");
+    }
+    let wanted = |name: &str| paths.iter().any(|p| p == name);
     let dir = std::env::temp_dir().join(format!("ikukantai-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let backend = free_port()?;
-    let ours = free_port()?;
-    let ours_admin = free_port()?;
-    let nginx = free_port()?;
-    let haproxy = free_port()?;
-    let floor = free_port()?;
-    std::fs::write(dir.join("nginx.conf"), nginx_config(&dir, nginx, backend, threads))?;
-    std::fs::write(dir.join("haproxy.cfg"), haproxy_config(haproxy, backend, threads))?;
     let quiet = || Stdio::null();
     let mut procs = Procs(Vec::new());
     procs.0.push(
         Command::new(me()?).args(["backend", "--listen", &backend.to_string()]).stdout(quiet()).spawn()?,
     );
-    procs.0.push(
-        Command::new(me()?)
-            .args(["gateway", "--listen", &ours.to_string(), "--admin", &ours_admin.to_string()])
-            .args(["--backend", &backend.to_string(), "--threads", &threads.to_string()])
-            .stdout(quiet())
-            .spawn()?,
-    );
-    procs.0.push(
-        Command::new(me()?)
-            .args(["hyper-floor", "--listen", &floor.to_string(), "--backend", &backend.to_string()])
-            .args(["--threads", &threads.to_string()])
-            .stdout(quiet())
-            .spawn()?,
-    );
-    procs.0.push(
-        Command::new(which("nginx")?)
-            .arg("-c")
-            .arg(dir.join("nginx.conf"))
-            .arg("-p")
-            .arg(&dir)
-            .stderr(quiet())
-            .spawn()?,
-    );
-    procs.0.push(
-        Command::new(which("haproxy")?)
-            .arg("-f")
-            .arg(dir.join("haproxy.cfg"))
-            .stdout(quiet())
-            .stderr(quiet())
-            .spawn()?,
-    );
-    for a in [backend, ours, nginx, haproxy, floor] {
-        wait_for(a)?;
+    let mut targets = vec![("direct", backend, procs.0[0].id())];
+    for name in PROXIES.into_iter().filter(|n| wanted(n)) {
+        let listen = free_port()?;
+        let mut command = match name {
+            "ikukantai" => {
+                let mut c = Command::new(me()?);
+                c.args(["gateway", "--listen", &listen.to_string(), "--admin", &free_port()?.to_string()])
+                    .args(["--backend", &backend.to_string(), "--threads", &threads.to_string()]);
+                c
+            }
+            "nginx" => {
+                std::fs::write(dir.join("nginx.conf"), nginx_config(&dir, listen, backend, threads))?;
+                let mut c = Command::new(which("nginx")?);
+                c.arg("-c").arg(dir.join("nginx.conf")).arg("-p").arg(&dir);
+                c
+            }
+            "haproxy" => {
+                std::fs::write(dir.join("haproxy.cfg"), haproxy_config(listen, backend, threads))?;
+                let mut c = Command::new(which("haproxy")?);
+                c.arg("-f").arg(dir.join("haproxy.cfg"));
+                c
+            }
+            _ => {
+                let mut c = Command::new(me()?);
+                c.args(["hyper-floor", "--listen", &listen.to_string(), "--backend", &backend.to_string()])
+                    .args(["--threads", &threads.to_string()]);
+                c
+            }
+        };
+        let child = command.stdout(quiet()).stderr(quiet()).spawn()?;
+        targets.push((if name == "hyper-floor" { "hyper floor" } else { name }, listen, child.id()));
+        procs.0.push(child);
     }
-    let targets = [
-        ("direct", backend),
-        ("ikukantai", ours),
-        ("nginx", nginx),
-        ("haproxy", haproxy),
-        ("hyper floor", floor),
-    ];
+    for (_, a, _) in &targets {
+        wait_for(*a)?;
+    }
     // Warm every path once.
-    for (_, addr) in targets {
-        wrk(addr, 10, 1)?;
+    for (_, addr, _) in &targets {
+        wrk(*addr, 10, 1)?;
     }
-    let mut results: BTreeMap<(usize, &str), Vec<WrkResult>> = BTreeMap::new();
+    let tick = ticks_per_second();
+    let (mut measured_again, mut kept_stolen) = (0, 0);
+    let mut results: BTreeMap<(usize, &str), Vec<Run>> = BTreeMap::new();
     for round in 0..rounds {
         for &c in connections {
-            for (name, addr) in targets {
-                let r = wrk(addr, c, duration)?;
-                eprintln!(
-                    "round {round} c={c} {name}: p50 {:.3} ms p99 {:.3} ms {:.0} req/s",
-                    r.p50_ms, r.p99_ms, r.rps
-                );
-                results.entry((c, name)).or_default().push(r);
+            // Each round starts at the next path, so that no path always runs right after the
+            // same other one (or first, after a pause).
+            for i in 0..targets.len() {
+                let (name, addr, pid) = targets[(round + i) % targets.len()];
+                for attempt in 1..=STEAL_ATTEMPTS {
+                    let (cpu0, (all0, steal0)) = (cpu_ticks(pid)?, machine_ticks()?);
+                    let wrk = wrk(addr, c, duration)?;
+                    let (cpu1, (all1, steal1)) = (cpu_ticks(pid)?, machine_ticks()?);
+                    let cpu_us = (cpu1 - cpu0) as f64 / tick * 1e6 / wrk.requests;
+                    let stolen = (steal1 - steal0) as f64 * 100.0 / (all1 - all0).max(1) as f64;
+                    eprintln!(
+                        "round {round} c={c} {name}: p50 {:.3} ms p99 {:.3} ms {:.0} req/s, {cpu_us:.2} µs \
+                         CPU per request, {stolen:.1} % of the machine stolen",
+                        wrk.p50_ms, wrk.p99_ms, wrk.rps,
+                    );
+                    if stolen <= max_steal || attempt == STEAL_ATTEMPTS {
+                        kept_stolen += usize::from(stolen > max_steal);
+                        results.entry((c, name)).or_default().push(Run { wrk, cpu_us });
+                        break;
+                    }
+                    measured_again += 1;
+                }
             }
         }
     }
-    println!("| connections | path | p50 (ms) | p99 (ms) | added p50 (ms) | added p99 (ms) | requests/s |");
-    println!("|---|---|---|---|---|---|---|");
+    println!(
+        "| connections | path | p50 (ms) | p99 (ms) | added p50 (ms) | added p99 (ms) | requests/s | CPU µs/request |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
     for &c in connections {
         let direct = &results[&(c, "direct")];
         let (d50, d99) = (
-            median(direct.iter().map(|r| r.p50_ms).collect()),
-            median(direct.iter().map(|r| r.p99_ms).collect()),
+            median(direct.iter().map(|r| r.wrk.p50_ms).collect()),
+            median(direct.iter().map(|r| r.wrk.p99_ms).collect()),
         );
-        for (name, _) in targets {
-            let rs = &results[&(c, name)];
-            let p50 = median(rs.iter().map(|r| r.p50_ms).collect());
-            let p99 = median(rs.iter().map(|r| r.p99_ms).collect());
-            let rps = median(rs.iter().map(|r| r.rps).collect());
+        for (name, _, _) in &targets {
+            let rs = &results[&(c, *name)];
+            let p50 = median(rs.iter().map(|r| r.wrk.p50_ms).collect());
+            let p99 = median(rs.iter().map(|r| r.wrk.p99_ms).collect());
+            let rps = median(rs.iter().map(|r| r.wrk.rps).collect());
+            let cpu = median(rs.iter().map(|r| r.cpu_us).collect());
             let added =
-                |x: f64, d: f64| if name == "direct" { "–".to_owned() } else { format!("{:.3}", x - d) };
+                |x: f64, d: f64| if *name == "direct" { "–".to_owned() } else { format!("{:.3}", x - d) };
             println!(
-                "| {c} | {name} | {p50:.3} | {p99:.3} | {} | {} | {rps:.0} |",
+                "| {c} | {name} | {p50:.3} | {p99:.3} | {} | {} | {rps:.0} | {cpu:.2} |",
                 added(p50, d50),
                 added(p99, d99)
             );
         }
     }
+    if max_steal < 100.0 {
+        println!();
+        println!(
+            "{measured_again} runs measured again because the hypervisor took more than {max_steal} % of the \
+             machine's CPU time during them; {kept_stolen} kept over that after {STEAL_ATTEMPTS} attempts."
+        );
+    }
+    if wanted("nginx") {
+        print_paired(&results, &targets, connections, rounds);
+    }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
+}
+
+/// One wrk run against one path, with the CPU time the path's process spent per request (for the
+/// direct path, the backend's).
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    wrk: WrkResult,
+    cpu_us: f64,
+}
+
+/// Every proxy against nginx, round by round: the ratio of throughputs, the differences of p50
+/// and p99 (the direct path is common to both, so a difference of latencies is one of added
+/// latencies) and the ratio of CPU time per request, each as the median over rounds with its 95 %
+/// interval, and in how many rounds the proxy was ahead with the sign test's p-value for that
+/// count.
+fn print_paired(
+    results: &BTreeMap<(usize, &str), Vec<Run>>,
+    targets: &[(&str, SocketAddr, u32)],
+    connections: &[usize],
+    rounds: usize,
+) {
+    let interval = |xs: &[f64], digits: usize| match paired::median_interval(xs, 0.95) {
+        Some(m) => format!("{:.digits$} [{:.digits$}, {:.digits$}]", m.median, m.low, m.high),
+        None => "–".to_owned(),
+    };
+    let ahead = |wins: usize, ties: usize| {
+        let n = rounds - ties;
+        format!("{wins}/{n} (p = {:.3})", paired::sign_test(wins, n))
+    };
+    let coverage = paired::median_interval(&vec![0.0; rounds], 0.95).map_or(0.0, |m| m.coverage);
+    println!();
+    println!(
+        "Paired with nginx per round ({rounds} rounds; median [interval holding the true median with \
+         probability {:.1} %]; ahead = rounds better than nginx, p = one-sided sign test):",
+        coverage * 100.0
+    );
+    println!();
+    println!(
+        "| connections | path | req/s ratio | ahead | p50 difference (ms) | ahead | p99 difference (ms) | ahead \
+         | CPU/request ratio | ahead |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for &c in connections {
+        let nginx = &results[&(c, "nginx")];
+        for (name, _, _) in targets.iter().filter(|(n, _, _)| *n != "direct" && *n != "nginx") {
+            let rs = &results[&(c, *name)];
+            let pairs = || rs.iter().zip(nginx);
+            let ratio: Vec<f64> = pairs().map(|(r, n)| r.wrk.rps / n.wrk.rps).collect();
+            let d50: Vec<f64> = pairs().map(|(r, n)| r.wrk.p50_ms - n.wrk.p50_ms).collect();
+            let d99: Vec<f64> = pairs().map(|(r, n)| r.wrk.p99_ms - n.wrk.p99_ms).collect();
+            let cpu: Vec<f64> = pairs().map(|(r, n)| r.cpu_us / n.cpu_us).collect();
+            let count = |xs: &[f64], better: fn(f64) -> bool, neutral: f64| {
+                (xs.iter().filter(|&&x| better(x)).count(), xs.iter().filter(|&&x| x == neutral).count())
+            };
+            let (w_rps, t_rps) = count(&ratio, |x| x > 1.0, 1.0);
+            let (w50, t50) = count(&d50, |x| x < 0.0, 0.0);
+            let (w99, t99) = count(&d99, |x| x < 0.0, 0.0);
+            let (w_cpu, t_cpu) = count(&cpu, |x| x < 1.0, 1.0);
+            println!(
+                "| {c} | {name} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                interval(&ratio, 3),
+                ahead(w_rps, t_rps),
+                interval(&d50, 3),
+                ahead(w50, t50),
+                interval(&d99, 3),
+                ahead(w99, t99),
+                interval(&cpu, 3),
+                ahead(w_cpu, t_cpu)
+            );
+        }
+    }
 }
 
 fn rss_kib(pid: u32) -> anyhow::Result<u64> {

@@ -11,6 +11,9 @@
 //!
 //! Every response's serving instance and node, its processing time and the instance's piggybacked
 //! load feed back into the balancer and into the per-instance processing-time estimates.
+//!
+//! A request that asks to switch protocols (WebSocket) and gets a `101` becomes a tunnel to its
+//! instance ([`crate::upgrade`]), one request in flight until it closes.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -47,6 +50,7 @@ use crate::queue_proxy::{INSTANCE_HEADER, LOAD_HEADER, NODE_HEADER, PROXY_HEADER
 use crate::recycling_timer::RecyclingTimer;
 use crate::server::{Handler, Peer, ServerHandle, serve};
 use crate::stats::RequestStats;
+use crate::upgrade::{Tunnels, switched, upgrade_asked};
 
 /// Request header telling the instance where the request entered the fleet.
 pub const ORIGIN_HEADER: &str = "x-ikukantai-origin";
@@ -330,6 +334,8 @@ struct Shared {
     origin_value: Option<HeaderValue>,
     /// Sleeps for the request timeout, reused from request to request.
     timers: RecyclingTimer,
+    /// Connections that switched protocols, spliced to their instances.
+    tunnels: Tunnels,
 }
 
 /// A running gateway.
@@ -409,6 +415,7 @@ impl Gateway {
             instance_ids: Mutex::default(),
             origin_value,
             timers: RecyclingTimer::default(),
+            tunnels: Tunnels::default(),
         });
         let server = serve(listener, Arc::new(Ingress(shared.clone())), max_header)?;
         let admin = serve(admin, Arc::new(Admin(shared.clone())), 8192)?;
@@ -606,8 +613,10 @@ impl Gateway {
             .collect()
     }
 
-    /// Stops accepting, finishes open requests, and returns.
+    /// Stops accepting, finishes open requests, cuts tunnels (connections that switched
+    /// protocols), and returns.
     pub async fn shutdown(self) {
+        self.shared.tunnels.close();
         self.server.shutdown().await;
         self.admin.shutdown().await;
     }
@@ -1033,11 +1042,20 @@ impl Handler for Ingress {
             };
 
             // In a block: a moved-from local still takes room in the future until its scope ends.
-            let request = {
+            let (request, client_upgrade) = {
                 let (mut parts, body) = req.into_parts();
+                let upgrade = upgrade_asked(&mut parts);
                 strip_hop_by_hop(&mut parts.headers);
+                let client_upgrade = upgrade.map(|(on_upgrade, protocol)| {
+                    parts.headers.insert(header::UPGRADE, protocol);
+                    on_upgrade
+                });
                 let upstream = Request::from_parts(parts, boxed(Limited::new(body, limit)));
-                forward(&picked.upstream, upstream, peer.ip_header(), shared.origin_value.as_ref(), buffered)
+                let ip = peer.ip_header();
+                (
+                    forward(&picked.upstream, upstream, ip, shared.origin_value.as_ref(), buffered),
+                    client_upgrade,
+                )
             };
             let sent = if buffered { Instant::now() } else { arrival };
             let response = match shared.timers.timeout_at(deadline, request).await {
@@ -1080,9 +1098,16 @@ impl Handler for Ingress {
             };
             let now = Instant::now();
             let (mut parts, body) = response.into_parts();
+            let switched = switched(&mut parts, client_upgrade);
             strip_hop_by_hop(&mut parts.headers);
             done.code = parts.status.as_u16();
             feedback(shared, &rev, &picked, &parts.headers, now, now - sent, parts.status.is_server_error());
+            if let Some((client, upstream, protocol)) = switched {
+                // In flight until the tunnel closes.
+                parts.headers.insert(header::UPGRADE, protocol);
+                shared.tunnels.open(client, upstream, None, done);
+                return Response::from_parts(parts, boxed(http_body_util::Empty::new()));
+            }
             let body = Guarded::new(body, done);
             Response::from_parts(parts, boxed(body))
         }

@@ -16,6 +16,10 @@
 //! headers; other transfer codings get 501.
 //! A connection whose request body was not read to its end is closed after the response (the
 //! bytes left cannot be told apart from a next request).
+//!
+//! A request with `Connection: upgrade` and `Upgrade` carries an [`OnUpgrade`] in its extensions;
+//! when the handler answers `101`, the connection is handed over to it after the `101` head
+//! ([`crate::upgrade`]).
 
 use std::cell::RefCell;
 use std::future::{Future, poll_fn};
@@ -32,10 +36,12 @@ use hyper::body::Incoming;
 use tokio::io::{AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::body::{Body, BoxError, error_response};
 use crate::server::{Handler, Peer};
+use crate::upgrade::{OnUpgrade, Upgraded};
 use crate::wire::{
     BodyFraming, Chunk, FieldSpan, Fill, MAX_HEADERS, READ_MAX, READ_MIN, WriteFraming, Writer,
     add_content_length, content_length, decode, lists, poll_write_all, span, write_field,
@@ -201,6 +207,9 @@ struct ReadSide {
     conn: Option<Waker>,
     /// The body's framing broke: nothing after it can be trusted.
     broken: bool,
+    /// The current request asked to switch protocols: where the connection goes if it does.
+    /// (Here rather than in the connection's future, which every waiting request pays for.)
+    upgrade: Option<oneshot::Sender<Upgraded>>,
 }
 
 impl Fill for ReadSide {
@@ -243,6 +252,9 @@ struct Head {
     framing: BodyFraming,
     keep_alive: bool,
     expect_continue: bool,
+    /// The client asks to switch protocols (`Connection: upgrade` and an `Upgrade` header, in
+    /// HTTP/1.1).
+    upgrade: bool,
 }
 
 /// Parses the request head at the start of `buf`, taking it out of the buffer. `None` if it is
@@ -299,6 +311,7 @@ fn parse_head(
     let (mut length, mut transfer_encoding) = (None, false);
     let mut keep_alive = version == Version::HTTP_11;
     let mut expect_continue = false;
+    let (mut upgrade_named, mut upgrade_header) = (false, false);
     for field in spans.iter() {
         let (name, value) = field.field(&head).map_err(bad)?;
         if name == header::CONTENT_LENGTH {
@@ -331,6 +344,9 @@ fn parse_head(
             } else if version == Version::HTTP_10 && lists(&value, "keep-alive") {
                 keep_alive = true;
             }
+            upgrade_named |= lists(&value, "upgrade");
+        } else if name == header::UPGRADE {
+            upgrade_header = true;
         } else if name == header::EXPECT {
             expect_continue = value.as_bytes().eq_ignore_ascii_case(b"100-continue");
         }
@@ -354,7 +370,8 @@ fn parse_head(
     *request.headers_mut() = headers;
     let (parts, ()) = request.into_parts();
     let expect_continue = expect_continue && version == Version::HTTP_11 && !framing.is_done();
-    Ok(Some(Head { parts, framing, keep_alive, expect_continue }))
+    let upgrade = upgrade_named && upgrade_header && version == Version::HTTP_11;
+    Ok(Some(Head { parts, framing, keep_alive, expect_continue, upgrade }))
 }
 
 /// Whether `buf` may hold a whole request head (or more than a head may be): it has an empty
@@ -445,7 +462,11 @@ fn response_framing(
     keep_alive: &mut bool,
 ) -> (WriteFraming, bool) {
     let status = parts.status;
-    if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+    if head_request
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
         return (WriteFraming::Empty, true);
     }
     // A length the response declares is kept to (a body that disagrees fails and closes the
@@ -474,6 +495,8 @@ fn start_response(
     let (parts, body) = response.into_parts();
     let (framing, bodiless) = response_framing(&parts, &body, head_request, version, &mut keep_alive);
     let connection = match (keep_alive, version) {
+        // What follows is the other protocol's.
+        _ if parts.status == StatusCode::SWITCHING_PROTOCOLS => Some("upgrade"),
         (false, _) => Some("close"),
         (true, Version::HTTP_10) => Some("keep-alive"),
         (true, _) => None,
@@ -503,6 +526,7 @@ pub(crate) async fn serve_connection<H: Handler>(
         expect: Expect::No,
         conn: None,
         broken: false,
+        upgrade: None,
     }));
     let mut writer = Writer::idle();
     let mut spans = Vec::new();
@@ -553,13 +577,19 @@ pub(crate) async fn serve_connection<H: Handler>(
                     break 'head None;
                 }
             };
-            let Head { parts, framing, keep_alive, expect_continue } = head;
+            let Head { mut parts, framing, keep_alive, expect_continue, upgrade } = head;
             let (version, head_request) = (parts.version, parts.method == Method::HEAD);
+            let upgrade = upgrade.then(|| {
+                let (tx, on_upgrade) = OnUpgrade::new();
+                parts.extensions.insert(on_upgrade);
+                tx
+            });
             let body = {
                 let mut side = lock(&shared);
                 side.request += 1;
                 side.framing = framing;
                 side.expect = if expect_continue { Expect::Unasked } else { Expect::No };
+                side.upgrade = upgrade;
                 let ended = framing.is_done();
                 RequestBody(Kind::H1 { side: shared.clone(), request: side.request, ended })
             };
@@ -619,14 +649,29 @@ pub(crate) async fn serve_connection<H: Handler>(
         {
             return;
         }
+        // By value, not borrowed: a borrowed local keeps its room in the future across the
+        // awaits below.
+        let (response, switch) = switching(response, &shared);
         let keep_alive =
             start_response(&mut writer, response, head_request, version, keep_alive && !closing());
         if let Err(e) = poll_fn(|cx| writer.poll_write(&mut write, cx)).await {
             tracing::debug!(peer = %peer.addr(), error = %e, "the response was cut short");
             return;
         }
+        if switch {
+            let mut side = lock(&shared);
+            if let Some(tx) = side.upgrade.take() {
+                // Bytes the client sent behind its request go first.
+                let pre = side.buf.split().freeze();
+                drop(side);
+                let _ = tx.send(Upgraded::client(pre, ClientRead(shared), write));
+            }
+            return;
+        }
         let (body_over, unread) = {
-            let side = lock(&shared);
+            let mut side = lock(&shared);
+            // Not switching (any answer but a `101`): the request's `OnUpgrade` learns so.
+            side.upgrade = None;
             (side.body_over(), !side.buf.is_empty())
         };
         if !body_over || (!keep_alive && unread) {
@@ -636,6 +681,39 @@ pub(crate) async fn serve_connection<H: Handler>(
         if !keep_alive {
             return;
         }
+    }
+}
+
+/// Whether `response` switches the connection's protocol: it is a `101`, the request asked to
+/// switch, and its body (if any) has been read, so that what follows is the new protocol's. A
+/// `101` that cannot switch becomes a 502.
+fn switching(response: http::Response<Body>, shared: &Mutex<ReadSide>) -> (http::Response<Body>, bool) {
+    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        return (response, false);
+    }
+    let may = {
+        let side = lock(shared);
+        side.upgrade.is_some() && side.body_over()
+    };
+    if may {
+        return (response, true);
+    }
+    let why =
+        "the instance switched protocols, which the request did not ask for (or before reading its body)";
+    (error_response(StatusCode::BAD_GATEWAY, why), false)
+}
+
+/// The read side of a client's connection after it switched protocols.
+pub(crate) struct ClientRead(Arc<Mutex<ReadSide>>);
+
+impl ClientRead {
+    pub(crate) fn poll_read(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        use tokio::io::AsyncRead as _;
+        Pin::new(&mut lock(&self.0).io).poll_read(cx, buf)
     }
 }
 
@@ -730,6 +808,21 @@ mod tests {
         assert_eq!((h.parts.method, h.parts.uri.to_string()), (Method::OPTIONS, "*".to_owned()));
         assert_eq!(h.parts.headers.get_all("x-a").iter().count(), 2);
         assert!(parse("GET / HTTP/1.1\r\nhost: a\r\n").unwrap().is_none(), "incomplete");
+    }
+
+    #[test]
+    fn an_upgrade_is_asked_for_with_both_headers_in_http_1_1() {
+        for (head, upgrade) in [
+            ("GET / HTTP/1.1\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\r\n", true),
+            ("GET / HTTP/1.1\r\nupgrade: websocket\r\nconnection: keep-alive, upgrade\r\n\r\n", true),
+            // `Upgrade` without `Connection` naming it (a proxy before us dropped it), and the reverse.
+            ("GET / HTTP/1.1\r\nupgrade: websocket\r\n\r\n", false),
+            ("GET / HTTP/1.1\r\nconnection: upgrade\r\n\r\n", false),
+            // HTTP/1.0 has no upgrades (RFC 9110 §7.8).
+            ("GET / HTTP/1.0\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n", false),
+        ] {
+            assert_eq!(parse(head).unwrap().unwrap().upgrade, upgrade, "{head:?}");
+        }
     }
 
     #[test]
@@ -852,6 +945,11 @@ mod tests {
                 "/head" => {
                     let mut r = Response::new(full("hello"));
                     r.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
+                    r
+                }
+                "/switch" => {
+                    let mut r = Response::new(full(""));
+                    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
                     r
                 }
                 path => Response::new(full(format!("quick {path}"))),
@@ -1010,6 +1108,14 @@ mod tests {
         .await
         .expect("the handler's future was dropped");
         server.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_101_to_a_request_that_did_not_ask_to_switch_is_not_passed_on() {
+        let server = start(Quick { dropped: Arc::default() }).await;
+        let got = talk(server.addr(), b"GET /switch HTTP/1.1\r\nhost: a\r\n\r\n", Some("before")).await;
+        assert!(got.starts_with("HTTP/1.1 502 Bad Gateway\r\n"), "{got}");
+        assert!(got.contains("switched protocols, which the request did not ask for"), "{got}");
     }
 
     #[tokio::test]

@@ -17,4 +17,5 @@ mod recycling_timer;
 pub mod server;
 pub mod stats;
 pub mod timer;
+pub mod upgrade;
 mod wire;

@@ -38,6 +38,7 @@ use tokio::time::Instant;
 use crate::body::{Body, BoxError};
 use crate::connect::{NodeConnector, NodeStream};
 use crate::proxy::origin_form;
+use crate::upgrade::{OnUpgrade, Upgraded};
 use crate::wire::{
     BodyFraming, Chunk, FieldSpan, Fill, MAX_HEADERS, READ_MIN, ReadError, WriteError, WriteFraming, Writer,
     add_content_length, decode, lists, write_field,
@@ -226,6 +227,10 @@ fn write_head(
     for (name, value) in forwarding.add {
         write_field(name, value, out);
     }
+    // A request that asks to switch protocols says so in `Connection` too (RFC 9110 §7.8).
+    if parts.headers.contains_key(header::UPGRADE) {
+        out.extend_from_slice(b"connection: upgrade\r\n");
+    }
     match framing {
         WriteFraming::Empty | WriteFraming::Close => {
             // Methods that define a body say its length even when it is empty (RFC 9110 §8.6).
@@ -257,9 +262,10 @@ struct Head {
     keep_alive: bool,
 }
 
-/// Parses the response head at the start of the read buffer (skipping 1xx interim responses).
-/// `None` if it is not complete yet.
-fn parse_head(conn: &mut Conn, head_request: bool) -> Result<Option<Head>, ExchangeError> {
+/// Parses the response head at the start of the read buffer (skipping 1xx interim responses; a
+/// `101` is final when `upgrade` says the request asked for it). `None` if it is not complete
+/// yet.
+fn parse_head(conn: &mut Conn, head_request: bool, upgrade: bool) -> Result<Option<Head>, ExchangeError> {
     let bad = |why: &str| ExchangeError::Head(why.to_owned());
     let (len, code, version) = loop {
         let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
@@ -277,10 +283,10 @@ fn parse_head(conn: &mut Conn, head_request: bool) -> Result<Option<Head>, Excha
         let httparse::Status::Complete(len) = status else { return Ok(None) };
         let code = parsed.code.unwrap_or_default();
         let version = if parsed.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
-        if code == 101 {
+        if code == 101 && !upgrade {
             return Err(bad("101 Switching Protocols, but no upgrade was asked for"));
         }
-        if (100..200).contains(&code) {
+        if (100..200).contains(&code) && code != 101 {
             // Interim (`100 Continue`, `103 Early Hints`): the final response follows.
             conn.read.advance(len);
             if conn.read.is_empty() {
@@ -320,7 +326,11 @@ fn parse_head(conn: &mut Conn, head_request: bool) -> Result<Option<Head>, Excha
         headers.append(name, value);
     }
     // RFC 9112 §6.3, in its order.
-    let framing = if head_request || code == 204 || code == 304 {
+    let framing = if code == 101 {
+        // What follows is the other protocol's, and the connection is not HTTP's any more.
+        keep_alive = false;
+        BodyFraming::Length(0)
+    } else if head_request || code == 204 || code == 304 {
         BodyFraming::Length(0)
     } else if transfer_encoding {
         // With a Content-Length beside it, the length is wrong (not sent on) and the connection
@@ -362,13 +372,18 @@ impl Exchange {
 
     /// Writes the request while reading the response head (an upstream may answer before it has
     /// read the whole body).
-    fn poll_head(&mut self, cx: &mut Context<'_>, head_request: bool) -> Poll<Result<Head, ExchangeError>> {
+    fn poll_head(
+        &mut self,
+        cx: &mut Context<'_>,
+        head_request: bool,
+        upgrade: bool,
+    ) -> Poll<Result<Head, ExchangeError>> {
         if let Some(e) = self.conn.keep_writing(cx)? {
             self.write_error = Some(e);
         }
         loop {
             if !self.conn.read.is_empty()
-                && let Some(mut head) = parse_head(&mut self.conn, head_request)?
+                && let Some(mut head) = parse_head(&mut self.conn, head_request, upgrade)?
             {
                 if self.write_error.is_some() {
                     head.keep_alive = false;
@@ -448,6 +463,7 @@ impl Upstream {
         }
         let (parts, body) = req.into_parts();
         let head_request = parts.method == Method::HEAD;
+        let upgrade = parts.headers.contains_key(header::UPGRADE);
         let mut may_retry = body.is_end_stream() && replayable(&parts);
         let (mut conn, mut reused) = match self.take_idle() {
             Some(c) => (c, true),
@@ -456,7 +472,7 @@ impl Upstream {
         begin(&mut conn.writer, &parts, forwarding, Some(body));
         let mut exchange = Exchange::new(conn);
         let head = loop {
-            match poll_fn(|cx| exchange.poll_head(cx, head_request)).await {
+            match poll_fn(|cx| exchange.poll_head(cx, head_request, upgrade)).await {
                 Ok(head) => break head,
                 Err(e) if reused && may_retry && !exchange.read_any && e.is_connection_lost() => {
                     // The upstream closed the idle connection as the request went out.
@@ -469,7 +485,19 @@ impl Upstream {
                 Err(e) => return Err(UpstreamError::Exchange { source: e }),
             }
         };
-        let (parts, ()) = head.response.into_parts();
+        let (mut parts, ()) = head.response.into_parts();
+        if parts.status == StatusCode::SWITCHING_PROTOCOLS {
+            // The connection leaves the pool with the response, in its extensions.
+            let Conn { io, mut read, .. } = *exchange.conn;
+            parts.extensions.insert(OnUpgrade::ready(Upgraded::upstream(read.split().freeze(), io)));
+            let body = PooledBody {
+                conn: None,
+                framing: BodyFraming::Length(0),
+                keep_alive: false,
+                home: Weak::new(),
+            };
+            return Ok(Response::from_parts(parts, body));
+        }
         let mut body = PooledBody {
             conn: Some(exchange.conn),
             framing: head.framing,
@@ -942,6 +970,54 @@ mod tests {
         assert_eq!(resp.status(), 201);
         assert_eq!(frames(resp).await.unwrap().0, b"ok");
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_request_that_asks_to_switch_protocols_gets_the_connection_with_the_101() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let seen = heads.clone();
+        // One byte at a time, with the new protocol's first bytes right behind the 101's head.
+        let (addr, accepted) = scripted(1, move |_, request, head| {
+            seen.lock().unwrap().push(head.to_owned());
+            Some(match request {
+                0 => b"HTTP/1.1 101 Switching Protocols\r\nupgrade: echo\r\nconnection: upgrade\r\n\r\nhi;"
+                    .to_vec(),
+                _ => b"pong".to_vec(),
+            })
+        })
+        .await;
+        let up = Upstream::new(addr, NodeConnector::new(None));
+        let mut req = get("/ws");
+        req.headers_mut().insert(header::UPGRADE, HeaderValue::from_static("echo"));
+        let resp = up.send(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+        assert_eq!(resp.headers()[header::UPGRADE], "echo");
+        let head = heads.lock().unwrap()[0].clone();
+        assert!(
+            head.contains("\r\nupgrade: echo\r\n") && head.contains("\r\nconnection: upgrade\r\n"),
+            "{head}"
+        );
+        let on_upgrade = resp.extensions().get::<OnUpgrade>().cloned().expect("the connection");
+        let mut io = on_upgrade.await.unwrap();
+        let mut got = Vec::new();
+        while got.len() < 3 {
+            let mut b = [0u8; 8];
+            let n = io.read(&mut b).await.unwrap();
+            got.extend_from_slice(&b[..n]);
+        }
+        assert_eq!(got, b"hi;", "bytes behind the head are not lost");
+        // The connection is ours now (the script takes this for a second head).
+        io.write_all(b"ping\r\n\r\n").await.unwrap();
+        let mut got = Vec::new();
+        while got.len() < 4 {
+            let mut b = [0u8; 8];
+            let n = io.read(&mut b).await.unwrap();
+            got.extend_from_slice(&b[..n]);
+        }
+        assert_eq!(got, b"pong");
+        // It never went back to the pool.
+        assert_eq!((up.idle_count(), accepted.load(Ordering::SeqCst)), (0, 1));
     }
 
     #[tokio::test]

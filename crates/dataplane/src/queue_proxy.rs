@@ -11,6 +11,9 @@
 //!   that came through the gateway's buffering path (`K-Proxy-Request: activator`) separately;
 //! - tells every response where it was served and how loaded the instance is
 //!   (`x-ikukantai-instance`, `x-ikukantai-node`, `x-ikukantai-load`, `x-ikukantai-service-time`);
+//! - tunnels connections that switch protocols (WebSocket, [`crate::upgrade`]): a tunnel holds
+//!   its containerConcurrency slot while open, and is cut after `idleTimeoutSeconds` without a
+//!   byte and when the drain starts;
 //! - drains on stop: refuses new work, finishes what it has, then exits.
 
 use std::net::SocketAddr;
@@ -42,6 +45,7 @@ use crate::proxy::{HeaderView, strip_hop_by_hop};
 use crate::recycling_timer::RecyclingTimer;
 use crate::server::{Handler, Peer, ServerHandle, serve};
 use crate::stats::RequestStats;
+use crate::upgrade::{Tunnels, switched, upgrade_asked};
 
 /// Header naming the instance that served a response.
 pub const INSTANCE_HEADER: &str = "x-ikukantai-instance";
@@ -212,6 +216,8 @@ struct Inner {
     draining: AtomicBool,
     metrics: QueueMetrics,
     registry: Registry,
+    /// Connections that switched protocols, spliced to the instance.
+    tunnels: Tunnels,
 }
 
 /// A running queue proxy.
@@ -268,6 +274,7 @@ impl QueueProxyHandle {
             stats: RequestStats::new(std::time::Instant::now()),
             ready,
             draining: AtomicBool::new(false),
+            tunnels: Tunnels::default(),
             metrics,
             registry,
             labels,
@@ -305,10 +312,12 @@ impl QueueProxyHandle {
         self.inner.0.stats.report(std::time::Instant::now())
     }
 
-    /// Graceful stop: new requests get 503, the ones in flight finish, then the servers stop.
+    /// Graceful stop: new requests get 503, the ones in flight finish, tunnels (connections that
+    /// switched protocols) are cut, then the servers stop.
     pub async fn drain(self) {
         let inner = &self.inner.0;
         inner.draining.store(true, Ordering::SeqCst);
+        inner.tunnels.close();
         inner.ready.send_replace(false);
         self.prober.abort();
         while inner.stats.in_flight() > 0 {
@@ -528,7 +537,12 @@ impl Handler for InnerRef {
 
         let started = Instant::now();
         let (mut parts, body) = req.into_parts();
+        let upgrade = upgrade_asked(&mut parts);
         strip_hop_by_hop(&mut parts.headers);
+        let client_upgrade = upgrade.map(|(on_upgrade, protocol)| {
+            parts.headers.insert(http::header::UPGRADE, protocol);
+            on_upgrade
+        });
         let upstream = Request::from_parts(parts, boxed(body));
         // The activator's mark is for this proxy's stats, not for the instance.
         let forwarding = Forwarding { remove: &[&PROXY_NAME], add: &[] };
@@ -561,10 +575,18 @@ impl Handler for InnerRef {
         };
         let service_micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         let (mut parts, body) = response.into_parts();
+        let switched = switched(&mut parts, client_upgrade);
         strip_hop_by_hop(&mut parts.headers);
         guard.code = parts.status.as_u16();
         parts.headers.insert(SERVICE_TIME_NAME.clone(), millis_value(service_micros));
         let idle = config.idle_timeout.filter(|d| !d.is_zero());
+        if let Some((client, upstream, protocol)) = switched {
+            // In flight, holding its containerConcurrency slot, until the tunnel closes; cut
+            // after idleTimeoutSeconds without a byte either way.
+            parts.headers.insert(http::header::UPGRADE, protocol);
+            inner.tunnels.open(client, upstream, idle, guard);
+            return self.stamp(Response::from_parts(parts, boxed(http_body_util::Empty::new())));
+        }
         let body = Deadlines::new(body, idle, deadline, config.timeout);
         let body = Guarded::new(body, guard);
         self.stamp(Response::from_parts(parts, boxed(body)))

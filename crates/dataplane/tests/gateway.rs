@@ -474,3 +474,65 @@ async fn h2c_clients_are_served_too() {
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(&body[..], b"Konnichiwa from h2");
 }
+
+/// The gateway's in-flight gauge for `hello-00001`, from its metrics.
+async fn gateway_in_flight(gw: &ikukantai_dataplane::gateway::Gateway) -> String {
+    let (_, _, metrics) = get(gw.admin_addr(), "admin", "/metrics").await;
+    let prefix = "ikukantai_gateway_in_flight_requests{";
+    let line = metrics.lines().find(|l| l.starts_with(prefix) && l.contains("hello-00001"));
+    line.and_then(|l| l.rsplit(' ').next()).unwrap_or("").to_owned()
+}
+
+#[tokio::test]
+async fn upgrades_such_as_websocket_are_tunnelled_and_count_in_flight_while_open() {
+    use tokio::io::AsyncWriteExt;
+    let (i, gw) = one_instance("hello-a").await;
+    let (mut s, head) = upgrade(gw.addr(), HOST, "/upgrade", b"early;").await;
+    assert!(head.starts_with("http/1.1 101 switching protocols\r\n"), "{head}");
+    assert!(head.contains("\r\nupgrade: echo\r\n") && head.contains("\r\nconnection: upgrade\r\n"), "{head}");
+    assert!(head.contains("\r\nx-ikukantai-instance: hello-a\r\n"), "{head}");
+    // Bytes sent right behind the request head were not lost in either proxy's buffer.
+    assert_eq!(read_exactly(&mut s, 25).await, "hello from hello-a;early;");
+    for word in ["ping", "pong", "a longer message"] {
+        s.write_all(word.as_bytes()).await.unwrap();
+        assert_eq!(read_exactly(&mut s, word.len()).await, word);
+    }
+    // The instance saw the protocol asked for, and the tunnel is one request in flight at both
+    // proxies (the balancer and containerConcurrency see it).
+    let seen = i.backend.seen.headers.lock().unwrap().last().cloned().unwrap();
+    assert_eq!((header(&seen, "upgrade"), header(&seen, "connection")), ("echo".into(), "upgrade".into()));
+    assert_eq!((i.qp.in_flight(), gateway_in_flight(&gw).await.as_str()), (1, "1"));
+    // The client closes: the instance's side ends too, and nothing is in flight any more.
+    s.shutdown().await.unwrap();
+    assert_eq!(read_exactly(&mut s, 1).await, "", "closed through to the instance and back");
+    drop(s);
+    while i.qp.in_flight() > 0 || gateway_in_flight(&gw).await != "0" {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (_, _, metrics) = get(gw.admin_addr(), "admin", "/metrics").await;
+    assert!(metrics.contains("code=\"101\"} 1"), "recorded as a request once closed: {metrics}");
+}
+
+#[tokio::test]
+async fn an_upgrade_the_instance_declines_leaves_the_connection_in_http() {
+    use tokio::io::AsyncWriteExt;
+    let (_i, gw) = one_instance("hello-a").await;
+    // `/` answers 200, not 101: the connection stays HTTP/1.1 and serves the next request.
+    let (mut s, head) = upgrade(gw.addr(), HOST, "/", b"").await;
+    assert!(head.starts_with("http/1.1 200 ok\r\n"), "{head}");
+    assert!(!head.contains("upgrade"), "{head}");
+    assert_eq!(read_exactly(&mut s, 23).await, "Konnichiwa from hello-a");
+    s.write_all(format!("GET / HTTP/1.1\r\nhost: {HOST}\r\n\r\n").as_bytes()).await.unwrap();
+    let next = read_exactly(&mut s, 17).await;
+    assert_eq!(next.to_ascii_lowercase(), "http/1.1 200 ok\r\n");
+}
+
+#[tokio::test]
+async fn tunnels_are_cut_when_the_gateway_shuts_down() {
+    let (_i, gw) = one_instance("hello-a").await;
+    let (mut s, head) = upgrade(gw.addr(), HOST, "/upgrade", b"").await;
+    assert!(head.starts_with("http/1.1 101 "), "{head}");
+    assert_eq!(read_exactly(&mut s, 19).await, "hello from hello-a;");
+    tokio::time::timeout(Duration::from_secs(5), gw.shutdown()).await.expect("shutdown ends");
+    assert_eq!(read_exactly(&mut s, 1).await, "", "the tunnel closed");
+}

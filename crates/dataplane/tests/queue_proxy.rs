@@ -221,3 +221,49 @@ async fn http_readiness_probes_reuse_their_connection() {
     wait_ready(&qp).await;
     assert_eq!(accepted.load(Ordering::SeqCst), 1, "five probes, one connection");
 }
+
+#[tokio::test]
+async fn a_tunnel_holds_its_concurrency_slot_until_it_closes() {
+    use tokio::io::AsyncWriteExt;
+    let i = instance("hello-a", "node1", "hello-00001", 1).await;
+    let addr = i.qp.addr();
+    let (mut s, head) = upgrade(addr, "hello.default", "/upgrade", b"").await;
+    assert!(head.starts_with("http/1.1 101 switching protocols\r\n"), "{head}");
+    assert!(head.contains("\r\nx-ikukantai-instance: hello-a\r\n"), "{head}");
+    assert_eq!(read_exactly(&mut s, 19).await, "hello from hello-a;");
+    // containerConcurrency 1: the next request waits for the tunnel's slot.
+    let next = tokio::spawn(async move { get(addr, "hello.default", "/").await });
+    while waiting(&i.qp).await != "1" {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    s.write_all(b"still here").await.unwrap();
+    assert_eq!(read_exactly(&mut s, 10).await, "still here");
+    assert!(!next.is_finished());
+    drop(s);
+    let (status, _, body) = next.await.unwrap();
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "Konnichiwa from hello-a"));
+}
+
+#[tokio::test]
+async fn a_quiet_tunnel_is_cut_after_the_idle_timeout_and_draining_cuts_the_others() {
+    use tokio::io::AsyncWriteExt;
+    let backend = backend("hello-a").await;
+    let mut config = qp_config("hello-a", "node1", "hello-00001", backend.addr, 0);
+    config.idle_timeout = Some(Duration::from_millis(200));
+    let qp = start_qp(config).await;
+    wait_ready(&qp).await;
+    // Quiet: cut once 200 ms pass without a byte.
+    let (mut quiet, _) = upgrade(qp.addr(), "hello.default", "/upgrade", b"").await;
+    assert_eq!(read_exactly(&mut quiet, 19).await, "hello from hello-a;");
+    assert_eq!(read_exactly(&mut quiet, 1).await, "", "cut when idle");
+    // Another, cut by the drain (that bytes keep a tunnel open past the idle timeout is shown
+    // with paused time in `upgrade.rs`).
+    let (mut open, _) = upgrade(qp.addr(), "hello.default", "/upgrade", b"").await;
+    assert_eq!(read_exactly(&mut open, 19).await, "hello from hello-a;");
+    open.write_all(b".").await.unwrap();
+    assert_eq!(read_exactly(&mut open, 1).await, ".");
+    tokio::time::timeout(Duration::from_secs(5), qp.drain())
+        .await
+        .expect("the drain does not wait for tunnels");
+    assert_eq!(read_exactly(&mut open, 1).await, "", "cut by the drain");
+}

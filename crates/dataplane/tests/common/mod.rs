@@ -71,6 +71,7 @@ pub async fn backend_on(listener: TcpListener, name: &'static str) -> Backend {
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), svc)
+                    .with_upgrades()
                     .await;
             });
         }
@@ -80,7 +81,7 @@ pub async fn backend_on(listener: TcpListener, name: &'static str) -> Backend {
 
 async fn answer(
     name: &str,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     seen: Arc<Seen>,
     release: Arc<Mutex<mpsc::Receiver<()>>>,
 ) -> Response<Body> {
@@ -93,6 +94,26 @@ async fn answer(
     }
     match path.as_str() {
         "/echo" => Response::new(boxed(req.into_body())),
+        // Switches to the `echo` protocol: every byte goes back, after a greeting naming the
+        // instance.
+        "/upgrade" if req.headers().get(http::header::UPGRADE).is_some_and(|v| v == "echo") => {
+            let on_upgrade = hyper::upgrade::on(&mut req);
+            let greeting = format!("hello from {name};");
+            tokio::spawn(async move {
+                use tokio::io::{AsyncWriteExt, copy, split};
+                let Ok(upgraded) = on_upgrade.await else { return };
+                let (mut r, mut w) = split(TokioIo::new(upgraded));
+                if w.write_all(greeting.as_bytes()).await.is_ok() {
+                    let _ = copy(&mut r, &mut w).await;
+                }
+                let _ = w.shutdown().await;
+            });
+            let mut resp = Response::new(boxed(http_body_util::Empty::<Bytes>::new()));
+            *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+            resp.headers_mut().insert(http::header::UPGRADE, http::HeaderValue::from_static("echo"));
+            resp.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("upgrade"));
+            resp
+        }
         "/hang" => {
             let mut guard = CancelGuard(seen, false);
             tokio::time::sleep(Duration::from_secs(3600)).await;
@@ -230,4 +251,43 @@ pub async fn gateway(
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let a = TcpListener::bind("127.0.0.1:0").await.unwrap();
     ikukantai_dataplane::gateway::Gateway::start(config, l, a, events).unwrap()
+}
+
+/// Asks `addr` to switch `path` to the `echo` protocol on a raw connection, with `early` sent
+/// right behind the request head. Returns the connection after the `101` head, and that head.
+pub async fn upgrade(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    early: &[u8],
+) -> (tokio::net::TcpStream, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!("GET {path} HTTP/1.1\r\nhost: {host}\r\nconnection: Upgrade\r\nupgrade: echo\r\n\r\n");
+    s.write_all(&[head.as_bytes(), early].concat()).await.unwrap();
+    // Byte by byte up to the head's end: what follows belongs to the new protocol.
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        if s.read(&mut b).await.unwrap() == 0 {
+            break;
+        }
+        head.push(b[0]);
+    }
+    (s, String::from_utf8(head).unwrap().to_ascii_lowercase())
+}
+
+/// Reads from `s` until `want` bytes came (or the connection closed); panics after 10 s.
+pub async fn read_exactly(s: &mut tokio::net::TcpStream, want: usize) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut got = vec![0u8; want];
+    let mut n = 0;
+    while n < want {
+        let read = tokio::time::timeout(Duration::from_secs(10), s.read(&mut got[n..]));
+        match read.await.expect("bytes or the close within 10 s").unwrap() {
+            0 => break,
+            k => n += k,
+        }
+    }
+    String::from_utf8_lossy(&got[..n]).into_owned()
 }

@@ -1,0 +1,358 @@
+//! Connections that switch protocols (`Upgrade`, RFC 9110 §7.8; WebSocket is the common one).
+//!
+//! A client asks with `Connection: upgrade` and `Upgrade: <protocol>` on an HTTP/1.1 request. The
+//! proxies forward the request with both headers; when the instance answers `101 Switching
+//! Protocols`, the client's connection ([`OnUpgrade`], from the server) and the instance's
+//! ([`Upgraded`], from the upstream client) are spliced into a tunnel (`Tunnels`) that carries
+//! bytes both ways until either side closes. The proxies do not read what goes through: any
+//! protocol can be tunnelled.
+//!
+//! A tunnel counts as one request in flight for as long as it is open (the balancer, the
+//! autoscaler and containerConcurrency see it, as Knative's do), and it is recorded, with status
+//! 101, when it closes. Tunnels are cut when their gateway shuts down or their queue proxy starts
+//! to drain: they have no end to wait for.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use http::{HeaderValue, StatusCode, header};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::sync::{oneshot, watch};
+use tokio::time::Instant;
+
+use crate::connect::NodeStream;
+use crate::h1::ClientRead;
+
+/// One side of a connection that switched protocols: bytes in both directions, raw. Bytes that
+/// arrived with the `101` (or behind the request head) are read first.
+pub struct Upgraded {
+    pre: Bytes,
+    io: Io,
+}
+
+enum Io {
+    /// A client's connection to our HTTP/1.1 server.
+    Client { read: ClientRead, write: OwnedWriteHalf },
+    /// A connection to an upstream.
+    Upstream(NodeStream),
+}
+
+impl std::fmt::Debug for Upgraded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let side = match self.io {
+            Io::Client { .. } => "client",
+            Io::Upstream(_) => "upstream",
+        };
+        f.debug_struct("Upgraded").field("side", &side).field("pre", &self.pre.len()).finish()
+    }
+}
+
+impl Upgraded {
+    pub(crate) fn client(pre: Bytes, read: ClientRead, write: OwnedWriteHalf) -> Self {
+        Self { pre, io: Io::Client { read, write } }
+    }
+
+    pub(crate) fn upstream(pre: Bytes, io: NodeStream) -> Self {
+        Self { pre, io: Io::Upstream(io) }
+    }
+}
+
+impl AsyncRead for Upgraded {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.pre.is_empty() {
+            let n = this.pre.len().min(buf.remaining());
+            buf.put_slice(&this.pre[..n]);
+            this.pre.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        match &mut this.io {
+            Io::Client { read, .. } => read.poll_read(cx, buf),
+            Io::Upstream(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Upgraded {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match &mut self.get_mut().io {
+            Io::Client { write, .. } => Pin::new(write).poll_write(cx, buf),
+            Io::Upstream(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().io {
+            Io::Client { write, .. } => Pin::new(write).poll_flush(cx),
+            Io::Upstream(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().io {
+            Io::Client { write, .. } => Pin::new(write).poll_shutdown(cx),
+            Io::Upstream(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// In a request's extensions when its client asked to switch protocols: resolves to the client's
+/// connection once a `101` answer has been written to it (and to an error if the answer was
+/// anything else, or the connection closed first). In the extensions of an upstream's `101`
+/// response ([`crate::pool::Upstream::forward`]): resolves to the upstream's connection.
+/// (`Clone`, as request extensions must be; the first clone to see the connection takes it.)
+#[derive(Debug, Clone)]
+pub struct OnUpgrade(Arc<Mutex<Option<oneshot::Receiver<Upgraded>>>>);
+
+impl OnUpgrade {
+    pub(crate) fn new() -> (oneshot::Sender<Upgraded>, Self) {
+        let (tx, rx) = oneshot::channel();
+        (tx, Self(Arc::new(Mutex::new(Some(rx)))))
+    }
+
+    /// Resolves to `upgraded` (an upstream's connection, which has switched already).
+    pub(crate) fn ready(upgraded: Upgraded) -> Self {
+        let (tx, on_upgrade) = Self::new();
+        let _ = tx.send(upgraded);
+        on_upgrade
+    }
+}
+
+/// The connection was not handed over (the answer was not a `101`, or writing it failed).
+#[derive(Debug, thiserror::Error)]
+#[error("the connection did not switch protocols")]
+pub struct NotUpgraded;
+
+impl Future for OnUpgrade {
+    type Output = Result<Upgraded, NotUpgraded>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut slot = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(rx) = slot.as_mut() else { return Poll::Ready(Err(NotUpgraded)) };
+        let result = ready!(Pin::new(rx).poll(cx));
+        *slot = None;
+        Poll::Ready(result.map_err(|_| NotUpgraded))
+    }
+}
+
+/// The request's client connection if it asked to switch protocols, with the protocol it asked
+/// for (the `Upgrade` header, which must go on although it is hop-by-hop).
+pub(crate) fn upgrade_asked(parts: &mut http::request::Parts) -> Option<(OnUpgrade, HeaderValue)> {
+    let on_upgrade = parts.extensions.remove::<OnUpgrade>()?;
+    Some((on_upgrade, parts.headers.get(header::UPGRADE)?.clone()))
+}
+
+/// For a `101` answer to a request that asked to switch (`client`): the client's connection, the
+/// upstream's (from the response's extensions) and the protocol switched to.
+pub(crate) fn switched(
+    parts: &mut http::response::Parts,
+    client: Option<OnUpgrade>,
+) -> Option<(OnUpgrade, OnUpgrade, HeaderValue)> {
+    if parts.status != StatusCode::SWITCHING_PROTOCOLS {
+        return None;
+    }
+    let upstream = parts.extensions.remove::<OnUpgrade>()?;
+    Some((client?, upstream, parts.headers.get(header::UPGRADE)?.clone()))
+}
+
+/// The tunnels a proxy has open, all cut by [`close`](Self::close).
+#[derive(Debug)]
+pub(crate) struct Tunnels {
+    closed: watch::Sender<bool>,
+}
+
+impl Default for Tunnels {
+    fn default() -> Self {
+        Self { closed: watch::Sender::new(false) }
+    }
+}
+
+impl Tunnels {
+    /// Splices `client` (once handed over) with `upstream` in a task of its own until either
+    /// side closes, nothing crosses for `idle` (if given), or [`close`](Self::close) is called;
+    /// `guard` is dropped when the tunnel ends. Once closed, tunnels end as they open.
+    pub(crate) fn open<G: Send + 'static>(
+        &self,
+        client: OnUpgrade,
+        upstream: OnUpgrade,
+        idle: Option<Duration>,
+        guard: G,
+    ) {
+        let mut closed = self.closed.subscribe();
+        tokio::spawn(async move {
+            let _guard = guard;
+            let splice = async {
+                let (Ok(mut client), Ok(mut upstream)) = (client.await, upstream.await) else { return };
+                let start = Instant::now();
+                let last = Arc::new(AtomicU64::new(0));
+                let mut client = Watched { io: &mut client, start, last: last.clone() };
+                let quiet = async {
+                    let Some(idle) = idle else { return std::future::pending().await };
+                    loop {
+                        let until = start + Duration::from_nanos(last.load(Ordering::Relaxed)) + idle;
+                        if Instant::now() >= until {
+                            return;
+                        }
+                        tokio::time::sleep_until(until).await;
+                    }
+                };
+                tokio::select! {
+                    result = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
+                        if let Err(e) = result {
+                            tracing::debug!(error = %e, "tunnel ended with an error");
+                        }
+                    }
+                    () = quiet => tracing::debug!(?idle, "tunnel cut: idle"),
+                }
+            };
+            tokio::select! {
+                () = splice => {}
+                _ = closed.wait_for(|c| *c) => tracing::debug!("tunnel cut: shutting down"),
+            }
+        });
+    }
+
+    /// Cuts every open tunnel, and every one opened from now on.
+    pub(crate) fn close(&self) {
+        self.closed.send_replace(true);
+    }
+}
+
+/// The client's side of a tunnel, noting when bytes last crossed in either direction (every
+/// byte crosses through it: read from the client, or written to it).
+struct Watched<'a> {
+    io: &'a mut Upgraded,
+    start: Instant,
+    /// Nanoseconds from `start`.
+    last: Arc<AtomicU64>,
+}
+
+impl Watched<'_> {
+    fn touch(&self) {
+        let nanos = u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.last.store(nanos, Ordering::Relaxed);
+    }
+}
+
+impl AsyncRead for Watched<'_> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let result = Pin::new(&mut *this.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.touch();
+        }
+        result
+    }
+}
+
+impl AsyncWrite for Watched<'_> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let result = Pin::new(&mut *this.io).poll_write(cx, buf);
+        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
+            this.touch();
+        }
+        result
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, duplex};
+
+    use super::*;
+
+    /// A tunnel between two in-memory connections (so that paused time works); returns the far
+    /// ends: the client's and the upstream's.
+    fn tunnel(
+        tunnels: &Tunnels,
+        idle: Option<Duration>,
+        guard: impl Send + 'static,
+    ) -> (DuplexStream, DuplexStream) {
+        let (client, client_far) = duplex(1024);
+        let (upstream, upstream_far) = duplex(1024);
+        let client =
+            OnUpgrade::ready(Upgraded::upstream(Bytes::from_static(b"pre;"), NodeStream::Link(client)));
+        let upstream = OnUpgrade::ready(Upgraded::upstream(Bytes::new(), NodeStream::Link(upstream)));
+        tunnels.open(client, upstream, idle, guard);
+        (client_far, upstream_far)
+    }
+
+    async fn read_some(s: &mut DuplexStream) -> String {
+        let mut buf = [0u8; 64];
+        let n = s.read(&mut buf).await.unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+
+    struct Flag(Arc<AtomicU64>);
+    impl Drop for Flag {
+        fn drop(&mut self) {
+            self.0.store(1, Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn bytes_either_way_keep_a_tunnel_open_and_silence_cuts_it_after_the_idle_time() {
+        let tunnels = Tunnels::default();
+        let ended = Arc::new(AtomicU64::new(0));
+        let (mut client, mut upstream) = tunnel(&tunnels, Some(Duration::from_secs(1)), Flag(ended.clone()));
+        // Bytes read before the hand-over come first.
+        assert_eq!(read_some(&mut upstream).await, "pre;");
+        let start = Instant::now();
+        for i in 0..10 {
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            // Alternate directions: either keeps the tunnel alive.
+            if i % 2 == 0 {
+                client.write_all(b"up").await.unwrap();
+                assert_eq!(read_some(&mut upstream).await, "up");
+            } else {
+                upstream.write_all(b"down").await.unwrap();
+                assert_eq!(read_some(&mut client).await, "down");
+            }
+        }
+        assert_eq!(ended.load(Ordering::SeqCst), 0, "open after 6 s with bytes every 0.6 s");
+        let last = Instant::now();
+        assert_eq!(read_some(&mut client).await, "", "cut");
+        assert_eq!(last - start, Duration::from_secs(6));
+        assert_eq!(Instant::now() - last, Duration::from_secs(1), "one idle time after the last byte");
+        tokio::task::yield_now().await;
+        assert_eq!(ended.load(Ordering::SeqCst), 1, "the guard went with the tunnel");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_tunnel_without_an_idle_time_lasts_until_a_side_closes_or_the_tunnels_close() {
+        let tunnels = Tunnels::default();
+        let (mut client, mut upstream) = tunnel(&tunnels, None, ());
+        assert_eq!(read_some(&mut upstream).await, "pre;");
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+        client.write_all(b"late").await.unwrap();
+        assert_eq!(read_some(&mut upstream).await, "late");
+        // One side closing its write half closes the other's, and the way back stays open.
+        client.shutdown().await.unwrap();
+        assert_eq!(read_some(&mut upstream).await, "");
+        upstream.write_all(b"bye").await.unwrap();
+        assert_eq!(read_some(&mut client).await, "bye");
+        // Closing the tunnels cuts it, and a tunnel opened later ends at once.
+        let (mut other, _other_upstream) = tunnel(&tunnels, None, ());
+        tunnels.close();
+        assert_eq!(read_some(&mut client).await, "");
+        assert_eq!(read_some(&mut other).await, "");
+        let (mut late, _late_upstream) = tunnel(&tunnels, None, ());
+        assert_eq!(read_some(&mut late).await, "");
+    }
+}

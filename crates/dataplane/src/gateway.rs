@@ -1051,11 +1051,9 @@ impl Handler for Ingress {
                     on_upgrade
                 });
                 let upstream = Request::from_parts(parts, boxed(Limited::new(body, limit)));
-                let ip = peer.ip_header();
-                (
-                    forward(&picked.upstream, upstream, ip, shared.origin_value.as_ref(), buffered),
-                    client_upgrade,
-                )
+                let (ip, origin) = (peer.ip_header(), shared.origin_value.as_ref());
+                let upgrade = client_upgrade.is_some();
+                (forward(&picked.upstream, upstream, ip, origin, buffered, upgrade), client_upgrade)
             };
             let sent = if buffered { Instant::now() } else { arrival };
             let response = match shared.timers.timeout_at(deadline, request).await {
@@ -1116,7 +1114,7 @@ impl Handler for Ingress {
 
 /// Sends `req` to `to` with the gateway's own headers, written straight into the forwarded head:
 /// the origin (`origin`) and proxy (`buffered`) headers replace whatever the client sent under
-/// those names; X-Forwarded-For (`ip`) appends. Boxed: the request's future, whose size every
+/// those names; X-Forwarded-For (`ip`) appends; `upgrade`: the request asks to switch protocols. Boxed: the request's future, whose size every
 /// waiting request pays, holds a pointer rather than the forward's state.
 fn forward<'a>(
     to: &'a Upstream,
@@ -1124,6 +1122,7 @@ fn forward<'a>(
     ip: &'a HeaderValue,
     origin: Option<&'a HeaderValue>,
     buffered: bool,
+    upgrade: bool,
 ) -> std::pin::Pin<Box<impl Future<Output = Result<Response<PooledBody>, UpstreamError>> + Send + 'a>> {
     Box::pin(async move {
         let mut added = [(&X_FORWARDED_FOR, ip); 3];
@@ -1136,7 +1135,8 @@ fn forward<'a>(
             added[count] = (&PROXY_NAME, &ACTIVATOR);
             count += 1;
         }
-        to.forward(req, Forwarding { remove: &[&ORIGIN_NAME, &PROXY_NAME], add: &added[..count] }).await
+        let forwarding = Forwarding { remove: &[&ORIGIN_NAME, &PROXY_NAME], add: &added[..count], upgrade };
+        to.forward(req, forwarding).await
     })
 }
 

@@ -200,6 +200,10 @@ pub struct Forwarding<'a> {
     /// Sent after the request's own headers (a name the request has too then appears twice,
     /// which for a list-valued header such as `X-Forwarded-For` means appended).
     pub add: &'a [(&'a HeaderName, &'a HeaderValue)],
+    /// The request asks to switch protocols: it goes with `Connection: upgrade` (beside its
+    /// `Upgrade` header), and a `101` answer hands the connection over
+    /// ([`Upstream::forward`]).
+    pub upgrade: bool,
 }
 
 /// Appends the request line and headers to `out`, with the framing header for `framing`.
@@ -228,7 +232,7 @@ fn write_head(
         write_field(name, value, out);
     }
     // A request that asks to switch protocols says so in `Connection` too (RFC 9110 §7.8).
-    if parts.headers.contains_key(header::UPGRADE) {
+    if forwarding.upgrade {
         out.extend_from_slice(b"connection: upgrade\r\n");
     }
     match framing {
@@ -463,7 +467,7 @@ impl Upstream {
         }
         let (parts, body) = req.into_parts();
         let head_request = parts.method == Method::HEAD;
-        let upgrade = parts.headers.contains_key(header::UPGRADE);
+        let upgrade = forwarding.upgrade;
         let mut may_retry = body.is_end_stream() && replayable(&parts);
         let (mut conn, mut reused) = match self.take_idle() {
             Some(c) => (c, true),
@@ -990,7 +994,7 @@ mod tests {
         let up = Upstream::new(addr, NodeConnector::new(None));
         let mut req = get("/ws");
         req.headers_mut().insert(header::UPGRADE, HeaderValue::from_static("echo"));
-        let resp = up.send(req).await.unwrap();
+        let resp = up.forward(req, Forwarding { upgrade: true, ..Forwarding::default() }).await.unwrap();
         assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
         assert_eq!(resp.headers()[header::UPGRADE], "echo");
         let head = heads.lock().unwrap()[0].clone();

@@ -545,7 +545,7 @@ impl Handler for InnerRef {
         });
         let upstream = Request::from_parts(parts, boxed(body));
         // The activator's mark is for this proxy's stats, not for the instance.
-        let forwarding = Forwarding { remove: &[&PROXY_NAME], add: &[] };
+        let forwarding = Forwarding { remove: &[&PROXY_NAME], add: &[], upgrade: client_upgrade.is_some() };
         let start_deadline = config.response_start_timeout.map_or(deadline, |t| (arrival + t).min(deadline));
         let send = inner.app.forward(upstream, forwarding);
         let response = match inner.timers.timeout_at(start_deadline, send).await {

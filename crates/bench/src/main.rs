@@ -604,7 +604,8 @@ fn proxy(
                     );
                     if stolen <= max_steal || attempt == STEAL_ATTEMPTS {
                         kept_stolen += usize::from(stolen > max_steal);
-                        results.entry((c, name)).or_default().push(Run { wrk, cpu_us });
+                        let stolen = stolen > max_steal;
+                        results.entry((c, name)).or_default().push(Run { wrk, cpu_us, stolen });
                         break;
                     }
                     measured_again += 1;
@@ -657,13 +658,16 @@ fn proxy(
 struct Run {
     wrk: WrkResult,
     cpu_us: f64,
+    /// Kept although the hypervisor took more than `--max-steal` of the machine during it.
+    stolen: bool,
 }
 
 /// Every proxy against nginx, round by round: the ratio of throughputs, the differences of p50
 /// and p99 (the direct path is common to both, so a difference of latencies is one of added
 /// latencies) and the ratio of CPU time per request, each as the median over rounds with its 95 %
 /// interval, and in how many rounds the proxy was ahead with the sign test's p-value for that
-/// count.
+/// count. A round in which either run was kept although more than `--max-steal` was stolen during
+/// it is left out: the two did not share the machine alike.
 fn print_paired(
     results: &BTreeMap<(usize, &str), Vec<Run>>,
     targets: &[(&str, SocketAddr, u32)],
@@ -674,28 +678,29 @@ fn print_paired(
         Some(m) => format!("{:.digits$} [{:.digits$}, {:.digits$}]", m.median, m.low, m.high),
         None => "–".to_owned(),
     };
-    let ahead = |wins: usize, ties: usize| {
-        let n = rounds - ties;
+    let ahead = |wins: usize, ties: usize, pairs: usize| {
+        let n = pairs - ties;
         format!("{wins}/{n} (p = {:.3})", paired::sign_test(wins, n))
     };
-    let coverage = paired::median_interval(&vec![0.0; rounds], 0.95).map_or(0.0, |m| m.coverage);
     println!();
     println!(
-        "Paired with nginx per round ({rounds} rounds; median [interval holding the true median with \
-         probability {:.1} %]; ahead = rounds better than nginx, p = one-sided sign test):",
-        coverage * 100.0
+        "Paired with nginx per round ({rounds} rounds, less those in which either run was kept with more \
+         than --max-steal stolen; median [interval holding the true median with at least 95 % \
+         probability, or the whole range when the pairs are too few for that]; ahead = rounds better than \
+         nginx, p = one-sided sign test):"
     );
     println!();
     println!(
-        "| connections | path | req/s ratio | ahead | p50 difference (ms) | ahead | p99 difference (ms) | ahead \
-         | CPU/request ratio | ahead |"
+        "| connections | path | pairs | req/s ratio | ahead | p50 difference (ms) | ahead | p99 difference (ms) \
+         | ahead | CPU/request ratio | ahead |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for &c in connections {
         let nginx = &results[&(c, "nginx")];
         for (name, _, _) in targets.iter().filter(|(n, _, _)| *n != "direct" && *n != "nginx") {
             let rs = &results[&(c, *name)];
-            let pairs = || rs.iter().zip(nginx);
+            let pairs = || rs.iter().zip(nginx).filter(|(r, n)| !r.stolen && !n.stolen);
+            let count_pairs = pairs().count();
             let ratio: Vec<f64> = pairs().map(|(r, n)| r.wrk.rps / n.wrk.rps).collect();
             let d50: Vec<f64> = pairs().map(|(r, n)| r.wrk.p50_ms - n.wrk.p50_ms).collect();
             let d99: Vec<f64> = pairs().map(|(r, n)| r.wrk.p99_ms - n.wrk.p99_ms).collect();
@@ -708,15 +713,15 @@ fn print_paired(
             let (w99, t99) = count(&d99, |x| x < 0.0, 0.0);
             let (w_cpu, t_cpu) = count(&cpu, |x| x < 1.0, 1.0);
             println!(
-                "| {c} | {name} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {c} | {name} | {count_pairs} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 interval(&ratio, 3),
-                ahead(w_rps, t_rps),
+                ahead(w_rps, t_rps, count_pairs),
                 interval(&d50, 3),
-                ahead(w50, t50),
+                ahead(w50, t50, count_pairs),
                 interval(&d99, 3),
-                ahead(w99, t99),
+                ahead(w99, t99, count_pairs),
                 interval(&cpu, 3),
-                ahead(w_cpu, t_cpu)
+                ahead(w_cpu, t_cpu, count_pairs)
             );
         }
     }

@@ -1102,7 +1102,9 @@ impl Handler for Ingress {
             feedback(shared, &rev, &picked, &parts.headers, now, now - sent, parts.status.is_server_error());
             if let Some((client, upstream, protocol)) = switched {
                 // In flight until the tunnel closes.
-                parts.headers.insert(header::UPGRADE, protocol);
+                if let Some(protocol) = protocol {
+                    parts.headers.insert(header::UPGRADE, protocol);
+                }
                 shared.tunnels.open(client, upstream, None, done);
                 return Response::from_parts(parts, boxed(http_body_util::Empty::new()));
             }

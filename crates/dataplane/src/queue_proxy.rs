@@ -583,7 +583,9 @@ impl Handler for InnerRef {
         if let Some((client, upstream, protocol)) = switched {
             // In flight, holding its containerConcurrency slot, until the tunnel closes; cut
             // after idleTimeoutSeconds without a byte either way.
-            parts.headers.insert(http::header::UPGRADE, protocol);
+            if let Some(protocol) = protocol {
+                parts.headers.insert(http::header::UPGRADE, protocol);
+            }
             inner.tunnels.open(client, upstream, idle, guard);
             return self.stamp(Response::from_parts(parts, boxed(http_body_util::Empty::new())));
         }

@@ -149,16 +149,17 @@ pub(crate) fn upgrade_asked(parts: &mut http::request::Parts) -> Option<(OnUpgra
 }
 
 /// For a `101` answer to a request that asked to switch (`client`): the client's connection, the
-/// upstream's (from the response's extensions) and the protocol switched to.
+/// upstream's (from the response's extensions) and the protocol switched to (passed on as the
+/// instance said it, or not at all if it did not).
 pub(crate) fn switched(
     parts: &mut http::response::Parts,
     client: Option<OnUpgrade>,
-) -> Option<(OnUpgrade, OnUpgrade, HeaderValue)> {
+) -> Option<(OnUpgrade, OnUpgrade, Option<HeaderValue>)> {
     if parts.status != StatusCode::SWITCHING_PROTOCOLS {
         return None;
     }
     let upstream = parts.extensions.remove::<OnUpgrade>()?;
-    Some((client?, upstream, parts.headers.get(header::UPGRADE)?.clone()))
+    Some((client?, upstream, parts.headers.get(header::UPGRADE).cloned()))
 }
 
 /// The tunnels a proxy has open, all cut by [`close`](Self::close).

@@ -1116,8 +1116,9 @@ impl Handler for Ingress {
 
 /// Sends `req` to `to` with the gateway's own headers, written straight into the forwarded head:
 /// the origin (`origin`) and proxy (`buffered`) headers replace whatever the client sent under
-/// those names; X-Forwarded-For (`ip`) appends; `upgrade`: the request asks to switch protocols. Boxed: the request's future, whose size every
-/// waiting request pays, holds a pointer rather than the forward's state.
+/// those names; X-Forwarded-For (`ip`) appends; `upgrade` says the request asks to switch
+/// protocols. Boxed: the request's future, whose size every waiting request pays, holds a pointer
+/// rather than the forward's state.
 fn forward<'a>(
     to: &'a Upstream,
     req: Request<Body>,

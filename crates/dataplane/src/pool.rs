@@ -491,6 +491,11 @@ impl Upstream {
         };
         let (mut parts, ()) = head.response.into_parts();
         if parts.status == StatusCode::SWITCHING_PROTOCOLS {
+            if !exchange.conn.writer.complete {
+                // The rest of the request body would run into the new protocol's bytes.
+                let why = "101 Switching Protocols before the request body was sent".to_owned();
+                return Err(UpstreamError::Exchange { source: ExchangeError::Head(why) });
+            }
             // The connection leaves the pool with the response, in its extensions.
             let Conn { io, mut read, .. } = *exchange.conn;
             parts.extensions.insert(OnUpgrade::ready(Upgraded::upstream(read.split().freeze(), io)));
@@ -1155,6 +1160,25 @@ mod tests {
         let resp = up.send(req).await.unwrap();
         assert_eq!(frames(resp).await.unwrap().0, b"early");
         assert_eq!(up.idle_count(), 0, "the rest of the request body would be read as the next request");
+        drop(tx);
+    }
+
+    #[tokio::test]
+    async fn a_101_before_the_request_body_is_sent_is_an_error() {
+        let (addr, _) = scripted(64, |_, _, _| {
+            Some(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: echo\r\nconnection: upgrade\r\n\r\n".to_vec())
+        })
+        .await;
+        let up = Upstream::new(addr, NodeConnector::new(None));
+        // A body that never ends: the script answers after the head.
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(1);
+        tx.send(Ok(Frame::data(Bytes::from_static(b"start")))).await.unwrap();
+        let stream =
+            futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|f| (f, rx)) });
+        let mut req = Request::post("/").body(BodyExt::boxed(StreamBody::new(stream))).unwrap();
+        req.headers_mut().insert(header::UPGRADE, HeaderValue::from_static("echo"));
+        let err = up.forward(req, Forwarding { upgrade: true, ..Forwarding::default() }).await.unwrap_err();
+        assert!(err.to_string().contains("before the request body was sent"), "{err}");
         drop(tx);
     }
 

@@ -602,10 +602,10 @@ fn proxy(
                          CPU per request, {stolen:.1} % of the machine stolen",
                         wrk.p50_ms, wrk.p99_ms, wrk.rps,
                     );
-                    if stolen <= max_steal || attempt == STEAL_ATTEMPTS {
-                        kept_stolen += usize::from(stolen > max_steal);
-                        let stolen = stolen > max_steal;
-                        results.entry((c, name)).or_default().push(Run { wrk, cpu_us, stolen });
+                    let over = stolen > max_steal;
+                    if !over || attempt == STEAL_ATTEMPTS {
+                        kept_stolen += usize::from(over);
+                        results.entry((c, name)).or_default().push(Run { wrk, cpu_us, stolen: over });
                         break;
                     }
                     measured_again += 1;

@@ -45,12 +45,12 @@ use crate::metrics::{
     GatewayMetrics, LinkLabels, OutcomeHandles, RejectLabels, RequestLabels, RevisionLabels, metrics_response,
 };
 use crate::pool::{Forwarding, PooledBody, Upstream, UpstreamError};
-use crate::proxy::{HeaderView, detach_head, strip_hop_by_hop};
+use crate::proxy::{HeaderView, detach_head};
 use crate::queue_proxy::{INSTANCE_HEADER, LOAD_HEADER, NODE_HEADER, PROXY_HEADER, SERVICE_TIME_HEADER};
 use crate::recycling_timer::RecyclingTimer;
 use crate::server::{Handler, Peer, ServerHandle, serve};
 use crate::stats::RequestStats;
-use crate::upgrade::{Tunnels, switched, upgrade_asked};
+use crate::upgrade::{Tunnels, strip_request, strip_response};
 
 /// Request header telling the instance where the request entered the fleet.
 pub const ORIGIN_HEADER: &str = "x-ikukantai-origin";
@@ -1044,12 +1044,7 @@ impl Handler for Ingress {
             // In a block: a moved-from local still takes room in the future until its scope ends.
             let (request, client_upgrade) = {
                 let (mut parts, body) = req.into_parts();
-                let upgrade = upgrade_asked(&mut parts);
-                strip_hop_by_hop(&mut parts.headers);
-                let client_upgrade = upgrade.map(|(on_upgrade, protocol)| {
-                    parts.headers.insert(header::UPGRADE, protocol);
-                    on_upgrade
-                });
+                let client_upgrade = strip_request(&mut parts);
                 let upstream = Request::from_parts(parts, boxed(Limited::new(body, limit)));
                 let (ip, origin) = (peer.ip_header(), shared.origin_value.as_ref());
                 let upgrade = client_upgrade.is_some();
@@ -1096,15 +1091,11 @@ impl Handler for Ingress {
             };
             let now = Instant::now();
             let (mut parts, body) = response.into_parts();
-            let switched = switched(&mut parts, client_upgrade);
-            strip_hop_by_hop(&mut parts.headers);
+            let switched = strip_response(&mut parts, client_upgrade);
             done.code = parts.status.as_u16();
             feedback(shared, &rev, &picked, &parts.headers, now, now - sent, parts.status.is_server_error());
-            if let Some((client, upstream, protocol)) = switched {
+            if let Some((client, upstream)) = switched {
                 // In flight until the tunnel closes.
-                if let Some(protocol) = protocol {
-                    parts.headers.insert(header::UPGRADE, protocol);
-                }
                 shared.tunnels.open(client, upstream, None, done);
                 return Response::from_parts(parts, boxed(http_body_util::Empty::new()));
             }

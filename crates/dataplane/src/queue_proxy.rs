@@ -41,11 +41,11 @@ use crate::metrics::{
     InstanceLabels, InstanceRequestLabels, OutcomeHandles, QueueMetrics, RejectLabels, metrics_response,
 };
 use crate::pool::{Forwarding, Upstream};
-use crate::proxy::{HeaderView, strip_hop_by_hop};
+use crate::proxy::HeaderView;
 use crate::recycling_timer::RecyclingTimer;
 use crate::server::{Handler, Peer, ServerHandle, serve};
 use crate::stats::RequestStats;
-use crate::upgrade::{Tunnels, switched, upgrade_asked};
+use crate::upgrade::{Tunnels, strip_request, strip_response};
 
 /// Header naming the instance that served a response.
 pub const INSTANCE_HEADER: &str = "x-ikukantai-instance";
@@ -537,12 +537,7 @@ impl Handler for InnerRef {
 
         let started = Instant::now();
         let (mut parts, body) = req.into_parts();
-        let upgrade = upgrade_asked(&mut parts);
-        strip_hop_by_hop(&mut parts.headers);
-        let client_upgrade = upgrade.map(|(on_upgrade, protocol)| {
-            parts.headers.insert(http::header::UPGRADE, protocol);
-            on_upgrade
-        });
+        let client_upgrade = strip_request(&mut parts);
         let upstream = Request::from_parts(parts, boxed(body));
         // The activator's mark is for this proxy's stats, not for the instance.
         let forwarding = Forwarding { remove: &[&PROXY_NAME], add: &[], upgrade: client_upgrade.is_some() };
@@ -575,17 +570,13 @@ impl Handler for InnerRef {
         };
         let service_micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         let (mut parts, body) = response.into_parts();
-        let switched = switched(&mut parts, client_upgrade);
-        strip_hop_by_hop(&mut parts.headers);
+        let switched = strip_response(&mut parts, client_upgrade);
         guard.code = parts.status.as_u16();
         parts.headers.insert(SERVICE_TIME_NAME.clone(), millis_value(service_micros));
         let idle = config.idle_timeout.filter(|d| !d.is_zero());
-        if let Some((client, upstream, protocol)) = switched {
+        if let Some((client, upstream)) = switched {
             // In flight, holding its containerConcurrency slot, until the tunnel closes; cut
             // after idleTimeoutSeconds without a byte either way.
-            if let Some(protocol) = protocol {
-                parts.headers.insert(http::header::UPGRADE, protocol);
-            }
             inner.tunnels.open(client, upstream, idle, guard);
             return self.stamp(Response::from_parts(parts, boxed(http_body_util::Empty::new())));
         }

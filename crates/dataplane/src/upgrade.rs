@@ -20,7 +20,7 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
-use http::{HeaderValue, StatusCode, header};
+use http::{HeaderMap, HeaderValue, StatusCode, header};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::{oneshot, watch};
@@ -28,6 +28,7 @@ use tokio::time::Instant;
 
 use crate::connect::NodeStream;
 use crate::h1::ClientRead;
+use crate::proxy::strip_hop_by_hop;
 
 /// One side of a connection that switched protocols: bytes in both directions, raw. Bytes that
 /// arrived with the `101` (or behind the request head) are read first.
@@ -141,25 +142,42 @@ impl Future for OnUpgrade {
     }
 }
 
-/// The request's client connection if it asked to switch protocols, with the protocol it asked
-/// for (the `Upgrade` header, which must go on although it is hop-by-hop).
-pub(crate) fn upgrade_asked(parts: &mut http::request::Parts) -> Option<(OnUpgrade, HeaderValue)> {
-    let on_upgrade = parts.extensions.remove::<OnUpgrade>()?;
-    Some((on_upgrade, parts.headers.get(header::UPGRADE)?.clone()))
+/// Strips a request's hop-by-hop headers before it is forwarded, but for `Upgrade` when its
+/// client asked to switch protocols (the switch is asked of the instance). Returns that client's
+/// connection.
+pub(crate) fn strip_request(parts: &mut http::request::Parts) -> Option<OnUpgrade> {
+    let asked =
+        parts.extensions.remove::<OnUpgrade>().map(|on| (on, parts.headers.get(header::UPGRADE).cloned()));
+    strip_hop_by_hop(&mut parts.headers);
+    let (on_upgrade, protocol) = asked?;
+    keep_upgrade(&mut parts.headers, protocol);
+    Some(on_upgrade)
 }
 
-/// For a `101` answer to a request that asked to switch (`client`): the client's connection, the
-/// upstream's (from the response's extensions) and the protocol switched to (passed on as the
-/// instance said it, or not at all if it did not).
-pub(crate) fn switched(
+/// Strips a response's hop-by-hop headers before it is passed back, but for `Upgrade` in a `101`
+/// to a request that asked to switch (`client`, from [`strip_request`]). Returns, for that
+/// `101`, the client's connection and the upstream's (from the response's extensions).
+pub(crate) fn strip_response(
     parts: &mut http::response::Parts,
     client: Option<OnUpgrade>,
-) -> Option<(OnUpgrade, OnUpgrade, Option<HeaderValue>)> {
-    if parts.status != StatusCode::SWITCHING_PROTOCOLS {
-        return None;
+) -> Option<(OnUpgrade, OnUpgrade)> {
+    let switched = match client {
+        Some(client) if parts.status == StatusCode::SWITCHING_PROTOCOLS => {
+            parts.extensions.remove::<OnUpgrade>().map(|upstream| (client, upstream))
+        }
+        _ => None,
+    };
+    let protocol = switched.as_ref().and_then(|_| parts.headers.get(header::UPGRADE).cloned());
+    strip_hop_by_hop(&mut parts.headers);
+    keep_upgrade(&mut parts.headers, protocol);
+    switched
+}
+
+/// Puts back the `Upgrade` header stripping took (passed on as it came, or not at all).
+fn keep_upgrade(headers: &mut HeaderMap, protocol: Option<HeaderValue>) {
+    if let Some(protocol) = protocol {
+        headers.insert(header::UPGRADE, protocol);
     }
-    let upstream = parts.extensions.remove::<OnUpgrade>()?;
-    Some((client?, upstream, parts.headers.get(header::UPGRADE).cloned()))
 }
 
 /// The tunnels a proxy has open, all cut by [`close`](Self::close).

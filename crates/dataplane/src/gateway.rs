@@ -745,6 +745,16 @@ struct Forwarded {
     arrival: Instant,
     buffered: bool,
     code: u16,
+    /// Counted among the requests already (a tunnel's `101`, when it was passed on).
+    recorded: bool,
+}
+
+impl Forwarded {
+    /// Counts the request now, as answered at `now` with its `code`, rather than when it ends.
+    fn record(&mut self, now: Instant) {
+        record_outcome(&self.shared, &self.rev, Some(self.node), self.code, now - self.arrival);
+        self.recorded = true;
+    }
 }
 
 impl Drop for Forwarded {
@@ -763,7 +773,9 @@ impl Drop for Forwarded {
             self.rev.activator.request_out(now.into_std(), false);
         }
         self.rev.in_flight_gauge.dec();
-        record_outcome(shared, &self.rev, Some(self.node), self.code, now - self.arrival);
+        if !self.recorded {
+            record_outcome(shared, &self.rev, Some(self.node), self.code, now - self.arrival);
+        }
     }
 }
 
@@ -1039,6 +1051,7 @@ impl Handler for Ingress {
                 arrival,
                 buffered,
                 code: 0,
+                recorded: false,
             };
 
             // In a block: a moved-from local still takes room in the future until its scope ends.
@@ -1095,8 +1108,11 @@ impl Handler for Ingress {
             done.code = parts.status.as_u16();
             feedback(shared, &rev, &picked, &parts.headers, now, now - sent, parts.status.is_server_error());
             if let Some((client, upstream)) = switched {
-                // In flight until the tunnel closes.
-                shared.tunnels.open(client, upstream, None, done);
+                // Counted as a request now, with the time to its 101 (the tunnel has metrics of
+                // its own), and in flight until the tunnel closes.
+                done.record(now);
+                let meter = shared.metrics.tunnels.meter(&rev.labels);
+                shared.tunnels.open(client, upstream, None, done, meter);
                 return Response::from_parts(parts, boxed(http_body_util::Empty::new()));
             }
             let body = Guarded::new(body, done);

@@ -16,6 +16,83 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.000_25, 2.0, 16))
 }
 
+/// Tunnel lifetime buckets: 0.1 s to ~7 h, quadrupling (WebSocket sessions last minutes to hours).
+fn tunnel_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.1, 4.0, 10))
+}
+
+/// Metrics of the tunnels a proxy splices (connections that switched protocols, such as
+/// WebSockets), by `L`. A tunnel's `101` is counted with the requests, with the time to the
+/// `101`; what happens after it is counted here, so that hour-long sessions do not land in the
+/// request latency histogram.
+#[derive(Debug)]
+pub struct TunnelMetrics<L> {
+    /// `…_open_tunnels`.
+    pub open: Family<L, Gauge>,
+    /// `…_tunnel_duration_seconds`: from the `101` to the tunnel's end.
+    pub duration: Family<L, Histogram>,
+    /// `…_tunnel_from_client_bytes_total`.
+    pub from_client: Family<L, Counter>,
+    /// `…_tunnel_to_client_bytes_total`.
+    pub to_client: Family<L, Counter>,
+}
+
+impl<L> TunnelMetrics<L>
+where
+    L: Clone + std::hash::Hash + Eq + EncodeLabelSet + std::fmt::Debug + Send + Sync + 'static,
+{
+    fn new() -> Self {
+        Self {
+            open: Family::default(),
+            duration: Family::new_with_constructor(tunnel_histogram),
+            from_client: Family::default(),
+            to_client: Family::default(),
+        }
+    }
+
+    fn register(&self, r: &mut Registry) {
+        r.register("open_tunnels", "Connections that switched protocols and are open now", self.open.clone());
+        r.register(
+            "tunnel_duration_seconds",
+            "Time from a tunnel's 101 answer to its end",
+            self.duration.clone(),
+        );
+        r.register("tunnel_from_client_bytes", "Bytes tunnelled from clients", self.from_client.clone());
+        r.register("tunnel_to_client_bytes", "Bytes tunnelled to clients", self.to_client.clone());
+    }
+
+    /// The handles one tunnel with `labels` updates.
+    pub fn meter(&self, labels: &L) -> TunnelMeter {
+        TunnelMeter {
+            open: self.open.get_or_create(labels).clone(),
+            duration: self.duration.get_or_create(labels).clone(),
+            from_client: self.from_client.get_or_create(labels).clone(),
+            to_client: self.to_client.get_or_create(labels).clone(),
+        }
+    }
+}
+
+/// The metric handles of one tunnel ([`TunnelMetrics::meter`]).
+#[derive(Debug, Clone)]
+pub struct TunnelMeter {
+    pub(crate) open: Gauge,
+    pub(crate) duration: Histogram,
+    pub(crate) from_client: Counter,
+    pub(crate) to_client: Counter,
+}
+
+impl Default for TunnelMeter {
+    /// Handles registered nowhere.
+    fn default() -> Self {
+        Self {
+            open: Gauge::default(),
+            duration: tunnel_histogram(),
+            from_client: Counter::default(),
+            to_client: Counter::default(),
+        }
+    }
+}
+
 /// Labels of a request seen by a gateway.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -74,6 +151,8 @@ pub struct GatewayMetrics {
     /// `latency_between_nodes{from,to}`: the latest RTT this gateway measured, in milliseconds
     /// (the original monlat's name, so its dashboards keep working).
     pub latency: Family<LinkLabels, Gauge<f64, AtomicU64>>,
+    /// `ikukantai_gateway_open_tunnels` and the other tunnel metrics, by revision.
+    pub tunnels: TunnelMetrics<RevisionLabels>,
 }
 
 /// Labels of a node pair.
@@ -96,6 +175,7 @@ impl GatewayMetrics {
             buffered_total: Family::default(),
             rejected: Family::default(),
             latency: Family::default(),
+            tunnels: TunnelMetrics::new(),
         };
         registry.register(
             "latency_between_nodes",
@@ -110,7 +190,7 @@ impl GatewayMetrics {
         );
         r.register(
             "request_duration_seconds",
-            "Time from request arrival to the end of the response",
+            "Time from request arrival to the end of the response (to the 101 for a tunnel)",
             m.duration.clone(),
         );
         r.register("in_flight_requests", "Requests being forwarded now", m.in_flight.clone());
@@ -129,6 +209,7 @@ impl GatewayMetrics {
             "Requests the gateway answered itself with an error, by reason",
             m.rejected.clone(),
         );
+        m.tunnels.register(r);
         m
     }
 }
@@ -171,6 +252,8 @@ pub struct QueueMetrics {
     pub waiting: Family<InstanceLabels, Gauge>,
     /// `ikukantai_queue_rejected_requests_total`.
     pub rejected: Family<RejectLabels, Counter>,
+    /// `ikukantai_queue_open_tunnels` and the other tunnel metrics.
+    pub tunnels: TunnelMetrics<InstanceLabels>,
 }
 
 impl QueueMetrics {
@@ -182,12 +265,13 @@ impl QueueMetrics {
             in_flight: Family::default(),
             waiting: Family::default(),
             rejected: Family::default(),
+            tunnels: TunnelMetrics::new(),
         };
         let r = registry.sub_registry_with_prefix("ikukantai_queue");
         r.register("requests", "Requests answered by the instance, by status code", m.requests.clone());
         r.register(
             "request_duration_seconds",
-            "Time from arrival at the queue proxy to the end of the response",
+            "Time from arrival at the queue proxy to the end of the response (to the 101 for a tunnel)",
             m.duration.clone(),
         );
         r.register("in_flight_requests", "Requests at the instance now", m.in_flight.clone());
@@ -197,6 +281,7 @@ impl QueueMetrics {
             "Requests the queue proxy answered itself with an error, by reason",
             m.rejected.clone(),
         );
+        m.tunnels.register(r);
         m
     }
 }

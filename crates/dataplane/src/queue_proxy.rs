@@ -417,15 +417,15 @@ struct InFlight {
     proxied: bool,
     arrival: Instant,
     code: u16,
+    /// Counted among the requests already (a tunnel's `101`, when it was passed on).
+    recorded: bool,
     _permit: Option<Permit>,
 }
 
-impl Drop for InFlight {
-    fn drop(&mut self) {
+impl InFlight {
+    /// Counts the request now, as answered at `now` with its `code`, rather than when it ends.
+    fn record(&mut self, now: Instant) {
         let inner = &self.inner.0;
-        let now = Instant::now();
-        inner.stats.request_out(now.into_std(), self.proxied);
-        inner.in_flight_gauge.dec();
         inner.outcomes.record(self.code, (now - self.arrival).as_secs_f64(), || {
             let labels = InstanceRequestLabels { instance: inner.labels.clone(), code: self.code };
             (
@@ -433,6 +433,18 @@ impl Drop for InFlight {
                 inner.metrics.duration.get_or_create(&labels).clone(),
             )
         });
+        self.recorded = true;
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let now = Instant::now();
+        self.inner.0.stats.request_out(now.into_std(), self.proxied);
+        self.inner.0.in_flight_gauge.dec();
+        if !self.recorded {
+            self.record(now);
+        }
     }
 }
 
@@ -484,7 +496,8 @@ impl Handler for InnerRef {
         let proxied = req.headers().get(&PROXY_NAME).is_some_and(|v| v == "activator");
         inner.stats.request_in(arrival.into_std(), proxied);
         inner.in_flight_gauge.inc();
-        let mut guard = InFlight { inner: self.clone(), proxied, arrival, code: 0, _permit: None };
+        let mut guard =
+            InFlight { inner: self.clone(), proxied, arrival, code: 0, recorded: false, _permit: None };
         let deadline = arrival + config.timeout;
 
         let ticket = {
@@ -575,9 +588,12 @@ impl Handler for InnerRef {
         parts.headers.insert(SERVICE_TIME_NAME.clone(), millis_value(service_micros));
         let idle = config.idle_timeout.filter(|d| !d.is_zero());
         if let Some((client, upstream)) = switched {
-            // In flight, holding its containerConcurrency slot, until the tunnel closes; cut
-            // after idleTimeoutSeconds without a byte either way.
-            inner.tunnels.open(client, upstream, idle, guard);
+            // Counted as a request now, with the time to its 101 (the tunnel has metrics of its
+            // own); in flight, holding its containerConcurrency slot, until the tunnel closes;
+            // cut after idleTimeoutSeconds without a byte either way.
+            guard.record(Instant::now());
+            let meter = inner.metrics.tunnels.meter(&inner.labels);
+            inner.tunnels.open(client, upstream, idle, guard, meter);
             return self.stamp(Response::from_parts(parts, boxed(http_body_util::Empty::new())));
         }
         let body = Deadlines::new(body, idle, deadline, config.timeout);

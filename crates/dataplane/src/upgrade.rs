@@ -8,9 +8,10 @@
 //! protocol can be tunnelled.
 //!
 //! A tunnel counts as one request in flight for as long as it is open (the balancer, the
-//! autoscaler and containerConcurrency see it, as Knative's do), and it is recorded, with status
-//! 101, when it closes. Tunnels are cut when their gateway shuts down or their queue proxy starts
-//! to drain: they have no end to wait for.
+//! autoscaler and containerConcurrency see it, as Knative's do). Its `101` is counted with the
+//! requests when it is passed on; the tunnel's lifetime and bytes are counted by a
+//! [`TunnelMeter`]. Tunnels are cut when their gateway shuts down or their queue proxy starts to
+//! drain: they have no end to wait for.
 
 use std::io;
 use std::pin::Pin;
@@ -28,6 +29,7 @@ use tokio::time::Instant;
 
 use crate::connect::NodeStream;
 use crate::h1::ClientRead;
+use crate::metrics::TunnelMeter;
 use crate::proxy::strip_hop_by_hop;
 
 /// One side of a connection that switched protocols: bytes in both directions, raw. Bytes that
@@ -195,22 +197,25 @@ impl Default for Tunnels {
 impl Tunnels {
     /// Splices `client` (once handed over) with `upstream` in a task of its own until either
     /// side closes, nothing crosses for `idle` (if given), or [`close`](Self::close) is called;
-    /// `guard` is dropped when the tunnel ends. Once closed, tunnels end as they open.
+    /// `guard` is dropped when the tunnel ends. `meter` counts the tunnel while it is open, its
+    /// bytes and its duration. Once closed, tunnels end as they open.
     pub(crate) fn open<G: Send + 'static>(
         &self,
         client: OnUpgrade,
         upstream: OnUpgrade,
         idle: Option<Duration>,
         guard: G,
+        meter: TunnelMeter,
     ) {
         let mut closed = self.closed.subscribe();
+        let open = Open::new(meter);
         tokio::spawn(async move {
             let _guard = guard;
             let splice = async {
                 let (Ok(mut client), Ok(mut upstream)) = (client.await, upstream.await) else { return };
                 let start = Instant::now();
                 let last = Arc::new(AtomicU64::new(0));
-                let mut client = Watched { io: &mut client, start, last: last.clone() };
+                let mut client = Watched { io: &mut client, start, last: last.clone(), meter: &open.meter };
                 let quiet = async {
                     let Some(idle) = idle else { return std::future::pending().await };
                     loop {
@@ -234,6 +239,7 @@ impl Tunnels {
                 () = splice => {}
                 _ = closed.wait_for(|c| *c) => tracing::debug!("tunnel cut: shutting down"),
             }
+            drop(open);
         });
     }
 
@@ -243,13 +249,34 @@ impl Tunnels {
     }
 }
 
-/// The client's side of a tunnel, noting when bytes last crossed in either direction (every
-/// byte crosses through it: read from the client, or written to it).
+/// A tunnel counted as open from its `101` until it is dropped, when its duration is recorded.
+struct Open {
+    meter: TunnelMeter,
+    since: Instant,
+}
+
+impl Open {
+    fn new(meter: TunnelMeter) -> Self {
+        meter.open.inc();
+        Self { meter, since: Instant::now() }
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.meter.open.dec();
+        self.meter.duration.observe(self.since.elapsed().as_secs_f64());
+    }
+}
+
+/// The client's side of a tunnel, noting when bytes last crossed in either direction and
+/// counting them (every byte crosses through it: read from the client, or written to it).
 struct Watched<'a> {
     io: &'a mut Upgraded,
     start: Instant,
     /// Nanoseconds from `start`.
     last: Arc<AtomicU64>,
+    meter: &'a TunnelMeter,
 }
 
 impl Watched<'_> {
@@ -264,8 +291,10 @@ impl AsyncRead for Watched<'_> {
         let this = self.get_mut();
         let before = buf.filled().len();
         let result = Pin::new(&mut *this.io).poll_read(cx, buf);
-        if buf.filled().len() > before {
+        let read = buf.filled().len() - before;
+        if read > 0 {
             this.touch();
+            this.meter.from_client.inc_by(read as u64);
         }
         result
     }
@@ -275,8 +304,11 @@ impl AsyncWrite for Watched<'_> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let result = Pin::new(&mut *this.io).poll_write(cx, buf);
-        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
+        if let Poll::Ready(Ok(n)) = result
+            && n > 0
+        {
             this.touch();
+            this.meter.to_client.inc_by(n as u64);
         }
         result
     }
@@ -303,12 +335,22 @@ mod tests {
         idle: Option<Duration>,
         guard: impl Send + 'static,
     ) -> (DuplexStream, DuplexStream) {
+        metered(tunnels, idle, guard, TunnelMeter::default())
+    }
+
+    /// [`tunnel`], counted by `meter`.
+    fn metered(
+        tunnels: &Tunnels,
+        idle: Option<Duration>,
+        guard: impl Send + 'static,
+        meter: TunnelMeter,
+    ) -> (DuplexStream, DuplexStream) {
         let (client, client_far) = duplex(1024);
         let (upstream, upstream_far) = duplex(1024);
         let client =
             OnUpgrade::ready(Upgraded::upstream(Bytes::from_static(b"pre;"), NodeStream::Link(client)));
         let upstream = OnUpgrade::ready(Upgraded::upstream(Bytes::new(), NodeStream::Link(upstream)));
-        tunnels.open(client, upstream, idle, guard);
+        tunnels.open(client, upstream, idle, guard, meter);
         (client_far, upstream_far)
     }
 
@@ -356,7 +398,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_tunnel_without_an_idle_time_lasts_until_a_side_closes_or_the_tunnels_close() {
         let tunnels = Tunnels::default();
-        let (mut client, mut upstream) = tunnel(&tunnels, None, ());
+        let meter = TunnelMeter::default();
+        let (mut client, mut upstream) = metered(&tunnels, None, (), meter.clone());
         assert_eq!(read_some(&mut upstream).await, "pre;");
         tokio::time::sleep(Duration::from_secs(3600)).await;
         client.write_all(b"late").await.unwrap();
@@ -366,6 +409,8 @@ mod tests {
         assert_eq!(read_some(&mut upstream).await, "");
         upstream.write_all(b"bye").await.unwrap();
         assert_eq!(read_some(&mut client).await, "bye");
+        // Counted while open: the bytes from the client include those read before the hand-over.
+        assert_eq!((meter.open.get(), meter.from_client.get(), meter.to_client.get()), (1, 8, 3));
         // Closing the tunnels cuts it, and a tunnel opened later ends at once.
         let (mut other, _other_upstream) = tunnel(&tunnels, None, ());
         tunnels.close();
@@ -373,5 +418,7 @@ mod tests {
         assert_eq!(read_some(&mut other).await, "");
         let (mut late, _late_upstream) = tunnel(&tunnels, None, ());
         assert_eq!(read_some(&mut late).await, "");
+        tokio::task::yield_now().await;
+        assert_eq!(meter.open.get(), 0, "no longer open");
     }
 }

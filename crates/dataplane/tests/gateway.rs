@@ -502,6 +502,10 @@ async fn upgrades_such_as_websocket_are_tunnelled_and_count_in_flight_while_open
     let seen = i.backend.seen.headers.lock().unwrap().last().cloned().unwrap();
     assert_eq!((header(&seen, "upgrade"), header(&seen, "connection")), ("echo".into(), "upgrade".into()));
     assert_eq!((i.qp.in_flight(), gateway_in_flight(&gw).await.as_str()), (1, "1"));
+    // Counted as a request already (with the time to its 101), and as an open tunnel.
+    let (_, _, metrics) = get(gw.admin_addr(), "admin", "/metrics").await;
+    assert!(metrics.contains("code=\"101\"} 1"), "the 101 is counted when passed on: {metrics}");
+    assert_eq!(metric(&metrics, "ikukantai_gateway_open_tunnels{"), "1");
     // The client closes: the instance's side ends too, and nothing is in flight any more.
     s.shutdown().await.unwrap();
     assert_eq!(read_exactly(&mut s, 1).await, "", "closed through to the instance and back");
@@ -510,7 +514,22 @@ async fn upgrades_such_as_websocket_are_tunnelled_and_count_in_flight_while_open
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let (_, _, metrics) = get(gw.admin_addr(), "admin", "/metrics").await;
-    assert!(metrics.contains("code=\"101\"} 1"), "recorded as a request once closed: {metrics}");
+    assert!(metrics.contains("code=\"101\"} 1"), "counted once: {metrics}");
+    assert!(!metrics.contains("code=\"101\"} 2"), "{metrics}");
+    // The tunnel's own metrics: closed, one duration, its bytes each way ("early;" and the
+    // words from the client; the greeting, "early;" and the words back).
+    assert_eq!(metric(&metrics, "ikukantai_gateway_open_tunnels{"), "0");
+    assert_eq!(metric(&metrics, "ikukantai_gateway_tunnel_duration_seconds_count{"), "1");
+    assert_eq!(metric(&metrics, "ikukantai_gateway_tunnel_from_client_bytes_total{"), "30");
+    assert_eq!(metric(&metrics, "ikukantai_gateway_tunnel_to_client_bytes_total{"), "49");
+    let (_, _, qp_metrics) = get(i.qp.admin_addr(), "admin", "/metrics").await;
+    assert_eq!(metric(&qp_metrics, "ikukantai_queue_tunnel_from_client_bytes_total{"), "30");
+}
+
+/// The value of the first line of `metrics` that starts with `prefix` and is about `hello`.
+fn metric(metrics: &str, prefix: &str) -> String {
+    let line = metrics.lines().find(|l| l.starts_with(prefix) && l.contains("hello"));
+    line.and_then(|l| l.rsplit(' ').next()).unwrap_or("").to_owned()
 }
 
 #[tokio::test]

@@ -589,7 +589,11 @@ pub(crate) async fn serve_connection<H: Handler>(
                 side.request += 1;
                 side.framing = framing;
                 side.expect = if expect_continue { Expect::Unasked } else { Expect::No };
-                side.upgrade = upgrade;
+                // Empty since the last answer, which dropped any the request before had.
+                debug_assert!(side.upgrade.is_none());
+                if upgrade.is_some() {
+                    side.upgrade = upgrade;
+                }
                 let ended = framing.is_done();
                 RequestBody(Kind::H1 { side: shared.clone(), request: side.request, ended })
             };
@@ -649,11 +653,22 @@ pub(crate) async fn serve_connection<H: Handler>(
         {
             return;
         }
-        // By value, not borrowed: a borrowed local keeps its room in the future across the
-        // awaits below.
-        let (response, switch) = switching(response, &shared);
-        let keep_alive =
-            start_response(&mut writer, response, head_request, version, keep_alive && !closing());
+        // A `101` switches the connection only if it may ([`may_switch`]); one that may not
+        // becomes a 502. Replaced in place: passing every response through a function by value
+        // cost it a copy. In a block: a local still takes room in the future across the awaits
+        // in its scope, moved from or not.
+        let (keep_alive, switch) = {
+            let mut response = response;
+            let mut switch = false;
+            if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                switch = may_switch(&shared);
+                if !switch {
+                    response = refused_switch();
+                }
+            }
+            let keep_alive = keep_alive && !closing();
+            (start_response(&mut writer, response, head_request, version, keep_alive), switch)
+        };
         if let Err(e) = poll_fn(|cx| writer.poll_write(&mut write, cx)).await {
             tracing::debug!(peer = %peer.addr(), error = %e, "the response was cut short");
             return;
@@ -670,8 +685,11 @@ pub(crate) async fn serve_connection<H: Handler>(
         }
         let (body_over, unread) = {
             let mut side = lock(&shared);
-            // Not switching (any answer but a `101`): the request's `OnUpgrade` learns so.
-            side.upgrade = None;
+            // Not switching (any answer but a `101`): the request's `OnUpgrade` learns so. (Only
+            // a request that asked has one to drop: the test spares the rest a call.)
+            if side.upgrade.is_some() {
+                side.upgrade = None;
+            }
             (side.body_over(), !side.buf.is_empty())
         };
         if !body_over || (!keep_alive && unread) {
@@ -684,23 +702,20 @@ pub(crate) async fn serve_connection<H: Handler>(
     }
 }
 
-/// Whether `response` switches the connection's protocol: it is a `101`, the request asked to
-/// switch, and its body (if any) has been read, so that what follows is the new protocol's. A
-/// `101` that cannot switch becomes a 502.
-fn switching(response: http::Response<Body>, shared: &Mutex<ReadSide>) -> (http::Response<Body>, bool) {
-    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
-        return (response, false);
-    }
-    let may = {
-        let side = lock(shared);
-        side.upgrade.is_some() && side.body_over()
-    };
-    if may {
-        return (response, true);
-    }
+/// Whether a `101` answer may switch the connection's protocol: the request asked to switch, and
+/// its body (if any) has been read, so that what follows is the new protocol's.
+#[cold]
+fn may_switch(shared: &Mutex<ReadSide>) -> bool {
+    let side = lock(shared);
+    side.upgrade.is_some() && side.body_over()
+}
+
+/// What a client gets instead of a `101` that may not switch its connection.
+#[cold]
+fn refused_switch() -> http::Response<Body> {
     let why =
         "the instance switched protocols, which the request did not ask for (or before reading its body)";
-    (error_response(StatusCode::BAD_GATEWAY, why), false)
+    error_response(StatusCode::BAD_GATEWAY, why)
 }
 
 /// The read side of a client's connection after it switched protocols.

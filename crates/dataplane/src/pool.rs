@@ -490,7 +490,9 @@ impl Upstream {
             }
         };
         let (mut parts, ()) = head.response.into_parts();
-        if parts.status == StatusCode::SWITCHING_PROTOCOLS {
+        // One `from_parts` for both kinds of answer: a second return of its own cost every
+        // response a copy of its head.
+        let body = if parts.status == StatusCode::SWITCHING_PROTOCOLS {
             if !exchange.conn.writer.complete {
                 // The rest of the request body would run into the new protocol's bytes.
                 let why = "101 Switching Protocols before the request body was sent".to_owned();
@@ -499,23 +501,19 @@ impl Upstream {
             // The connection leaves the pool with the response, in its extensions.
             let Conn { io, mut read, .. } = *exchange.conn;
             parts.extensions.insert(OnUpgrade::ready(Upgraded::upstream(read.split().freeze(), io)));
-            let body = PooledBody {
-                conn: None,
-                framing: BodyFraming::Length(0),
-                keep_alive: false,
-                home: Weak::new(),
+            PooledBody { conn: None, framing: BodyFraming::Length(0), keep_alive: false, home: Weak::new() }
+        } else {
+            let mut body = PooledBody {
+                conn: Some(exchange.conn),
+                framing: head.framing,
+                keep_alive: head.keep_alive,
+                home: Arc::downgrade(&self.idle),
             };
-            return Ok(Response::from_parts(parts, body));
-        }
-        let mut body = PooledBody {
-            conn: Some(exchange.conn),
-            framing: head.framing,
-            keep_alive: head.keep_alive,
-            home: Arc::downgrade(&self.idle),
+            if body.framing.is_done() {
+                body.end();
+            }
+            body
         };
-        if body.framing.is_done() {
-            body.end();
-        }
         Ok(Response::from_parts(parts, body))
     }
 

@@ -490,8 +490,8 @@ impl Upstream {
             }
         };
         let (mut parts, ()) = head.response.into_parts();
-        // One `from_parts` for both kinds of answer: a second return of its own cost every
-        // response a copy of its head.
+        // A `101` hands the connection over with the response; any other answer's body reads
+        // from it and then gives it back to the pool.
         let body = if parts.status == StatusCode::SWITCHING_PROTOCOLS {
             if !exchange.conn.writer.complete {
                 // The rest of the request body would run into the new protocol's bytes.

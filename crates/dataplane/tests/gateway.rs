@@ -195,10 +195,8 @@ async fn http1_requests_that_park_in_a_deep_queue_release_freed_memory() {
     let (addr, admin) = (gw.addr(), gw.admin_addr());
     let buffered = || async move {
         let (_, _, metrics) = get(admin, "admin", "/metrics").await;
-        metrics
-            .lines()
-            .find(|l| l.starts_with("ikukantai_gateway_buffered_requests{"))
-            .and_then(|l| l.rsplit(' ').next()?.parse::<usize>().ok())
+        metric(&metrics, "ikukantai_gateway_buffered_requests{", "")
+            .and_then(|v| v.parse::<usize>().ok())
             .unwrap_or(0)
     };
     let until_buffered = |n: usize| async move {
@@ -478,9 +476,7 @@ async fn h2c_clients_are_served_too() {
 /// The gateway's in-flight gauge for `hello-00001`, from its metrics.
 async fn gateway_in_flight(gw: &ikukantai_dataplane::gateway::Gateway) -> String {
     let (_, _, metrics) = get(gw.admin_addr(), "admin", "/metrics").await;
-    let prefix = "ikukantai_gateway_in_flight_requests{";
-    let line = metrics.lines().find(|l| l.starts_with(prefix) && l.contains("hello-00001"));
-    line.and_then(|l| l.rsplit(' ').next()).unwrap_or("").to_owned()
+    metric(&metrics, "ikukantai_gateway_in_flight_requests{", "hello-00001").unwrap_or("").to_owned()
 }
 
 #[tokio::test]
@@ -505,7 +501,7 @@ async fn upgrades_such_as_websocket_are_tunnelled_and_count_in_flight_while_open
     // Counted as a request already (with the time to its 101), and as an open tunnel.
     let (_, _, metrics) = get(gw.admin_addr(), "admin", "/metrics").await;
     assert!(metrics.contains("code=\"101\"} 1"), "the 101 is counted when passed on: {metrics}");
-    assert_eq!(metric(&metrics, "ikukantai_gateway_open_tunnels{"), "1");
+    assert_eq!(metric(&metrics, "ikukantai_gateway_open_tunnels{", "hello"), Some("1"));
     // The client closes: the instance's side ends too, and nothing is in flight any more.
     s.shutdown().await.unwrap();
     assert_eq!(read_exactly(&mut s, 1).await, "", "closed through to the instance and back");
@@ -518,18 +514,12 @@ async fn upgrades_such_as_websocket_are_tunnelled_and_count_in_flight_while_open
     assert!(!metrics.contains("code=\"101\"} 2"), "{metrics}");
     // The tunnel's own metrics: closed, one duration, its bytes each way ("early;" and the
     // words from the client; the greeting, "early;" and the words back).
-    assert_eq!(metric(&metrics, "ikukantai_gateway_open_tunnels{"), "0");
-    assert_eq!(metric(&metrics, "ikukantai_gateway_tunnel_duration_seconds_count{"), "1");
-    assert_eq!(metric(&metrics, "ikukantai_gateway_tunnel_from_client_bytes_total{"), "30");
-    assert_eq!(metric(&metrics, "ikukantai_gateway_tunnel_to_client_bytes_total{"), "49");
+    assert_eq!(metric(&metrics, "ikukantai_gateway_open_tunnels{", "hello"), Some("0"));
+    assert_eq!(metric(&metrics, "ikukantai_gateway_tunnel_duration_seconds_count{", "hello"), Some("1"));
+    assert_eq!(metric(&metrics, "ikukantai_gateway_tunnel_from_client_bytes_total{", "hello"), Some("30"));
+    assert_eq!(metric(&metrics, "ikukantai_gateway_tunnel_to_client_bytes_total{", "hello"), Some("49"));
     let (_, _, qp_metrics) = get(i.qp.admin_addr(), "admin", "/metrics").await;
-    assert_eq!(metric(&qp_metrics, "ikukantai_queue_tunnel_from_client_bytes_total{"), "30");
-}
-
-/// The value of the first line of `metrics` that starts with `prefix` and is about `hello`.
-fn metric(metrics: &str, prefix: &str) -> String {
-    let line = metrics.lines().find(|l| l.starts_with(prefix) && l.contains("hello"));
-    line.and_then(|l| l.rsplit(' ').next()).unwrap_or("").to_owned()
+    assert_eq!(metric(&qp_metrics, "ikukantai_queue_tunnel_from_client_bytes_total{", "hello"), Some("30"));
 }
 
 #[tokio::test]

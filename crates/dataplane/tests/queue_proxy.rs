@@ -132,11 +132,7 @@ async fn metrics_are_exposed() {
 /// The value of the queue proxy's waiting gauge.
 async fn waiting(qp: &ikukantai_dataplane::queue_proxy::QueueProxyHandle) -> String {
     let (_, _, body) = get(qp.admin_addr(), "admin", "/metrics").await;
-    body.lines()
-        .find(|l| l.starts_with("ikukantai_queue_waiting_requests{"))
-        .and_then(|l| l.rsplit(' ').next())
-        .unwrap_or("missing")
-        .to_owned()
+    metric(&body, "ikukantai_queue_waiting_requests{", "").unwrap_or("missing").to_owned()
 }
 
 #[tokio::test]

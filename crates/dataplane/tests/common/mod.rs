@@ -240,6 +240,13 @@ pub async fn get(addr: SocketAddr, host: &str, path: &str) -> (StatusCode, http:
     (parts.status, parts.headers, String::from_utf8_lossy(&bytes).into_owned())
 }
 
+/// The value of the first sample in Prometheus text `metrics` whose line starts with `prefix`
+/// (a name and `{`) and mentions `about` (a label value; "" for any).
+pub fn metric<'a>(metrics: &'a str, prefix: &str, about: &str) -> Option<&'a str> {
+    let line = metrics.lines().find(|l| l.starts_with(prefix) && l.contains(about))?;
+    line.rsplit(' ').next()
+}
+
 pub fn header(h: &http::HeaderMap, name: &str) -> String {
     h.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned()
 }

@@ -44,7 +44,8 @@ use crate::server::{Handler, Peer};
 use crate::upgrade::{OnUpgrade, Upgraded};
 use crate::wire::{
     BodyFraming, Chunk, FieldSpan, Fill, MAX_HEADERS, READ_MAX, READ_MIN, WriteFraming, Writer,
-    add_content_length, content_length, decode, lists, poll_write_all, span, write_field,
+    add_content_length, content_length, decode, lists, poll_write_all, span, write_content_length,
+    write_field,
 };
 
 /// What a server answers to `Expect: 100-continue` once the handler reads the body.
@@ -437,10 +438,7 @@ fn write_response_head(
     match framing {
         _ if bodiless => {}
         WriteFraming::Empty => out.extend_from_slice(b"content-length: 0\r\n"),
-        WriteFraming::Length(n) => {
-            use std::io::Write as _;
-            let _ = write!(out, "content-length: {n}\r\n");
-        }
+        WriteFraming::Length(n) => write_content_length(n, out),
         WriteFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
         WriteFraming::Close => {}
     }

@@ -41,7 +41,7 @@ use crate::proxy::origin_form;
 use crate::upgrade::{OnUpgrade, Upgraded};
 use crate::wire::{
     BodyFraming, Chunk, FieldSpan, Fill, MAX_HEADERS, READ_MIN, ReadError, WriteError, WriteFraming, Writer,
-    add_content_length, decode, lists, write_field,
+    add_content_length, decode, lists, write_content_length, write_field,
 };
 
 /// Idle connections older than this are closed instead of reused.
@@ -250,10 +250,7 @@ fn write_head(
                 out.extend_from_slice(b"content-length: 0\r\n");
             }
         }
-        WriteFraming::Length(n) => {
-            use std::io::Write as _;
-            let _ = write!(out, "content-length: {n}\r\n");
-        }
+        WriteFraming::Length(n) => write_content_length(n, out),
         WriteFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
     }
     out.extend_from_slice(b"\r\n");

@@ -192,6 +192,30 @@ pub(crate) struct Writer {
     pub(crate) complete: bool,
 }
 
+/// A `content-length` line. With `itoa`, not `write!`: the formatting machinery cost a proxied
+/// request 320 instructions (callgrind).
+pub(crate) fn write_content_length(n: u64, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"content-length: ");
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// A chunk-size line: the size in lowercase hex (by hand, for the same reason).
+fn write_chunk_size(n: usize, out: &mut Vec<u8>) {
+    let mut digits = [0u8; 2 * size_of::<usize>()];
+    let (mut start, mut rest) = (digits.len(), n);
+    loop {
+        start -= 1;
+        digits[start] = b"0123456789abcdef"[rest & 0xf];
+        rest >>= 4;
+        if rest == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[start..]);
+    out.extend_from_slice(b"\r\n");
+}
+
 /// One `name: value` line.
 pub(crate) fn write_field(name: &HeaderName, value: &HeaderValue, out: &mut Vec<u8>) {
     out.extend_from_slice(name.as_str().as_bytes());
@@ -249,10 +273,7 @@ impl Writer {
                                 .checked_sub(data.len() as u64)
                                 .ok_or(WriteError::Length("longer than the Content-Length it declared"))?;
                         }
-                        WriteFraming::Chunked => {
-                            use std::io::Write as _;
-                            let _ = write!(self.buf, "{:x}\r\n", data.len());
-                        }
+                        WriteFraming::Chunked => write_chunk_size(data.len(), &mut self.buf),
                         WriteFraming::Empty | WriteFraming::Close => {}
                     }
                     let chunked = self.framing == WriteFraming::Chunked;
@@ -537,6 +558,22 @@ mod tests {
             (b"0x10\r", None),
         ] {
             assert_eq!(chunk_size(line), size, "{:?}", String::from_utf8_lossy(line));
+        }
+    }
+
+    #[test]
+    fn written_lengths_and_chunk_sizes_read_back() {
+        for n in [0, 1, 9, 10, 15, 16, 255, 4096, 1 << 31, usize::MAX] {
+            let mut out = b"x".to_vec();
+            write_chunk_size(n, &mut out);
+            assert_eq!(out, format!("x{n:x}\r\n").into_bytes());
+            assert_eq!(chunk_size(&out[1..out.len() - 1]), Some(n as u64));
+        }
+        for n in [0, 7, 10, 99, 1000, u64::MAX] {
+            let mut out = b"x".to_vec();
+            write_content_length(n, &mut out);
+            assert_eq!(out, format!("xcontent-length: {n}\r\n").into_bytes());
+            assert_eq!(content_length(&out[17..out.len() - 2]), Some(n));
         }
     }
 }

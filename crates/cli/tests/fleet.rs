@@ -312,7 +312,13 @@ fn scales_up_under_load_and_back_down() {
         .collect();
     fleet.wait_for("more than one instance", || fleet.json("instances").as_array().unwrap().len() > 1);
     for l in load {
-        assert!(l.join().unwrap().status.success());
+        let out = l.join().unwrap();
+        assert!(
+            out.status.success(),
+            "invoke under load failed: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     fleet.wait_for("scale back to zero", || fleet.json("instances").as_array().unwrap().is_empty());
 }

@@ -11,7 +11,7 @@
 //! spent spinning: the timer thread stops waiting `lead` before it must hand a deadline over,
 //! and hands it over `handoff` before the deadline, which the woken task spends yielding until
 //! the deadline itself. A future never completes before its deadline. Both leads follow the
-//! lateness measured at each wake-up (an exponential average, at most [`MAX_LEAD`]), so on a
+//! lateness measured at each wake-up (an exponential average, at most 1 ms), so on a
 //! machine whose wake-ups are quick, or a busy one, little is spun.
 
 use std::cmp::Reverse;
@@ -27,22 +27,22 @@ const SLACK: Duration = Duration::from_micros(20);
 
 /// The most either wait ends early: bounds the spinning when a wake-up is delayed by something
 /// other than the machine's wake-up latency (preemption, a stop in a debugger).
-pub const MAX_LEAD: Duration = Duration::from_millis(1);
+pub(crate) const MAX_LEAD: Duration = Duration::from_millis(1);
 
 /// How far ahead of an event to stop waiting for it, learned from how late waits ended: an
 /// exponential average (weight 1/8) of the lateness observed, capped at [`MAX_LEAD`].
 #[derive(Debug, Default)]
-pub struct Lead(AtomicU64);
+pub(crate) struct Lead(AtomicU64);
 
 impl Lead {
     /// The current lead.
-    pub fn get(&self) -> Duration {
+    pub(crate) fn get(&self) -> Duration {
         Duration::from_nanos(self.0.load(Ordering::Relaxed))
     }
 
     /// Takes in one wake-up that came `late` after the time it was due (zero if it was not).
     /// Concurrent callers may lose each other's samples, which only slows the learning.
-    pub fn observe(&self, late: Duration) {
+    pub(crate) fn observe(&self, late: Duration) {
         let cap = MAX_LEAD.as_nanos() as u64;
         let sample = (late.as_nanos() as u64).min(2 * cap);
         let old = self.0.load(Ordering::Relaxed);

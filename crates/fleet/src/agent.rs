@@ -11,6 +11,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -121,12 +122,48 @@ fn log_line(path: &PathBuf, line: &str) {
     }
 }
 
+/// The lowest port handed to an instance's process.
+const APP_PORTS_FROM: u16 = 20_000;
+
+/// A port for an instance's process to listen on (its `PORT`), free when this returns.
+///
+/// Not one the kernel picks (binding port 0): the port is free only until the process binds it,
+/// and meanwhile the kernel may hand the same port to any socket bound to port 0 or connecting
+/// out — a queue proxy's admin listener took one this way, the instance's probe connected to it and
+/// requests were forwarded there (`crates/cli/tests/fleet.rs`, 2026-12-01). So the port comes from
+/// below the kernel's ephemeral range (`net.ipv4.ip_local_port_range`), which nothing here binds
+/// or connects from, taken in turn from an offset that differs between processes (several fleets
+/// on one machine). Falls back to a kernel-picked port if that range is too low to leave room.
+fn app_port() -> std::io::Result<SocketAddr> {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let span = u32::from(ephemeral_from().saturating_sub(APP_PORTS_FROM));
+    if span >= 1_000 {
+        let offset = std::process::id().wrapping_mul(7_919);
+        for _ in 0..span {
+            let port =
+                APP_PORTS_FROM + ((offset.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed))) % span) as u16;
+            if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+                return l.local_addr();
+            }
+        }
+    }
+    std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()
+}
+
+/// The first port of the kernel's ephemeral range.
+fn ephemeral_from() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768)
+}
+
 impl Instance {
     /// Starts the queue proxy and the process; returns at once (the process starts in the
     /// background; watch [`Instance::phase`]).
     pub async fn start(mut spec: InstanceSpec) -> Result<Self, AgentError> {
         // A free port for the process; the queue proxy forwards there.
-        let address = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        let address = app_port()?;
         spec.queue_proxy.app = address;
         let qp = QueueProxyHandle::start(
             spec.queue_proxy.clone(),
@@ -327,5 +364,27 @@ async fn drain_queue_proxy(qp: &Mutex<Option<QueueProxyHandle>>) {
     let handle = qp.lock().unwrap_or_else(|e| e.into_inner()).take();
     if let Some(h) = handle {
         h.drain().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn app_ports_come_from_below_the_ephemeral_range_in_turn_skipping_taken_ones() {
+        let below = ephemeral_from();
+        let first = app_port().unwrap().port();
+        assert!((APP_PORTS_FROM..below).contains(&first), "{first} not in {APP_PORTS_FROM}..{below}");
+        // The next in turn is taken: it is skipped.
+        let taken = std::net::TcpListener::bind(("127.0.0.1", first + 1));
+        let second = app_port().unwrap().port();
+        assert!((APP_PORTS_FROM..below).contains(&second));
+        assert_ne!(second, first);
+        if taken.is_ok() {
+            assert_ne!(second, first + 1, "the taken port is skipped");
+        }
+        // What it returns is free to bind.
+        drop(std::net::TcpListener::bind(("127.0.0.1", second)).unwrap());
     }
 }

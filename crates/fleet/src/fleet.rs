@@ -693,11 +693,12 @@ impl Fleet {
                 to_stop.extend(ranked.into_iter().take(names.len() - want).cloned());
             }
         }
+        // Stopped only once the gateways have let go of them (step 4), and after a grace period.
+        let mut stopped = Vec::new();
         for name in to_stop {
             if let Some(r) = state.instances.remove(&name) {
-                let instance = r.instance.clone();
+                stopped.push(r.instance.clone());
                 state.stopping.insert(name, r);
-                tokio::spawn(async move { instance.stop().await });
             }
         }
         let mut to_start = Vec::new();
@@ -780,6 +781,15 @@ impl Fleet {
             }
             state.routes = routes;
         }
+        // A request a gateway sent just before its routes changed may still be crossing a link:
+        // the instance drains (refusing new work) only once it has had time to arrive.
+        let grace = self.stop_grace();
+        for instance in stopped {
+            tokio::spawn(async move {
+                tokio::time::sleep(grace).await;
+                instance.stop().await
+            });
+        }
         for s in state.services.values_mut() {
             for r in &mut s.revisions {
                 let (ns, name) = (r.revision.metadata.namespace().to_owned(), r.revision.name().to_owned());
@@ -841,6 +851,16 @@ impl Fleet {
                 max_header_bytes: 64 * 1024,
             },
         }
+    }
+
+    /// How long an instance taken out of the routes keeps serving before it drains: the longest
+    /// round trip between two nodes (a request picked just before is at most one way out) and
+    /// 100 ms more for the hops on either side.
+    fn stop_grace(&self) -> Duration {
+        let t = &self.options.topology;
+        let n = t.nodes.len();
+        let longest = (0..n).flat_map(|a| (0..n).map(move |b| t.link(a, b).rtt)).max().unwrap_or_default();
+        longest + Duration::from_millis(100)
     }
 
     fn routes(&self, state: &State) -> Routes {

@@ -563,8 +563,9 @@ impl Fleet {
         let now = Instant::now();
         let mut state = lock(&self.state);
         let state = &mut *state;
-        // Finished stops leave the books.
-        state.stopping.retain(|_, r| r.instance.phase() == Phase::Terminating);
+        // Finished stops leave the books (one still in its grace period is still running: it
+        // stays, counted on its node and stopped on shutdown).
+        state.stopping.retain(|_, r| r.instance.phase() != Phase::Stopped);
         let n = self.options.topology.nodes.len();
 
         // 1. Stats, every second.

@@ -214,6 +214,8 @@ struct Inner {
     stats: RequestStats,
     ready: watch::Sender<bool>,
     draining: AtomicBool,
+    /// True once a drain has finished the requests in flight (`/wait-for-drain` waits for it).
+    drained: watch::Sender<bool>,
     metrics: QueueMetrics,
     registry: Registry,
     /// Connections that switched protocols, spliced to the instance.
@@ -274,6 +276,7 @@ impl QueueProxyHandle {
             stats: RequestStats::new(std::time::Instant::now()),
             ready,
             draining: AtomicBool::new(false),
+            drained: watch::channel(false).0,
             tunnels: Tunnels::default(),
             metrics,
             registry,
@@ -315,14 +318,27 @@ impl QueueProxyHandle {
     /// Graceful stop: new requests get 503, the ones in flight finish, tunnels (connections that
     /// switched protocols) are cut, then the servers stop.
     pub async fn drain(self) {
+        self.drain_after(Duration::ZERO).await;
+    }
+
+    /// [`drain`](Self::drain) after a notice period: readiness fails at once, so that whoever
+    /// routes here lets go of the instance, while requests are still served for `notice` (those
+    /// routed here before that was seen). Callers of the admin path `/wait-for-drain` (the
+    /// instance container's preStop hook on Kubernetes) are answered once the requests in flight
+    /// have finished, so the instance is not told to stop while it still has work.
+    pub async fn drain_after(self, notice: Duration) {
         let inner = &self.inner.0;
-        inner.draining.store(true, Ordering::SeqCst);
-        inner.tunnels.close();
         inner.ready.send_replace(false);
         self.prober.abort();
+        if !notice.is_zero() {
+            tokio::time::sleep(notice).await;
+        }
+        inner.draining.store(true, Ordering::SeqCst);
+        inner.tunnels.close();
         while inner.stats.in_flight() > 0 {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+        inner.drained.send_replace(true);
         self.server.shutdown().await;
         self.admin.shutdown().await;
     }
@@ -612,9 +628,13 @@ impl Handler for Admin {
             // Readiness for Kubernetes: the instance answers its probe and no drain started.
             "/ready" if *self.0.0.ready.borrow() => Response::new(full("ready")),
             "/ready" => error_response(StatusCode::SERVICE_UNAVAILABLE, "not ready"),
+            "/wait-for-drain" => {
+                let _ = self.0.0.drained.subscribe().wait_for(|drained| *drained).await;
+                Response::new(full("drained"))
+            }
             other => error_response(
                 StatusCode::NOT_FOUND,
-                format!("no such admin path {other:?}; try /metrics, /ready"),
+                format!("no such admin path {other:?}; try /metrics, /ready, /wait-for-drain"),
             ),
         }
     }

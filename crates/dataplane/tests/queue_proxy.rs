@@ -114,6 +114,35 @@ async fn drain_finishes_in_flight_work_and_refuses_new() {
 }
 
 #[tokio::test]
+async fn a_drain_with_notice_serves_while_unready_then_refuses_and_answers_wait_for_drain_last() {
+    let i = instance("noticed", "node1", "hello-00001", 0).await;
+    let (addr, admin) = (i.qp.addr(), i.qp.admin_addr());
+    // The instance container's preStop hook on Kubernetes: it waits, whenever it comes.
+    let waiter = tokio::spawn(async move { get(admin, "admin", "/wait-for-drain").await });
+    let slow = tokio::spawn(async move { get(addr, "h", "/sleep/3000").await });
+    while i.qp.in_flight() < 1 {
+        tokio::task::yield_now().await;
+    }
+    let drain = tokio::spawn(i.qp.drain_after(Duration::from_secs(1)));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // In the notice period: unready at once, still serving.
+    assert_eq!(get(admin, "admin", "/ready").await.0, StatusCode::SERVICE_UNAVAILABLE);
+    let (status, _, body) = get(addr, "h", "/").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // After it: new work refused while the slow request is still in flight.
+    tokio::time::sleep(Duration::from_millis(1450)).await;
+    let (status, _, body) = get(addr, "h", "/").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body.contains("draining"), "{body}");
+    assert!(!waiter.is_finished(), "/wait-for-drain answered while a request was in flight");
+    let (status, _, body) = slow.await.unwrap();
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "slept 3000ms in noticed"));
+    let (status, _, body) = tokio::time::timeout(Duration::from_secs(5), waiter).await.unwrap().unwrap();
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "drained"));
+    tokio::time::timeout(Duration::from_secs(5), drain).await.expect("drain ends").unwrap();
+}
+
+#[tokio::test]
 async fn metrics_are_exposed() {
     let i = instance("metered", "node1", "hello-00001", 0).await;
     get(i.qp.addr(), "h", "/").await;

@@ -52,7 +52,14 @@ pub mod env {
     pub const QUEUE_PORT: &str = "QUEUE_SERVING_PORT";
     /// Admin port.
     pub const ADMIN_PORT: &str = "QUEUE_ADMIN_PORT";
+    /// Seconds a stopping sidecar keeps serving, unready, before it refuses new work.
+    pub const DRAIN_NOTICE: &str = "QUEUE_DRAIN_NOTICE_SECONDS";
 }
+
+/// Seconds a stopping instance keeps serving while unready (see [`env::DRAIN_NOTICE`]): gateways
+/// drop a Pod from their routes when they see its deletion, which a watch delivers within about a
+/// second; requests they sent before then still find it serving.
+pub const DRAIN_NOTICE_SECONDS: u64 = 5;
 
 /// What the Pod of an instance is made of besides the revision.
 #[derive(Debug, Clone)]
@@ -145,6 +152,10 @@ pub fn build_pod(revision: &Revision, p: &PodParams<'_>) -> Result<Pod, String> 
         "image": container.image,
         "env": user_env,
         "ports": [{ "name": "user-port", "containerPort": user_port, "protocol": "TCP" }],
+        // Told to stop only once the sidecar has finished the requests in flight (the kubelet
+        // signals every container of a Pod at once; an instance that exits at SIGTERM would
+        // otherwise fail the requests its sidecar is finishing). Knative does the same.
+        "lifecycle": { "preStop": { "httpGet": { "path": "/wait-for-drain", "port": QUEUE_ADMIN_PORT } } },
     });
     let set = |obj: &mut Value, key: &str, value: Option<Value>| {
         if let Some(v) = value {
@@ -190,6 +201,7 @@ pub fn build_pod(revision: &Revision, p: &PodParams<'_>) -> Result<Pod, String> 
         (env::CONTROLLER_URL, p.controller_url.to_owned()),
         (env::QUEUE_PORT, QUEUE_PORT.to_string()),
         (env::ADMIN_PORT, QUEUE_ADMIN_PORT.to_string()),
+        (env::DRAIN_NOTICE, DRAIN_NOTICE_SECONDS.to_string()),
     ]
     .into_iter()
     .map(|(k, v)| json!({ "name": k, "value": v }))
@@ -230,7 +242,8 @@ pub fn build_pod(revision: &Revision, p: &PodParams<'_>) -> Result<Pod, String> 
         "containers": [user, queue_proxy],
         "affinity": affinity,
         "enableServiceLinks": spec.enable_service_links.unwrap_or(false),
-        "terminationGracePeriodSeconds": spec.timeout_seconds() + 10,
+        // The notice, the longest request, and room to exit.
+        "terminationGracePeriodSeconds": DRAIN_NOTICE_SECONDS + spec.timeout_seconds() + 10,
     });
     set(&mut pod_spec, "serviceAccountName", spec.service_account_name.as_ref().map(|r| json!(r)));
     set(&mut pod_spec, "imagePullSecrets", spec.image_pull_secrets.clone());
@@ -320,6 +333,18 @@ mod tests {
         // The user's readiness probe moved into the sidecar, like Knative does.
         assert!(pod.spec.as_ref().unwrap().containers[0].readiness_probe.is_none());
         assert_eq!(pod.spec.as_ref().unwrap().containers[1].image.as_deref(), Some("ikukantai:test"));
+        // Stopping: the instance waits for its sidecar's drain, which has time for it all.
+        let hook = &v["spec"]["containers"][0]["lifecycle"]["preStop"]["httpGet"];
+        assert_eq!((hook["path"].as_str(), hook["port"].as_u64()), (Some("/wait-for-drain"), Some(8022)));
+        assert_eq!(env_of(&pod, 1, env::DRAIN_NOTICE).as_deref(), Some("5"));
+        let timeout = v["spec"]["containers"][1]["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == env::TIMEOUT)
+            .and_then(|e| e["value"].as_str()?.parse::<u64>().ok())
+            .unwrap();
+        assert_eq!(v["spec"]["terminationGracePeriodSeconds"], DRAIN_NOTICE_SECONDS + timeout + 10);
     }
 
     #[test]

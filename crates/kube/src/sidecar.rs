@@ -1,6 +1,7 @@
 //! `ikukantai queue-proxy`: the queue proxy as the sidecar of every instance Pod. Configured
 //! by the environment the controller writes into the Pod ([`crate::pod::env`]); pushes its
-//! stats to the controller every second; drains on SIGTERM.
+//! stats to the controller every second; drains on SIGTERM (after a notice period, serving but
+//! unready, and answering the instance's preStop hook `/wait-for-drain` once it is done).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -43,6 +44,8 @@ pub struct SidecarConfig {
     pub admin_port: u16,
     /// Where stats go (`None` = nowhere).
     pub controller_url: Option<String>,
+    /// How long a stopping sidecar keeps serving, unready, before it refuses new work.
+    pub drain_notice: Duration,
 }
 
 fn parse<T: std::str::FromStr>(name: &'static str, v: Option<String>, default: T) -> Result<T, SidecarError>
@@ -100,6 +103,7 @@ impl SidecarConfig {
             port: parse(env::QUEUE_PORT, get(env::QUEUE_PORT), QUEUE_PORT)?,
             admin_port: parse(env::ADMIN_PORT, get(env::ADMIN_PORT), QUEUE_ADMIN_PORT)?,
             controller_url: get(env::CONTROLLER_URL).filter(|u| !u.is_empty()),
+            drain_notice: Duration::from_secs(parse(env::DRAIN_NOTICE, get(env::DRAIN_NOTICE), 0)?),
         })
     }
 }
@@ -148,8 +152,8 @@ pub async fn run_on(
             }
         }
     }
-    tracing::info!("draining");
-    handle.drain().await;
+    tracing::info!(notice = ?config.drain_notice, "draining");
+    handle.drain_after(config.drain_notice).await;
     Ok(())
 }
 
@@ -185,6 +189,7 @@ mod tests {
             (env::IDLE_TIMEOUT, "0"),
             (env::READINESS_PROBE, r#"{"httpGet":{"path":"/ready"}}"#),
             (env::CONTROLLER_URL, "http://ctl:9090"),
+            (env::DRAIN_NOTICE, "7"),
         ]);
         let c = SidecarConfig::from_env(env_map(&pairs)).unwrap();
         assert_eq!(c.proxy.app, SocketAddr::from(([127, 0, 0, 1], 9000)));
@@ -195,6 +200,8 @@ mod tests {
         assert_eq!(c.proxy.idle_timeout, None);
         assert_eq!(c.port, QUEUE_PORT);
         assert_eq!(c.controller_url.as_deref(), Some("http://ctl:9090"));
+        assert_eq!(c.drain_notice, Duration::from_secs(7));
+        assert_eq!(SidecarConfig::from_env(env_map(BASE)).unwrap().drain_notice, Duration::ZERO);
     }
 
     #[test]

@@ -784,7 +784,7 @@ impl Fleet {
         }
         // A request a gateway sent just before its routes changed may still be crossing a link:
         // the instance drains (refusing new work) only once it has had time to arrive.
-        let grace = self.stop_grace();
+        let grace = if stopped.is_empty() { Duration::ZERO } else { self.stop_grace() };
         for instance in stopped {
             tokio::spawn(async move {
                 tokio::time::sleep(grace).await;

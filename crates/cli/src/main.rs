@@ -171,7 +171,7 @@ enum Command {
     QueueProxy,
     /// Run a built-in function (the demo `hello`), listening on $PORT.
     Function {
-        /// `hello`: `/` answers "Konnichiwa from <instance> in <node>", `/sleep/<ms>`, `/nodename`.
+        /// `hello`: `/` answers "Konnichiwa from INSTANCE in NODE", `/sleep/MS`, `/nodename`.
         #[arg(value_parser = ["hello"])]
         name: String,
     },

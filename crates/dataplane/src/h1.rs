@@ -2,10 +2,10 @@
 //! [`Handler`] in the connection's own task.
 //!
 //! Our own, like the upstream client ([`crate::pool`]) and sharing its wire format
-//! ([`crate::wire`]): a request head is parsed with httparse straight from the connection's read
+//! (`wire`): a request head is parsed with httparse straight from the connection's read
 //! buffer (header values stay slices of it), the handler's future is polled here while the
 //! connection is watched for the client going away, and the response head and body are written
-//! by the same [`Writer`] that writes requests upstream. hyper's server, which this replaces for
+//! by the same `Writer` that writes requests upstream. hyper's server, which this replaces for
 //! HTTP/1.1, runs a protocol state machine and buffers of its own around every request; h2c
 //! connections are still hyper's.
 //!

@@ -2,7 +2,7 @@
 //!
 //! Sources of the rules (Knative Serving, `pkg/autoscaler/...` and `pkg/reconciler/autoscaling/kpa/...`):
 //! - metric aggregation in one-second buckets over a stable and a panic window (`bucketing.go`),
-//!   see [`buckets`];
+//!   see `buckets`;
 //! - target resolution `target = max(0.01, total × utilization)` (`resources/target.go`),
 //!   see [`ScalingSpec::resolve`];
 //! - the decider's `Scale()` (`scaling/autoscaler.go`), see [`Autoscaler::tick`];

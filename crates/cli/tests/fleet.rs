@@ -35,12 +35,17 @@ impl Fleet {
     /// A fleet on free ports. A port found free can be taken by a parallel test before the fleet
     /// binds it; the fleet then exits at once ("address already in use") and gets fresh ports.
     fn start(dir: &Path) -> Self {
+        Self::start_with(dir, &[])
+    }
+
+    /// [`start`](Self::start) with more arguments for `up`.
+    fn start_with(dir: &Path, extra: &[&str]) -> Self {
         for _ in 0..5 {
             let api = format!(
                 "127.0.0.1:{}",
                 TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
             );
-            let mut fleet = Self::spawn(dir, api, free_port_on_all(), free_port_on_all());
+            let mut fleet = Self::spawn(dir, api, free_port_on_all(), free_port_on_all(), extra);
             if fleet.answers() {
                 return fleet;
             }
@@ -50,12 +55,12 @@ impl Fleet {
 
     /// A fleet on the given ports (a restart on the ports of the fleet before it).
     fn start_at(dir: &Path, api: String, gateway_port: u16, admin_port: u16) -> Self {
-        let mut fleet = Self::spawn(dir, api, gateway_port, admin_port);
+        let mut fleet = Self::spawn(dir, api, gateway_port, admin_port, &[]);
         assert!(fleet.answers(), "the fleet exited at start");
         fleet
     }
 
-    fn spawn(dir: &Path, api: String, gateway_port: u16, admin_port: u16) -> Self {
+    fn spawn(dir: &Path, api: String, gateway_port: u16, admin_port: u16, extra: &[&str]) -> Self {
         std::fs::create_dir_all(dir).unwrap();
         let config = dir.join("config.yaml");
         std::fs::write(&config, CONFIG).unwrap();
@@ -66,6 +71,7 @@ impl Fleet {
             .arg("--config")
             .arg(&config)
             .args(["--gateway-port", &gateway_port.to_string(), "--admin-port", &admin_port.to_string()])
+            .args(extra)
             .env_remove("IKUKANTAI_API")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -321,6 +327,33 @@ fn scales_up_under_load_and_back_down() {
         );
     }
     fleet.wait_for("scale back to zero", || fleet.json("instances").as_array().unwrap().is_empty());
+}
+
+#[test]
+fn an_instance_in_its_stop_grace_period_is_still_stopped_with_the_fleet() {
+    let dir = scratch("grace");
+    std::fs::create_dir_all(&dir).unwrap();
+    // An instance no longer wanted serves on for the longest RTT + 100 ms: a slow link makes that
+    // long enough to stop the fleet meanwhile.
+    let topology = write(
+        &dir,
+        "topology.yaml",
+        "nodes: [{name: cloud, capacity: 4}, {name: edge, capacity: 2}]\nlinks: [{between: [cloud, edge], rtt: 5s}]\n",
+    );
+    let mut fleet = Fleet::start_with(&dir, &["--topology", &topology]);
+    fleet.ok(&["apply", "-f", &write(&dir, "hello.yaml", &hello("", "Konnichiwa"))]);
+    assert!(fleet.ok(&["invoke", "hello", "--from", "cloud"]).starts_with("Konnichiwa"));
+    let instance = &fleet.json("instances")[0];
+    let (name, address) = (instance["name"].as_str().unwrap(), instance["address"].as_str().unwrap());
+    fleet.ok(&["delete", "service", "hello"]);
+    // Reconciled a few times over (every 250 ms), well within the 5.1 s grace period.
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(std::net::TcpStream::connect(address).is_ok(), "stopped before its grace period ended");
+    fleet.stop();
+    assert!(std::net::TcpStream::connect(address).is_err(), "the instance at {address} outlived the fleet");
+    // Stopped the graceful way (drain, SIGTERM), not killed as the fleet's runtime went away.
+    let log = std::fs::read_to_string(dir.join("state/logs").join(format!("{name}.log"))).unwrap();
+    assert!(log.trim_end().ends_with("[ikukantai] stopped"), "{log}");
 }
 
 #[test]

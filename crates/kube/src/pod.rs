@@ -337,13 +337,7 @@ mod tests {
         let hook = &v["spec"]["containers"][0]["lifecycle"]["preStop"]["httpGet"];
         assert_eq!((hook["path"].as_str(), hook["port"].as_u64()), (Some("/wait-for-drain"), Some(8022)));
         assert_eq!(env_of(&pod, 1, env::DRAIN_NOTICE).as_deref(), Some("5"));
-        let timeout = v["spec"]["containers"][1]["env"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|e| e["name"] == env::TIMEOUT)
-            .and_then(|e| e["value"].as_str()?.parse::<u64>().ok())
-            .unwrap();
+        let timeout: u64 = env_of(&pod, 1, env::TIMEOUT).unwrap().parse().unwrap();
         assert_eq!(v["spec"]["terminationGracePeriodSeconds"], DRAIN_NOTICE_SECONDS + timeout + 10);
     }
 

@@ -1,11 +1,12 @@
 //! The Kubernetes subcommands of the real binary, where they can run without a cluster: the CRDs
 //! they print, and the clear errors they give when their environment is missing.
 
+use std::path::PathBuf;
 use std::process::{Command, Output};
 
 fn ikukantai(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ikukantai"));
-    cmd.args(args).current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."));
+    cmd.args(args).current_dir(repo_root());
     for var in [
         "KUBECONFIG",
         "KUBERNETES_SERVICE_HOST",
@@ -29,8 +30,7 @@ fn text(bytes: &[u8]) -> String {
 fn crds_prints_the_committed_crds() {
     let out = ikukantai(&["crds"], &[]);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let committed =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/crds.yaml")).unwrap();
+    let committed = std::fs::read_to_string(repo_root().join("deploy/crds.yaml")).unwrap();
     assert_eq!(text(&out.stdout), committed);
 }
 
@@ -67,4 +67,12 @@ fn queue_proxy_names_the_missing_variable() {
     assert_eq!(out.status.code(), Some(1));
     let err = text(&out.stderr);
     assert!(err.contains("environment variable SERVING_NAMESPACE is required"), "{err}");
+}
+
+/// The repository's root, looked up when the test runs: `env!` would give the path the test was
+/// compiled at, stale when one target dir serves several clones (as `.ci/run`'s does).
+fn repo_root() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
+        .join("../..")
 }

@@ -1,11 +1,12 @@
 //! `ikukantai validate` end to end: the real binary on real files.
 
+use std::path::PathBuf;
 use std::process::{Command, Output};
 
 fn ikukantai(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_ikukantai"))
         .args(args)
-        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+        .current_dir(repo_root())
         .output()
         .expect("run ikukantai")
 }
@@ -70,4 +71,12 @@ fn missing_file_is_named() {
     let out = ikukantai(&["validate", "-f", "does-not-exist.yaml"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("cannot read does-not-exist.yaml"));
+}
+
+/// The repository's root, looked up when the test runs: `env!` would give the path the test was
+/// compiled at, stale when one target dir serves several clones (as `.ci/run`'s does).
+fn repo_root() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
+        .join("../..")
 }

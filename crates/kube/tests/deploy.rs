@@ -11,7 +11,7 @@ use ikukantai_kube::pod::{PodParams, build_pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 
 fn deploy(file: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../deploy").join(file)
+    repo_root().join("deploy").join(file)
 }
 
 fn check(file: &str, generated: &str) {
@@ -81,4 +81,12 @@ fn committed_example_leader_endpoint_matches_what_the_leader_publishes() {
         serde_saphyr::to_string(&slice).unwrap()
     );
     check("examples/leader-endpointslice.yaml", &yaml);
+}
+
+/// The repository's root, looked up when the test runs: `env!` would give the path the test was
+/// compiled at, stale when one target dir serves several clones (as `.ci/run`'s does).
+fn repo_root() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
+        .join("../..")
 }

@@ -356,6 +356,7 @@ async fn queue_proxy(listen: SocketAddr, admin: SocketAddr, app: SocketAddr, cc:
         idle_timeout: None,
         readiness: Readiness::from_probe(None),
         max_header_bytes: 64 * 1024,
+        answer_poll: ikukantai_dataplane::answer_poll::DEFAULT_BUDGET,
     };
     let _proxy: QueueProxyHandle = QueueProxyHandle::start(
         config,

@@ -33,6 +33,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::time::{Instant, timeout, timeout_at};
 
+use crate::answer_poll::AnswerPoll;
 use crate::body::{Body, Deadlines, Guarded, Limited, boxed, error_response, full};
 use crate::breaker::{Breaker, Permit};
 use crate::connect::NodeConnector;
@@ -182,6 +183,9 @@ pub struct QueueProxyConfig {
     pub readiness: Readiness,
     /// Largest accepted request head.
     pub max_header_bytes: usize,
+    /// Polling for the instance's answer while it is the only one awaited and expected within
+    /// this long, instead of sleeping ([`crate::answer_poll`]; zero: never).
+    pub answer_poll: Duration,
 }
 
 /// Invalid queue proxy configuration.
@@ -281,7 +285,8 @@ impl QueueProxyHandle {
             metrics,
             registry,
             labels,
-            app: Upstream::new(config.app, NodeConnector::new(None)),
+            app: Upstream::new(config.app, NodeConnector::new(None))
+                .with_answer_poll(AnswerPoll::new(config.answer_poll)),
             config,
         }));
         let prober = tokio::spawn(probe_loop(inner.clone()));

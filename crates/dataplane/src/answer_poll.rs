@@ -1,0 +1,193 @@
+//! Polling for an upstream's answer instead of sleeping until it comes, while nothing else waits.
+//!
+//! When a request has gone upstream and the gateway (or queue proxy) has nothing else to do, its
+//! thread goes to sleep in `epoll_wait`, and the answer then has to wake it: on a VM that wake-up
+//! is several microseconds of the request's latency, about as much as the gateway's own work at
+//! one connection (`docs/benchmarks.md`, "Answer polling"). So while a request waits for an
+//! answer expected within a small budget (50 µs by default) and no other request of the same
+//! gateway waits, the waiting task yields instead of sleeping: tokio then polls its reactor
+//! without blocking (`epoll_wait` with a zero timeout) and runs the task again, which finds the
+//! answer as soon as it is there. Every other connection's readiness is still seen on each round,
+//! so nothing is kept waiting behind the polling.
+//!
+//! It costs CPU time that would otherwise be idle, at most the budget per request, and only at
+//! light load: as soon as two requests wait, or an upstream's answers take longer than the
+//! budget (a running average per upstream; a function that computes for milliseconds is never
+//! polled for), everything sleeps as before. On a machine with one CPU it is off (polling would
+//! take the CPU from the upstream it waits for), and a budget of zero turns it off.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// The budget the gateway and queue proxy use unless configured otherwise, in microseconds.
+pub const DEFAULT_BUDGET_MICROS: u64 = 50;
+/// [`DEFAULT_BUDGET_MICROS`] as a duration.
+pub const DEFAULT_BUDGET: Duration = Duration::from_micros(DEFAULT_BUDGET_MICROS);
+
+/// Answer polling for one gateway or queue proxy: its budget and how many of its requests wait
+/// for an answer now. Shared by all its upstreams.
+#[derive(Debug, Default)]
+pub struct AnswerPoll {
+    budget: Duration,
+    waiting: AtomicUsize,
+    rounds: AtomicU64,
+}
+
+impl AnswerPoll {
+    /// Polling for answers expected within `budget`; off for a zero budget or on a machine
+    /// (or cgroup) with one CPU.
+    pub fn new(budget: Duration) -> Arc<Self> {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Self::with_cpus(budget, cpus)
+    }
+
+    pub(crate) fn with_cpus(budget: Duration, cpus: usize) -> Arc<Self> {
+        let budget = if cpus > 1 { budget } else { Duration::ZERO };
+        Arc::new(Self { budget, ..Self::default() })
+    }
+
+    /// Off: every wait sleeps.
+    pub fn off() -> Arc<Self> {
+        Arc::default()
+    }
+
+    /// The budget in effect (zero when off).
+    pub fn budget(&self) -> Duration {
+        self.budget
+    }
+
+    /// Rounds of polling so far (each one a yield to the runtime and a non-blocking look at the
+    /// reactor).
+    pub fn rounds(&self) -> u64 {
+        self.rounds.load(Ordering::Relaxed)
+    }
+}
+
+/// How long one upstream's answers take: a running average (weight 1/8) of the time from a
+/// request's start to its response head, in nanoseconds; 0 before the first.
+#[derive(Debug, Default)]
+pub(crate) struct AnswerTimes {
+    average_ns: AtomicU64,
+}
+
+impl AnswerTimes {
+    fn expected(&self) -> Duration {
+        Duration::from_nanos(self.average_ns.load(Ordering::Relaxed))
+    }
+
+    fn record(&self, took: Duration) {
+        let sample = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        // Racing updates may lose a sample; an average of many does not mind.
+        let before = self.average_ns.load(Ordering::Relaxed);
+        self.average_ns.store(averaged(before, sample), Ordering::Relaxed);
+    }
+}
+
+/// The running average after `sample`: weight 1/8, the first sample taken whole.
+fn averaged(before: u64, sample: u64) -> u64 {
+    if before == 0 { sample.max(1) } else { before - before / 8 + sample / 8 }
+}
+
+/// Whether a request that has waited `waited` for its answer polls once more: only while it is
+/// the only one waiting, its upstream's answers are expected within the budget (or nothing is
+/// known of them yet), and the budget is not spent.
+fn polls(budget: Duration, waiting: usize, expected: Duration, waited: Duration) -> bool {
+    waiting == 1 && expected <= budget && waited < budget
+}
+
+/// One request waiting for its answer; counted among the gateway's waiting requests until
+/// dropped.
+#[derive(Debug)]
+pub(crate) struct Wait<'a> {
+    poll: &'a AnswerPoll,
+    times: &'a AnswerTimes,
+    start: Instant,
+}
+
+impl<'a> Wait<'a> {
+    /// A wait that may poll; `None` when polling is off (then nothing is counted or timed).
+    pub(crate) fn begin(poll: &'a AnswerPoll, times: &'a AnswerTimes) -> Option<Self> {
+        if poll.budget.is_zero() {
+            return None;
+        }
+        poll.waiting.fetch_add(1, Ordering::Relaxed);
+        Some(Self { poll, times, start: Instant::now() })
+    }
+
+    /// Whether to poll again rather than sleep (counting the round if so).
+    pub(crate) fn poll_again(&self) -> bool {
+        let again = polls(
+            self.poll.budget,
+            self.poll.waiting.load(Ordering::Relaxed),
+            self.times.expected(),
+            self.start.elapsed(),
+        );
+        if again {
+            self.poll.rounds.fetch_add(1, Ordering::Relaxed);
+        }
+        again
+    }
+
+    /// The answer came: its time goes into the upstream's average.
+    pub(crate) fn answered(self) {
+        self.times.record(self.start.elapsed());
+    }
+}
+
+impl Drop for Wait<'_> {
+    fn drop(&mut self) {
+        self.poll.waiting.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const US: Duration = Duration::from_micros(1);
+
+    #[test]
+    fn only_a_lone_wait_for_a_quick_upstream_polls_and_only_within_the_budget() {
+        let budget = 50 * US;
+        assert!(polls(budget, 1, Duration::ZERO, Duration::ZERO), "nothing known yet: try");
+        assert!(polls(budget, 1, 20 * US, 49 * US));
+        assert!(!polls(budget, 1, 20 * US, 50 * US), "budget spent");
+        assert!(!polls(budget, 2, 20 * US, Duration::ZERO), "another request waits");
+        assert!(!polls(budget, 1, 51 * US, Duration::ZERO), "this upstream answers slower");
+        assert!(!polls(Duration::ZERO, 1, Duration::ZERO, Duration::ZERO));
+    }
+
+    #[test]
+    fn the_average_takes_the_first_answer_whole_and_then_follows_by_an_eighth() {
+        assert_eq!(averaged(0, 800), 800);
+        assert_eq!(averaged(0, 0), 1, "a known average is never 0 (0 means none yet)");
+        assert_eq!(averaged(800, 1600), 900);
+        let mut a = 1_000_000;
+        for _ in 0..100 {
+            a = averaged(a, 16_000);
+        }
+        assert!((16_000..16_100).contains(&a), "settles on steady answers: {a}");
+    }
+
+    #[test]
+    fn one_cpu_or_a_zero_budget_is_off_and_waits_are_counted_while_they_last() {
+        assert!(AnswerPoll::with_cpus(DEFAULT_BUDGET, 1).budget().is_zero());
+        assert!(AnswerPoll::with_cpus(Duration::ZERO, 8).budget().is_zero());
+        let off = AnswerPoll::off();
+        let times = AnswerTimes::default();
+        assert!(Wait::begin(&off, &times).is_none());
+
+        let poll = AnswerPoll::with_cpus(Duration::from_secs(3600), 2);
+        let first = Wait::begin(&poll, &times).unwrap();
+        assert!(first.poll_again());
+        let second = Wait::begin(&poll, &times).unwrap();
+        assert!(!first.poll_again() && !second.poll_again(), "two wait: both sleep");
+        drop(second);
+        assert!(first.poll_again());
+        assert_eq!(poll.rounds(), 2);
+        first.answered();
+        assert_eq!(poll.waiting.load(Ordering::Relaxed), 0);
+        assert!(times.expected() > Duration::ZERO);
+    }
+}

@@ -2,7 +2,8 @@
 //!
 //! - `proxy`: one hop through our gateway, nginx and HAProxy (each a reverse proxy with the same
 //!   number of worker threads in front of the same trivial backend), and through the least proxy
-//!   that can be built on hyper (`hyper-floor`), driven by wrk at 1, 10 and 100 connections; prints
+//!   that can be built on hyper (`hyper-floor`) and the gateway with answer polling off
+//!   (`ikukantai-no-poll`), driven by wrk at 1, 10 and 100 connections; prints
 //!   added p50/p99 latency over the direct path, throughput and CPU time per request, and each
 //!   proxy paired with nginx round by round (`paired`), as Markdown;
 //! - `rss`: the gateway's resident memory idle and with 10 000 requests buffered in its activator
@@ -41,7 +42,7 @@ use ikukantai_dataplane::queue_proxy::{QueueProxyConfig, QueueProxyHandle, Readi
 const HOST: &str = "hello.default.example.com";
 
 /// The proxies `proxy` can measure, in table order.
-const PROXIES: [&str; 4] = ["ikukantai", "nginx", "haproxy", "hyper-floor"];
+const PROXIES: [&str; 5] = ["ikukantai", "ikukantai-no-poll", "nginx", "haproxy", "hyper-floor"];
 
 #[derive(Debug, Parser)]
 #[command(about = "ikukantai benchmark harness")]
@@ -68,6 +69,9 @@ enum Cmd {
         backend: Option<SocketAddr>,
         #[arg(long, default_value_t = 1)]
         threads: usize,
+        /// Answer polling's budget (0: off).
+        #[arg(long, default_value_t = ikukantai_dataplane::answer_poll::DEFAULT_BUDGET_MICROS)]
+        answer_poll_micros: u64,
     },
     /// A queue proxy in front of `backend` (unlimited containerConcurrency unless given), alone,
     /// to profile it.
@@ -116,8 +120,9 @@ enum Cmd {
         /// Connection counts.
         #[arg(long, value_delimiter = ',', default_values_t = [1usize, 10, 100])]
         connections: Vec<usize>,
-        /// Proxies to measure (the direct path always is): any of ikukantai, nginx, haproxy,
-        /// hyper-floor. Fewer paths give more rounds in the same time.
+        /// Proxies to measure (the direct path always is): any of ikukantai, ikukantai-no-poll (the
+        /// gateway with answer polling off), nginx, haproxy, hyper-floor. Fewer paths give more
+        /// rounds in the same time.
         #[arg(long, value_delimiter = ',', default_values_t = PROXIES.map(str::to_owned))]
         paths: Vec<String>,
         /// A run during which the hypervisor took more than this percentage of the machine's CPU
@@ -147,8 +152,9 @@ fn main() -> anyhow::Result<()> {
         Cmd::Backend { listen } => {
             tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(backend(listen))
         }
-        Cmd::Gateway { listen, admin, backend, threads } => {
-            runtime(threads)?.block_on(gateway(listen, admin, backend))
+        Cmd::Gateway { listen, admin, backend, threads, answer_poll_micros } => {
+            let answer_poll = Duration::from_micros(answer_poll_micros);
+            runtime(threads)?.block_on(gateway(listen, admin, backend, answer_poll))
         }
         Cmd::QueueProxy { listen, admin, backend, container_concurrency } => {
             runtime(1)?.block_on(queue_proxy(listen, admin, backend, container_concurrency))
@@ -304,8 +310,14 @@ async fn backend(listen: SocketAddr) -> anyhow::Result<()> {
     .await
 }
 
-async fn gateway(listen: SocketAddr, admin: SocketAddr, backend: Option<SocketAddr>) -> anyhow::Result<()> {
+async fn gateway(
+    listen: SocketAddr,
+    admin: SocketAddr,
+    backend: Option<SocketAddr>,
+    answer_poll: Duration,
+) -> anyhow::Result<()> {
     let mut config = GatewayConfig::single("node1");
+    config.answer_poll = answer_poll;
     config.queue_depth = 100_000;
     config.memory_release = Some(MemoryRelease::new(ikukantai_alloc::release_freed));
     let gw = Gateway::start(
@@ -547,10 +559,13 @@ fn proxy(
     for name in PROXIES.into_iter().filter(|n| wanted(n)) {
         let listen = free_port()?;
         let mut command = match name {
-            "ikukantai" => {
+            "ikukantai" | "ikukantai-no-poll" => {
                 let mut c = Command::new(me()?);
                 c.args(["gateway", "--listen", &listen.to_string(), "--admin", &free_port()?.to_string()])
                     .args(["--backend", &backend.to_string(), "--threads", &threads.to_string()]);
+                if name == "ikukantai-no-poll" {
+                    c.args(["--answer-poll-micros", "0"]);
+                }
                 c
             }
             "nginx" => {

@@ -661,8 +661,14 @@ fn proxy(
              machine's CPU time during them; {kept_stolen} kept over that after {STEAL_ATTEMPTS} attempts."
         );
     }
+    let names: Vec<&str> = targets.iter().map(|(n, _, _)| *n).filter(|n| *n != "direct").collect();
     if wanted("nginx") {
-        print_paired(&results, &targets, connections, rounds);
+        let others: Vec<&str> = names.iter().copied().filter(|n| *n != "nginx").collect();
+        print_paired(&results, &others, "nginx", connections, rounds);
+    }
+    if wanted("ikukantai") && wanted("ikukantai-no-poll") {
+        // What answer polling does, each round against the same gateway without it.
+        print_paired(&results, &["ikukantai"], "ikukantai-no-poll", connections, rounds);
     }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
@@ -678,15 +684,16 @@ struct Run {
     stolen: bool,
 }
 
-/// Every proxy against nginx, round by round: the ratio of throughputs, the differences of p50
-/// and p99 (the direct path is common to both, so a difference of latencies is one of added
-/// latencies) and the ratio of CPU time per request, each as the median over rounds with its 95 %
-/// interval, and in how many rounds the proxy was ahead with the sign test's p-value for that
-/// count. A round in which either run was kept although more than `--max-steal` was stolen during
-/// it is left out: the two did not share the machine alike.
+/// Proxies against a `baseline` (nginx), round by round: the ratio of throughputs, the
+/// differences of p50 and p99 (the direct path is common to both, so a difference of latencies is
+/// one of added latencies) and the ratio of CPU time per request, each as the median over rounds
+/// with its 95 % interval, and in how many rounds the proxy was ahead with the sign test's
+/// p-value for that count. A round in which either run was kept although more than `--max-steal`
+/// was stolen during it is left out: the two did not share the machine alike.
 fn print_paired(
     results: &BTreeMap<(usize, &str), Vec<Run>>,
-    targets: &[(&str, SocketAddr, u32)],
+    proxies: &[&str],
+    baseline: &str,
     connections: &[usize],
     rounds: usize,
 ) {
@@ -700,10 +707,10 @@ fn print_paired(
     };
     println!();
     println!(
-        "Paired with nginx per round ({rounds} rounds, less those in which either run was kept with more \
-         than --max-steal stolen; median [interval holding the true median with at least 95 % \
+        "Paired with {baseline} per round ({rounds} rounds, less those in which either run was kept with \
+         more than --max-steal stolen; median [interval holding the true median with at least 95 % \
          probability, or the whole range when the pairs are too few for that]; ahead = rounds better than \
-         nginx, p = one-sided sign test):"
+         {baseline}, p = one-sided sign test):"
     );
     println!();
     println!(
@@ -712,10 +719,10 @@ fn print_paired(
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for &c in connections {
-        let nginx = &results[&(c, "nginx")];
-        for (name, _, _) in targets.iter().filter(|(n, _, _)| *n != "direct" && *n != "nginx") {
+        let base = &results[&(c, baseline)];
+        for name in proxies {
             let rs = &results[&(c, *name)];
-            let pairs = || rs.iter().zip(nginx).filter(|(r, n)| !r.stolen && !n.stolen);
+            let pairs = || rs.iter().zip(base).filter(|(r, n)| !r.stolen && !n.stolen);
             let count_pairs = pairs().count();
             let ratio: Vec<f64> = pairs().map(|(r, n)| r.wrk.rps / n.wrk.rps).collect();
             let d50: Vec<f64> = pairs().map(|(r, n)| r.wrk.p50_ms - n.wrk.p50_ms).collect();

@@ -78,7 +78,8 @@ impl AnswerPoll {
 }
 
 /// How long one upstream's answers take: a running average (weight 1/8) of the time from a
-/// request's start to its response head, in nanoseconds; 0 before the first.
+/// request's start to its response head, of requests that waited alone, in nanoseconds; 0 before
+/// the first.
 #[derive(Debug, Default)]
 pub(crate) struct AnswerTimes {
     average_ns: AtomicU64,
@@ -121,9 +122,11 @@ fn streak(before: u32, alone: bool) -> u32 {
 pub(crate) struct Wait<'a> {
     poll: &'a AnswerPoll,
     times: &'a AnswerTimes,
-    start: Instant,
-    /// [`AnswerPoll::begun`] after this wait began, if no other was waiting then (else `None`).
-    alone_since: Option<u64>,
+    /// For a wait that began while no other waited: when (the real clock, `std`, also under
+    /// tokio's paused test time: the budget is CPU time spent) and [`AnswerPoll::begun`] after it
+    /// began. A wait that began among others never polls and is not timed: under load the
+    /// bookkeeping stays a few atomic operations, without reading the clock.
+    alone: Option<(Instant, u64)>,
 }
 
 impl<'a> Wait<'a> {
@@ -134,17 +137,18 @@ impl<'a> Wait<'a> {
         }
         let others = poll.waiting.fetch_add(1, Ordering::Relaxed);
         let begun = poll.begun.fetch_add(1, Ordering::Relaxed) + 1;
-        Some(Self { poll, times, start: Instant::now(), alone_since: (others == 0).then_some(begun) })
+        Some(Self { poll, times, alone: (others == 0).then(|| (Instant::now(), begun)) })
     }
 
     /// Whether to poll again rather than sleep (counting the round if so).
     pub(crate) fn poll_again(&self) -> bool {
+        let Some((start, _)) = self.alone else { return false };
         let again = polls(
             self.poll.budget,
             self.poll.waiting.load(Ordering::Relaxed),
             self.poll.alone.load(Ordering::Relaxed),
             self.times.expected(),
-            self.start.elapsed(),
+            start.elapsed(),
         );
         if again {
             self.poll.rounds.fetch_add(1, Ordering::Relaxed);
@@ -152,13 +156,21 @@ impl<'a> Wait<'a> {
         again
     }
 
-    /// The answer came: its time goes into the upstream's average, and whether it waited alone
-    /// into the streak.
+    /// The answer came. A wait that was alone from start to answer adds its time to the
+    /// upstream's average and extends the streak; any other ends it.
     pub(crate) fn answered(self) {
-        self.times.record(self.start.elapsed());
-        let alone = self.alone_since == Some(self.poll.begun.load(Ordering::Relaxed));
+        let alone = match self.alone {
+            Some((start, begun)) if begun == self.poll.begun.load(Ordering::Relaxed) => {
+                self.times.record(start.elapsed());
+                true
+            }
+            _ => false,
+        };
         let before = self.poll.alone.load(Ordering::Relaxed);
-        self.poll.alone.store(streak(before, alone), Ordering::Relaxed);
+        let after = streak(before, alone);
+        if after != before {
+            self.poll.alone.store(after, Ordering::Relaxed);
+        }
     }
 }
 
@@ -234,11 +246,13 @@ mod tests {
         assert!(times.expected() > Duration::ZERO);
         // Another began while `first` waited: the streak starts over.
         assert!(!Wait::begin(&poll, &times).unwrap().poll_again());
-        // A wait that began alone but saw another begin (and end) before its answer breaks it too.
+        // A wait that began alone but saw another begin (and go, unanswered: that leaves the
+        // streak alone) before its answer breaks it too.
         let mut poll = AnswerPoll::with_cpus(Duration::from_secs(3600), 2);
         Arc::get_mut(&mut poll).unwrap().alone = AtomicU32::new(ALONE_STREAK);
         let lone = Wait::begin(&poll, &times).unwrap();
-        Wait::begin(&poll, &times).unwrap().answered();
+        drop(Wait::begin(&poll, &times).unwrap());
+        assert_eq!(poll.alone.load(Ordering::Relaxed), ALONE_STREAK);
         lone.answered();
         assert_eq!(poll.alone.load(Ordering::Relaxed), 0);
     }

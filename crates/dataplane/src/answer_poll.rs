@@ -28,6 +28,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use prometheus_client::metrics::counter::Counter;
+
 /// The budget the gateway and queue proxy use unless configured otherwise, in microseconds.
 pub const DEFAULT_BUDGET_MICROS: u64 = 50;
 /// [`DEFAULT_BUDGET_MICROS`] as a duration.
@@ -48,21 +50,27 @@ pub struct AnswerPoll {
     begun: AtomicU64,
     /// How many waits in a row were alone from start to answer (capped).
     alone: AtomicU32,
-    rounds: AtomicU64,
+    /// Rounds of polling (a metric of the gateway or queue proxy).
+    rounds: Counter,
 }
 
 /// Waits in a row that must each have been alone before a wait polls.
 pub const ALONE_STREAK: u32 = 8;
 
 impl AnswerPoll {
-    /// Polling for answers expected within `budget`; off for a zero budget or on a machine
-    /// (or cgroup) with one CPU.
-    pub fn new(budget: Duration) -> Arc<Self> {
+    /// Polling for answers expected within `budget`, counting its rounds in `rounds`; off for a
+    /// zero budget or on a machine (or cgroup) with one CPU.
+    pub fn new(budget: Duration, rounds: Counter) -> Arc<Self> {
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        Self::with_cpus(budget, cpus, room_on_this_machine)
+        Self::with_cpus(budget, cpus, room_on_this_machine, rounds)
     }
 
-    pub(crate) fn with_cpus(budget: Duration, cpus: usize, room: fn(usize) -> bool) -> Arc<Self> {
+    pub(crate) fn with_cpus(
+        budget: Duration,
+        cpus: usize,
+        room: fn(usize) -> bool,
+        rounds: Counter,
+    ) -> Arc<Self> {
         let budget = if cpus > 1 { budget } else { Duration::ZERO };
         Arc::new(Self {
             budget,
@@ -71,13 +79,13 @@ impl AnswerPoll {
             waiting: AtomicUsize::new(0),
             begun: AtomicU64::new(0),
             alone: AtomicU32::new(0),
-            rounds: AtomicU64::new(0),
+            rounds,
         })
     }
 
     /// Off: every wait sleeps.
     pub fn off() -> Arc<Self> {
-        Self::with_cpus(Duration::ZERO, 1, |_| false)
+        Self::with_cpus(Duration::ZERO, 1, |_| false, Counter::default())
     }
 
     /// The budget in effect (zero when off).
@@ -88,7 +96,7 @@ impl AnswerPoll {
     /// Rounds of polling so far (each one a yield to the runtime and a non-blocking look at the
     /// reactor).
     pub fn rounds(&self) -> u64 {
-        self.rounds.load(Ordering::Relaxed)
+        self.rounds.get()
     }
 }
 
@@ -181,7 +189,7 @@ impl<'a> Wait<'a> {
             start.elapsed(),
         ) && self.room();
         if again {
-            self.poll.rounds.fetch_add(1, Ordering::Relaxed);
+            self.poll.rounds.inc();
         }
         again
     }
@@ -246,7 +254,8 @@ mod tests {
         assert_eq!(runnable("0.93 1.57 1.52"), None);
         assert_eq!(runnable(""), None);
         let times = AnswerTimes::default();
-        let crowded = AnswerPoll::with_cpus(Duration::from_secs(3600), 2, |cpus| cpus > 2);
+        let crowded =
+            AnswerPoll::with_cpus(Duration::from_secs(3600), 2, |cpus| cpus > 2, Counter::default());
         crowded.alone.store(ALONE_STREAK, Ordering::Relaxed);
         let wait = Wait::begin(&crowded, &times).unwrap();
         assert!(!wait.poll_again() && !wait.poll_again());
@@ -278,13 +287,13 @@ mod tests {
 
     #[test]
     fn one_cpu_or_a_zero_budget_is_off_and_waits_are_counted_while_they_last() {
-        assert!(AnswerPoll::with_cpus(DEFAULT_BUDGET, 1, |_| true).budget().is_zero());
-        assert!(AnswerPoll::with_cpus(Duration::ZERO, 8, |_| true).budget().is_zero());
+        assert!(AnswerPoll::with_cpus(DEFAULT_BUDGET, 1, |_| true, Counter::default()).budget().is_zero());
+        assert!(AnswerPoll::with_cpus(Duration::ZERO, 8, |_| true, Counter::default()).budget().is_zero());
         let off = AnswerPoll::off();
         let times = AnswerTimes::default();
         assert!(Wait::begin(&off, &times).is_none());
 
-        let poll = AnswerPoll::with_cpus(Duration::from_secs(3600), 2, |_| true);
+        let poll = AnswerPoll::with_cpus(Duration::from_secs(3600), 2, |_| true, Counter::default());
         for i in 0..ALONE_STREAK {
             let wait = Wait::begin(&poll, &times).unwrap();
             assert!(!wait.poll_again(), "wait {i}: the streak is still too short");
@@ -304,7 +313,7 @@ mod tests {
         assert!(!Wait::begin(&poll, &times).unwrap().poll_again());
         // A wait that began alone but saw another begin (and go, unanswered: that leaves the
         // streak alone) before its answer breaks it too.
-        let mut poll = AnswerPoll::with_cpus(Duration::from_secs(3600), 2, |_| true);
+        let mut poll = AnswerPoll::with_cpus(Duration::from_secs(3600), 2, |_| true, Counter::default());
         Arc::get_mut(&mut poll).unwrap().alone = AtomicU32::new(ALONE_STREAK);
         let lone = Wait::begin(&poll, &times).unwrap();
         drop(Wait::begin(&poll, &times).unwrap());

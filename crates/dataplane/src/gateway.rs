@@ -412,7 +412,7 @@ impl Gateway {
         let shared = Arc::new(Shared {
             rtt: RwLock::new(config.rtt.clone()),
             rng: Mutex::new(SmallRng::seed_from_u64(config.policy.seed ^ config.node as u64)),
-            answer_poll: AnswerPoll::new(config.answer_poll),
+            answer_poll: AnswerPoll::new(config.answer_poll, metrics.answer_polls.clone()),
             config,
             table: RwLock::default(),
             nodes: RwLock::new(nodes),

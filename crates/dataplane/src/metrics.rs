@@ -153,6 +153,8 @@ pub struct GatewayMetrics {
     pub latency: Family<LinkLabels, Gauge<f64, AtomicU64>>,
     /// `ikukantai_gateway_open_tunnels` and the other tunnel metrics, by revision.
     pub tunnels: TunnelMetrics<RevisionLabels>,
+    /// `ikukantai_gateway_answer_polls_total`: rounds of answer polling.
+    pub answer_polls: Counter,
 }
 
 /// Labels of a node pair.
@@ -176,6 +178,7 @@ impl GatewayMetrics {
             rejected: Family::default(),
             latency: Family::default(),
             tunnels: TunnelMetrics::new(),
+            answer_polls: Counter::default(),
         };
         registry.register(
             "latency_between_nodes",
@@ -209,10 +212,13 @@ impl GatewayMetrics {
             "Requests the gateway answered itself with an error, by reason",
             m.rejected.clone(),
         );
+        r.register("answer_polls", ANSWER_POLLS_HELP, m.answer_polls.clone());
         m.tunnels.register(r);
         m
     }
 }
+
+const ANSWER_POLLS_HELP: &str = "Rounds of polling for an answer instead of sleeping (each a yield and a non-blocking look at the reactor)";
 
 /// Labels of a queue proxy's instance.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -254,6 +260,8 @@ pub struct QueueMetrics {
     pub rejected: Family<RejectLabels, Counter>,
     /// `ikukantai_queue_open_tunnels` and the other tunnel metrics.
     pub tunnels: TunnelMetrics<InstanceLabels>,
+    /// `ikukantai_queue_answer_polls_total`: rounds of answer polling.
+    pub answer_polls: Family<InstanceLabels, Counter>,
 }
 
 impl QueueMetrics {
@@ -266,6 +274,7 @@ impl QueueMetrics {
             waiting: Family::default(),
             rejected: Family::default(),
             tunnels: TunnelMetrics::new(),
+            answer_polls: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("ikukantai_queue");
         r.register("requests", "Requests answered by the instance, by status code", m.requests.clone());
@@ -281,6 +290,7 @@ impl QueueMetrics {
             "Requests the queue proxy answered itself with an error, by reason",
             m.rejected.clone(),
         );
+        r.register("answer_polls", ANSWER_POLLS_HELP, m.answer_polls.clone());
         m.tunnels.register(r);
         m
     }

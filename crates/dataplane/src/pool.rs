@@ -779,7 +779,7 @@ mod tests {
     #[tokio::test]
     async fn a_lone_request_polls_for_its_answer_until_its_upstream_proves_slower_than_the_budget() {
         let (addr, _) = backend().await;
-        let poll = AnswerPoll::with_cpus(Duration::from_millis(5), 2, |_| true);
+        let poll = AnswerPoll::with_cpus(Duration::from_millis(5), 2, |_| true, Default::default());
         let up = Upstream::new(addr, NodeConnector::new(None)).with_answer_poll(poll.clone());
         // Until enough requests in a row have waited alone, none polls.
         for _ in 0..crate::answer_poll::ALONE_STREAK {

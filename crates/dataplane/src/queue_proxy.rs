@@ -265,6 +265,8 @@ impl QueueProxyHandle {
             instance: config.instance.clone(),
             node: config.node.clone(),
         };
+        let answer_poll =
+            AnswerPoll::new(config.answer_poll, metrics.answer_polls.get_or_create(&labels).clone());
         let (ready, _) = watch::channel(false);
         let max_header = config.max_header_bytes;
         let in_flight_gauge = metrics.in_flight.get_or_create(&labels).clone();
@@ -285,8 +287,7 @@ impl QueueProxyHandle {
             metrics,
             registry,
             labels,
-            app: Upstream::new(config.app, NodeConnector::new(None))
-                .with_answer_poll(AnswerPoll::new(config.answer_poll)),
+            app: Upstream::new(config.app, NodeConnector::new(None)).with_answer_poll(answer_poll),
             config,
         }));
         let prober = tokio::spawn(probe_loop(inner.clone()));

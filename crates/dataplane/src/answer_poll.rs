@@ -18,7 +18,9 @@
 //! the CPUs this process may use). Under load other requests keep arriving while one waits, or
 //! the load generator, the instance and the gateway all want a CPU, and everything sleeps as
 //! before — there polling would take CPU time from the processes that make the answers
-//! (measured: 4–6 % less throughput at 100 connections with only the first two rules). An
+//! (measured: 4–6 % less throughput at 100 connections with only the first two rules; with all
+//! three 0.97× pooled over two runs, the interval holding parity: `/proc/loadavg` is one
+//! instant's count, so some polling still gets through on a machine shared that tightly). An
 //! upstream whose answers take longer than the budget (a running average per upstream; a
 //! function that computes for milliseconds) is never polled for. On a machine with one CPU it is
 //! off (polling would take the CPU from the upstream it waits for), and a budget of zero turns it

@@ -73,9 +73,9 @@ pub(crate) struct GatewayArgs {
         default_value = "http://ikukantai-controller.ikukantai-system.svc:9090"
     )]
     controller_url: String,
-    /// Microseconds the gateway polls for an instance's answer instead of sleeping, while it is
-    /// the only request waiting and that instance answers within this long (0: never; off on
-    /// one CPU). Spends idle CPU to save a wake-up at light load.
+    /// Microseconds the gateway may poll for an instance's answer instead of sleeping, at light
+    /// load and for instances that answer within this long (docs/dataplane.md, "Answer
+    /// polling"; 0: never; off on one CPU). Spends idle CPU to save a wake-up.
     #[arg(long, env = "IKUKANTAI_ANSWER_POLL_MICROS", default_value_t = ikukantai_dataplane::answer_poll::DEFAULT_BUDGET_MICROS)]
     answer_poll_micros: u64,
 }

@@ -88,8 +88,8 @@ pub struct GatewayConfig {
     pub rtt: RttMatrix,
     /// Giving memory back to the operating system while many requests wait (`None`: never).
     pub memory_release: Option<MemoryRelease>,
-    /// Polling for an instance's answer while it is the only one awaited and expected within
-    /// this long, instead of sleeping ([`crate::answer_poll`]; zero: never).
+    /// Polling for an instance's answer, at light load and when it is expected within this long,
+    /// instead of sleeping ([`crate::answer_poll`] says when; zero: never).
     pub answer_poll: Duration,
 }
 

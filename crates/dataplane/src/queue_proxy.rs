@@ -183,8 +183,8 @@ pub struct QueueProxyConfig {
     pub readiness: Readiness,
     /// Largest accepted request head.
     pub max_header_bytes: usize,
-    /// Polling for the instance's answer while it is the only one awaited and expected within
-    /// this long, instead of sleeping ([`crate::answer_poll`]; zero: never).
+    /// Polling for the instance's answer, at light load and when it is expected within this
+    /// long, instead of sleeping ([`crate::answer_poll`] says when; zero: never).
     pub answer_poll: Duration,
 }
 

@@ -555,14 +555,21 @@ fn proxy(
     procs.0.push(
         Command::new(me()?).args(["backend", "--listen", &backend.to_string()]).stdout(quiet()).spawn()?,
     );
-    let mut targets = vec![("direct", backend, procs.0[0].id())];
+    let mut targets = vec![Target { name: "direct", addr: backend, pid: procs.0[0].id(), admin: None }];
     for name in PROXIES.into_iter().filter(|n| wanted(n)) {
         let listen = free_port()?;
+        let mut admin = None;
         let mut command = match name {
             "ikukantai" | "ikukantai-no-poll" => {
+                let a = free_port()?;
+                admin = Some(a);
                 let mut c = Command::new(me()?);
-                c.args(["gateway", "--listen", &listen.to_string(), "--admin", &free_port()?.to_string()])
-                    .args(["--backend", &backend.to_string(), "--threads", &threads.to_string()]);
+                c.args(["gateway", "--listen", &listen.to_string(), "--admin", &a.to_string()]).args([
+                    "--backend",
+                    &backend.to_string(),
+                    "--threads",
+                    &threads.to_string(),
+                ]);
                 if name == "ikukantai-no-poll" {
                     c.args(["--answer-poll-micros", "0"]);
                 }
@@ -588,16 +595,19 @@ fn proxy(
             }
         };
         let child = command.stdout(quiet()).stderr(quiet()).spawn()?;
-        targets.push((if name == "hyper-floor" { "hyper floor" } else { name }, listen, child.id()));
+        let name = if name == "hyper-floor" { "hyper floor" } else { name };
+        targets.push(Target { name, addr: listen, pid: child.id(), admin });
         procs.0.push(child);
     }
-    for (_, a, _) in &targets {
-        wait_for(*a)?;
+    for t in &targets {
+        wait_for(t.addr)?;
     }
     // Warm every path once.
-    for (_, addr, _) in &targets {
-        wrk(*addr, 10, 1)?;
+    for t in &targets {
+        wrk(t.addr, 10, 1)?;
     }
+    // Reads the gateway's answer-polling counter around each run.
+    let scraper = Scraper::new()?;
     let tick = ticks_per_second();
     let (mut measured_again, mut kept_stolen) = (0, 0);
     let mut results: BTreeMap<(usize, &str), Vec<Run>> = BTreeMap::new();
@@ -606,22 +616,29 @@ fn proxy(
             // Each round starts at the next path, so that no path always runs right after the
             // same other one (or first, after a pause).
             for i in 0..targets.len() {
-                let (name, addr, pid) = targets[(round + i) % targets.len()];
+                let Target { name, addr, pid, admin } = targets[(round + i) % targets.len()];
                 for attempt in 1..=STEAL_ATTEMPTS {
+                    // Scraped outside the measured interval, so that the scrape's CPU time is not
+                    // counted as the requests'.
+                    let polls0 = admin.map(|a| scraper.counter(a, ANSWER_POLLS)).transpose()?;
                     let (cpu0, (all0, steal0)) = (cpu_ticks(pid)?, machine_ticks()?);
                     let wrk = wrk(addr, c, duration)?;
                     let (cpu1, (all1, steal1)) = (cpu_ticks(pid)?, machine_ticks()?);
+                    let polls1 = admin.map(|a| scraper.counter(a, ANSWER_POLLS)).transpose()?;
                     let cpu_us = (cpu1 - cpu0) as f64 / tick * 1e6 / wrk.requests;
                     let stolen = (steal1 - steal0) as f64 * 100.0 / (all1 - all0).max(1) as f64;
+                    let polls = polls0.zip(polls1).map(|(p0, p1)| (p1 - p0) / wrk.requests);
+                    let polled =
+                        polls.map(|p| format!(", {p:.2} answer polls per request")).unwrap_or_default();
                     eprintln!(
                         "round {round} c={c} {name}: p50 {:.3} ms p99 {:.3} ms {:.0} req/s, {cpu_us:.2} µs \
-                         CPU per request, {stolen:.1} % of the machine stolen",
+                         CPU per request, {stolen:.1} % of the machine stolen{polled}",
                         wrk.p50_ms, wrk.p99_ms, wrk.rps,
                     );
                     let over = stolen > max_steal;
                     if !over || attempt == STEAL_ATTEMPTS {
                         kept_stolen += usize::from(over);
-                        results.entry((c, name)).or_default().push(Run { wrk, cpu_us, stolen: over });
+                        results.entry((c, name)).or_default().push(Run { wrk, cpu_us, stolen: over, polls });
                         break;
                     }
                     measured_again += 1;
@@ -630,25 +647,28 @@ fn proxy(
         }
     }
     println!(
-        "| connections | path | p50 (ms) | p99 (ms) | added p50 (ms) | added p99 (ms) | requests/s | CPU µs/request |"
+        "| connections | path | p50 (ms) | p99 (ms) | added p50 (ms) | added p99 (ms) | requests/s | CPU µs/request \
+         | answer polls/request |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for &c in connections {
         let direct = &results[&(c, "direct")];
         let (d50, d99) = (
             median(direct.iter().map(|r| r.wrk.p50_ms).collect()),
             median(direct.iter().map(|r| r.wrk.p99_ms).collect()),
         );
-        for (name, _, _) in &targets {
+        for Target { name, .. } in &targets {
             let rs = &results[&(c, *name)];
             let p50 = median(rs.iter().map(|r| r.wrk.p50_ms).collect());
             let p99 = median(rs.iter().map(|r| r.wrk.p99_ms).collect());
             let rps = median(rs.iter().map(|r| r.wrk.rps).collect());
             let cpu = median(rs.iter().map(|r| r.cpu_us).collect());
+            let polls: Vec<f64> = rs.iter().filter_map(|r| r.polls).collect();
+            let polls = if polls.is_empty() { "–".to_owned() } else { format!("{:.2}", median(polls)) };
             let added =
                 |x: f64, d: f64| if *name == "direct" { "–".to_owned() } else { format!("{:.3}", x - d) };
             println!(
-                "| {c} | {name} | {p50:.3} | {p99:.3} | {} | {} | {rps:.0} | {cpu:.2} |",
+                "| {c} | {name} | {p50:.3} | {p99:.3} | {} | {} | {rps:.0} | {cpu:.2} | {polls} |",
                 added(p50, d50),
                 added(p99, d99)
             );
@@ -661,7 +681,7 @@ fn proxy(
              machine's CPU time during them; {kept_stolen} kept over that after {STEAL_ATTEMPTS} attempts."
         );
     }
-    let names: Vec<&str> = targets.iter().map(|(n, _, _)| *n).filter(|n| *n != "direct").collect();
+    let names: Vec<&str> = targets.iter().map(|t| t.name).filter(|n| *n != "direct").collect();
     if wanted("nginx") {
         let others: Vec<&str> = names.iter().copied().filter(|n| *n != "nginx").collect();
         print_paired(&results, &others, "nginx", connections, rounds);
@@ -674,6 +694,16 @@ fn proxy(
     Ok(())
 }
 
+/// One path `proxy` measures: where wrk sends its requests, whose CPU time is counted (for the
+/// direct path, the backend's), and for our gateway the admin address its metrics are read from.
+#[derive(Debug, Clone, Copy)]
+struct Target {
+    name: &'static str,
+    addr: SocketAddr,
+    pid: u32,
+    admin: Option<SocketAddr>,
+}
+
 /// One wrk run against one path, with the CPU time the path's process spent per request (for the
 /// direct path, the backend's).
 #[derive(Debug, Clone, Copy)]
@@ -682,6 +712,52 @@ struct Run {
     cpu_us: f64,
     /// Kept although the hypervisor took more than `--max-steal` of the machine during it.
     stolen: bool,
+    /// For our gateway: rounds of answer polling per request during the run.
+    polls: Option<f64>,
+}
+
+/// The gateway's counter of answer-polling rounds (docs/metrics.md).
+const ANSWER_POLLS: &str = "ikukantai_gateway_answer_polls_total";
+
+type MetricsClient =
+    hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+
+/// Reads metrics from an admin port, from the synchronous harness.
+struct Scraper {
+    rt: tokio::runtime::Runtime,
+    client: MetricsClient,
+}
+
+impl Scraper {
+    fn new() -> anyhow::Result<Self> {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        // A new connection for every scrape: a kept one may have been closed by the admin server
+        // as idle during a run, and its next request would fail.
+        let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(0)
+            .build(hyper_util::client::legacy::connect::HttpConnector::new());
+        Ok(Self { rt, client })
+    }
+
+    /// The value of the unlabelled sample `name` at `admin`'s `/metrics`.
+    fn counter(&self, admin: SocketAddr, name: &str) -> anyhow::Result<f64> {
+        let text = self.rt.block_on(scrape(&self.client, admin))?;
+        sample(&text, name).with_context(|| format!("no sample `{name}` at http://{admin}/metrics"))
+    }
+}
+
+async fn scrape(client: &MetricsClient, admin: SocketAddr) -> anyhow::Result<String> {
+    let m = client.get(format!("http://{admin}/metrics").parse()?).await?;
+    let body = http_body_util::BodyExt::collect(m.into_body()).await?.to_bytes();
+    Ok(String::from_utf8_lossy(&body).into_owned())
+}
+
+/// The value of the first sample whose name (with its labels, if any) starts with `prefix`.
+fn sample(text: &str, prefix: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find(|l| l.strip_prefix(prefix).is_some_and(|rest| rest.starts_with([' ', '{'])))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
 /// Proxies against a `baseline` (nginx), round by round: the ratio of throughputs, the
@@ -816,14 +892,8 @@ fn rss(buffered: usize, h2_connections: Option<usize>) -> anyhow::Result<()> {
         let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
             .build::<_, Full<Bytes>>(hyper_util::client::legacy::connect::HttpConnector::new());
         for _ in 0..600 {
-            let m = client.get(format!("http://{admin}/metrics").parse()?).await?;
-            let body = http_body_util::BodyExt::collect(m.into_body()).await?.to_bytes();
-            let text = String::from_utf8_lossy(&body).into_owned();
-            let n = text
-                .lines()
-                .find(|l| l.starts_with("ikukantai_gateway_buffered_requests{"))
-                .and_then(|l| l.rsplit(' ').next()?.parse::<usize>().ok())
-                .unwrap_or(0);
+            let text = scrape(&client, admin).await?;
+            let n = sample(&text, "ikukantai_gateway_buffered_requests").unwrap_or(0.0) as usize;
             if n >= buffered {
                 return Ok::<_, anyhow::Error>((held, n));
             }
@@ -957,4 +1027,21 @@ async fn coldstart(rounds: usize) -> anyhow::Result<()> {
     );
     println!("| platform overhead (difference of medians) | | {:.1} | |", t50 - f50);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sample;
+
+    #[test]
+    fn a_sample_is_found_by_its_whole_name_with_or_without_labels() {
+        let text = "# HELP ikukantai_gateway_answer_polls Rounds.\n\
+                    # TYPE ikukantai_gateway_answer_polls counter\n\
+                    ikukantai_gateway_answer_polls_total_other 7\n\
+                    ikukantai_gateway_answer_polls_total 880026\n\
+                    ikukantai_gateway_buffered_requests{service=\"hello\"} 12\n";
+        assert_eq!(sample(text, "ikukantai_gateway_answer_polls_total"), Some(880026.0));
+        assert_eq!(sample(text, "ikukantai_gateway_buffered_requests"), Some(12.0));
+        assert_eq!(sample(text, "ikukantai_gateway_answer_polls"), None);
+    }
 }

@@ -347,6 +347,11 @@ fn an_instance_in_its_stop_grace_period_is_still_stopped_with_the_fleet() {
     fleet.ok(&["delete", "service", "hello"]);
     // Reconciled a few times over (every 250 ms), well within the 5.1 s grace period.
     std::thread::sleep(Duration::from_secs(1));
+    // The gateways let go of it first: the service is out of their routes while its instance
+    // still serves out its grace period.
+    let gone = fleet.cli(&["invoke", "hello", "--from", "cloud"]);
+    let said = String::from_utf8_lossy(&gone.stdout);
+    assert!(!gone.status.success() && said.contains("404"), "still routed after its deletion: {said}");
     assert!(std::net::TcpStream::connect(address).is_ok(), "stopped before its grace period ended");
     fleet.stop();
     assert!(std::net::TcpStream::connect(address).is_err(), "the instance at {address} outlived the fleet");

@@ -739,7 +739,7 @@ impl Scraper {
         Ok(Self { rt, client })
     }
 
-    /// The value of the unlabelled sample `name` at `admin`'s `/metrics`.
+    /// The value of the sample `name` at `admin`'s `/metrics`.
     fn counter(&self, admin: SocketAddr, name: &str) -> anyhow::Result<f64> {
         let text = self.rt.block_on(scrape(&self.client, admin))?;
         sample(&text, name).with_context(|| format!("no sample `{name}` at http://{admin}/metrics"))
@@ -752,11 +752,11 @@ async fn scrape(client: &MetricsClient, admin: SocketAddr) -> anyhow::Result<Str
     Ok(String::from_utf8_lossy(&body).into_owned())
 }
 
-/// The value of the first sample whose name (with its labels, if any) starts with `prefix`.
-fn sample(text: &str, prefix: &str) -> Option<f64> {
+/// The value of the first sample called `name`, with or without labels (Prometheus text format).
+fn sample(text: &str, name: &str) -> Option<f64> {
     text.lines()
         .filter(|l| !l.starts_with('#'))
-        .find(|l| l.strip_prefix(prefix).is_some_and(|rest| rest.starts_with([' ', '{'])))
+        .find(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with([' ', '{'])))
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
 

@@ -7,8 +7,11 @@ use crate::service::{Addressable, Condition, Service, ServiceSpec, ServiceStatus
 pub struct RevisionState<'a> {
     /// Revision name.
     pub name: &'a str,
-    /// It has had a ready instance at least once.
-    pub ever_ready: bool,
+    /// It can take traffic: it has had a ready instance, or it starts at zero (initial scale 0,
+    /// ready with no instance, as in Knative) and has not failed.
+    pub ready: bool,
+    /// Why it cannot start, if it failed before it was ever ready (its instances' own error).
+    pub failure: Option<&'a str>,
 }
 
 /// One traffic target resolved to a revision name.
@@ -22,15 +25,17 @@ pub struct ResolvedTarget {
     pub tag: Option<String>,
 }
 
-/// The service's traffic resolved to revision names. `revisions` are oldest first;
-/// `latestRevision` means the latest revision that ever became ready — except that a brand-new
-/// revision that has not become ready yet takes over (it has not failed, it is starting).
+/// The revision `latestRevision: true` means: the latest ready one (Knative's
+/// `latestReadyRevisionName`), so a new revision that is starting or has failed never takes the
+/// traffic of a ready one; while none is ready, the latest created (requests for it wait for its
+/// start, or fail at once with its error).
+pub fn latest_revision<'r, 'a>(revisions: &'r [RevisionState<'a>]) -> Option<&'r RevisionState<'a>> {
+    revisions.iter().rev().find(|r| r.ready).or(revisions.last())
+}
+
+/// The service's traffic resolved to revision names. `revisions` are oldest first.
 pub fn resolve_traffic(spec: &ServiceSpec, revisions: &[RevisionState<'_>]) -> Vec<ResolvedTarget> {
-    let latest_ready = revisions.iter().rev().find(|r| r.ever_ready).or(revisions.last());
-    let latest = match (revisions.last(), latest_ready) {
-        (Some(c), _) if !c.ever_ready => Some(c),
-        (_, r) => r,
-    };
+    let latest = latest_revision(revisions);
     if spec.traffic.is_empty() {
         return latest
             .map(|r| vec![ResolvedTarget { revision: r.name.to_owned(), percent: 100, tag: None }])
@@ -49,54 +54,86 @@ pub fn resolve_traffic(spec: &ServiceSpec, revisions: &[RevisionState<'_>]) -> V
         .collect()
 }
 
-fn condition(type_: &str, ok: bool, reason: &str, message: Option<String>) -> Condition {
+/// Whether a revision needs instances even though no route sends it traffic: the latest created
+/// one, until it has failed, must start to prove itself ready (Knative's "pending" revision).
+pub fn awaits_readiness(revisions: &[RevisionState<'_>], name: &str) -> bool {
+    revisions.last().is_some_and(|r| r.name == name && !r.ready && r.failure.is_none())
+}
+
+/// A condition's state: `Some(true)` True, `Some(false)` False, `None` Unknown.
+fn condition(type_: &str, state: Option<bool>, reason: &str, message: Option<String>) -> Condition {
+    let ok = state == Some(true);
     Condition {
         type_: type_.into(),
-        status: if ok { "True" } else { "Unknown" }.into(),
+        status: match state {
+            Some(true) => "True",
+            Some(false) => "False",
+            None => "Unknown",
+        }
+        .into(),
         reason: (!ok).then(|| reason.to_owned()),
         message: if ok { None } else { message },
         last_transition_time: None,
     }
 }
 
+/// Both must hold: False if either is False, Unknown if either is Unknown.
+fn and(a: Option<bool>, b: Option<bool>) -> Option<bool> {
+    match (a, b) {
+        (Some(false), _) | (_, Some(false)) => Some(false),
+        (Some(true), Some(true)) => Some(true),
+        _ => None,
+    }
+}
+
 /// Knative-shaped status: Ready / ConfigurationsReady / RoutesReady, url, address, latest
-/// created and ready revisions, resolved traffic. `failing` lists instance problems
-/// (`name: message`) of the latest revision.
+/// created and ready revisions, resolved traffic. ConfigurationsReady follows the latest created
+/// revision (False once it failed, with its error); RoutesReady, the revisions traffic goes to
+/// (False for a missing or failed one). `serving_problems` lists instance problems
+/// (`name: message`) of revisions that serve traffic: the Service is then not known to be ready.
 pub fn service_status(
     svc: &Service,
     revisions: &[RevisionState<'_>],
-    failing: &[String],
+    serving_problems: &[String],
     domain: &str,
 ) -> ServiceStatus {
     let ns = svc.metadata.namespace();
     let name = svc.metadata.name();
     let split = resolve_traffic(&svc.spec, revisions);
-    let latest_ready = revisions.iter().rev().find(|r| r.ever_ready).map(|r| r.name.to_owned());
-    let latest_created = revisions.last().map(|r| r.name.to_owned());
-    let missing: Vec<&String> = split
-        .iter()
-        .map(|t| &t.revision)
-        .filter(|r| !revisions.iter().any(|x| x.name == r.as_str()))
-        .collect();
-    let missing_message = missing.first().map(|m| format!("revision {m} does not exist"));
-    let config_ok = latest_created.is_some() && failing.is_empty();
-    let routes_ok = missing.is_empty() && !split.is_empty();
+    let latest_ready = revisions.iter().rev().find(|r| r.ready).map(|r| r.name.to_owned());
+    let latest_created = revisions.last();
+    let (config_ok, config_reason, config_message) = match latest_created {
+        None => (None, "RevisionMissing", Some("no revision has been created yet".to_owned())),
+        Some(r) if r.ready => (Some(true), "", None),
+        Some(r) => match r.failure {
+            Some(f) => (Some(false), "RevisionFailed", Some(format!("revision {} failed: {f}", r.name))),
+            None => (None, "Deploying", Some(format!("revision {} is starting", r.name))),
+        },
+    };
+    let (routes_ok, routes_reason, routes_message) = routes_state(&split, revisions);
+    let (ready_reason, ready_message) = match (config_ok, routes_ok) {
+        (Some(false), _) | (None, Some(true)) => (config_reason, config_message.clone()),
+        _ => (routes_reason, routes_message.clone()),
+    };
+    let mut ready = and(config_ok, routes_ok);
+    let (ready_reason, ready_message) = match serving_problems.first() {
+        Some(p) if ready == Some(true) => {
+            ready = None;
+            ("RevisionFailed", Some(p.clone()))
+        }
+        _ => (ready_reason, ready_message),
+    };
     ServiceStatus {
         observed_generation: svc.metadata.generation,
         conditions: vec![
-            condition("ConfigurationsReady", config_ok, "RevisionFailed", failing.first().cloned()),
-            condition(
-                "Ready",
-                config_ok && routes_ok,
-                if routes_ok { "RevisionFailed" } else { "RevisionMissing" },
-                failing.first().cloned().or_else(|| missing_message.clone()),
-            ),
-            condition("RoutesReady", routes_ok, "RevisionMissing", missing_message),
+            condition("ConfigurationsReady", config_ok, config_reason, config_message),
+            condition("Ready", ready, ready_reason, ready_message),
+            condition("RoutesReady", routes_ok, routes_reason, routes_message),
         ],
         url: Some(format!("http://{name}.{ns}.{domain}")),
         address: Some(Addressable { url: format!("http://{name}.{ns}.svc.cluster.local") }),
         latest_ready_revision_name: latest_ready,
-        latest_created_revision_name: latest_created,
+        latest_created_revision_name: latest_created.map(|r| r.name.to_owned()),
         traffic: split
             .iter()
             .map(|t| TrafficTarget {
@@ -110,21 +147,124 @@ pub fn service_status(
     }
 }
 
+/// RoutesReady: True when every target exists and is ready, False when one is missing or failed,
+/// Unknown while one is starting.
+fn routes_state(
+    split: &[ResolvedTarget],
+    revisions: &[RevisionState<'_>],
+) -> (Option<bool>, &'static str, Option<String>) {
+    if split.is_empty() {
+        return (Some(false), "RevisionMissing", Some("no revision to route traffic to".into()));
+    }
+    let mut starting = None;
+    for t in split {
+        match revisions.iter().find(|r| r.name == t.revision) {
+            None => {
+                return (
+                    Some(false),
+                    "RevisionMissing",
+                    Some(format!("revision {} does not exist", t.revision)),
+                );
+            }
+            Some(r) if r.ready => {}
+            Some(r) => match r.failure {
+                Some(f) => {
+                    return (Some(false), "RevisionFailed", Some(format!("revision {} failed: {f}", r.name)));
+                }
+                None => starting = starting.or(Some(r.name)),
+            },
+        }
+    }
+    match starting {
+        Some(r) => (None, "Deploying", Some(format!("revision {r} is starting"))),
+        None => (Some(true), "", None),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::parse::tests::hello_service;
 
-    fn rs(name: &str, ever_ready: bool) -> RevisionState<'_> {
-        RevisionState { name, ever_ready }
+    fn rs(name: &str, ready: bool) -> RevisionState<'_> {
+        RevisionState { name, ready, failure: None }
+    }
+
+    fn failed<'a>(name: &'a str, why: &'a str) -> RevisionState<'a> {
+        RevisionState { name, ready: false, failure: Some(why) }
+    }
+
+    fn cond(s: &ServiceStatus, type_: &str) -> (String, Option<String>) {
+        let c = s.conditions.iter().find(|c| c.type_ == type_).unwrap();
+        (c.status.clone(), c.reason.clone())
+    }
+
+    fn only(revision: &str) -> Vec<ResolvedTarget> {
+        vec![ResolvedTarget { revision: revision.into(), percent: 100, tag: None }]
     }
 
     #[test]
-    fn latest_is_the_new_revision_while_it_starts_else_the_last_ready() {
+    fn latest_is_the_last_ready_revision_so_a_new_one_takes_over_only_once_ready() {
         let svc = hello_service();
-        let t = resolve_traffic(&svc.spec, &[rs("hello-00001", true), rs("hello-00002", false)]);
-        assert_eq!(t, vec![ResolvedTarget { revision: "hello-00002".into(), percent: 100, tag: None }]);
+        let starting = [rs("hello-00001", true), rs("hello-00002", false)];
+        assert_eq!(resolve_traffic(&svc.spec, &starting), only("hello-00001"));
+        let broken = [rs("hello-00001", true), failed("hello-00002", "exited (exit status: 1)")];
+        assert_eq!(resolve_traffic(&svc.spec, &broken), only("hello-00001"));
+        let done = [rs("hello-00001", true), failed("hello-00002", "x"), rs("hello-00003", true)];
+        assert_eq!(resolve_traffic(&svc.spec, &done), only("hello-00003"));
+        // Nothing ready yet: the latest created, whatever its state.
+        assert_eq!(resolve_traffic(&svc.spec, &[failed("hello-00001", "x")]), only("hello-00001"));
         assert!(resolve_traffic(&svc.spec, &[]).is_empty());
+    }
+
+    #[test]
+    fn only_the_latest_created_revision_awaits_readiness_until_it_fails() {
+        let revs = [rs("a", true), rs("b", false)];
+        assert!(awaits_readiness(&revs, "b") && !awaits_readiness(&revs, "a"));
+        assert!(!awaits_readiness(&[rs("a", true), failed("b", "x")], "b"));
+        assert!(!awaits_readiness(&[rs("b", false), rs("c", false)], "b"));
+    }
+
+    #[test]
+    fn a_failed_new_revision_makes_the_service_not_ready_while_the_old_one_serves() {
+        let svc = hello_service();
+        let s = service_status(
+            &svc,
+            &[rs("hello-00001", true), failed("hello-00002", "the container has no command")],
+            &[],
+            "example.com",
+        );
+        assert_eq!(cond(&s, "ConfigurationsReady"), ("False".into(), Some("RevisionFailed".into())));
+        assert_eq!(cond(&s, "RoutesReady"), ("True".into(), None));
+        let ready = s.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+        assert_eq!(ready.status, "False");
+        assert_eq!(
+            ready.message.as_deref(),
+            Some("revision hello-00002 failed: the container has no command")
+        );
+        assert_eq!(s.latest_ready_revision_name.as_deref(), Some("hello-00001"));
+        assert_eq!(s.latest_created_revision_name.as_deref(), Some("hello-00002"));
+        // A good revision after it: everything is ready again.
+        let s = service_status(
+            &svc,
+            &[rs("hello-00001", true), failed("hello-00002", "x"), rs("hello-00003", true)],
+            &[],
+            "example.com",
+        );
+        for c in &s.conditions {
+            assert_eq!((c.status.as_str(), c.reason.as_deref()), ("True", None), "{c:?}");
+        }
+    }
+
+    #[test]
+    fn a_starting_revision_is_unknown_and_a_ready_one_with_a_problem_is_not_known_ready() {
+        let svc = hello_service();
+        let s = service_status(&svc, &[rs("hello-00001", false)], &[], "example.com");
+        assert_eq!(cond(&s, "Ready"), ("Unknown".into(), Some("Deploying".into())));
+        assert_eq!(s.latest_ready_revision_name, None);
+        let problem = vec!["hello-x: Unschedulable".to_owned()];
+        let s = service_status(&svc, &[rs("hello-00001", true)], &problem, "example.com");
+        assert_eq!(cond(&s, "Ready"), ("Unknown".into(), Some("RevisionFailed".into())));
     }
 
     #[test]
@@ -137,7 +277,7 @@ mod tests {
         }];
         let s = service_status(&svc, &[rs("hello-00001", true)], &[], "example.com");
         let ready = s.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
-        assert_eq!(ready.status, "Unknown");
+        assert_eq!(ready.status, "False");
         assert_eq!(ready.reason.as_deref(), Some("RevisionMissing"));
         assert_eq!(s.url.as_deref(), Some("http://hello.default.example.com"));
         assert_eq!(s.latest_ready_revision_name.as_deref(), Some("hello-00001"));

@@ -282,6 +282,13 @@ mod tests {
     }
 
     #[test]
+    fn the_example_topology_is_the_default_written_out() {
+        let text = include_str!("../../../examples/topology.yaml");
+        let example: Topology = serde_saphyr::from_str(text).unwrap();
+        assert_eq!(example, Topology::demo());
+    }
+
+    #[test]
     fn bandwidths_parse_like_tc() {
         assert_eq!(Bandwidth::parse("100mbit").unwrap().bits_per_second, 100_000_000);
         assert_eq!(Bandwidth::parse("1Gbit").unwrap().bits_per_second, 1_000_000_000);

@@ -345,6 +345,7 @@ async fn gateway(
             queue: "fifo".into(),
             priority_rules: Vec::new(),
             instances,
+            failure: None,
         }],
     })?;
     std::future::pending::<()>().await;
@@ -971,6 +972,7 @@ async fn coldstart(rounds: usize) -> anyhow::Result<()> {
         probe_interval: Duration::from_secs(5),
         seed: 1,
         memory_release: Some(MemoryRelease::new(ikukantai_alloc::release_freed)),
+        holder: "ikukantai-bench platform".into(),
     })
     .await?;
     let manifest = format!(

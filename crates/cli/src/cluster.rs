@@ -87,7 +87,7 @@ pub(crate) fn crds(out: Option<&std::path::Path>) -> anyhow::Result<ExitCode> {
         Some(path) => {
             std::fs::write(path, yaml).with_context(|| format!("cannot write {}", path.display()))?
         }
-        None => print!("{yaml}"),
+        None => crate::out::out!("{yaml}"),
     }
     Ok(ExitCode::SUCCESS)
 }

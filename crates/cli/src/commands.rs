@@ -25,13 +25,17 @@ use ikukantai_policy::registry;
 use serde::Serialize;
 
 use crate::client::Api;
+use crate::out::{out, outln};
 use crate::{ApiArgs, Kind, Output};
+
+/// Where the fleet API listens, and where the CLI looks for it, unless told otherwise.
+pub(crate) const DEFAULT_API: &str = "127.0.0.1:7700";
 
 /// `ikukantai up` options.
 #[derive(Debug, clap::Args)]
 pub(crate) struct UpArgs {
     /// Where the API listens (loopback unless told otherwise).
-    #[arg(long, env = "IKUKANTAI_API", default_value = "127.0.0.1:7700")]
+    #[arg(long, env = "IKUKANTAI_API", default_value = DEFAULT_API)]
     api: SocketAddr,
     /// Require this bearer token on the API.
     #[arg(long, env = "IKUKANTAI_TOKEN", hide_env_values = true)]
@@ -70,7 +74,11 @@ fn read_source(file: &str) -> anyhow::Result<String> {
 }
 
 fn sources(files: &[String]) -> anyhow::Result<Vec<(String, String)>> {
-    files.iter().map(|f| Ok((f.clone(), read_source(f)?))).collect()
+    // Diagnostics name the file; standard input by that name.
+    files
+        .iter()
+        .map(|f| Ok((if f == "-" { "standard input".to_owned() } else { f.clone() }, read_source(f)?)))
+        .collect()
 }
 
 /// The local fleet's defaults: Knative's, except that `initial-scale: "0"` is allowed, so a
@@ -141,6 +149,7 @@ pub(crate) async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         probe_interval: args.probe_interval,
         seed: args.seed,
         memory_release: Some(MemoryRelease::new(ikukantai_alloc::release_freed)),
+        holder: format!("API http://{}", args.api),
     })
     .await?;
     for p in &fleet.problems {
@@ -149,32 +158,7 @@ pub(crate) async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     let router = ikukantai_fleet::api::router(fleet.clone(), args.token.clone());
     let server = tokio::spawn(async move { axum::serve(api_listener, router).await });
 
-    println!("ikukantai fleet is up — API on http://{}", args.api);
-    println!("state: {}", state_dir.display());
-    for n in fleet.nodes() {
-        let labels: Vec<String> = n.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        println!(
-            "  node {:<8} gateway http://{}  metrics http://{}/metrics  capacity {}  {}",
-            n.name,
-            n.gateway,
-            n.admin,
-            n.capacity,
-            labels.join(",")
-        );
-    }
-    println!("services loaded: {}", fleet.services().len());
-    println!();
-    println!("next, in another terminal:");
-    println!("  ikukantai apply -f examples/hello.yaml");
-    let edge = fleet.nodes().last().map(|n| n.name.clone()).unwrap_or_default();
-    println!("  ikukantai invoke hello --from {edge}");
-    println!("  ikukantai get placements");
-    println!(
-        "  curl -H 'Host: hello.default.{}' http://{}/",
-        fleet.options().config.domain,
-        fleet.nodes().last().map(|n| n.gateway.to_string()).unwrap_or_default()
-    );
-    println!("stop with Ctrl-C");
+    print_banner(&fleet, &args, &state_dir);
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
@@ -188,12 +172,52 @@ pub(crate) async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// What `up` says once it runs: where everything listens and what to type next (with `--api`
+/// when the API is not where the CLI looks by default). Nobody reading it is no error.
+fn print_banner(fleet: &Fleet, args: &UpArgs, state_dir: &std::path::Path) {
+    use std::fmt::Write as _;
+    let mut b = String::new();
+    let _ = writeln!(b, "ikukantai fleet is up — API on http://{}", args.api);
+    let _ = writeln!(b, "state: {}", state_dir.display());
+    let nodes = fleet.nodes();
+    for n in &nodes {
+        let labels: Vec<String> = n.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let _ = writeln!(
+            b,
+            "  node {:<8} gateway http://{}  metrics http://{}/metrics  capacity {}  {}",
+            n.name,
+            n.gateway,
+            n.admin,
+            n.capacity,
+            labels.join(",")
+        );
+    }
+    let _ = writeln!(b, "services loaded: {}\n", fleet.services().len());
+    let api =
+        if args.api.to_string() == DEFAULT_API { String::new() } else { format!(" --api {}", args.api) };
+    let edge = nodes.last().map(|n| n.name.clone()).unwrap_or_default();
+    let _ = writeln!(b, "next, in another terminal:");
+    let _ = writeln!(b, "  ikukantai apply -f examples/hello.yaml{api}");
+    let _ = writeln!(b, "  ikukantai invoke hello --from {edge}{api}");
+    let _ = writeln!(b, "  ikukantai get placements{api}");
+    let _ = writeln!(
+        b,
+        "  curl -H 'Host: hello.default.{}' http://{}/",
+        fleet.options().config.domain,
+        nodes.last().map(|n| n.gateway.to_string()).unwrap_or_default()
+    );
+    let _ = writeln!(b, "stop with Ctrl-C");
+    let mut stdout = std::io::stdout().lock();
+    let _ = std::io::Write::write_all(&mut stdout, b.as_bytes())
+        .and_then(|()| std::io::Write::flush(&mut stdout));
+}
+
 pub(crate) async fn apply(files: &[String], api: &ApiArgs) -> anyhow::Result<ExitCode> {
     let client = Api::new(&api.api, api.token.clone());
     let body = serde_json::to_vec(&serde_json::json!({ "sources": sources(files)? }))?;
     let result: ApplyResult = client.call(Method::POST, "/api/v1/apply", Some(body)).await?;
     for l in result.lines {
-        println!("{l}");
+        outln!("{l}");
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -208,7 +232,7 @@ fn print_table(headers: &[&str], rows: &[Vec<String>]) {
     let line = |cells: Vec<String>| {
         let parts: Vec<String> =
             cells.iter().enumerate().map(|(i, c)| format!("{c:<w$}", w = widths[i])).collect();
-        println!("{}", parts.join("   ").trim_end());
+        outln!("{}", parts.join("   ").trim_end());
     };
     line(headers.iter().map(|h| h.to_string()).collect());
     for r in rows {
@@ -218,8 +242,8 @@ fn print_table(headers: &[&str], rows: &[Vec<String>]) {
 
 fn print_value<T: Serialize>(value: &T, output: Output) -> anyhow::Result<bool> {
     match output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(value)?),
-        Output::Yaml => print!("{}", serde_saphyr::to_string(value)?),
+        Output::Json => outln!("{}", serde_json::to_string_pretty(value)?),
+        Output::Yaml => out!("{}", serde_saphyr::to_string(value)?),
         Output::Table => return Ok(false),
     }
     Ok(true)
@@ -354,16 +378,23 @@ pub(crate) async fn get(kind: Kind, output: Output, api: &ApiArgs) -> anyhow::Re
 pub(crate) async fn describe(namespace: &str, name: &str, api: &ApiArgs) -> anyhow::Result<ExitCode> {
     let client = Api::new(&api.api, api.token.clone());
     let svc: Service = client.get(&format!("/api/v1/services/{namespace}/{name}")).await?;
-    print!("{}", serde_saphyr::to_string(&svc)?);
+    out!("{}", serde_saphyr::to_string(&svc)?);
     let revisions: Vec<RevisionView> = client.get("/api/v1/revisions").await?;
     let placements: Vec<PlacementView> = client.get("/api/v1/placements").await?;
-    println!("---\n# revisions and placement");
+    outln!("---\n# revisions and placement");
     for r in revisions.iter().filter(|r| r.namespace == namespace && r.service == name) {
         let placement =
             placements.iter().find(|p| p.revision == r.name).map(PlacementView::summary).unwrap_or_default();
-        println!(
+        outln!(
             "# {}  traffic {}%  ready {}/{}  placement {}  balancer {}  queue {}  ({})",
-            r.name, r.traffic, r.ready, r.desired, r.placement, r.balancer, r.queue, placement
+            r.name,
+            r.traffic,
+            r.ready,
+            r.desired,
+            r.placement,
+            r.balancer,
+            r.queue,
+            placement
         );
     }
     Ok(ExitCode::SUCCESS)
@@ -373,7 +404,7 @@ pub(crate) async fn delete(namespace: &str, name: &str, api: &ApiArgs) -> anyhow
     let client = Api::new(&api.api, api.token.clone());
     let _: serde_json::Value =
         client.call(Method::DELETE, &format!("/api/v1/services/{namespace}/{name}"), None).await?;
-    println!("service/{name} deleted");
+    outln!("service/{name} deleted");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -415,7 +446,7 @@ pub(crate) async fn invoke(
         if !status.is_success() {
             failures += 1;
         }
-        println!("{text}    [{status}, served by {instance} on {served}, {ms:.1} ms]");
+        outln!("{text}    [{status}, served by {instance} on {served}, {ms:.1} ms]");
     }
     Ok(if failures == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
@@ -443,7 +474,7 @@ pub(crate) async fn latency(output: Output, api: &ApiArgs) -> anyhow::Result<Exi
             })
             .collect();
         print_table(&headers, &rows);
-        println!("measured (configured); ? = not measured yet");
+        outln!("measured (configured); ? = not measured yet");
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -461,17 +492,34 @@ pub(crate) async fn logs(instance: &str, tail: Option<usize>, api: &ApiArgs) -> 
             .unwrap_or_default();
         bail!("{message}");
     }
-    print!("{}", String::from_utf8_lossy(&body));
+    out!("{}", String::from_utf8_lossy(&body));
     Ok(ExitCode::SUCCESS)
 }
 
 pub(crate) fn validate(files: &[String]) -> anyhow::Result<ExitCode> {
-    match load(&sources(files)?, &FleetConfig::new()) {
+    // Judged as `up` judges them: against the local fleet's defaults.
+    let sources = sources(files)?;
+    match load(&sources, &local_defaults()) {
+        Ok((docs, _)) if docs.is_empty() => {
+            let labels: Vec<&str> = sources.iter().map(|(f, _)| f.as_str()).collect();
+            eprintln!("{}: no documents found", labels.join(", "));
+            Ok(ExitCode::FAILURE)
+        }
         Ok((docs, _)) => {
             for d in &docs {
-                println!("ok: {}: document {} ({})", d.file, d.index, d.document.subject());
+                outln!("ok: {}: document {} ({})", d.file, d.index, d.document.subject());
+                if let Document::Service(svc) = &d.document
+                    && let Some(warning) = ikukantai_fleet::fleet::local_warning(svc)
+                {
+                    eprintln!(
+                        "warning: {}: document {} ({}): {warning}",
+                        d.file,
+                        d.index,
+                        d.document.subject()
+                    );
+                }
             }
-            println!("{} document(s) valid", docs.len());
+            outln!("{} document(s) valid", docs.len());
             Ok(ExitCode::SUCCESS)
         }
         Err(problems) => {
@@ -485,17 +533,17 @@ pub(crate) fn validate(files: &[String]) -> anyhow::Result<ExitCode> {
 }
 
 pub(crate) fn policies() {
-    println!("balancers (annotation ikukantai.dev/balancer, default {}):", registry::DEFAULT_BALANCER);
+    outln!("balancers (annotation ikukantai.dev/balancer, default {}):", registry::DEFAULT_BALANCER);
     for e in registry::BALANCERS {
-        println!("  {:<10} {}", e.name, e.summary);
+        outln!("  {:<10} {}", e.name, e.summary);
     }
-    println!("placements (annotation ikukantai.dev/placement, default {}):", registry::DEFAULT_PLACEMENT);
+    outln!("placements (annotation ikukantai.dev/placement, default {}):", registry::DEFAULT_PLACEMENT);
     for e in registry::PLACEMENTS {
-        println!("  {:<10} {}", e.name, e.summary);
+        outln!("  {:<10} {}", e.name, e.summary);
     }
-    println!("queues (annotation ikukantai.dev/queue, default {}):", registry::DEFAULT_QUEUE);
+    outln!("queues (annotation ikukantai.dev/queue, default {}):", registry::DEFAULT_QUEUE);
     for (name, summary) in registry::QUEUES {
-        println!("  {name:<10} {summary}");
+        outln!("  {name:<10} {summary}");
     }
 }
 
@@ -585,7 +633,7 @@ pub(crate) async fn bench(
         Err(e) => eprintln!("warning: no plots: {e}"),
     }
     std::fs::write(out.join("report.md"), &md)?;
-    println!("{md}");
-    println!("written: {}/report.json, report.md and plots", out.display());
+    outln!("{md}");
+    outln!("written: {}/report.json, report.md and plots", out.display());
     Ok(ExitCode::SUCCESS)
 }

@@ -4,6 +4,7 @@ mod client;
 mod cluster;
 mod commands;
 mod function;
+mod out;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -16,7 +17,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 /// ikukantai (行く艦隊): a latency-aware serverless platform for edge–cloud fleets.
 #[derive(Debug, Parser)]
-#[command(version, about, long_about = None)]
+#[command(name = "ikukantai", version, about, long_about = None)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -26,7 +27,7 @@ struct Cli {
 #[derive(Debug, Clone, clap::Args)]
 struct ApiArgs {
     /// The fleet API address.
-    #[arg(long, env = "IKUKANTAI_API", default_value = "127.0.0.1:7700", global = true)]
+    #[arg(long, env = "IKUKANTAI_API", default_value = commands::DEFAULT_API, global = true)]
     api: String,
     /// Bearer token of the API, if it requires one.
     #[arg(long, env = "IKUKANTAI_TOKEN", global = true, hide_env_values = true)]
@@ -109,10 +110,10 @@ enum Command {
         #[arg(long, default_value = "/")]
         path: String,
         /// Number of requests (sent one after the other).
-        #[arg(short = 'n', long, default_value_t = 1)]
+        #[arg(short = 'c', long, default_value_t = 1)]
         count: usize,
         /// Namespace.
-        #[arg(long, default_value = "default")]
+        #[arg(short, long, default_value = "default")]
         namespace: String,
         #[command(flatten)]
         api: ApiArgs,
@@ -214,7 +215,10 @@ fn main() -> ExitCode {
         }
     });
     result.unwrap_or_else(|e| {
-        eprintln!("error: {e:#}");
+        // One problem a line, each marked, however many the fleet reported.
+        for line in format!("{e:#}").lines() {
+            eprintln!("error: {line}");
+        }
         ExitCode::FAILURE
     })
 }

@@ -1,179 +1,13 @@
 //! End to end: the real `ikukantai` binary runs a local fleet and is driven through its CLI,
-//! exactly as the README's quick start does (with short autoscaling windows). Every wait is a
-//! bounded poll for a state, never an assertion on elapsed time.
+//! exactly as the README's quick start does (with short autoscaling windows).
 
-use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+mod common;
+
+use std::net::TcpListener;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_ikukantai");
-
-/// A running `ikukantai up`, stopped with SIGINT (Ctrl-C) when dropped.
-struct Fleet {
-    child: Option<Child>,
-    api: String,
-    dir: PathBuf,
-    gateway_port: u16,
-    admin_port: u16,
-}
-
-fn free_port_on_all() -> u16 {
-    loop {
-        let l = TcpListener::bind("127.0.1.1:0").unwrap();
-        let port = l.local_addr().unwrap().port();
-        let others = (2..=4).all(|i| TcpListener::bind(SocketAddr::from(([127, 0, 1, i], port))).is_ok());
-        if others {
-            return port;
-        }
-    }
-}
-
-const CONFIG: &str = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: config-autoscaler\ndata:\n  scale-to-zero-grace-period: 1s\n";
-
-impl Fleet {
-    /// A fleet on free ports. A port found free can be taken by a parallel test before the fleet
-    /// binds it; the fleet then exits at once ("address already in use") and gets fresh ports.
-    fn start(dir: &Path) -> Self {
-        Self::start_with(dir, &[])
-    }
-
-    /// [`start`](Self::start) with more arguments for `up`.
-    fn start_with(dir: &Path, extra: &[&str]) -> Self {
-        for _ in 0..5 {
-            let api = format!(
-                "127.0.0.1:{}",
-                TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-            );
-            let mut fleet = Self::spawn(dir, api, free_port_on_all(), free_port_on_all(), extra);
-            if fleet.answers() {
-                return fleet;
-            }
-        }
-        panic!("the fleet exited at start five times");
-    }
-
-    /// A fleet on the given ports (a restart on the ports of the fleet before it).
-    fn start_at(dir: &Path, api: String, gateway_port: u16, admin_port: u16) -> Self {
-        let mut fleet = Self::spawn(dir, api, gateway_port, admin_port, &[]);
-        assert!(fleet.answers(), "the fleet exited at start");
-        fleet
-    }
-
-    fn spawn(dir: &Path, api: String, gateway_port: u16, admin_port: u16, extra: &[&str]) -> Self {
-        std::fs::create_dir_all(dir).unwrap();
-        let config = dir.join("config.yaml");
-        std::fs::write(&config, CONFIG).unwrap();
-        let child = Command::new(BIN)
-            .args(["up", "--api", &api, "--probe-interval", "1s"])
-            .arg("--state-dir")
-            .arg(dir.join("state"))
-            .arg("--config")
-            .arg(&config)
-            .args(["--gateway-port", &gateway_port.to_string(), "--admin-port", &admin_port.to_string()])
-            .args(extra)
-            .env_remove("IKUKANTAI_API")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        Self { child: Some(child), api, dir: dir.to_owned(), gateway_port, admin_port }
-    }
-
-    /// Whether the API answers; `false` if the process exited first.
-    fn answers(&mut self) -> bool {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if self.child.as_mut().is_some_and(|c| c.try_wait().unwrap().is_some()) {
-                // Reaped: nothing for `stop` to signal (its pid may already be another's).
-                self.child = None;
-                return false;
-            }
-            if self.cli(&["get", "nodes"]).status.success() {
-                return true;
-            }
-            assert!(Instant::now() < deadline, "gave up waiting for the API to answer");
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    fn cli(&self, args: &[&str]) -> Output {
-        Command::new(BIN).args(args).env("IKUKANTAI_API", &self.api).current_dir(&self.dir).output().unwrap()
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.cli(args);
-        assert!(out.status.success(), "ikukantai {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn json(&self, kind: &str) -> serde_json::Value {
-        serde_json::from_str(&self.ok(&["get", kind, "-o", "json"])).unwrap()
-    }
-
-    fn wait_for(&self, what: &str, mut f: impl FnMut() -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !f() {
-            assert!(Instant::now() < deadline, "gave up waiting for {what}");
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    fn placement(&self) -> String {
-        let p = self.json("placements");
-        let p = &p[0];
-        let join =
-            |k: &str| p[k].as_array().unwrap().iter().map(|v| v.to_string()).collect::<Vec<_>>().join("-");
-        format!("{}/{}", join("ready"), join("desired"))
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(child.id() as i32),
-                nix::sys::signal::Signal::SIGINT,
-            );
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Fleet {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn write(dir: &Path, name: &str, text: &str) -> String {
-    let p = dir.join(name);
-    std::fs::write(&p, text).unwrap();
-    p.display().to_string()
-}
-
-/// examples/hello.yaml with a 6 s window (the shortest Knative allows) and extra annotations.
-fn hello(extra_annotations: &str, target: &str) -> String {
-    let base = std::fs::read_to_string(repo_root().join("examples/hello.yaml")).unwrap();
-    base.replace(
-        "autoscaling.knative.dev/window: \"12s\"",
-        &format!("autoscaling.knative.dev/window: \"6s\"{extra_annotations}"),
-    )
-    .replace("value: \"Konnichiwa\"", &format!("value: \"{target}\""))
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("ikukantai-e2e-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
-}
-
-fn processes_of(dir: &Path) -> usize {
-    // Instances run `ikukantai function hello` with their logs under this fleet's state dir.
-    let out = Command::new("pgrep").args(["-f", "ikukantai function hello"]).output().unwrap();
-    let pids = String::from_utf8_lossy(&out.stdout).into_owned();
-    pids.lines()
-        .filter(|pid| std::fs::read_link(format!("/proc/{pid}/fd/1")).is_ok_and(|p| p.starts_with(dir)))
-        .count()
-}
+use common::*;
 
 #[test]
 fn quick_start_cold_start_at_the_edge_then_scale_to_zero() {
@@ -182,8 +16,13 @@ fn quick_start_cold_start_at_the_edge_then_scale_to_zero() {
     let manifest = write(&dir, "hello.yaml", &hello("", "Konnichiwa"));
     assert_eq!(fleet.ok(&["apply", "-f", &manifest]).trim(), "service/hello created");
     assert_eq!(fleet.placement(), "0-0-0/0-0-0", "initial scale 0: nothing runs before the first request");
+    // Ready at zero, as in Knative: the revision serves (its first request starts it).
+    let status = &fleet.json("services")[0]["status"];
+    assert_eq!(status["latestReadyRevisionName"], "hello-00001", "{status}");
+    assert!(status["conditions"].as_array().unwrap().iter().all(|c| c["status"] == "True"), "{status}");
 
-    let out = fleet.ok(&["invoke", "hello", "--from", "node3"]);
+    // `-n` is the namespace, as everywhere in kubectl.
+    let out = fleet.ok(&["invoke", "hello", "-n", "default", "--from", "node3"]);
     assert!(out.starts_with("Konnichiwa from hello-node3-") && out.contains(" in node3"), "{out}");
     assert!(out.contains("served by hello-node3-"), "{out}");
     assert_eq!(fleet.placement(), "0-0-1/0-0-1");
@@ -220,12 +59,38 @@ fn a_bad_manifest_is_rejected_and_nothing_stored_changes() {
     let good = write(&dir, "hello.yaml", &hello("", "Konnichiwa"));
     fleet.ok(&["apply", "-f", &good]);
     let before = fleet.json("services");
-    let bad =
-        write(&dir, "bad.yaml", &hello("\n        autoscaling.knative.dev/max-scale: \"-2\"", "Changed"));
+    let bad = write(
+        &dir,
+        "bad.yaml",
+        &hello(
+            "\n        autoscaling.knative.dev/max-scale: \"-2\"\n        autoscaling.knative.dev/target: \"0\"",
+            "Changed",
+        )
+        .replace("        autoscaling.knative.dev/target: \"10\"\n", ""),
+    );
     let out = fleet.cli(&["apply", "-f", &bad]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("bad.yaml: document 1 (Service default/hello): spec.template.metadata.annotations[\"autoscaling.knative.dev/max-scale\"]: \"-2\" is not a whole number"), "{err}");
+    assert!(err.contains("/bad.yaml: document 1 (Service default/hello): spec.template.metadata.annotations[\"autoscaling.knative.dev/max-scale\"]: \"-2\" is not a whole number"), "{err}");
+    assert!(
+        err.lines().count() >= 2 && err.lines().all(|l| l.starts_with("error: ")),
+        "each problem marked: {err}"
+    );
+    // Nothing to apply is said, not done quietly.
+    let mut empty = Command::new(BIN)
+        .args(["apply", "-f", "-"])
+        .env("IKUKANTAI_API", &fleet.api)
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(empty.stdin.take());
+    let out = empty.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        "error: standard input: no documents found; nothing applied"
+    );
     assert_eq!(fleet.json("services"), before, "nothing changed");
     assert_eq!(fleet.json("revisions").as_array().unwrap().len(), 1);
 }
@@ -283,7 +148,7 @@ fn traffic_splits_between_two_revisions() {
     let v2 = hello("", "Hello-v2")
         + "  traffic:\n    - revisionName: hello-00001\n      percent: 50\n    - latestRevision: true\n      percent: 50\n";
     assert_eq!(fleet.ok(&["apply", "-f", &write(&dir, "v2.yaml", &v2)]).trim(), "service/hello configured");
-    let out = fleet.ok(&["invoke", "hello", "--from", "node1", "-n", "40"]);
+    let out = fleet.ok(&["invoke", "hello", "--from", "node1", "-c", "40"]);
     let v1 = out.lines().filter(|l| l.starts_with("Hello-v1")).count();
     let v2 = out.lines().filter(|l| l.starts_with("Hello-v2")).count();
     assert_eq!(v1 + v2, 40, "{out}");
@@ -308,7 +173,7 @@ fn scales_up_under_load_and_back_down() {
             let api = fleet.api.clone();
             std::thread::spawn(move || {
                 Command::new(BIN)
-                    .args(["invoke", "hello", "--from", "node1", "--path", "/sleep/400", "-n", "15"])
+                    .args(["invoke", "hello", "--from", "node1", "--path", "/sleep/400", "-c", "15"])
                     .env("IKUKANTAI_API", api)
                     .output()
                     .unwrap()
@@ -451,12 +316,4 @@ fn bench_runs_a_scenario_and_writes_report_and_plots() {
         }
     }
     assert_eq!(processes_of(&out), 0);
-}
-
-/// The repository's root, looked up when the test runs: `env!` would give the path the test was
-/// compiled at, stale when one target dir serves several clones (as `.ci/run`'s does).
-fn repo_root() -> PathBuf {
-    std::env::var_os("CARGO_MANIFEST_DIR")
-        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
-        .join("../..")
 }

@@ -25,6 +25,12 @@ fn valid_examples_pass_with_exit_code_0() {
         "{stdout}"
     );
     assert!(stdout.contains("2 document(s) valid"), "{stdout}");
+    // Valid, but not runnable on the local fleet: said, without failing.
+    assert!(
+        text(&out.stderr).contains("warning: examples/knative-hello.yaml: document 1 (Service default/hello): spec.template.spec.containers[0].command: not set: the local fleet runs the command as a process"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]
@@ -79,4 +85,59 @@ fn repo_root() -> PathBuf {
     std::env::var_os("CARGO_MANIFEST_DIR")
         .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
         .join("../..")
+}
+
+#[test]
+fn every_example_validates_as_the_readme_shows() {
+    // Judged against the local fleet's defaults, as `up` judges them (examples/hello.yaml starts
+    // at zero, which plain Knative's defaults refuse).
+    let mut args = vec!["validate"];
+    let examples: Vec<String> = std::fs::read_dir(repo_root().join("examples"))
+        .unwrap()
+        .map(|e| format!("examples/{}", e.unwrap().file_name().to_string_lossy()))
+        .filter(|f| f.ends_with(".yaml"))
+        .collect();
+    assert!(examples.len() >= 3, "{examples:?}");
+    for f in &examples {
+        args.extend(["-f", f.as_str()]);
+    }
+    let out = ikukantai(&args);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("ok: examples/hello.yaml: document 1 (Service default/hello)"));
+}
+
+#[test]
+fn empty_input_is_no_documents_not_success() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_ikukantai"))
+        .args(["validate", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdin.take());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(text(&out.stderr).trim(), "standard input: no documents found");
+}
+
+#[test]
+fn version_names_the_binary() {
+    let out = ikukantai(&["--version"]);
+    assert_eq!(text(&out.stdout).trim(), format!("ikukantai {}", env!("CARGO_PKG_VERSION")));
+}
+
+#[test]
+fn a_reader_that_goes_away_ends_output_quietly() {
+    // `ikukantai crds | head -1`: the reader closes its end before the output is written.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(env!("CARGO_BIN_EXE_ikukantai"))
+        .arg("crds")
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(out.stderr.is_empty(), "{}", text(&out.stderr));
 }

@@ -197,6 +197,9 @@ pub struct RevisionRoute {
     pub priority_rules: Vec<PriorityRule>,
     /// Ready instances.
     pub instances: Vec<InstanceRoute>,
+    /// Why the revision cannot start, if it failed: with no instance, requests for it are
+    /// answered at once with this rather than wait for the request timeout.
+    pub failure: Option<String>,
 }
 
 /// The whole routing table of a gateway.
@@ -523,6 +526,11 @@ impl Gateway {
                         .collect();
                     inner.instances.sort_by_key(|i| i.id);
                     inner.route = r.clone();
+                    if r.failure.is_some() && inner.instances.is_empty() {
+                        // No instance will come: the waiting requests are answered with the failure.
+                        while inner.waiting.pop().is_some() {}
+                        s.buffered_gauge.set(0);
+                    }
                     drop(inner);
                     s.clone()
                 }
@@ -1000,6 +1008,13 @@ impl Handler for Ingress {
                     let queued = inner.waiting.len() as u32;
                     match pick(shared, &mut inner, queued, arrival) {
                         Some(p) => Ok(p),
+                        None if inner.instances.is_empty() && inner.route.failure.is_some() => {
+                            let message = cannot_start(revision, &inner.route);
+                            drop(inner);
+                            // Still demand: the control plane may try the revision again.
+                            shared.events.demand(ns, revision, shared.config.node);
+                            return self.reject(StatusCode::SERVICE_UNAVAILABLE, ns, svc, "failed", message);
+                        }
                         None => {
                             let depth = shared.config.queue_depth;
                             if inner.waiting.len() >= depth {
@@ -1033,18 +1048,37 @@ impl Handler for Ingress {
                         rev.buffered_counter.inc();
                         // Boxed: the wait's timer and channel then take room only in requests that wait.
                         let id = Box::pin(wait_for_instance(shared, &rev, &mut rx, deadline)).await;
-                        let found = id.and_then(|id| {
+                        let (found, failure, none_ready) = {
                             let inner = Shared::lock(&rev.inner);
-                            inner.instances.iter().find(|x| x.id == id).map(Picked::of)
-                        });
-                        match found {
-                            Some(p) => p,
-                            None => {
+                            let found =
+                                id.and_then(|id| inner.instances.iter().find(|x| x.id == id).map(Picked::of));
+                            let failure =
+                                inner.route.failure.is_some().then(|| cannot_start(revision, &inner.route));
+                            (found, failure, inner.instances.is_empty())
+                        };
+                        match (found, failure) {
+                            (Some(p), _) => p,
+                            (None, Some(message)) if none_ready => {
+                                return self.reject(
+                                    StatusCode::SERVICE_UNAVAILABLE,
+                                    ns,
+                                    svc,
+                                    "failed",
+                                    message,
+                                );
+                            }
+                            (None, _) => {
                                 drop(rx);
                                 dispatch(shared, &rev);
-                                let message = format!(
-                                    "no instance of revision {revision} had room within the {timeout:?} request timeout"
-                                );
+                                let message = if none_ready {
+                                    format!(
+                                        "no instance of revision {revision} became ready within the {timeout:?} request timeout"
+                                    )
+                                } else {
+                                    format!(
+                                        "every instance of revision {revision} stayed busy for the {timeout:?} request timeout"
+                                    )
+                                };
                                 return self.reject(StatusCode::GATEWAY_TIMEOUT, ns, svc, "timeout", message);
                             }
                         }
@@ -1159,6 +1193,11 @@ fn forward<'a>(
         let forwarding = Forwarding { remove: &[&ORIGIN_NAME, &PROXY_NAME], add: &added[..count], upgrade };
         to.forward(req, forwarding).await
     })
+}
+
+/// The answer to a request for a revision that failed to start.
+fn cannot_start(revision: &str, route: &RevisionRoute) -> String {
+    format!("revision {revision} cannot start: {}", route.failure.as_deref().unwrap_or("it failed"))
 }
 
 /// Puts a request that found no instance with room into the revision's activator queue, and

@@ -151,6 +151,32 @@ async fn scale_from_zero_buffers_pokes_at_once_and_forwards_when_ready() {
 }
 
 #[tokio::test]
+async fn requests_for_a_revision_that_cannot_start_are_answered_at_once_with_its_error() {
+    let gw = Arc::new(gateway(GatewayConfig::single("node1"), Arc::new(NoEvents)).await);
+    let mut rev = revision("hello-00001", 0, vec![]);
+    rev.timeout = Duration::from_secs(300);
+    gw.set_routes(&hello_routes(vec![rev.clone()], all_to("hello-00001"))).unwrap();
+    let addr = gw.addr();
+    // Waiting for a first instance when the revision fails: answered then, not at the timeout.
+    let waiting = tokio::spawn(async move { get(addr, HOST, "/").await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    rev.failure = Some("exited (exit status: 3) — last output: \"boom\"".into());
+    gw.set_routes(&hello_routes(vec![rev], all_to("hello-00001"))).unwrap();
+    let (status, _, body) = waiting.await.unwrap();
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        body.trim(),
+        "revision hello-00001 cannot start: exited (exit status: 3) — last output: \"boom\""
+    );
+    // And so is every later one.
+    let (status, _, body) = get(addr, HOST, "/").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(body.contains("cannot start"), "{body}");
+    let (_, _, metrics) = get(gw.admin_addr(), "admin", "/metrics").await;
+    assert!(metrics.contains("reason=\"failed\"} 2"), "{metrics}");
+}
+
+#[tokio::test]
 async fn full_activator_queue_gives_503_and_waiting_past_the_timeout_504() {
     let mut config = GatewayConfig::single("node1");
     config.queue_depth = 2;
@@ -169,7 +195,9 @@ async fn full_activator_queue_gives_503_and_waiting_past_the_timeout_504() {
         let (status, _, body) = w.await.unwrap();
         assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
         assert!(
-            body.contains("no instance of revision hello-00001 had room within the 500ms request timeout"),
+            body.contains(
+                "no instance of revision hello-00001 became ready within the 500ms request timeout"
+            ),
             "{body}"
         );
     }

@@ -130,6 +130,7 @@ pub async fn run_set(
         seed,
         // The scenarios' queues stay far shallower than where releasing starts.
         memory_release: None,
+        holder: format!("ikukantai bench, policy set {}", set.name),
     })
     .await
     .map_err(|e| e.to_string())?;

@@ -9,7 +9,7 @@
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -258,6 +258,7 @@ fn spawn(spec: &InstanceSpec, address: SocketAddr) -> Result<Child, String> {
         .stderr(Stdio::from(log2))
         .process_group(0)
         .kill_on_drop(true);
+    crate::lifetime::die_with_parent(&mut cmd);
     if let Some(dir) = &spec.working_dir {
         cmd.current_dir(dir);
     }
@@ -342,6 +343,10 @@ async fn supervise(
                 *shared.restarts.lock().unwrap_or_else(|e| e.into_inner()) += 1;
                 let message = format!("exited ({how}); restarting in {}s", backoff.as_secs());
                 log_line(&spec.log, &message);
+                let message = match last_output(&spec.log) {
+                    Some(line) => format!("{message} — last output: {line:?}"),
+                    None => message,
+                };
                 let _ = shared.phase.send(Phase::CrashLoopBackOff(message));
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
@@ -359,6 +364,20 @@ async fn supervise(
     let _ = shared.phase.send(Phase::Stopped);
 }
 
+/// The last line the process wrote to its log (not the agent's own lines), cut to 200
+/// characters: usually what it said as it failed.
+fn last_output(log: &Path) -> Option<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(log).ok()?;
+    let len = f.metadata().ok()?.len();
+    f.seek(SeekFrom::Start(len.saturating_sub(4096))).ok()?;
+    let mut tail = Vec::new();
+    f.read_to_end(&mut tail).ok()?;
+    let text = String::from_utf8_lossy(&tail);
+    let line = text.lines().rev().map(str::trim).find(|l| !l.is_empty() && !l.starts_with("[ikukantai]"))?;
+    Some(line.chars().take(200).collect())
+}
+
 /// Drains and stops the queue proxy, once (later calls find it gone).
 async fn drain_queue_proxy(qp: &Mutex<Option<QueueProxyHandle>>) {
     let handle = qp.lock().unwrap_or_else(|e| e.into_inner()).take();
@@ -370,6 +389,16 @@ async fn drain_queue_proxy(qp: &Mutex<Option<QueueProxyHandle>>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_last_output_is_the_process_own_last_line() {
+        let log = std::env::temp_dir().join(format!("ikukantai-agent-log-{}.log", std::process::id()));
+        std::fs::write(&log, "[ikukantai] started x (pid 1)\nfirst\nError: no config\n\n[ikukantai] exited (exit status: 1); restarting in 1s\n").unwrap();
+        assert_eq!(last_output(&log).as_deref(), Some("Error: no config"));
+        std::fs::write(&log, "[ikukantai] started x (pid 1)\n").unwrap();
+        assert_eq!(last_output(&log), None);
+        let _ = std::fs::remove_file(&log);
+    }
 
     #[test]
     fn app_ports_come_from_below_the_ephemeral_range_in_turn_skipping_taken_ones() {

@@ -44,7 +44,7 @@ impl IntoResponse for FleetError {
         let status = match &self {
             FleetError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             FleetError::NotFound(_) => StatusCode::NOT_FOUND,
-            FleetError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            FleetError::Io(_) | FleetError::Locked(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         error(status, self.to_string())
     }

@@ -12,7 +12,7 @@ use ikukantai_api::config::FleetConfig;
 use ikukantai_api::parse::{Document, load};
 use ikukantai_api::revision::{Revision, next_revision};
 use ikukantai_api::service::Service;
-use ikukantai_api::status::{RevisionState, resolve_traffic, service_status};
+use ikukantai_api::status::{RevisionState, awaits_readiness, resolve_traffic, service_status};
 use ikukantai_api::topology::Topology;
 use ikukantai_dataplane::gateway::{
     Gateway, GatewayConfig, GatewayEvents, InstanceRoute, MemoryRelease, RevisionRoute, RouteTarget, Routes,
@@ -28,7 +28,8 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 use crate::agent::{Instance, InstanceSpec, Phase};
-use crate::store::{Store, StoreProblem};
+use crate::lifetime::{FLEET_ENV, KEPT_LOGS, LockError, StateLock, prune_logs, reap_orphans};
+use crate::store::{RevisionRecordStatus, Store, StoreProblem};
 use crate::view::{ApplyResult, InstanceView, LatencyView, NodeView, PlacementView, RevisionView};
 
 /// How a fleet is started.
@@ -50,6 +51,9 @@ pub struct FleetOptions {
     pub seed: u64,
     /// How gateways give memory back to the system while many requests wait.
     pub memory_release: Option<MemoryRelease>,
+    /// How this fleet is described to another that finds its state directory taken (e.g. its
+    /// API address).
+    pub holder: String,
 }
 
 /// A fleet-level failure.
@@ -58,6 +62,9 @@ pub enum FleetError {
     /// Listeners, files.
     #[error("{0}")]
     Io(String),
+    /// Another fleet holds the state directory.
+    #[error(transparent)]
+    Locked(#[from] LockError),
     /// Input the fleet refuses (the message names file, document, field and rule).
     #[error("{0}")]
     Invalid(String),
@@ -73,7 +80,8 @@ struct RevisionRecord {
     balancer: String,
     queue: String,
     desired: Vec<u32>,
-    ever_ready: bool,
+    /// Ready once, or failed before that (kept in the store).
+    status: RevisionRecordStatus,
 }
 
 struct ServiceRecord {
@@ -114,6 +122,10 @@ pub struct Fleet {
     pub problems: Vec<StoreProblem>,
     poke: mpsc::UnboundedSender<(String, String, usize)>,
     logs: PathBuf,
+    /// The state directory, canonical (instances are marked with it).
+    state_dir: PathBuf,
+    /// Held until shutdown.
+    lock: Mutex<Option<StateLock>>,
 }
 
 impl std::fmt::Debug for Fleet {
@@ -144,6 +156,12 @@ impl Fleet {
     pub async fn start(options: FleetOptions) -> Result<Arc<Self>, FleetError> {
         let io = |e: &dyn std::fmt::Display| FleetError::Io(e.to_string());
         let store = Store::open(&options.state_dir).map_err(|e| io(&e))?;
+        let state_dir = options.state_dir.canonicalize().map_err(|e| io(&e))?;
+        let state_lock = StateLock::acquire(&state_dir, &options.holder)?;
+        let reaped = reap_orphans(&state_dir);
+        if !reaped.is_empty() {
+            tracing::warn!(pids = ?reaped, "killed processes left running by an earlier fleet of this state directory");
+        }
         let logs = options.state_dir.join("logs");
         std::fs::create_dir_all(&logs).map_err(|e| io(&e))?;
         let topology = &options.topology;
@@ -209,6 +227,8 @@ impl Fleet {
             problems,
             poke: poke_tx,
             logs,
+            state_dir,
+            lock: Mutex::new(Some(state_lock)),
             options,
         });
         {
@@ -216,8 +236,9 @@ impl Fleet {
             for s in stored {
                 let mut record = ServiceRecord { service: s.service, revisions: Vec::new() };
                 for r in s.revisions {
+                    let status = s.status.get(r.name()).cloned().unwrap_or_default();
                     match fleet.revision_record(r) {
-                        Ok(rec) => record.revisions.push(rec),
+                        Ok(rec) => record.revisions.push(RevisionRecord { status, ..rec }),
                         Err(e) => tracing::error!(error = %e, "cannot restore a revision"),
                     }
                 }
@@ -228,6 +249,7 @@ impl Fleet {
                 state.services.insert(key, record);
             }
         }
+        fleet.prune_logs();
         tokio::spawn(run(fleet.clone(), poke_rx));
         tokio::spawn(crate::monitor::run(fleet.clone()));
         Ok(fleet)
@@ -271,7 +293,7 @@ impl Fleet {
             balancer: settings.balancer.clone().unwrap_or_else(|| config.policies.balancer.clone()),
             queue: settings.queue.clone().unwrap_or_else(|| config.policies.queue.clone()),
             desired: vec![0; self.options.topology.nodes.len()],
-            ever_ready: false,
+            status: RevisionRecordStatus::default(),
             settings,
             revision,
         })
@@ -282,6 +304,13 @@ impl Fleet {
     pub fn apply(&self, sources: &[(String, String)]) -> Result<ApplyResult, FleetError> {
         let (docs, _) =
             load(sources, &self.options.config).map_err(|d| FleetError::Invalid(d.to_string()))?;
+        if docs.is_empty() {
+            let files: Vec<&str> = sources.iter().map(|(f, _)| f.as_str()).collect();
+            return Err(FleetError::Invalid(format!(
+                "{}: no documents found; nothing applied",
+                files.join(", ")
+            )));
+        }
         let mut problems = Vec::new();
         for d in &docs {
             match &d.document {
@@ -348,18 +377,24 @@ impl Fleet {
                 (true, true) => format!("service/{} unchanged", key.1),
                 (true, false) => format!("service/{} configured", key.1),
             });
+            if let Some(warning) = local_warning(&svc) {
+                lines.push(format!(
+                    "warning: {}: document {} (Service {}/{}): {warning}",
+                    d.file, d.index, key.0, key.1
+                ));
+            }
             prepared.push((key, svc, record));
         }
         for (key, svc, record) in prepared {
-            let mut all: Vec<Revision> = state
-                .services
-                .get(&key)
+            let existing = state.services.get(&key);
+            let mut all: Vec<Revision> = existing
                 .map(|r| r.revisions.iter().map(|x| x.revision.clone()).collect())
                 .unwrap_or_default();
             if let Some(r) = &record {
                 all.push(r.revision.clone());
             }
-            self.store.save(&svc, &all).map_err(|e| FleetError::Io(e.to_string()))?;
+            let status = existing.map(stored_status).unwrap_or_default();
+            self.store.save(&svc, &all, &status).map_err(|e| FleetError::Io(e.to_string()))?;
             let entry = state
                 .services
                 .entry(key)
@@ -537,6 +572,15 @@ impl Fleet {
         }
     }
 
+    /// Keeps the logs of the [`KEPT_LOGS`] instances that stopped last, and of every live one.
+    fn prune_logs(&self) {
+        let live: std::collections::BTreeSet<String> = {
+            let state = lock(&self.state);
+            state.instances.keys().chain(state.stopping.keys()).chain(state.pending.keys()).cloned().collect()
+        };
+        prune_logs(&self.logs, KEPT_LOGS, |name| live.contains(name));
+    }
+
     /// The log file of an instance.
     pub fn log_path(&self, instance: &str) -> Option<PathBuf> {
         let p = self.logs.join(format!("{instance}.log"));
@@ -557,6 +601,7 @@ impl Fleet {
         for s in stops {
             let _ = s.await;
         }
+        lock(&self.lock).take();
     }
 
     /// One reconcile pass.
@@ -568,6 +613,7 @@ impl Fleet {
         // stays, counted on its node and stopped on shutdown).
         state.stopping.retain(|_, r| r.instance.phase() != Phase::Stopped);
         let n = self.options.topology.nodes.len();
+        self.observe_revisions(state);
 
         // 1. Stats, every second.
         if now.duration_since(state.last_stats) >= Duration::from_secs(1) {
@@ -603,8 +649,13 @@ impl Fleet {
             let capacity = self.options.topology.capacities();
             let rtt = state.rtt.clone();
             for key in state.services.keys().cloned().collect::<Vec<_>>() {
-                let reachable: Vec<String> =
-                    traffic_split(&state.services[&key]).into_iter().map(|t| t.revision).collect();
+                // Routed to, or the new revision that must start to prove itself ready.
+                let svc = &state.services[&key];
+                let states = revision_states(svc);
+                let mut reachable: Vec<String> = traffic_split(svc).into_iter().map(|t| t.revision).collect();
+                reachable.extend(
+                    states.iter().filter(|r| awaits_readiness(&states, r.name)).map(|r| r.name.to_owned()),
+                );
                 for idx in 0..state.services[&key].revisions.len() {
                     let (ns, name) = {
                         let r = &state.services[&key].revisions[idx].revision;
@@ -787,20 +838,53 @@ impl Fleet {
         // the instance drains (refusing new work) only once it has had time to arrive.
         let grace = if stopped.is_empty() { Duration::ZERO } else { self.stop_grace() };
         for instance in stopped {
+            let fleet = self.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(grace).await;
-                instance.stop().await
+                instance.stop().await;
+                fleet.prune_logs();
             });
         }
-        for s in state.services.values_mut() {
-            for r in &mut s.revisions {
-                let (ns, name) = (r.revision.metadata.namespace().to_owned(), r.revision.name().to_owned());
-                if state
-                    .instances
+    }
+
+    /// Observes what revisions did since the last pass: the first ready instance makes a revision
+    /// ready for good; an instance that fails or crashes before that makes it failed, with the
+    /// instance's error. Changes are stored, so a restart routes the same way.
+    fn observe_revisions(&self, state: &mut State) {
+        let State { services, instances, .. } = state;
+        for s in services.values_mut() {
+            let mut changed = false;
+            for r in s.revisions.iter_mut().filter(|r| !r.status.ever_ready) {
+                let (ns, name) = (r.revision.metadata.namespace(), r.revision.name());
+                let mut phases = instances
                     .values()
-                    .any(|x| x.namespace == ns && x.revision == name && x.instance.phase() == Phase::Ready)
-                {
-                    r.ever_ready = true;
+                    .filter(|x| x.namespace == ns && x.revision == name)
+                    .map(|x| x.instance.phase());
+                let (mut ready, mut failure) = (false, None);
+                for phase in &mut phases {
+                    match phase {
+                        Phase::Ready => ready = true,
+                        Phase::Failed(m) | Phase::CrashLoopBackOff(m) => failure = failure.or(Some(m)),
+                        _ => {}
+                    }
+                }
+                let next = if ready {
+                    RevisionRecordStatus { ever_ready: true, failure: None }
+                } else if let Some(f) = failure {
+                    RevisionRecordStatus { ever_ready: false, failure: Some(f) }
+                } else {
+                    continue;
+                };
+                if r.status != next {
+                    tracing::info!(revision = %name, ready = next.ever_ready, failure = ?next.failure, "revision state");
+                    r.status = next;
+                    changed = true;
+                }
+            }
+            if changed {
+                let revisions: Vec<Revision> = s.revisions.iter().map(|r| r.revision.clone()).collect();
+                if let Err(e) = self.store.save(&s.service, &revisions, &stored_status(s)) {
+                    tracing::error!(error = %e, "cannot store a revision's state");
                 }
             }
         }
@@ -824,6 +908,7 @@ impl Fleet {
         env.push(("K_REVISION".into(), rev.name().to_owned()));
         env.push(("NODENAME".into(), node_name.clone()));
         env.push(("PODNAME".into(), name.to_owned()));
+        env.push((FLEET_ENV.into(), self.state_dir.display().to_string()));
         let mut command = container.command.clone();
         command.extend(container.args.iter().cloned());
         let secs = |s: Option<u64>| s.filter(|x| *x > 0).map(Duration::from_secs);
@@ -899,11 +984,20 @@ impl Fleet {
                     queue: r.queue.clone(),
                     priority_rules: r.settings.priority_rules.clone(),
                     instances,
+                    failure: r.status.failure.clone(),
                 });
             }
         }
         routes
     }
+}
+
+/// What keeps a valid Service from running on the local fleet, which runs processes, not images.
+pub fn local_warning(svc: &Service) -> Option<String> {
+    let container = svc.spec.template.spec.container()?;
+    container.command.is_empty().then(|| {
+        "spec.template.spec.containers[0].command: not set: the local fleet runs the command as a process (the image is not pulled), so this revision cannot start here; it runs as is on Kubernetes".to_owned()
+    })
 }
 
 fn suffix(seed: u64, counter: u64) -> String {
@@ -927,7 +1021,19 @@ fn ready_count(state: &State, ns: &str, revision: &str) -> u32 {
 }
 
 fn revision_states(s: &ServiceRecord) -> Vec<RevisionState<'_>> {
-    s.revisions.iter().map(|r| RevisionState { name: r.revision.name(), ever_ready: r.ever_ready }).collect()
+    s.revisions
+        .iter()
+        .map(|r| RevisionState {
+            name: r.revision.name(),
+            ready: r.status.ever_ready
+                || (r.status.failure.is_none() && r.scaler.autoscaler.spec().starts_at_zero()),
+            failure: r.status.failure.as_deref(),
+        })
+        .collect()
+}
+
+fn stored_status(s: &ServiceRecord) -> BTreeMap<String, RevisionRecordStatus> {
+    s.revisions.iter().map(|r| (r.revision.name().to_owned(), r.status.clone())).collect()
 }
 
 /// The service's traffic resolved to revision names.
@@ -941,12 +1047,14 @@ fn traffic_split(s: &ServiceRecord) -> Vec<RouteTarget> {
 fn with_status(s: &ServiceRecord, domain: &str, state: &State) -> Service {
     let mut svc = s.service.clone();
     let (ns, name) = (svc.metadata.namespace().to_owned(), svc.metadata.name().to_owned());
+    let serving: Vec<String> = traffic_split(s).into_iter().map(|t| t.revision).collect();
     let failing: Vec<String> = state
         .instances
         .values()
         .filter(|x| {
             x.namespace == ns
                 && x.service == name
+                && serving.contains(&x.revision)
                 && matches!(x.instance.phase(), Phase::Failed(_) | Phase::CrashLoopBackOff(_))
         })
         .map(|x| format!("{}: {}", x.instance.name, x.instance.phase().message().unwrap_or_default()))

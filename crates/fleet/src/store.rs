@@ -4,6 +4,7 @@
 //! file, fsync, rename). At start every file is read; one that cannot be read or is not ours is
 //! reported with its path and reason and left untouched — never silently dropped or overwritten.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -24,6 +25,21 @@ pub struct StoredService {
     pub service: Service,
     /// Its revisions, oldest first.
     pub revisions: Vec<Revision>,
+    /// What the fleet learnt of each revision, by name (absent in files of earlier versions).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub status: BTreeMap<String, RevisionRecordStatus>,
+}
+
+/// What is kept of a revision's life, so that a restart routes as before: a revision that was
+/// ready stays the one traffic falls back to, and one that failed is not tried again unasked.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevisionRecordStatus {
+    /// It has had a ready instance.
+    #[serde(default)]
+    pub ever_ready: bool,
+    /// Why it could not start, if it failed before it was ever ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
 }
 
 /// A state file that could not be loaded.
@@ -103,9 +119,18 @@ impl Store {
     }
 
     /// Writes a service atomically.
-    pub fn save(&self, service: &Service, revisions: &[Revision]) -> Result<(), StoreError> {
-        let stored =
-            StoredService { format: FORMAT.into(), service: service.clone(), revisions: revisions.to_vec() };
+    pub fn save(
+        &self,
+        service: &Service,
+        revisions: &[Revision],
+        status: &BTreeMap<String, RevisionRecordStatus>,
+    ) -> Result<(), StoreError> {
+        let stored = StoredService {
+            format: FORMAT.into(),
+            service: service.clone(),
+            revisions: revisions.to_vec(),
+            status: status.clone(),
+        };
         let path = self.path(service.metadata.namespace(), service.metadata.name());
         let tmp =
             self.dir.join(format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("state")));

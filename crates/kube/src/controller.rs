@@ -14,7 +14,7 @@ use ikukantai_api::annotations::revision_settings;
 use ikukantai_api::config::FleetConfig;
 use ikukantai_api::revision::{Revision, SERVICE_LABEL, next_revision};
 use ikukantai_api::service::{ObjectMeta, SERVING_API_VERSION, Service, ServiceStatus};
-use ikukantai_api::status::{RevisionState, resolve_traffic, service_status};
+use ikukantai_api::status::{RevisionState, awaits_readiness, resolve_traffic, service_status};
 use ikukantai_api::validate::validate_service;
 use ikukantai_policy::autoscaler::{ScalingSpec, TickInputs};
 use ikukantai_policy::estimate::RttMatrix;
@@ -382,6 +382,16 @@ fn nodes(store: &Store<Node>, default_capacity: u32) -> Vec<NodeInfo> {
     out
 }
 
+/// A revision whose initial and minimum scale are 0 is ready with no instance (as in Knative).
+fn starts_at_zero(revision: &Revision, config: &FleetConfig) -> bool {
+    revision_settings(&revision.metadata.annotations, config, "spec.template.metadata.annotations").is_ok_and(
+        |s| {
+            ScalingSpec::resolve(&config.autoscaler, revision.spec.container_concurrency(), &s.scaling)
+                .starts_at_zero()
+        },
+    )
+}
+
 fn pod_node(p: &Pod) -> Option<String> {
     p.spec.as_ref().and_then(|s| s.node_name.clone()).or_else(|| p.labels().get(NODE_LABEL).cloned())
 }
@@ -472,12 +482,31 @@ async fn apply(ksvc: &KnativeService, ctx: &Context) -> Result<Action, Error> {
         .collect();
     let node_infos = nodes(&ctx.stores.nodes, config.kubernetes.node_capacity);
     let node_names: Vec<String> = node_infos.iter().map(|n| n.name.clone()).collect();
+    let ever_ready: Vec<bool> = revisions
+        .iter()
+        .map(|(r, p)| {
+            p.as_ref().is_some_and(|p| p.ever_ready())
+                || all_pods.iter().any(|x| rev_of(x) == Some(r.name()) && pod_ready(x))
+        })
+        .collect();
+    // A revision that was never ready fails with its Pods' problem (crash loop, image pull, ...).
+    let failures: Vec<Option<String>> = revisions
+        .iter()
+        .zip(&ever_ready)
+        .map(|((r, _), &ready)| {
+            if ready {
+                return None;
+            }
+            all_pods.iter().filter(|x| rev_of(x) == Some(r.name())).find_map(|x| pod_problem(x))
+        })
+        .collect();
     let states: Vec<RevisionState<'_>> = revisions
         .iter()
-        .map(|(r, p)| RevisionState {
+        .zip(ever_ready.iter().zip(&failures))
+        .map(|((r, _), (&ever_ready, failure))| RevisionState {
             name: r.name(),
-            ever_ready: p.as_ref().is_some_and(|p| p.ever_ready())
-                || all_pods.iter().any(|x| rev_of(x) == Some(r.name()) && pod_ready(x)),
+            ready: ever_ready || (failure.is_none() && starts_at_zero(r, &config)),
+            failure: failure.as_deref(),
         })
         .collect();
     let split = resolve_traffic(&svc.spec, &states);
@@ -553,7 +582,7 @@ async fn apply(ksvc: &KnativeService, ctx: &Context) -> Result<Action, Error> {
                 ScaleInputs {
                     tick: TickInputs {
                         ready,
-                        reachable: split.iter().any(|t| t.revision == rev),
+                        reachable: split.iter().any(|t| t.revision == rev) || awaits_readiness(&states, &rev),
                         buffering_since: Some(ctx.started),
                     },
                     current: &current,
@@ -584,7 +613,7 @@ async fn apply(ksvc: &KnativeService, ctx: &Context) -> Result<Action, Error> {
             .filter(|p| rev_of(p) == Some(plan.revision.name()) && p.namespace().as_deref() == Some(&ns))
             .collect();
         converge_pods(&name, plan, &pods, owner, &config.kubernetes.queue_proxy_image, ctx).await?;
-        if plans.last().is_some_and(|l| l.revision.name() == plan.revision.name()) {
+        if split.iter().any(|t| t.revision == plan.revision.name()) {
             failing.extend(pods.iter().filter_map(|p| pod_problem(p)));
         }
         let mut ready = BTreeMap::new();

@@ -139,6 +139,7 @@ pub fn routes(view: &ClusterView<'_>) -> Routes {
             queue: settings.queue.clone().unwrap_or_else(|| view.config.policies.queue.clone()),
             priority_rules: settings.priority_rules.clone(),
             instances,
+            failure: None,
         });
     }
     routes

@@ -470,12 +470,50 @@ async fn a_template_change_cuts_a_new_revision_and_moves_traffic() {
         && c.body["metadata"]["name"].as_str().unwrap().starts_with("hello-00002-")));
     let status = calls.iter().find(|c| c.is(&Method::PATCH, &format!("{KSVC}/status"))).unwrap();
     assert_eq!(status.body["status"]["latestCreatedRevisionName"], "hello-00002");
-    assert_eq!(status.body["status"]["traffic"][0]["revisionName"], "hello-00002");
+    // Traffic moves once the new revision is ready (Knative's latestReadyRevisionName), not before.
+    assert_eq!(status.body["status"]["traffic"][0]["revisionName"], "hello-00001");
+    h.make_ready();
+    h.reconcile(&svc).await;
+    assert_eq!(h.ksvc_status()["traffic"][0]["revisionName"], "hello-00002");
+    assert_eq!(h.ksvc_status()["latestReadyRevisionName"], "hello-00002");
     // The old revision keeps its frozen template.
     assert_eq!(
         h.placement("hello-00001")["spec"]["template"]["spec"]["containers"][0]["env"][0]["value"],
         "Konnichiwa"
     );
+}
+
+#[tokio::test]
+async fn a_new_revision_whose_pods_crash_never_takes_traffic_and_is_scaled_away() {
+    let mut h = Harness::new(&["node1", "node2", "node3"]);
+    h.reconcile(&ksvc("Konnichiwa", &json!({}))).await;
+    h.make_ready();
+    let mut svc = ksvc("Hello", &json!({}));
+    svc.metadata.generation = Some(2);
+    h.reconcile(&svc).await;
+    {
+        let mut objects = h.objects.lock().unwrap();
+        for (k, v) in objects.iter_mut().filter(|(k, _)| k.starts_with(&format!("{PODS}/hello-00002-"))) {
+            assert!(k.starts_with(PODS));
+            v["status"] = json!({"containerStatuses": [{"name": "user-container", "ready": false, "restartCount": 3,
+                "image": "x", "imageID": "", "state": {"waiting": {"reason": "CrashLoopBackOff",
+                "message": "back-off 40s restarting failed container"}}}]});
+        }
+    }
+    h.sync();
+    h.reconcile(&svc).await;
+    let ready = h.ready_condition();
+    assert_eq!((ready["status"].as_str(), ready["reason"].as_str()), (Some("False"), Some("RevisionFailed")));
+    assert!(ready["message"].as_str().unwrap().contains("revision hello-00002 failed"), "{ready}");
+    assert_eq!(h.ksvc_status()["traffic"][0]["revisionName"], "hello-00001");
+    assert_eq!(h.ksvc_status()["latestReadyRevisionName"], "hello-00001");
+    // Failed and without traffic: nothing keeps its Pods.
+    for _ in 0..3 {
+        h.reconcile(&svc).await;
+    }
+    let left: Vec<String> = h.pods_by_node().into_values().flatten().collect();
+    assert!(left.iter().all(|p| !p.contains("hello-00002")), "{left:?}");
+    assert!(left.iter().any(|p| p.contains("hello-00001")), "{left:?}");
 }
 
 #[tokio::test]

@@ -207,6 +207,7 @@ pub fn revision(revision: &str, cc: u32, instances: Vec<InstanceRoute>) -> Revis
         queue: "fifo".into(),
         priority_rules: Vec::new(),
         instances,
+        failure: None,
     }
 }
 

@@ -243,6 +243,11 @@ impl ScalingSpec {
         }
     }
 
+    /// Whether the revision starts with no instance (initial and minimum scale 0).
+    pub fn starts_at_zero(&self) -> bool {
+        self.bounded(self.min_scale, self.initial_scale) == 0
+    }
+
     /// `applyBounds`: at least `min`, at most `max` when `max > 0`.
     fn bounded(&self, min: u32, value: u32) -> u32 {
         let v = value.max(min);
@@ -507,7 +512,8 @@ impl Autoscaler {
         let desired = if raw == 0 { self.handle_scale_to_zero(now, inputs) } else { raw };
 
         let spec = &self.spec;
-        let mut min = spec.min_scale;
+        // As in Knative, min-scale holds only while a route can send the revision traffic.
+        let mut min = if inputs.reachable { spec.min_scale } else { 0 };
         // Initial scale acts as a minimum until the revision has reached it once.
         if spec.initial_scale > 1 && !self.reached_initial_scale && inputs.reachable {
             min = min.max(spec.initial_scale);
@@ -547,6 +553,11 @@ impl Autoscaler {
                         return 1;
                     }
                     self.inactive_since = Some(now);
+                }
+                (None, Some(_)) if !inputs.reachable => {
+                    // Nothing ready and no route to it (e.g. a revision that failed): nothing
+                    // to wait for.
+                    return 0;
                 }
                 (None, Some(activating)) => {
                     // Still activating: give up only after the activation time-out.

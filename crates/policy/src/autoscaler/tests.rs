@@ -381,6 +381,24 @@ fn failed_activation_is_given_up_after_the_timeout() {
 }
 
 #[test]
+fn an_unreachable_revision_with_nothing_ready_drops_to_zero_and_ignores_min_scale() {
+    // A revision that never became ready (it failed) and that no route sends traffic to: the
+    // activation hold and min-scale (kpa.go applies min only while reachable) keep nothing.
+    let t0 = Instant::now();
+    let spec = spec_with(0, ScalingOverrides { min_scale: Some(2), ..ScalingOverrides::default() });
+    let mut a = Autoscaler::new(spec, t0, 0);
+    assert_eq!(a.tick(t0 + secs(2), ready(0, t0)).desired, 2, "reachable: min-scale holds");
+    let unreachable = TickInputs { reachable: false, ..ready(0, t0) };
+    assert_eq!(a.tick(t0 + secs(4), unreachable).desired, 0);
+    // Initial scale 1, activating (nothing ready yet): held while reachable, dropped when not.
+    let mut b = Autoscaler::new(spec_with(0, ScalingOverrides::default()), t0, 0);
+    assert_eq!(b.tick(t0 + secs(2), ready(0, t0)).desired, 1);
+    assert_eq!(b.tick(t0 + secs(4), unreachable).desired, 0);
+    assert!(ScalingSpec { initial_scale: 0, ..spec_with(0, ScalingOverrides::default()) }.starts_at_zero());
+    assert!(!spec_with(0, ScalingOverrides::default()).starts_at_zero());
+}
+
+#[test]
 fn demand_returning_before_zero_reactivates() {
     let t0 = Instant::now();
     let o = ScalingOverrides { window: Some(secs(6)), ..spec10_overrides() };

@@ -154,3 +154,157 @@ fn config_maps_apply_in_order_and_affect_service_checks() {
     let sources = vec![("c.yaml".to_owned(), config.to_owned()), ("s.yaml".to_owned(), svc)];
     load(&sources, &FleetConfig::new()).unwrap();
 }
+
+/// A topology of two nodes, `a` and `b`, and the given links (YAML list items).
+fn topology(links: &[&str]) -> String {
+    let links: String = links.iter().map(|l| format!("  - {l}\n")).collect();
+    format!("nodes:\n  - name: a\n  - name: b\nlinks:\n{links}")
+}
+
+#[test]
+fn a_misspelt_field_does_not_hide_semantic_problems() {
+    let text = HELLO
+        .replace("- image:", "- comand: [/bin/app]\n          image:")
+        .replace("window: \"12s\"", "window: \"60\"");
+    assert_eq!(
+        errors("typo.yaml", &text),
+        [
+            "typo.yaml: document 1 (Service default/hello): spec.template.spec.containers[0].comand: unknown field (did you mean `command`?)",
+            "typo.yaml: document 1 (Service default/hello): spec.template.metadata.annotations[\"autoscaling.knative.dev/window\"]: \"60\" is missing a unit (ns, us, ms, s, m or h), e.g. \"60ms\"",
+        ]
+    );
+}
+
+#[test]
+fn every_bad_value_is_reported_without_spurious_missing_fields() {
+    let text = topology(&["{between: [a, b], rtt: 50}", "{between: [b, a], rtt: 60, jitter: 5}"]);
+    let e = errors("t.yaml", &text);
+    assert_eq!(
+        e,
+        [
+            "t.yaml: document 1: links[0].rtt: 50 is missing a unit (ns, us, ms, s, m or h), e.g. \"50ms\"",
+            "t.yaml: document 1: links[1].jitter: 5 is missing a unit (ns, us, ms, s, m or h), e.g. \"5ms\"",
+            "t.yaml: document 1: links[1].rtt: 60 is missing a unit (ns, us, ms, s, m or h), e.g. \"60ms\"",
+        ]
+    );
+    assert!(!e.iter().any(|e| e.contains("required field is missing")), "{e:?}");
+}
+
+#[test]
+fn removed_array_elements_do_not_shift_later_indices() {
+    // links[0] and links[2] cannot be read (and are cut out); links[1] and links[3] are read, and
+    // their semantic problems name them as written, not as links[0] and links[1].
+    let text = topology(&[
+        "{between: [a, b], rtt: 50}",
+        "{between: [a, c], rtt: 1ms}",
+        "{between: [b, a], rtt: 1ms, bandwidth: 5}",
+        "{between: [a, x], rtt: 1ms, jiter: 1ms}",
+    ]);
+    assert_eq!(
+        errors("t.yaml", &text),
+        [
+            "t.yaml: document 1: links[0].rtt: 50 is missing a unit (ns, us, ms, s, m or h), e.g. \"50ms\"",
+            "t.yaml: document 1: links[2].bandwidth: invalid type: integer `5`, expected a string",
+            "t.yaml: document 1: links[3].jiter: unknown field (did you mean `jitter`?)",
+            "t.yaml: document 1: links[1].between[1]: unknown node \"c\" (did you mean \"a\"?)",
+            "t.yaml: document 1: links[3].between[1]: unknown node \"x\" (did you mean \"a\"?)",
+        ]
+    );
+    // The same inside a Service: env[0] lacks its name, env[2] is set twice (as env[1] is).
+    let text = HELLO.replace(
+        "            - name: TARGET\n",
+        "            - value: x\n            - name: A\n            - name: A\n            - name: TARGET\n",
+    );
+    assert_eq!(
+        errors("s.yaml", &text),
+        [
+            "s.yaml: document 1 (Service default/hello): spec.template.spec.containers[0].env[0].name: required field is missing",
+            "s.yaml: document 1 (Service default/hello): spec.template.spec.containers[0].env[2].name: \"A\" is set twice",
+        ]
+    );
+}
+
+#[test]
+fn many_unknown_fields_are_all_reported() {
+    let text = HELLO
+        .replace("  name: hello", "  name: hello\n  lables: {}")
+        .replace("  template:", "  trafic: []\n  template:")
+        .replace("    spec:\n      containers:", "    spec:\n      timeoutSecond: 5\n      containers:")
+        .replace("- image:", "- imagee: x\n          image:")
+        .replace("containerPort: 8080", "containerPort: 8080\n              port: 8080")
+        .replace("value: \"Konnichiwa\"", "valeu: \"Konnichiwa\"")
+        .replace("resources:", "resources:\n            limit: {}");
+    assert_eq!(
+        errors("s.yaml", &text),
+        [
+            "s.yaml: document 1 (Service default/hello): metadata.lables: unknown field (did you mean `labels`?)",
+            "s.yaml: document 1 (Service default/hello): spec.template.spec.containers[0].env[0].valeu: unknown field (did you mean `value`?)",
+            "s.yaml: document 1 (Service default/hello): spec.template.spec.containers[0].imagee: unknown field (did you mean `image`?)",
+            "s.yaml: document 1 (Service default/hello): spec.template.spec.containers[0].ports[0].port: unknown field; expected one of name, containerPort, protocol",
+            "s.yaml: document 1 (Service default/hello): spec.template.spec.containers[0].resources.limit: unknown field (did you mean `limits`?)",
+            "s.yaml: document 1 (Service default/hello): spec.template.spec.timeoutSecond: unknown field (did you mean `timeoutSeconds`?)",
+            "s.yaml: document 1 (Service default/hello): spec.trafic: unknown field (did you mean `traffic`?)",
+        ]
+    );
+    // A pathological document: the list stops, and says so.
+    let fields: String = (0..150).map(|i| format!("x{i}: 1\n")).collect();
+    let e = errors("t.yaml", &format!("nodes:\n  - name: a\n{fields}"));
+    assert_eq!(e.len(), 101, "{e:?}");
+    assert_eq!(e[100], "t.yaml: document 1: too many problems: only the first 100 are listed");
+}
+
+#[test]
+fn documents_without_problems_still_load() {
+    let text = format!("{HELLO}---\n{}", topology(&["{between: [a, b], rtt: 50ms, jitter: 0}"]));
+    assert_eq!(parse_str("ok.yaml", &text).unwrap().len(), 2);
+    let (docs, _) = load(&[("ok.yaml".into(), text)], &FleetConfig::new()).unwrap();
+    assert_eq!(docs[1].document.subject(), "Topology of 2 nodes");
+    // A broken document does not stop the others from being read and checked.
+    let text = format!("{}---\n{HELLO}", topology(&["{between: [a, b], rtt: 50}"]));
+    let text = text.replace("name: hello", "name: Hello");
+    let e = errors("two.yaml", &text);
+    assert_eq!(e.len(), 2, "{e:?}");
+    assert!(e[0].starts_with("two.yaml: document 1: links[0].rtt: 50 is missing a unit"), "{e:?}");
+    assert!(e[1].starts_with("two.yaml: document 2 (Service default/Hello): metadata.name"), "{e:?}");
+}
+
+#[test]
+fn what_a_cut_value_would_have_said_is_not_held_against_the_document() {
+    let only = |file: &str, text: &str, expected: &str| {
+        let e = errors(file, text);
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(e[0].contains(expected), "{e:?}");
+    };
+    // A misspelt required field is not also "missing", and its object is not judged.
+    only("s.yaml", &HELLO.replace("containerPort:", "containerport:"), "(did you mean `containerPort`?)");
+    only("s.yaml", &HELLO.replace("- image:", "- imagee:"), "imagee: unknown field (did you mean `image`?)");
+    // image is cut out: not "required"; nor is the sum of the traffic without a cut percent.
+    let text = HELLO.replace("- image: docker.io/bonavadeur/shuka:v1.3", "- image: [x]").replace(
+        "  template:",
+        "  traffic:\n    - latestRevision: true\n      percent: \"100\"\n  template:",
+    );
+    let e = errors("s.yaml", &text);
+    assert_eq!(e.len(), 2, "{e:?}");
+    assert!(e[0].contains("spec.template.spec.containers[0].image: invalid type: sequence"), "{e:?}");
+    assert!(e[1].contains("spec.traffic[0].percent: invalid type: string \"100\""), "{e:?}");
+    // The probe is not compared with a port that was cut out (8080 would be the default port).
+    let probe = "memory: 640M\n          readinessProbe:\n            tcpSocket:\n              port: 80800";
+    let text = HELLO.replace("containerPort: 8080", "containerPort: 80800").replace("memory: 640M", probe);
+    only("s.yaml", &text, "ports[0].containerPort: invalid value: integer `80800`, expected u16");
+    // Links are not checked against a node whose name was cut out.
+    only(
+        "t.yaml",
+        "nodes:\n  - name: a\n  - name: 7\nlinks:\n  - between: [a, \"7\"]\n    rtt: 1ms\n",
+        "nodes[1].name: invalid type: integer `7`",
+    );
+    // A ConfigMap setting that was cut out does not make another one wrong.
+    let config = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: config-autoscaler\ndata:\n  allow-zero-initial-scale: true\n  initial-scale: \"0\"\n  stable-window: 3s\n";
+    let e = errors("c.yaml", config);
+    assert_eq!(
+        e,
+        [
+            "c.yaml: document 1 (ConfigMap config-autoscaler): data.allow-zero-initial-scale: invalid type: boolean `true`, expected a string",
+            "c.yaml: document 1 (ConfigMap config-autoscaler): data.stable-window: \"3s\" out of range: must be between 6s and 1h0m0s",
+        ]
+    );
+}

@@ -245,6 +245,17 @@ pub struct InstanceRequestLabels {
     pub code: u16,
 }
 
+/// Labels of a request a queue proxy sent to its instance again.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResentLabels {
+    /// The instance.
+    #[prometheus(flatten)]
+    pub instance: InstanceLabels,
+    /// `unreachable` (no connection could be opened: it never reached the process) or `lost`
+    /// (the connection closed before any byte of an answer).
+    pub reason: &'static str,
+}
+
 /// Queue proxy metrics.
 #[derive(Debug)]
 pub struct QueueMetrics {
@@ -262,6 +273,9 @@ pub struct QueueMetrics {
     pub tunnels: TunnelMetrics<InstanceLabels>,
     /// `ikukantai_queue_answer_polls_total`: rounds of answer polling.
     pub answer_polls: Family<InstanceLabels, Counter>,
+    /// `ikukantai_queue_resent_requests_total`: requests sent to the instance again once it was
+    /// ready after its process had gone.
+    pub resent: Family<ResentLabels, Counter>,
 }
 
 impl QueueMetrics {
@@ -275,6 +289,7 @@ impl QueueMetrics {
             rejected: Family::default(),
             tunnels: TunnelMetrics::new(),
             answer_polls: Family::default(),
+            resent: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("ikukantai_queue");
         r.register("requests", "Requests answered by the instance, by status code", m.requests.clone());
@@ -291,6 +306,11 @@ impl QueueMetrics {
             m.rejected.clone(),
         );
         r.register("answer_polls", ANSWER_POLLS_HELP, m.answer_polls.clone());
+        r.register(
+            "resent_requests",
+            "Requests sent to the instance again once it was ready after its process had gone, by reason",
+            m.resent.clone(),
+        );
         m.tunnels.register(r);
         m
     }

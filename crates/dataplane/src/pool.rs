@@ -19,7 +19,8 @@
 //! readiness it clears is the one the response read needs cleared anyway). Should the upstream close it between that
 //! check and the request, an idempotent request without a body is sent once more on a new
 //! connection, as Go's `net/http` does; nothing else is retried once it may have reached the
-//! upstream.
+//! upstream. A request that failed before any of its body was lost can be handed back to its
+//! caller (`Upstream::forward_again`: the queue proxy's, to wait out a restart of its process).
 
 use std::future::poll_fn;
 use std::io;
@@ -68,6 +69,18 @@ pub enum UpstreamError {
         /// The error (its source says more, e.g. a request body over the limit).
         source: ExchangeError,
     },
+}
+
+/// A request its upstream did not answer ([`Upstream::forward_again`]).
+#[derive(Debug)]
+pub(crate) struct Unanswered {
+    /// Why.
+    pub(crate) error: UpstreamError,
+    /// The request back, whole, when sending it again repeats none of its body: on
+    /// [`UpstreamError::Connect`] it never left (or, after a reused connection the upstream had
+    /// closed, it was a bodiless [`replayable`] one); on [`UpstreamError::Exchange`] it had no body
+    /// and its connection closed before any byte of an answer, so it may have reached the upstream.
+    pub(crate) request: Option<Request<Body>>,
 }
 
 /// What went wrong in one request/response exchange on a connection.
@@ -185,10 +198,17 @@ impl Conn {
 
 /// Methods whose requests, without a body, may be sent again on a new connection when a reused
 /// one turns out to have been closed (the set Go's `net/http` retries).
-fn replayable(parts: &http::request::Parts) -> bool {
-    matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE)
-        || parts.headers.contains_key("idempotency-key")
-        || parts.headers.contains_key("x-idempotency-key")
+fn replayable(method: &Method, headers: &HeaderMap) -> bool {
+    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE)
+        || headers.contains_key("idempotency-key")
+        || headers.contains_key("x-idempotency-key")
+}
+
+/// Requests that may go once more, without a body, when the process behind a queue proxy died
+/// before answering them: [`replayable`] and RFC 9110's other idempotent methods (§9.2.2), PUT and
+/// DELETE. (The resend on a stale keep-alive connection keeps Go's narrower set.)
+pub(crate) fn idempotent(method: &Method, headers: &HeaderMap) -> bool {
+    replayable(method, headers) || matches!(*method, Method::PUT | Method::DELETE)
 }
 
 /// Headers a proxy changes as it forwards a request, written straight into the request head
@@ -494,19 +514,36 @@ impl Upstream {
     /// [`send`](Self::send), with the headers `forwarding` removes and adds.
     pub async fn forward(
         &self,
-        mut req: Request<Body>,
+        req: Request<Body>,
         forwarding: Forwarding<'_>,
     ) -> Result<Response<PooledBody>, UpstreamError> {
+        self.forward_again(req, forwarding).await.map_err(|u| u.error)
+    }
+
+    /// [`forward`](Self::forward), handing the request back when it failed in a way that lets it
+    /// be sent again ([`Unanswered`]).
+    pub(crate) async fn forward_again(
+        &self,
+        mut req: Request<Body>,
+        forwarding: Forwarding<'_>,
+    ) -> Result<Response<PooledBody>, Unanswered> {
         if !origin_form(&mut req) {
             req.headers_mut().insert(header::HOST, self.host.clone());
         }
         let (parts, body) = req.into_parts();
         let head_request = parts.method == Method::HEAD;
         let upgrade = forwarding.upgrade;
-        let mut may_retry = body.is_end_stream() && replayable(&parts);
+        let bodiless = body.is_end_stream();
+        let mut may_retry = bodiless && replayable(&parts.method, &parts.headers);
         let (mut conn, mut reused) = match self.take_idle() {
             Some(c) => (c, true),
-            None => (self.connect().await?, false),
+            None => match self.connect().await {
+                Ok(c) => (c, false),
+                // The body is only handed to a connection's writer below: untouched.
+                Err(error) => {
+                    return Err(Unanswered { error, request: Some(Request::from_parts(parts, body)) });
+                }
+            },
         };
         begin(&mut conn.writer, &parts, forwarding, Some(body));
         let mut exchange = Exchange::new(conn);
@@ -518,11 +555,22 @@ impl Upstream {
                     // The upstream closed the idle connection as the request went out.
                     tracing::debug!(addr = %self.addr, error = %e, "reused connection was closed; sending again");
                     (may_retry, reused) = (false, false);
-                    let mut conn = self.connect().await?;
+                    let mut conn = match self.connect().await {
+                        Ok(c) => c,
+                        Err(error) => {
+                            let request = Some(Request::from_parts(parts, empty()));
+                            return Err(Unanswered { error, request });
+                        }
+                    };
                     begin(&mut conn.writer, &parts, forwarding, None);
                     exchange = Exchange::new(conn);
                 }
-                Err(e) => return Err(UpstreamError::Exchange { source: e }),
+                Err(e) => {
+                    // Without a body, nothing of the request is lost with the connection.
+                    let again = bodiless && !exchange.read_any && e.is_connection_lost();
+                    let request = again.then(|| Request::from_parts(parts, empty()));
+                    return Err(Unanswered { error: UpstreamError::Exchange { source: e }, request });
+                }
             }
         };
         if let Some(wait) = wait {
@@ -535,7 +583,8 @@ impl Upstream {
             if !exchange.conn.writer.complete {
                 // The rest of the request body would run into the new protocol's bytes.
                 let why = "101 Switching Protocols before the request body was sent".to_owned();
-                return Err(UpstreamError::Exchange { source: ExchangeError::Head(why) });
+                let error = UpstreamError::Exchange { source: ExchangeError::Head(why) };
+                return Err(Unanswered { error, request: None });
             }
             // The connection leaves the pool with the response, in its extensions.
             let Conn { io, mut read, .. } = *exchange.conn;
@@ -574,6 +623,11 @@ impl Upstream {
             self.connector.connect(addr).await.map_err(|source| UpstreamError::Connect { addr, source })?;
         Ok(Conn::new(stream))
     }
+}
+
+/// A body with nothing in it, for a bodiless request handed back.
+fn empty() -> Body {
+    crate::body::boxed(http_body_util::Empty::<Bytes>::new())
 }
 
 fn lock(idle: &IdleList) -> std::sync::MutexGuard<'_, Vec<Idle>> {
@@ -882,6 +936,27 @@ mod tests {
         let err = up.send(get("/a")).await.unwrap_err();
         assert!(matches!(err, UpstreamError::Connect { .. }), "{err}");
         assert!(err.to_string().starts_with(&format!("connecting to {addr}: ")), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_request_that_can_go_again_is_handed_back_whole() {
+        // Nothing listening: it never left, body and all.
+        let addr = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+        let up = Upstream::new(addr, NodeConnector::new(None));
+        let post = Request::post("/").header("host", "svc.test").body(full("payload")).unwrap();
+        let back = up.forward_again(post, Forwarding::default()).await.unwrap_err();
+        assert!(matches!(back.error, UpstreamError::Connect { .. }), "{:?}", back.error);
+        let body = back.request.expect("handed back").into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, "payload");
+        // Closed before any answer: only a request without a body comes back.
+        let (addr, accepted) = scripted(64, |_, _, _| None).await;
+        let up = Upstream::new(addr, NodeConnector::new(None));
+        let back = up.forward_again(get("/"), Forwarding::default()).await.unwrap_err();
+        assert!(matches!(back.error, UpstreamError::Exchange { .. }), "{:?}", back.error);
+        assert!(back.request.is_some_and(|r| r.method() == Method::GET && r.body().is_end_stream()));
+        let post = Request::post("/").header("host", "svc.test").body(full("x")).unwrap();
+        assert!(up.forward_again(post, Forwarding::default()).await.unwrap_err().request.is_none());
+        assert_eq!(accepted.load(Ordering::SeqCst), 2, "neither was sent twice");
     }
 
     /// An upstream that answers from a script: `answer(connection, request on it, request head)`

@@ -14,6 +14,8 @@
 //! - tunnels connections that switch protocols (WebSocket, [`crate::upgrade`]): a tunnel holds
 //!   its containerConcurrency slot while open, and is cut after `idleTimeoutSeconds` without a
 //!   byte and when the drain starts;
+//! - waits out a restart of the instance's process: a request that finds it gone waits, unready,
+//!   for it to be back and goes again if that cannot repeat it (module `app`);
 //! - drains on stop: refuses new work, finishes what it has, then exits.
 
 use std::net::SocketAddr;
@@ -22,19 +24,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
-use http_body_util::BodyExt;
 use ikukantai_api::service::Probe;
 use ikukantai_policy::autoscaler::Stat;
 use ikukantai_policy::queue::{PriorityRule, RequestMeta};
 use ikukantai_policy::registry::{self, PolicyParams};
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
-use tokio::time::{Instant, timeout, timeout_at};
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, watch};
+use tokio::time::{Instant, timeout_at};
 
 use crate::answer_poll::AnswerPoll;
-use crate::body::{Body, Deadlines, Guarded, Limited, boxed, error_response, full};
+use crate::body::{Body, Deadlines, Guarded, boxed, error_response, full};
 use crate::breaker::{Breaker, Permit};
 use crate::connect::NodeConnector;
 use crate::h1::RequestBody;
@@ -47,6 +48,8 @@ use crate::recycling_timer::RecyclingTimer;
 use crate::server::{Handler, Peer, ServerHandle, serve};
 use crate::stats::RequestStats;
 use crate::upgrade::{Tunnels, strip_request, strip_response};
+
+mod app;
 
 /// Header naming the instance that served a response.
 pub const INSTANCE_HEADER: &str = "x-ikukantai-instance";
@@ -217,7 +220,11 @@ struct Inner {
     app: Upstream,
     stats: RequestStats,
     ready: watch::Sender<bool>,
+    /// Wakes the probe loop when a request finds the process gone ([`app`]).
+    reprobe: Notify,
     draining: AtomicBool,
+    /// Woken as `draining` turns true: requests waiting for the process give up.
+    drain_started: Notify,
     /// True once a drain has finished the requests in flight (`/wait-for-drain` waits for it).
     drained: watch::Sender<bool>,
     metrics: QueueMetrics,
@@ -281,7 +288,9 @@ impl QueueProxyHandle {
             breaker: Breaker::new(cc, depth, discipline),
             stats: RequestStats::new(std::time::Instant::now()),
             ready,
+            reprobe: Notify::new(),
             draining: AtomicBool::new(false),
+            drain_started: Notify::new(),
             drained: watch::channel(false).0,
             tunnels: Tunnels::default(),
             metrics,
@@ -290,7 +299,7 @@ impl QueueProxyHandle {
             app: Upstream::new(config.app, NodeConnector::new(None)).with_answer_poll(answer_poll),
             config,
         }));
-        let prober = tokio::spawn(probe_loop(inner.clone()));
+        let prober = tokio::spawn(app::probe_loop(inner.clone()));
         let server = serve(listener, inner.clone(), max_header)?;
         let admin = serve(admin, Arc::new(Admin(inner.clone())), 8192)?;
         Ok(Self { inner, server, admin, prober })
@@ -340,6 +349,7 @@ impl QueueProxyHandle {
             tokio::time::sleep(notice).await;
         }
         inner.draining.store(true, Ordering::SeqCst);
+        inner.drain_started.notify_waiters();
         inner.tunnels.close();
         while inner.stats.in_flight() > 0 {
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -347,73 +357,6 @@ impl QueueProxyHandle {
         inner.drained.send_replace(true);
         self.server.shutdown().await;
         self.admin.shutdown().await;
-    }
-}
-
-/// Most of a probe response's body that is read (the kubelet's limit); the rest is not waited for.
-const PROBE_BODY_LIMIT: u64 = 10 * 1024;
-
-/// One readiness check; HTTP probes go over `probes`, connections of their own (probes must not
-/// take, or wait for, a request's), kept from one probe to the next.
-async fn check(config: &QueueProxyConfig, probes: &Upstream, limit: Duration) -> bool {
-    let attempt = async {
-        match &config.readiness.action {
-            ProbeAction::Tcp => TcpStream::connect(config.app).await.is_ok(),
-            ProbeAction::Http { path, headers } => {
-                let mut req = Request::get(path.as_str());
-                for (k, v) in headers {
-                    req = req.header(k, v);
-                }
-                let Ok(req) = req.header("user-agent", "ikukantai-queue-proxy-probe").body(full("")) else {
-                    return false;
-                };
-                let Ok(response) = probes.send(req).await else { return false };
-                let ready = response.status().is_success() || response.status().is_redirection();
-                // Read to its end, so that the connection carries the next probe too.
-                let _ = Limited::new(response.into_body(), PROBE_BODY_LIMIT).collect().await;
-                ready
-            }
-        }
-    };
-    timeout(limit, attempt).await.unwrap_or(false)
-}
-
-async fn probe_loop(inner: Arc<InnerRef>) {
-    let inner = &inner.0;
-    let r = &inner.config.readiness;
-    tokio::time::sleep(r.initial_delay).await;
-    let aggressive = r.period.is_zero();
-    // Aggressive probing starts at 1 ms and backs off to Knative's 50 ms, so a fast-starting
-    // instance is seen within a millisecond or two of listening (cold starts pay for every ms).
-    let mut startup_pause = Duration::from_millis(1);
-    let probes = Upstream::new(inner.config.app, NodeConnector::new(None));
-    let (mut ok_run, mut fail_run) = (0u32, 0u32);
-    loop {
-        let limit = if aggressive && !*inner.ready.borrow() { Duration::from_millis(100) } else { r.timeout };
-        if check(&inner.config, &probes, limit).await {
-            ok_run += 1;
-            fail_run = 0;
-            if ok_run >= r.success_threshold && !*inner.ready.borrow() {
-                inner.ready.send_replace(true);
-            }
-        } else {
-            fail_run += 1;
-            ok_run = 0;
-            if fail_run >= r.failure_threshold && *inner.ready.borrow() {
-                inner.ready.send_replace(false);
-                startup_pause = Duration::from_millis(1);
-            }
-        }
-        let pause = match (aggressive, *inner.ready.borrow()) {
-            (true, false) => {
-                let p = startup_pause;
-                startup_pause = (startup_pause * 2).min(Duration::from_millis(50));
-                p
-            }
-            (true, true) => Duration::from_secs(1),
-            (false, _) => r.period,
-        };
-        tokio::time::sleep(pause).await;
     }
 }
 
@@ -577,10 +520,12 @@ impl Handler for InnerRef {
         // The activator's mark is for this proxy's stats, not for the instance.
         let forwarding = Forwarding { remove: &[&PROXY_NAME], add: &[], upgrade: client_upgrade.is_some() };
         let start_deadline = config.response_start_timeout.map_or(deadline, |t| (arrival + t).min(deadline));
-        let send = inner.app.forward(upstream, forwarding);
-        let response = match inner.timers.timeout_at(start_deadline, send).await {
+        let mut waited = false;
+        let send = app::forward(inner, upstream, forwarding, &mut waited);
+        let sent = inner.timers.timeout_at(start_deadline, send).await;
+        let response = match sent {
             Some(Ok(r)) => r,
-            Some(Err(e)) => {
+            Some(Err(app::Failure::Upstream(e))) => {
                 guard.code = 502;
                 return self.reject(
                     StatusCode::BAD_GATEWAY,
@@ -588,15 +533,24 @@ impl Handler for InnerRef {
                     format!("instance {} did not answer: {e}", config.instance),
                 );
             }
+            Some(Err(app::Failure::Draining)) => {
+                guard.code = 503;
+                return self.reject(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "draining",
+                    format!("instance {} is draining; its process was gone", config.instance),
+                );
+            }
             None => {
                 guard.code = 504;
                 let which =
                     if start_deadline < deadline { "responseStartTimeoutSeconds" } else { "timeoutSeconds" };
+                let gone = if waited { "; its process was gone and not ready again in time" } else { "" };
                 return self.reject(
                     StatusCode::GATEWAY_TIMEOUT,
                     "timeout",
                     format!(
-                        "instance {} did not start responding within {:?} ({which})",
+                        "instance {} did not start responding within {:?} ({which}){gone}",
                         config.instance,
                         start_deadline - arrival
                     ),

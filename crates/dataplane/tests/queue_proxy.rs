@@ -1,18 +1,27 @@
-//! The queue proxy on loopback: concurrency, overflow, timeouts, readiness, headers, stats, drain.
+//! The queue proxy on loopback: concurrency, overflow, timeouts, readiness, headers, stats, drain,
+//! restarts of the instance's process.
 
 mod common;
 
+use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use bytes::Bytes;
 use common::*;
-use http::StatusCode;
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
 use ikukantai_dataplane::queue_proxy::{
-    INSTANCE_HEADER, LOAD_HEADER, NODE_HEADER, ProbeAction, SERVICE_TIME_HEADER,
+    INSTANCE_HEADER, LOAD_HEADER, NODE_HEADER, PROBE_HEADER, ProbeAction, SERVICE_TIME_HEADER,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
+use tokio::task::{JoinHandle, JoinSet};
 
 #[tokio::test]
 async fn forwards_and_says_where_and_how_loaded() {
@@ -87,11 +96,17 @@ async fn ready_only_once_the_instance_answers() {
     let qp = start_qp(qp_config("late", "node1", "hello-00001", addr, 0)).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(!*qp.ready().borrow(), "nothing listens yet");
-    let (status, _, _) = get(qp.addr(), "h", "/").await;
-    assert_eq!(status, StatusCode::BAD_GATEWAY, "forwarding fails while the instance is down");
+    // A request meanwhile waits for the instance (within its timeout).
+    let proxy = qp.addr();
+    let early = tokio::spawn(async move { get(proxy, "h", "/").await });
+    while qp.in_flight() < 1 {
+        tokio::task::yield_now().await;
+    }
     let _b = backend_on(TcpListener::bind(addr).await.unwrap(), "late").await;
     wait_ready(&qp).await;
     assert_eq!(get(qp.addr(), "h", "/").await.0, StatusCode::OK);
+    let (status, _, body) = early.await.unwrap();
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "Konnichiwa from late"));
 }
 
 #[tokio::test]
@@ -292,4 +307,180 @@ async fn a_quiet_tunnel_is_cut_after_the_idle_timeout_and_draining_cuts_the_othe
         .await
         .expect("the drain does not wait for tunnels");
     assert_eq!(read_exactly(&mut open, 1).await, "", "cut by the drain");
+}
+
+/// An instance's process on `listener`: answers every request with its name and counts them.
+/// Aborting its task kills it: its listener and every connection close together, as the kernel
+/// closes a killed process's sockets.
+fn process(listener: TcpListener, name: &'static str, requests: Arc<AtomicUsize>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut connections = JoinSet::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            let requests = requests.clone();
+            connections.spawn(async move {
+                let svc = service_fn(move |_: Request<Incoming>| {
+                    requests.fetch_add(1, Ordering::SeqCst);
+                    let answer = Full::new(Bytes::from(format!("hi from {name}")));
+                    async move { Ok::<_, Infallible>(Response::new(answer)) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    })
+}
+
+/// Kills a [`process`]; returns once its sockets are closed.
+async fn kill(process: JoinHandle<()>) {
+    process.abort();
+    let _ = process.await;
+}
+
+/// A port nothing listens on (for now).
+async fn free_port() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap()
+}
+
+/// Sends `method` with `body` to `addr`; the status and body text.
+async fn send(addr: SocketAddr, method: Method, body: &'static str) -> (StatusCode, String) {
+    let req = Request::builder()
+        .method(method)
+        .uri(format!("http://{addr}/"))
+        .header("host", "h")
+        .body(Full::new(Bytes::from_static(body.as_bytes())))
+        .unwrap();
+    let resp = client().request(req).await.unwrap();
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// The queue proxy's answer to a Knative-style probe of itself.
+async fn probe_status(addr: SocketAddr) -> StatusCode {
+    let req = Request::get(format!("http://{addr}/"))
+        .header("host", "h")
+        .header(PROBE_HEADER, "queue")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    client().request(req).await.unwrap().status()
+}
+
+#[tokio::test]
+async fn a_request_that_finds_the_process_gone_waits_unready_for_its_restart() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app = listener.local_addr().unwrap();
+    let requests = Arc::new(AtomicUsize::new(0));
+    let first = process(listener, "restarted", requests.clone());
+    let qp = start_qp(qp_config("restarted", "node1", "hello-00001", app, 0)).await;
+    wait_ready(&qp).await;
+    kill(first).await;
+    let addr = qp.addr();
+    let pending = tokio::spawn(async move { get(addr, "h", "/").await });
+    // The request found no one listening: unready at once (the probe, every second while ready,
+    // needs three failures), everywhere readiness is told, while the request waits.
+    let mut ready = qp.ready();
+    tokio::time::timeout(Duration::from_secs(10), ready.wait_for(|r| !*r)).await.unwrap().unwrap();
+    assert_eq!(get(qp.admin_addr(), "admin", "/ready").await.0, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(probe_status(addr).await, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(!pending.is_finished(), "answered while the process was gone: {:?}", pending.await);
+    // Restarted on the same port: it answers the request.
+    let _second = process(TcpListener::bind(app).await.unwrap(), "restarted", requests.clone());
+    let (status, _, body) = pending.await.unwrap();
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "hi from restarted"));
+    assert_eq!(requests.load(Ordering::SeqCst), 1);
+    assert!(*qp.ready().borrow());
+    let (_, _, metrics) = get(qp.admin_addr(), "admin", "/metrics").await;
+    let resent = metric(&metrics, "ikukantai_queue_resent_requests_total{", "reason=\"unreachable\"");
+    assert_eq!(resent, Some("1"), "{metrics}");
+}
+
+#[tokio::test]
+async fn a_process_not_back_within_the_request_timeout_is_a_504_not_a_502() {
+    let mut config = qp_config("gone", "node1", "hello-00001", free_port().await, 0);
+    config.timeout = Duration::from_millis(300);
+    let qp = start_qp(config).await;
+    let (status, _, body) = get(qp.addr(), "h", "/").await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
+    assert!(
+        body.contains(
+            "did not start responding within 300ms (timeoutSeconds); its process was gone and not ready again in time"
+        ),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn a_drain_ends_the_wait_for_a_process_that_is_gone_with_a_503() {
+    let qp = start_qp(qp_config("gone", "node1", "hello-00001", free_port().await, 0)).await;
+    let addr = qp.addr();
+    let pending = tokio::spawn(async move { get(addr, "h", "/").await });
+    while qp.in_flight() < 1 {
+        tokio::task::yield_now().await;
+    }
+    tokio::time::timeout(Duration::from_secs(5), qp.drain()).await.expect("the drain ends");
+    let (status, _, body) = pending.await.unwrap();
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body.contains("instance gone is draining; its process was gone"), "{body}");
+}
+
+/// An instance's process that reads a request (its head, and its body by Content-Length) on each
+/// connection and closes it without a byte of answer for the first `unanswered` of them (as if it
+/// died with them), then answers `ok`. Counts the requests it read.
+async fn closing_instance(unanswered: usize) -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let read = Arc::new(AtomicUsize::new(0));
+    let counter = read.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let read = counter.clone();
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                loop {
+                    if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4) {
+                        let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+                        let length = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .map_or(0, |n| n.trim().parse::<usize>().unwrap());
+                        if got.len() >= end + length {
+                            break;
+                        }
+                    }
+                    let mut buf = [0u8; 1024];
+                    match stream.read(&mut buf).await {
+                        // Probes connect and leave.
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                if read.fetch_add(1, Ordering::SeqCst) >= unanswered {
+                    let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n").await;
+                }
+            });
+        }
+    });
+    (addr, read)
+}
+
+#[tokio::test]
+async fn a_request_cut_before_any_answer_goes_again_once_only_if_idempotent_and_bodiless() {
+    for (method, body, expected, sent) in [
+        (Method::GET, "", StatusCode::OK, 2),
+        (Method::DELETE, "", StatusCode::OK, 2),
+        (Method::POST, "order one", StatusCode::BAD_GATEWAY, 1),
+        (Method::POST, "", StatusCode::BAD_GATEWAY, 1),
+        (Method::PUT, "replace", StatusCode::BAD_GATEWAY, 1),
+    ] {
+        let (app, read) = closing_instance(1).await;
+        let qp = start_qp(qp_config("cut", "node1", "hello-00001", app, 0)).await;
+        wait_ready(&qp).await;
+        let (status, answer) = send(qp.addr(), method.clone(), body).await;
+        assert_eq!(status, expected, "{method} {body:?}: {answer}");
+        assert_eq!(read.load(Ordering::SeqCst), sent, "{method} {body:?} sent {sent} time(s)");
+        if status == StatusCode::OK {
+            assert_eq!(answer, "ok\n");
+        }
+    }
 }

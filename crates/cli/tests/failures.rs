@@ -159,3 +159,38 @@ fn a_second_fleet_on_the_same_state_dir_is_refused_with_the_holder_named() {
     );
     assert!(fleet.cli(&["get", "nodes"]).status.success(), "the first fleet runs on");
 }
+
+#[test]
+fn an_instance_killed_under_load_fails_no_request() {
+    let dir = scratch("killload");
+    let fleet = Fleet::start(&dir);
+    let manifest = hello("\n        autoscaling.knative.dev/min-scale: \"1\"", "Konnichiwa");
+    fleet.ok(&["apply", "-f", &write(&dir, "hello.yaml", &manifest)]);
+    fleet.wait_for("a ready instance", || fleet.json("instances")[0]["state"] == "Ready");
+    let pid = fleet.json("instances")[0]["pid"].as_i64().unwrap();
+    // Four clients, each 100 GETs of 10 ms one after another: well over a second of load.
+    let load: Vec<_> = (0..4)
+        .map(|_| {
+            let api = fleet.api.clone();
+            std::thread::spawn(move || {
+                Command::new(BIN)
+                    .args(["invoke", "hello", "--from", "node1", "--path", "/sleep/10", "-c", "100"])
+                    .env("IKUKANTAI_API", api)
+                    .output()
+                    .unwrap()
+            })
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(load.iter().all(|l| !l.is_finished()), "the load ended before the kill");
+    kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
+    // Requests the dead process never got wait for its restart; the ones it had are sent again
+    // (GETs without a body). None fails.
+    for l in load {
+        let out = l.join().unwrap();
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{said}\n{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(said.lines().filter(|l| l.contains("[200 OK")).count(), 100, "{said}");
+    }
+    assert!(fleet.json("instances")[0]["restarts"].as_u64() >= Some(1));
+}

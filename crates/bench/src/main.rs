@@ -2,8 +2,7 @@
 //!
 //! - `proxy`: one hop through our gateway, nginx and HAProxy (each a reverse proxy with the same
 //!   number of worker threads in front of the same trivial backend), and through the least proxy
-//!   that can be built on hyper (`hyper-floor`) and the gateway with answer polling off
-//!   (`ikukantai-no-poll`), driven by wrk at 1, 10 and 100 connections; prints
+//!   that can be built on hyper (`hyper-floor`), driven by wrk at 1, 10 and 100 connections; prints
 //!   added p50/p99 latency over the direct path, throughput and CPU time per request, and each
 //!   proxy paired with nginx round by round (`paired`), as Markdown;
 //! - `rss`: the gateway's resident memory idle and with 10 000 requests buffered in its activator
@@ -42,7 +41,7 @@ use ikukantai_dataplane::queue_proxy::{QueueProxyConfig, QueueProxyHandle, Readi
 const HOST: &str = "hello.default.example.com";
 
 /// The proxies `proxy` can measure, in table order.
-const PROXIES: [&str; 5] = ["ikukantai", "ikukantai-no-poll", "nginx", "haproxy", "hyper-floor"];
+const PROXIES: [&str; 4] = ["ikukantai", "nginx", "haproxy", "hyper-floor"];
 
 #[derive(Debug, Parser)]
 #[command(about = "ikukantai benchmark harness")]
@@ -69,9 +68,6 @@ enum Cmd {
         backend: Option<SocketAddr>,
         #[arg(long, default_value_t = 1)]
         threads: usize,
-        /// Answer polling's budget (0: off).
-        #[arg(long, default_value_t = ikukantai_dataplane::answer_poll::DEFAULT_BUDGET_MICROS)]
-        answer_poll_micros: u64,
     },
     /// A queue proxy in front of `backend` (unlimited containerConcurrency unless given), alone,
     /// to profile it.
@@ -120,9 +116,8 @@ enum Cmd {
         /// Connection counts.
         #[arg(long, value_delimiter = ',', default_values_t = [1usize, 10, 100])]
         connections: Vec<usize>,
-        /// Proxies to measure (the direct path always is): any of ikukantai, ikukantai-no-poll (the
-        /// gateway with answer polling off), nginx, haproxy, hyper-floor. Fewer paths give more
-        /// rounds in the same time.
+        /// Proxies to measure (the direct path always is): any of ikukantai, nginx, haproxy,
+        /// hyper-floor. Fewer paths give more rounds in the same time.
         #[arg(long, value_delimiter = ',', default_values_t = PROXIES.map(str::to_owned))]
         paths: Vec<String>,
         /// A run during which the hypervisor took more than this percentage of the machine's CPU
@@ -152,9 +147,8 @@ fn main() -> anyhow::Result<()> {
         Cmd::Backend { listen } => {
             tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(backend(listen))
         }
-        Cmd::Gateway { listen, admin, backend, threads, answer_poll_micros } => {
-            let answer_poll = Duration::from_micros(answer_poll_micros);
-            runtime(threads)?.block_on(gateway(listen, admin, backend, answer_poll))
+        Cmd::Gateway { listen, admin, backend, threads } => {
+            runtime(threads)?.block_on(gateway(listen, admin, backend))
         }
         Cmd::QueueProxy { listen, admin, backend, container_concurrency } => {
             runtime(1)?.block_on(queue_proxy(listen, admin, backend, container_concurrency))
@@ -310,14 +304,8 @@ async fn backend(listen: SocketAddr) -> anyhow::Result<()> {
     .await
 }
 
-async fn gateway(
-    listen: SocketAddr,
-    admin: SocketAddr,
-    backend: Option<SocketAddr>,
-    answer_poll: Duration,
-) -> anyhow::Result<()> {
+async fn gateway(listen: SocketAddr, admin: SocketAddr, backend: Option<SocketAddr>) -> anyhow::Result<()> {
     let mut config = GatewayConfig::single("node1");
-    config.answer_poll = answer_poll;
     config.queue_depth = 100_000;
     config.memory_release = Some(MemoryRelease::new(ikukantai_alloc::release_freed));
     let gw = Gateway::start(
@@ -369,7 +357,6 @@ async fn queue_proxy(listen: SocketAddr, admin: SocketAddr, app: SocketAddr, cc:
         idle_timeout: None,
         readiness: Readiness::from_probe(None),
         max_header_bytes: 64 * 1024,
-        answer_poll: ikukantai_dataplane::answer_poll::DEFAULT_BUDGET,
     };
     let _proxy: QueueProxyHandle = QueueProxyHandle::start(
         config,
@@ -556,24 +543,19 @@ fn proxy(
     procs.0.push(
         Command::new(me()?).args(["backend", "--listen", &backend.to_string()]).stdout(quiet()).spawn()?,
     );
-    let mut targets = vec![Target { name: "direct", addr: backend, pid: procs.0[0].id(), admin: None }];
+    let mut targets = vec![Target { name: "direct", addr: backend, pid: procs.0[0].id() }];
     for name in PROXIES.into_iter().filter(|n| wanted(n)) {
         let listen = free_port()?;
-        let mut admin = None;
         let mut command = match name {
-            "ikukantai" | "ikukantai-no-poll" => {
-                let a = free_port()?;
-                admin = Some(a);
+            "ikukantai" => {
+                let admin = free_port()?;
                 let mut c = Command::new(me()?);
-                c.args(["gateway", "--listen", &listen.to_string(), "--admin", &a.to_string()]).args([
+                c.args(["gateway", "--listen", &listen.to_string(), "--admin", &admin.to_string()]).args([
                     "--backend",
                     &backend.to_string(),
                     "--threads",
                     &threads.to_string(),
                 ]);
-                if name == "ikukantai-no-poll" {
-                    c.args(["--answer-poll-micros", "0"]);
-                }
                 c
             }
             "nginx" => {
@@ -597,7 +579,7 @@ fn proxy(
         };
         let child = command.stdout(quiet()).stderr(quiet()).spawn()?;
         let name = if name == "hyper-floor" { "hyper floor" } else { name };
-        targets.push(Target { name, addr: listen, pid: child.id(), admin });
+        targets.push(Target { name, addr: listen, pid: child.id() });
         procs.0.push(child);
     }
     for t in &targets {
@@ -607,8 +589,6 @@ fn proxy(
     for t in &targets {
         wrk(t.addr, 10, 1)?;
     }
-    // Reads the gateway's answer-polling counter around each run.
-    let scraper = Scraper::new()?;
     let tick = ticks_per_second();
     let (mut measured_again, mut kept_stolen) = (0, 0);
     let mut results: BTreeMap<(usize, &str), Vec<Run>> = BTreeMap::new();
@@ -617,29 +597,22 @@ fn proxy(
             // Each round starts at the next path, so that no path always runs right after the
             // same other one (or first, after a pause).
             for i in 0..targets.len() {
-                let Target { name, addr, pid, admin } = targets[(round + i) % targets.len()];
+                let Target { name, addr, pid } = targets[(round + i) % targets.len()];
                 for attempt in 1..=STEAL_ATTEMPTS {
-                    // Scraped outside the measured interval, so that the scrape's CPU time is not
-                    // counted as the requests'.
-                    let polls0 = admin.map(|a| scraper.counter(a, ANSWER_POLLS)).transpose()?;
                     let (cpu0, (all0, steal0)) = (cpu_ticks(pid)?, machine_ticks()?);
                     let wrk = wrk(addr, c, duration)?;
                     let (cpu1, (all1, steal1)) = (cpu_ticks(pid)?, machine_ticks()?);
-                    let polls1 = admin.map(|a| scraper.counter(a, ANSWER_POLLS)).transpose()?;
                     let cpu_us = (cpu1 - cpu0) as f64 / tick * 1e6 / wrk.requests;
                     let stolen = (steal1 - steal0) as f64 * 100.0 / (all1 - all0).max(1) as f64;
-                    let polls = polls0.zip(polls1).map(|(p0, p1)| (p1 - p0) / wrk.requests);
-                    let polled =
-                        polls.map(|p| format!(", {p:.2} answer polls per request")).unwrap_or_default();
                     eprintln!(
                         "round {round} c={c} {name}: p50 {:.3} ms p99 {:.3} ms {:.0} req/s, {cpu_us:.2} µs \
-                         CPU per request, {stolen:.1} % of the machine stolen{polled}",
+                         CPU per request, {stolen:.1} % of the machine stolen",
                         wrk.p50_ms, wrk.p99_ms, wrk.rps,
                     );
                     let over = stolen > max_steal;
                     if !over || attempt == STEAL_ATTEMPTS {
                         kept_stolen += usize::from(over);
-                        results.entry((c, name)).or_default().push(Run { wrk, cpu_us, stolen: over, polls });
+                        results.entry((c, name)).or_default().push(Run { wrk, cpu_us, stolen: over });
                         break;
                     }
                     measured_again += 1;
@@ -648,10 +621,9 @@ fn proxy(
         }
     }
     println!(
-        "| connections | path | p50 (ms) | p99 (ms) | added p50 (ms) | added p99 (ms) | requests/s | CPU µs/request \
-         | answer polls/request |"
+        "| connections | path | p50 (ms) | p99 (ms) | added p50 (ms) | added p99 (ms) | requests/s | CPU µs/request |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
     for &c in connections {
         let direct = &results[&(c, "direct")];
         let (d50, d99) = (
@@ -664,12 +636,10 @@ fn proxy(
             let p99 = median(rs.iter().map(|r| r.wrk.p99_ms).collect());
             let rps = median(rs.iter().map(|r| r.wrk.rps).collect());
             let cpu = median(rs.iter().map(|r| r.cpu_us).collect());
-            let polls: Vec<f64> = rs.iter().filter_map(|r| r.polls).collect();
-            let polls = if polls.is_empty() { "–".to_owned() } else { format!("{:.2}", median(polls)) };
             let added =
                 |x: f64, d: f64| if *name == "direct" { "–".to_owned() } else { format!("{:.3}", x - d) };
             println!(
-                "| {c} | {name} | {p50:.3} | {p99:.3} | {} | {} | {rps:.0} | {cpu:.2} | {polls} |",
+                "| {c} | {name} | {p50:.3} | {p99:.3} | {} | {} | {rps:.0} | {cpu:.2} |",
                 added(p50, d50),
                 added(p99, d99)
             );
@@ -687,22 +657,17 @@ fn proxy(
         let others: Vec<&str> = names.iter().copied().filter(|n| *n != "nginx").collect();
         print_paired(&results, &others, "nginx", connections, rounds);
     }
-    if wanted("ikukantai") && wanted("ikukantai-no-poll") {
-        // What answer polling does, each round against the same gateway without it.
-        print_paired(&results, &["ikukantai"], "ikukantai-no-poll", connections, rounds);
-    }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
 
-/// One path `proxy` measures: where wrk sends its requests, whose CPU time is counted (for the
-/// direct path, the backend's), and for our gateway the admin address its metrics are read from.
+/// One path `proxy` measures: where wrk sends its requests, and whose CPU time is counted (for
+/// the direct path, the backend's).
 #[derive(Debug, Clone, Copy)]
 struct Target {
     name: &'static str,
     addr: SocketAddr,
     pid: u32,
-    admin: Option<SocketAddr>,
 }
 
 /// One wrk run against one path, with the CPU time the path's process spent per request (for the
@@ -713,39 +678,10 @@ struct Run {
     cpu_us: f64,
     /// Kept although the hypervisor took more than `--max-steal` of the machine during it.
     stolen: bool,
-    /// For our gateway: rounds of answer polling per request during the run.
-    polls: Option<f64>,
 }
-
-/// The gateway's counter of answer-polling rounds (docs/metrics.md).
-const ANSWER_POLLS: &str = "ikukantai_gateway_answer_polls_total";
 
 type MetricsClient =
     hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
-
-/// Reads metrics from an admin port, from the synchronous harness.
-struct Scraper {
-    rt: tokio::runtime::Runtime,
-    client: MetricsClient,
-}
-
-impl Scraper {
-    fn new() -> anyhow::Result<Self> {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        // A new connection for every scrape: a kept one may have been closed by the admin server
-        // as idle during a run, and its next request would fail.
-        let client = hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(0)
-            .build(hyper_util::client::legacy::connect::HttpConnector::new());
-        Ok(Self { rt, client })
-    }
-
-    /// The value of the sample `name` at `admin`'s `/metrics`.
-    fn counter(&self, admin: SocketAddr, name: &str) -> anyhow::Result<f64> {
-        let text = self.rt.block_on(scrape(&self.client, admin))?;
-        sample(&text, name).with_context(|| format!("no sample `{name}` at http://{admin}/metrics"))
-    }
-}
 
 async fn scrape(client: &MetricsClient, admin: SocketAddr) -> anyhow::Result<String> {
     let m = client.get(format!("http://{admin}/metrics").parse()?).await?;
@@ -1037,13 +973,13 @@ mod tests {
 
     #[test]
     fn a_sample_is_found_by_its_whole_name_with_or_without_labels() {
-        let text = "# HELP ikukantai_gateway_answer_polls Rounds.\n\
-                    # TYPE ikukantai_gateway_answer_polls counter\n\
-                    ikukantai_gateway_answer_polls_total_other 7\n\
-                    ikukantai_gateway_answer_polls_total 880026\n\
+        let text = "# HELP ikukantai_gateway_rejected Requests answered by the gateway itself.\n\
+                    # TYPE ikukantai_gateway_rejected counter\n\
+                    ikukantai_gateway_rejected_total_other 7\n\
+                    ikukantai_gateway_rejected_total 880026\n\
                     ikukantai_gateway_buffered_requests{service=\"hello\"} 12\n";
-        assert_eq!(sample(text, "ikukantai_gateway_answer_polls_total"), Some(880026.0));
+        assert_eq!(sample(text, "ikukantai_gateway_rejected_total"), Some(880026.0));
         assert_eq!(sample(text, "ikukantai_gateway_buffered_requests"), Some(12.0));
-        assert_eq!(sample(text, "ikukantai_gateway_answer_polls"), None);
+        assert_eq!(sample(text, "ikukantai_gateway_rejected"), None);
     }
 }

@@ -73,11 +73,6 @@ pub(crate) struct GatewayArgs {
         default_value = "http://ikukantai-controller.ikukantai-system.svc:9090"
     )]
     controller_url: String,
-    /// Microseconds the gateway may poll for an instance's answer instead of sleeping, at light
-    /// load and for instances that answer within this long (docs/dataplane.md, "Answer
-    /// polling"; 0: never; off on one CPU). Spends idle CPU to save a wake-up.
-    #[arg(long, env = "IKUKANTAI_ANSWER_POLL_MICROS", default_value_t = ikukantai_dataplane::answer_poll::DEFAULT_BUDGET_MICROS)]
-    answer_poll_micros: u64,
 }
 
 /// Prints the CRDs (or writes them to `out`).
@@ -124,7 +119,6 @@ pub(crate) async fn gateway(args: GatewayArgs) -> anyhow::Result<ExitCode> {
         peer_selector: args.peer_selector,
         controller_url: args.controller_url,
         memory_release: Some(MemoryRelease::new(ikukantai_alloc::release_freed)),
-        answer_poll: std::time::Duration::from_micros(args.answer_poll_micros),
     })
     .await?;
     Ok(ExitCode::SUCCESS)

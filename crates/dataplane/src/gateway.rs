@@ -37,7 +37,6 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::time::{Instant, timeout_at};
 
-use crate::answer_poll::{self, AnswerPoll};
 use crate::body::{Body, Guarded, Limited, boxed, error_response, full, is_too_large};
 use crate::connect::NodeConnector;
 use crate::h1::RequestBody;
@@ -88,9 +87,6 @@ pub struct GatewayConfig {
     pub rtt: RttMatrix,
     /// Giving memory back to the operating system while many requests wait (`None`: never).
     pub memory_release: Option<MemoryRelease>,
-    /// Polling for an instance's answer, at light load and when it is expected within this long,
-    /// instead of sleeping ([`crate::answer_poll`] says when; zero: never).
-    pub answer_poll: Duration,
 }
 
 /// How a gateway gives memory back to the operating system while many HTTP/1.1 requests wait.
@@ -136,7 +132,6 @@ impl GatewayConfig {
             links: vec![None],
             rtt: RttMatrix::new(1, 0.0, Duration::from_secs(30)),
             memory_release: None,
-            answer_poll: answer_poll::DEFAULT_BUDGET,
         }
     }
 }
@@ -344,8 +339,6 @@ struct Shared {
     timers: RecyclingTimer,
     /// Connections that switched protocols, spliced to their instances.
     tunnels: Tunnels,
-    /// Shared by all instances' connections.
-    answer_poll: Arc<AnswerPoll>,
 }
 
 /// A running gateway.
@@ -415,7 +408,6 @@ impl Gateway {
         let shared = Arc::new(Shared {
             rtt: RwLock::new(config.rtt.clone()),
             rng: Mutex::new(SmallRng::seed_from_u64(config.policy.seed ^ config.node as u64)),
-            answer_poll: AnswerPoll::new(config.answer_poll, metrics.answer_polls.clone()),
             config,
             table: RwLock::default(),
             nodes: RwLock::new(nodes),
@@ -639,10 +631,7 @@ impl Gateway {
 }
 
 fn new_upstream(shared: &Shared, i: &InstanceRoute) -> Arc<Upstream> {
-    Arc::new(
-        Upstream::new(i.addr, shared.nodes().connectors[i.node].clone())
-            .with_answer_poll(shared.answer_poll.clone()),
-    )
+    Arc::new(Upstream::new(i.addr, shared.nodes().connectors[i.node].clone()))
 }
 
 fn new_instance(shared: &Shared, i: &InstanceRoute) -> InstanceState {

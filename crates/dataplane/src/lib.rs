@@ -3,7 +3,6 @@
 //! - [`link`]: user-space emulated links between nodes (delay, jitter, bandwidth);
 //! - [`timer`]: the sub-millisecond timer the links use.
 
-pub mod answer_poll;
 pub mod body;
 pub mod breaker;
 pub mod connect;

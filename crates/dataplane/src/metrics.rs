@@ -153,8 +153,6 @@ pub struct GatewayMetrics {
     pub latency: Family<LinkLabels, Gauge<f64, AtomicU64>>,
     /// `ikukantai_gateway_open_tunnels` and the other tunnel metrics, by revision.
     pub tunnels: TunnelMetrics<RevisionLabels>,
-    /// `ikukantai_gateway_answer_polls_total`: rounds of answer polling.
-    pub answer_polls: Counter,
 }
 
 /// Labels of a node pair.
@@ -178,7 +176,6 @@ impl GatewayMetrics {
             rejected: Family::default(),
             latency: Family::default(),
             tunnels: TunnelMetrics::new(),
-            answer_polls: Counter::default(),
         };
         registry.register(
             "latency_between_nodes",
@@ -212,13 +209,10 @@ impl GatewayMetrics {
             "Requests the gateway answered itself with an error, by reason",
             m.rejected.clone(),
         );
-        r.register("answer_polls", ANSWER_POLLS_HELP, m.answer_polls.clone());
         m.tunnels.register(r);
         m
     }
 }
-
-const ANSWER_POLLS_HELP: &str = "Rounds of polling for an answer instead of sleeping (each a yield and a non-blocking look at the reactor)";
 
 /// Labels of a queue proxy's instance.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -271,8 +265,6 @@ pub struct QueueMetrics {
     pub rejected: Family<RejectLabels, Counter>,
     /// `ikukantai_queue_open_tunnels` and the other tunnel metrics.
     pub tunnels: TunnelMetrics<InstanceLabels>,
-    /// `ikukantai_queue_answer_polls_total`: rounds of answer polling.
-    pub answer_polls: Family<InstanceLabels, Counter>,
     /// `ikukantai_queue_resent_requests_total`: requests sent to the instance again once it was
     /// ready after its process had gone.
     pub resent: Family<ResentLabels, Counter>,
@@ -288,7 +280,6 @@ impl QueueMetrics {
             waiting: Family::default(),
             rejected: Family::default(),
             tunnels: TunnelMetrics::new(),
-            answer_polls: Family::default(),
             resent: Family::default(),
         };
         let r = registry.sub_registry_with_prefix("ikukantai_queue");
@@ -305,7 +296,6 @@ impl QueueMetrics {
             "Requests the queue proxy answered itself with an error, by reason",
             m.rejected.clone(),
         );
-        r.register("answer_polls", ANSWER_POLLS_HELP, m.answer_polls.clone());
         r.register(
             "resent_requests",
             "Requests sent to the instance again once it was ready after its process had gone, by reason",

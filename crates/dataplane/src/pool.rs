@@ -26,7 +26,7 @@ use std::future::poll_fn;
 use std::io;
 use std::mem::MaybeUninit;
 use std::net::SocketAddr;
-use std::pin::{Pin, pin};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
@@ -36,7 +36,6 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Status
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use tokio::time::Instant;
 
-use crate::answer_poll::{AnswerPoll, AnswerTimes, Wait};
 use crate::body::{Body, BoxError};
 use crate::connect::{NodeConnector, NodeStream};
 use crate::proxy::origin_form;
@@ -428,24 +427,6 @@ impl Exchange {
     }
 }
 
-/// [`Exchange::poll_head`], yielding to the runtime instead of going to sleep while `wait`
-/// says to poll: tokio then looks at its reactor without blocking and polls the task again.
-fn poll_answer(
-    exchange: &mut Exchange,
-    cx: &mut Context<'_>,
-    head_request: bool,
-    upgrade: bool,
-    wait: Option<&Wait<'_>>,
-) -> Poll<Result<Head, ExchangeError>> {
-    let head = exchange.poll_head(cx, head_request, upgrade);
-    if head.is_pending() && wait.is_some_and(Wait::poll_again) {
-        // Its first poll asks the runtime to wake this task after a non-blocking look at the
-        // reactor (the task's waker is also registered for the connection's readiness).
-        let _ = pin!(tokio::task::yield_now()).poll(cx);
-    }
-    head
-}
-
 struct Idle {
     since: Instant,
     conn: Box<Conn>,
@@ -460,10 +441,6 @@ pub struct Upstream {
     idle: Arc<IdleList>,
     /// The address as a `Host` value, for requests that name no host.
     host: HeaderValue,
-    /// Polling for answers (shared with the gateway's other upstreams), and how long this one's
-    /// answers take.
-    answer_poll: Arc<AnswerPoll>,
-    answer_times: AnswerTimes,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -476,22 +453,7 @@ impl Upstream {
     /// Connections to `addr`, opened with `connector` (directly or through an emulated link).
     pub fn new(addr: SocketAddr, connector: NodeConnector) -> Self {
         let host = HeaderValue::try_from(addr.to_string()).expect("a socket address is a valid header value");
-        Self {
-            addr,
-            connector,
-            idle: Arc::default(),
-            host,
-            answer_poll: AnswerPoll::off(),
-            answer_times: AnswerTimes::default(),
-        }
-    }
-
-    /// Waiting for answers polls rather than sleeps while `poll` allows
-    /// ([`crate::answer_poll`]).
-    #[must_use]
-    pub fn with_answer_poll(mut self, poll: Arc<AnswerPoll>) -> Self {
-        self.answer_poll = poll;
-        self
+        Self { addr, connector, idle: Arc::default(), host }
     }
 
     /// The upstream's address.
@@ -547,9 +509,8 @@ impl Upstream {
         };
         begin(&mut conn.writer, &parts, forwarding, Some(body));
         let mut exchange = Exchange::new(conn);
-        let wait = Wait::begin(&self.answer_poll, &self.answer_times);
         let head = loop {
-            match poll_fn(|cx| poll_answer(&mut exchange, cx, head_request, upgrade, wait.as_ref())).await {
+            match poll_fn(|cx| exchange.poll_head(cx, head_request, upgrade)).await {
                 Ok(head) => break head,
                 Err(e) if reused && may_retry && !exchange.read_any && e.is_connection_lost() => {
                     // The upstream closed the idle connection as the request went out.
@@ -573,9 +534,6 @@ impl Upstream {
                 }
             }
         };
-        if let Some(wait) = wait {
-            wait.answered();
-        }
         let (mut parts, ()) = head.response.into_parts();
         // A `101` hands the connection over with the response; any other answer's body reads
         // from it and then gives it back to the pool.
@@ -828,37 +786,6 @@ mod tests {
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 1);
         assert_eq!(up.idle_count(), 1);
-    }
-
-    #[tokio::test]
-    async fn a_lone_request_polls_for_its_answer_until_its_upstream_proves_slower_than_the_budget() {
-        let (addr, _) = backend().await;
-        let poll = AnswerPoll::with_cpus(Duration::from_millis(5), 2, |_| true, Default::default());
-        let up = Upstream::new(addr, NodeConnector::new(None)).with_answer_poll(poll.clone());
-        // Until enough requests in a row have waited alone, none polls.
-        for _ in 0..crate::answer_poll::ALONE_STREAK {
-            assert!(text(up.send(get("/")).await.unwrap()).await.starts_with("/ "));
-        }
-        assert_eq!(poll.rounds(), 0);
-        // Then one does (this runtime has one thread, so the backend cannot have answered before
-        // the request's task yields the first time).
-        assert!(text(up.send(get("/")).await.unwrap()).await.starts_with("/ "));
-        let quick = poll.rounds();
-        assert!(quick > 0);
-        // Answers within the budget keep it polling; one 80 ms late polls only for the budget.
-        assert!(text(up.send(get("/late")).await.unwrap()).await.starts_with("/late "));
-        let after_late = poll.rounds();
-        assert!(after_late > quick);
-        // The average is now over 10 ms (an eighth of 80): the next requests sleep until their
-        // answers come.
-        for _ in 0..2 {
-            assert!(text(up.send(get("/late")).await.unwrap()).await.starts_with("/late "));
-        }
-        assert_eq!(poll.rounds(), after_late);
-        // Without polling configured, nothing polls or is counted.
-        let plain = Upstream::new(addr, NodeConnector::new(None));
-        assert!(text(plain.send(get("/")).await.unwrap()).await.starts_with("/ "));
-        assert_eq!(poll.rounds(), after_late);
     }
 
     #[tokio::test]

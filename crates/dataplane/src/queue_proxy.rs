@@ -34,7 +34,6 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 use tokio::time::{Instant, timeout_at};
 
-use crate::answer_poll::AnswerPoll;
 use crate::body::{Body, Deadlines, Guarded, boxed, error_response, full};
 use crate::breaker::{Breaker, Permit};
 use crate::connect::NodeConnector;
@@ -186,9 +185,6 @@ pub struct QueueProxyConfig {
     pub readiness: Readiness,
     /// Largest accepted request head.
     pub max_header_bytes: usize,
-    /// Polling for the instance's answer, at light load and when it is expected within this
-    /// long, instead of sleeping ([`crate::answer_poll`] says when; zero: never).
-    pub answer_poll: Duration,
 }
 
 /// Invalid queue proxy configuration.
@@ -272,8 +268,6 @@ impl QueueProxyHandle {
             instance: config.instance.clone(),
             node: config.node.clone(),
         };
-        let answer_poll =
-            AnswerPoll::new(config.answer_poll, metrics.answer_polls.get_or_create(&labels).clone());
         let (ready, _) = watch::channel(false);
         let max_header = config.max_header_bytes;
         let in_flight_gauge = metrics.in_flight.get_or_create(&labels).clone();
@@ -296,7 +290,7 @@ impl QueueProxyHandle {
             metrics,
             registry,
             labels,
-            app: Upstream::new(config.app, NodeConnector::new(None)).with_answer_poll(answer_poll),
+            app: Upstream::new(config.app, NodeConnector::new(None)),
             config,
         }));
         let prober = tokio::spawn(app::probe_loop(inner.clone()));

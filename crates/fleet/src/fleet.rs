@@ -186,7 +186,6 @@ impl Fleet {
                 links,
                 rtt: rtt.clone(),
                 memory_release: options.memory_release,
-                answer_poll: ikukantai_dataplane::answer_poll::DEFAULT_BUDGET,
             };
             let ip = node_ip(i);
             let listener =
@@ -936,7 +935,6 @@ impl Fleet {
                 idle_timeout: secs(rev.spec.idle_timeout_seconds),
                 readiness: Readiness::from_probe(container.readiness_probe.as_ref()),
                 max_header_bytes: 64 * 1024,
-                answer_poll: ikukantai_dataplane::answer_poll::DEFAULT_BUDGET,
             },
         }
     }

@@ -57,8 +57,6 @@ pub struct GatewayOptions {
     pub controller_url: String,
     /// How the gateway gives memory back to the system while many requests wait.
     pub memory_release: Option<MemoryRelease>,
-    /// Budget of polling for an instance's answer ([`ikukantai_dataplane::answer_poll`]).
-    pub answer_poll: Duration,
 }
 
 /// The cluster as a gateway sees it, from its stores.
@@ -241,7 +239,6 @@ pub async fn run(options: GatewayOptions) -> Result<(), ProcessError> {
         rtt: RttMatrix::new(n, PRIOR_RTT_MS, Duration::from_secs(30)),
         policy: PolicyParams::default(),
         memory_release: options.memory_release,
-        answer_poll: options.answer_poll,
         ..GatewayConfig::single(&options.node)
     };
     let listen = |addr: SocketAddr| async move {

@@ -54,9 +54,6 @@ pub mod env {
     pub const ADMIN_PORT: &str = "QUEUE_ADMIN_PORT";
     /// Seconds a stopping sidecar keeps serving, unready, before it refuses new work.
     pub const DRAIN_NOTICE: &str = "QUEUE_DRAIN_NOTICE_SECONDS";
-    /// Microseconds the sidecar polls for the instance's answer instead of sleeping (unset: the
-    /// default; 0: never; see `ikukantai_dataplane::answer_poll`).
-    pub const ANSWER_POLL: &str = "QUEUE_ANSWER_POLL_MICROSECONDS";
 }
 
 /// Seconds a stopping instance keeps serving while unready (see [`env::DRAIN_NOTICE`]): gateways

@@ -97,11 +97,6 @@ impl SidecarConfig {
             idle_timeout: secs(env::IDLE_TIMEOUT)?,
             readiness: Readiness::from_probe(probe.as_ref()),
             max_header_bytes: 64 * 1024,
-            answer_poll: Duration::from_micros(parse(
-                env::ANSWER_POLL,
-                get(env::ANSWER_POLL),
-                ikukantai_dataplane::answer_poll::DEFAULT_BUDGET_MICROS,
-            )?),
         };
         Ok(Self {
             proxy,
@@ -195,7 +190,6 @@ mod tests {
             (env::READINESS_PROBE, r#"{"httpGet":{"path":"/ready"}}"#),
             (env::CONTROLLER_URL, "http://ctl:9090"),
             (env::DRAIN_NOTICE, "7"),
-            (env::ANSWER_POLL, "0"),
         ]);
         let c = SidecarConfig::from_env(env_map(&pairs)).unwrap();
         assert_eq!(c.proxy.app, SocketAddr::from(([127, 0, 0, 1], 9000)));
@@ -207,10 +201,8 @@ mod tests {
         assert_eq!(c.port, QUEUE_PORT);
         assert_eq!(c.controller_url.as_deref(), Some("http://ctl:9090"));
         assert_eq!(c.drain_notice, Duration::from_secs(7));
-        assert_eq!(c.proxy.answer_poll, Duration::ZERO);
         let defaults = SidecarConfig::from_env(env_map(BASE)).unwrap();
         assert_eq!(defaults.drain_notice, Duration::ZERO);
-        assert_eq!(defaults.proxy.answer_poll, ikukantai_dataplane::answer_poll::DEFAULT_BUDGET);
     }
 
     #[test]

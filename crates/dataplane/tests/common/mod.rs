@@ -164,7 +164,6 @@ pub fn qp_config(instance: &str, node: &str, revision: &str, app: SocketAddr, cc
             success_threshold: 1,
         },
         max_header_bytes: 64 * 1024,
-        answer_poll: ikukantai_dataplane::answer_poll::DEFAULT_BUDGET,
     }
 }
 

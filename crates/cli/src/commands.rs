@@ -18,7 +18,7 @@ use ikukantai_api::parse::{Document, load};
 use ikukantai_api::service::Service;
 use ikukantai_api::topology::Topology;
 use ikukantai_dataplane::gateway::MemoryRelease;
-use ikukantai_dataplane::queue_proxy::{INSTANCE_HEADER, NODE_HEADER};
+use ikukantai_dataplane::headers::{INSTANCE_HEADER, NODE_HEADER};
 use ikukantai_fleet::fleet::{Fleet, FleetOptions};
 use ikukantai_fleet::view::{ApplyResult, InstanceView, LatencyView, NodeView, PlacementView, RevisionView};
 use ikukantai_policy::registry;

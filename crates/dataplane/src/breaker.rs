@@ -11,7 +11,7 @@ use tokio::sync::oneshot;
 /// The queue is full.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("{waiting} requests already waiting (queue depth {depth})")]
-pub struct QueueFull {
+pub(crate) struct QueueFull {
     /// Waiting now.
     pub waiting: usize,
     /// The limit.
@@ -24,7 +24,7 @@ struct State {
 }
 
 /// At most `capacity` holders at once (0 = unlimited), at most `depth` waiting.
-pub struct Breaker {
+pub(crate) struct Breaker {
     capacity: u32,
     depth: usize,
     state: Mutex<State>,
@@ -39,7 +39,7 @@ impl std::fmt::Debug for Breaker {
 
 /// Held while a request runs; dropping it lets the next waiter in.
 #[derive(Debug)]
-pub struct Permit {
+pub(crate) struct Permit {
     breaker: Arc<Breaker>,
 }
 
@@ -51,7 +51,7 @@ impl Drop for Permit {
 
 impl Breaker {
     /// A breaker whose waiters are ordered by `discipline`.
-    pub fn new(
+    pub(crate) fn new(
         capacity: u32,
         depth: usize,
         discipline: Box<dyn QueueDiscipline<oneshot::Sender<()>>>,
@@ -69,18 +69,18 @@ impl Breaker {
     }
 
     /// Requests holding a permit.
-    pub fn in_flight(&self) -> u32 {
+    pub(crate) fn in_flight(&self) -> u32 {
         self.lock().in_flight
     }
 
     /// Requests waiting.
-    pub fn waiting(&self) -> usize {
+    pub(crate) fn waiting(&self) -> usize {
         self.lock().waiting.len()
     }
 
     /// Takes a permit now, or a place in the queue (`meta` describes the request to the
     /// discipline; its `id` is replaced), or fails at once when the queue is full.
-    pub fn enter(self: &Arc<Self>, meta: &RequestMeta<'_>) -> Result<Ticket, QueueFull> {
+    pub(crate) fn enter(self: &Arc<Self>, meta: &RequestMeta<'_>) -> Result<Ticket, QueueFull> {
         let mut s = self.lock();
         if self.capacity == 0 || (s.in_flight < self.capacity && s.waiting.is_empty()) {
             s.in_flight += 1;
@@ -110,7 +110,7 @@ impl Breaker {
 /// A place in the breaker: either a permit already, or a place in its queue.
 /// Dropping a ticket that still waits leaves the queue.
 #[derive(Debug)]
-pub struct Ticket {
+pub(crate) struct Ticket {
     breaker: Arc<Breaker>,
     id: u64,
     rx: Option<oneshot::Receiver<()>>,
@@ -119,12 +119,12 @@ pub struct Ticket {
 
 impl Ticket {
     /// True when the ticket had to queue.
-    pub fn queued(&self) -> bool {
+    pub(crate) fn queued(&self) -> bool {
         self.rx.is_some()
     }
 
     /// Waits until the permit is granted.
-    pub async fn wait(mut self) -> Permit {
+    pub(crate) async fn wait(mut self) -> Permit {
         if let Some(rx) = self.rx.as_mut() {
             // The sender lives in the breaker's queue, which this ticket keeps alive; it is only
             // dropped without sending when the ticket itself was removed, which cannot happen here.

@@ -13,7 +13,7 @@
 //! load feed back into the balancer and into the per-instance processing-time estimates.
 //!
 //! A request that asks to switch protocols (WebSocket) and gets a `101` becomes a tunnel to its
-//! instance ([`crate::upgrade`]), one request in flight until it closes.
+//! instance (`tunnels`), one request in flight until it closes.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use http::{HeaderName, HeaderValue, Request, Response, StatusCode, header};
+use http::{HeaderValue, Request, Response, StatusCode, header};
 use ikukantai_policy::autoscaler::Stat;
 use ikukantai_policy::balance::{Balancer, Candidate, Completion, PickContext};
 use ikukantai_policy::estimate::{NodeIndex, PeakEwma, RttMatrix};
@@ -37,26 +37,27 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::time::{Instant, timeout_at};
 
-use crate::body::{Body, Guarded, Limited, boxed, error_response, full, is_too_large};
-use crate::connect::NodeConnector;
-use crate::h1::RequestBody;
-use crate::link::Link;
+use crate::headers::{
+    HeaderView, INSTANCE_HEADER, LOAD_HEADER, NODE_HEADER, ORIGIN_NAME, PROXY_NAME, SERVICE_TIME_HEADER,
+    X_FORWARDED_FOR,
+};
 use crate::metrics::{
     GatewayMetrics, LinkLabels, OutcomeHandles, RejectLabels, RequestLabels, RevisionLabels, metrics_response,
 };
-use crate::pool::{Forwarding, PooledBody, Upstream, UpstreamError};
-use crate::proxy::{HeaderView, detach_head};
-use crate::queue_proxy::{INSTANCE_HEADER, LOAD_HEADER, NODE_HEADER, PROXY_HEADER, SERVICE_TIME_HEADER};
 use crate::recycling_timer::RecyclingTimer;
-use crate::server::{Handler, Peer, ServerHandle, serve};
 use crate::stats::RequestStats;
-use crate::upgrade::{Tunnels, strip_request, strip_response};
+use ikukantai_http::body::{Body, Guarded, Limited, boxed, error_response, full, is_too_large};
+use ikukantai_http::h1::{Handler, RequestBody};
+use ikukantai_http::peer::Peer;
+use ikukantai_http::pool::{Forwarding, PooledBody, Upstream, UpstreamError};
+use ikukantai_http::proxy::detach_head;
+use ikukantai_http::server::{ServerHandle, serve};
+use ikukantai_http::upgrade::{strip_request, strip_response};
+use ikukantai_link::connect::NodeConnector;
+use ikukantai_link::link::Link;
 
-/// Request header telling the instance where the request entered the fleet.
-pub const ORIGIN_HEADER: &str = "x-ikukantai-origin";
-static ORIGIN_NAME: HeaderName = HeaderName::from_static(ORIGIN_HEADER);
-static PROXY_NAME: HeaderName = HeaderName::from_static(PROXY_HEADER);
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+use crate::tunnels::Tunnels;
+
 /// The proxy header's value on a request that waited in the activator queue.
 static ACTIVATOR: HeaderValue = HeaderValue::from_static("activator");
 
@@ -631,7 +632,7 @@ impl Gateway {
 }
 
 fn new_upstream(shared: &Shared, i: &InstanceRoute) -> Arc<Upstream> {
-    Arc::new(Upstream::new(i.addr, shared.nodes().connectors[i.node].clone()))
+    Arc::new(Upstream::new(i.addr, Arc::new(shared.nodes().connectors[i.node].clone())))
 }
 
 fn new_instance(shared: &Shared, i: &InstanceRoute) -> InstanceState {

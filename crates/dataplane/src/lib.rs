@@ -1,21 +1,16 @@
-//! The ikukantai request path.
+//! The ikukantai request path, the product on top of the HTTP engine (`ikukantai-http`) and the
+//! emulated links (`ikukantai-link`).
 //!
-//! - [`link`]: user-space emulated links between nodes (delay, jitter, bandwidth);
-//! - [`timer`]: the sub-millisecond timer the links use.
+//! - [`gateway`]: one per node — routes by host, the activator queue, the balancer, feedback;
+//! - [`queue_proxy`]: one per instance — containerConcurrency, readiness, timeouts, drain;
+//! - `breaker`, `stats` (private): the concurrency limit and its queue; time-weighted stats;
+//! - [`metrics`]: Prometheus metrics of both; [`headers`]: what they say to each other.
 
-pub mod body;
-pub mod breaker;
-pub mod connect;
+mod breaker;
 pub mod gateway;
-pub mod h1;
-pub mod link;
+pub mod headers;
 pub mod metrics;
-pub mod pool;
-pub mod proxy;
 pub mod queue_proxy;
 mod recycling_timer;
-pub mod server;
-pub mod stats;
-pub mod timer;
-pub mod upgrade;
-mod wire;
+mod stats;
+mod tunnels;

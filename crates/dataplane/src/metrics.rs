@@ -347,8 +347,8 @@ pub fn render(registry: &Registry) -> String {
 }
 
 /// The `/metrics` response for a registry.
-pub fn metrics_response(registry: &Registry) -> http::Response<crate::body::Body> {
-    let mut r = http::Response::new(crate::body::full(render(registry)));
+pub fn metrics_response(registry: &Registry) -> http::Response<ikukantai_http::body::Body> {
+    let mut r = http::Response::new(ikukantai_http::body::full(render(registry)));
     r.headers_mut().insert(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),

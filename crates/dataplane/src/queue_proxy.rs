@@ -11,7 +11,7 @@
 //!   that came through the gateway's buffering path (`K-Proxy-Request: activator`) separately;
 //! - tells every response where it was served and how loaded the instance is
 //!   (`x-ikukantai-instance`, `x-ikukantai-node`, `x-ikukantai-load`, `x-ikukantai-service-time`);
-//! - tunnels connections that switch protocols (WebSocket, [`crate::upgrade`]): a tunnel holds
+//! - tunnels connections that switch protocols (WebSocket, `tunnels`): a tunnel holds
 //!   its containerConcurrency slot while open, and is cut after `idleTimeoutSeconds` without a
 //!   byte and when the drain starts;
 //! - waits out a restart of the instance's process: a request that finds it gone waits, unready,
@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
+use http::{HeaderValue, Request, Response, StatusCode};
 use ikukantai_api::service::Probe;
 use ikukantai_policy::autoscaler::Stat;
 use ikukantai_policy::queue::{PriorityRule, RequestMeta};
@@ -34,42 +34,25 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 use tokio::time::{Instant, timeout_at};
 
-use crate::body::{Body, Deadlines, Guarded, boxed, error_response, full};
 use crate::breaker::{Breaker, Permit};
-use crate::connect::NodeConnector;
-use crate::h1::RequestBody;
+use crate::headers::{
+    HeaderView, INSTANCE_NAME, LOAD_NAME, NODE_NAME, PROBE_NAME, PROXY_NAME, SERVICE_TIME_NAME,
+};
 use crate::metrics::{
     InstanceLabels, InstanceRequestLabels, OutcomeHandles, QueueMetrics, RejectLabels, metrics_response,
 };
-use crate::pool::{Forwarding, Upstream};
-use crate::proxy::HeaderView;
 use crate::recycling_timer::RecyclingTimer;
-use crate::server::{Handler, Peer, ServerHandle, serve};
 use crate::stats::RequestStats;
-use crate::upgrade::{Tunnels, strip_request, strip_response};
+use ikukantai_http::body::{Body, Deadlines, Guarded, boxed, error_response, full};
+use ikukantai_http::h1::{Handler, RequestBody};
+use ikukantai_http::peer::Peer;
+use ikukantai_http::pool::{Forwarding, Upstream};
+use ikukantai_http::server::{ServerHandle, serve};
+use ikukantai_http::upgrade::{strip_request, strip_response};
+
+use crate::tunnels::Tunnels;
 
 mod app;
-
-/// Header naming the instance that served a response.
-pub const INSTANCE_HEADER: &str = "x-ikukantai-instance";
-/// Header naming the node that served a response.
-pub const NODE_HEADER: &str = "x-ikukantai-node";
-/// Header carrying the instance's load when it answered: requests in flight plus waiting.
-pub const LOAD_HEADER: &str = "x-ikukantai-load";
-/// Header carrying the processing time until the response started, in milliseconds.
-pub const SERVICE_TIME_HEADER: &str = "x-ikukantai-service-time";
-/// Request header marking requests that came through the gateway's buffering path (Knative's).
-pub const PROXY_HEADER: &str = "k-proxy-request";
-/// Request header of Knative-style readiness probes of the queue proxy itself.
-pub const PROBE_HEADER: &str = "k-network-probe";
-
-// The names as `HeaderName`s: looking a header up by `&str` parses and validates the name first.
-static INSTANCE_NAME: HeaderName = HeaderName::from_static(INSTANCE_HEADER);
-static NODE_NAME: HeaderName = HeaderName::from_static(NODE_HEADER);
-static LOAD_NAME: HeaderName = HeaderName::from_static(LOAD_HEADER);
-static SERVICE_TIME_NAME: HeaderName = HeaderName::from_static(SERVICE_TIME_HEADER);
-static PROXY_NAME: HeaderName = HeaderName::from_static(PROXY_HEADER);
-static PROBE_NAME: HeaderName = HeaderName::from_static(PROBE_HEADER);
 
 /// Milliseconds with three decimals (`12.345`) from microseconds, as a header value. Written by
 /// hand: formatting an `f64` cost more than a thousand instructions per request.
@@ -290,7 +273,7 @@ impl QueueProxyHandle {
             metrics,
             registry,
             labels,
-            app: Upstream::new(config.app, NodeConnector::new(None)),
+            app: Upstream::direct(config.app),
             config,
         }));
         let prober = tokio::spawn(app::probe_loop(inner.clone()));

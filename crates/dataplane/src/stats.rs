@@ -22,13 +22,13 @@ struct Inner {
 
 /// Concurrency and request statistics of one instance (or one revision at one gateway).
 #[derive(Debug)]
-pub struct RequestStats {
+pub(crate) struct RequestStats {
     inner: Mutex<Inner>,
 }
 
 impl RequestStats {
     /// Starts counting at `now`.
-    pub fn new(now: Instant) -> Self {
+    pub(crate) fn new(now: Instant) -> Self {
         Self {
             inner: Mutex::new(Inner {
                 in_flight: 0,
@@ -55,7 +55,7 @@ impl RequestStats {
     }
 
     /// A request started.
-    pub fn request_in(&self, now: Instant, proxied: bool) {
+    pub(crate) fn request_in(&self, now: Instant, proxied: bool) {
         let mut i = self.lock();
         Self::advance(&mut i, now);
         i.in_flight += 1;
@@ -67,7 +67,7 @@ impl RequestStats {
     }
 
     /// A request finished.
-    pub fn request_out(&self, now: Instant, proxied: bool) {
+    pub(crate) fn request_out(&self, now: Instant, proxied: bool) {
         let mut i = self.lock();
         Self::advance(&mut i, now);
         i.in_flight = i.in_flight.saturating_sub(1);
@@ -77,12 +77,12 @@ impl RequestStats {
     }
 
     /// Requests in flight now.
-    pub fn in_flight(&self) -> u32 {
+    pub(crate) fn in_flight(&self) -> u32 {
         self.lock().in_flight
     }
 
     /// Cuts the report for the period since the last report and starts a new one.
-    pub fn report(&self, now: Instant) -> Stat {
+    pub(crate) fn report(&self, now: Instant) -> Stat {
         let mut i = self.lock();
         Self::advance(&mut i, now);
         let secs = now.saturating_duration_since(i.period_start).as_secs_f64();

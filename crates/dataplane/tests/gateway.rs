@@ -14,8 +14,8 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
 use ikukantai_api::topology::LinkProperties;
 use ikukantai_dataplane::gateway::{GatewayConfig, GatewayEvents, MemoryRelease, NoEvents, RouteTarget};
-use ikukantai_dataplane::link::Link;
-use ikukantai_dataplane::queue_proxy::{INSTANCE_HEADER, NODE_HEADER, PROXY_HEADER};
+use ikukantai_dataplane::headers::{INSTANCE_HEADER, NODE_HEADER, PROXY_HEADER};
+use ikukantai_link::link::Link;
 use ikukantai_policy::estimate::RttMatrix;
 
 const HOST: &str = "hello.default.example.com";

@@ -16,9 +16,10 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use ikukantai_dataplane::queue_proxy::{
-    INSTANCE_HEADER, LOAD_HEADER, NODE_HEADER, PROBE_HEADER, ProbeAction, SERVICE_TIME_HEADER,
+use ikukantai_dataplane::headers::{
+    INSTANCE_HEADER, LOAD_HEADER, NODE_HEADER, PROBE_HEADER, SERVICE_TIME_HEADER,
 };
+use ikukantai_dataplane::queue_proxy::ProbeAction;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};

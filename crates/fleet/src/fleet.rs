@@ -18,8 +18,8 @@ use ikukantai_dataplane::gateway::{
     Gateway, GatewayConfig, GatewayEvents, InstanceRoute, MemoryRelease, RevisionRoute, RouteTarget, Routes,
     ServiceRoute,
 };
-use ikukantai_dataplane::link::Link;
 use ikukantai_dataplane::queue_proxy::{QueueProxyConfig, Readiness};
+use ikukantai_link::link::Link;
 use ikukantai_policy::autoscaler::{ScalingSpec, TickInputs};
 use ikukantai_policy::estimate::RttMatrix;
 use ikukantai_policy::registry::{self, PolicyParams};

@@ -5,8 +5,8 @@
 
 use std::sync::Arc;
 
-use ikukantai_dataplane::connect::{NodeConnector, probe_rtt};
-use ikukantai_dataplane::link::Link;
+use ikukantai_link::connect::{NodeConnector, probe_rtt};
+use ikukantai_link::link::Link;
 
 use crate::fleet::Fleet;
 

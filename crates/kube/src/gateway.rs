@@ -12,11 +12,11 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use ikukantai_api::annotations::revision_settings;
 use ikukantai_api::config::FleetConfig;
-use ikukantai_dataplane::connect::{NodeConnector, probe_rtt};
 use ikukantai_dataplane::gateway::{
     Gateway, GatewayConfig, GatewayEvents, InstanceRoute, MemoryRelease, RevisionRoute, RouteTarget, Routes,
     ServiceRoute,
 };
+use ikukantai_link::connect::{NodeConnector, probe_rtt};
 use ikukantai_policy::autoscaler::ScalingSpec;
 use ikukantai_policy::estimate::RttMatrix;
 use ikukantai_policy::registry::PolicyParams;

@@ -20,10 +20,9 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 
 use super::{Inner, InnerRef, ProbeAction, QueueProxyConfig};
-use crate::body::{Body, Limited, full};
-use crate::connect::NodeConnector;
 use crate::metrics::ResentLabels;
-use crate::pool::{Forwarding, PooledBody, Unanswered, Upstream, UpstreamError, idempotent};
+use ikukantai_http::body::{Body, Limited, full};
+use ikukantai_http::pool::{Forwarding, PooledBody, Unanswered, Upstream, UpstreamError, idempotent};
 
 /// Most of a probe response's body that is read (the kubelet's limit); the rest is not waited for.
 const PROBE_BODY_LIMIT: u64 = 10 * 1024;
@@ -65,7 +64,7 @@ pub(super) async fn probe_loop(inner: Arc<InnerRef>) {
     // Pausing as at startup until ready; also after a request found the process gone, whatever
     // the period: requests are waiting for it.
     let mut eager = aggressive;
-    let probes = Upstream::new(inner.config.app, NodeConnector::new(None));
+    let probes = Upstream::direct(inner.config.app);
     let (mut ok_run, mut fail_run) = (0u32, 0u32);
     let mut woken = false;
     loop {

@@ -17,9 +17,9 @@ use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use ikukantai_dataplane::body::{Body, boxed};
 use ikukantai_dataplane::gateway::{InstanceRoute, RevisionRoute, RouteTarget, Routes, ServiceRoute};
 use ikukantai_dataplane::queue_proxy::{ProbeAction, QueueProxyConfig, QueueProxyHandle, Readiness};
+use ikukantai_http::body::{Body, boxed};
 use tokio::net::TcpListener;
 use tokio::sync::{Mutex, mpsc};
 

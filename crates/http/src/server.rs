@@ -9,9 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures_util::FutureExt;
-use http::{HeaderValue, Request, Response};
+use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::server::conn::http2;
 use hyper::service::{Service, service_fn};
@@ -24,51 +23,8 @@ use tokio::task::JoinHandle;
 use tokio::time::timeout;
 
 use crate::body::Body;
-use crate::h1::{RequestBody, serve_connection};
-
-/// Handles one request; `peer` is the client end of its connection.
-pub trait Handler: Send + Sync + 'static {
-    /// Answers a request.
-    fn handle(
-        self: Arc<Self>,
-        req: Request<RequestBody>,
-        peer: Arc<Peer>,
-    ) -> impl Future<Output = Response<Body>> + Send;
-}
-
-/// The client end of a connection, made once per connection and shared by its requests: what
-/// handlers derive from the address is not derived again for every request.
-#[derive(Debug, Clone)]
-pub struct Peer {
-    addr: SocketAddr,
-    addr_text: Box<str>,
-    ip_header: HeaderValue,
-}
-
-impl Peer {
-    /// The client at `addr`.
-    pub fn new(addr: SocketAddr) -> Self {
-        // Over `Bytes`, so that each request's copy is a reference count.
-        let ip_header = HeaderValue::from_maybe_shared(Bytes::from(addr.ip().to_string()))
-            .expect("an IP address is a valid header value");
-        Self { addr, addr_text: addr.to_string().into(), ip_header }
-    }
-
-    /// The client's address and port.
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    /// The client's address and port as text (what queue disciplines see as the source).
-    pub fn addr_text(&self) -> &str {
-        &self.addr_text
-    }
-
-    /// The client's IP address as a header value (for `X-Forwarded-For`).
-    pub fn ip_header(&self) -> &HeaderValue {
-        &self.ip_header
-    }
-}
+use crate::h1::{Handler, RequestBody, serve_connection};
+use crate::peer::Peer;
 
 /// A running server.
 #[derive(Debug)]

@@ -37,7 +37,7 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use tokio::time::Instant;
 
 use crate::body::{Body, BoxError};
-use crate::connect::{NodeConnector, NodeStream};
+use crate::connect::{Connect, Direct, Stream};
 use crate::proxy::origin_form;
 use crate::upgrade::{OnUpgrade, Upgraded};
 use crate::wire::{
@@ -72,14 +72,14 @@ pub enum UpstreamError {
 
 /// A request its upstream did not answer ([`Upstream::forward_again`]).
 #[derive(Debug)]
-pub(crate) struct Unanswered {
+pub struct Unanswered {
     /// Why.
-    pub(crate) error: UpstreamError,
+    pub error: UpstreamError,
     /// The request back, whole, when sending it again repeats none of its body: on
     /// [`UpstreamError::Connect`] it never left (or, after a reused connection the upstream had
-    /// closed, it was a bodiless [`replayable`] one); on [`UpstreamError::Exchange`] it had no body
+    /// closed, it was a bodiless `replayable` one); on [`UpstreamError::Exchange`] it had no body
     /// and its connection closed before any byte of an answer, so it may have reached the upstream.
-    pub(crate) request: Option<Request<Body>>,
+    pub request: Option<Request<Body>>,
 }
 
 /// What went wrong in one request/response exchange on a connection.
@@ -143,7 +143,7 @@ impl ExchangeError {
 
 /// One connection, with its buffers (kept across requests: no allocation per request).
 struct Conn {
-    io: NodeStream,
+    io: Stream,
     /// Bytes read and not yet consumed.
     read: BytesMut,
     /// Where each header of the response head being parsed lies in it.
@@ -155,9 +155,9 @@ struct Conn {
 
 impl Fill for Conn {
     const EARLY: &'static str = "the upstream closed the connection before the body's end";
-    type Io = NodeStream;
+    type Io = Stream;
 
-    fn parts(&mut self) -> (&mut NodeStream, &mut BytesMut) {
+    fn parts(&mut self) -> (&mut Stream, &mut BytesMut) {
         (&mut self.io, &mut self.read)
     }
 }
@@ -165,7 +165,7 @@ impl Fill for Conn {
 impl Conn {
     /// Boxed: a connection moves between the pool, the request and its response body, and a
     /// pointer moves cheaper than the connection with its buffers.
-    fn new(io: NodeStream) -> Box<Self> {
+    fn new(io: Stream) -> Box<Self> {
         Box::new(Self { io, read: BytesMut::new(), spans: Vec::new(), writer: Writer::idle() })
     }
 
@@ -204,9 +204,9 @@ fn replayable(method: &Method, headers: &HeaderMap) -> bool {
 }
 
 /// Requests that may go once more, without a body, when the process behind a queue proxy died
-/// before answering them: [`replayable`] and RFC 9110's other idempotent methods (§9.2.2), PUT and
+/// before answering them: `replayable` and RFC 9110's other idempotent methods (§9.2.2), PUT and
 /// DELETE. (The resend on a stale keep-alive connection keeps Go's narrower set.)
-pub(crate) fn idempotent(method: &Method, headers: &HeaderMap) -> bool {
+pub fn idempotent(method: &Method, headers: &HeaderMap) -> bool {
     replayable(method, headers) || matches!(*method, Method::PUT | Method::DELETE)
 }
 
@@ -437,7 +437,7 @@ type IdleList = Mutex<Vec<Idle>>;
 /// The connections to one upstream address.
 pub struct Upstream {
     addr: SocketAddr,
-    connector: NodeConnector,
+    connector: Arc<dyn Connect>,
     idle: Arc<IdleList>,
     /// The address as a `Host` value, for requests that name no host.
     host: HeaderValue,
@@ -450,10 +450,16 @@ impl std::fmt::Debug for Upstream {
 }
 
 impl Upstream {
-    /// Connections to `addr`, opened with `connector` (directly or through an emulated link).
-    pub fn new(addr: SocketAddr, connector: NodeConnector) -> Self {
+    /// Connections to `addr`, opened with `connector` (directly, or however it reaches the
+    /// upstream: the data plane's through an emulated link).
+    pub fn new(addr: SocketAddr, connector: Arc<dyn Connect>) -> Self {
         let host = HeaderValue::try_from(addr.to_string()).expect("a socket address is a valid header value");
         Self { addr, connector, idle: Arc::default(), host }
+    }
+
+    /// Connections to `addr` over plain TCP.
+    pub fn direct(addr: SocketAddr) -> Self {
+        Self::new(addr, Arc::new(Direct))
     }
 
     /// The upstream's address.
@@ -484,7 +490,7 @@ impl Upstream {
 
     /// [`forward`](Self::forward), handing the request back when it failed in a way that lets it
     /// be sent again ([`Unanswered`]).
-    pub(crate) async fn forward_again(
+    pub async fn forward_again(
         &self,
         mut req: Request<Body>,
         forwarding: Forwarding<'_>,
@@ -780,7 +786,7 @@ mod tests {
     #[tokio::test]
     async fn sequential_requests_share_one_connection() {
         let (addr, accepted) = backend().await;
-        let up = Upstream::new(addr, NodeConnector::new(None));
+        let up = Upstream::direct(addr);
         for _ in 0..5 {
             assert_eq!(text(up.send(get("/a")).await.unwrap()).await, "/a Some(\"svc.test\")");
         }
@@ -791,7 +797,7 @@ mod tests {
     #[tokio::test]
     async fn concurrent_requests_open_connections_which_are_then_reused() {
         let (addr, accepted) = backend().await;
-        let up = Upstream::new(addr, NodeConnector::new(None));
+        let up = Upstream::direct(addr);
         let (a, b) = tokio::join!(up.send(get("/slow")), up.send(get("/slow")));
         let (a, b) = tokio::join!(text(a.unwrap()), text(b.unwrap()));
         assert_eq!((a.as_str(), b.as_str()), ("ab", "ab"));
@@ -806,7 +812,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn connections_are_reused_across_threads() {
         let (addr, accepted) = backend().await;
-        let up = Arc::new(Upstream::new(addr, NodeConnector::new(None)));
+        let up = Arc::new(Upstream::direct(addr));
         let workers: Vec<_> = (0..4)
             .map(|w| {
                 let up = up.clone();
@@ -830,7 +836,7 @@ mod tests {
     #[tokio::test]
     async fn a_body_dropped_half_way_does_not_return_its_connection() {
         let (addr, accepted) = backend().await;
-        let up = Upstream::new(addr, NodeConnector::new(None));
+        let up = Upstream::direct(addr);
         let resp = up.send(get("/slow")).await.unwrap();
         drop(resp);
         assert_eq!(up.idle_count(), 0);
@@ -841,7 +847,7 @@ mod tests {
     #[tokio::test]
     async fn a_connection_the_upstream_closed_is_not_reused() {
         let (addr, accepted) = backend().await;
-        let up = Upstream::new(addr, NodeConnector::new(None));
+        let up = Upstream::direct(addr);
         text(up.send(get("/close")).await.unwrap()).await;
         // Whether it was pooled before hyper saw the close or not, the next request must work.
         assert_eq!(text(up.send(get("/a")).await.unwrap()).await, "/a Some(\"svc.test\")");
@@ -851,7 +857,7 @@ mod tests {
     #[tokio::test]
     async fn a_request_without_host_gets_the_upstream_address() {
         let (addr, _) = backend().await;
-        let up = Upstream::new(addr, NodeConnector::new(None));
+        let up = Upstream::direct(addr);
         let req = Request::get("/h").body(full("")).unwrap();
         assert_eq!(text(up.send(req).await.unwrap()).await, format!("/h Some({:?})", addr.to_string()));
     }
@@ -859,7 +865,7 @@ mod tests {
     #[tokio::test]
     async fn nothing_listening_is_a_connect_error_naming_the_address() {
         let addr = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
-        let up = Upstream::new(addr, NodeConnector::new(None));
+        let up = Upstream::direct(addr);
         let err = up.send(get("/a")).await.unwrap_err();
         assert!(matches!(err, UpstreamError::Connect { .. }), "{err}");
         assert!(err.to_string().starts_with(&format!("connecting to {addr}: ")), "{err}");
@@ -869,7 +875,7 @@ mod tests {
     async fn a_request_that_can_go_again_is_handed_back_whole() {
         // Nothing listening: it never left, body and all.
         let addr = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
-        let up = Upstream::new(addr, NodeConnector::new(None));
+        let up = Upstream::direct(addr);
         let post = Request::post("/").header("host", "svc.test").body(full("payload")).unwrap();
         let back = up.forward_again(post, Forwarding::default()).await.unwrap_err();
         assert!(matches!(back.error, UpstreamError::Connect { .. }), "{:?}", back.error);
@@ -877,7 +883,7 @@ mod tests {
         assert_eq!(body, "payload");
         // Closed before any answer: only a request without a body comes back.
         let (addr, accepted) = scripted(64, |_, _, _| None).await;
-        let up = Upstream::new(addr, NodeConnector::new(None));
+        let up = Upstream::direct(addr);
         let back = up.forward_again(get("/"), Forwarding::default()).await.unwrap_err();
         assert!(matches!(back.error, UpstreamError::Exchange { .. }), "{:?}", back.error);
         assert!(back.request.is_some_and(|r| r.method() == Method::GET && r.body().is_end_stream()));
@@ -976,7 +982,7 @@ mod tests {
         let reply = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\
             4\r\nWiki\r\n5;name=value\r\npedia\r\nE \r\n in\r\n\r\nchunks.\r\n0\r\nx-sum: 23\r\n\r\n";
         let (addr, accepted) = scripted(1, move |_, _, _| Some(reply.to_vec())).await;
-        let up = Upstream::new(addr, NodeConnector::new(None));
+        let up = Upstream::direct(addr);
         for _ in 0..2 {
             let (data, trailers) = frames(up.send(get("/")).await.unwrap()).await.unwrap();
             assert_eq!(data, b"Wikipedia in\r\n\r\nchunks.");
@@ -1004,7 +1010,7 @@ mod tests {
             wire.extend_from_slice(b"0\r\n\r\n");
             let piece = rng.random_range(1..64);
             let (addr, _) = scripted(piece, move |_, _, _| Some(wire.clone())).await;
-            let up = Upstream::new(addr, NodeConnector::new(None));
+            let up = Upstream::direct(addr);
             let (data, trailers) = frames(up.send(get("/")).await.unwrap()).await.unwrap();
             assert_eq!(data, body, "case {case}, pieces of {piece}");
             assert!(trailers.is_none());
@@ -1016,7 +1022,7 @@ mod tests {
     async fn a_body_up_to_the_close_is_read_whole_and_its_connection_not_kept() {
         let (addr, _) =
             answer_and_close(b"HTTP/1.0 200 OK\r\ncontent-type: text/plain\r\n\r\nuntil the end").await;
-        let up = Upstream::new(addr, NodeConnector::new(None));
+        let up = Upstream::direct(addr);
         let resp = up.send(get("/")).await.unwrap();
         assert_eq!(resp.version(), http::Version::HTTP_10);
         assert_eq!(frames(resp).await.unwrap().0, b"until the end");
@@ -1037,7 +1043,7 @@ mod tests {
             })
         })
         .await;
-        let up = Upstream::new(addr, NodeConnector::new(None));
+        let up = Upstream::direct(addr);
         let head = Request::head("/").header("host", "svc.test").body(full("")).unwrap();
         let resp = up.send(head).await.unwrap();
         assert_eq!(resp.headers()["content-length"], "5");
@@ -1069,7 +1075,7 @@ mod tests {
             })
         })
         .await;
-        let up = Upstream::new(addr, NodeConnector::new(None));
+        let up = Upstream::direct(addr);
         let mut req = get("/ws");
         req.headers_mut().insert(header::UPGRADE, HeaderValue::from_static("echo"));
         let resp = up.forward(req, Forwarding { upgrade: true, ..Forwarding::default() }).await.unwrap();
@@ -1123,7 +1129,7 @@ mod tests {
             )
         })
         .await;
-        let up = Upstream::new(addr, NodeConnector::new(None));
+        let up = Upstream::direct(addr);
         // The head is fine, the body is not: the error comes with the body, after the data.
         let short = up.send(get("/short")).await.unwrap();
         let mut body = short.into_body();
@@ -1153,7 +1159,7 @@ mod tests {
             Some(b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n".to_vec())
         })
         .await;
-        let up = Upstream::new(addr, NodeConnector::new(None));
+        let up = Upstream::direct(addr);
         for _ in 0..2 {
             let resp = up.send(get("/")).await.unwrap();
             assert_eq!(resp.headers().get(header::CONTENT_LENGTH), None);
@@ -1165,7 +1171,7 @@ mod tests {
     #[tokio::test]
     async fn a_body_cut_short_by_the_close_is_an_error() {
         let (addr, _) = answer_and_close(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc").await;
-        let up = Upstream::new(addr, NodeConnector::new(None));
+        let up = Upstream::direct(addr);
         let err = frames(up.send(get("/")).await.unwrap()).await.unwrap_err();
         assert_eq!(
             err.to_string(),
@@ -1177,7 +1183,7 @@ mod tests {
     #[tokio::test]
     async fn request_bodies_go_with_their_length_or_chunked_and_arrive_whole() {
         let (addr, accepted) = backend().await;
-        let up = Upstream::new(addr, NodeConnector::new(None));
+        let up = Upstream::direct(addr);
         let post = |body: Body| Request::post("/echo").header("host", "svc.test").body(body).unwrap();
         // Known length (small: one write with the head).
         let (data, _) = frames(up.send(post(full("hello"))).await.unwrap()).await.unwrap();
@@ -1212,7 +1218,7 @@ mod tests {
     #[tokio::test]
     async fn a_request_body_over_its_limit_fails_the_exchange_with_that_reason() {
         let (addr, _) = backend().await;
-        let up = Upstream::new(addr, NodeConnector::new(None));
+        let up = Upstream::direct(addr);
         let body = crate::body::boxed(crate::body::Limited::new(full("too long"), 3));
         let err = up.send(Request::post("/echo").body(body).unwrap()).await.unwrap_err();
         assert!(crate::body::is_too_large(&err), "{err}");
@@ -1222,7 +1228,7 @@ mod tests {
     async fn an_upstream_answering_before_the_request_body_ends_is_heard_and_the_connection_not_kept() {
         let (addr, _) =
             scripted(64, |_, _, _| Some(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nearly".to_vec())).await;
-        let up = Upstream::new(addr, NodeConnector::new(None));
+        let up = Upstream::direct(addr);
         // A body with a first frame and then nothing more for as long as the test lasts.
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(1);
         tx.send(Ok(Frame::data(Bytes::from_static(b"start")))).await.unwrap();
@@ -1242,7 +1248,7 @@ mod tests {
             Some(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: echo\r\nconnection: upgrade\r\n\r\n".to_vec())
         })
         .await;
-        let up = Upstream::new(addr, NodeConnector::new(None));
+        let up = Upstream::direct(addr);
         // A body that never ends: the script answers after the head.
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(1);
         tx.send(Ok(Frame::data(Bytes::from_static(b"start")))).await.unwrap();
@@ -1259,7 +1265,7 @@ mod tests {
     async fn a_connection_closed_while_idle_is_noticed_before_it_is_used() {
         // Answers, then closes without saying so: the close arrives while the connection idles.
         let (addr, accepted) = answer_and_close(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
-        let up = Upstream::new(addr, NodeConnector::new(None));
+        let up = Upstream::direct(addr);
         assert_eq!(frames(up.send(get("/")).await.unwrap()).await.unwrap().0, b"ok");
         tokio::time::sleep(Duration::from_millis(80)).await;
         // Not idempotent, so never sent twice: it must go out on a new connection at once.
@@ -1275,7 +1281,7 @@ mod tests {
             (request == 0).then(|| b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec())
         })
         .await;
-        let up = Upstream::new(addr, NodeConnector::new(None));
+        let up = Upstream::direct(addr);
         assert_eq!(frames(up.send(get("/")).await.unwrap()).await.unwrap().0, b"ok");
         assert_eq!(frames(up.send(get("/")).await.unwrap()).await.unwrap().0, b"ok");
         assert_eq!(accepted.load(Ordering::SeqCst), 2, "the GET went again on a new connection");

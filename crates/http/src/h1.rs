@@ -30,7 +30,7 @@ use std::task::{Context, Poll, Waker, ready};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
-use http::{HeaderMap, Method, Request, StatusCode, Uri, Version, header};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version, header};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::io::{AsyncWriteExt, ReadBuf};
@@ -40,13 +40,23 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::body::{Body, BoxError, error_response};
-use crate::server::{Handler, Peer};
+use crate::peer::Peer;
 use crate::upgrade::{OnUpgrade, Upgraded};
 use crate::wire::{
     BodyFraming, Chunk, FieldSpan, Fill, MAX_HEADERS, READ_MAX, READ_MIN, WriteFraming, Writer,
     add_content_length, content_length, decode, lists, poll_write_all, span, write_content_length,
     write_field,
 };
+
+/// Handles one request; `peer` is the client end of its connection.
+pub trait Handler: Send + Sync + 'static {
+    /// Answers a request.
+    fn handle(
+        self: Arc<Self>,
+        req: Request<RequestBody>,
+        peer: Arc<Peer>,
+    ) -> impl Future<Output = Response<Body>> + Send;
+}
 
 /// What a server answers to `Expect: 100-continue` once the handler reads the body.
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
@@ -677,7 +687,7 @@ pub(crate) async fn serve_connection<H: Handler>(
                 // Bytes the client sent behind its request go first.
                 let pre = side.buf.split().freeze();
                 drop(side);
-                let _ = tx.send(Upgraded::client(pre, ClientRead(shared), write));
+                let _ = tx.send(Upgraded::client(pre, Box::new(ClientRead(shared)), write));
             }
             return;
         }
@@ -719,13 +729,12 @@ fn refused_switch() -> http::Response<Body> {
 /// The read side of a client's connection after it switched protocols.
 pub(crate) struct ClientRead(Arc<Mutex<ReadSide>>);
 
-impl ClientRead {
-    pub(crate) fn poll_read(
-        &mut self,
+impl tokio::io::AsyncRead for ClientRead {
+    fn poll_read(
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        use tokio::io::AsyncRead as _;
         Pin::new(&mut lock(&self.0).io).poll_read(cx, buf)
     }
 }

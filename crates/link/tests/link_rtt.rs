@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use ikukantai_api::topology::LinkProperties;
-use ikukantai_dataplane::link::Link;
+use ikukantai_link::link::Link;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 

@@ -1,11 +1,6 @@
-//! Connections that switch protocols (`Upgrade`, RFC 9110 §7.8; WebSocket is the common one).
-//!
-//! A client asks with `Connection: upgrade` and `Upgrade: <protocol>` on an HTTP/1.1 request. The
-//! proxies forward the request with both headers; when the instance answers `101 Switching
-//! Protocols`, the client's connection ([`OnUpgrade`], from the server) and the instance's
-//! ([`Upgraded`], from the upstream client) are spliced into a tunnel (`Tunnels`) that carries
-//! bytes both ways until either side closes. The proxies do not read what goes through: any
-//! protocol can be tunnelled.
+//! Tunnels: a client's connection and an instance's, spliced after a `101 Switching Protocols`
+//! ([`ikukantai_http::upgrade`] hands them over). Bytes go both ways until either side closes;
+//! the proxies do not read what goes through, so any protocol can be tunnelled.
 //!
 //! A tunnel counts as one request in flight for as long as it is open (the balancer, the
 //! autoscaler and containerConcurrency see it, as Knative's do). Its `101` is counted with the
@@ -15,172 +10,17 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes};
-use http::{HeaderMap, HeaderValue, StatusCode, header};
+use ikukantai_http::upgrade::{OnUpgrade, Upgraded};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::tcp::OwnedWriteHalf;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::connect::NodeStream;
-use crate::h1::ClientRead;
 use crate::metrics::TunnelMeter;
-use crate::proxy::strip_hop_by_hop;
-
-/// One side of a connection that switched protocols: bytes in both directions, raw. Bytes that
-/// arrived with the `101` (or behind the request head) are read first.
-pub struct Upgraded {
-    pre: Bytes,
-    io: Io,
-}
-
-enum Io {
-    /// A client's connection to our HTTP/1.1 server.
-    Client { read: ClientRead, write: OwnedWriteHalf },
-    /// A connection to an upstream.
-    Upstream(NodeStream),
-}
-
-impl std::fmt::Debug for Upgraded {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let side = match self.io {
-            Io::Client { .. } => "client",
-            Io::Upstream(_) => "upstream",
-        };
-        f.debug_struct("Upgraded").field("side", &side).field("pre", &self.pre.len()).finish()
-    }
-}
-
-impl Upgraded {
-    pub(crate) fn client(pre: Bytes, read: ClientRead, write: OwnedWriteHalf) -> Self {
-        Self { pre, io: Io::Client { read, write } }
-    }
-
-    pub(crate) fn upstream(pre: Bytes, io: NodeStream) -> Self {
-        Self { pre, io: Io::Upstream(io) }
-    }
-}
-
-impl AsyncRead for Upgraded {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if !this.pre.is_empty() {
-            let n = this.pre.len().min(buf.remaining());
-            buf.put_slice(&this.pre[..n]);
-            this.pre.advance(n);
-            return Poll::Ready(Ok(()));
-        }
-        match &mut this.io {
-            Io::Client { read, .. } => read.poll_read(cx, buf),
-            Io::Upstream(s) => Pin::new(s).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Upgraded {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        match &mut self.get_mut().io {
-            Io::Client { write, .. } => Pin::new(write).poll_write(cx, buf),
-            Io::Upstream(s) => Pin::new(s).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match &mut self.get_mut().io {
-            Io::Client { write, .. } => Pin::new(write).poll_flush(cx),
-            Io::Upstream(s) => Pin::new(s).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match &mut self.get_mut().io {
-            Io::Client { write, .. } => Pin::new(write).poll_shutdown(cx),
-            Io::Upstream(s) => Pin::new(s).poll_shutdown(cx),
-        }
-    }
-}
-
-/// In a request's extensions when its client asked to switch protocols: resolves to the client's
-/// connection once a `101` answer has been written to it (and to an error if the answer was
-/// anything else, or the connection closed first). In the extensions of an upstream's `101`
-/// response ([`crate::pool::Upstream::forward`]): resolves to the upstream's connection.
-/// (`Clone`, as request extensions must be; the first clone to see the connection takes it.)
-#[derive(Debug, Clone)]
-pub struct OnUpgrade(Arc<Mutex<Option<oneshot::Receiver<Upgraded>>>>);
-
-impl OnUpgrade {
-    pub(crate) fn new() -> (oneshot::Sender<Upgraded>, Self) {
-        let (tx, rx) = oneshot::channel();
-        (tx, Self(Arc::new(Mutex::new(Some(rx)))))
-    }
-
-    /// Resolves to `upgraded` (an upstream's connection, which has switched already).
-    pub(crate) fn ready(upgraded: Upgraded) -> Self {
-        let (tx, on_upgrade) = Self::new();
-        let _ = tx.send(upgraded);
-        on_upgrade
-    }
-}
-
-/// The connection was not handed over (the answer was not a `101`, or writing it failed).
-#[derive(Debug, thiserror::Error)]
-#[error("the connection did not switch protocols")]
-pub struct NotUpgraded;
-
-impl Future for OnUpgrade {
-    type Output = Result<Upgraded, NotUpgraded>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut slot = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(rx) = slot.as_mut() else { return Poll::Ready(Err(NotUpgraded)) };
-        let result = ready!(Pin::new(rx).poll(cx));
-        *slot = None;
-        Poll::Ready(result.map_err(|_| NotUpgraded))
-    }
-}
-
-/// Strips a request's hop-by-hop headers before it is forwarded, but for `Upgrade` when its
-/// client asked to switch protocols (the switch is asked of the instance). Returns that client's
-/// connection.
-pub(crate) fn strip_request(parts: &mut http::request::Parts) -> Option<OnUpgrade> {
-    let asked =
-        parts.extensions.remove::<OnUpgrade>().map(|on| (on, parts.headers.get(header::UPGRADE).cloned()));
-    strip_hop_by_hop(&mut parts.headers);
-    let (on_upgrade, protocol) = asked?;
-    keep_upgrade(&mut parts.headers, protocol);
-    Some(on_upgrade)
-}
-
-/// Strips a response's hop-by-hop headers before it is passed back, but for `Upgrade` in a `101`
-/// to a request that asked to switch (`client`, from [`strip_request`]). Returns, for that
-/// `101`, the client's connection and the upstream's (from the response's extensions).
-pub(crate) fn strip_response(
-    parts: &mut http::response::Parts,
-    client: Option<OnUpgrade>,
-) -> Option<(OnUpgrade, OnUpgrade)> {
-    let switched = match client {
-        Some(client) if parts.status == StatusCode::SWITCHING_PROTOCOLS => {
-            parts.extensions.remove::<OnUpgrade>().map(|upstream| (client, upstream))
-        }
-        _ => None,
-    };
-    let protocol = switched.as_ref().and_then(|_| parts.headers.get(header::UPGRADE).cloned());
-    strip_hop_by_hop(&mut parts.headers);
-    keep_upgrade(&mut parts.headers, protocol);
-    switched
-}
-
-/// Puts back the `Upgrade` header stripping took (passed on as it came, or not at all).
-fn keep_upgrade(headers: &mut HeaderMap, protocol: Option<HeaderValue>) {
-    if let Some(protocol) = protocol {
-        headers.insert(header::UPGRADE, protocol);
-    }
-}
 
 /// The tunnels a proxy has open, all cut by [`close`](Self::close).
 #[derive(Debug)]
@@ -324,6 +164,8 @@ impl AsyncWrite for Watched<'_> {
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
+    use ikukantai_http::connect::Stream;
     use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, duplex};
 
     use super::*;
@@ -347,9 +189,8 @@ mod tests {
     ) -> (DuplexStream, DuplexStream) {
         let (client, client_far) = duplex(1024);
         let (upstream, upstream_far) = duplex(1024);
-        let client =
-            OnUpgrade::ready(Upgraded::upstream(Bytes::from_static(b"pre;"), NodeStream::Link(client)));
-        let upstream = OnUpgrade::ready(Upgraded::upstream(Bytes::new(), NodeStream::Link(upstream)));
+        let client = OnUpgrade::ready(Upgraded::upstream(Bytes::from_static(b"pre;"), Stream::Pipe(client)));
+        let upstream = OnUpgrade::ready(Upgraded::upstream(Bytes::new(), Stream::Pipe(upstream)));
         tunnels.open(client, upstream, idle, guard, meter);
         (client_far, upstream_far)
     }

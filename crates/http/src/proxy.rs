@@ -15,16 +15,6 @@ static HOP_BY_HOP: [HeaderName; 7] = [
     header::UPGRADE,
 ];
 
-/// A request's headers as the queue disciplines see them (no copy).
-#[derive(Debug, Clone, Copy)]
-pub struct HeaderView<'a>(pub &'a HeaderMap);
-
-impl ikukantai_policy::queue::HeaderLookup for HeaderView<'_> {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.0.get(name)?.to_str().ok()
-    }
-}
-
 /// The position of `name` in [`HOP_BY_HOP`]. A match on the name's text compiles to a switch on
 /// its length and one comparison, where comparing with each `HeaderName` in turn took seven.
 fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {

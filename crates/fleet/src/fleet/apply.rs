@@ -9,7 +9,7 @@ use ikukantai_policy::autoscaler::ScalingSpec;
 use ikukantai_policy::registry::{self, PolicyParams};
 use ikukantai_policy::scaler::RevisionScaler;
 
-use super::{Fleet, FleetError, RevisionRecord, ServiceRecord, lock, stored_status};
+use super::{Fleet, FleetError, Poke, RevisionRecord, ServiceRecord, lock, stored_status};
 use crate::store::RevisionRecordStatus;
 use crate::view::ApplyResult;
 
@@ -148,7 +148,7 @@ impl Fleet {
             }
         }
         drop(state);
-        let _ = self.poke.send((String::new(), String::new(), usize::MAX));
+        let _ = self.poke.send(Poke::Reconcile);
         Ok(ApplyResult { lines })
     }
 
@@ -160,7 +160,7 @@ impl Fleet {
         }
         self.store.delete(namespace, name).map_err(|e| FleetError::Io(e.to_string()))?;
         drop(state);
-        let _ = self.poke.send((String::new(), String::new(), usize::MAX));
+        let _ = self.poke.send(Poke::Reconcile);
         Ok(())
     }
 }

@@ -126,7 +126,7 @@ pub struct Fleet {
     started: Instant,
     /// Problems found while loading the state directory.
     pub problems: Vec<StoreProblem>,
-    poke: mpsc::UnboundedSender<(String, String, usize)>,
+    poke: mpsc::UnboundedSender<Poke>,
     logs: PathBuf,
     /// The state directory, canonical (instances are marked with it).
     state_dir: PathBuf,
@@ -140,11 +140,25 @@ impl std::fmt::Debug for Fleet {
     }
 }
 
-struct Pokes(mpsc::UnboundedSender<(String, String, usize)>);
+/// What wakes the control loop before its next period.
+enum Poke {
+    /// A request for a revision without instances arrived at node `origin`: its autoscaler
+    /// records the demand (Knative's activator poke) and the fleet decides at once.
+    Demand { namespace: String, revision: String, origin: usize },
+    /// The services changed (apply, delete): decide at once.
+    Reconcile,
+}
+
+/// A gateway's events, as pokes.
+struct Pokes(mpsc::UnboundedSender<Poke>);
 
 impl GatewayEvents for Pokes {
     fn demand(&self, namespace: &str, revision: &str, origin: usize) {
-        let _ = self.0.send((namespace.to_owned(), revision.to_owned(), origin));
+        let _ = self.0.send(Poke::Demand {
+            namespace: namespace.to_owned(),
+            revision: revision.to_owned(),
+            origin,
+        });
     }
 }
 

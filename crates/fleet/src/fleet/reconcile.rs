@@ -14,7 +14,7 @@ use ikukantai_policy::scaler::ScaleInputs;
 use tokio::sync::mpsc;
 
 use super::{
-    Fleet, InstanceRecord, RevisionRecord, ServiceRecord, State, lock, ready_count, revision_states,
+    Fleet, InstanceRecord, Poke, RevisionRecord, ServiceRecord, State, lock, ready_count, revision_states,
     stored_status, traffic_split,
 };
 use crate::agent::{Instance, InstanceSpec, Phase};
@@ -22,25 +22,29 @@ use crate::lifetime::FLEET_ENV;
 use crate::store::RevisionRecordStatus;
 
 /// The control loop: reconcile every 250 ms, and at once on a poke (demand at zero, apply).
-pub(super) async fn run(fleet: Arc<Fleet>, mut pokes: mpsc::UnboundedReceiver<(String, String, usize)>) {
+pub(super) async fn run(fleet: Arc<Fleet>, mut pokes: mpsc::UnboundedReceiver<Poke>) {
     let mut interval = tokio::time::interval(Duration::from_millis(250));
     loop {
-        let poked = tokio::select! {
-            _ = interval.tick() => false,
+        let poke = tokio::select! {
+            _ = interval.tick() => None,
             p = pokes.recv() => {
-                let Some((ns, rev, origin)) = p else { return };
-                if origin != usize::MAX {
-                    let mut state = lock(&fleet.state);
-                    for s in state.services.values_mut() {
-                        for r in s.revisions.iter_mut().filter(|r| r.revision.metadata.namespace() == ns && r.revision.name() == rev) {
-                            r.scaler.autoscaler.poke(Instant::now(), origin);
-                        }
-                    }
-                }
-                true
+                let Some(p) = p else { return };
+                Some(p)
             }
         };
-        fleet.reconcile(poked);
+        if let Some(Poke::Demand { namespace, revision, origin }) = &poke {
+            let mut state = lock(&fleet.state);
+            for s in state.services.values_mut() {
+                for r in s
+                    .revisions
+                    .iter_mut()
+                    .filter(|r| r.revision.metadata.namespace() == namespace && r.revision.name() == revision)
+                {
+                    r.scaler.autoscaler.poke(Instant::now(), *origin);
+                }
+            }
+        }
+        fleet.reconcile(poke.is_some());
     }
 }
 

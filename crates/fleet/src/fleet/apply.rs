@@ -137,7 +137,7 @@ impl Fleet {
                 all.push(r.revision.clone());
             }
             let status = existing.map(stored_status).unwrap_or_default();
-            self.store.save(&svc, &all, &status).map_err(|e| FleetError::Io(e.to_string()))?;
+            self.store.save(&svc, &all, &status)?;
             let entry = state
                 .services
                 .entry(key)
@@ -158,7 +158,7 @@ impl Fleet {
         if state.services.remove(&(namespace.to_owned(), name.to_owned())).is_none() {
             return Err(FleetError::NotFound(format!("service {namespace}/{name} not found")));
         }
-        self.store.delete(namespace, name).map_err(|e| FleetError::Io(e.to_string()))?;
+        self.store.delete(namespace, name)?;
         drop(state);
         let _ = self.poke.send(Poke::Reconcile);
         Ok(())

@@ -29,14 +29,17 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 use crate::agent::{Instance, Phase};
-use crate::lifetime::{KEPT_LOGS, LockError, StateLock, prune_logs, reap_orphans};
+use crate::lifetime::{KEPT_LOGS, StateLock, prune_logs, reap_orphans};
 use crate::store::{RevisionRecordStatus, Store, StoreProblem};
 
 mod apply;
+mod error;
 mod reconcile;
 mod views;
 
 pub use apply::local_warning;
+pub use error::FleetError;
+pub(crate) use error::error_chain;
 
 /// How a fleet is started.
 #[derive(Debug, Clone)]
@@ -60,23 +63,6 @@ pub struct FleetOptions {
     /// How this fleet is described to another that finds its state directory taken (e.g. its
     /// API address).
     pub holder: String,
-}
-
-/// A fleet-level failure.
-#[derive(Debug, thiserror::Error)]
-pub enum FleetError {
-    /// Listeners, files.
-    #[error("{0}")]
-    Io(String),
-    /// Another fleet holds the state directory.
-    #[error(transparent)]
-    Locked(#[from] LockError),
-    /// Input the fleet refuses (the message names file, document, field and rule).
-    #[error("{0}")]
-    Invalid(String),
-    /// Unknown object.
-    #[error("{0}")]
-    NotFound(String),
 }
 
 struct RevisionRecord {
@@ -167,6 +153,13 @@ pub fn node_ip(i: usize) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, 1, (i + 1).min(254) as u8))
 }
 
+/// Binds one of a node's listeners (`what` names it in the error).
+async fn listen(node: &str, what: &str, addr: SocketAddr) -> Result<TcpListener, FleetError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| FleetError::Io { what: format!("node {node}: {what} on {addr}"), source })
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -174,16 +167,19 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Fleet {
     /// Starts the gateways, restores the stored services and starts reconciling.
     pub async fn start(options: FleetOptions) -> Result<Arc<Self>, FleetError> {
-        let io = |e: &dyn std::fmt::Display| FleetError::Io(e.to_string());
-        let store = Store::open(&options.state_dir).map_err(|e| io(&e))?;
-        let state_dir = options.state_dir.canonicalize().map_err(|e| io(&e))?;
+        let store = Store::open(&options.state_dir)?;
+        let state_dir = options.state_dir.canonicalize().map_err(|source| FleetError::Io {
+            what: format!("state directory {}", options.state_dir.display()),
+            source,
+        })?;
         let state_lock = StateLock::acquire(&state_dir, &options.holder)?;
         let reaped = reap_orphans(&state_dir);
         if !reaped.is_empty() {
             tracing::warn!(pids = ?reaped, "killed processes left running by an earlier fleet of this state directory");
         }
         let logs = options.state_dir.join("logs");
-        std::fs::create_dir_all(&logs).map_err(|e| io(&e))?;
+        std::fs::create_dir_all(&logs)
+            .map_err(|source| FleetError::Io { what: format!("log directory {}", logs.display()), source })?;
         let topology = &options.topology;
         let n = topology.nodes.len();
         let rtt = topology.rtt_matrix(options.probe_interval * 3);
@@ -207,24 +203,12 @@ impl Fleet {
                 rtt: rtt.clone(),
                 memory_release: options.memory_release,
             };
-            let ip = node_ip(i);
-            let listener =
-                TcpListener::bind(SocketAddr::new(ip, options.gateway_port)).await.map_err(|e| {
-                    FleetError::Io(format!(
-                        "node {}: gateway on {ip}:{}: {e}",
-                        topology.nodes[i].name, options.gateway_port
-                    ))
-                })?;
-            let admin = TcpListener::bind(SocketAddr::new(ip, options.admin_port)).await.map_err(|e| {
-                FleetError::Io(format!(
-                    "node {}: admin on {ip}:{}: {e}",
-                    topology.nodes[i].name, options.admin_port
-                ))
-            })?;
-            gateways.push(
-                Gateway::start(config, listener, admin, Arc::new(Pokes(poke_tx.clone())))
-                    .map_err(|e| io(&e))?,
-            );
+            let (node, ip) = (&topology.nodes[i].name, node_ip(i));
+            let listener = listen(node, "gateway", SocketAddr::new(ip, options.gateway_port)).await?;
+            let admin = listen(node, "admin", SocketAddr::new(ip, options.admin_port)).await?;
+            let gateway = Gateway::start(config, listener, admin, Arc::new(Pokes(poke_tx.clone())))
+                .map_err(|source| FleetError::Gateway { node: node.clone(), source })?;
+            gateways.push(gateway);
         }
         let (stored, problems) = store.load();
         let now = Instant::now();

@@ -14,8 +14,8 @@ use ikukantai_policy::scaler::ScaleInputs;
 use tokio::sync::mpsc;
 
 use super::{
-    Fleet, InstanceRecord, Poke, RevisionRecord, ServiceRecord, State, lock, ready_count, revision_states,
-    stored_status, traffic_split,
+    Fleet, InstanceRecord, Poke, RevisionRecord, ServiceRecord, State, error_chain, lock, ready_count,
+    revision_states, stored_status, traffic_split,
 };
 use crate::agent::{Instance, InstanceSpec, Phase};
 use crate::lifetime::FLEET_ENV;
@@ -329,7 +329,7 @@ impl Fleet {
             if changed {
                 let revisions: Vec<Revision> = s.revisions.iter().map(|r| r.revision.clone()).collect();
                 if let Err(e) = self.store.save(&s.service, &revisions, &stored_status(s)) {
-                    tracing::error!(error = %e, "cannot store a revision's state");
+                    tracing::error!(error = %error_chain(&e), "cannot store a revision's state");
                 }
             }
         }

@@ -28,11 +28,13 @@ use ikukantai_policy::scaler::RevisionScaler;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
+use self::defaults::{GATEWAY_QUEUE_DEPTH, MAX_BODY_BYTES, MAX_HEADER_BYTES};
 use crate::agent::{Instance, Phase};
 use crate::lifetime::{KEPT_LOGS, StateLock, prune_logs, reap_orphans};
 use crate::store::{RevisionRecordStatus, Store, StoreProblem};
 
 mod apply;
+mod defaults;
 mod error;
 mod reconcile;
 mod views;
@@ -195,9 +197,9 @@ impl Fleet {
                 nodes: topology.nodes.iter().map(|x| x.name.clone()).collect(),
                 node: i,
                 domain: options.config.domain.clone(),
-                queue_depth: 10_000,
-                max_header_bytes: 64 * 1024,
-                max_body_bytes: 64 * 1024 * 1024,
+                queue_depth: GATEWAY_QUEUE_DEPTH,
+                max_header_bytes: MAX_HEADER_BYTES,
+                max_body_bytes: MAX_BODY_BYTES,
                 policy: PolicyParams { seed: options.seed ^ i as u64, ..PolicyParams::default() },
                 links,
                 rtt: rtt.clone(),

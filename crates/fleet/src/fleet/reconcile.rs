@@ -1,4 +1,4 @@
-//! The control loop: reconcile every 250 ms, and at once on a poke.
+//! The control loop: reconcile every [`RECONCILE_PERIOD`], and at once on a poke.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -13,6 +13,9 @@ use ikukantai_policy::autoscaler::TickInputs;
 use ikukantai_policy::scaler::ScaleInputs;
 use tokio::sync::mpsc;
 
+use super::defaults::{
+    DECISION_PERIOD, MAX_HEADER_BYTES, RECONCILE_PERIOD, STATS_PERIOD, STOP_GRACE_HOPS, TERMINATION_GRACE,
+};
 use super::{
     Fleet, InstanceRecord, Poke, RevisionRecord, ServiceRecord, State, error_chain, lock, ready_count,
     revision_states, stored_status, traffic_split,
@@ -21,9 +24,10 @@ use crate::agent::{Instance, InstanceSpec, Phase};
 use crate::lifetime::FLEET_ENV;
 use crate::store::RevisionRecordStatus;
 
-/// The control loop: reconcile every 250 ms, and at once on a poke (demand at zero, apply).
+/// The control loop: reconcile every [`RECONCILE_PERIOD`], and at once on a poke (demand at zero,
+/// apply).
 pub(super) async fn run(fleet: Arc<Fleet>, mut pokes: mpsc::UnboundedReceiver<Poke>) {
-    let mut interval = tokio::time::interval(Duration::from_millis(250));
+    let mut interval = tokio::time::interval(RECONCILE_PERIOD);
     loop {
         let poke = tokio::select! {
             _ = interval.tick() => None,
@@ -60,8 +64,8 @@ impl Fleet {
         let n = self.options.topology.nodes.len();
         self.observe_revisions(state);
 
-        // 1. Stats, every second.
-        if now.duration_since(state.last_stats) >= Duration::from_secs(1) {
+        // 1. Stats, every STATS_PERIOD.
+        if now.duration_since(state.last_stats) >= STATS_PERIOD {
             state.last_stats = now;
             let mut by_revision: BTreeMap<(String, String), Vec<ikukantai_policy::autoscaler::Stat>> =
                 BTreeMap::new();
@@ -87,8 +91,8 @@ impl Fleet {
             }
         }
 
-        // 2. Autoscaler and placement, every 2 s or when poked.
-        let tick = force_tick || now.duration_since(state.last_tick) >= Duration::from_secs(2);
+        // 2. Autoscaler and placement, every DECISION_PERIOD or when poked.
+        let tick = force_tick || now.duration_since(state.last_tick) >= DECISION_PERIOD;
         if tick {
             state.last_tick = now;
             let capacity = self.options.topology.capacities();
@@ -364,7 +368,7 @@ impl Fleet {
             working_dir: container.working_dir.clone(),
             env,
             log: self.logs.join(format!("{name}.log")),
-            grace: Duration::from_secs(10),
+            grace: TERMINATION_GRACE,
             queue_proxy: QueueProxyConfig {
                 namespace: rev.metadata.namespace().to_owned(),
                 service,
@@ -380,19 +384,19 @@ impl Fleet {
                 response_start_timeout: secs(rev.spec.response_start_timeout_seconds),
                 idle_timeout: secs(rev.spec.idle_timeout_seconds),
                 readiness: Readiness::from_probe(container.readiness_probe.as_ref()),
-                max_header_bytes: 64 * 1024,
+                max_header_bytes: MAX_HEADER_BYTES,
             },
         }
     }
 
     /// How long an instance taken out of the routes keeps serving before it drains: the longest
     /// round trip between two nodes (a request picked just before is at most one way out) and
-    /// 100 ms more for the hops on either side.
+    /// [`STOP_GRACE_HOPS`] more for the hops on either side.
     fn stop_grace(&self) -> Duration {
         let t = &self.options.topology;
         let n = t.nodes.len();
         let longest = (0..n).flat_map(|a| (0..n).map(move |b| t.link(a, b).rtt)).max().unwrap_or_default();
-        longest + Duration::from_millis(100)
+        longest + STOP_GRACE_HOPS
     }
 
     fn routes(&self, state: &State) -> Routes {

@@ -100,7 +100,7 @@ struct State {
     pending: BTreeMap<String, (String, String, usize)>,
     rtt: RttMatrix,
     last_stats: Instant,
-    last_tick: Instant,
+    last_decision: Instant,
     routes: Routes,
     counter: u64,
 }
@@ -224,7 +224,7 @@ impl Fleet {
                 pending: BTreeMap::new(),
                 rtt,
                 last_stats: now,
-                last_tick: now,
+                last_decision: now,
                 routes: Routes::default(),
                 counter: 0,
             }),

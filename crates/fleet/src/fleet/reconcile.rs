@@ -53,247 +53,27 @@ pub(super) async fn run(fleet: Arc<Fleet>, mut pokes: mpsc::UnboundedReceiver<Po
 }
 
 impl Fleet {
-    /// One reconcile pass.
-    fn reconcile(self: &Arc<Self>, force_tick: bool) {
+    /// One pass of the control loop, phase by phase; each reads the books as the one before left
+    /// them. `decide_now` (a poke) decides whatever the time since the last decision.
+    fn reconcile(self: &Arc<Self>, decide_now: bool) {
         let now = Instant::now();
         let mut state = lock(&self.state);
         let state = &mut *state;
         // Finished stops leave the books (one still in its grace period is still running: it
         // stays, counted on its node and stopped on shutdown).
         state.stopping.retain(|_, r| r.instance.phase() != Phase::Stopped);
-        let n = self.options.topology.nodes.len();
         self.observe_revisions(state);
-
-        // 1. Stats, every STATS_PERIOD.
         if now.duration_since(state.last_stats) >= STATS_PERIOD {
             state.last_stats = now;
-            let mut by_revision: BTreeMap<(String, String), Vec<ikukantai_policy::autoscaler::Stat>> =
-                BTreeMap::new();
-            for r in state.instances.values() {
-                if let Some(stat) = r.instance.report() {
-                    by_revision.entry((r.namespace.clone(), r.revision.clone())).or_default().push(stat);
-                }
-            }
-            let reports: Vec<_> = self.gateways.iter().enumerate().map(|(i, g)| (i, g.report())).collect();
-            for s in state.services.values_mut() {
-                for r in &mut s.revisions {
-                    let key = (r.revision.metadata.namespace().to_owned(), r.revision.name().to_owned());
-                    for stat in by_revision.get(&key).into_iter().flatten() {
-                        r.scaler.autoscaler.record(now, stat);
-                    }
-                    for (node, report) in &reports {
-                        for rep in report.iter().filter(|x| x.namespace == key.0 && x.revision == key.1) {
-                            r.scaler.autoscaler.record(now, &rep.activator);
-                            r.scaler.autoscaler.record_origin(now, *node, rep.origin.concurrency);
-                        }
-                    }
-                }
-            }
+            self.record_stats(state, now);
         }
-
-        // 2. Autoscaler and placement, every DECISION_PERIOD or when poked.
-        let tick = force_tick || now.duration_since(state.last_tick) >= DECISION_PERIOD;
-        if tick {
-            state.last_tick = now;
-            let capacity = self.options.topology.capacities();
-            let rtt = state.rtt.clone();
-            for key in state.services.keys().cloned().collect::<Vec<_>>() {
-                // Routed to, or the new revision that must start to prove itself ready.
-                let svc = &state.services[&key];
-                let states = revision_states(svc);
-                let mut reachable: Vec<String> = traffic_split(svc).into_iter().map(|t| t.revision).collect();
-                reachable.extend(
-                    states.iter().filter(|r| awaits_readiness(&states, r.name)).map(|r| r.name.to_owned()),
-                );
-                for idx in 0..state.services[&key].revisions.len() {
-                    let (ns, name) = {
-                        let r = &state.services[&key].revisions[idx].revision;
-                        (r.metadata.namespace().to_owned(), r.name().to_owned())
-                    };
-                    let ready = ready_count(state, &ns, &name);
-                    let current: Vec<u32> = (0..n)
-                        .map(|i| {
-                            (state
-                                .instances
-                                .values()
-                                .filter(|x| x.namespace == ns && x.revision == name && x.node == i)
-                                .count()
-                                + state
-                                    .pending
-                                    .values()
-                                    .filter(|p| p.0 == ns && p.1 == name && p.2 == i)
-                                    .count()) as u32
-                        })
-                        .collect();
-                    // Room for this revision: node capacity minus everything else running there.
-                    let room: Vec<u32> = (0..n)
-                        .map(|i| {
-                            let others = state
-                                .instances
-                                .values()
-                                .chain(state.stopping.values())
-                                .filter(|x| x.node == i && !(x.namespace == ns && x.revision == name))
-                                .count()
-                                + state
-                                    .pending
-                                    .values()
-                                    .filter(|p| p.2 == i && !(p.0 == ns && p.1 == name))
-                                    .count();
-                            let others = others as u32;
-                            capacity[i].saturating_sub(others)
-                        })
-                        .collect();
-                    let record = &mut state.services.get_mut(&key).expect("key from keys()").revisions[idx];
-                    let (decision, desired) = record.scaler.decide(
-                        now,
-                        ScaleInputs {
-                            tick: TickInputs {
-                                ready,
-                                reachable: reachable.contains(&name),
-                                buffering_since: Some(self.started),
-                            },
-                            current: &current,
-                            room: &room,
-                            rtt: &rtt,
-                        },
-                    );
-                    tracing::debug!(revision = %name, desired = decision.desired, stable = decision.observed_stable, panic = decision.observed_panic, panicking = decision.panicking, ready, placed = ?desired, "autoscaler decision");
-                    record.desired = desired;
-                }
-            }
+        if decide_now || now.duration_since(state.last_decision) >= DECISION_PERIOD {
+            state.last_decision = now;
+            self.decide(state, now);
         }
-
-        // 3. Converge instances to the desired placement; stop what is no longer wanted.
-        let mut wanted: BTreeMap<(String, String, usize), u32> = BTreeMap::new();
-        for s in state.services.values() {
-            for r in &s.revisions {
-                for (node, &count) in r.desired.iter().enumerate() {
-                    wanted.insert(
-                        (r.revision.metadata.namespace().to_owned(), r.revision.name().to_owned(), node),
-                        count,
-                    );
-                }
-            }
-        }
-        let mut to_stop = Vec::new();
-        let mut groups: BTreeMap<(String, String, usize), Vec<String>> = BTreeMap::new();
-        for (name, r) in &state.instances {
-            groups.entry((r.namespace.clone(), r.revision.clone(), r.node)).or_default().push(name.clone());
-        }
-        let mut starting: BTreeMap<(String, String, usize), u32> = BTreeMap::new();
-        for (ns, rev, node) in state.pending.values() {
-            *starting.entry((ns.clone(), rev.clone(), *node)).or_default() += 1;
-        }
-        for (key, names) in &groups {
-            let want = wanted.get(key).copied().unwrap_or(0) as usize;
-            if names.len() > want {
-                // Stop the least useful first: not ready before ready, newest first.
-                let mut ranked: Vec<&String> = names.iter().collect();
-                ranked.sort_by_key(|n| {
-                    (state.instances[*n].instance.phase() == Phase::Ready, std::cmp::Reverse((*n).clone()))
-                });
-                to_stop.extend(ranked.into_iter().take(names.len() - want).cloned());
-            }
-        }
-        // Stopped only once the gateways have let go of them (step 4), and after a grace period.
-        let mut stopped = Vec::new();
-        for name in to_stop {
-            if let Some(r) = state.instances.remove(&name) {
-                stopped.push(r.instance.clone());
-                state.stopping.insert(name, r);
-            }
-        }
-        let mut to_start = Vec::new();
-        for ((ns, rev, node), want) in &wanted {
-            let key = (ns.clone(), rev.clone(), *node);
-            let have =
-                groups.get(&key).map_or(0, |v| v.len()) as u32 + starting.get(&key).copied().unwrap_or(0);
-            let have = have.min(*want);
-            for _ in have..*want {
-                to_start.push((ns.clone(), rev.clone(), *node));
-            }
-        }
-        for (ns, rev, node) in to_start {
-            let Some((svc, record)) = state.services.values().find_map(|s| {
-                s.revisions
-                    .iter()
-                    .find(|r| r.revision.metadata.namespace() == ns && r.revision.name() == rev)
-                    .map(|r| (s, r))
-            }) else {
-                continue;
-            };
-            state.counter += 1;
-            let node_name = self.options.topology.nodes[node].name.clone();
-            // Unique across restarts of the fleet too (log files are named after instances).
-            let nonce = self.options.seed
-                ^ std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0, |d| d.as_nanos() as u64);
-            let name =
-                format!("{}-{}-{}", svc.service.metadata.name(), node_name, suffix(nonce, state.counter));
-            let spec = self.instance_spec(&name, node, svc, record);
-            let fleet = self.clone();
-            let (ns2, rev2, svc_name) = (ns.clone(), rev.clone(), svc.service.metadata.name().to_owned());
-            // Reserve the slot now; the instance moves to the books once its listeners exist.
-            let placeholder_name = name.clone();
-            state.pending.insert(name.clone(), (ns.clone(), rev.clone(), node));
-            tokio::spawn(async move {
-                match Instance::start(spec).await {
-                    Ok(instance) => {
-                        let instance = Arc::new(instance);
-                        let mut watch = instance.watch();
-                        {
-                            let mut state = lock(&fleet.state);
-                            state.pending.remove(&placeholder_name);
-                            state.instances.insert(
-                                placeholder_name,
-                                InstanceRecord {
-                                    instance,
-                                    namespace: ns2,
-                                    service: svc_name,
-                                    revision: rev2,
-                                    node,
-                                },
-                            );
-                        }
-                        // Route to it as soon as it is ready.
-                        let f = fleet.clone();
-                        tokio::spawn(async move {
-                            while watch.changed().await.is_ok() {
-                                f.reconcile(false);
-                            }
-                        });
-                        fleet.reconcile(false);
-                    }
-                    Err(e) => {
-                        tracing::error!(instance = %placeholder_name, error = %e, "cannot start instance");
-                        lock(&fleet.state).pending.remove(&placeholder_name);
-                    }
-                }
-            });
-        }
-
-        // 4. Routes for every gateway.
-        let routes = self.routes(state);
-        if routes != state.routes {
-            for g in &self.gateways {
-                if let Err(e) = g.set_routes(&routes) {
-                    tracing::error!(error = %e, "gateway refused routes");
-                }
-            }
-            state.routes = routes;
-        }
-        // A request a gateway sent just before its routes changed may still be crossing a link:
-        // the instance drains (refusing new work) only once it has had time to arrive.
-        let grace = if stopped.is_empty() { Duration::ZERO } else { self.stop_grace() };
-        for instance in stopped {
-            let fleet = self.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(grace).await;
-                instance.stop().await;
-                fleet.prune_logs();
-            });
-        }
+        let unwanted = self.converge(state);
+        self.publish_routes(state);
+        self.stop_after_grace(unwanted);
     }
 
     /// Observes what revisions did since the last pass: the first ready instance makes a revision
@@ -336,6 +116,240 @@ impl Fleet {
                     tracing::error!(error = %error_chain(&e), "cannot store a revision's state");
                 }
             }
+        }
+    }
+
+    /// Feeds the autoscalers what instances and gateways measured since the last time.
+    fn record_stats(&self, state: &mut State, now: Instant) {
+        let mut by_revision: BTreeMap<(String, String), Vec<ikukantai_policy::autoscaler::Stat>> =
+            BTreeMap::new();
+        for r in state.instances.values() {
+            if let Some(stat) = r.instance.report() {
+                by_revision.entry((r.namespace.clone(), r.revision.clone())).or_default().push(stat);
+            }
+        }
+        let reports: Vec<_> = self.gateways.iter().enumerate().map(|(i, g)| (i, g.report())).collect();
+        for s in state.services.values_mut() {
+            for r in &mut s.revisions {
+                let key = (r.revision.metadata.namespace().to_owned(), r.revision.name().to_owned());
+                for stat in by_revision.get(&key).into_iter().flatten() {
+                    r.scaler.autoscaler.record(now, stat);
+                }
+                for (node, report) in &reports {
+                    for rep in report.iter().filter(|x| x.namespace == key.0 && x.revision == key.1) {
+                        r.scaler.autoscaler.record(now, &rep.activator);
+                        r.scaler.autoscaler.record_origin(now, *node, rep.origin.concurrency);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Runs every revision's autoscaler and placement: how many instances it wants on each node.
+    fn decide(&self, state: &mut State, now: Instant) {
+        let n = self.options.topology.nodes.len();
+        let capacity = self.options.topology.capacities();
+        let rtt = state.rtt.clone();
+        for key in state.services.keys().cloned().collect::<Vec<_>>() {
+            // Routed to, or the new revision that must start to prove itself ready.
+            let svc = &state.services[&key];
+            let states = revision_states(svc);
+            let mut reachable: Vec<String> = traffic_split(svc).into_iter().map(|t| t.revision).collect();
+            reachable.extend(
+                states.iter().filter(|r| awaits_readiness(&states, r.name)).map(|r| r.name.to_owned()),
+            );
+            for idx in 0..state.services[&key].revisions.len() {
+                let (ns, name) = {
+                    let r = &state.services[&key].revisions[idx].revision;
+                    (r.metadata.namespace().to_owned(), r.name().to_owned())
+                };
+                let ready = ready_count(state, &ns, &name);
+                let current: Vec<u32> = (0..n)
+                    .map(|i| {
+                        (state
+                            .instances
+                            .values()
+                            .filter(|x| x.namespace == ns && x.revision == name && x.node == i)
+                            .count()
+                            + state.pending.values().filter(|p| p.0 == ns && p.1 == name && p.2 == i).count())
+                            as u32
+                    })
+                    .collect();
+                // Room for this revision: node capacity minus everything else running there.
+                let room: Vec<u32> = (0..n)
+                    .map(|i| {
+                        let others = state
+                            .instances
+                            .values()
+                            .chain(state.stopping.values())
+                            .filter(|x| x.node == i && !(x.namespace == ns && x.revision == name))
+                            .count()
+                            + state
+                                .pending
+                                .values()
+                                .filter(|p| p.2 == i && !(p.0 == ns && p.1 == name))
+                                .count();
+                        let others = others as u32;
+                        capacity[i].saturating_sub(others)
+                    })
+                    .collect();
+                let record = &mut state.services.get_mut(&key).expect("key from keys()").revisions[idx];
+                let (decision, desired) = record.scaler.decide(
+                    now,
+                    ScaleInputs {
+                        tick: TickInputs {
+                            ready,
+                            reachable: reachable.contains(&name),
+                            buffering_since: Some(self.started),
+                        },
+                        current: &current,
+                        room: &room,
+                        rtt: &rtt,
+                    },
+                );
+                tracing::debug!(revision = %name, desired = decision.desired, stable = decision.observed_stable, panic = decision.observed_panic, panicking = decision.panicking, ready, placed = ?desired, "autoscaler decision");
+                record.desired = desired;
+            }
+        }
+    }
+
+    /// Converges instances to the decided placement: starts what is missing, and takes what is no
+    /// longer wanted out of the books, to be stopped once the gateways have let go of it.
+    fn converge(self: &Arc<Self>, state: &mut State) -> Vec<Arc<Instance>> {
+        let mut wanted: BTreeMap<(String, String, usize), u32> = BTreeMap::new();
+        for s in state.services.values() {
+            for r in &s.revisions {
+                for (node, &count) in r.desired.iter().enumerate() {
+                    wanted.insert(
+                        (r.revision.metadata.namespace().to_owned(), r.revision.name().to_owned(), node),
+                        count,
+                    );
+                }
+            }
+        }
+        let mut to_stop = Vec::new();
+        let mut groups: BTreeMap<(String, String, usize), Vec<String>> = BTreeMap::new();
+        for (name, r) in &state.instances {
+            groups.entry((r.namespace.clone(), r.revision.clone(), r.node)).or_default().push(name.clone());
+        }
+        let mut starting: BTreeMap<(String, String, usize), u32> = BTreeMap::new();
+        for (ns, rev, node) in state.pending.values() {
+            *starting.entry((ns.clone(), rev.clone(), *node)).or_default() += 1;
+        }
+        for (key, names) in &groups {
+            let want = wanted.get(key).copied().unwrap_or(0) as usize;
+            if names.len() > want {
+                // Stop the least useful first: not ready before ready, newest first.
+                let mut ranked: Vec<&String> = names.iter().collect();
+                ranked.sort_by_key(|n| {
+                    (state.instances[*n].instance.phase() == Phase::Ready, std::cmp::Reverse((*n).clone()))
+                });
+                to_stop.extend(ranked.into_iter().take(names.len() - want).cloned());
+            }
+        }
+        // Stopped only once the gateways have let go of them (publish_routes), and after a grace
+        // period (stop_after_grace).
+        let mut stopped = Vec::new();
+        for name in to_stop {
+            if let Some(r) = state.instances.remove(&name) {
+                stopped.push(r.instance.clone());
+                state.stopping.insert(name, r);
+            }
+        }
+        let mut to_start = Vec::new();
+        for ((ns, rev, node), want) in &wanted {
+            let key = (ns.clone(), rev.clone(), *node);
+            let have =
+                groups.get(&key).map_or(0, |v| v.len()) as u32 + starting.get(&key).copied().unwrap_or(0);
+            let have = have.min(*want);
+            for _ in have..*want {
+                to_start.push((ns.clone(), rev.clone(), *node));
+            }
+        }
+        for (ns, rev, node) in to_start {
+            self.start_instance(state, ns, rev, node);
+        }
+        stopped
+    }
+
+    /// Starts one instance of a revision on a node, its slot reserved in the books at once.
+    fn start_instance(self: &Arc<Self>, state: &mut State, ns: String, rev: String, node: usize) {
+        let Some((svc, record)) = state.services.values().find_map(|s| {
+            s.revisions
+                .iter()
+                .find(|r| r.revision.metadata.namespace() == ns && r.revision.name() == rev)
+                .map(|r| (s, r))
+        }) else {
+            return;
+        };
+        state.counter += 1;
+        let node_name = self.options.topology.nodes[node].name.clone();
+        // Unique across restarts of the fleet too (log files are named after instances).
+        let nonce = self.options.seed
+            ^ std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+        let name = format!("{}-{}-{}", svc.service.metadata.name(), node_name, suffix(nonce, state.counter));
+        let spec = self.instance_spec(&name, node, svc, record);
+        let service = svc.service.metadata.name().to_owned();
+        // Reserve the slot now; the instance moves to the books once its listeners exist.
+        state.pending.insert(name.clone(), (ns.clone(), rev.clone(), node));
+        let fleet = self.clone();
+        tokio::spawn(async move {
+            match Instance::start(spec).await {
+                Ok(instance) => {
+                    let instance = Arc::new(instance);
+                    let mut watch = instance.watch();
+                    {
+                        let mut state = lock(&fleet.state);
+                        state.pending.remove(&name);
+                        state.instances.insert(
+                            name,
+                            InstanceRecord { instance, namespace: ns, service, revision: rev, node },
+                        );
+                    }
+                    // Route to it as soon as it is ready.
+                    let f = fleet.clone();
+                    tokio::spawn(async move {
+                        while watch.changed().await.is_ok() {
+                            f.reconcile(false);
+                        }
+                    });
+                    fleet.reconcile(false);
+                }
+                Err(e) => {
+                    tracing::error!(instance = %name, error = %e, "cannot start instance");
+                    lock(&fleet.state).pending.remove(&name);
+                }
+            }
+        });
+    }
+
+    /// Tells every gateway the routes, if they changed.
+    fn publish_routes(&self, state: &mut State) {
+        let routes = self.routes(state);
+        if routes != state.routes {
+            for g in &self.gateways {
+                if let Err(e) = g.set_routes(&routes) {
+                    tracing::error!(error = %e, "gateway refused routes");
+                }
+            }
+            state.routes = routes;
+        }
+    }
+
+    /// Stops instances taken out of the routes, after the stop grace.
+    fn stop_after_grace(self: &Arc<Self>, stopped: Vec<Arc<Instance>>) {
+        // A request a gateway sent just before its routes changed may still be crossing a link:
+        // the instance drains (refusing new work) only once it has had time to arrive.
+        let grace = if stopped.is_empty() { Duration::ZERO } else { self.stop_grace() };
+        for instance in stopped {
+            let fleet = self.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(grace).await;
+                instance.stop().await;
+                fleet.prune_logs();
+            });
         }
     }
 

@@ -36,6 +36,7 @@ use crate::store::{RevisionRecordStatus, Store, StoreProblem};
 mod apply;
 mod defaults;
 mod error;
+mod occupancy;
 mod reconcile;
 mod views;
 
@@ -309,9 +310,8 @@ impl Fleet {
     }
 }
 
-fn ready_count(state: &State, ns: &str, revision: &str) -> u32 {
-    state
-        .instances
+fn ready_count(instances: &BTreeMap<String, InstanceRecord>, ns: &str, revision: &str) -> u32 {
+    instances
         .values()
         .filter(|x| x.namespace == ns && x.revision == revision && x.instance.phase() == Phase::Ready)
         .count() as u32

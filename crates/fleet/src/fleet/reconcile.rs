@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 use super::defaults::{
     DECISION_PERIOD, MAX_HEADER_BYTES, RECONCILE_PERIOD, STATS_PERIOD, STOP_GRACE_HOPS, TERMINATION_GRACE,
 };
+use super::occupancy::{instances_per_node, room_per_node};
 use super::{
     Fleet, InstanceRecord, Poke, RevisionRecord, ServiceRecord, State, error_chain, lock, ready_count,
     revision_states, stored_status, traffic_split,
@@ -147,67 +148,46 @@ impl Fleet {
 
     /// Runs every revision's autoscaler and placement: how many instances it wants on each node.
     fn decide(&self, state: &mut State, now: Instant) {
+        fn at(x: &InstanceRecord) -> ((&str, &str), usize) {
+            ((x.namespace.as_str(), x.revision.as_str()), x.node)
+        }
         let n = self.options.topology.nodes.len();
         let capacity = self.options.topology.capacities();
-        let rtt = state.rtt.clone();
-        for key in state.services.keys().cloned().collect::<Vec<_>>() {
+        let State { services, instances, stopping, pending, rtt, .. } = state;
+        // Where instances are: running or starting ones are their revision's; stopping ones take
+        // room on their node until gone.
+        let placed: Vec<_> = instances
+            .values()
+            .map(at)
+            .chain(pending.values().map(|(ns, rev, node)| ((ns.as_str(), rev.as_str()), *node)))
+            .collect();
+        let occupied: Vec<_> = placed.iter().copied().chain(stopping.values().map(at)).collect();
+        for svc in services.values_mut() {
             // Routed to, or the new revision that must start to prove itself ready.
-            let svc = &state.services[&key];
             let states = revision_states(svc);
             let mut reachable: Vec<String> = traffic_split(svc).into_iter().map(|t| t.revision).collect();
             reachable.extend(
                 states.iter().filter(|r| awaits_readiness(&states, r.name)).map(|r| r.name.to_owned()),
             );
-            for idx in 0..state.services[&key].revisions.len() {
-                let (ns, name) = {
-                    let r = &state.services[&key].revisions[idx].revision;
-                    (r.metadata.namespace().to_owned(), r.name().to_owned())
-                };
-                let ready = ready_count(state, &ns, &name);
-                let current: Vec<u32> = (0..n)
-                    .map(|i| {
-                        (state
-                            .instances
-                            .values()
-                            .filter(|x| x.namespace == ns && x.revision == name && x.node == i)
-                            .count()
-                            + state.pending.values().filter(|p| p.0 == ns && p.1 == name && p.2 == i).count())
-                            as u32
-                    })
-                    .collect();
-                // Room for this revision: node capacity minus everything else running there.
-                let room: Vec<u32> = (0..n)
-                    .map(|i| {
-                        let others = state
-                            .instances
-                            .values()
-                            .chain(state.stopping.values())
-                            .filter(|x| x.node == i && !(x.namespace == ns && x.revision == name))
-                            .count()
-                            + state
-                                .pending
-                                .values()
-                                .filter(|p| p.2 == i && !(p.0 == ns && p.1 == name))
-                                .count();
-                        let others = others as u32;
-                        capacity[i].saturating_sub(others)
-                    })
-                    .collect();
-                let record = &mut state.services.get_mut(&key).expect("key from keys()").revisions[idx];
+            for record in &mut svc.revisions {
+                let key = (record.revision.metadata.namespace(), record.revision.name());
+                let ready = ready_count(instances, key.0, key.1);
+                let current = instances_per_node(&placed, &key, n);
+                let room = room_per_node(&occupied, &key, &capacity);
                 let (decision, desired) = record.scaler.decide(
                     now,
                     ScaleInputs {
                         tick: TickInputs {
                             ready,
-                            reachable: reachable.contains(&name),
+                            reachable: reachable.iter().any(|r| r == key.1),
                             buffering_since: Some(self.started),
                         },
                         current: &current,
                         room: &room,
-                        rtt: &rtt,
+                        rtt,
                     },
                 );
-                tracing::debug!(revision = %name, desired = decision.desired, stable = decision.observed_stable, panic = decision.observed_panic, panicking = decision.panicking, ready, placed = ?desired, "autoscaler decision");
+                tracing::debug!(revision = %key.1, desired = decision.desired, stable = decision.observed_stable, panic = decision.observed_panic, panicking = decision.panicking, ready, placed = ?desired, "autoscaler decision");
                 record.desired = desired;
             }
         }

@@ -57,7 +57,7 @@ impl Fleet {
                     service: s.service.metadata.name().to_owned(),
                     name: name.to_owned(),
                     generation: r.revision.configuration_generation(),
-                    ready: ready_count(&state, ns, name),
+                    ready: ready_count(&state.instances, ns, name),
                     desired: r.desired.iter().sum(),
                     traffic: split.iter().filter(|t| t.revision == name).map(|t| t.percent).sum(),
                     balancer: r.balancer.clone(),

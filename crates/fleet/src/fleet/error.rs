@@ -6,7 +6,7 @@ use crate::store::StoreError;
 /// A fleet-level failure.
 ///
 /// Its message does not repeat its source's, nor do the errors it wraps: print the chain (anyhow's
-/// `{:#}`, or [`error_chain`]), which reads as one line with each part once.
+/// `{:#}`; the API answers with it), which reads as one line with each part once.
 #[derive(Debug, thiserror::Error)]
 pub enum FleetError {
     /// A listener or directory of the fleet's (`what` names it).

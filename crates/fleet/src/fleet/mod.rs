@@ -3,8 +3,10 @@
 //!
 //! - this module: the fleet, its start and shutdown, and the books it keeps;
 //! - `apply`: applying and deleting services;
-//! - `reconcile`: the control loop;
-//! - `views`: what the API shows of the fleet.
+//! - `reconcile`: the control loop, one function per phase;
+//! - `occupancy`: a revision's instances and room per node, as pure functions;
+//! - `views`: what the API shows of the fleet;
+//! - `error`: `FleetError`; `defaults`: the fleet's constants.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};

@@ -1,4 +1,6 @@
-//! The control loop: reconcile every [`RECONCILE_PERIOD`], and at once on a poke.
+//! The control loop: reconcile every [`RECONCILE_PERIOD`], and at once on a poke. A pass is its
+//! phases in order: observe_revisions, record_stats, decide, converge, publish_routes (then the
+//! instances taken out of the routes stop after their grace).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

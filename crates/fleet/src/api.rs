@@ -26,7 +26,7 @@ use prometheus_client::registry::Registry;
 use serde::Deserialize;
 use std::sync::atomic::AtomicU64;
 
-use crate::fleet::{Fleet, FleetError};
+use crate::fleet::{Fleet, FleetError, error_chain};
 use crate::view::ErrorBody;
 
 #[derive(Clone)]
@@ -44,9 +44,12 @@ impl IntoResponse for FleetError {
         let status = match &self {
             FleetError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             FleetError::NotFound(_) => StatusCode::NOT_FOUND,
-            FleetError::Io(_) | FleetError::Locked(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            FleetError::Io { .. }
+            | FleetError::Store(_)
+            | FleetError::Gateway { .. }
+            | FleetError::Locked(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        error(status, self.to_string())
+        error(status, error_chain(&self))
     }
 }
 

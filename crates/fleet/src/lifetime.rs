@@ -35,8 +35,9 @@ pub enum LockError {
         /// What the holder wrote about itself (its PID and API address).
         holder: String,
     },
-    /// The lock file could not be opened or written.
-    #[error("state directory {dir}: lock file: {source}")]
+    /// The lock file could not be opened or written. Its message does not repeat its source's:
+    /// print the chain.
+    #[error("state directory {dir}: lock file")]
     Io {
         /// The state directory.
         dir: PathBuf,

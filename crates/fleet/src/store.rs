@@ -57,9 +57,9 @@ pub struct Store {
     dir: PathBuf,
 }
 
-/// Store IO failed.
+/// Store IO failed. Its message does not repeat its source's: print the chain.
 #[derive(Debug, thiserror::Error)]
-#[error("state store {path}: {source}")]
+#[error("state store {path}")]
 pub struct StoreError {
     /// The path involved.
     pub path: PathBuf,

@@ -1,0 +1,344 @@
+//! The control plane of a local fleet: services → revisions → autoscaler → placement → instances
+//! per node → gateway routes, reconciled continuously; plus one gateway per node.
+//!
+//! - this module: the fleet, its start and shutdown, and the books it keeps;
+//! - `apply`: applying and deleting services;
+//! - `reconcile`: the control loop, one function per phase;
+//! - `occupancy`: a revision's instances and room per node, as pure functions;
+//! - `views`: what the API shows of the fleet;
+//! - `error`: `FleetError`; `defaults`: the fleet's constants.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ikukantai_api::annotations::RevisionSettings;
+use ikukantai_api::config::FleetConfig;
+use ikukantai_api::revision::Revision;
+use ikukantai_api::service::Service;
+use ikukantai_api::status::{RevisionState, resolve_traffic};
+use ikukantai_api::topology::Topology;
+use ikukantai_dataplane::gateway::{
+    Gateway, GatewayConfig, GatewayEvents, MemoryRelease, RouteTarget, Routes,
+};
+use ikukantai_link::link::Link;
+use ikukantai_policy::estimate::RttMatrix;
+use ikukantai_policy::registry::PolicyParams;
+use ikukantai_policy::scaler::RevisionScaler;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+use self::defaults::{GATEWAY_QUEUE_DEPTH, MAX_BODY_BYTES, MAX_HEADER_BYTES};
+use crate::agent::{Instance, Phase};
+use crate::lifetime::{KEPT_LOGS, StateLock, prune_logs, reap_orphans};
+use crate::store::{RevisionRecordStatus, Store, StoreProblem};
+
+mod apply;
+mod defaults;
+mod error;
+mod occupancy;
+mod reconcile;
+mod views;
+
+pub use apply::local_warning;
+pub use error::FleetError;
+pub(crate) use error::error_chain;
+
+/// How a fleet is started.
+#[derive(Debug, Clone)]
+pub struct FleetOptions {
+    /// State directory (services, logs).
+    pub state_dir: PathBuf,
+    /// The nodes and links.
+    pub topology: Topology,
+    /// Fleet-wide configuration.
+    pub config: FleetConfig,
+    /// Port of every node's gateway (node i listens on 127.0.1.(i+1)).
+    pub gateway_port: u16,
+    /// Port of every gateway's admin listener.
+    pub admin_port: u16,
+    /// How often the latency monitor probes.
+    pub probe_interval: Duration,
+    /// Seed of every policy's randomness.
+    pub seed: u64,
+    /// How gateways give memory back to the system while many requests wait.
+    pub memory_release: Option<MemoryRelease>,
+    /// How this fleet is described to another that finds its state directory taken (e.g. its
+    /// API address).
+    pub holder: String,
+}
+
+struct RevisionRecord {
+    revision: Revision,
+    settings: RevisionSettings,
+    scaler: RevisionScaler,
+    balancer: String,
+    queue: String,
+    desired: Vec<u32>,
+    /// Ready once, or failed before that (kept in the store).
+    status: RevisionRecordStatus,
+}
+
+struct ServiceRecord {
+    service: Service,
+    revisions: Vec<RevisionRecord>,
+}
+
+struct InstanceRecord {
+    instance: Arc<Instance>,
+    namespace: String,
+    service: String,
+    revision: String,
+    node: usize,
+}
+
+struct State {
+    services: BTreeMap<(String, String), ServiceRecord>,
+    instances: BTreeMap<String, InstanceRecord>,
+    /// Instances being stopped (still counted against capacity until gone).
+    stopping: BTreeMap<String, InstanceRecord>,
+    /// Instances being started: (namespace, revision, node) by name.
+    pending: BTreeMap<String, (String, String, usize)>,
+    rtt: RttMatrix,
+    last_stats: Instant,
+    last_decision: Instant,
+    routes: Routes,
+    counter: u64,
+}
+
+/// A running local fleet.
+pub struct Fleet {
+    options: FleetOptions,
+    store: Store,
+    gateways: Vec<Gateway>,
+    state: Mutex<State>,
+    started: Instant,
+    /// Problems found while loading the state directory.
+    pub problems: Vec<StoreProblem>,
+    poke: mpsc::UnboundedSender<Poke>,
+    logs: PathBuf,
+    /// The state directory, canonical (instances are marked with it).
+    state_dir: PathBuf,
+    /// Held until shutdown.
+    lock: Mutex<Option<StateLock>>,
+}
+
+impl std::fmt::Debug for Fleet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fleet").field("nodes", &self.options.topology.nodes.len()).finish_non_exhaustive()
+    }
+}
+
+/// What wakes the control loop before its next period.
+enum Poke {
+    /// A request for a revision without instances arrived at node `origin`: its autoscaler
+    /// records the demand (Knative's activator poke) and the fleet decides at once.
+    Demand { namespace: String, revision: String, origin: usize },
+    /// The services changed (apply, delete): decide at once.
+    Reconcile,
+}
+
+/// A gateway's events, as pokes.
+struct Pokes(mpsc::UnboundedSender<Poke>);
+
+impl GatewayEvents for Pokes {
+    fn demand(&self, namespace: &str, revision: &str, origin: usize) {
+        let _ = self.0.send(Poke::Demand {
+            namespace: namespace.to_owned(),
+            revision: revision.to_owned(),
+            origin,
+        });
+    }
+}
+
+/// Loopback address of node `i`'s gateway.
+pub fn node_ip(i: usize) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 0, 1, (i + 1).min(254) as u8))
+}
+
+/// Binds one of a node's listeners (`what` names it in the error).
+async fn listen(node: &str, what: &str, addr: SocketAddr) -> Result<TcpListener, FleetError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| FleetError::Io { what: format!("node {node}: {what} on {addr}"), source })
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Fleet {
+    /// Starts the gateways, restores the stored services and starts reconciling.
+    pub async fn start(options: FleetOptions) -> Result<Arc<Self>, FleetError> {
+        let store = Store::open(&options.state_dir)?;
+        let state_dir = options.state_dir.canonicalize().map_err(|source| FleetError::Io {
+            what: format!("state directory {}", options.state_dir.display()),
+            source,
+        })?;
+        let state_lock = StateLock::acquire(&state_dir, &options.holder)?;
+        let reaped = reap_orphans(&state_dir);
+        if !reaped.is_empty() {
+            tracing::warn!(pids = ?reaped, "killed processes left running by an earlier fleet of this state directory");
+        }
+        let logs = options.state_dir.join("logs");
+        std::fs::create_dir_all(&logs)
+            .map_err(|source| FleetError::Io { what: format!("log directory {}", logs.display()), source })?;
+        let topology = &options.topology;
+        let n = topology.nodes.len();
+        let rtt = topology.rtt_matrix(options.probe_interval * 3);
+        let (poke_tx, poke_rx) = mpsc::unbounded_channel();
+        let mut gateways = Vec::new();
+        for i in 0..n {
+            let links = (0..n)
+                .map(|j| {
+                    (i != j).then(|| Link::new(&topology.link(i, j), options.seed ^ ((i * n + j) as u64)))
+                })
+                .collect();
+            let config = GatewayConfig {
+                nodes: topology.nodes.iter().map(|x| x.name.clone()).collect(),
+                node: i,
+                domain: options.config.domain.clone(),
+                queue_depth: GATEWAY_QUEUE_DEPTH,
+                max_header_bytes: MAX_HEADER_BYTES,
+                max_body_bytes: MAX_BODY_BYTES,
+                policy: PolicyParams { seed: options.seed ^ i as u64, ..PolicyParams::default() },
+                links,
+                rtt: rtt.clone(),
+                memory_release: options.memory_release,
+            };
+            let (node, ip) = (&topology.nodes[i].name, node_ip(i));
+            let listener = listen(node, "gateway", SocketAddr::new(ip, options.gateway_port)).await?;
+            let admin = listen(node, "admin", SocketAddr::new(ip, options.admin_port)).await?;
+            let gateway = Gateway::start(config, listener, admin, Arc::new(Pokes(poke_tx.clone())))
+                .map_err(|source| FleetError::Gateway { node: node.clone(), source })?;
+            gateways.push(gateway);
+        }
+        let (stored, problems) = store.load();
+        let now = Instant::now();
+        let fleet = Arc::new(Self {
+            store,
+            gateways,
+            state: Mutex::new(State {
+                services: BTreeMap::new(),
+                instances: BTreeMap::new(),
+                stopping: BTreeMap::new(),
+                pending: BTreeMap::new(),
+                rtt,
+                last_stats: now,
+                last_decision: now,
+                routes: Routes::default(),
+                counter: 0,
+            }),
+            started: now,
+            problems,
+            poke: poke_tx,
+            logs,
+            state_dir,
+            lock: Mutex::new(Some(state_lock)),
+            options,
+        });
+        {
+            let mut state = lock(&fleet.state);
+            for s in stored {
+                let mut record = ServiceRecord { service: s.service, revisions: Vec::new() };
+                for r in s.revisions {
+                    let status = s.status.get(r.name()).cloned().unwrap_or_default();
+                    match fleet.revision_record(r) {
+                        Ok(rec) => record.revisions.push(RevisionRecord { status, ..rec }),
+                        Err(e) => tracing::error!(error = %e, "cannot restore a revision"),
+                    }
+                }
+                let key = (
+                    record.service.metadata.namespace().to_owned(),
+                    record.service.metadata.name().to_owned(),
+                );
+                state.services.insert(key, record);
+            }
+        }
+        fleet.prune_logs();
+        tokio::spawn(reconcile::run(fleet.clone(), poke_rx));
+        tokio::spawn(crate::monitor::run(fleet.clone()));
+        Ok(fleet)
+    }
+
+    /// The options it runs with.
+    pub fn options(&self) -> &FleetOptions {
+        &self.options
+    }
+
+    /// Gateway of node `i`.
+    pub fn gateway(&self, i: usize) -> &Gateway {
+        &self.gateways[i]
+    }
+
+    /// Records a measured RTT.
+    pub fn record_rtt(&self, from: usize, to: usize, ms: f64) {
+        self.gateways[from].record_rtt(to, ms);
+        lock(&self.state).rtt.record(from, to, ms, std::time::Instant::now());
+    }
+
+    /// Keeps the logs of the [`KEPT_LOGS`] instances that stopped last, and of every live one.
+    fn prune_logs(&self) {
+        let live: std::collections::BTreeSet<String> = {
+            let state = lock(&self.state);
+            state.instances.keys().chain(state.stopping.keys()).chain(state.pending.keys()).cloned().collect()
+        };
+        prune_logs(&self.logs, KEPT_LOGS, |name| live.contains(name));
+    }
+
+    /// The log file of an instance.
+    pub fn log_path(&self, instance: &str) -> Option<PathBuf> {
+        let p = self.logs.join(format!("{instance}.log"));
+        p.exists().then_some(p)
+    }
+
+    /// Stops every instance and gateway (Ctrl-C).
+    pub async fn shutdown(&self) {
+        let all: Vec<Arc<Instance>> = {
+            let mut state = lock(&self.state);
+            let mut v: Vec<_> =
+                std::mem::take(&mut state.instances).into_values().map(|r| r.instance).collect();
+            v.extend(std::mem::take(&mut state.stopping).into_values().map(|r| r.instance));
+            v
+        };
+        // Stop them all at once: each drains and may wait out its grace period.
+        let stops: Vec<_> = all.into_iter().map(|i| tokio::spawn(async move { i.stop().await })).collect();
+        for s in stops {
+            let _ = s.await;
+        }
+        lock(&self.lock).take();
+    }
+}
+
+fn ready_count(instances: &BTreeMap<String, InstanceRecord>, ns: &str, revision: &str) -> u32 {
+    instances
+        .values()
+        .filter(|x| x.namespace == ns && x.revision == revision && x.instance.phase() == Phase::Ready)
+        .count() as u32
+}
+
+fn revision_states(s: &ServiceRecord) -> Vec<RevisionState<'_>> {
+    s.revisions
+        .iter()
+        .map(|r| RevisionState {
+            name: r.revision.name(),
+            ready: r.status.ever_ready
+                || (r.status.failure.is_none() && r.scaler.autoscaler.spec().starts_at_zero()),
+            failure: r.status.failure.as_deref(),
+        })
+        .collect()
+}
+
+fn stored_status(s: &ServiceRecord) -> BTreeMap<String, RevisionRecordStatus> {
+    s.revisions.iter().map(|r| (r.revision.name().to_owned(), r.status.clone())).collect()
+}
+
+/// The service's traffic resolved to revision names.
+fn traffic_split(s: &ServiceRecord) -> Vec<RouteTarget> {
+    resolve_traffic(&s.service.spec, &revision_states(s))
+        .into_iter()
+        .map(|t| RouteTarget { revision: t.revision, percent: t.percent, tag: t.tag })
+        .collect()
+}

@@ -1,0 +1,182 @@
+//! What the API shows of the fleet: nodes, services, revisions, instances, placements, latency.
+
+use std::time::Instant;
+
+use ikukantai_api::service::Service;
+use ikukantai_api::status::service_status;
+
+use super::{Fleet, ServiceRecord, State, lock, ready_count, revision_states, traffic_split};
+use crate::agent::Phase;
+use crate::view::{InstanceView, LatencyView, NodeView, PlacementView, RevisionView};
+
+impl Fleet {
+    /// Node views.
+    pub fn nodes(&self) -> Vec<NodeView> {
+        let state = lock(&self.state);
+        self.options
+            .topology
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| NodeView {
+                name: n.name.clone(),
+                labels: n.labels.clone(),
+                capacity: n.capacity,
+                instances: state.instances.values().filter(|r| r.node == i).count() as u32,
+                gateway: self.gateways[i].addr(),
+                admin: self.gateways[i].admin_addr(),
+            })
+            .collect()
+    }
+
+    /// Every service with its status.
+    pub fn services(&self) -> Vec<Service> {
+        let state = lock(&self.state);
+        state.services.values().map(|r| with_status(r, &self.options.config.domain, &state)).collect()
+    }
+
+    /// One service.
+    pub fn service(&self, namespace: &str, name: &str) -> Option<Service> {
+        let state = lock(&self.state);
+        state
+            .services
+            .get(&(namespace.to_owned(), name.to_owned()))
+            .map(|r| with_status(r, &self.options.config.domain, &state))
+    }
+
+    /// Every revision.
+    pub fn revisions(&self) -> Vec<RevisionView> {
+        let state = lock(&self.state);
+        let mut out = Vec::new();
+        for s in state.services.values() {
+            let split = traffic_split(s);
+            for r in &s.revisions {
+                let (ns, name) = (r.revision.metadata.namespace(), r.revision.name());
+                out.push(RevisionView {
+                    namespace: ns.to_owned(),
+                    service: s.service.metadata.name().to_owned(),
+                    name: name.to_owned(),
+                    generation: r.revision.configuration_generation(),
+                    ready: ready_count(&state.instances, ns, name),
+                    desired: r.desired.iter().sum(),
+                    traffic: split.iter().filter(|t| t.revision == name).map(|t| t.percent).sum(),
+                    balancer: r.balancer.clone(),
+                    placement: r.scaler.placement_name().to_owned(),
+                    queue: r.queue.clone(),
+                });
+            }
+        }
+        out
+    }
+
+    /// Every instance.
+    pub fn instances(&self) -> Vec<InstanceView> {
+        let state = lock(&self.state);
+        state
+            .instances
+            .values()
+            .chain(state.stopping.values())
+            .map(|r| {
+                let phase = r.instance.phase();
+                InstanceView {
+                    name: r.instance.name.clone(),
+                    namespace: r.namespace.clone(),
+                    service: r.service.clone(),
+                    revision: r.revision.clone(),
+                    node: self.options.topology.nodes[r.node].name.clone(),
+                    state: phase.name().to_owned(),
+                    message: phase.message(),
+                    restarts: r.instance.restarts(),
+                    queue_proxy: r.instance.queue_proxy,
+                    address: r.instance.address,
+                    pid: r.instance.pid(),
+                }
+            })
+            .collect()
+    }
+
+    /// Desired and ready instances per node, per revision.
+    pub fn placements(&self) -> Vec<PlacementView> {
+        let state = lock(&self.state);
+        let nodes: Vec<String> = self.options.topology.nodes.iter().map(|n| n.name.clone()).collect();
+        let now = Instant::now();
+        let mut out = Vec::new();
+        for s in state.services.values() {
+            for r in &s.revisions {
+                let (ns, name) = (r.revision.metadata.namespace(), r.revision.name());
+                let ready = (0..nodes.len())
+                    .map(|i| {
+                        state
+                            .instances
+                            .values()
+                            .filter(|x| {
+                                x.namespace == ns
+                                    && x.revision == name
+                                    && x.node == i
+                                    && x.instance.phase() == Phase::Ready
+                            })
+                            .count() as u32
+                    })
+                    .collect();
+                let mut demand = r.scaler.autoscaler.demand_by_origin(now);
+                demand.resize(nodes.len(), 0.0);
+                out.push(PlacementView {
+                    namespace: ns.to_owned(),
+                    service: s.service.metadata.name().to_owned(),
+                    revision: name.to_owned(),
+                    nodes: nodes.clone(),
+                    ready,
+                    desired: r.desired.clone(),
+                    demand,
+                });
+            }
+        }
+        out
+    }
+
+    /// Measured and configured latencies.
+    pub fn latency(&self) -> LatencyView {
+        let state = lock(&self.state);
+        let t = &self.options.topology;
+        let n = t.nodes.len();
+        let now = std::time::Instant::now();
+        LatencyView {
+            nodes: t.nodes.iter().map(|x| x.name.clone()).collect(),
+            measured: (0..n)
+                .map(|i| {
+                    (0..n)
+                        .map(|j| {
+                            if i == j {
+                                None
+                            } else {
+                                state.rtt.sample(i, j).filter(|_| state.rtt.is_fresh(i, j, now)).map(|s| s.0)
+                            }
+                        })
+                        .collect()
+                })
+                .collect(),
+            configured: (0..n)
+                .map(|i| (0..n).map(|j| t.link(i, j).rtt.as_secs_f64() * 1e3).collect())
+                .collect(),
+        }
+    }
+}
+
+fn with_status(s: &ServiceRecord, domain: &str, state: &State) -> Service {
+    let mut svc = s.service.clone();
+    let (ns, name) = (svc.metadata.namespace().to_owned(), svc.metadata.name().to_owned());
+    let serving: Vec<String> = traffic_split(s).into_iter().map(|t| t.revision).collect();
+    let failing: Vec<String> = state
+        .instances
+        .values()
+        .filter(|x| {
+            x.namespace == ns
+                && x.service == name
+                && serving.contains(&x.revision)
+                && matches!(x.instance.phase(), Phase::Failed(_) | Phase::CrashLoopBackOff(_))
+        })
+        .map(|x| format!("{}: {}", x.instance.name, x.instance.phase().message().unwrap_or_default()))
+        .collect();
+    svc.status = Some(service_status(&svc, &revision_states(s), &failing, domain));
+    svc
+}

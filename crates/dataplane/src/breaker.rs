@@ -1,6 +1,6 @@
 //! A concurrency limit with a bounded waiting queue, ordered by a queue discipline from the policy
-//! core. Used by the queue proxy (containerConcurrency) and by the gateway's activator (buffering
-//! until an instance has room).
+//! core: the queue proxy's containerConcurrency. (The gateway's activator queue is its own: it
+//! waits for the balancer to pick an instance, not for a slot of one limit.)
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

@@ -1,8 +1,12 @@
-//! The ingress: takes a request from a client, routes it, has the activator find it an
-//! instance, forwards it, and accounts for it in drop guards however it ends.
+//! The ingress: takes a request from a client and serves it in three phases — route (host →
+//! service → revision), admit (an instance now, or a wait in the activator queue) and forward
+//! (to the instance, and its response back) — accounting for it in drop guards however it ends.
+//! A phase that cannot go on ends the request with a [`Rejection`].
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{HeaderValue, Request, Response, StatusCode};
@@ -11,10 +15,11 @@ use ikukantai_http::h1::{Handler, RequestBody};
 use ikukantai_http::peer::Peer;
 use ikukantai_http::pool::{Forwarding, PooledBody, Upstream, UpstreamError};
 use ikukantai_http::proxy::detach_head;
-use ikukantai_http::upgrade::{strip_request, strip_response};
+use ikukantai_http::upgrade::{OnUpgrade, strip_request, strip_response};
 use ikukantai_policy::balance::Completion;
 use ikukantai_policy::estimate::NodeIndex;
 use rand::RngExt;
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::Shared;
@@ -33,11 +38,83 @@ static ACTIVATOR: HeaderValue = HeaderValue::from_static("activator");
 
 pub(super) struct Ingress(pub(super) Arc<Shared>);
 
+/// A request the gateway answers itself rather than forward: the answer, and the labels it is
+/// counted under in `ikukantai_gateway_rejected_requests_total`.
+struct Rejection {
+    status: StatusCode,
+    /// The service's namespace and name; empty when no service answers to the host.
+    namespace: String,
+    service: String,
+    /// The metric's `reason` label.
+    reason: &'static str,
+    message: String,
+}
+
+impl Rejection {
+    fn new(status: StatusCode, service: &ServiceState, reason: &'static str, message: String) -> Self {
+        let (namespace, service) = (service.namespace.clone(), service.name.clone());
+        Self { status, namespace, service, reason, message }
+    }
+
+    /// A request whose host names no service.
+    fn no_route(status: StatusCode, message: String) -> Self {
+        Self { status, namespace: String::new(), service: String::new(), reason: "no_route", message }
+    }
+
+    /// The only way a rejection reaches a client: counted, then answered.
+    fn answer(self, shared: &Shared) -> Response<Body> {
+        let Self { status, namespace, service, reason, message } = self;
+        shared.metrics.rejected.get_or_create(&RejectLabels { namespace, service, reason }).inc();
+        error_response(status, message)
+    }
+}
+
+/// A routed request's service (named by its host) and revision (chosen by the traffic split).
+struct Routed {
+    service: Arc<ServiceState>,
+    rev: Arc<RevisionState>,
+}
+
+/// What the admit phase did with a request.
+enum Admission<'a> {
+    /// An instance had room.
+    Now(Admitted),
+    /// None had: the request is in the activator queue.
+    Queued(Queued<'a>),
+}
+
+/// A request in the activator queue.
+struct Queued<'a> {
+    rx: oneshot::Receiver<u64>,
+    /// Requests that were waiting before it.
+    ahead: u32,
+    entered: Entered<'a>,
+    timeout: Duration,
+    deadline: Instant,
+}
+
+/// A request with an instance. Its slot is taken ([`pick`] counted it in flight), so it
+/// becomes a [`Forwarded`] guard before any `.await`.
+struct Admitted {
+    picked: Picked,
+    /// It waited in the activator queue.
+    buffered: bool,
+    timeout: Duration,
+    deadline: Instant,
+}
+
 /// Counts a request as entered at this node until dropped (covers cancellation while waiting).
 struct Entered<'a> {
     rev: &'a RevisionState,
     buffered: bool,
     handed_over: bool,
+}
+
+impl Entered<'_> {
+    /// From now on a [`Forwarded`] guard accounts for the request.
+    fn hand_over(mut self) {
+        self.handed_over = true;
+    }
 }
 
 impl Drop for Entered<'_> {
@@ -47,39 +124,6 @@ impl Drop for Entered<'_> {
             self.rev.origin.request_out(now, false);
             if self.buffered {
                 self.rev.activator.request_out(now, false);
-            }
-        }
-    }
-}
-
-impl Ingress {
-    fn reject(
-        &self,
-        status: StatusCode,
-        namespace: &str,
-        service: &str,
-        reason: &'static str,
-        message: String,
-    ) -> Response<Body> {
-        let labels = RejectLabels { namespace: namespace.to_owned(), service: service.to_owned(), reason };
-        self.0.metrics.rejected.get_or_create(&labels).inc();
-        error_response(status, message)
-    }
-
-    fn choose(&self, service: &ServiceState) -> Option<Target> {
-        match service.split.as_slice() {
-            [] => None,
-            [(_, only)] => Some(only.clone()),
-            split => {
-                let total: u32 = split.iter().map(|(p, _)| p).sum();
-                let mut draw = Shared::lock(&self.0.rng).random_range(0..total);
-                for (percent, target) in split {
-                    if draw < *percent {
-                        return Some(target.clone());
-                    }
-                    draw -= percent;
-                }
-                None
             }
         }
     }
@@ -103,6 +147,12 @@ impl Forwarded {
     fn record(&mut self, now: Instant) {
         record_outcome(&self.shared, &self.rev, Some(self.node), self.code, now - self.arrival);
         self.recorded = true;
+    }
+
+    /// Ends the request with the gateway's own answer, counted under its status here too.
+    fn rejected(mut self, rejection: Rejection) -> Rejection {
+        self.code = rejection.status.as_u16();
+        rejection
     }
 }
 
@@ -162,251 +212,287 @@ fn request_labels(
 }
 
 impl Handler for Ingress {
-    // Not an `async fn`: that would store the arguments twice in the future, which the
-    // connection holds for every request and which lives as long as a request waits. For the same reason values
-    // that are gone before an `.await` live in blocks that end before it.
-    #[expect(clippy::manual_async_fn, reason = "an async fn stores its arguments twice")]
     fn handle(
+        self: Arc<Self>,
+        req: Request<RequestBody>,
+        peer: Arc<Peer>,
+    ) -> impl Future<Output = Response<Body>> + Send {
+        Answer { shared: self.0.clone(), serve: self.serve(req, peer) }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request's response: what [`Ingress::serve`] answers, or its rejection. A future of its
+    /// own: an `async` block awaiting `serve` would keep room for the request twice.
+    struct Answer<F> {
+        shared: Arc<Shared>,
+        #[pin]
+        serve: F,
+    }
+}
+
+impl<F: Future<Output = Result<Response<Body>, Rejection>>> Future for Answer<F> {
+    type Output = Response<Body>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Response<Body>> {
+        let this = self.project();
+        this.serve.poll(cx).map(|served| served.unwrap_or_else(|rejection| rejection.answer(this.shared)))
+    }
+}
+
+impl Ingress {
+    /// Serves a request: route, admit, forward.
+    // Not an `async fn`: that would store the arguments twice in the future, which the
+    // connection holds for every request and which lives as long as a request waits. For the
+    // same reason the phases that need no `.await` are plain functions, whose locals take no
+    // room in it.
+    #[expect(clippy::manual_async_fn, reason = "an async fn stores its arguments twice")]
+    fn serve(
         self: Arc<Self>,
         mut req: Request<RequestBody>,
         peer: Arc<Peer>,
-    ) -> impl Future<Output = Response<Body>> + Send {
+    ) -> impl Future<Output = Result<Response<Body>, Rejection>> + Send {
         async move {
+            // One clock reading serves the arrival, the stats, the pick and (for requests that
+            // do not wait) the start of the upstream exchange.
             let arrival = Instant::now();
-            let shared = &self.0;
-            // Locals that are gone before the upstream `.await` live in blocks (or are never
-            // named), so that the future does not keep room for them while a request waits.
-            let (service, tagged) = {
-                let Some(host) = host_of(&req) else {
-                    return self.reject(
-                        StatusCode::BAD_REQUEST,
-                        "",
-                        "",
-                        "no_route",
-                        "request has no Host header".into(),
-                    );
-                };
-                let found =
-                    shared.table.read().unwrap_or_else(|e| e.into_inner()).hosts.get(host.as_ref()).cloned();
-                let Some(found) = found else {
-                    return self.reject(
-                        StatusCode::NOT_FOUND,
-                        "",
-                        "",
-                        "no_route",
-                        format!("no service answers to host {host:?}"),
-                    );
-                };
-                found
-            };
-            let (ns, svc) = (service.namespace.as_str(), service.name.as_str());
-            let limit = shared.config.max_body_bytes;
-            // The declared length, as the server read it (no header lookup).
-            if let Some(len) = http_body::Body::size_hint(req.body()).exact()
-                && len > limit
-            {
-                return self.reject(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    ns,
-                    svc,
-                    "too_large",
-                    format!("request body of {len} bytes is larger than the {limit}-byte limit"),
-                );
-            }
-            let rev = match tagged.or_else(|| self.choose(&service)) {
-                Some(Ok(rev)) => rev,
-                Some(Err(revision)) => {
-                    return self.reject(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        ns,
-                        svc,
-                        "no_route",
-                        format!("revision {revision} of {ns}/{svc} is not ready"),
-                    );
-                }
-                None => {
-                    return self.reject(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        ns,
-                        svc,
-                        "no_route",
-                        format!("service {ns}/{svc} routes no traffic"),
-                    );
-                }
-            };
-            let revision = rev.labels.revision.as_str();
-
-            // One clock reading serves the arrival, the stats, the pick and (for requests that do
-            // not wait) the start of the upstream exchange.
-            rev.origin.request_in(arrival.into_std(), false);
-            // Take an instance now, or wait in the activator queue.
-            let timeout;
-            let deadline;
-            let (picked, buffered) = {
-                let mut entered = Entered { rev: &rev, buffered: false, handed_over: false };
-                let waiting = {
-                    let mut inner = Shared::lock(&rev.inner);
-                    timeout = inner.route.timeout;
-                    deadline = arrival + timeout;
-                    let queued = inner.waiting.len() as u32;
-                    match pick(shared, &mut inner, queued, arrival) {
-                        Some(p) => Ok(p),
-                        None if inner.instances.is_empty() && inner.route.failure.is_some() => {
-                            let message = cannot_start(revision, &inner.route);
-                            drop(inner);
-                            // Still demand: the control plane may try the revision again.
-                            shared.events.demand(ns, revision, shared.config.node);
-                            return self.reject(StatusCode::SERVICE_UNAVAILABLE, ns, svc, "failed", message);
-                        }
-                        None => {
-                            let depth = shared.config.queue_depth;
-                            if inner.waiting.len() >= depth {
-                                drop(inner);
-                                let message = format!(
-                                    "revision {revision} has no capacity and {depth} requests are already waiting"
-                                );
-                                return self.reject(
-                                    StatusCode::SERVICE_UNAVAILABLE,
-                                    ns,
-                                    svc,
-                                    "queue_full",
-                                    message,
-                                );
-                            }
-                            Err((
-                                enqueue(shared, &rev, &mut inner, &req, peer.addr_text(), arrival, deadline),
-                                queued,
-                            ))
-                        }
-                    }
-                };
-                let picked = match waiting {
-                    Ok(p) => p,
-                    Err((mut rx, ahead)) => {
-                        entered.buffered = true;
+            let routed = self.route(&req)?;
+            // A `let`, not the `match`'s scrutinee, whose temporaries the future would keep across
+            // the wait; in a block, so that its borrow of `routed` ends before `forward` takes it.
+            let admitted = {
+                let admission = self.admit(&routed, &req, &peer, arrival)?;
+                match admission {
+                    Admission::Now(admitted) => admitted,
+                    Admission::Queued(queued) => {
+                        // Its head is copied out, so that the connection can let go of its buffer.
                         req = detach_head(req);
-                        req.body().release_read_buffer();
-                        release_memory(&shared.config, &req, ahead);
-                        rev.activator.request_in(std::time::Instant::now(), false);
-                        rev.buffered_counter.inc();
-                        // Boxed: the wait's timer and channel then take room only in requests that wait.
-                        let id = Box::pin(wait_for_instance(shared, &rev, &mut rx, deadline)).await;
-                        let (found, failure, none_ready) = {
-                            let inner = Shared::lock(&rev.inner);
-                            let found =
-                                id.and_then(|id| inner.instances.iter().find(|x| x.id == id).map(Picked::of));
-                            let failure =
-                                inner.route.failure.is_some().then(|| cannot_start(revision, &inner.route));
-                            (found, failure, inner.instances.is_empty())
-                        };
-                        match (found, failure) {
-                            (Some(p), _) => p,
-                            (None, Some(message)) if none_ready => {
-                                return self.reject(
-                                    StatusCode::SERVICE_UNAVAILABLE,
-                                    ns,
-                                    svc,
-                                    "failed",
-                                    message,
-                                );
-                            }
-                            (None, _) => {
-                                drop(rx);
-                                dispatch(shared, &rev);
-                                let message = if none_ready {
-                                    format!(
-                                        "no instance of revision {revision} became ready within the {timeout:?} request timeout"
-                                    )
-                                } else {
-                                    format!(
-                                        "every instance of revision {revision} stayed busy for the {timeout:?} request timeout"
-                                    )
-                                };
-                                return self.reject(StatusCode::GATEWAY_TIMEOUT, ns, svc, "timeout", message);
-                            }
-                        }
+                        self.wait(&routed, queued, &req).await?
                     }
-                };
-                entered.handed_over = true;
-                (picked, entered.buffered)
-            };
-            rev.in_flight_gauge.inc();
-            let mut done = Forwarded {
-                shared: shared.clone(),
-                rev: rev.clone(),
-                id: picked.id,
-                node: picked.node,
-                arrival,
-                buffered,
-                code: 0,
-                recorded: false,
-            };
-
-            // In a block: a moved-from local still takes room in the future until its scope ends.
-            let (request, client_upgrade) = {
-                let (mut parts, body) = req.into_parts();
-                let client_upgrade = strip_request(&mut parts);
-                let upstream = Request::from_parts(parts, boxed(Limited::new(body, limit)));
-                let (ip, origin) = (peer.ip_header(), shared.origin_value.as_ref());
-                let upgrade = client_upgrade.is_some();
-                (forward(&picked.upstream, upstream, ip, origin, buffered, upgrade), client_upgrade)
-            };
-            let sent = if buffered { Instant::now() } else { arrival };
-            let response = match shared.timers.timeout_at(deadline, request).await {
-                Some(Ok(r)) => r,
-                Some(Err(e)) => {
-                    let too_large = std::error::Error::source(&e).is_some_and(is_too_large);
-                    let (status, reason, message) = if too_large {
-                        (
-                            StatusCode::PAYLOAD_TOO_LARGE,
-                            "too_large",
-                            format!("request body is larger than the {limit}-byte limit"),
-                        )
-                    } else {
-                        (
-                            StatusCode::BAD_GATEWAY,
-                            "upstream",
-                            format!(
-                                "instance {} on {} did not answer: {e}",
-                                picked.name,
-                                shared.nodes().names[picked.node]
-                            ),
-                        )
-                    };
-                    done.code = status.as_u16();
-                    return self.reject(status, ns, svc, reason, message);
-                }
-                None => {
-                    done.code = 504;
-                    return self.reject(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        ns,
-                        svc,
-                        "timeout",
-                        format!(
-                            "instance {} did not answer within the {timeout:?} request timeout",
-                            picked.name
-                        ),
-                    );
                 }
             };
-            let now = Instant::now();
-            let (mut parts, body) = response.into_parts();
-            let switched = strip_response(&mut parts, client_upgrade);
-            done.code = parts.status.as_u16();
-            feedback(shared, &rev, &picked, &parts.headers, now, now - sent, parts.status.is_server_error());
-            if let Some((client, upstream)) = switched {
-                // Counted as a request now, with the time to its 101 (the tunnel has metrics of
-                // its own), and in flight until the tunnel closes.
-                done.record(now);
-                let meter = shared.metrics.tunnels.meter(&rev.labels);
-                shared.tunnels.open(client, upstream, None, done, meter);
-                return Response::from_parts(parts, boxed(http_body_util::Empty::new()));
-            }
-            let body = Guarded::new(body, done);
-            Response::from_parts(parts, boxed(body))
+            self.forward(routed, admitted, req, &peer, arrival).await
         }
     }
+
+    /// Route: the service the host names, the body's declared size against the limit, and the
+    /// revision the traffic split (or the host's tag) chooses.
+    fn route(&self, req: &Request<RequestBody>) -> Result<Routed, Rejection> {
+        let shared = &self.0;
+        let (service, tagged) = {
+            let Some(host) = host_of(req) else {
+                return Err(Rejection::no_route(
+                    StatusCode::BAD_REQUEST,
+                    "request has no Host header".into(),
+                ));
+            };
+            let found =
+                shared.table.read().unwrap_or_else(|e| e.into_inner()).hosts.get(host.as_ref()).cloned();
+            found.ok_or_else(|| {
+                Rejection::no_route(StatusCode::NOT_FOUND, format!("no service answers to host {host:?}"))
+            })?
+        };
+        let limit = shared.config.max_body_bytes;
+        // The declared length, as the server read it (no header lookup).
+        if let Some(len) = http_body::Body::size_hint(req.body()).exact()
+            && len > limit
+        {
+            let message = format!("request body of {len} bytes is larger than the {limit}-byte limit");
+            return Err(Rejection::new(StatusCode::PAYLOAD_TOO_LARGE, &service, "too_large", message));
+        }
+        let (ns, svc) = (&service.namespace, &service.name);
+        let rev = match tagged.or_else(|| self.choose(&service)) {
+            Some(Ok(rev)) => rev,
+            Some(Err(revision)) => {
+                let message = format!("revision {revision} of {ns}/{svc} is not ready");
+                return Err(Rejection::new(StatusCode::SERVICE_UNAVAILABLE, &service, "no_route", message));
+            }
+            None => {
+                let message = format!("service {ns}/{svc} routes no traffic");
+                return Err(Rejection::new(StatusCode::SERVICE_UNAVAILABLE, &service, "no_route", message));
+            }
+        };
+        Ok(Routed { service, rev })
+    }
+
+    fn choose(&self, service: &ServiceState) -> Option<Target> {
+        match service.split.as_slice() {
+            [] => None,
+            [(_, only)] => Some(only.clone()),
+            split => {
+                let total: u32 = split.iter().map(|(p, _)| p).sum();
+                let mut draw = Shared::lock(&self.0.rng).random_range(0..total);
+                for (percent, target) in split {
+                    if draw < *percent {
+                        return Some(target.clone());
+                    }
+                    draw -= percent;
+                }
+                None
+            }
+        }
+    }
+
+    /// Admit: an instance with room now, else a place in the activator queue; at once 503 for a
+    /// revision that cannot start, or when the queue is full.
+    fn admit<'a>(
+        &self,
+        routed: &'a Routed,
+        req: &Request<RequestBody>,
+        peer: &Peer,
+        arrival: Instant,
+    ) -> Result<Admission<'a>, Rejection> {
+        let shared = &self.0;
+        let Routed { service, rev } = routed;
+        rev.origin.request_in(arrival.into_std(), false);
+        let entered = Entered { rev, buffered: false, handed_over: false };
+        let mut inner = Shared::lock(&rev.inner);
+        let timeout = inner.route.timeout;
+        let deadline = arrival + timeout;
+        let ahead = inner.waiting.len() as u32;
+        if let Some(picked) = pick(shared, &mut inner, ahead, arrival) {
+            entered.hand_over();
+            return Ok(Admission::Now(Admitted { picked, buffered: false, timeout, deadline }));
+        }
+        let revision = rev.labels.revision.as_str();
+        if inner.instances.is_empty() && inner.route.failure.is_some() {
+            let message = cannot_start(revision, &inner.route);
+            drop(inner);
+            // Still demand: the control plane may try the revision again.
+            shared.events.demand(&service.namespace, revision, shared.config.node);
+            return Err(Rejection::new(StatusCode::SERVICE_UNAVAILABLE, service, "failed", message));
+        }
+        let depth = shared.config.queue_depth;
+        if inner.waiting.len() >= depth {
+            drop(inner);
+            let message =
+                format!("revision {revision} has no capacity and {depth} requests are already waiting");
+            return Err(Rejection::new(StatusCode::SERVICE_UNAVAILABLE, service, "queue_full", message));
+        }
+        let rx = enqueue(shared, rev, &mut inner, req, peer.addr_text(), arrival, deadline);
+        Ok(Admission::Queued(Queued { rx, ahead, entered, timeout, deadline }))
+    }
+
+    /// The waiting part of admit: until the activator queue hands the request an instance, the
+    /// revision turns out unable to start, or the request timeout ends (504).
+    fn wait<'a>(
+        &'a self,
+        routed: &'a Routed,
+        queued: Queued<'a>,
+        req: &Request<RequestBody>,
+    ) -> impl Future<Output = Result<Admitted, Rejection>> + Send + 'a {
+        let shared = &self.0;
+        let Routed { service, rev } = routed;
+        let Queued { mut rx, ahead, mut entered, timeout, deadline } = queued;
+        entered.buffered = true;
+        req.body().release_read_buffer();
+        release_memory(&shared.config, req, ahead);
+        rev.activator.request_in(std::time::Instant::now(), false);
+        rev.buffered_counter.inc();
+        async move {
+            // Boxed: the wait's timer and channel then take room only in requests that wait.
+            let id = Box::pin(wait_for_instance(shared, rev, &mut rx, deadline)).await;
+            let revision = rev.labels.revision.as_str();
+            let (found, failure, none_ready) = {
+                let inner = Shared::lock(&rev.inner);
+                let found = id.and_then(|id| inner.instances.iter().find(|x| x.id == id).map(Picked::of));
+                let failure = inner.route.failure.is_some().then(|| cannot_start(revision, &inner.route));
+                (found, failure, inner.instances.is_empty())
+            };
+            match (found, failure) {
+                (Some(picked), _) => {
+                    entered.hand_over();
+                    Ok(Admitted { picked, buffered: true, timeout, deadline })
+                }
+                (None, Some(message)) if none_ready => {
+                    Err(Rejection::new(StatusCode::SERVICE_UNAVAILABLE, service, "failed", message))
+                }
+                (None, _) => {
+                    drop(rx);
+                    dispatch(shared, rev);
+                    let message = if none_ready {
+                        format!(
+                            "no instance of revision {revision} became ready within the {timeout:?} request timeout"
+                        )
+                    } else {
+                        format!(
+                            "every instance of revision {revision} stayed busy for the {timeout:?} request timeout"
+                        )
+                    };
+                    Err(Rejection::new(StatusCode::GATEWAY_TIMEOUT, service, "timeout", message))
+                }
+            }
+        }
+    }
+
+    /// Forward: sends the request to its instance (under a [`Forwarded`] guard from here on) and
+    /// answers with the instance's response, a tunnel to it, or why there is none.
+    fn forward<'a>(
+        &'a self,
+        routed: Routed,
+        admitted: Admitted,
+        req: Request<RequestBody>,
+        peer: &'a Peer,
+        arrival: Instant,
+    ) -> impl Future<Output = Result<Response<Body>, Rejection>> + Send + 'a {
+        let shared = &self.0;
+        let Routed { service, rev } = routed;
+        let Admitted { picked: Picked { id, name, node, upstream }, buffered, timeout, deadline } = admitted;
+        rev.in_flight_gauge.inc();
+        let done =
+            Forwarded { shared: shared.clone(), rev, id, node, arrival, buffered, code: 0, recorded: false };
+        let (mut parts, body) = req.into_parts();
+        let client_upgrade = strip_request(&mut parts);
+        let req = Request::from_parts(parts, boxed(Limited::new(body, shared.config.max_body_bytes)));
+        let (ip, origin) = (peer.ip_header(), shared.origin_value.as_ref());
+        let request = send(upstream, req, ip, origin, buffered, client_upgrade.is_some());
+        let sent = if buffered { Instant::now() } else { arrival };
+        async move {
+            let rejection = match shared.timers.timeout_at(deadline, request).await {
+                Some(Ok(response)) => return Ok(respond(shared, response, done, client_upgrade, sent)),
+                Some(Err(e)) if std::error::Error::source(&e).is_some_and(is_too_large) => {
+                    let limit = shared.config.max_body_bytes;
+                    let message = format!("request body is larger than the {limit}-byte limit");
+                    Rejection::new(StatusCode::PAYLOAD_TOO_LARGE, &service, "too_large", message)
+                }
+                Some(Err(e)) => {
+                    let message =
+                        format!("instance {name} on {} did not answer: {e}", shared.nodes().names[done.node]);
+                    Rejection::new(StatusCode::BAD_GATEWAY, &service, "upstream", message)
+                }
+                None => {
+                    let message =
+                        format!("instance {name} did not answer within the {timeout:?} request timeout");
+                    Rejection::new(StatusCode::GATEWAY_TIMEOUT, &service, "timeout", message)
+                }
+            };
+            Err(done.rejected(rejection))
+        }
+    }
+}
+
+/// The client's response to an instance's: fed back to the balancer, its body guarded by
+/// `done`, or a tunnel if the instance switched protocols.
+fn respond(
+    shared: &Shared,
+    response: Response<PooledBody>,
+    mut done: Forwarded,
+    client_upgrade: Option<OnUpgrade>,
+    sent: Instant,
+) -> Response<Body> {
+    let now = Instant::now();
+    let (mut parts, body) = response.into_parts();
+    let switched = strip_response(&mut parts, client_upgrade);
+    done.code = parts.status.as_u16();
+    feedback(&done, &parts.headers, now, now - sent, parts.status.is_server_error());
+    if let Some((client, upstream)) = switched {
+        // Counted as a request now, with the time to its 101 (the tunnel has metrics of its
+        // own), and in flight until the tunnel closes.
+        done.record(now);
+        let meter = shared.metrics.tunnels.meter(&done.rev.labels);
+        shared.tunnels.open(client, upstream, None, done, meter);
+        return Response::from_parts(parts, boxed(http_body_util::Empty::new()));
+    }
+    Response::from_parts(parts, boxed(Guarded::new(body, done)))
 }
 
 /// Sends `req` to `to` with the gateway's own headers, written straight into the forwarded head:
@@ -414,14 +500,14 @@ impl Handler for Ingress {
 /// those names; X-Forwarded-For (`ip`) appends; `upgrade` says the request asks to switch
 /// protocols. Boxed: the request's future, whose size every waiting request pays, holds a pointer
 /// rather than the forward's state.
-fn forward<'a>(
-    to: &'a Upstream,
+fn send<'a>(
+    to: Arc<Upstream>,
     req: Request<Body>,
     ip: &'a HeaderValue,
     origin: Option<&'a HeaderValue>,
     buffered: bool,
     upgrade: bool,
-) -> std::pin::Pin<Box<impl Future<Output = Result<Response<PooledBody>, UpstreamError>> + Send + 'a>> {
+) -> Pin<Box<impl Future<Output = Result<Response<PooledBody>, UpstreamError>> + Send + 'a>> {
     Box::pin(async move {
         let mut added = [(&X_FORWARDED_FOR, ip); 3];
         let mut count = 1;
@@ -438,15 +524,9 @@ fn forward<'a>(
     })
 }
 
-fn feedback(
-    shared: &Shared,
-    rev: &RevisionState,
-    picked: &Picked,
-    headers: &http::HeaderMap,
-    now: Instant,
-    latency: Duration,
-    failed: bool,
-) {
+/// Feeds a response's timing and the instance's piggybacked load back into the instance's
+/// estimates and the revision's balancer.
+fn feedback(done: &Forwarded, headers: &http::HeaderMap, now: Instant, latency: Duration, failed: bool) {
     let number = |v: &HeaderValue| v.to_str().ok().and_then(|v| v.parse::<f64>().ok());
     // One pass over the response's few headers, rather than a hashed lookup per name.
     let (mut service_ms, mut load, mut instance, mut node) = (None, None, false, false);
@@ -460,16 +540,16 @@ fn feedback(
         }
     }
     let served_by_queue_proxy = instance && node;
-    let mut inner = Shared::lock(&rev.inner);
-    if !failed && let Some(i) = inner.instances.iter_mut().find(|x| x.id == picked.id) {
+    let mut inner = Shared::lock(&done.rev.inner);
+    if !failed && let Some(i) = inner.instances.iter_mut().find(|x| x.id == done.id) {
         let held = latency.as_secs_f64() * 1e3;
         i.service_ms.observe(now.into_std(), service_ms.unwrap_or(held));
         i.held_ms.observe(now.into_std(), held);
     }
-    let done = Completion {
-        id: picked.id,
-        node: picked.node,
-        origin: shared.config.node,
+    let completion = Completion {
+        id: done.id,
+        node: done.node,
+        origin: done.shared.config.node,
         latency,
         service_time: service_ms
             .filter(|_| served_by_queue_proxy)
@@ -478,7 +558,7 @@ fn feedback(
         success: !failed,
         now: now.into_std(),
     };
-    inner.balancer.observe(&done);
+    inner.balancer.observe(&completion);
 }
 
 #[cfg(test)]
@@ -493,12 +573,9 @@ mod tests {
     }
 
     /// The connection holds this future for every request, and it lives as long as the request
-    /// waits in the activator queue: its size is paid once per buffered request (it was 1,616 bytes
-    /// before the arguments stopped being stored twice and the forwarding temporaries moved into
-    /// blocks; 552 with rustc 1.95). 6518465 moved the request's parts out of their block, and
-    /// the future grew to 784 bytes (2.3 MiB more for 10 000 waiting requests) until they went
-    /// back into it (`-Zprint-type-sizes` showed the moved-from `parts` stored across the
-    /// forward's `.await`).
+    /// waits in the activator queue: its size is paid once per waiting request. To see what it
+    /// keeps across each `.await`: `RUSTC_BOOTSTRAP=1 cargo rustc -p ikukantai-dataplane --lib --
+    /// -Zprint-type-sizes` (a local moved after it was borrowed keeps its room until its scope ends).
     #[test]
     fn the_request_future_stays_small() {
         let size = future_size(<Ingress as Handler>::handle);

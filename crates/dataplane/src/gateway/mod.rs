@@ -17,7 +17,8 @@
 //!
 //! Its parts: `routes` (the routing table the control plane sets), `hosts` (the name a request is
 //! routed by), `activator` (the pick, and the queue for requests no instance can take yet) and
-//! `ingress` (the request handler and the drop guards that account for every request).
+//! `ingress` (the request handler's phases — route, admit, forward — and the drop guards that
+//! account for every request).
 
 mod activator;
 mod hosts;

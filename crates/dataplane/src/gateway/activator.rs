@@ -1,0 +1,190 @@
+//! The activator: picks an instance through the revision's balancer, and when none has room
+//! keeps the request in the revision's bounded queue until one does (or its timeout ends).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use http::Request;
+use ikukantai_http::h1::RequestBody;
+use ikukantai_http::pool::Upstream;
+use ikukantai_policy::balance::{Candidate, PickContext};
+use ikukantai_policy::estimate::NodeIndex;
+use ikukantai_policy::queue::RequestMeta;
+use tokio::sync::oneshot;
+use tokio::time::{Instant, timeout_at};
+
+use super::hosts::host_of;
+use super::routes::{InstanceState, RevisionInner, RevisionRoute, RevisionState};
+use super::{GatewayConfig, Shared};
+use crate::headers::HeaderView;
+use crate::metrics::RevisionLabels;
+
+/// How often a waiting request re-checks for capacity (a safety net beside the wake-ups).
+const RECHECK: Duration = Duration::from_millis(50);
+
+/// Builds the balancer's view of the instances.
+///
+/// A gateway counts a request in flight from sending it to the end of its response, which for an
+/// instance across a link includes the round trip; the instance itself is busy only while it
+/// processes. So, as seen from this gateway, an instance with containerConcurrency `cc` can have
+/// `cc × (1 + RTT / processing time)` requests in flight (its bandwidth-delay product) before it
+/// is really full; the queue proxy still enforces `cc` at the instance.
+fn fill_candidates(
+    out: &mut Vec<Candidate>,
+    instances: &[InstanceState],
+    capacity: u32,
+    rtt_to: impl Fn(NodeIndex) -> f64,
+) {
+    out.clear();
+    out.extend(instances.iter().map(|i| {
+        let service_ms = i.service_ms.get();
+        let capacity = if capacity == 0 {
+            0
+        } else {
+            let rtt = rtt_to(i.node);
+            let in_transit = (f64::from(capacity) * rtt / service_ms.unwrap_or(1.0).max(1.0)).ceil();
+            capacity.saturating_add(in_transit.min(f64::from(u32::MAX / 2)) as u32)
+        };
+        Candidate {
+            id: i.id,
+            node: i.node,
+            in_flight: i.in_flight,
+            capacity,
+            service_time_ms: service_ms,
+            held_ms: i.held_ms.get(),
+        }
+    }));
+}
+
+/// A picked instance: where to send, and who to tell when done.
+pub(super) struct Picked {
+    pub(super) id: u64,
+    pub(super) name: Arc<str>,
+    pub(super) node: NodeIndex,
+    pub(super) upstream: Arc<Upstream>,
+}
+
+impl Picked {
+    pub(super) fn of(i: &InstanceState) -> Self {
+        Self { id: i.id, name: i.name.clone(), node: i.node, upstream: i.upstream.clone() }
+    }
+}
+
+pub(super) fn pick(shared: &Shared, inner: &mut RevisionInner, queued: u32, now: Instant) -> Option<Picked> {
+    let RevisionInner { route, instances, scratch, balancer, .. } = inner;
+    let rtt = shared.rtt.read().unwrap_or_else(|e| e.into_inner());
+    let origin = shared.config.node;
+    let std_now = now.into_std();
+    fill_candidates(scratch, instances, route.container_concurrency, |node| rtt.get(origin, node, std_now));
+    let ctx = PickContext {
+        origin: shared.config.node,
+        rtt: &rtt,
+        now: now.into_std(),
+        target_concurrency: route.target_concurrency,
+        queued,
+    };
+    let i = balancer.pick(&ctx, scratch)?;
+    // Candidates are built in instance order, so the index is the instance's.
+    let inst = &mut instances[i];
+    inst.in_flight += 1;
+    Some(Picked::of(inst))
+}
+
+/// Hands free capacity to waiting requests, in queue order.
+pub(super) fn dispatch(shared: &Shared, rev: &RevisionState) {
+    dispatch_locked(shared, rev, &mut Shared::lock(&rev.inner));
+}
+
+/// [`dispatch`] with the revision already locked.
+pub(super) fn dispatch_locked(shared: &Shared, rev: &RevisionState, inner: &mut RevisionInner) {
+    if inner.waiting.is_empty() {
+        return;
+    }
+    let now = Instant::now();
+    while !inner.waiting.is_empty() {
+        let Some(p) = pick(shared, inner, 0, now) else { break };
+        let mut delivered = false;
+        while let Some(waiter) = inner.waiting.pop() {
+            if waiter.send(p.id).is_ok() {
+                delivered = true;
+                break;
+            }
+        }
+        if !delivered {
+            // Everyone had given up: undo the reservation.
+            if let Some(i) = inner.instances.iter_mut().find(|x| x.id == p.id) {
+                i.in_flight = i.in_flight.saturating_sub(1);
+            }
+        }
+    }
+    rev.buffered_gauge.set(inner.waiting.len() as i64);
+}
+
+/// The answer to a request for a revision that failed to start.
+pub(super) fn cannot_start(revision: &str, route: &RevisionRoute) -> String {
+    format!("revision {revision} cannot start: {}", route.failure.as_deref().unwrap_or("it failed"))
+}
+
+/// Puts a request that found no instance with room into the revision's activator queue, and
+/// tells the control plane about demand at this node if the revision has no instance at all.
+pub(super) fn enqueue(
+    shared: &Shared,
+    rev: &RevisionState,
+    inner: &mut RevisionInner,
+    req: &Request<RequestBody>,
+    source: &str,
+    arrival: Instant,
+    deadline: Instant,
+) -> oneshot::Receiver<u64> {
+    let (tx, rx) = oneshot::channel();
+    let headers = HeaderView(req.headers());
+    let host = host_of(req).unwrap_or_default();
+    let meta = RequestMeta {
+        id: shared.ids.fetch_add(1, Ordering::Relaxed),
+        source: Some(source),
+        host: &host,
+        path: req.uri().path(),
+        method: req.method().as_str(),
+        headers: &headers,
+        arrival: arrival.into_std(),
+        deadline: Some(deadline.into_std()),
+    };
+    inner.waiting.push(&meta, tx);
+    rev.buffered_gauge.set(inner.waiting.len() as i64);
+    if inner.instances.is_empty() {
+        let RevisionLabels { namespace, revision, .. } = &rev.labels;
+        shared.events.demand(namespace, revision, shared.config.node);
+    }
+    rx
+}
+
+/// Gives freed memory back to the system for an HTTP/1.x request that parks behind `ahead`
+/// others (after its head was detached), if the queue is deep enough to be worth the cost.
+pub(super) fn release_memory<B>(config: &GatewayConfig, req: &Request<B>, ahead: u32) {
+    if let Some(m) = config.memory_release
+        && ahead as usize >= m.from_depth
+        && req.version() <= http::Version::HTTP_11
+    {
+        (m.release)();
+    }
+}
+
+/// Waits for the activator queue to hand this request an instance (its id), re-dispatching
+/// every `RECHECK` in case capacity appeared without a wake-up; `None` at the deadline.
+pub(super) async fn wait_for_instance(
+    shared: &Shared,
+    rev: &RevisionState,
+    rx: &mut oneshot::Receiver<u64>,
+    deadline: Instant,
+) -> Option<u64> {
+    loop {
+        let wake = (Instant::now() + RECHECK).min(deadline);
+        match timeout_at(wake, &mut *rx).await {
+            Ok(Ok(id)) => return Some(id),
+            Ok(Err(_)) => return None,
+            Err(_) if Instant::now() >= deadline => return None,
+            Err(_) => dispatch(shared, rev),
+        }
+    }
+}

@@ -1,0 +1,415 @@
+//! The gateway: one per node. Ingress, activator and load balancer in one hop.
+//!
+//! A request is routed by its Host header the Knative way (`SVC.NS.DOMAIN`, `SVC.NS`,
+//! `SVC.NS.svc`, `SVC.NS.svc.cluster.local`, and `TAG-SVC.NS…` for tagged targets), split across
+//! revisions by traffic percent, and handed to the revision's balancer, which picks an instance
+//! knowing where the request entered, the RTT to every node and the load of every instance.
+//!
+//! When no instance can take it (none exists yet, or all are at containerConcurrency) the request
+//! waits in the revision's bounded activator queue (503 when full, 504 when its timeout ends). The
+//! first request at zero tells the control plane at once that there is demand at this node.
+//!
+//! Every response's serving instance and node, its processing time and the instance's piggybacked
+//! load feed back into the balancer and into the per-instance processing-time estimates.
+//!
+//! A request that asks to switch protocols (WebSocket) and gets a `101` becomes a tunnel to its
+//! instance (`tunnels`), one request in flight until it closes.
+//!
+//! Its parts: `routes` (the routing table the control plane sets), `hosts` (the name a request is
+//! routed by), `activator` (the pick, and the queue for requests no instance can take yet) and
+//! `ingress` (the request handler's phases — route, admit, forward — and the drop guards that
+//! account for every request).
+
+mod activator;
+mod hosts;
+mod ingress;
+mod routes;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use http::{HeaderValue, Request, Response, StatusCode};
+use ikukantai_http::body::{Body, error_response, full};
+use ikukantai_http::h1::{Handler, RequestBody};
+use ikukantai_http::peer::Peer;
+use ikukantai_http::server::{ServerHandle, serve};
+use ikukantai_link::connect::NodeConnector;
+use ikukantai_link::link::Link;
+use ikukantai_policy::autoscaler::Stat;
+use ikukantai_policy::estimate::{NodeIndex, RttMatrix};
+use ikukantai_policy::registry::{PolicyParams, UnknownPolicy};
+use prometheus_client::registry::Registry;
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
+use tokio::net::TcpListener;
+
+use crate::metrics::{GatewayMetrics, LinkLabels, metrics_response};
+use crate::recycling_timer::RecyclingTimer;
+use crate::tunnels::Tunnels;
+use activator::dispatch;
+use ingress::Ingress;
+use routes::Table;
+pub use routes::{InstanceRoute, RevisionRoute, RouteTarget, Routes, ServiceRoute};
+
+/// Static settings of a gateway.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// Node names by index; the topology's order. More can join later
+    /// ([`Gateway::add_node`]); indices never change.
+    pub nodes: Vec<String>,
+    /// This gateway's node.
+    pub node: NodeIndex,
+    /// Route domain (`example.com`).
+    pub domain: String,
+    /// Activator queue depth per revision.
+    pub queue_depth: usize,
+    /// Largest request head (431 beyond).
+    pub max_header_bytes: usize,
+    /// Largest request body (413 beyond).
+    pub max_body_bytes: u64,
+    /// Seeds and tuning of the policies.
+    pub policy: PolicyParams,
+    /// Links to the other nodes (`None` = direct).
+    pub links: Vec<Option<Link>>,
+    /// RTT priors (measurements replace them while fresh).
+    pub rtt: RttMatrix,
+    /// Giving memory back to the operating system while many requests wait (`None`: never).
+    pub memory_release: Option<MemoryRelease>,
+}
+
+/// How a gateway gives memory back to the operating system while many HTTP/1.1 requests wait.
+///
+/// A request head is read into an 8 KiB buffer; a waiting request's head is copied out of it
+/// ([`detach_head`](ikukantai_http::proxy::detach_head)) and its connection lets go of the buffer
+/// ([`RequestBody::release_read_buffer`]), which is then freed. The allocator keeps freed
+/// blocks, their touched pages resident, for later allocations (with hyper's server, whose next
+/// 8 KiB allocation was a buffer it never wrote to, that was one page per waiting connection:
+/// 39 MiB for 10 000). Releasing freed memory when the request parks ends that. It costs a few
+/// system calls, so only requests that park in a queue already `from_depth` deep pay it, and the
+/// fast path never does.
+#[derive(Debug, Clone, Copy)]
+pub struct MemoryRelease {
+    /// Returns memory the process freed to the operating system (the allocator's business:
+    /// `ikukantai_alloc::release_freed` in ikukantai's binaries).
+    pub release: fn(),
+    /// Depth of a revision's activator queue from which a parking HTTP/1.1 request calls it.
+    pub from_depth: usize,
+}
+
+impl MemoryRelease {
+    /// Default depth: below it, waiting connections keep at most 1 MiB of such pages per revision.
+    pub const FROM_DEPTH: usize = 256;
+
+    /// `release`, from the default depth.
+    pub fn new(release: fn()) -> Self {
+        Self { release, from_depth: Self::FROM_DEPTH }
+    }
+}
+
+impl GatewayConfig {
+    /// Defaults for a single-node gateway named `node`.
+    pub fn single(node: &str) -> Self {
+        Self {
+            nodes: vec![node.to_owned()],
+            node: 0,
+            domain: "example.com".into(),
+            queue_depth: 10_000,
+            max_header_bytes: 64 * 1024,
+            max_body_bytes: 64 * 1024 * 1024,
+            policy: PolicyParams::default(),
+            links: vec![None],
+            rtt: RttMatrix::new(1, 0.0, Duration::from_secs(30)),
+            memory_release: None,
+        }
+    }
+}
+
+/// What the gateway tells the control plane as it happens.
+pub trait GatewayEvents: Send + Sync + 'static {
+    /// A request for a revision without instances arrived at `origin`.
+    fn demand(&self, namespace: &str, revision: &str, origin: NodeIndex);
+}
+
+/// Ignores events.
+#[derive(Debug)]
+pub struct NoEvents;
+
+impl GatewayEvents for NoEvents {
+    fn demand(&self, _: &str, _: &str, _: NodeIndex) {}
+}
+
+/// One revision's stats from this gateway, for the autoscaler.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RevisionReport {
+    /// Namespace.
+    pub namespace: String,
+    /// Revision.
+    pub revision: String,
+    /// Requests that went through the activator queue (Knative's activator stats).
+    pub activator: Stat,
+    /// All requests that entered at this node (demand by origin).
+    pub origin: Stat,
+}
+
+/// Invalid routes.
+#[derive(Debug, thiserror::Error)]
+pub enum RoutesError {
+    /// A policy name is not registered.
+    #[error("revision {revision}: {source}")]
+    Policy {
+        /// The revision.
+        revision: String,
+        /// The error.
+        source: UnknownPolicy,
+    },
+    /// An instance names a node index this gateway does not know.
+    #[error(
+        "revision {revision}: instance {instance} is on node #{node}, but this gateway knows {known} nodes"
+    )]
+    UnknownNode {
+        /// The revision.
+        revision: String,
+        /// The instance.
+        instance: String,
+        /// The node index it named.
+        node: NodeIndex,
+        /// How many nodes the gateway knows.
+        known: usize,
+    },
+}
+
+/// The nodes a gateway knows, by index, and how to connect to each. It only grows, so an index
+/// stays valid for the gateway's life.
+struct NodeSet {
+    names: Vec<String>,
+    connectors: Vec<NodeConnector>,
+}
+
+struct Shared {
+    config: GatewayConfig,
+    table: RwLock<Table>,
+    rtt: RwLock<RttMatrix>,
+    nodes: RwLock<NodeSet>,
+    events: Arc<dyn GatewayEvents>,
+    metrics: GatewayMetrics,
+    registry: Registry,
+    rng: Mutex<SmallRng>,
+    ids: AtomicU64,
+    instance_ids: Mutex<HashMap<String, u64>>,
+    /// This node's name as the origin header's value (`None` if it is not a valid header value).
+    origin_value: Option<HeaderValue>,
+    /// Sleeps for the request timeout, reused from request to request.
+    timers: RecyclingTimer,
+    /// Connections that switched protocols, spliced to their instances.
+    tunnels: Tunnels,
+}
+
+/// A running gateway.
+pub struct Gateway {
+    shared: Arc<Shared>,
+    server: ServerHandle,
+    admin: ServerHandle,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway").field("node", &self.shared.node_name()).field("addr", &self.addr()).finish()
+    }
+}
+
+impl Shared {
+    fn node_name(&self) -> &str {
+        &self.config.nodes[self.config.node]
+    }
+
+    fn nodes(&self) -> std::sync::RwLockReadGuard<'_, NodeSet> {
+        self.nodes.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+        m.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn instance_id(&self, name: &str) -> u64 {
+        *Self::lock(&self.instance_ids)
+            .entry(name.to_owned())
+            .or_insert_with(|| self.ids.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+impl Gateway {
+    /// Starts a gateway on `listener` (traffic) and `admin` (`/metrics`, `/healthz`). A config
+    /// whose per-node lists disagree (nodes, links, RTT matrix, this node's index) is refused with
+    /// `InvalidInput`.
+    pub fn start(
+        config: GatewayConfig,
+        listener: TcpListener,
+        admin: TcpListener,
+        events: Arc<dyn GatewayEvents>,
+    ) -> std::io::Result<Self> {
+        let n = config.nodes.len();
+        if config.links.len() != n || config.rtt.len() != n || config.node >= n {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "gateway config: {n} nodes, {} links, an RTT matrix of {} nodes, and this node at index {}; \
+                     the lists must have one entry per node and the index must be one of them",
+                    config.links.len(),
+                    config.rtt.len(),
+                    config.node
+                ),
+            ));
+        }
+        let mut registry = Registry::default();
+        let metrics = GatewayMetrics::new(&mut registry);
+        let nodes = NodeSet {
+            names: config.nodes.clone(),
+            connectors: config.links.iter().map(|l| NodeConnector::new(l.clone())).collect(),
+        };
+        let max_header = config.max_header_bytes;
+        let origin_value = HeaderValue::from_str(&config.nodes[config.node]).ok();
+        let shared = Arc::new(Shared {
+            rtt: RwLock::new(config.rtt.clone()),
+            rng: Mutex::new(SmallRng::seed_from_u64(config.policy.seed ^ config.node as u64)),
+            config,
+            table: RwLock::default(),
+            nodes: RwLock::new(nodes),
+            events,
+            metrics,
+            registry,
+            ids: AtomicU64::new(1),
+            instance_ids: Mutex::default(),
+            origin_value,
+            timers: RecyclingTimer::default(),
+            tunnels: Tunnels::default(),
+        });
+        let server = serve(listener, Arc::new(Ingress(shared.clone())), max_header)?;
+        let admin = serve(admin, Arc::new(Admin(shared.clone())), 8192)?;
+        Ok(Self { shared, server, admin })
+    }
+
+    /// Where traffic goes.
+    pub fn addr(&self) -> SocketAddr {
+        self.server.addr()
+    }
+
+    /// Where `/metrics` and `/healthz` are.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin.addr()
+    }
+
+    /// The nodes this gateway knows, by index.
+    pub fn nodes(&self) -> Vec<String> {
+        self.shared.nodes().names.clone()
+    }
+
+    /// The index of node `name`, if this gateway knows it.
+    pub fn node_index(&self, name: &str) -> Option<NodeIndex> {
+        self.shared.nodes().names.iter().position(|n| n == name)
+    }
+
+    /// Learns a node that joined (reached directly, no emulated link; RTT prior `prior_ms` until
+    /// measured) and returns its index; a known node keeps its index. Nothing in flight is
+    /// disturbed: existing indices, connections and estimates stay as they are.
+    pub fn add_node(&self, name: &str, prior_ms: f64) -> NodeIndex {
+        let mut nodes = self.shared.nodes.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(i) = nodes.names.iter().position(|n| n == name) {
+            return i;
+        }
+        nodes.names.push(name.to_owned());
+        nodes.connectors.push(NodeConnector::new(None));
+        let n = nodes.names.len();
+        self.shared.rtt.write().unwrap_or_else(|e| e.into_inner()).grow(n, prior_ms);
+        n - 1
+    }
+
+    /// Records a measured RTT from this node to `to` (milliseconds).
+    pub fn record_rtt(&self, to: NodeIndex, ms: f64) {
+        let node = self.shared.config.node;
+        let Some(peer) = self.shared.nodes().names.get(to).cloned() else { return };
+        let labels = LinkLabels { from: self.shared.node_name().to_owned(), to: peer };
+        self.shared.metrics.latency.get_or_create(&labels).set(ms);
+        self.shared.rtt.write().unwrap_or_else(|e| e.into_inner()).record(
+            node,
+            to,
+            ms,
+            std::time::Instant::now(),
+        );
+    }
+
+    /// Replaces the routing table. Instances keep their state (in-flight counts, estimates)
+    /// across updates; waiting requests are dispatched to new capacity at once.
+    pub fn set_routes(&self, routes: &Routes) -> Result<(), RoutesError> {
+        let shared = &self.shared;
+        let next = Table::build(shared, routes)?;
+        // Ids of instances no longer routed are forgotten (names are never reused).
+        Shared::lock(&shared.instance_ids)
+            .retain(|name, _| routes.revisions.iter().any(|r| r.instances.iter().any(|i| &i.name == name)));
+        let revisions: Vec<_> = next.revisions.values().cloned().collect();
+        *shared.table.write().unwrap_or_else(|e| e.into_inner()) = next;
+        for r in revisions {
+            dispatch(shared, &r);
+        }
+        Ok(())
+    }
+
+    /// Cuts this gateway's per-revision stats for the period since the last call.
+    pub fn report(&self) -> Vec<RevisionReport> {
+        let now = std::time::Instant::now();
+        let table = self.shared.table.read().unwrap_or_else(|e| e.into_inner());
+        table
+            .revisions
+            .values()
+            .map(|r| RevisionReport {
+                namespace: r.labels.namespace.clone(),
+                revision: r.labels.revision.clone(),
+                activator: r.activator.report(now),
+                origin: r.origin.report(now),
+            })
+            .collect()
+    }
+
+    /// Stops accepting, finishes open requests, cuts tunnels (connections that switched
+    /// protocols), and returns.
+    pub async fn shutdown(self) {
+        self.shared.tunnels.close();
+        self.server.shutdown().await;
+        self.admin.shutdown().await;
+    }
+}
+
+struct Admin(Arc<Shared>);
+
+impl Handler for Admin {
+    async fn handle(self: Arc<Self>, req: Request<RequestBody>, _peer: Arc<Peer>) -> Response<Body> {
+        match req.uri().path() {
+            "/metrics" => metrics_response(&self.0.registry),
+            "/healthz" => Response::new(full(self.0.node_name().to_owned())),
+            other => error_response(
+                StatusCode::NOT_FOUND,
+                format!("no such admin path {other:?}; try /metrics or /healthz"),
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_config_whose_per_node_lists_disagree_is_refused() {
+        let listen = || async { TcpListener::bind("127.0.0.1:0").await.unwrap() };
+        let mut config = GatewayConfig::single("node1");
+        config.nodes.push("node2".into());
+        let err = Gateway::start(config, listen().await, listen().await, Arc::new(NoEvents)).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+        assert!(
+            err.to_string().starts_with("gateway config: 2 nodes, 1 links, an RTT matrix of 1 nodes"),
+            "{err}"
+        );
+    }
+}

@@ -6,7 +6,11 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use ikukantai_api::annotations::RevisionSettings;
+use ikukantai_api::config::FleetConfig;
+use ikukantai_api::revision::{Revision, SERVICE_LABEL};
 use ikukantai_http::pool::Upstream;
+use ikukantai_policy::autoscaler::ScalingSpec;
 use ikukantai_policy::balance::{Balancer, Candidate};
 use ikukantai_policy::estimate::{NodeIndex, PeakEwma};
 use ikukantai_policy::queue::{PriorityRule, QueueDiscipline};
@@ -78,6 +82,34 @@ pub struct RevisionRoute {
     /// Why the revision cannot start, if it failed: with no instance, requests for it are
     /// answered at once with this rather than wait for the request timeout.
     pub failure: Option<String>,
+}
+
+impl RevisionRoute {
+    /// The route of `revision`, with its annotations' `settings` resolved against the fleet's
+    /// `config` (policies named by neither take the fleet's defaults) and its scaling `spec`: the
+    /// one way both runtimes build it.
+    pub fn of(
+        revision: &Revision,
+        settings: &RevisionSettings,
+        config: &FleetConfig,
+        spec: &ScalingSpec,
+        instances: Vec<InstanceRoute>,
+    ) -> Self {
+        let service = revision.metadata.labels.get(SERVICE_LABEL).cloned().unwrap_or_default();
+        Self {
+            namespace: revision.metadata.namespace().to_owned(),
+            service,
+            revision: revision.name().to_owned(),
+            container_concurrency: revision.spec.container_concurrency(),
+            target_concurrency: spec.target,
+            timeout: Duration::from_secs(revision.spec.timeout_seconds()),
+            balancer: settings.balancer.clone().unwrap_or_else(|| config.policies.balancer.clone()),
+            queue: settings.queue.clone().unwrap_or_else(|| config.policies.queue.clone()),
+            priority_rules: settings.priority_rules.clone(),
+            instances,
+            failure: None,
+        }
+    }
 }
 
 /// The whole routing table of a gateway.
@@ -294,5 +326,36 @@ fn new_instance(shared: &Shared, i: &InstanceRoute) -> InstanceState {
         in_flight: 0,
         service_ms: PeakEwma::new(Duration::from_secs(5)),
         held_ms: PeakEwma::new(Duration::from_secs(5)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ikukantai_api::annotations::revision_settings;
+    use ikukantai_api::parse::{Document, parse_str};
+    use ikukantai_api::revision::next_revision;
+
+    use super::*;
+
+    #[test]
+    fn a_revision_route_takes_annotations_first_and_the_fleet_defaults_else() {
+        let text = "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata: {name: hello, namespace: team}\n\
+                    spec:\n  template:\n    metadata:\n      annotations: {ikukantai.dev/balancer: even}\n    \
+                    spec:\n      containerConcurrency: 4\n      timeoutSeconds: 30\n      containers: [{image: x}]\n";
+        let Document::Service(svc) = parse_str("hello.yaml", text).unwrap().remove(0).document else {
+            panic!("a Service")
+        };
+        let revision = next_revision(&svc, &[]).unwrap();
+        let config = FleetConfig::new();
+        let settings = revision_settings(&revision.metadata.annotations, &config, "").unwrap();
+        let spec = ScalingSpec::resolve(&config.autoscaler, 4, &settings.scaling);
+        let route = RevisionRoute::of(&revision, &settings, &config, &spec, Vec::new());
+        assert_eq!((route.namespace.as_str(), route.service.as_str()), ("team", "hello"));
+        assert_eq!(route.revision, "hello-00001");
+        assert_eq!((route.container_concurrency, route.timeout), (4, Duration::from_secs(30)));
+        assert_eq!(route.balancer, "even");
+        assert_eq!(route.queue, config.policies.queue);
+        assert_eq!(route.target_concurrency, spec.target);
+        assert_eq!(route.failure, None);
     }
 }

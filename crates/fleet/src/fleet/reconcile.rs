@@ -417,19 +417,10 @@ impl Fleet {
                         addr: x.instance.queue_proxy,
                     })
                     .collect();
-                routes.revisions.push(RevisionRoute {
-                    namespace: ns.clone(),
-                    service: s.service.metadata.name().to_owned(),
-                    revision: name,
-                    container_concurrency: r.revision.spec.container_concurrency(),
-                    target_concurrency: r.scaler.autoscaler.spec().target,
-                    timeout: Duration::from_secs(r.revision.spec.timeout_seconds()),
-                    balancer: r.balancer.clone(),
-                    queue: r.queue.clone(),
-                    priority_rules: r.settings.priority_rules.clone(),
-                    instances,
-                    failure: r.status.failure.clone(),
-                });
+                let config = &self.options.config;
+                let spec = r.scaler.autoscaler.spec();
+                let route = RevisionRoute::of(&r.revision, &r.settings, config, spec, instances);
+                routes.revisions.push(RevisionRoute { failure: r.status.failure.clone(), ..route });
             }
         }
         routes

@@ -43,9 +43,8 @@ use crate::body::{Body, BoxError, error_response};
 use crate::peer::Peer;
 use crate::upgrade::{OnUpgrade, Upgraded};
 use crate::wire::{
-    BodyFraming, Chunk, FieldSpan, Fill, MAX_HEADERS, READ_MAX, READ_MIN, WriteFraming, Writer,
-    add_content_length, content_length, decode, lists, poll_write_all, span, write_content_length,
-    write_field,
+    BodyFraming, FieldSpan, Fill, MAX_HEADERS, READ_MAX, READ_MIN, WriteFraming, Writer, add_content_length,
+    content_length, decode, lists, poll_write_all, span, write_content_length, write_field,
 };
 
 /// Handles one request; `peer` is the client end of its connection.
@@ -370,7 +369,7 @@ fn parse_head(
         if length.is_some() {
             return Err(bad("both Transfer-Encoding and Content-Length"));
         }
-        BodyFraming::Chunked(Chunk::Size)
+        BodyFraming::CHUNKED
     } else {
         BodyFraming::Length(length.unwrap_or(0))
     };

@@ -41,7 +41,7 @@ use crate::connect::{Connect, Direct, Stream};
 use crate::proxy::origin_form;
 use crate::upgrade::{OnUpgrade, Upgraded};
 use crate::wire::{
-    BodyFraming, Chunk, FieldSpan, Fill, MAX_HEADERS, READ_MIN, ReadError, WriteError, WriteFraming, Writer,
+    BodyFraming, FieldSpan, Fill, MAX_HEADERS, READ_MIN, ReadError, WriteError, WriteFraming, Writer,
     add_content_length, decode, lists, write_content_length, write_field,
 };
 
@@ -360,7 +360,7 @@ fn parse_head(conn: &mut Conn, head_request: bool, upgrade: bool) -> Result<Opti
             headers.remove(header::CONTENT_LENGTH);
             keep_alive = false;
         }
-        if chunked { BodyFraming::Chunked(Chunk::Size) } else { BodyFraming::Close }
+        if chunked { BodyFraming::CHUNKED } else { BodyFraming::Close }
     } else if let Some(n) = length {
         BodyFraming::Length(n)
     } else {

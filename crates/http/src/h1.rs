@@ -23,14 +23,13 @@
 
 use std::cell::RefCell;
 use std::future::{Future, poll_fn};
-use std::mem::MaybeUninit;
 use std::pin::{Pin, pin};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker, ready};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
-use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version, header};
+use http::{Method, Request, Response, StatusCode, Version, header};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::io::{AsyncWriteExt, ReadBuf};
@@ -39,12 +38,15 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+pub(crate) mod head;
+
+use self::head::{Head, HeadScan, Refused, parse_head};
 use crate::body::{Body, BoxError, error_response};
 use crate::peer::Peer;
 use crate::upgrade::{OnUpgrade, Upgraded};
 use crate::wire::{
-    BodyFraming, FieldSpan, Fill, MAX_HEADERS, READ_MAX, READ_MIN, WriteFraming, Writer, add_content_length,
-    content_length, decode, lists, poll_write_all, span, write_content_length, write_field,
+    BodyFraming, Fill, READ_MAX, READ_MIN, WriteFraming, Writer, content_length, decode, poll_write_all,
+    write_content_length, write_field,
 };
 
 /// Handles one request; `peer` is the client end of its connection.
@@ -243,160 +245,6 @@ fn lock(side: &Mutex<ReadSide>) -> MutexGuard<'_, ReadSide> {
     side.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// A request head that cannot be served, and the answer it gets.
-#[derive(Debug, PartialEq)]
-struct Refused {
-    status: StatusCode,
-    why: String,
-}
-
-impl Refused {
-    fn new(status: StatusCode, why: impl Into<String>) -> Self {
-        Self { status, why: why.into() }
-    }
-}
-
-/// A parsed request head.
-struct Head {
-    parts: http::request::Parts,
-    framing: BodyFraming,
-    keep_alive: bool,
-    expect_continue: bool,
-    /// The client asks to switch protocols (`Connection: upgrade` and an `Upgrade` header, in
-    /// HTTP/1.1).
-    upgrade: bool,
-}
-
-/// Parses the request head at the start of `buf`, taking it out of the buffer. `None` if it is
-/// not complete yet. `spans` is scratch room, kept across requests.
-fn parse_head(
-    buf: &mut BytesMut,
-    spans: &mut Vec<FieldSpan>,
-    max_head: usize,
-) -> Result<Option<Head>, Refused> {
-    let bad = |why: &str| Refused::new(StatusCode::BAD_REQUEST, why);
-    let (len, method, target, version) = {
-        let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
-        let mut parsed = httparse::Request::new(&mut []);
-        let status = match httparse::ParserConfig::default().parse_request_with_uninit_headers(
-            &mut parsed,
-            buf,
-            &mut headers,
-        ) {
-            Ok(status) => status,
-            Err(httparse::Error::TooManyHeaders) => {
-                let why = format!("request head has more than {MAX_HEADERS} header fields");
-                return Err(Refused::new(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, why));
-            }
-            Err(httparse::Error::Version) => {
-                return Err(Refused::new(
-                    StatusCode::HTTP_VERSION_NOT_SUPPORTED,
-                    "only HTTP/1.0 and 1.1 are served",
-                ));
-            }
-            Err(e) => return Err(bad(&format!("invalid request head: {e}"))),
-        };
-        let seen = match status {
-            httparse::Status::Complete(len) => len,
-            httparse::Status::Partial => buf.len(),
-        };
-        if seen > max_head {
-            let why = format!("request head larger than {max_head} bytes");
-            return Err(Refused::new(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, why));
-        }
-        let httparse::Status::Complete(len) = status else { return Ok(None) };
-        let (Some(method), Some(path)) = (parsed.method, parsed.path) else {
-            return Err(bad("invalid request line"));
-        };
-        let method = Method::from_bytes(method.as_bytes()).map_err(|_| bad("invalid method"))?;
-        FieldSpan::record(buf, parsed.headers, spans);
-        let version = if parsed.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
-        (len, method, span(buf, path.as_bytes()), version)
-    };
-    // Header values and the target keep pointing into the frozen head: no copy.
-    let head = buf.split_to(len).freeze();
-    let uri =
-        Uri::from_maybe_shared(head.slice(target.0..target.1)).map_err(|_| bad("invalid request target"))?;
-    let mut headers = HeaderMap::with_capacity(spans.len());
-    let (mut length, mut transfer_encoding) = (None, false);
-    let mut keep_alive = version == Version::HTTP_11;
-    let mut expect_continue = false;
-    let (mut upgrade_named, mut upgrade_header) = (false, false);
-    for field in spans.iter() {
-        let (name, value) = field.field(&head).map_err(bad)?;
-        if name == header::CONTENT_LENGTH {
-            add_content_length(&mut length, &value).map_err(bad)?;
-        } else if name == header::TRANSFER_ENCODING {
-            // Only `chunked`, once, and last: anything else would change the body's bytes (which
-            // the proxy does not undo) or leave its end unknown.
-            if transfer_encoding {
-                return Err(bad("more than one Transfer-Encoding header"));
-            }
-            transfer_encoding = true;
-            let codings: Vec<&[u8]> =
-                value.as_bytes().split(|&b| b == b',').map(<[u8]>::trim_ascii).collect();
-            match codings[..] {
-                [coding] if coding.eq_ignore_ascii_case(b"chunked") => {}
-                _ if codings.last().is_some_and(|c| c.eq_ignore_ascii_case(b"chunked")) => {
-                    return Err(Refused::new(
-                        StatusCode::NOT_IMPLEMENTED,
-                        "only the chunked transfer coding is served",
-                    ));
-                }
-                _ => return Err(bad("Transfer-Encoding whose last coding is not chunked")),
-            }
-        } else if name == header::HOST && headers.contains_key(header::HOST) {
-            // Which one routes the request and which one the instance sees must not differ.
-            return Err(bad("more than one Host header"));
-        } else if name == header::CONNECTION {
-            if lists(&value, "close") {
-                keep_alive = false;
-            } else if version == Version::HTTP_10 && lists(&value, "keep-alive") {
-                keep_alive = true;
-            }
-            upgrade_named |= lists(&value, "upgrade");
-        } else if name == header::UPGRADE {
-            upgrade_header = true;
-        } else if name == header::EXPECT {
-            expect_continue = value.as_bytes().eq_ignore_ascii_case(b"100-continue");
-        }
-        headers.append(name, value);
-    }
-    let framing = if transfer_encoding {
-        if version == Version::HTTP_10 {
-            return Err(bad("Transfer-Encoding in an HTTP/1.0 request"));
-        }
-        if length.is_some() {
-            return Err(bad("both Transfer-Encoding and Content-Length"));
-        }
-        BodyFraming::CHUNKED
-    } else {
-        BodyFraming::Length(length.unwrap_or(0))
-    };
-    let mut request = Request::new(());
-    *request.method_mut() = method;
-    *request.uri_mut() = uri;
-    *request.version_mut() = version;
-    *request.headers_mut() = headers;
-    let (parts, ()) = request.into_parts();
-    let expect_continue = expect_continue && version == Version::HTTP_11 && !framing.is_done();
-    let upgrade = upgrade_named && upgrade_header && version == Version::HTTP_11;
-    Ok(Some(Head { parts, framing, keep_alive, expect_continue, upgrade }))
-}
-
-/// Whether `buf` may hold a whole request head (or more than a head may be): it has an empty
-/// line in what came after the first `scanned` bytes, which it then counts as scanned. Without
-/// this a head arriving in pieces would be parsed from its start at every piece: quadratic in
-/// its size, and a client sending a 64 KiB head byte by byte would cost seconds of CPU.
-fn may_hold_a_head(buf: &[u8], scanned: &mut usize, max_head: usize) -> bool {
-    // A line end at the edge of what was scanned may begin the empty line.
-    let from = scanned.saturating_sub(2);
-    *scanned = buf.len();
-    buf.len() > max_head
-        || memchr::memchr_iter(b'\n', &buf[from..])
-            .any(|i| matches!(&buf[from + i + 1..], [b'\n', ..] | [b'\r', b'\n', ..]))
-}
-
 /// Appends the `Date` header for now (formatted once a second per thread).
 fn write_date(out: &mut Vec<u8>) {
     thread_local! {
@@ -546,7 +394,7 @@ pub(crate) async fn serve_connection<H: Handler>(
         // future while the handler runs (moved-from locals keep theirs until their scope ends).
         let Some((request, keep_alive, version, head_request)) = ('head: {
             let deadline = Instant::now() + header_read_timeout;
-            let mut scanned = 0;
+            let mut scan = HeadScan::default();
             let head = poll_fn(|cx| -> Poll<Result<Option<Head>, Refused>> {
                 let mut side = lock(&shared);
                 loop {
@@ -554,9 +402,7 @@ pub(crate) async fn serve_connection<H: Handler>(
                         if closing() {
                             return Poll::Ready(Ok(None));
                         }
-                    } else if may_hold_a_head(&side.buf, &mut scanned, max_head)
-                        && let Some(head) = parse_head(&mut side.buf, &mut spans, max_head)?
-                    {
+                    } else if let Some(head) = parse_head(&mut side.buf, &mut scan, &mut spans, max_head)? {
                         return Poll::Ready(Ok(Some(head)));
                     }
                     match side.poll_fill(cx, READ_MIN) {

@@ -19,7 +19,7 @@ pub(crate) mod mem;
 
 #[cfg(test)]
 pub(crate) use decode::chunk_line;
-pub(crate) use decode::{BodyFraming, decode, trailer_allowed};
+pub(crate) use decode::{BodyFraming, decode, section_end, trailer_allowed};
 
 /// Most header fields in a head or trailer section.
 pub(crate) const MAX_HEADERS: usize = 100;

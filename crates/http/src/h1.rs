@@ -264,8 +264,8 @@ fn write_date(out: &mut Vec<u8>) {
 }
 
 /// Appends a response head: the status line, the response's headers (framing and connection
-/// headers replaced by what `framing` and `connection` say, except in a response without a body,
-/// whose `Content-Length` describes what a GET would have got), a `Date` unless it has one.
+/// headers replaced by what `framing` and `connection` say, except in a response to HEAD or a
+/// 304, whose `Content-Length` describes what a GET would have got), a `Date` unless it has one.
 fn write_response_head(
     parts: &http::response::Parts,
     framing: WriteFraming,
@@ -280,9 +280,12 @@ fn write_response_head(
     out.extend_from_slice(b"\r\n");
     // Noted on the way rather than looked up: a lookup hashes the name.
     let mut dated = false;
+    // A 1xx or 204 says nothing of a length either (RFC 9110 §8.6, RFC 9112 §6.1).
+    let lengthless = parts.status.is_informational() || parts.status == StatusCode::NO_CONTENT;
     for (name, value) in &parts.headers {
         if name == header::CONNECTION
-            || (!bodiless && (name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING))
+            || ((!bodiless || lengthless)
+                && (name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING))
         {
             continue;
         }

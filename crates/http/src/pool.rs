@@ -24,25 +24,25 @@
 
 use std::future::poll_fn;
 use std::io;
-use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version, header};
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use tokio::time::Instant;
 
+use self::head::{Head, parse_head};
 use crate::body::{Body, BoxError};
 use crate::connect::{Connect, Direct, Stream};
 use crate::proxy::origin_form;
 use crate::upgrade::{OnUpgrade, Upgraded};
 use crate::wire::{
-    BodyFraming, FieldSpan, Fill, MAX_HEADERS, READ_MIN, ReadError, WriteError, WriteFraming, Writer,
-    add_content_length, decode, lists, write_content_length, write_field,
+    BodyFraming, FieldSpan, Fill, READ_MIN, ReadError, WriteError, WriteFraming, Writer, decode,
+    write_content_length, write_field,
 };
 
 /// Idle connections older than this are closed instead of reused.
@@ -65,9 +65,27 @@ pub enum UpstreamError {
     /// Sending the request or reading the response head failed.
     #[error("{source}")]
     Exchange {
-        /// The error (its source says more, e.g. a request body over the limit).
+        /// The error.
         source: ExchangeError,
     },
+    /// The request body the caller gave failed (its client's framing broke or it went away, or a
+    /// limit such as [`crate::body::Limited`]'s was passed): the caller's side failed, not the
+    /// upstream. The request may have been partly sent.
+    #[error("request body: {source}")]
+    RequestBody {
+        /// Why (its source chain says more, e.g. [`crate::body::TooLarge`]).
+        source: BoxError,
+    },
+}
+
+impl From<ExchangeError> for UpstreamError {
+    fn from(e: ExchangeError) -> Self {
+        match e {
+            ExchangeError::RequestBody(source) => Self::RequestBody { source },
+            ExchangeError::RequestLength(why) => Self::RequestBody { source: why.into() },
+            source => Self::Exchange { source },
+        }
+    }
 }
 
 /// A request its upstream did not answer ([`Upstream::forward_again`]).
@@ -276,106 +294,6 @@ fn write_head(
     out.extend_from_slice(b"\r\n");
 }
 
-/// A parsed response head and what follows it.
-struct Head {
-    response: Response<()>,
-    framing: BodyFraming,
-    keep_alive: bool,
-}
-
-/// Parses the response head at the start of the read buffer (skipping 1xx interim responses; a
-/// `101` is final when `upgrade` says the request asked for it). `None` if it is not complete
-/// yet.
-fn parse_head(conn: &mut Conn, head_request: bool, upgrade: bool) -> Result<Option<Head>, ExchangeError> {
-    let bad = |why: &str| ExchangeError::Head(why.to_owned());
-    let (len, code, version) = loop {
-        let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
-        let mut parsed = httparse::Response::new(&mut []);
-        let status = httparse::ParserConfig::default()
-            .parse_response_with_uninit_headers(&mut parsed, &conn.read, &mut headers)
-            .map_err(|e| ExchangeError::Head(e.to_string()))?;
-        let seen = match status {
-            httparse::Status::Complete(len) => len,
-            httparse::Status::Partial => conn.read.len(),
-        };
-        if seen > MAX_RESPONSE_HEAD {
-            return Err(ExchangeError::Head(format!("larger than {MAX_RESPONSE_HEAD} bytes")));
-        }
-        let httparse::Status::Complete(len) = status else { return Ok(None) };
-        let code = parsed.code.unwrap_or_default();
-        let version = if parsed.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
-        if code == 101 && !upgrade {
-            return Err(bad("101 Switching Protocols, but no upgrade was asked for"));
-        }
-        if (100..200).contains(&code) && code != 101 {
-            // Interim (`100 Continue`, `103 Early Hints`): the final response follows.
-            conn.read.advance(len);
-            if conn.read.is_empty() {
-                return Ok(None);
-            }
-            continue;
-        }
-        FieldSpan::record(&conn.read, parsed.headers, &mut conn.spans);
-        break (len, code, version);
-    };
-    let status = StatusCode::from_u16(code).map_err(|_| bad("invalid status code"))?;
-    // Header values keep pointing into the frozen head: no copy.
-    let head = conn.read.split_to(len).freeze();
-    // Room for the few headers the proxies add to a response (they would grow a full map).
-    let mut headers = HeaderMap::with_capacity(conn.spans.len() + 4);
-    let (mut length, mut transfer_encoding, mut chunked) = (None, false, false);
-    let mut keep_alive = version == Version::HTTP_11;
-    for span in &conn.spans {
-        let (name, value) = span.field(&head).map_err(bad)?;
-        if name == header::CONTENT_LENGTH {
-            add_content_length(&mut length, &value).map_err(bad)?;
-        } else if name == header::TRANSFER_ENCODING {
-            transfer_encoding = true;
-            // Chunked only if it is the last coding of the last such header.
-            chunked = value
-                .as_bytes()
-                .rsplit(|&b| b == b',')
-                .next()
-                .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-        } else if name == header::CONNECTION {
-            if lists(&value, "close") {
-                keep_alive = false;
-            } else if version == Version::HTTP_10 && lists(&value, "keep-alive") {
-                keep_alive = true;
-            }
-        }
-        headers.append(name, value);
-    }
-    // RFC 9112 §6.3, in its order.
-    let framing = if code == 101 {
-        // What follows is the other protocol's, and the connection is not HTTP's any more.
-        keep_alive = false;
-        BodyFraming::Length(0)
-    } else if head_request || code == 204 || code == 304 {
-        BodyFraming::Length(0)
-    } else if transfer_encoding {
-        // With a Content-Length beside it, the length is wrong (not sent on) and the connection
-        // cannot be trusted for another message.
-        if length.is_some() {
-            headers.remove(header::CONTENT_LENGTH);
-            keep_alive = false;
-        }
-        if chunked { BodyFraming::CHUNKED } else { BodyFraming::Close }
-    } else if let Some(n) = length {
-        BodyFraming::Length(n)
-    } else {
-        BodyFraming::Close
-    };
-    if framing == BodyFraming::Close {
-        keep_alive = false;
-    }
-    let mut response = Response::new(());
-    *response.status_mut() = status;
-    *response.version_mut() = version;
-    *response.headers_mut() = headers;
-    Ok(Some(Head { response, framing, keep_alive }))
-}
-
 /// A request on its way: the connection (with what is left of the request to write).
 struct Exchange {
     conn: Box<Conn>,
@@ -404,7 +322,8 @@ impl Exchange {
         }
         loop {
             if !self.conn.read.is_empty()
-                && let Some(mut head) = parse_head(&mut self.conn, head_request, upgrade)?
+                && let Some(mut head) =
+                    parse_head(&mut self.conn.read, &mut self.conn.spans, head_request, upgrade)?
             {
                 if self.write_error.is_some() {
                     head.keep_alive = false;
@@ -536,7 +455,7 @@ impl Upstream {
                     // Without a body, nothing of the request is lost with the connection.
                     let again = bodiless && !exchange.read_any && e.is_connection_lost();
                     let request = again.then(|| Request::from_parts(parts, empty()));
-                    return Err(Unanswered { error: UpstreamError::Exchange { source: e }, request });
+                    return Err(Unanswered { error: e.into(), request });
                 }
             }
         };
@@ -694,5 +613,6 @@ impl HttpBody for PooledBody {
     }
 }
 
+pub(crate) mod head;
 #[cfg(test)]
 mod tests;

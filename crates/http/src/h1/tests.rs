@@ -246,6 +246,14 @@ impl Handler for Quick {
                 *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
                 r
             }
+            // What an upstream's 204 may come with.
+            "/no-content" => {
+                let mut r = Response::new(full(""));
+                *r.status_mut() = StatusCode::NO_CONTENT;
+                r.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
+                r.headers_mut().insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+                r
+            }
             path => Response::new(full(format!("quick {path}"))),
         }
     }
@@ -399,6 +407,23 @@ async fn a_client_that_goes_away_cancels_its_request() {
     })
     .await
     .expect("the handler's future was dropped");
+    server.shutdown().await;
+}
+
+/// I4: a 204 says nothing of a length (RFC 9110 §8.6); a 304 or an answer to HEAD may.
+#[tokio::test]
+async fn a_204_goes_out_without_length_or_coding() {
+    let server = start(Quick { dropped: Arc::default() }).await;
+    let got = talk(
+        server.addr(),
+        b"GET /no-content HTTP/1.1\r\nhost: a\r\n\r\nGET /next HTTP/1.1\r\nhost: a\r\n\r\n",
+        Some("quick /next"),
+    )
+    .await;
+    let (head, rest) = got.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 204 No Content\r\n"), "{got}");
+    assert!(!head.contains("content-length") && !head.contains("transfer-encoding"), "{got}");
+    assert!(rest.starts_with("HTTP/1.1 200 OK\r\n"), "{got}");
     server.shutdown().await;
 }
 

@@ -454,6 +454,71 @@ async fn broken_responses_are_errors_that_say_what_broke() {
     }
 }
 
+/// I4 and I1: a 204's length is not passed on; a `close` is not undone by a later `keep-alive`.
+#[tokio::test]
+async fn a_204_has_no_length_and_a_later_keep_alive_does_not_undo_a_close() {
+    let (addr, accepted) = scripted(64, |_, request, _| {
+        Some(match request {
+            0 => b"HTTP/1.1 204 No Content\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n".to_vec(),
+            _ => b"HTTP/1.0 200 OK\r\nconnection: close\r\nconnection: keep-alive\r\ncontent-length: 2\r\n\r\nok"
+                .to_vec(),
+        })
+    })
+    .await;
+    let up = Upstream::direct(addr);
+    let resp = up.send(get("/")).await.unwrap();
+    assert_eq!(resp.status(), 204);
+    assert!(resp.headers().get(header::CONTENT_LENGTH).is_none(), "{:?}", resp.headers());
+    assert!(resp.headers().get(header::TRANSFER_ENCODING).is_none(), "{:?}", resp.headers());
+    assert_eq!(frames(resp).await.unwrap().0, b"");
+    assert_eq!(up.idle_count(), 1, "a 204 ends at its head");
+    assert_eq!(frames(up.send(get("/")).await.unwrap()).await.unwrap().0, b"ok");
+    assert_eq!(up.idle_count(), 0, "the connection asked to close");
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+}
+
+/// I3: a request body that fails is the caller's side failing, not the upstream: told apart.
+#[tokio::test]
+async fn a_failing_request_body_is_its_own_error_not_the_upstreams() {
+    let (addr, _) = backend().await;
+    let up = Upstream::direct(addr);
+    let frames_sent = [
+        Ok(Frame::data(Bytes::from_static(b"start"))),
+        Err::<Frame<Bytes>, BoxError>("request body: invalid chunk size line".into()),
+    ];
+    let body = BodyExt::boxed(StreamBody::new(futures_util::stream::iter(frames_sent)));
+    let err = up.send(Request::post("/echo").body(body).unwrap()).await.unwrap_err();
+    assert!(matches!(err, UpstreamError::RequestBody { .. }), "{err:?}");
+    assert_eq!(err.to_string(), "request body: request body: invalid chunk size line");
+    // A length the body does not keep to is the caller's too.
+    let short = Request::post("/echo").body(crate::body::boxed(LyingLength)).unwrap();
+    let err = up.send(short).await.unwrap_err();
+    assert!(matches!(err, UpstreamError::RequestBody { .. }), "{err:?}");
+    // Over a limit: still found in its source chain.
+    let body = crate::body::boxed(crate::body::Limited::new(full("too long"), 3));
+    let err = up.send(Request::post("/echo").body(body).unwrap()).await.unwrap_err();
+    assert!(matches!(err, UpstreamError::RequestBody { .. }) && crate::body::is_too_large(&err), "{err}");
+}
+
+/// A body that says it has 10 bytes and ends after 2.
+struct LyingLength;
+
+impl HttpBody for LyingLength {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        Poll::Ready(None)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(10)
+    }
+}
+
 #[tokio::test]
 async fn a_chunked_body_that_also_claims_a_length_is_read_as_chunked_and_its_connection_dropped() {
     let (addr, accepted) = scripted(64, |_, _, _| {

@@ -363,22 +363,24 @@ fn start_response(
     keep_alive
 }
 
-/// Serves the HTTP/1.1 connection `stream` from `peer` with `handler` until it closes. Heads
-/// larger than `max_head` bytes get 431; `closing` says the server is draining (requests in
-/// progress are finished, then the connection closes). The connection's task must be woken when
-/// `closing` turns true.
-pub(crate) async fn serve_connection<H: Handler>(
+/// Serves the HTTP/1.1 connection `stream` from `peer` with `handler` until it closes, `read`
+/// holding what was already read from it. Heads larger than `max_head` bytes get 431; `closing`
+/// says the server is draining (requests in progress are finished, then the connection closes).
+/// The connection's task must be woken when `closing` turns true.
+pub(crate) fn serve_connection<H: Handler>(
     stream: TcpStream,
+    read: BytesMut,
     handler: Arc<H>,
     peer: Arc<Peer>,
     max_head: usize,
     header_read_timeout: Duration,
     closing: impl Fn() -> bool,
-) {
-    let (read, mut write) = stream.into_split();
+) -> impl Future<Output = ()> {
+    // Split here, not in the future: its arguments take room in it for as long as it lives.
+    let (read_half, write) = stream.into_split();
     let shared = Arc::new(Mutex::new(ReadSide {
-        io: read,
-        buf: BytesMut::new(),
+        io: read_half,
+        buf: read,
         framing: BodyFraming::Length(0),
         request: 0,
         expect: Expect::No,
@@ -386,6 +388,19 @@ pub(crate) async fn serve_connection<H: Handler>(
         broken: false,
         upgrade: None,
     }));
+    serve_split(shared, write, handler, peer, max_head, header_read_timeout, closing)
+}
+
+/// [`serve_connection`], its read side shared with request bodies.
+async fn serve_split<H: Handler>(
+    shared: Arc<Mutex<ReadSide>>,
+    mut write: OwnedWriteHalf,
+    handler: Arc<H>,
+    peer: Arc<Peer>,
+    max_head: usize,
+    header_read_timeout: Duration,
+    closing: impl Fn() -> bool,
+) {
     let mut writer = Writer::idle();
     let mut spans = Vec::new();
     // One timer for the connection, not one per request: when it fires before the current

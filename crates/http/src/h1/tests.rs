@@ -486,7 +486,8 @@ async fn the_connection_holds_its_handlers_future_and_little_else() {
     let peer = Arc::new(Peer::new(stream.local_addr().unwrap()));
     let handling = handler.clone().handle(Request::new(RequestBody::empty()), peer.clone());
     let handler_size = std::mem::size_of_val(&handling);
-    let conn = serve_connection(stream, handler, peer, 8192, Duration::from_secs(30), || false);
+    let conn =
+        serve_connection(stream, BytesMut::new(), handler, peer, 8192, Duration::from_secs(30), || false);
     let size = std::mem::size_of_val(&conn);
     // What a waiting request's connection holds besides its handler's future: the writer,
     // the timer, the head's scratch room. A moved-from request head kept in scope would add

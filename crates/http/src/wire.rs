@@ -14,7 +14,6 @@ use tokio::io::AsyncWrite;
 use crate::body::{Body, BoxError};
 
 mod decode;
-#[cfg(test)]
 pub(crate) mod mem;
 
 #[cfg(test)]

@@ -247,6 +247,10 @@ impl AsyncRead for Rewind {
         let n = self.pre.len().min(buf.remaining());
         buf.put_slice(&self.pre[..n]);
         self.pre.advance(n);
+        if self.pre.is_empty() {
+            // Lets go of the first read's buffer, which would otherwise live with the connection.
+            self.pre = Bytes::new();
+        }
         Poll::Ready(Ok(()))
     }
 }

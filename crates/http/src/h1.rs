@@ -23,14 +23,13 @@
 
 use std::cell::RefCell;
 use std::future::{Future, poll_fn};
-use std::mem::MaybeUninit;
 use std::pin::{Pin, pin};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker, ready};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Bytes, BytesMut};
-use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version, header};
+use http::{Method, Request, Response, StatusCode, Version, header};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
 use tokio::io::{AsyncWriteExt, ReadBuf};
@@ -39,13 +38,15 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+pub(crate) mod head;
+
+use self::head::{Head, HeadScan, Refused, parse_head};
 use crate::body::{Body, BoxError, error_response};
 use crate::peer::Peer;
 use crate::upgrade::{OnUpgrade, Upgraded};
 use crate::wire::{
-    BodyFraming, Chunk, FieldSpan, Fill, MAX_HEADERS, READ_MAX, READ_MIN, WriteFraming, Writer,
-    add_content_length, content_length, decode, lists, poll_write_all, span, write_content_length,
-    write_field,
+    BodyFraming, Fill, READ_MAX, READ_MIN, WriteFraming, Writer, content_length, decode, poll_write_all,
+    write_content_length, write_field,
 };
 
 /// Handles one request; `peer` is the client end of its connection.
@@ -244,160 +245,6 @@ fn lock(side: &Mutex<ReadSide>) -> MutexGuard<'_, ReadSide> {
     side.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// A request head that cannot be served, and the answer it gets.
-#[derive(Debug, PartialEq)]
-struct Refused {
-    status: StatusCode,
-    why: String,
-}
-
-impl Refused {
-    fn new(status: StatusCode, why: impl Into<String>) -> Self {
-        Self { status, why: why.into() }
-    }
-}
-
-/// A parsed request head.
-struct Head {
-    parts: http::request::Parts,
-    framing: BodyFraming,
-    keep_alive: bool,
-    expect_continue: bool,
-    /// The client asks to switch protocols (`Connection: upgrade` and an `Upgrade` header, in
-    /// HTTP/1.1).
-    upgrade: bool,
-}
-
-/// Parses the request head at the start of `buf`, taking it out of the buffer. `None` if it is
-/// not complete yet. `spans` is scratch room, kept across requests.
-fn parse_head(
-    buf: &mut BytesMut,
-    spans: &mut Vec<FieldSpan>,
-    max_head: usize,
-) -> Result<Option<Head>, Refused> {
-    let bad = |why: &str| Refused::new(StatusCode::BAD_REQUEST, why);
-    let (len, method, target, version) = {
-        let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
-        let mut parsed = httparse::Request::new(&mut []);
-        let status = match httparse::ParserConfig::default().parse_request_with_uninit_headers(
-            &mut parsed,
-            buf,
-            &mut headers,
-        ) {
-            Ok(status) => status,
-            Err(httparse::Error::TooManyHeaders) => {
-                let why = format!("request head has more than {MAX_HEADERS} header fields");
-                return Err(Refused::new(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, why));
-            }
-            Err(httparse::Error::Version) => {
-                return Err(Refused::new(
-                    StatusCode::HTTP_VERSION_NOT_SUPPORTED,
-                    "only HTTP/1.0 and 1.1 are served",
-                ));
-            }
-            Err(e) => return Err(bad(&format!("invalid request head: {e}"))),
-        };
-        let seen = match status {
-            httparse::Status::Complete(len) => len,
-            httparse::Status::Partial => buf.len(),
-        };
-        if seen > max_head {
-            let why = format!("request head larger than {max_head} bytes");
-            return Err(Refused::new(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, why));
-        }
-        let httparse::Status::Complete(len) = status else { return Ok(None) };
-        let (Some(method), Some(path)) = (parsed.method, parsed.path) else {
-            return Err(bad("invalid request line"));
-        };
-        let method = Method::from_bytes(method.as_bytes()).map_err(|_| bad("invalid method"))?;
-        FieldSpan::record(buf, parsed.headers, spans);
-        let version = if parsed.version == Some(0) { Version::HTTP_10 } else { Version::HTTP_11 };
-        (len, method, span(buf, path.as_bytes()), version)
-    };
-    // Header values and the target keep pointing into the frozen head: no copy.
-    let head = buf.split_to(len).freeze();
-    let uri =
-        Uri::from_maybe_shared(head.slice(target.0..target.1)).map_err(|_| bad("invalid request target"))?;
-    let mut headers = HeaderMap::with_capacity(spans.len());
-    let (mut length, mut transfer_encoding) = (None, false);
-    let mut keep_alive = version == Version::HTTP_11;
-    let mut expect_continue = false;
-    let (mut upgrade_named, mut upgrade_header) = (false, false);
-    for field in spans.iter() {
-        let (name, value) = field.field(&head).map_err(bad)?;
-        if name == header::CONTENT_LENGTH {
-            add_content_length(&mut length, &value).map_err(bad)?;
-        } else if name == header::TRANSFER_ENCODING {
-            // Only `chunked`, once, and last: anything else would change the body's bytes (which
-            // the proxy does not undo) or leave its end unknown.
-            if transfer_encoding {
-                return Err(bad("more than one Transfer-Encoding header"));
-            }
-            transfer_encoding = true;
-            let codings: Vec<&[u8]> =
-                value.as_bytes().split(|&b| b == b',').map(<[u8]>::trim_ascii).collect();
-            match codings[..] {
-                [coding] if coding.eq_ignore_ascii_case(b"chunked") => {}
-                _ if codings.last().is_some_and(|c| c.eq_ignore_ascii_case(b"chunked")) => {
-                    return Err(Refused::new(
-                        StatusCode::NOT_IMPLEMENTED,
-                        "only the chunked transfer coding is served",
-                    ));
-                }
-                _ => return Err(bad("Transfer-Encoding whose last coding is not chunked")),
-            }
-        } else if name == header::HOST && headers.contains_key(header::HOST) {
-            // Which one routes the request and which one the instance sees must not differ.
-            return Err(bad("more than one Host header"));
-        } else if name == header::CONNECTION {
-            if lists(&value, "close") {
-                keep_alive = false;
-            } else if version == Version::HTTP_10 && lists(&value, "keep-alive") {
-                keep_alive = true;
-            }
-            upgrade_named |= lists(&value, "upgrade");
-        } else if name == header::UPGRADE {
-            upgrade_header = true;
-        } else if name == header::EXPECT {
-            expect_continue = value.as_bytes().eq_ignore_ascii_case(b"100-continue");
-        }
-        headers.append(name, value);
-    }
-    let framing = if transfer_encoding {
-        if version == Version::HTTP_10 {
-            return Err(bad("Transfer-Encoding in an HTTP/1.0 request"));
-        }
-        if length.is_some() {
-            return Err(bad("both Transfer-Encoding and Content-Length"));
-        }
-        BodyFraming::Chunked(Chunk::Size)
-    } else {
-        BodyFraming::Length(length.unwrap_or(0))
-    };
-    let mut request = Request::new(());
-    *request.method_mut() = method;
-    *request.uri_mut() = uri;
-    *request.version_mut() = version;
-    *request.headers_mut() = headers;
-    let (parts, ()) = request.into_parts();
-    let expect_continue = expect_continue && version == Version::HTTP_11 && !framing.is_done();
-    let upgrade = upgrade_named && upgrade_header && version == Version::HTTP_11;
-    Ok(Some(Head { parts, framing, keep_alive, expect_continue, upgrade }))
-}
-
-/// Whether `buf` may hold a whole request head (or more than a head may be): it has an empty
-/// line in what came after the first `scanned` bytes, which it then counts as scanned. Without
-/// this a head arriving in pieces would be parsed from its start at every piece: quadratic in
-/// its size, and a client sending a 64 KiB head byte by byte would cost seconds of CPU.
-fn may_hold_a_head(buf: &[u8], scanned: &mut usize, max_head: usize) -> bool {
-    // A line end at the edge of what was scanned may begin the empty line.
-    let from = scanned.saturating_sub(2);
-    *scanned = buf.len();
-    buf.len() > max_head
-        || memchr::memchr_iter(b'\n', &buf[from..])
-            .any(|i| matches!(&buf[from + i + 1..], [b'\n', ..] | [b'\r', b'\n', ..]))
-}
-
 /// Appends the `Date` header for now (formatted once a second per thread).
 fn write_date(out: &mut Vec<u8>) {
     thread_local! {
@@ -417,8 +264,8 @@ fn write_date(out: &mut Vec<u8>) {
 }
 
 /// Appends a response head: the status line, the response's headers (framing and connection
-/// headers replaced by what `framing` and `connection` say, except in a response without a body,
-/// whose `Content-Length` describes what a GET would have got), a `Date` unless it has one.
+/// headers replaced by what `framing` and `connection` say, except in a response to HEAD or a
+/// 304, whose `Content-Length` describes what a GET would have got), a `Date` unless it has one.
 fn write_response_head(
     parts: &http::response::Parts,
     framing: WriteFraming,
@@ -433,9 +280,12 @@ fn write_response_head(
     out.extend_from_slice(b"\r\n");
     // Noted on the way rather than looked up: a lookup hashes the name.
     let mut dated = false;
+    // A 1xx or 204 says nothing of a length either (RFC 9110 §8.6, RFC 9112 §6.1).
+    let lengthless = parts.status.is_informational() || parts.status == StatusCode::NO_CONTENT;
     for (name, value) in &parts.headers {
         if name == header::CONNECTION
-            || (!bodiless && (name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING))
+            || ((!bodiless || lengthless)
+                && (name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING))
         {
             continue;
         }
@@ -513,22 +363,24 @@ fn start_response(
     keep_alive
 }
 
-/// Serves the HTTP/1.1 connection `stream` from `peer` with `handler` until it closes. Heads
-/// larger than `max_head` bytes get 431; `closing` says the server is draining (requests in
-/// progress are finished, then the connection closes). The connection's task must be woken when
-/// `closing` turns true.
-pub(crate) async fn serve_connection<H: Handler>(
+/// Serves the HTTP/1.1 connection `stream` from `peer` with `handler` until it closes, `read`
+/// holding what was already read from it. Heads larger than `max_head` bytes get 431; `closing`
+/// says the server is draining (requests in progress are finished, then the connection closes).
+/// The connection's task must be woken when `closing` turns true.
+pub(crate) fn serve_connection<H: Handler>(
     stream: TcpStream,
+    read: BytesMut,
     handler: Arc<H>,
     peer: Arc<Peer>,
     max_head: usize,
     header_read_timeout: Duration,
     closing: impl Fn() -> bool,
-) {
-    let (read, mut write) = stream.into_split();
+) -> impl Future<Output = ()> {
+    // Split here, not in the future: its arguments take room in it for as long as it lives.
+    let (read_half, write) = stream.into_split();
     let shared = Arc::new(Mutex::new(ReadSide {
-        io: read,
-        buf: BytesMut::new(),
+        io: read_half,
+        buf: read,
         framing: BodyFraming::Length(0),
         request: 0,
         expect: Expect::No,
@@ -536,6 +388,19 @@ pub(crate) async fn serve_connection<H: Handler>(
         broken: false,
         upgrade: None,
     }));
+    serve_split(shared, write, handler, peer, max_head, header_read_timeout, closing)
+}
+
+/// [`serve_connection`], its read side shared with request bodies.
+async fn serve_split<H: Handler>(
+    shared: Arc<Mutex<ReadSide>>,
+    mut write: OwnedWriteHalf,
+    handler: Arc<H>,
+    peer: Arc<Peer>,
+    max_head: usize,
+    header_read_timeout: Duration,
+    closing: impl Fn() -> bool,
+) {
     let mut writer = Writer::idle();
     let mut spans = Vec::new();
     // One timer for the connection, not one per request: when it fires before the current
@@ -547,7 +412,7 @@ pub(crate) async fn serve_connection<H: Handler>(
         // future while the handler runs (moved-from locals keep theirs until their scope ends).
         let Some((request, keep_alive, version, head_request)) = ('head: {
             let deadline = Instant::now() + header_read_timeout;
-            let mut scanned = 0;
+            let mut scan = HeadScan::default();
             let head = poll_fn(|cx| -> Poll<Result<Option<Head>, Refused>> {
                 let mut side = lock(&shared);
                 loop {
@@ -555,9 +420,7 @@ pub(crate) async fn serve_connection<H: Handler>(
                         if closing() {
                             return Poll::Ready(Ok(None));
                         }
-                    } else if may_hold_a_head(&side.buf, &mut scanned, max_head)
-                        && let Some(head) = parse_head(&mut side.buf, &mut spans, max_head)?
-                    {
+                    } else if let Some(head) = parse_head(&mut side.buf, &mut scan, &mut spans, max_head)? {
                         return Poll::Ready(Ok(Some(head)));
                     }
                     match side.poll_fill(cx, READ_MIN) {
@@ -761,446 +624,4 @@ async fn linger(mut write: OwnedWriteHalf, side: &Mutex<ReadSide>) {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::net::SocketAddr;
-    use std::sync::atomic::{AtomicBool, Ordering};
-
-    use http::{HeaderValue, Response};
-    use http_body_util::{BodyExt, StreamBody};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpListener;
-    use tokio::time::timeout;
-
-    use super::*;
-    use crate::body::{boxed, full};
-    use crate::server::{ServerHandle, serve};
-
-    fn parse(head: &str) -> Result<Option<Head>, Refused> {
-        parse_head(&mut BytesMut::from(head), &mut Vec::new(), 8192)
-    }
-
-    fn refused(head: &str) -> (u16, String) {
-        match parse(head) {
-            Err(r) => (r.status.as_u16(), r.why),
-            Ok(h) => panic!("{head:?} was accepted: {:?}", h.map(|h| h.framing)),
-        }
-    }
-
-    #[test]
-    fn heads_frame_their_bodies_and_say_whether_the_connection_stays() {
-        for (head, framing, keep_alive, expect) in [
-            ("GET / HTTP/1.1\r\nhost: a\r\n\r\n", BodyFraming::Length(0), true, false),
-            ("GET / HTTP/1.0\r\n\r\n", BodyFraming::Length(0), false, false),
-            ("GET / HTTP/1.0\r\nconnection: Keep-Alive\r\n\r\n", BodyFraming::Length(0), true, false),
-            ("GET / HTTP/1.1\r\nconnection: foo, close\r\n\r\n", BodyFraming::Length(0), false, false),
-            (
-                "POST / HTTP/1.1\r\ncontent-length: 5\r\ncontent-length: 5\r\n\r\n",
-                BodyFraming::Length(5),
-                true,
-                false,
-            ),
-            (
-                "POST / HTTP/1.1\r\ntransfer-encoding: Chunked\r\n\r\n",
-                BodyFraming::Chunked(Chunk::Size),
-                true,
-                false,
-            ),
-            (
-                "PUT / HTTP/1.1\r\ncontent-length: 3\r\nexpect: 100-continue\r\n\r\n",
-                BodyFraming::Length(3),
-                true,
-                true,
-            ),
-            // Nothing to wait for without a body.
-            (
-                "PUT / HTTP/1.1\r\ncontent-length: 0\r\nexpect: 100-continue\r\n\r\n",
-                BodyFraming::Length(0),
-                true,
-                false,
-            ),
-        ] {
-            let h = parse(head).unwrap().unwrap();
-            assert_eq!(
-                (h.framing, h.keep_alive, h.expect_continue),
-                (framing, keep_alive, expect),
-                "{head:?}"
-            );
-        }
-        let h = parse("OPTIONS * HTTP/1.1\r\nX-A: 1\r\nx-a: 2\r\n\r\n").unwrap().unwrap();
-        assert_eq!((h.parts.method, h.parts.uri.to_string()), (Method::OPTIONS, "*".to_owned()));
-        assert_eq!(h.parts.headers.get_all("x-a").iter().count(), 2);
-        assert!(parse("GET / HTTP/1.1\r\nhost: a\r\n").unwrap().is_none(), "incomplete");
-    }
-
-    #[test]
-    fn an_upgrade_is_asked_for_with_both_headers_in_http_1_1() {
-        for (head, upgrade) in [
-            ("GET / HTTP/1.1\r\nconnection: Upgrade\r\nupgrade: websocket\r\n\r\n", true),
-            ("GET / HTTP/1.1\r\nupgrade: websocket\r\nconnection: keep-alive, upgrade\r\n\r\n", true),
-            // `Upgrade` without `Connection` naming it (a proxy before us dropped it), and the reverse.
-            ("GET / HTTP/1.1\r\nupgrade: websocket\r\n\r\n", false),
-            ("GET / HTTP/1.1\r\nconnection: upgrade\r\n\r\n", false),
-            // HTTP/1.0 has no upgrades (RFC 9110 §7.8).
-            ("GET / HTTP/1.0\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n", false),
-        ] {
-            assert_eq!(parse(head).unwrap().unwrap().upgrade, upgrade, "{head:?}");
-        }
-    }
-
-    #[test]
-    fn a_head_is_parsed_once_its_empty_line_has_come() {
-        let head = b"GET / HTTP/1.1\r\nhost: a\r\n\r\n";
-        // Where each piece that arrives ends.
-        for ends in [vec![head.len()], vec![10, head.len()], vec![24, 25, 26, 27], (1..=head.len()).collect()]
-        {
-            let (mut scanned, mut whole) = (0, Vec::new());
-            for end in ends {
-                whole.push(may_hold_a_head(&head[..end], &mut scanned, 8192));
-            }
-            // Only the last piece completes the head.
-            assert_eq!(whole.iter().filter(|w| **w).count(), 1, "{whole:?}");
-            assert!(whole.last().unwrap());
-        }
-        let mut scanned = 0;
-        assert!(may_hold_a_head(b"GET / HTTP/1.0\n\n", &mut scanned, 8192), "bare line feeds");
-        let mut scanned = 0;
-        assert!(may_hold_a_head(&[b'a'; 9000], &mut scanned, 8192), "larger than a head may be");
-        let mut scanned = 0;
-        assert!(!may_hold_a_head(b"GET / HTTP/1.1\r\nhost: a\r\n", &mut scanned, 8192));
-    }
-
-    #[test]
-    fn heads_that_could_smuggle_a_request_or_are_too_large_are_refused() {
-        let many: String = (0..=MAX_HEADERS).map(|i| format!("x-{i}: 1\r\n")).collect();
-        let long = format!("GET / HTTP/1.1\r\nx: {}\r\n\r\n", "a".repeat(9000));
-        for (head, status, why) in [
-            (
-                "POST / HTTP/1.1\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n",
-                400,
-                "both Transfer-Encoding and Content-Length",
-            ),
-            (
-                "POST / HTTP/1.1\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\n",
-                400,
-                "Content-Length headers that disagree",
-            ),
-            ("POST / HTTP/1.1\r\ncontent-length: +5\r\n\r\n", 400, "invalid Content-Length"),
-            ("POST / HTTP/1.1\r\ncontent-length: 5, 5\r\n\r\n", 400, "invalid Content-Length"),
-            (
-                "POST / HTTP/1.1\r\ntransfer-encoding: chunked, gzip\r\n\r\n",
-                400,
-                "Transfer-Encoding whose last coding is not chunked",
-            ),
-            (
-                "POST / HTTP/1.1\r\ntransfer-encoding: gzip, chunked\r\n\r\n",
-                501,
-                "only the chunked transfer coding is served",
-            ),
-            (
-                "POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\ntransfer-encoding: chunked\r\n\r\n",
-                400,
-                "more than one Transfer-Encoding header",
-            ),
-            (
-                "POST / HTTP/1.0\r\ntransfer-encoding: chunked\r\n\r\n",
-                400,
-                "Transfer-Encoding in an HTTP/1.0 request",
-            ),
-            ("GET / HTTP/2.0\r\n\r\n", 505, "only HTTP/1.0 and 1.1 are served"),
-            ("GET / HTTP/1.1\r\nhost: a\r\nHost: b\r\n\r\n", 400, "more than one Host header"),
-            ("GET / HTTP/1.1\r\nbad header\r\n\r\n", 400, "invalid request head: invalid header name"),
-            (&long, 431, "request head larger than 8192 bytes"),
-        ] {
-            assert_eq!(refused(head), (status, why.to_owned()), "{head:?}");
-        }
-        let (status, _) = refused(&format!("GET / HTTP/1.1\r\n{many}\r\n"));
-        assert_eq!(status, 431);
-        // Too large is told before the head is complete.
-        assert_eq!(refused(&long[..8300]).0, 431);
-    }
-
-    /// Answers with what it got: method, target, body (read to its end) and trailer names.
-    struct Echo;
-
-    impl Handler for Echo {
-        async fn handle(self: Arc<Self>, req: Request<RequestBody>, _: Arc<Peer>) -> Response<Body> {
-            let (parts, body) = req.into_parts();
-            let text = match body.collect().await {
-                Ok(c) => {
-                    let trailers: Vec<String> =
-                        c.trailers().into_iter().flatten().map(|(n, v)| format!("{n}={v:?}")).collect();
-                    let body = String::from_utf8_lossy(&c.to_bytes()).into_owned();
-                    format!("{} {} body={body} trailers={}", parts.method, parts.uri, trailers.join(","))
-                }
-                Err(e) => format!("error {e}"),
-            };
-            Response::new(full(text))
-        }
-    }
-
-    /// Answers at once without reading the body; streams its answer (no length known) for
-    /// `/stream`, and sets `dropped` when a request to `/hang` (which never ends) is dropped.
-    struct Quick {
-        dropped: Arc<AtomicBool>,
-    }
-
-    struct SetOnDrop(Arc<AtomicBool>);
-
-    impl Drop for SetOnDrop {
-        fn drop(&mut self) {
-            self.0.store(true, Ordering::SeqCst);
-        }
-    }
-
-    impl Handler for Quick {
-        async fn handle(self: Arc<Self>, req: Request<RequestBody>, _: Arc<Peer>) -> Response<Body> {
-            match req.uri().path() {
-                "/hang" => {
-                    let _guard = SetOnDrop(self.dropped.clone());
-                    std::future::pending::<()>().await;
-                    unreachable!()
-                }
-                "/stream" => {
-                    let frames = ["ab", "cd"].map(|s| Ok::<_, BoxError>(Frame::data(Bytes::from(s))));
-                    Response::new(boxed(StreamBody::new(futures_util::stream::iter(frames))))
-                }
-                "/head" => {
-                    let mut r = Response::new(full("hello"));
-                    r.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
-                    r
-                }
-                "/switch" => {
-                    let mut r = Response::new(full(""));
-                    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-                    r
-                }
-                path => Response::new(full(format!("quick {path}"))),
-            }
-        }
-    }
-
-    async fn start<H: Handler>(handler: H) -> ServerHandle {
-        serve(TcpListener::bind("127.0.0.1:0").await.unwrap(), Arc::new(handler), 8192).unwrap()
-    }
-
-    /// Sends `bytes` and returns everything the server sends until it closes (or, with
-    /// `until`, until that text has come).
-    async fn talk(addr: SocketAddr, bytes: &[u8], until: Option<&str>) -> String {
-        let mut stream = TcpStream::connect(addr).await.unwrap();
-        stream.write_all(bytes).await.unwrap();
-        read_from(&mut stream, until).await
-    }
-
-    async fn read_from(stream: &mut TcpStream, until: Option<&str>) -> String {
-        let mut got = Vec::new();
-        let mut buf = [0u8; 4096];
-        timeout(Duration::from_secs(10), async {
-            loop {
-                if until.is_some_and(|u| String::from_utf8_lossy(&got).contains(u)) {
-                    break;
-                }
-                match stream.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => got.extend_from_slice(&buf[..n]),
-                }
-            }
-        })
-        .await
-        .expect("the server answered and closed in time");
-        String::from_utf8_lossy(&got).into_owned()
-    }
-
-    #[tokio::test]
-    async fn pipelined_requests_are_answered_in_order_with_chunked_bodies_and_trailers() {
-        let server = start(Echo).await;
-        let requests = "GET /one HTTP/1.1\r\nhost: a\r\n\r\n\
-                        POST /two HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n\r\n\
-                        3;x=y\r\nabc\r\n2\r\nde\r\n0\r\nx-sum: 5\r\n\r\n\
-                        PUT /three HTTP/1.1\r\nhost: a\r\ncontent-length: 2\r\nconnection: close\r\n\r\nfg";
-        let got = talk(server.addr(), requests.as_bytes(), None).await;
-        let bodies: Vec<&str> =
-            got.split("HTTP/1.1 200 OK\r\n").skip(1).map(|r| r.split("\r\n\r\n").nth(1).unwrap()).collect();
-        assert_eq!(
-            bodies,
-            [
-                "GET /one body= trailers=",
-                "POST /two body=abcde trailers=x-sum=\"5\"",
-                "PUT /three body=fg trailers="
-            ],
-            "{got}"
-        );
-        assert!(got.contains("date: "), "{got}");
-        assert!(got.contains("connection: close\r\n"), "the last answer says the connection closes: {got}");
-        server.shutdown().await;
-    }
-
-    #[tokio::test]
-    async fn a_body_is_asked_for_with_100_continue_when_the_handler_reads_it() {
-        let server = start(Echo).await;
-        let mut stream = TcpStream::connect(server.addr()).await.unwrap();
-        stream
-            .write_all(b"POST /up HTTP/1.1\r\nhost: a\r\ncontent-length: 5\r\nexpect: 100-continue\r\n\r\n")
-            .await
-            .unwrap();
-        let interim = read_from(&mut stream, Some("\r\n\r\n")).await;
-        assert_eq!(interim, "HTTP/1.1 100 Continue\r\n\r\n");
-        stream.write_all(b"hello").await.unwrap();
-        let answer = read_from(&mut stream, Some("trailers=")).await;
-        assert!(
-            answer.starts_with("HTTP/1.1 200 OK") && answer.ends_with("POST /up body=hello trailers="),
-            "{answer}"
-        );
-        server.shutdown().await;
-    }
-
-    #[tokio::test]
-    async fn an_unread_body_is_never_taken_for_the_next_request() {
-        let server = start(Quick { dropped: Arc::default() }).await;
-        // The body looks like a request; the handler answers without reading it.
-        let smuggled = "GET /evil HTTP/1.1\r\nhost: a\r\n\r\n";
-        let request = format!(
-            "POST /first HTTP/1.1\r\nhost: a\r\ncontent-length: {}\r\n\r\n{smuggled}",
-            smuggled.len()
-        );
-        let got = talk(server.addr(), request.as_bytes(), None).await;
-        assert!(got.contains("quick /first"), "{got}");
-        assert!(!got.contains("/evil"), "the body was served as a request: {got}");
-        server.shutdown().await;
-    }
-
-    #[tokio::test]
-    async fn a_request_that_could_be_smuggled_gets_400_and_the_connection_closes() {
-        let server = start(Echo).await;
-        let request = "POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 4\r\ntransfer-encoding: chunked\r\n\r\n\
-                       0\r\n\r\nGET /evil HTTP/1.1\r\nhost: a\r\n\r\n";
-        let got = talk(server.addr(), request.as_bytes(), None).await;
-        assert!(got.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{got}");
-        assert!(
-            got.ends_with("both Transfer-Encoding and Content-Length\n") && got.contains("connection: close"),
-            "{got}"
-        );
-        assert_eq!(got.matches("HTTP/1.1").count(), 1, "{got}");
-        server.shutdown().await;
-    }
-
-    #[tokio::test]
-    async fn responses_are_framed_for_the_request_and_the_client() {
-        let server = start(Quick { dropped: Arc::default() }).await;
-        let addr = server.addr();
-        // Length unknown: chunked to HTTP/1.1, up to the close for HTTP/1.0.
-        let got = talk(addr, b"GET /stream HTTP/1.1\r\nhost: a\r\n\r\n", Some("0\r\n\r\n")).await;
-        assert!(
-            got.contains("transfer-encoding: chunked\r\n")
-                && got.ends_with("\r\n\r\n2\r\nab\r\n2\r\ncd\r\n0\r\n\r\n"),
-            "{got}"
-        );
-        let got = talk(addr, b"GET /stream HTTP/1.0\r\nconnection: keep-alive\r\n\r\n", None).await;
-        assert!(got.contains("connection: close\r\n") && got.ends_with("\r\n\r\nabcd"), "{got}");
-        assert!(!got.contains("transfer-encoding") && !got.contains("content-length"), "{got}");
-        // HEAD: the length a GET would get, no body; then the connection serves on.
-        let got = talk(
-            addr,
-            b"HEAD /head HTTP/1.1\r\nhost: a\r\n\r\nGET /next HTTP/1.1\r\nhost: a\r\n\r\n",
-            Some("quick /next"),
-        )
-        .await;
-        let (head, rest) = got.split_once("\r\n\r\n").unwrap();
-        assert!(head.contains("content-length: 5"), "{got}");
-        assert!(rest.starts_with("HTTP/1.1 200 OK\r\n"), "no body after the HEAD answer: {got}");
-        // HTTP/1.0 with keep-alive is kept alive and told so.
-        let got = talk(addr, b"GET /a HTTP/1.0\r\nconnection: keep-alive\r\n\r\n", Some("quick /a")).await;
-        assert!(got.contains("connection: keep-alive\r\n") && got.contains("content-length: 8\r\n"), "{got}");
-        server.shutdown().await;
-    }
-
-    #[tokio::test]
-    async fn a_client_that_goes_away_cancels_its_request() {
-        let dropped = Arc::new(AtomicBool::new(false));
-        let server = start(Quick { dropped: dropped.clone() }).await;
-        let mut stream = TcpStream::connect(server.addr()).await.unwrap();
-        stream.write_all(b"GET /hang HTTP/1.1\r\nhost: a\r\n\r\n").await.unwrap();
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(!dropped.load(Ordering::SeqCst));
-        drop(stream);
-        timeout(Duration::from_secs(10), async {
-            while !dropped.load(Ordering::SeqCst) {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        })
-        .await
-        .expect("the handler's future was dropped");
-        server.shutdown().await;
-    }
-
-    #[tokio::test]
-    async fn a_101_to_a_request_that_did_not_ask_to_switch_is_not_passed_on() {
-        let server = start(Quick { dropped: Arc::default() }).await;
-        let got = talk(server.addr(), b"GET /switch HTTP/1.1\r\nhost: a\r\n\r\n", Some("before")).await;
-        assert!(got.starts_with("HTTP/1.1 502 Bad Gateway\r\n"), "{got}");
-        assert!(got.contains("switched protocols, which the request did not ask for"), "{got}");
-    }
-
-    #[tokio::test]
-    async fn a_body_cut_short_is_an_error_for_the_handler() {
-        let server = start(Echo).await;
-        let mut stream = TcpStream::connect(server.addr()).await.unwrap();
-        stream.write_all(b"POST / HTTP/1.1\r\nhost: a\r\ncontent-length: 10\r\n\r\nabc").await.unwrap();
-        stream.shutdown().await.unwrap();
-        let got = read_from(&mut stream, None).await;
-        assert!(
-            got.ends_with("error request body: the client closed the connection before the body's end"),
-            "{got}"
-        );
-        server.shutdown().await;
-    }
-
-    #[tokio::test]
-    async fn the_connection_holds_its_handlers_future_and_little_else() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let stream = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
-        let handler = Arc::new(Echo);
-        let peer = Arc::new(Peer::new(stream.local_addr().unwrap()));
-        let handling = handler.clone().handle(Request::new(RequestBody::empty()), peer.clone());
-        let handler_size = std::mem::size_of_val(&handling);
-        let conn = serve_connection(stream, handler, peer, 8192, Duration::from_secs(30), || false);
-        let size = std::mem::size_of_val(&conn);
-        // What a waiting request's connection holds besides its handler's future: the writer,
-        // the timer, the head's scratch room. A moved-from request head kept in scope would add
-        // hundreds of bytes to every connection.
-        assert!(
-            size <= handler_size + 512,
-            "the connection's future is {size} bytes, its handler's {handler_size}"
-        );
-    }
-
-    /// Lets go of its connection's read buffer, as a request that parks does, and answers with
-    /// the buffer's capacity before and after.
-    struct Parks;
-
-    impl Handler for Parks {
-        async fn handle(self: Arc<Self>, req: Request<RequestBody>, _: Arc<Peer>) -> Response<Body> {
-            let capacity = |req: &Request<RequestBody>| match &req.body().0 {
-                Kind::H1 { side, .. } => lock(side).buf.capacity(),
-                _ => usize::MAX,
-            };
-            let before = capacity(&req);
-            req.body().release_read_buffer();
-            Response::new(full(format!("{before}->{}", capacity(&req))))
-        }
-    }
-
-    #[tokio::test]
-    async fn a_parked_request_lets_its_connection_give_up_the_read_buffer() {
-        let server = start(Parks).await;
-        let mut stream = TcpStream::connect(server.addr()).await.unwrap();
-        for _ in 0..2 {
-            stream.write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n").await.unwrap();
-            let got = read_from(&mut stream, Some("->0")).await;
-            let before: usize =
-                got.rsplit("\r\n\r\n").next().unwrap().split("->").next().unwrap().parse().unwrap();
-            // The next request on the connection is read into a new buffer.
-            assert!(before >= READ_MIN / 2, "{got}");
-        }
-        server.shutdown().await;
-    }
-}
+mod tests;

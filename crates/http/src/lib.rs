@@ -14,6 +14,8 @@
 
 pub mod body;
 pub mod connect;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod h1;
 pub mod peer;
 pub mod pool;

@@ -1,5 +1,6 @@
 //! How the client reaches an upstream: a [`Connect`] opens a [`Stream`] to an address, directly
-//! ([`Direct`]) or however its owner likes (the data plane's emulated links).
+//! ([`Direct`]) or however its owner likes (the data plane's emulated links). TCP connections get
+//! keepalive, as accepted ones do.
 
 use std::future::Future;
 use std::io;
@@ -33,10 +34,10 @@ pub trait Connect: std::fmt::Debug + Send + Sync + 'static {
 pub struct Direct;
 
 impl Direct {
-    /// Connects to `addr` over TCP.
+    /// Connects to `addr` over TCP, with keepalive ([`crate::server::tune`]).
     pub async fn tcp(addr: SocketAddr) -> io::Result<Stream> {
         let s = TcpStream::connect(addr).await?;
-        s.set_nodelay(true)?;
+        crate::server::tune(&s);
         Ok(Stream::Tcp(s))
     }
 }
@@ -74,5 +75,21 @@ impl AsyncWrite for Stream {
             Self::Tcp(s) => Pin::new(s).poll_shutdown(cx),
             Self::Pipe(s) => Pin::new(s).poll_shutdown(cx),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn connections_opened_to_upstreams_have_tcp_keepalive() {
+        // A tunnel's upstream side must notice a peer that vanished, as its client side does.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let Stream::Tcp(s) = Direct::tcp(listener.local_addr().unwrap()).await.unwrap() else {
+            panic!("TCP")
+        };
+        assert!(socket2::SockRef::from(&s).keepalive().unwrap());
+        assert!(s.nodelay().unwrap());
     }
 }

@@ -30,7 +30,15 @@ fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
     }
 }
 
-/// Removes hop-by-hop headers, including those the `Connection` header names.
+/// Fields a `Connection` listing must not remove: the message is meaningless without them (a
+/// client listing `Host` would otherwise have the next hop see an address of the proxy's
+/// choosing, RFC 9110 §7.6.1 forbids listing them).
+fn essential(token: &str) -> bool {
+    ["host", "content-length", "content-type"].iter().any(|e| e.eq_ignore_ascii_case(token))
+}
+
+/// Removes hop-by-hop headers, including those the `Connection` header names (but for the
+/// essential ones, [`essential`]).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // One pass of comparisons over the names present (no hashing): which fixed ones to remove.
     let mut present = 0u8;
@@ -50,7 +58,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         for v in headers.get_all(header::CONNECTION) {
             for token in v.to_str().unwrap_or_default().split(',').map(str::trim) {
                 let fixed = HOP_BY_HOP.iter().any(|h| h.as_str().eq_ignore_ascii_case(token));
-                if !token.is_empty() && !fixed && headers.contains_key(token) {
+                if !token.is_empty() && !fixed && !essential(token) && headers.contains_key(token) {
                     listed.push(token.to_owned());
                 }
             }
@@ -121,6 +129,22 @@ mod tests {
 
     fn map(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
         pairs.iter().map(|(k, v)| (HeaderName::from_static(k), http::HeaderValue::from_static(v))).collect()
+    }
+
+    #[test]
+    fn a_connection_listing_cannot_remove_host_or_the_body_s_length_and_type() {
+        // Review F13: `Connection: host` made the instance see the queue proxy's address as Host.
+        let mut h = map(&[
+            ("host", "hello.default"),
+            ("connection", "Host, content-length, Content-Type, x-gone"),
+            ("content-length", "5"),
+            ("content-type", "text/plain"),
+            ("x-gone", "1"),
+        ]);
+        strip_hop_by_hop(&mut h);
+        let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["content-length", "content-type", "host"]);
     }
 
     #[test]

@@ -166,8 +166,9 @@ impl Accept for TcpListener {
     }
 }
 
-/// TCP keepalive and no Nagle on an accepted connection.
-fn tune(stream: &TcpStream) {
+/// TCP keepalive and no Nagle on a connection, accepted or opened: a peer gone without a FIN or
+/// RST (a dead tunnel end, a vanished client) is noticed, and its resources let go.
+pub fn tune(stream: &TcpStream) {
     let _ = stream.set_nodelay(true);
     let keepalive = socket2::TcpKeepalive::new()
         .with_time(KEEPALIVE_TIME)

@@ -106,6 +106,7 @@ impl Link {
     pub async fn connect(&self, addr: SocketAddr) -> io::Result<DuplexStream> {
         let started = Instant::now();
         let socket = TcpStream::connect(addr).await?;
+        ikukantai_http::server::tune(&socket);
         socket.set_nodelay(true)?;
         // The handshake crosses the link once in each direction.
         let handshake = self.outbound.release_time(started, 0);

@@ -7,12 +7,14 @@
 //!   proxy paired with nginx round by round (`paired`), as Markdown;
 //! - `rss`: the gateway's resident memory idle and with 10 000 requests buffered in its activator
 //!   queue;
+//! - `soak`: a gateway under abusive clients while a normal one keeps sending (docs/security.md);
 //! - `backend`, `gateway`, `hyper-floor`: the processes the two above start;
 //! - `queue-proxy`: a queue proxy alone in front of a backend, to profile it (docs/benchmarks.md);
 //! - `raw-floor`: the least HTTP/1.1 proxy tokio and httparse allow, a yardstick for a request
 //!   path without hyper (docs/benchmarks.md).
 
 mod paired;
+mod soak;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -132,6 +134,24 @@ enum Cmd {
         rounds: usize,
     },
     /// The gateway's memory, idle and with requests buffered.
+    /// A gateway under abuse (idle, slowloris, half-open h2c and hang-up clients, bounded, on
+    /// loopback) while one normal client keeps sending: its success and latency, the gateway's
+    /// CPU, open files and memory, without and with the abuse.
+    Soak {
+        #[arg(long, default_value_t = 2000)]
+        idle: usize,
+        #[arg(long, default_value_t = 500)]
+        slow: usize,
+        #[arg(long, default_value_t = 300)]
+        partial_preface: usize,
+        #[arg(long, default_value_t = 300)]
+        h2_silent: usize,
+        #[arg(long, default_value_t = 200)]
+        hangups_per_second: u32,
+        /// Seconds of each phase (quiet, then under abuse).
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+    },
     Rss {
         #[arg(long, default_value_t = 10_000)]
         buffered: usize,
@@ -161,6 +181,9 @@ fn main() -> anyhow::Result<()> {
             proxy(duration, rounds, threads, &connections, &paths, max_steal)
         }
         Cmd::Rss { buffered, h2_connections } => rss(buffered, h2_connections),
+        Cmd::Soak { idle, slow, partial_preface, h2_silent, hangups_per_second, seconds } => {
+            soak::soak(soak::Abuse { idle, slow, partial_preface, h2_silent, hangups_per_second, seconds })
+        }
         Cmd::Coldstart { rounds } => {
             tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(coldstart(rounds))
         }

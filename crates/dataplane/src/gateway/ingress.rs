@@ -19,12 +19,11 @@ use ikukantai_http::upgrade::{OnUpgrade, strip_request, strip_response};
 use ikukantai_policy::balance::Completion;
 use ikukantai_policy::estimate::NodeIndex;
 use rand::RngExt;
-use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::Shared;
 use super::activator::{
-    Picked, cannot_start, dispatch, dispatch_locked, enqueue, pick, release_memory, wait_for_instance,
+    Picked, Waiter, cannot_start, dispatch_locked, enqueue, pick, release_memory, wait_for_instance,
 };
 use super::hosts::host_of;
 use super::routes::{RevisionState, ServiceState, Target};
@@ -85,7 +84,7 @@ enum Admission<'a> {
 
 /// A request in the activator queue.
 struct Queued<'a> {
-    rx: oneshot::Receiver<u64>,
+    waiter: Waiter<'a>,
     /// Requests that were waiting before it.
     ahead: u32,
     entered: Entered<'a>,
@@ -335,7 +334,7 @@ impl Ingress {
     /// Admit: an instance with room now, else a place in the activator queue; at once 503 for a
     /// revision that cannot start, or when the queue is full.
     fn admit<'a>(
-        &self,
+        &'a self,
         routed: &'a Routed,
         req: &Request<RequestBody>,
         peer: &Peer,
@@ -368,8 +367,8 @@ impl Ingress {
                 format!("revision {revision} has no capacity and {depth} requests are already waiting");
             return Err(Rejection::new(StatusCode::SERVICE_UNAVAILABLE, service, "queue_full", message));
         }
-        let rx = enqueue(shared, rev, &mut inner, req, peer.addr_text(), arrival, deadline);
-        Ok(Admission::Queued(Queued { rx, ahead, entered, timeout, deadline }))
+        let waiter = enqueue(shared, rev, &mut inner, req, peer.addr_text(), arrival, deadline);
+        Ok(Admission::Queued(Queued { waiter, ahead, entered, timeout, deadline }))
     }
 
     /// The waiting part of admit: until the activator queue hands the request an instance, the
@@ -382,7 +381,7 @@ impl Ingress {
     ) -> impl Future<Output = Result<Admitted, Rejection>> + Send + 'a {
         let shared = &self.0;
         let Routed { service, rev } = routed;
-        let Queued { mut rx, ahead, mut entered, timeout, deadline } = queued;
+        let Queued { mut waiter, ahead, mut entered, timeout, deadline } = queued;
         entered.buffered = true;
         req.body().release_read_buffer();
         release_memory(&shared.config, req, ahead);
@@ -390,7 +389,7 @@ impl Ingress {
         rev.buffered_counter.inc();
         async move {
             // Boxed: the wait's timer and channel then take room only in requests that wait.
-            let id = Box::pin(wait_for_instance(shared, rev, &mut rx, deadline)).await;
+            let id = Box::pin(wait_for_instance(&mut waiter, deadline)).await;
             let revision = rev.labels.revision.as_str();
             let (found, failure, none_ready) = {
                 let inner = Shared::lock(&rev.inner);
@@ -400,6 +399,7 @@ impl Ingress {
             };
             match (found, failure) {
                 (Some(picked), _) => {
+                    waiter.taken();
                     entered.hand_over();
                     Ok(Admitted { picked, buffered: true, timeout, deadline })
                 }
@@ -407,8 +407,8 @@ impl Ingress {
                     Err(Rejection::new(StatusCode::SERVICE_UNAVAILABLE, service, "failed", message))
                 }
                 (None, _) => {
-                    drop(rx);
-                    dispatch(shared, rev);
+                    // Leaves the queue, giving back an instance dispatched to it meanwhile.
+                    drop(waiter);
                     let message = if none_ready {
                         format!(
                             "no instance of revision {revision} became ready within the {timeout:?} request timeout"

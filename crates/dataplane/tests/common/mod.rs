@@ -299,3 +299,43 @@ pub async fn read_exactly(s: &mut tokio::net::TcpStream, want: usize) -> String 
     }
     String::from_utf8_lossy(&got[..n]).into_owned()
 }
+
+/// Sends `bytes` on a new connection to `addr` and returns all it answers until it closes (the
+/// request should say `Connection: close`), within 10 s.
+pub async fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+        .await
+        .expect("the answer and the close within 10 s")
+        .unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The status line and body of a raw HTTP/1.1 answer (its headers dropped, as the `Date` varies).
+pub fn status_and_body(answer: &str) -> (&str, &str) {
+    let status = answer.split("\r\n").next().unwrap_or("");
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    (status, body)
+}
+
+/// A gauge of the gateway's metrics (first sample whose line starts with `prefix`), 0 if absent.
+pub async fn gateway_gauge(admin: SocketAddr, prefix: &str) -> i64 {
+    let (_, _, metrics) = get(admin, "admin", "/metrics").await;
+    metric(&metrics, prefix, "").and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+/// Polls the gateway gauge `prefix` until it is `want`; panics after 10 s with `why`.
+pub async fn until_gauge(admin: SocketAddr, prefix: &str, want: i64, why: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = gateway_gauge(admin, prefix).await;
+        if got == want {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{why}: {prefix} stayed {got}, not {want}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

@@ -245,16 +245,13 @@ async fn http1_requests_that_park_in_a_deep_queue_release_freed_memory() {
     // Those with 2 and 3 ahead released memory; the first two did not.
     assert_eq!(RELEASES.load(Ordering::SeqCst), 2);
     // HTTP/2 streams share their connection's buffers: none to give back.
-    let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .http2_only(true)
-        .build::<_, Full<Bytes>>(hyper_util::client::legacy::connect::HttpConnector::new());
+    // The `:authority` names the service (it wins over `host`).
     let req = Request::builder()
-        .uri(format!("http://{addr}/"))
-        .header("host", HOST)
+        .uri(format!("http://{HOST}/"))
         .version(http::Version::HTTP_2)
         .body(Full::new(Bytes::new()))
         .unwrap();
-    let h2_request = tokio::spawn(h2.request(req));
+    let h2_request = tokio::spawn(h2_send(addr, req));
     until_buffered(5).await;
     assert_eq!(RELEASES.load(Ordering::SeqCst), 2);
     // Parked requests behave as ever: no instance came, so each gets its 504.
@@ -485,16 +482,12 @@ async fn the_default_balancer_keeps_traffic_local() {
 #[tokio::test]
 async fn h2c_clients_are_served_too() {
     let (_i, gw) = one_instance("h2").await;
-    let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .http2_only(true)
-        .build::<_, Full<Bytes>>(hyper_util::client::legacy::connect::HttpConnector::new());
     let req = Request::builder()
-        .uri(format!("http://{}/", gw.addr()))
-        .header("host", HOST)
+        .uri(format!("http://{HOST}/"))
         .version(http::Version::HTTP_2)
         .body(Full::new(Bytes::new()))
         .unwrap();
-    let resp = h2.request(req).await.unwrap();
+    let resp = h2_send(gw.addr(), req).await.unwrap();
     assert_eq!(resp.version(), http::Version::HTTP_2);
     assert_eq!(resp.status(), StatusCode::OK);
     let body = resp.into_body().collect().await.unwrap().to_bytes();

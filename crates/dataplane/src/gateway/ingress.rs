@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::{HeaderValue, Request, Response, StatusCode};
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use ikukantai_http::body::{Body, Guarded, Limited, boxed, error_response, is_too_large};
 use ikukantai_http::h1::{Handler, RequestBody};
 use ikukantai_http::peer::Peer;
@@ -25,12 +25,15 @@ use super::Shared;
 use super::activator::{
     Picked, Waiter, cannot_start, dispatch_locked, enqueue, pick, release_memory, wait_for_instance,
 };
-use super::hosts::host_of;
+use super::hosts::{host_from_target, host_of};
 use super::routes::{RevisionState, ServiceState, Target};
 use crate::headers::{
     INSTANCE_HEADER, LOAD_HEADER, NODE_HEADER, ORIGIN_NAME, PROXY_NAME, SERVICE_TIME_HEADER, X_FORWARDED_FOR,
 };
 use crate::metrics::{RejectLabels, RequestLabels, RevisionLabels};
+
+/// What a 405 says is served: any method but CONNECT (the instance decides the rest).
+static ALLOWED: HeaderValue = HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS, TRACE");
 
 /// The proxy header's value on a request that waited in the activator queue.
 static ACTIVATOR: HeaderValue = HeaderValue::from_static("activator");
@@ -60,11 +63,28 @@ impl Rejection {
         Self { status, namespace: String::new(), service: String::new(), reason: "no_route", message }
     }
 
+    /// A request the client got wrong, before it was routed.
+    fn bad_request(message: String) -> Self {
+        let (namespace, service) = (String::new(), String::new());
+        Self { status: StatusCode::BAD_REQUEST, namespace, service, reason: "bad_request", message }
+    }
+
+    /// A CONNECT request: never forwarded.
+    fn connect() -> Self {
+        let (namespace, service) = (String::new(), String::new());
+        let message = "CONNECT is not served: the gateway is no forward proxy".into();
+        Self { status: StatusCode::METHOD_NOT_ALLOWED, namespace, service, reason: "method", message }
+    }
+
     /// The only way a rejection reaches a client: counted, then answered.
     fn answer(self, shared: &Shared) -> Response<Body> {
         let Self { status, namespace, service, reason, message } = self;
         shared.metrics.rejected.get_or_create(&RejectLabels { namespace, service, reason }).inc();
-        error_response(status, message)
+        let mut response = error_response(status, message);
+        if status == StatusCode::METHOD_NOT_ALLOWED {
+            response.headers_mut().insert(header::ALLOW, ALLOWED.clone());
+        }
+        response
     }
 }
 
@@ -277,13 +297,13 @@ impl Ingress {
     /// revision the traffic split (or the host's tag) chooses.
     fn route(&self, req: &Request<RequestBody>) -> Result<Routed, Rejection> {
         let shared = &self.0;
+        if req.method() == Method::CONNECT {
+            // A tunnel to wherever the client names is a forward proxy's job, not ours; forwarded,
+            // an instance's 2xx would read as a tunnel to whoever stands in front (RFC 9110 §9.3.6).
+            return Err(Rejection::connect());
+        }
         let (service, tagged) = {
-            let Some(host) = host_of(req) else {
-                return Err(Rejection::no_route(
-                    StatusCode::BAD_REQUEST,
-                    "request has no Host header".into(),
-                ));
-            };
+            let host = host_of(req).map_err(|why| Rejection::bad_request(why.into()))?;
             let found =
                 shared.table.read().unwrap_or_else(|e| e.into_inner()).hosts.get(host.as_ref()).cloned();
             found.ok_or_else(|| {
@@ -441,6 +461,7 @@ impl Ingress {
         let done =
             Forwarded { shared: shared.clone(), rev, id, node, arrival, buffered, code: 0, recorded: false };
         let (mut parts, body) = req.into_parts();
+        host_from_target(&mut parts);
         let client_upgrade = strip_request(&mut parts);
         let req = Request::from_parts(parts, boxed(Limited::new(body, shared.config.max_body_bytes)));
         let (ip, origin) = (peer.ip_header(), shared.origin_value.as_ref());

@@ -339,3 +339,16 @@ pub async fn until_gauge(admin: SocketAddr, prefix: &str, want: i64, why: &str) 
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// Sends `req` over a new HTTP/2 (prior knowledge) connection to `addr`, whatever authority its
+/// URI names (the gateway routes by it).
+pub async fn h2_send(
+    addr: SocketAddr,
+    req: Request<Full<Bytes>>,
+) -> Result<Response<Incoming>, hyper::Error> {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    sender.send_request(req).await
+}

@@ -357,6 +357,7 @@ async fn queue_proxy(listen: SocketAddr, admin: SocketAddr, app: SocketAddr, cc:
         idle_timeout: None,
         readiness: Readiness::from_probe(None),
         max_header_bytes: 64 * 1024,
+        upgrades: ikukantai_dataplane::edge::default_upgrades(),
     };
     let _proxy: QueueProxyHandle = QueueProxyHandle::start(
         config,

@@ -4,11 +4,15 @@
 //! - [`gateway`]: one per node — routes by host, the activator queue, the balancer, feedback;
 //! - [`queue_proxy`]: one per instance — containerConcurrency, readiness, timeouts, drain;
 //! - `breaker`, `stats` (private): the concurrency limit and its queue; time-weighted stats;
-//! - [`metrics`]: Prometheus metrics of both; [`headers`]: what they say to each other.
+//! - [`metrics`]: Prometheus metrics of both; [`headers`]: what they say to each other;
+//! - [`edge`]: what the gateway believes of clients and lets through (upgrades, forwarding
+//!   headers, its own response headers, quiet tunnels).
 
 mod breaker;
+pub mod edge;
 pub mod gateway;
 pub mod headers;
+mod keepalive;
 pub mod metrics;
 pub mod queue_proxy;
 mod recycling_timer;

@@ -149,3 +149,186 @@ async fn over_http2_the_authority_wins_over_host() {
     assert_eq!(header(&last_seen(&hello), "host"), HOST);
     assert_eq!(other.backend.seen.requests.load(std::sync::atomic::Ordering::SeqCst), 0);
 }
+
+/// A gateway with `edit` applied to its config, routing `hello` to one instance `hello-a`.
+async fn one_instance(
+    edit: impl FnOnce(&mut GatewayConfig),
+) -> (Instance, ikukantai_dataplane::gateway::Gateway) {
+    let i = instance("hello-a", "node1", "hello-00001", 0).await;
+    let mut config = GatewayConfig::single("node1");
+    edit(&mut config);
+    let gw = gateway(config, Arc::new(NoEvents)).await;
+    gw.set_routes(&hello_routes(
+        vec![revision("hello-00001", 0, vec![route("hello-a", 0, i.qp.addr())])],
+        all_to("hello-00001"),
+    ))
+    .unwrap();
+    (i, gw)
+}
+
+/// The field lines named `name` the instance saw last, in order.
+fn seen_all(i: &Instance, name: &str) -> Vec<String> {
+    last_seen(i).get_all(name).iter().map(|v| v.to_str().unwrap().to_owned()).collect()
+}
+
+/// F5: a request asking to switch to a protocol off the allow-list (`h2c` here) is served as a
+/// plain request, its `Upgrade` and `Connection: upgrade` not forwarded; `websocket` switches.
+#[tokio::test]
+async fn upgrades_off_the_allow_list_are_served_as_plain_requests() {
+    let (i, gw) = one_instance(|_| {}).await;
+    let request = format!(
+        "GET /upgrade HTTP/1.1\r\nHost: {HOST}\r\nConnection: Upgrade, HTTP2-Settings, close\r\nUpgrade: h2c\r\n\
+         HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n"
+    );
+    let answer = raw(gw.addr(), request.as_bytes()).await;
+    assert_eq!(status_and_body(&answer), ("HTTP/1.1 200 OK", "Konnichiwa from hello-a"), "{answer}");
+    let seen = last_seen(&i);
+    for name in ["upgrade", "connection", "http2-settings"] {
+        assert!(!seen.contains_key(name), "{name} was forwarded: {seen:?}");
+    }
+    // `websocket, h2c`: the instance could pick h2c, so it is not asked either.
+    let (_, head) = upgrade_to(gw.addr(), HOST, "/upgrade", "websocket, h2c", b"").await;
+    assert!(head.starts_with("http/1.1 200 ok\r\n"), "{head}");
+    let (_, head) = upgrade_to(gw.addr(), HOST, "/upgrade", "WebSocket", b"").await;
+    assert!(head.starts_with("http/1.1 101 switching protocols\r\n"), "{head}");
+    // Other protocols when both proxies are configured to let them through.
+    let allowed = vec!["websocket".to_owned(), "echo".to_owned()];
+    let backend = backend("echo-a").await;
+    let mut qp = qp_config("echo-a", "node1", "hello-00001", backend.addr, 0);
+    qp.upgrades = allowed.clone();
+    let qp = start_qp(qp).await;
+    wait_ready(&qp).await;
+    let mut config = GatewayConfig::single("node1");
+    config.edge.upgrades = allowed;
+    let gw = gateway(config, Arc::new(NoEvents)).await;
+    gw.set_routes(&hello_routes(
+        vec![revision("hello-00001", 0, vec![route("echo-a", 0, qp.addr())])],
+        all_to("hello-00001"),
+    ))
+    .unwrap();
+    let (_, head) = upgrade_to(gw.addr(), HOST, "/upgrade", "echo", b"").await;
+    assert!(head.starts_with("http/1.1 101 switching protocols\r\n"), "{head}");
+}
+
+/// F13: a client listing `Host` in `Connection` does not make the instance see the queue proxy's
+/// address as its host.
+#[tokio::test]
+async fn host_listed_in_connection_still_reaches_the_instance() {
+    let (i, gw) = one_instance(|_| {}).await;
+    let answer = raw(
+        gw.addr(),
+        format!("GET / HTTP/1.1\r\nHost: {HOST}\r\nConnection: host, close\r\n\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(status_and_body(&answer), ("HTTP/1.1 200 OK", "Konnichiwa from hello-a"), "{answer}");
+    assert_eq!(seen_all(&i, "host"), [HOST]);
+}
+
+/// The forwarding headers of a request that says it came through 6.6.6.6 over HTTPS.
+fn forged() -> String {
+    format!(
+        "GET / HTTP/1.1\r\nHost: {HOST}\r\nX-Forwarded-For: 6.6.6.6\r\nX-Forwarded-For: 7.7.7.7\r\n\
+         Forwarded: for=6.6.6.6;proto=https\r\nX-Real-IP: 6.6.6.6\r\nX-Forwarded-Proto: https\r\n\
+         X-Forwarded-Host: evil.example\r\nConnection: close\r\n\r\n"
+    )
+}
+
+/// F8: by default no client is trusted: its forwarding headers are replaced by what the gateway
+/// saw, `X-Forwarded-For` in one field.
+#[tokio::test]
+async fn an_untrusted_clients_forwarding_headers_are_replaced() {
+    let (i, gw) = one_instance(|_| {}).await;
+    let answer = raw(gw.addr(), forged().as_bytes()).await;
+    assert_eq!(status_and_body(&answer).0, "HTTP/1.1 200 OK", "{answer}");
+    assert_eq!(seen_all(&i, "x-forwarded-for"), ["127.0.0.1"]);
+    assert_eq!(seen_all(&i, "x-forwarded-proto"), ["http"]);
+    for name in ["forwarded", "x-real-ip", "x-forwarded-host"] {
+        assert_eq!(seen_all(&i, name), Vec::<String>::new(), "{name}");
+    }
+}
+
+/// F8: a trusted proxy's forwarding headers go on, and the gateway appends its peer to the last
+/// `X-Forwarded-For` value, in one field (readers of the first field line see the whole list).
+#[tokio::test]
+async fn a_trusted_proxys_forwarding_headers_go_on_with_forwarded_for_in_one_field() {
+    let (i, gw) = one_instance(|c| c.edge.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()]).await;
+    let answer = raw(gw.addr(), forged().as_bytes()).await;
+    assert_eq!(status_and_body(&answer).0, "HTTP/1.1 200 OK", "{answer}");
+    assert_eq!(seen_all(&i, "x-forwarded-for"), ["6.6.6.6, 7.7.7.7, 127.0.0.1"]);
+    assert_eq!(seen_all(&i, "x-forwarded-proto"), ["https"]);
+    assert_eq!(seen_all(&i, "forwarded"), ["for=6.6.6.6;proto=https"]);
+    assert_eq!(seen_all(&i, "x-real-ip"), ["6.6.6.6"]);
+    assert_eq!(seen_all(&i, "x-forwarded-host"), ["evil.example"]);
+}
+
+/// F14: the queue proxy's `x-ikukantai-*` headers do not reach clients unless configured, and the
+/// gateway reads them all the same.
+#[tokio::test]
+async fn internal_response_headers_reach_clients_only_when_configured() {
+    let request = format!("GET / HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n");
+    let (_i, gw) = one_instance(|_| {}).await;
+    let answer = raw(gw.addr(), request.as_bytes()).await;
+    assert_eq!(status_and_body(&answer), ("HTTP/1.1 200 OK", "Konnichiwa from hello-a"), "{answer}");
+    assert!(!answer.to_ascii_lowercase().contains("x-ikukantai-"), "{answer}");
+    let (_i, gw) = one_instance(|c| c.edge.internal_headers = true).await;
+    let answer = raw(gw.addr(), request.as_bytes()).await;
+    for name in ["x-ikukantai-instance: hello-a", "x-ikukantai-node: node1", "x-ikukantai-load: 1"] {
+        assert!(answer.contains(&format!("\r\n{name}\r\n")), "{name}: {answer}");
+    }
+    assert!(answer.contains("\r\nx-ikukantai-service-time: "), "{answer}");
+}
+
+/// F15: `K-Network-Probe` from a client never reaches the queue proxy: the instance answers.
+#[tokio::test]
+async fn a_clients_probe_header_is_not_forwarded() {
+    let (i, gw) = one_instance(|_| {}).await;
+    let answer = raw(
+        gw.addr(),
+        format!("GET / HTTP/1.1\r\nHost: {HOST}\r\nK-Network-Probe: queue\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .await;
+    assert_eq!(status_and_body(&answer), ("HTTP/1.1 200 OK", "Konnichiwa from hello-a"), "{answer}");
+    assert_eq!(seen_all(&i, "k-network-probe"), Vec::<String>::new());
+}
+
+/// F17: a tunnel that carries nothing for the gateway's idle timeout is cut, and its request
+/// leaves the in-flight counts.
+#[tokio::test]
+async fn a_quiet_tunnel_is_cut_at_the_gateway_after_its_idle_timeout() {
+    let (i, gw) =
+        one_instance(|c| c.edge.tunnel_idle_timeout = Some(std::time::Duration::from_millis(300))).await;
+    let (mut s, head) = upgrade(gw.addr(), HOST, "/upgrade", b"").await;
+    assert!(head.starts_with("http/1.1 101 "), "{head}");
+    assert_eq!(read_exactly(&mut s, 19).await, "hello from hello-a;");
+    let started = std::time::Instant::now();
+    assert_eq!(read_exactly(&mut s, 1).await, "", "cut");
+    assert!(started.elapsed() >= std::time::Duration::from_millis(300));
+    until_gauge(gw.admin_addr(), "ikukantai_gateway_open_tunnels{", 0, "the tunnel closed").await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while i.qp.in_flight() > 0 {
+        assert!(std::time::Instant::now() < deadline, "the instance still counts the tunnel");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+/// I3: a client whose chunked body breaks its framing gets a 400, not a 502 blaming the instance.
+#[tokio::test]
+async fn a_broken_request_body_is_the_clients_400() {
+    let (_i, gw) = one_instance(|_| {}).await;
+    let answer = raw(
+        gw.addr(),
+        format!("POST /echo HTTP/1.1\r\nHost: {HOST}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\nzz\r\n")
+            .as_bytes(),
+    )
+    .await;
+    let (status, body) = status_and_body(&answer);
+    assert_eq!(status, "HTTP/1.1 400 Bad Request", "{answer}");
+    assert!(body.starts_with("request body: "), "{answer}");
+    let (_, _, metrics) = get(gw.admin_addr(), "admin", "/metrics").await;
+    assert_eq!(
+        metric(&metrics, "ikukantai_gateway_rejected_requests_total{", "reason=\"bad_request\""),
+        Some("1")
+    );
+    assert_eq!(metric(&metrics, "ikukantai_gateway_rejected_requests_total{", "reason=\"upstream\""), None);
+}

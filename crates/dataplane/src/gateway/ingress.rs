@@ -9,13 +9,13 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
 use ikukantai_http::body::{Body, Guarded, Limited, boxed, error_response, is_too_large};
 use ikukantai_http::h1::{Handler, RequestBody};
 use ikukantai_http::peer::Peer;
 use ikukantai_http::pool::{Forwarding, PooledBody, Upstream, UpstreamError};
 use ikukantai_http::proxy::detach_head;
-use ikukantai_http::upgrade::{OnUpgrade, strip_request, strip_response};
+use ikukantai_http::upgrade::{OnUpgrade, strip_response};
 use ikukantai_policy::balance::Completion;
 use ikukantai_policy::estimate::NodeIndex;
 use rand::RngExt;
@@ -27,8 +27,11 @@ use super::activator::{
 };
 use super::hosts::{host_from_target, host_of};
 use super::routes::{RevisionState, ServiceState, Target};
+use crate::edge::{client_body_failed, forwarded_for, strip_at_edge};
 use crate::headers::{
-    INSTANCE_HEADER, LOAD_HEADER, NODE_HEADER, ORIGIN_NAME, PROXY_NAME, SERVICE_TIME_HEADER, X_FORWARDED_FOR,
+    FORWARDED, INSTANCE_HEADER, INSTANCE_NAME, LOAD_HEADER, LOAD_NAME, NODE_HEADER, NODE_NAME, ORIGIN_NAME,
+    PROBE_NAME, PROXY_NAME, SERVICE_TIME_HEADER, SERVICE_TIME_NAME, X_FORWARDED_FOR, X_FORWARDED_HOST,
+    X_FORWARDED_PROTO, X_REAL_IP,
 };
 use crate::metrics::{RejectLabels, RequestLabels, RevisionLabels};
 
@@ -460,12 +463,25 @@ impl Ingress {
         rev.in_flight_gauge.inc();
         let done =
             Forwarded { shared: shared.clone(), rev, id, node, arrival, buffered, code: 0, recorded: false };
+        let edge = &shared.config.edge;
         let (mut parts, body) = req.into_parts();
         host_from_target(&mut parts);
-        let client_upgrade = strip_request(&mut parts);
+        let client_upgrade = strip_at_edge(&mut parts, &edge.upgrades);
+        // A trusted proxy's forwarding headers go on, its X-Forwarded-For extended in one field;
+        // anyone else's are replaced by what the gateway saw (no copy: the peer's value is shared).
+        let trusted = edge.trusts(peer.addr().ip());
+        let client = Client {
+            forwarded_for: if trusted {
+                forwarded_for(&parts.headers, peer.ip_header())
+            } else {
+                peer.ip_header().clone()
+            },
+            trusted,
+            proto_given: trusted && parts.headers.contains_key(&X_FORWARDED_PROTO),
+        };
         let req = Request::from_parts(parts, boxed(Limited::new(body, shared.config.max_body_bytes)));
-        let (ip, origin) = (peer.ip_header(), shared.origin_value.as_ref());
-        let request = send(upstream, req, ip, origin, buffered, client_upgrade.is_some());
+        let origin = shared.origin_value.as_ref();
+        let request = send(upstream, req, client, origin, buffered, client_upgrade.is_some());
         let sent = if buffered { Instant::now() } else { arrival };
         async move {
             let rejection = match shared.timers.timeout_at(deadline, request).await {
@@ -474,6 +490,11 @@ impl Ingress {
                     let limit = shared.config.max_body_bytes;
                     let message = format!("request body is larger than the {limit}-byte limit");
                     Rejection::new(StatusCode::PAYLOAD_TOO_LARGE, &service, "too_large", message)
+                }
+                // The client's body broke its framing (or ended early): the client's fault, not
+                // the instance's.
+                Some(Err(e)) if client_body_failed(&e) => {
+                    Rejection::new(StatusCode::BAD_REQUEST, &service, "bad_request", e.to_string())
                 }
                 Some(Err(e)) => {
                     let message =
@@ -504,34 +525,72 @@ fn respond(
     let (mut parts, body) = response.into_parts();
     let switched = strip_response(&mut parts, client_upgrade);
     done.code = parts.status.as_u16();
-    feedback(&done, &parts.headers, now, now - sent, parts.status.is_server_error());
+    let internal = feedback(&done, &parts.headers, now, now - sent, parts.status.is_server_error());
+    if internal && !shared.config.edge.internal_headers {
+        // Read for feedback; where and how loaded it was served is not the client's business.
+        for name in [&INSTANCE_NAME, &NODE_NAME, &LOAD_NAME, &SERVICE_TIME_NAME] {
+            parts.headers.remove(name);
+        }
+    }
     if let Some((client, upstream)) = switched {
         // Counted as a request now, with the time to its 101 (the tunnel has metrics of its
-        // own), and in flight until the tunnel closes.
+        // own), and in flight until the tunnel closes, or goes quiet for the idle timeout.
         done.record(now);
         let meter = shared.metrics.tunnels.meter(&done.rev.labels);
-        shared.tunnels.open(client, upstream, None, done, meter);
+        shared.tunnels.open(client, upstream, shared.config.edge.tunnel_idle_timeout, done, meter);
         return Response::from_parts(parts, boxed(http_body_util::Empty::new()));
     }
     Response::from_parts(parts, boxed(Guarded::new(body, done)))
 }
 
+/// Headers a client never gets through: the gateway's own (written by it alone, so a client
+/// cannot pose as another node or as the activator), the queue proxy's probe, and the
+/// forwarding headers the gateway writes itself.
+static PLATFORM: [&HeaderName; 4] = [&ORIGIN_NAME, &PROXY_NAME, &PROBE_NAME, &X_FORWARDED_FOR];
+/// [`PLATFORM`], and what an untrusted client says of the hops before the gateway.
+static UNTRUSTED: [&HeaderName; 8] = [
+    &ORIGIN_NAME,
+    &PROXY_NAME,
+    &PROBE_NAME,
+    &X_FORWARDED_FOR,
+    &FORWARDED,
+    &X_REAL_IP,
+    &X_FORWARDED_PROTO,
+    &X_FORWARDED_HOST,
+];
+/// The gateway serves plain HTTP.
+static HTTP: HeaderValue = HeaderValue::from_static("http");
+
+/// What the forwarding headers say of the client.
+struct Client {
+    /// `X-Forwarded-For`, the client's IP last.
+    forwarded_for: HeaderValue,
+    /// The client is a trusted proxy: its own forwarding headers go on.
+    trusted: bool,
+    /// It said `X-Forwarded-Proto` itself.
+    proto_given: bool,
+}
+
 /// Sends `req` to `to` with the gateway's own headers, written straight into the forwarded head:
 /// the origin (`origin`) and proxy (`buffered`) headers replace whatever the client sent under
-/// those names; X-Forwarded-For (`ip`) appends; `upgrade` says the request asks to switch
-/// protocols. Boxed: the request's future, whose size every waiting request pays, holds a pointer
-/// rather than the forward's state.
+/// those names, and so do `X-Forwarded-For` and `-Proto` ([`Client`]); `upgrade` says the request
+/// asks to switch protocols. Boxed: the request's future, whose size every waiting request pays,
+/// holds a pointer rather than the forward's state.
 fn send<'a>(
     to: Arc<Upstream>,
     req: Request<Body>,
-    ip: &'a HeaderValue,
+    client: Client,
     origin: Option<&'a HeaderValue>,
     buffered: bool,
     upgrade: bool,
 ) -> Pin<Box<impl Future<Output = Result<Response<PooledBody>, UpstreamError>> + Send + 'a>> {
     Box::pin(async move {
-        let mut added = [(&X_FORWARDED_FOR, ip); 3];
+        let mut added = [(&X_FORWARDED_FOR, &client.forwarded_for); 4];
         let mut count = 1;
+        if !client.proto_given {
+            added[count] = (&X_FORWARDED_PROTO, &HTTP);
+            count += 1;
+        }
         if let Some(v) = origin {
             added[count] = (&ORIGIN_NAME, v);
             count += 1;
@@ -540,14 +599,22 @@ fn send<'a>(
             added[count] = (&PROXY_NAME, &ACTIVATOR);
             count += 1;
         }
-        let forwarding = Forwarding { remove: &[&ORIGIN_NAME, &PROXY_NAME], add: &added[..count], upgrade };
+        let remove: &[&HeaderName] = if client.trusted { &PLATFORM } else { &UNTRUSTED };
+        let forwarding = Forwarding { remove, add: &added[..count], upgrade };
         to.forward(req, forwarding).await
     })
 }
 
 /// Feeds a response's timing and the instance's piggybacked load back into the instance's
-/// estimates and the revision's balancer.
-fn feedback(done: &Forwarded, headers: &http::HeaderMap, now: Instant, latency: Duration, failed: bool) {
+/// estimates and the revision's balancer. Returns whether the response carries the queue
+/// proxy's headers.
+fn feedback(
+    done: &Forwarded,
+    headers: &http::HeaderMap,
+    now: Instant,
+    latency: Duration,
+    failed: bool,
+) -> bool {
     let number = |v: &HeaderValue| v.to_str().ok().and_then(|v| v.parse::<f64>().ok());
     // One pass over the response's few headers, rather than a hashed lookup per name.
     let (mut service_ms, mut load, mut instance, mut node) = (None, None, false, false);
@@ -580,6 +647,7 @@ fn feedback(done: &Forwarded, headers: &http::HeaderMap, now: Instant, latency: 
         now: now.into_std(),
     };
     inner.balancer.observe(&completion);
+    instance || node || load.is_some() || service_ms.is_some()
 }
 
 #[cfg(test)]

@@ -46,6 +46,8 @@ use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use tokio::net::TcpListener;
 
+pub use crate::edge::EdgePolicy;
+use crate::keepalive::KeepAlive;
 use crate::metrics::{GatewayMetrics, LinkLabels, metrics_response};
 use crate::recycling_timer::RecyclingTimer;
 use crate::tunnels::Tunnels;
@@ -78,6 +80,10 @@ pub struct GatewayConfig {
     pub rtt: RttMatrix,
     /// Giving memory back to the operating system while many requests wait (`None`: never).
     pub memory_release: Option<MemoryRelease>,
+    /// What the gateway believes of clients and lets through ([`EdgePolicy`]'s defaults: upgrades
+    /// to `websocket` only, no trusted proxy, no internal response headers, tunnels cut after
+    /// 5 min without a byte).
+    pub edge: EdgePolicy,
 }
 
 /// How a gateway gives memory back to the operating system while many HTTP/1.1 requests wait.
@@ -123,6 +129,7 @@ impl GatewayConfig {
             links: vec![None],
             rtt: RttMatrix::new(1, 0.0, Duration::from_secs(30)),
             memory_release: None,
+            edge: EdgePolicy::default(),
         }
     }
 }
@@ -185,7 +192,7 @@ pub enum RoutesError {
 /// stays valid for the gateway's life.
 struct NodeSet {
     names: Vec<String>,
-    connectors: Vec<NodeConnector>,
+    connectors: Vec<KeepAlive<NodeConnector>>,
 }
 
 struct Shared {
@@ -267,7 +274,7 @@ impl Gateway {
         let metrics = GatewayMetrics::new(&mut registry);
         let nodes = NodeSet {
             names: config.nodes.clone(),
-            connectors: config.links.iter().map(|l| NodeConnector::new(l.clone())).collect(),
+            connectors: config.links.iter().map(|l| KeepAlive(NodeConnector::new(l.clone()))).collect(),
         };
         let max_header = config.max_header_bytes;
         let origin_value = HeaderValue::from_str(&config.nodes[config.node]).ok();
@@ -320,7 +327,7 @@ impl Gateway {
             return i;
         }
         nodes.names.push(name.to_owned());
-        nodes.connectors.push(NodeConnector::new(None));
+        nodes.connectors.push(KeepAlive(NodeConnector::new(None)));
         let n = nodes.names.len();
         self.shared.rtt.write().unwrap_or_else(|e| e.into_inner()).grow(n, prior_ms);
         n - 1

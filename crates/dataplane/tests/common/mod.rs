@@ -94,9 +94,10 @@ async fn answer(
     }
     match path.as_str() {
         "/echo" => Response::new(boxed(req.into_body())),
-        // Switches to the `echo` protocol: every byte goes back, after a greeting naming the
-        // instance.
-        "/upgrade" if req.headers().get(http::header::UPGRADE).is_some_and(|v| v == "echo") => {
+        // Switches to whatever protocol is asked (as a permissive server would), which it runs as
+        // an echo: every byte goes back, after a greeting naming the instance.
+        "/upgrade" if req.headers().contains_key(http::header::UPGRADE) => {
+            let protocol = req.headers()[http::header::UPGRADE].clone();
             let on_upgrade = hyper::upgrade::on(&mut req);
             let greeting = format!("hello from {name};");
             tokio::spawn(async move {
@@ -110,7 +111,7 @@ async fn answer(
             });
             let mut resp = Response::new(boxed(http_body_util::Empty::<Bytes>::new()));
             *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-            resp.headers_mut().insert(http::header::UPGRADE, http::HeaderValue::from_static("echo"));
+            resp.headers_mut().insert(http::header::UPGRADE, protocol);
             resp.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("upgrade"));
             resp
         }
@@ -164,6 +165,7 @@ pub fn qp_config(instance: &str, node: &str, revision: &str, app: SocketAddr, cc
             success_threshold: 1,
         },
         max_header_bytes: 64 * 1024,
+        upgrades: ikukantai_dataplane::edge::default_upgrades(),
     }
 }
 
@@ -261,17 +263,30 @@ pub async fn gateway(
     ikukantai_dataplane::gateway::Gateway::start(config, l, a, events).unwrap()
 }
 
-/// Asks `addr` to switch `path` to the `echo` protocol on a raw connection, with `early` sent
-/// right behind the request head. Returns the connection after the `101` head, and that head.
+/// Asks `addr` to switch `path` to WebSocket on a raw connection (the test instance echoes), with
+/// `early` sent right behind the request head. Returns the connection after the `101` head, and
+/// that head.
 pub async fn upgrade(
     addr: SocketAddr,
     host: &str,
     path: &str,
     early: &[u8],
 ) -> (tokio::net::TcpStream, String) {
+    upgrade_to(addr, host, path, "websocket", early).await
+}
+
+/// [`upgrade`] to `protocol`: returns the connection after the answer's head, and that head.
+pub async fn upgrade_to(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    protocol: &str,
+    early: &[u8],
+) -> (tokio::net::TcpStream, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let head = format!("GET {path} HTTP/1.1\r\nhost: {host}\r\nconnection: Upgrade\r\nupgrade: echo\r\n\r\n");
+    let head =
+        format!("GET {path} HTTP/1.1\r\nhost: {host}\r\nconnection: Upgrade\r\nupgrade: {protocol}\r\n\r\n");
     s.write_all(&[head.as_bytes(), early].concat()).await.unwrap();
     // Byte by byte up to the head's end: what follows belongs to the new protocol.
     let mut head = Vec::new();

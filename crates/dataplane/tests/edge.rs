@@ -332,3 +332,50 @@ async fn a_broken_request_body_is_the_clients_400() {
     );
     assert_eq!(metric(&metrics, "ikukantai_gateway_rejected_requests_total{", "reason=\"upstream\""), None);
 }
+
+/// Tag routes that collide with another Service's host: tag `t` of Service `tagd` routes
+/// `t-tagd…`, which is Service `t-tagd`'s own host. Neither wins by the order routes come in: the
+/// host routes to neither, says why, and is counted.
+#[tokio::test]
+async fn a_host_two_routes_claim_routes_to_neither() {
+    use ikukantai_dataplane::gateway::{RouteTarget, Routes, ServiceRoute};
+    let a = instance("tagd-a", "node1", "tagd-00001", 0).await;
+    let b = instance("t-tagd-a", "node1", "t-tagd-00001", 0).await;
+    let gw = gateway(GatewayConfig::single("node1"), Arc::new(NoEvents)).await;
+    let mut rev_a = revision("tagd-00001", 0, vec![route("tagd-a", 0, a.qp.addr())]);
+    rev_a.service = "tagd".into();
+    let mut rev_b = revision("t-tagd-00001", 0, vec![route("t-tagd-a", 0, b.qp.addr())]);
+    rev_b.service = "t-tagd".into();
+    let service = |name: &str, revision: &str, tag: Option<&str>| ServiceRoute {
+        namespace: "default".into(),
+        name: name.into(),
+        traffic: vec![RouteTarget { revision: revision.into(), percent: 100, tag: tag.map(Into::into) }],
+    };
+    for order in [[0, 1], [1, 0]] {
+        let services = [service("tagd", "tagd-00001", Some("t")), service("t-tagd", "t-tagd-00001", None)];
+        let routes = Routes {
+            services: order.iter().map(|&i| services[i].clone()).collect(),
+            revisions: vec![rev_a.clone(), rev_b.clone()],
+        };
+        gw.set_routes(&routes).unwrap();
+        let answer = raw(
+            gw.addr(),
+            b"GET / HTTP/1.1\r\nHost: t-tagd.default.example.com\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert_eq!(
+            status_and_body(&answer),
+            (
+                "HTTP/1.1 404 Not Found",
+                "host \"t-tagd.default.example.com\" is claimed by Service default/t-tagd and tag \"t\" of Service default/tagd, so it routes to neither\n"
+            ),
+            "{order:?}: {answer}"
+        );
+        // The Services' other hosts are unaffected.
+        let answer =
+            raw(gw.addr(), b"GET / HTTP/1.1\r\nHost: tagd.default.example.com\r\nConnection: close\r\n\r\n")
+                .await;
+        assert_eq!(status_and_body(&answer), ("HTTP/1.1 200 OK", "Konnichiwa from tagd-a"), "{answer}");
+        assert_eq!(gateway_gauge(gw.admin_addr(), "ikukantai_gateway_ambiguous_hosts ").await, 4);
+    }
+}

@@ -307,11 +307,17 @@ impl Ingress {
         }
         let (service, tagged) = {
             let host = host_of(req).map_err(|why| Rejection::bad_request(why.into()))?;
-            let found =
-                shared.table.read().unwrap_or_else(|e| e.into_inner()).hosts.get(host.as_ref()).cloned();
-            found.ok_or_else(|| {
-                Rejection::no_route(StatusCode::NOT_FOUND, format!("no service answers to host {host:?}"))
-            })?
+            let table = shared.table.read().unwrap_or_else(|e| e.into_inner());
+            match table.hosts.get(host.as_ref()) {
+                Some(found) => found.clone(),
+                None => {
+                    let message = match table.ambiguous.get(host.as_ref()) {
+                        Some(who) => format!("host {host:?} is claimed by {who}, so it routes to neither"),
+                        None => format!("no service answers to host {host:?}"),
+                    };
+                    return Err(Rejection::no_route(StatusCode::NOT_FOUND, message));
+                }
+            }
         };
         let limit = shared.config.max_body_bytes;
         // The declared length, as the server read it (no header lookup).

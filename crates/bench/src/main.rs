@@ -909,6 +909,8 @@ async fn coldstart(rounds: usize) -> anyhow::Result<()> {
         probe_interval: Duration::from_secs(5),
         seed: 1,
         memory_release: Some(MemoryRelease::new(ikukantai_alloc::release_freed)),
+        // Where each request was served is read from the gateway's response headers.
+        edge: ikukantai_dataplane::gateway::EdgePolicy { internal_headers: true, ..Default::default() },
         holder: "ikukantai-bench platform".into(),
     })
     .await?;

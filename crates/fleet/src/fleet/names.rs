@@ -69,7 +69,10 @@ pub(super) fn collisions<'a>(services: impl IntoIterator<Item = (&'a Service, Or
     }
     let mut problems = Vec::new();
     for ((namespace, name), claims) in &names {
-        let Some(applying) = claims.iter().find(|c| matches!(c.origin, Origin::Applying { .. })) else {
+        // Reported at a claim being applied, a tag's rather than a name's when both are.
+        let is_applying = |c: &&Claim<'_>| matches!(c.origin, Origin::Applying { .. });
+        let tagged = claims.iter().filter(is_applying).find(|c| c.tag.is_some());
+        let Some(applying) = tagged.or_else(|| claims.iter().find(is_applying)) else {
             // Stored ones only: they were let in before this check; not this apply's business.
             continue;
         };

@@ -380,6 +380,7 @@ async fn queue_proxy(listen: SocketAddr, admin: SocketAddr, app: SocketAddr, cc:
         idle_timeout: None,
         readiness: Readiness::from_probe(None),
         max_header_bytes: 64 * 1024,
+        upgrades: ikukantai_dataplane::edge::default_upgrades(),
     };
     let _proxy: QueueProxyHandle = QueueProxyHandle::start(
         config,
@@ -931,6 +932,8 @@ async fn coldstart(rounds: usize) -> anyhow::Result<()> {
         probe_interval: Duration::from_secs(5),
         seed: 1,
         memory_release: Some(MemoryRelease::new(ikukantai_alloc::release_freed)),
+        // Where each request was served is read from the gateway's response headers.
+        edge: ikukantai_dataplane::gateway::EdgePolicy { internal_headers: true, ..Default::default() },
         holder: "ikukantai-bench platform".into(),
     })
     .await?;

@@ -73,6 +73,8 @@ pub(crate) struct GatewayArgs {
         default_value = "http://ikukantai-controller.ikukantai-system.svc:9090"
     )]
     controller_url: String,
+    #[command(flatten)]
+    edge: crate::commands::EdgeArgs,
 }
 
 /// Prints the CRDs (or writes them to `out`).
@@ -119,6 +121,7 @@ pub(crate) async fn gateway(args: GatewayArgs) -> anyhow::Result<ExitCode> {
         peer_selector: args.peer_selector,
         controller_url: args.controller_url,
         memory_release: Some(MemoryRelease::new(ikukantai_alloc::release_freed)),
+        edge: args.edge.policy(false),
     })
     .await?;
     Ok(ExitCode::SUCCESS)

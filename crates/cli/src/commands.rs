@@ -17,7 +17,8 @@ use ikukantai_api::duration::parse_duration;
 use ikukantai_api::parse::{Document, load};
 use ikukantai_api::service::Service;
 use ikukantai_api::topology::Topology;
-use ikukantai_dataplane::gateway::MemoryRelease;
+use ikukantai_dataplane::edge::Cidr;
+use ikukantai_dataplane::gateway::{EdgePolicy, MemoryRelease};
 use ikukantai_dataplane::headers::{INSTANCE_HEADER, NODE_HEADER};
 use ikukantai_fleet::fleet::{Fleet, FleetOptions};
 use ikukantai_fleet::view::{ApplyResult, InstanceView, LatencyView, NodeView, PlacementView, RevisionView};
@@ -61,6 +62,33 @@ pub(crate) struct UpArgs {
     /// Seed of every policy's random choices.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    #[command(flatten)]
+    edge: EdgeArgs,
+}
+
+/// The gateway's policy towards clients, as flags of `ikukantai up` and `ikukantai gateway`
+/// (docs/dataplane.md).
+#[derive(Debug, clap::Args)]
+pub(crate) struct EdgeArgs {
+    /// Pass the queue proxy's x-ikukantai-* response headers (serving instance, node, load, service
+    /// time) on to clients [default: true for `up`, a developer tool on loopback, false for `gateway`].
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    internal_headers: Option<bool>,
+    /// A network (CIDR, or one address) of proxies in front whose Forwarded / X-Forwarded-* /
+    /// X-Real-IP headers are believed; from anyone else they are replaced. Repeatable [default: none].
+    #[arg(long = "trusted-proxy", value_name = "CIDR")]
+    trusted_proxies: Vec<Cidr>,
+}
+
+impl EdgeArgs {
+    /// The policy, with `internal_headers` unless the flag says otherwise.
+    pub(crate) fn policy(&self, internal_headers: bool) -> EdgePolicy {
+        EdgePolicy {
+            internal_headers: self.internal_headers.unwrap_or(internal_headers),
+            trusted_proxies: self.trusted_proxies.clone(),
+            ..EdgePolicy::default()
+        }
+    }
 }
 
 fn read_source(file: &str) -> anyhow::Result<String> {
@@ -149,6 +177,7 @@ pub(crate) async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         probe_interval: args.probe_interval,
         seed: args.seed,
         memory_release: Some(MemoryRelease::new(ikukantai_alloc::release_freed)),
+        edge: args.edge.policy(true),
         holder: format!("API http://{}", args.api),
     })
     .await?;

@@ -27,6 +27,10 @@ pub(crate) static PROXY_NAME: HeaderName = HeaderName::from_static(PROXY_HEADER)
 pub(crate) static PROBE_NAME: HeaderName = HeaderName::from_static(PROBE_HEADER);
 pub(crate) static ORIGIN_NAME: HeaderName = HeaderName::from_static(ORIGIN_HEADER);
 pub(crate) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub(crate) static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub(crate) static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub(crate) static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+pub(crate) static FORWARDED: HeaderName = http::header::FORWARDED;
 
 /// A request's headers as the queue disciplines see them (no copy).
 #[derive(Debug, Clone, Copy)]

@@ -4,9 +4,12 @@
 //! - [`gateway`]: one per node — routes by host, the activator queue, the balancer, feedback;
 //! - [`queue_proxy`]: one per instance — containerConcurrency, readiness, timeouts, drain;
 //! - `breaker`, `stats` (private): the concurrency limit and its queue; time-weighted stats;
-//! - [`metrics`]: Prometheus metrics of both; [`headers`]: what they say to each other.
+//! - [`metrics`]: Prometheus metrics of both; [`headers`]: what they say to each other;
+//! - [`edge`]: what the gateway believes of clients and lets through (upgrades, forwarding
+//!   headers, its own response headers, quiet tunnels).
 
 mod breaker;
+pub mod edge;
 pub mod gateway;
 pub mod headers;
 pub mod metrics;

@@ -153,6 +153,8 @@ pub struct GatewayMetrics {
     pub latency: Family<LinkLabels, Gauge<f64, AtomicU64>>,
     /// `ikukantai_gateway_open_tunnels` and the other tunnel metrics, by revision.
     pub tunnels: TunnelMetrics<RevisionLabels>,
+    /// `ikukantai_gateway_ambiguous_hosts`: hosts two routes claim, routed to neither.
+    pub ambiguous_hosts: Gauge,
 }
 
 /// Labels of a node pair.
@@ -176,6 +178,7 @@ impl GatewayMetrics {
             rejected: Family::default(),
             latency: Family::default(),
             tunnels: TunnelMetrics::new(),
+            ambiguous_hosts: Gauge::default(),
         };
         registry.register(
             "latency_between_nodes",
@@ -208,6 +211,11 @@ impl GatewayMetrics {
             "rejected_requests",
             "Requests the gateway answered itself with an error, by reason",
             m.rejected.clone(),
+        );
+        r.register(
+            "ambiguous_hosts",
+            "Hosts claimed by more than one route (a tag's and another Service's), routed to neither",
+            m.ambiguous_hosts.clone(),
         );
         m.tunnels.register(r);
         m

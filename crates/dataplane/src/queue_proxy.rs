@@ -35,6 +35,7 @@ use tokio::sync::{Notify, watch};
 use tokio::time::{Instant, timeout_at};
 
 use crate::breaker::{Breaker, Permit};
+use crate::edge::{client_body_failed, strip_at_edge};
 use crate::headers::{
     HeaderView, INSTANCE_NAME, LOAD_NAME, NODE_NAME, PROBE_NAME, PROXY_NAME, SERVICE_TIME_NAME,
 };
@@ -48,7 +49,7 @@ use ikukantai_http::h1::{Handler, RequestBody};
 use ikukantai_http::peer::Peer;
 use ikukantai_http::pool::{Forwarding, Upstream};
 use ikukantai_http::server::{ServerHandle, serve};
-use ikukantai_http::upgrade::{strip_request, strip_response};
+use ikukantai_http::upgrade::strip_response;
 
 use crate::tunnels::Tunnels;
 
@@ -168,6 +169,10 @@ pub struct QueueProxyConfig {
     pub readiness: Readiness,
     /// Largest accepted request head.
     pub max_header_bytes: usize,
+    /// Protocols a request may ask to switch to ([`crate::edge::upgrade_allowed`]); a request
+    /// asking for another is served as a plain one. Default: [`crate::edge::default_upgrades`]
+    /// (`websocket`).
+    pub upgrades: Vec<String>,
 }
 
 /// Invalid queue proxy configuration.
@@ -420,14 +425,6 @@ impl Handler for InnerRef {
         let arrival = Instant::now();
         let inner = &self.0;
         let config = &inner.config;
-        if req.headers().get(&PROBE_NAME).is_some_and(|v| v == "queue") {
-            let ready = *inner.ready.borrow() && !inner.draining.load(Ordering::SeqCst);
-            return if ready {
-                Response::new(full("queue"))
-            } else {
-                error_response(StatusCode::SERVICE_UNAVAILABLE, "not ready")
-            };
-        }
         if inner.draining.load(Ordering::SeqCst) {
             return self.reject(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -492,16 +489,22 @@ impl Handler for InnerRef {
 
         let started = Instant::now();
         let (mut parts, body) = req.into_parts();
-        let client_upgrade = strip_request(&mut parts);
+        let client_upgrade = strip_at_edge(&mut parts, &config.upgrades);
         let upstream = Request::from_parts(parts, boxed(body));
-        // The activator's mark is for this proxy's stats, not for the instance.
-        let forwarding = Forwarding { remove: &[&PROXY_NAME], add: &[], upgrade: client_upgrade.is_some() };
+        // The activator's mark is for this proxy's stats, not for the instance; probes of this
+        // proxy are answered on its admin listener only, never by (or passed to) the instance.
+        let forwarding =
+            Forwarding { remove: &[&PROXY_NAME, &PROBE_NAME], add: &[], upgrade: client_upgrade.is_some() };
         let start_deadline = config.response_start_timeout.map_or(deadline, |t| (arrival + t).min(deadline));
         let mut waited = false;
         let send = app::forward(inner, upstream, forwarding, &mut waited);
         let sent = inner.timers.timeout_at(start_deadline, send).await;
         let response = match sent {
             Some(Ok(r)) => r,
+            Some(Err(app::Failure::Upstream(e))) if client_body_failed(&e) => {
+                guard.code = 400;
+                return self.reject(StatusCode::BAD_REQUEST, "bad_request", e.to_string());
+            }
             Some(Err(app::Failure::Upstream(e))) => {
                 guard.code = 502;
                 return self.reject(
@@ -559,6 +562,16 @@ struct Admin(Arc<InnerRef>);
 
 impl Handler for Admin {
     async fn handle(self: Arc<Self>, req: Request<RequestBody>, _peer: Arc<Peer>) -> Response<Body> {
+        // Knative's probe of the queue proxy itself, on any path: only here, where the platform
+        // reaches it, so that no client can bypass the instance or fake its latency.
+        if req.headers().get(&PROBE_NAME).is_some_and(|v| v == "queue") {
+            let inner = &self.0.0;
+            return if *inner.ready.borrow() && !inner.draining.load(Ordering::SeqCst) {
+                Response::new(full("queue"))
+            } else {
+                error_response(StatusCode::SERVICE_UNAVAILABLE, "not ready")
+            };
+        }
         match req.uri().path() {
             "/metrics" => metrics_response(&self.0.0.registry),
             "/healthz" => Response::new(full("ok")),

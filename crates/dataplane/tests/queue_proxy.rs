@@ -356,7 +356,7 @@ async fn send(addr: SocketAddr, method: Method, body: &'static str) -> (StatusCo
     (status, String::from_utf8_lossy(&bytes).into_owned())
 }
 
-/// The queue proxy's answer to a Knative-style probe of itself.
+/// The queue proxy's answer to a Knative-style probe of itself (on its admin listener).
 async fn probe_status(addr: SocketAddr) -> StatusCode {
     let req = Request::get(format!("http://{addr}/"))
         .header("host", "h")
@@ -382,7 +382,7 @@ async fn a_request_that_finds_the_process_gone_waits_unready_for_its_restart() {
     let mut ready = qp.ready();
     tokio::time::timeout(Duration::from_secs(10), ready.wait_for(|r| !*r)).await.unwrap().unwrap();
     assert_eq!(get(qp.admin_addr(), "admin", "/ready").await.0, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(probe_status(addr).await, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(probe_status(qp.admin_addr()).await, StatusCode::SERVICE_UNAVAILABLE);
     assert!(!pending.is_finished(), "answered while the process was gone: {:?}", pending.await);
     // Restarted on the same port: it answers the request.
     let _second = process(TcpListener::bind(app).await.unwrap(), "restarted", requests.clone());
@@ -483,4 +483,23 @@ async fn a_request_cut_before_any_answer_goes_again_once_only_if_idempotent_and_
             assert_eq!(answer, "ok\n");
         }
     }
+}
+
+/// F15: `K-Network-Probe: queue` is answered on the admin listener only; on the traffic port the
+/// request goes to the instance, without the header.
+#[tokio::test]
+async fn probes_of_the_queue_proxy_are_answered_on_its_admin_listener_only() {
+    let i = instance("hello-a", "node1", "hello-00001", 0).await;
+    assert_eq!(probe_status(i.qp.admin_addr()).await, StatusCode::OK);
+    let req = Request::get(format!("http://{}/", i.qp.addr()))
+        .header("host", "h")
+        .header(PROBE_HEADER, "queue")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = client().request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"Konnichiwa from hello-a");
+    let seen = i.backend.seen.headers.lock().unwrap().last().cloned().unwrap();
+    assert!(!seen.contains_key(PROBE_HEADER), "{seen:?}");
 }

@@ -12,6 +12,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use ikukantai_api::config::{ConfigMap, FleetConfig};
+use ikukantai_dataplane::gateway::EdgePolicy;
 use ikukantai_fleet::fleet::{Fleet, FleetOptions};
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
@@ -130,6 +131,8 @@ pub async fn run_set(
         seed,
         // The scenarios' queues stay far shallower than where releasing starts.
         memory_release: None,
+        // Reports count where each request was served, from the gateway's response headers.
+        edge: EdgePolicy { internal_headers: true, ..EdgePolicy::default() },
         holder: format!("ikukantai bench, policy set {}", set.name),
     })
     .await

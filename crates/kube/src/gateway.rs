@@ -57,6 +57,8 @@ pub struct GatewayOptions {
     pub controller_url: String,
     /// How the gateway gives memory back to the system while many requests wait.
     pub memory_release: Option<MemoryRelease>,
+    /// The gateway's policy towards clients (`ikukantai gateway`'s flags).
+    pub edge: ikukantai_dataplane::gateway::EdgePolicy,
 }
 
 /// The cluster as a gateway sees it, from its stores.
@@ -239,6 +241,7 @@ pub async fn run(options: GatewayOptions) -> Result<(), ProcessError> {
         rtt: RttMatrix::new(n, PRIOR_RTT_MS, Duration::from_secs(30)),
         policy: PolicyParams::default(),
         memory_release: options.memory_release,
+        edge: options.edge,
         ..GatewayConfig::single(&options.node)
     };
     let listen = |addr: SocketAddr| async move {

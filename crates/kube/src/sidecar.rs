@@ -97,6 +97,7 @@ impl SidecarConfig {
             idle_timeout: secs(env::IDLE_TIMEOUT)?,
             readiness: Readiness::from_probe(probe.as_ref()),
             max_header_bytes: 64 * 1024,
+            upgrades: ikukantai_dataplane::edge::default_upgrades(),
         };
         Ok(Self {
             proxy,

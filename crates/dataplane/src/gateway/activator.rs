@@ -126,22 +126,63 @@ pub(super) fn cannot_start(revision: &str, route: &RevisionRoute) -> String {
     format!("revision {revision} cannot start: {}", route.failure.as_deref().unwrap_or("it failed"))
 }
 
+/// A request's place in its revision's activator queue, until it is handed an instance or gives
+/// up. Dropped without [`Waiter::taken`] (timeout, failure, or the client went away), it leaves
+/// the queue, so that the queue counts only live waiters; an instance dispatched to it in the
+/// meantime (its id arrived as it gave up) is given back, and goes to the next waiter.
+pub(super) struct Waiter<'a> {
+    shared: &'a Shared,
+    rev: &'a RevisionState,
+    id: u64,
+    rx: oneshot::Receiver<u64>,
+    taken: bool,
+}
+
+impl Waiter<'_> {
+    /// The request got its instance: nothing to give back.
+    pub(super) fn taken(mut self) {
+        self.taken = true;
+    }
+}
+
+impl Drop for Waiter<'_> {
+    fn drop(&mut self) {
+        if self.taken {
+            return;
+        }
+        // Under the revision's lock dispatch cannot run: either the waiter is still queued, or
+        // dispatch popped it and sent an instance, which is then in `rx`.
+        let mut inner = Shared::lock(&self.rev.inner);
+        if inner.waiting.remove(self.id).is_none() {
+            self.rx.close();
+            if let Ok(instance) = self.rx.try_recv() {
+                if let Some(i) = inner.instances.iter_mut().find(|x| x.id == instance) {
+                    i.in_flight = i.in_flight.saturating_sub(1);
+                }
+                dispatch_locked(self.shared, self.rev, &mut inner);
+            }
+        }
+        self.rev.buffered_gauge.set(inner.waiting.len() as i64);
+    }
+}
+
 /// Puts a request that found no instance with room into the revision's activator queue, and
 /// tells the control plane about demand at this node if the revision has no instance at all.
-pub(super) fn enqueue(
-    shared: &Shared,
-    rev: &RevisionState,
+pub(super) fn enqueue<'a>(
+    shared: &'a Shared,
+    rev: &'a RevisionState,
     inner: &mut RevisionInner,
     req: &Request<RequestBody>,
     source: &str,
     arrival: Instant,
     deadline: Instant,
-) -> oneshot::Receiver<u64> {
+) -> Waiter<'a> {
     let (tx, rx) = oneshot::channel();
     let headers = HeaderView(req.headers());
     let host = host_of(req).unwrap_or_default();
+    let id = shared.ids.fetch_add(1, Ordering::Relaxed);
     let meta = RequestMeta {
-        id: shared.ids.fetch_add(1, Ordering::Relaxed),
+        id,
         source: Some(source),
         host: &host,
         path: req.uri().path(),
@@ -156,7 +197,7 @@ pub(super) fn enqueue(
         let RevisionLabels { namespace, revision, .. } = &rev.labels;
         shared.events.demand(namespace, revision, shared.config.node);
     }
-    rx
+    Waiter { shared, rev, id, rx, taken: false }
 }
 
 /// Gives freed memory back to the system for an HTTP/1.x request that parks behind `ahead`
@@ -172,12 +213,8 @@ pub(super) fn release_memory<B>(config: &GatewayConfig, req: &Request<B>, ahead:
 
 /// Waits for the activator queue to hand this request an instance (its id), re-dispatching
 /// every `RECHECK` in case capacity appeared without a wake-up; `None` at the deadline.
-pub(super) async fn wait_for_instance(
-    shared: &Shared,
-    rev: &RevisionState,
-    rx: &mut oneshot::Receiver<u64>,
-    deadline: Instant,
-) -> Option<u64> {
+pub(super) async fn wait_for_instance(waiter: &mut Waiter<'_>, deadline: Instant) -> Option<u64> {
+    let Waiter { shared, rev, rx, .. } = waiter;
     loop {
         let wake = (Instant::now() + RECHECK).min(deadline);
         match timeout_at(wake, &mut *rx).await {

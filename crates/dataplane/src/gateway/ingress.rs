@@ -9,29 +9,34 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::{HeaderValue, Request, Response, StatusCode};
+use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
 use ikukantai_http::body::{Body, Guarded, Limited, boxed, error_response, is_too_large};
 use ikukantai_http::h1::{Handler, RequestBody};
 use ikukantai_http::peer::Peer;
 use ikukantai_http::pool::{Forwarding, PooledBody, Upstream, UpstreamError};
 use ikukantai_http::proxy::detach_head;
-use ikukantai_http::upgrade::{OnUpgrade, strip_request, strip_response};
+use ikukantai_http::upgrade::{OnUpgrade, strip_response};
 use ikukantai_policy::balance::Completion;
 use ikukantai_policy::estimate::NodeIndex;
 use rand::RngExt;
-use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::Shared;
 use super::activator::{
-    Picked, cannot_start, dispatch, dispatch_locked, enqueue, pick, release_memory, wait_for_instance,
+    Picked, Waiter, cannot_start, dispatch_locked, enqueue, pick, release_memory, wait_for_instance,
 };
-use super::hosts::host_of;
+use super::hosts::{host_from_target, host_of};
 use super::routes::{RevisionState, ServiceState, Target};
+use crate::edge::{client_body_failed, forwarded_for, strip_at_edge};
 use crate::headers::{
-    INSTANCE_HEADER, LOAD_HEADER, NODE_HEADER, ORIGIN_NAME, PROXY_NAME, SERVICE_TIME_HEADER, X_FORWARDED_FOR,
+    FORWARDED, INSTANCE_HEADER, INSTANCE_NAME, LOAD_HEADER, LOAD_NAME, NODE_HEADER, NODE_NAME, ORIGIN_NAME,
+    PROBE_NAME, PROXY_NAME, SERVICE_TIME_HEADER, SERVICE_TIME_NAME, X_FORWARDED_FOR, X_FORWARDED_HOST,
+    X_FORWARDED_PROTO, X_REAL_IP,
 };
 use crate::metrics::{RejectLabels, RequestLabels, RevisionLabels};
+
+/// What a 405 says is served: any method but CONNECT (the instance decides the rest).
+static ALLOWED: HeaderValue = HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS, TRACE");
 
 /// The proxy header's value on a request that waited in the activator queue.
 static ACTIVATOR: HeaderValue = HeaderValue::from_static("activator");
@@ -61,11 +66,28 @@ impl Rejection {
         Self { status, namespace: String::new(), service: String::new(), reason: "no_route", message }
     }
 
+    /// A request the client got wrong, before it was routed.
+    fn bad_request(message: String) -> Self {
+        let (namespace, service) = (String::new(), String::new());
+        Self { status: StatusCode::BAD_REQUEST, namespace, service, reason: "bad_request", message }
+    }
+
+    /// A CONNECT request: never forwarded.
+    fn connect() -> Self {
+        let (namespace, service) = (String::new(), String::new());
+        let message = "CONNECT is not served: the gateway is no forward proxy".into();
+        Self { status: StatusCode::METHOD_NOT_ALLOWED, namespace, service, reason: "method", message }
+    }
+
     /// The only way a rejection reaches a client: counted, then answered.
     fn answer(self, shared: &Shared) -> Response<Body> {
         let Self { status, namespace, service, reason, message } = self;
         shared.metrics.rejected.get_or_create(&RejectLabels { namespace, service, reason }).inc();
-        error_response(status, message)
+        let mut response = error_response(status, message);
+        if status == StatusCode::METHOD_NOT_ALLOWED {
+            response.headers_mut().insert(header::ALLOW, ALLOWED.clone());
+        }
+        response
     }
 }
 
@@ -85,7 +107,7 @@ enum Admission<'a> {
 
 /// A request in the activator queue.
 struct Queued<'a> {
-    rx: oneshot::Receiver<u64>,
+    waiter: Waiter<'a>,
     /// Requests that were waiting before it.
     ahead: u32,
     entered: Entered<'a>,
@@ -278,18 +300,24 @@ impl Ingress {
     /// revision the traffic split (or the host's tag) chooses.
     fn route(&self, req: &Request<RequestBody>) -> Result<Routed, Rejection> {
         let shared = &self.0;
+        if req.method() == Method::CONNECT {
+            // A tunnel to wherever the client names is a forward proxy's job, not ours; forwarded,
+            // an instance's 2xx would read as a tunnel to whoever stands in front (RFC 9110 §9.3.6).
+            return Err(Rejection::connect());
+        }
         let (service, tagged) = {
-            let Some(host) = host_of(req) else {
-                return Err(Rejection::no_route(
-                    StatusCode::BAD_REQUEST,
-                    "request has no Host header".into(),
-                ));
-            };
-            let found =
-                shared.table.read().unwrap_or_else(|e| e.into_inner()).hosts.get(host.as_ref()).cloned();
-            found.ok_or_else(|| {
-                Rejection::no_route(StatusCode::NOT_FOUND, format!("no service answers to host {host:?}"))
-            })?
+            let host = host_of(req).map_err(|why| Rejection::bad_request(why.into()))?;
+            let table = shared.table.read().unwrap_or_else(|e| e.into_inner());
+            match table.hosts.get(host.as_ref()) {
+                Some(found) => found.clone(),
+                None => {
+                    let message = match table.ambiguous.get(host.as_ref()) {
+                        Some(who) => format!("host {host:?} is claimed by {who}, so it routes to neither"),
+                        None => format!("no service answers to host {host:?}"),
+                    };
+                    return Err(Rejection::no_route(StatusCode::NOT_FOUND, message));
+                }
+            }
         };
         let limit = shared.config.max_body_bytes;
         // The declared length, as the server read it (no header lookup).
@@ -335,7 +363,7 @@ impl Ingress {
     /// Admit: an instance with room now, else a place in the activator queue; at once 503 for a
     /// revision that cannot start, or when the queue is full.
     fn admit<'a>(
-        &self,
+        &'a self,
         routed: &'a Routed,
         req: &Request<RequestBody>,
         peer: &Peer,
@@ -368,8 +396,8 @@ impl Ingress {
                 format!("revision {revision} has no capacity and {depth} requests are already waiting");
             return Err(Rejection::new(StatusCode::SERVICE_UNAVAILABLE, service, "queue_full", message));
         }
-        let rx = enqueue(shared, rev, &mut inner, req, peer.addr_text(), arrival, deadline);
-        Ok(Admission::Queued(Queued { rx, ahead, entered, timeout, deadline }))
+        let waiter = enqueue(shared, rev, &mut inner, req, peer.addr_text(), arrival, deadline);
+        Ok(Admission::Queued(Queued { waiter, ahead, entered, timeout, deadline }))
     }
 
     /// The waiting part of admit: until the activator queue hands the request an instance, the
@@ -382,7 +410,7 @@ impl Ingress {
     ) -> impl Future<Output = Result<Admitted, Rejection>> + Send + 'a {
         let shared = &self.0;
         let Routed { service, rev } = routed;
-        let Queued { mut rx, ahead, mut entered, timeout, deadline } = queued;
+        let Queued { mut waiter, ahead, mut entered, timeout, deadline } = queued;
         entered.buffered = true;
         req.body().release_read_buffer();
         release_memory(&shared.config, req, ahead);
@@ -390,7 +418,7 @@ impl Ingress {
         rev.buffered_counter.inc();
         async move {
             // Boxed: the wait's timer and channel then take room only in requests that wait.
-            let id = Box::pin(wait_for_instance(shared, rev, &mut rx, deadline)).await;
+            let id = Box::pin(wait_for_instance(&mut waiter, deadline)).await;
             let revision = rev.labels.revision.as_str();
             let (found, failure, none_ready) = {
                 let inner = Shared::lock(&rev.inner);
@@ -400,6 +428,7 @@ impl Ingress {
             };
             match (found, failure) {
                 (Some(picked), _) => {
+                    waiter.taken();
                     entered.hand_over();
                     Ok(Admitted { picked, buffered: true, timeout, deadline })
                 }
@@ -407,8 +436,8 @@ impl Ingress {
                     Err(Rejection::new(StatusCode::SERVICE_UNAVAILABLE, service, "failed", message))
                 }
                 (None, _) => {
-                    drop(rx);
-                    dispatch(shared, rev);
+                    // Leaves the queue, giving back an instance dispatched to it meanwhile.
+                    drop(waiter);
                     let message = if none_ready {
                         format!(
                             "no instance of revision {revision} became ready within the {timeout:?} request timeout"
@@ -440,11 +469,25 @@ impl Ingress {
         rev.in_flight_gauge.inc();
         let done =
             Forwarded { shared: shared.clone(), rev, id, node, arrival, buffered, code: 0, recorded: false };
+        let edge = &shared.config.edge;
         let (mut parts, body) = req.into_parts();
-        let client_upgrade = strip_request(&mut parts);
+        host_from_target(&mut parts);
+        let client_upgrade = strip_at_edge(&mut parts, &edge.upgrades);
+        // A trusted proxy's forwarding headers go on, its X-Forwarded-For extended in one field;
+        // anyone else's are replaced by what the gateway saw (no copy: the peer's value is shared).
+        let trusted = edge.trusts(peer.addr().ip());
+        let client = Client {
+            forwarded_for: if trusted {
+                forwarded_for(&parts.headers, peer.ip_header())
+            } else {
+                peer.ip_header().clone()
+            },
+            trusted,
+            proto_given: trusted && parts.headers.contains_key(&X_FORWARDED_PROTO),
+        };
         let req = Request::from_parts(parts, boxed(Limited::new(body, shared.config.max_body_bytes)));
-        let (ip, origin) = (peer.ip_header(), shared.origin_value.as_ref());
-        let request = send(upstream, req, ip, origin, buffered, client_upgrade.is_some());
+        let origin = shared.origin_value.as_ref();
+        let request = send(upstream, req, client, origin, buffered, client_upgrade.is_some());
         let sent = if buffered { Instant::now() } else { arrival };
         async move {
             let rejection = match shared.timers.timeout_at(deadline, request).await {
@@ -453,6 +496,11 @@ impl Ingress {
                     let limit = shared.config.max_body_bytes;
                     let message = format!("request body is larger than the {limit}-byte limit");
                     Rejection::new(StatusCode::PAYLOAD_TOO_LARGE, &service, "too_large", message)
+                }
+                // The client's body broke its framing (or ended early): the client's fault, not
+                // the instance's.
+                Some(Err(e)) if client_body_failed(&e) => {
+                    Rejection::new(StatusCode::BAD_REQUEST, &service, "bad_request", e.to_string())
                 }
                 Some(Err(e)) => {
                     let message =
@@ -483,34 +531,72 @@ fn respond(
     let (mut parts, body) = response.into_parts();
     let switched = strip_response(&mut parts, client_upgrade);
     done.code = parts.status.as_u16();
-    feedback(&done, &parts.headers, now, now - sent, parts.status.is_server_error());
+    let internal = feedback(&done, &parts.headers, now, now - sent, parts.status.is_server_error());
+    if internal && !shared.config.edge.internal_headers {
+        // Read for feedback; where and how loaded it was served is not the client's business.
+        for name in [&INSTANCE_NAME, &NODE_NAME, &LOAD_NAME, &SERVICE_TIME_NAME] {
+            parts.headers.remove(name);
+        }
+    }
     if let Some((client, upstream)) = switched {
         // Counted as a request now, with the time to its 101 (the tunnel has metrics of its
-        // own), and in flight until the tunnel closes.
+        // own), and in flight until the tunnel closes, or goes quiet for the idle timeout.
         done.record(now);
         let meter = shared.metrics.tunnels.meter(&done.rev.labels);
-        shared.tunnels.open(client, upstream, None, done, meter);
+        shared.tunnels.open(client, upstream, shared.config.edge.tunnel_idle_timeout, done, meter);
         return Response::from_parts(parts, boxed(http_body_util::Empty::new()));
     }
     Response::from_parts(parts, boxed(Guarded::new(body, done)))
 }
 
+/// Headers a client never gets through: the gateway's own (written by it alone, so a client
+/// cannot pose as another node or as the activator), the queue proxy's probe, and the
+/// forwarding headers the gateway writes itself.
+static PLATFORM: [&HeaderName; 4] = [&ORIGIN_NAME, &PROXY_NAME, &PROBE_NAME, &X_FORWARDED_FOR];
+/// [`PLATFORM`], and what an untrusted client says of the hops before the gateway.
+static UNTRUSTED: [&HeaderName; 8] = [
+    &ORIGIN_NAME,
+    &PROXY_NAME,
+    &PROBE_NAME,
+    &X_FORWARDED_FOR,
+    &FORWARDED,
+    &X_REAL_IP,
+    &X_FORWARDED_PROTO,
+    &X_FORWARDED_HOST,
+];
+/// The gateway serves plain HTTP.
+static HTTP: HeaderValue = HeaderValue::from_static("http");
+
+/// What the forwarding headers say of the client.
+struct Client {
+    /// `X-Forwarded-For`, the client's IP last.
+    forwarded_for: HeaderValue,
+    /// The client is a trusted proxy: its own forwarding headers go on.
+    trusted: bool,
+    /// It said `X-Forwarded-Proto` itself.
+    proto_given: bool,
+}
+
 /// Sends `req` to `to` with the gateway's own headers, written straight into the forwarded head:
 /// the origin (`origin`) and proxy (`buffered`) headers replace whatever the client sent under
-/// those names; X-Forwarded-For (`ip`) appends; `upgrade` says the request asks to switch
-/// protocols. Boxed: the request's future, whose size every waiting request pays, holds a pointer
-/// rather than the forward's state.
+/// those names, and so do `X-Forwarded-For` and `-Proto` ([`Client`]); `upgrade` says the request
+/// asks to switch protocols. Boxed: the request's future, whose size every waiting request pays,
+/// holds a pointer rather than the forward's state.
 fn send<'a>(
     to: Arc<Upstream>,
     req: Request<Body>,
-    ip: &'a HeaderValue,
+    client: Client,
     origin: Option<&'a HeaderValue>,
     buffered: bool,
     upgrade: bool,
 ) -> Pin<Box<impl Future<Output = Result<Response<PooledBody>, UpstreamError>> + Send + 'a>> {
     Box::pin(async move {
-        let mut added = [(&X_FORWARDED_FOR, ip); 3];
+        let mut added = [(&X_FORWARDED_FOR, &client.forwarded_for); 4];
         let mut count = 1;
+        if !client.proto_given {
+            added[count] = (&X_FORWARDED_PROTO, &HTTP);
+            count += 1;
+        }
         if let Some(v) = origin {
             added[count] = (&ORIGIN_NAME, v);
             count += 1;
@@ -519,14 +605,22 @@ fn send<'a>(
             added[count] = (&PROXY_NAME, &ACTIVATOR);
             count += 1;
         }
-        let forwarding = Forwarding { remove: &[&ORIGIN_NAME, &PROXY_NAME], add: &added[..count], upgrade };
+        let remove: &[&HeaderName] = if client.trusted { &PLATFORM } else { &UNTRUSTED };
+        let forwarding = Forwarding { remove, add: &added[..count], upgrade };
         to.forward(req, forwarding).await
     })
 }
 
 /// Feeds a response's timing and the instance's piggybacked load back into the instance's
-/// estimates and the revision's balancer.
-fn feedback(done: &Forwarded, headers: &http::HeaderMap, now: Instant, latency: Duration, failed: bool) {
+/// estimates and the revision's balancer. Returns whether the response carries the queue
+/// proxy's headers.
+fn feedback(
+    done: &Forwarded,
+    headers: &http::HeaderMap,
+    now: Instant,
+    latency: Duration,
+    failed: bool,
+) -> bool {
     let number = |v: &HeaderValue| v.to_str().ok().and_then(|v| v.parse::<f64>().ok());
     // One pass over the response's few headers, rather than a hashed lookup per name.
     let (mut service_ms, mut load, mut instance, mut node) = (None, None, false, false);
@@ -559,6 +653,7 @@ fn feedback(done: &Forwarded, headers: &http::HeaderMap, now: Instant, latency: 
         now: now.into_std(),
     };
     inner.balancer.observe(&completion);
+    instance || node || load.is_some() || service_ms.is_some()
 }
 
 #[cfg(test)]

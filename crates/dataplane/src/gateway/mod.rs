@@ -46,6 +46,7 @@ use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use tokio::net::TcpListener;
 
+pub use crate::edge::EdgePolicy;
 use crate::metrics::{GatewayMetrics, LinkLabels, metrics_response};
 use crate::recycling_timer::RecyclingTimer;
 use crate::tunnels::Tunnels;
@@ -78,6 +79,10 @@ pub struct GatewayConfig {
     pub rtt: RttMatrix,
     /// Giving memory back to the operating system while many requests wait (`None`: never).
     pub memory_release: Option<MemoryRelease>,
+    /// What the gateway believes of clients and lets through ([`EdgePolicy`]'s defaults: upgrades
+    /// to `websocket` only, no trusted proxy, no internal response headers, tunnels cut after
+    /// 5 min without a byte).
+    pub edge: EdgePolicy,
 }
 
 /// How a gateway gives memory back to the operating system while many HTTP/1.1 requests wait.
@@ -123,6 +128,7 @@ impl GatewayConfig {
             links: vec![None],
             rtt: RttMatrix::new(1, 0.0, Duration::from_secs(30)),
             memory_release: None,
+            edge: EdgePolicy::default(),
         }
     }
 }
@@ -399,6 +405,106 @@ impl Handler for Admin {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ikukantai_http::h1::RequestBody;
+    use tokio::time::Instant;
+
+    /// A gateway routing `hello` to one instance with containerConcurrency 1 (never sent to).
+    async fn one_slot() -> (Gateway, Arc<routes::RevisionState>) {
+        let listen = || async { TcpListener::bind("127.0.0.1:0").await.unwrap() };
+        let gw = Gateway::start(
+            GatewayConfig::single("node1"),
+            listen().await,
+            listen().await,
+            Arc::new(NoEvents),
+        )
+        .unwrap();
+        let revision = RevisionRoute {
+            namespace: "default".into(),
+            service: "hello".into(),
+            revision: "hello-00001".into(),
+            container_concurrency: 1,
+            target_concurrency: 1.0,
+            timeout: Duration::from_secs(30),
+            balancer: "even".into(),
+            queue: "fifo".into(),
+            priority_rules: Vec::new(),
+            instances: vec![InstanceRoute {
+                name: "a".into(),
+                node: 0,
+                addr: "127.0.0.1:9".parse().unwrap(),
+            }],
+            failure: None,
+        };
+        let traffic = vec![RouteTarget { revision: "hello-00001".into(), percent: 100, tag: None }];
+        let service = ServiceRoute { namespace: "default".into(), name: "hello".into(), traffic };
+        gw.set_routes(&Routes { services: vec![service], revisions: vec![revision] }).unwrap();
+        let rev = gw.shared.table.read().unwrap().revisions.values().next().unwrap().clone();
+        (gw, rev)
+    }
+
+    fn request() -> Request<RequestBody> {
+        Request::get("/").header("host", "hello.default").body(RequestBody::empty()).unwrap()
+    }
+
+    /// The instance's slot is taken; a waiter queues; the slot is freed and dispatched to the
+    /// waiter. Returns the waiter, holding the reservation.
+    fn dispatched_to_a_waiter<'a>(
+        gw: &'a Gateway,
+        rev: &'a routes::RevisionState,
+        waiters: usize,
+    ) -> Vec<activator::Waiter<'a>> {
+        let shared = &gw.shared;
+        let now = Instant::now();
+        let mut inner = Shared::lock(&rev.inner);
+        assert!(activator::pick(shared, &mut inner, 0, now).is_some());
+        let req = request();
+        let queued: Vec<_> = (0..waiters)
+            .map(|_| {
+                activator::enqueue(
+                    shared,
+                    rev,
+                    &mut inner,
+                    &req,
+                    "client",
+                    now,
+                    now + Duration::from_secs(30),
+                )
+            })
+            .collect();
+        // The request in flight ends: its slot goes to the first waiter at once.
+        inner.instances[0].in_flight -= 1;
+        activator::dispatch_locked(shared, rev, &mut inner);
+        assert_eq!(inner.instances[0].in_flight, 1, "reserved for the waiter");
+        queued
+    }
+
+    fn in_flight(rev: &routes::RevisionState) -> (u32, usize) {
+        let inner = Shared::lock(&rev.inner);
+        (inner.instances[0].in_flight, inner.waiting.len())
+    }
+
+    #[tokio::test]
+    async fn a_waiter_that_goes_as_it_is_dispatched_to_gives_its_instance_back() {
+        let (gw, rev) = one_slot().await;
+        let mut waiters = dispatched_to_a_waiter(&gw, &rev, 1);
+        // The client went away (or its timeout ended) just as the instance was handed to it.
+        drop(waiters.pop());
+        assert_eq!(in_flight(&rev), (0, 0), "the reservation leaked");
+    }
+
+    #[tokio::test]
+    async fn an_instance_given_back_goes_to_the_next_waiter() {
+        let (gw, rev) = one_slot().await;
+        let mut waiters = dispatched_to_a_waiter(&gw, &rev, 2);
+        let second = waiters.pop().unwrap();
+        drop(waiters.pop());
+        assert_eq!(in_flight(&rev), (1, 0), "passed on, not freed");
+        let mut second = second;
+        let id = activator::wait_for_instance(&mut second, Instant::now() + Duration::from_secs(1)).await;
+        assert!(id.is_some(), "the second waiter got the instance");
+        second.taken();
+        assert_eq!(in_flight(&rev), (1, 0));
+    }
 
     #[tokio::test]
     async fn a_config_whose_per_node_lists_disagree_is_refused() {

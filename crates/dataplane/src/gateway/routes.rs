@@ -174,6 +174,10 @@ pub(super) struct Table {
     /// come from configuration, not from clients.
     pub(super) hosts: foldhash::HashMap<String, (Arc<ServiceState>, Option<Target>)>,
     pub(super) revisions: HashMap<(String, String), Arc<RevisionState>>,
+    /// Hosts more than one route claims (a tag's `TAG-SVC` and Service `TAG-SVC`'s own, say),
+    /// routed to none of them, with who claims them: which would win must not depend on the
+    /// order routes come in.
+    pub(super) ambiguous: foldhash::HashMap<String, String>,
 }
 
 impl Table {
@@ -204,15 +208,32 @@ impl Table {
             };
             next.revisions.insert(key, state);
         }
-        drop(old);
+        let mut claims: foldhash::HashMap<String, Vec<String>> = foldhash::HashMap::default();
         for s in &routes.services {
-            next.add_service(s, &shared.config.domain);
+            next.add_service(s, &shared.config.domain, &mut claims);
         }
+        for (host, mut claimants) in claims.into_iter().filter(|(_, c)| c.len() > 1) {
+            next.hosts.remove(&host);
+            claimants.sort();
+            let who = claimants.join(" and ");
+            if !old.ambiguous.contains_key(&host) {
+                tracing::warn!(%host, claimed_by = %who, "a host more than one route claims is routed to none");
+            }
+            next.ambiguous.insert(host, who);
+        }
+        drop(old);
+        shared.metrics.ambiguous_hosts.set(next.ambiguous.len() as i64);
         Ok(next)
     }
 
     /// Routes `s`'s hosts (and its tags' hosts) to it; its revisions must be in the table already.
-    fn add_service(&mut self, s: &ServiceRoute, domain: &str) {
+    /// Who claims each host is noted in `claims`.
+    fn add_service(
+        &mut self,
+        s: &ServiceRoute,
+        domain: &str,
+        claims: &mut foldhash::HashMap<String, Vec<String>>,
+    ) {
         let resolve = |revision: &String| -> Target {
             self.revisions
                 .get(&(s.namespace.clone(), revision.clone()))
@@ -231,6 +252,7 @@ impl Table {
         });
         let tagged: Vec<(String, Target)> =
             s.traffic.iter().filter_map(|t| Some((t.tag.clone()?, resolve(&t.revision)))).collect();
+        let (ns, name) = (&s.namespace, &s.name);
         let base = [
             format!("{}.{}.{domain}", s.name, s.namespace),
             format!("{}.{}", s.name, s.namespace),
@@ -238,9 +260,15 @@ impl Table {
             format!("{}.{}.svc.cluster.local", s.name, s.namespace),
         ];
         for host in &base {
+            claims.entry(host.clone()).or_default().push(format!("Service {ns}/{name}"));
             self.hosts.insert(host.clone(), (state.clone(), None));
             for (tag, target) in &tagged {
-                self.hosts.insert(format!("{tag}-{host}"), (state.clone(), Some(target.clone())));
+                let tagged_host = format!("{tag}-{host}");
+                claims
+                    .entry(tagged_host.clone())
+                    .or_default()
+                    .push(format!("tag {tag:?} of Service {ns}/{name}"));
+                self.hosts.insert(tagged_host, (state.clone(), Some(target.clone())));
             }
         }
     }

@@ -94,9 +94,10 @@ async fn answer(
     }
     match path.as_str() {
         "/echo" => Response::new(boxed(req.into_body())),
-        // Switches to the `echo` protocol: every byte goes back, after a greeting naming the
-        // instance.
-        "/upgrade" if req.headers().get(http::header::UPGRADE).is_some_and(|v| v == "echo") => {
+        // Switches to whatever protocol is asked (as a permissive server would), which it runs as
+        // an echo: every byte goes back, after a greeting naming the instance.
+        "/upgrade" if req.headers().contains_key(http::header::UPGRADE) => {
+            let protocol = req.headers()[http::header::UPGRADE].clone();
             let on_upgrade = hyper::upgrade::on(&mut req);
             let greeting = format!("hello from {name};");
             tokio::spawn(async move {
@@ -110,7 +111,7 @@ async fn answer(
             });
             let mut resp = Response::new(boxed(http_body_util::Empty::<Bytes>::new()));
             *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-            resp.headers_mut().insert(http::header::UPGRADE, http::HeaderValue::from_static("echo"));
+            resp.headers_mut().insert(http::header::UPGRADE, protocol);
             resp.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("upgrade"));
             resp
         }
@@ -164,6 +165,7 @@ pub fn qp_config(instance: &str, node: &str, revision: &str, app: SocketAddr, cc
             success_threshold: 1,
         },
         max_header_bytes: 64 * 1024,
+        upgrades: ikukantai_dataplane::edge::default_upgrades(),
     }
 }
 
@@ -261,17 +263,30 @@ pub async fn gateway(
     ikukantai_dataplane::gateway::Gateway::start(config, l, a, events).unwrap()
 }
 
-/// Asks `addr` to switch `path` to the `echo` protocol on a raw connection, with `early` sent
-/// right behind the request head. Returns the connection after the `101` head, and that head.
+/// Asks `addr` to switch `path` to WebSocket on a raw connection (the test instance echoes), with
+/// `early` sent right behind the request head. Returns the connection after the `101` head, and
+/// that head.
 pub async fn upgrade(
     addr: SocketAddr,
     host: &str,
     path: &str,
     early: &[u8],
 ) -> (tokio::net::TcpStream, String) {
+    upgrade_to(addr, host, path, "websocket", early).await
+}
+
+/// [`upgrade`] to `protocol`: returns the connection after the answer's head, and that head.
+pub async fn upgrade_to(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    protocol: &str,
+    early: &[u8],
+) -> (tokio::net::TcpStream, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let head = format!("GET {path} HTTP/1.1\r\nhost: {host}\r\nconnection: Upgrade\r\nupgrade: echo\r\n\r\n");
+    let head =
+        format!("GET {path} HTTP/1.1\r\nhost: {host}\r\nconnection: Upgrade\r\nupgrade: {protocol}\r\n\r\n");
     s.write_all(&[head.as_bytes(), early].concat()).await.unwrap();
     // Byte by byte up to the head's end: what follows belongs to the new protocol.
     let mut head = Vec::new();
@@ -298,4 +313,57 @@ pub async fn read_exactly(s: &mut tokio::net::TcpStream, want: usize) -> String 
         }
     }
     String::from_utf8_lossy(&got[..n]).into_owned()
+}
+
+/// Sends `bytes` on a new connection to `addr` and returns all it answers until it closes (the
+/// request should say `Connection: close`), within 10 s.
+pub async fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+        .await
+        .expect("the answer and the close within 10 s")
+        .unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The status line and body of a raw HTTP/1.1 answer (its headers dropped, as the `Date` varies).
+pub fn status_and_body(answer: &str) -> (&str, &str) {
+    let status = answer.split("\r\n").next().unwrap_or("");
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    (status, body)
+}
+
+/// A gauge of the gateway's metrics (first sample whose line starts with `prefix`), 0 if absent.
+pub async fn gateway_gauge(admin: SocketAddr, prefix: &str) -> i64 {
+    let (_, _, metrics) = get(admin, "admin", "/metrics").await;
+    metric(&metrics, prefix, "").and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+/// Polls the gateway gauge `prefix` until it is `want`; panics after 10 s with `why`.
+pub async fn until_gauge(admin: SocketAddr, prefix: &str, want: i64, why: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = gateway_gauge(admin, prefix).await;
+        if got == want {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{why}: {prefix} stayed {got}, not {want}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Sends `req` over a new HTTP/2 (prior knowledge) connection to `addr`, whatever authority its
+/// URI names (the gateway routes by it).
+pub async fn h2_send(
+    addr: SocketAddr,
+    req: Request<Full<Bytes>>,
+) -> Result<Response<Incoming>, hyper::Error> {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    sender.send_request(req).await
 }

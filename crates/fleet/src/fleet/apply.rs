@@ -9,6 +9,7 @@ use ikukantai_policy::autoscaler::ScalingSpec;
 use ikukantai_policy::registry::{self, PolicyParams};
 use ikukantai_policy::scaler::RevisionScaler;
 
+use super::names::{self, Origin};
 use super::{Fleet, FleetError, Poke, RevisionRecord, ServiceRecord, lock, stored_status};
 use crate::store::RevisionRecordStatus;
 use crate::view::ApplyResult;
@@ -67,6 +68,17 @@ impl Fleet {
         }
         let mut lines = Vec::new();
         let mut state = lock(&self.state);
+        // Route names (a Service's, and `TAG-SVC` for its tags) must not collide, with the
+        // Services stored or with each other: a gateway could route such a host to only one.
+        let applying = docs.iter().filter_map(|d| match &d.document {
+            Document::Service(svc) => Some((&**svc, Origin::Applying { file: &d.file, index: d.index })),
+            _ => None,
+        });
+        let stored = state.services.values().map(|r| (&r.service, Origin::Stored));
+        let collisions = names::collisions(stored.chain(applying));
+        if !collisions.is_empty() {
+            return Err(FleetError::Invalid(collisions.join("\n")));
+        }
         // Prepare every change first, then commit them all.
         let mut prepared = Vec::new();
         for d in docs {

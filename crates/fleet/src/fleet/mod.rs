@@ -21,7 +21,7 @@ use ikukantai_api::service::Service;
 use ikukantai_api::status::{RevisionState, resolve_traffic};
 use ikukantai_api::topology::Topology;
 use ikukantai_dataplane::gateway::{
-    Gateway, GatewayConfig, GatewayEvents, MemoryRelease, RouteTarget, Routes,
+    EdgePolicy, Gateway, GatewayConfig, GatewayEvents, MemoryRelease, RouteTarget, Routes,
 };
 use ikukantai_link::link::Link;
 use ikukantai_policy::estimate::RttMatrix;
@@ -38,6 +38,7 @@ use crate::store::{RevisionRecordStatus, Store, StoreProblem};
 mod apply;
 mod defaults;
 mod error;
+mod names;
 mod occupancy;
 mod reconcile;
 mod views;
@@ -65,6 +66,9 @@ pub struct FleetOptions {
     pub seed: u64,
     /// How gateways give memory back to the system while many requests wait.
     pub memory_release: Option<MemoryRelease>,
+    /// The gateways' policy towards clients (`ikukantai up` passes the queue proxy's
+    /// `x-ikukantai-*` headers on, for `ikukantai invoke` to say where a request was served).
+    pub edge: EdgePolicy,
     /// How this fleet is described to another that finds its state directory taken (e.g. its
     /// API address).
     pub holder: String,
@@ -207,6 +211,7 @@ impl Fleet {
                 links,
                 rtt: rtt.clone(),
                 memory_release: options.memory_release,
+                edge: options.edge.clone(),
             };
             let (node, ip) = (&topology.nodes[i].name, node_ip(i));
             let listener = listen(node, "gateway", SocketAddr::new(ip, options.gateway_port)).await?;

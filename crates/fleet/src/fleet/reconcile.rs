@@ -381,6 +381,7 @@ impl Fleet {
                 idle_timeout: secs(rev.spec.idle_timeout_seconds),
                 readiness: Readiness::from_probe(container.readiness_probe.as_ref()),
                 max_header_bytes: MAX_HEADER_BYTES,
+                upgrades: ikukantai_dataplane::edge::default_upgrades(),
             },
         }
     }

@@ -330,6 +330,9 @@ async fn backend(listen: SocketAddr) -> anyhow::Result<()> {
 async fn gateway(listen: SocketAddr, admin: SocketAddr, backend: Option<SocketAddr>) -> anyhow::Result<()> {
     let mut config = GatewayConfig::single("node1");
     config.queue_depth = 100_000;
+    // The memory benchmark holds 10 000 client connections: more than the default cap allows
+    // under this machine's open-files limit.
+    config.max_connections = 1_000_000;
     config.memory_release = Some(MemoryRelease::new(ikukantai_alloc::release_freed));
     let gw = Gateway::start(
         config,

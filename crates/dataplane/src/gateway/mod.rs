@@ -35,7 +35,7 @@ use http::{HeaderValue, Request, Response, StatusCode};
 use ikukantai_http::body::{Body, error_response, full};
 use ikukantai_http::h1::{Handler, RequestBody};
 use ikukantai_http::peer::Peer;
-use ikukantai_http::server::{ServerHandle, serve};
+use ikukantai_http::server::{ServerConfig, ServerHandle, serve, serve_with};
 use ikukantai_link::connect::NodeConnector;
 use ikukantai_link::link::Link;
 use ikukantai_policy::autoscaler::Stat;
@@ -83,6 +83,9 @@ pub struct GatewayConfig {
     /// to `websocket` only, no trusted proxy, no internal response headers, tunnels cut after
     /// 5 min without a byte).
     pub edge: EdgePolicy,
+    /// Most client connections open at once; one more is answered 503 and closed. The default,
+    /// a quarter of the open-files limit, leaves room for upstream connections.
+    pub max_connections: usize,
 }
 
 /// How a gateway gives memory back to the operating system while many HTTP/1.1 requests wait.
@@ -129,6 +132,7 @@ impl GatewayConfig {
             rtt: RttMatrix::new(1, 0.0, Duration::from_secs(30)),
             memory_release: None,
             edge: EdgePolicy::default(),
+            max_connections: ikukantai_http::server::default_max_connections(),
         }
     }
 }
@@ -292,7 +296,9 @@ impl Gateway {
             timers: RecyclingTimer::default(),
             tunnels: Tunnels::default(),
         });
-        let server = serve(listener, Arc::new(Ingress(shared.clone())), max_header)?;
+        let limits =
+            ServerConfig { max_header_bytes: max_header, max_connections: shared.config.max_connections };
+        let server = serve_with(listener, Arc::new(Ingress(shared.clone())), limits)?;
         let admin = serve(admin, Arc::new(Admin(shared.clone())), 8192)?;
         Ok(Self { shared, server, admin })
     }

@@ -212,6 +212,7 @@ impl Fleet {
                 rtt: rtt.clone(),
                 memory_release: options.memory_release,
                 edge: options.edge.clone(),
+                max_connections: ikukantai_http::server::default_max_connections(),
             };
             let (node, ip) = (&topology.nodes[i].name, node_ip(i));
             let listener = listen(node, "gateway", SocketAddr::new(ip, options.gateway_port)).await?;

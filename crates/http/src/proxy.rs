@@ -38,7 +38,7 @@ fn essential(token: &str) -> bool {
 }
 
 /// Removes hop-by-hop headers, including those the `Connection` header names (but for the
-/// essential ones, [`essential`]).
+/// essential ones: Host, Content-Length, Content-Type).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // One pass of comparisons over the names present (no hashing): which fixed ones to remove.
     let mut present = 0u8;

@@ -90,3 +90,34 @@ fn repo_root() -> PathBuf {
         .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
         .join("../..")
 }
+
+/// The image's build stage has every tool `crates/alloc` needs: tikv-jemalloc-sys's build script
+/// runs jemalloc's `configure` (sh) and then `make`. The `rust:*-slim` images ship `gcc` and
+/// `libc6-dev` but not `make` (their Dockerfile installs only those and `ca-certificates`).
+#[test]
+fn the_image_build_stage_installs_what_jemalloc_needs() {
+    const SLIM_SHIPS: &[&str] = &["gcc", "libc6-dev", "ca-certificates"];
+    const JEMALLOC_NEEDS: &[&str] = &["gcc", "make"];
+    let dockerfile = std::fs::read_to_string(repo_root().join("Dockerfile")).unwrap();
+    // The build stage: from its FROM to the next one.
+    let stage: String = dockerfile
+        .lines()
+        .skip_while(|l| !(l.starts_with("FROM ") && l.ends_with(" AS build")))
+        .take_while(|l| !l.starts_with("FROM ") || l.ends_with(" AS build"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(stage.starts_with("FROM rust:"), "no `FROM rust:… AS build` stage:\n{dockerfile}");
+    let slim = stage.lines().next().unwrap().contains("-slim");
+    // Continuation lines joined, so `apt-get install … make` reads as one command.
+    let commands = stage.replace("\\\n", " ");
+    let installed: Vec<&str> = commands
+        .lines()
+        .filter_map(|l| l.split("apt-get install").nth(1))
+        .flat_map(|rest| rest.split("&&").next().unwrap_or_default().split_whitespace())
+        .filter(|w| !w.starts_with('-'))
+        .collect();
+    for tool in JEMALLOC_NEEDS {
+        let present = (!slim || SLIM_SHIPS.contains(tool)) || installed.contains(tool);
+        assert!(present, "the build stage lacks {tool:?} (installed: {installed:?}):\n{stage}");
+    }
+}

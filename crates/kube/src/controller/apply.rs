@@ -1,0 +1,292 @@
+//! One reconcile of a live Service: revisions, the scaling decision, Placements, Pods, status.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use ikukantai_api::annotations::revision_settings;
+use ikukantai_api::config::FleetConfig;
+use ikukantai_api::revision::{Revision, next_revision};
+use ikukantai_api::status::{RevisionState, awaits_readiness, resolve_traffic, service_status};
+use ikukantai_policy::autoscaler::{ScalingSpec, TickInputs};
+use ikukantai_policy::registry::{self, PolicyParams};
+use ikukantai_policy::scaler::{RevisionScaler, ScaleInputs};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+
+use super::nodes::{nodes, tolerates};
+use super::pods::{converge_pods, pod_node, pod_problem, rev_of};
+use super::services::ensure_services;
+use super::status::{invalid_status, patch_service_status};
+use super::{Context, Error, RevisionLabels, TICK, lock, to_local};
+use crate::crd::{
+    FIELD_MANAGER, KnativeService, MANAGED_BY, MANAGED_BY_LABEL, Placement, PlacementSpec, PlacementStatus,
+    summary,
+};
+use crate::pod::{pod_ready, revision_labels};
+
+pub(super) fn starts_at_zero(revision: &Revision, config: &FleetConfig) -> bool {
+    revision_settings(&revision.metadata.annotations, config, "spec.template.metadata.annotations").is_ok_and(
+        |s| {
+            ScalingSpec::resolve(&config.autoscaler, revision.spec.container_concurrency(), &s.scaling)
+                .starts_at_zero()
+        },
+    )
+}
+
+pub(super) struct Plan {
+    pub(super) revision: Revision,
+    pub(super) placement: Option<Arc<Placement>>,
+    pub(super) desired: BTreeMap<String, u32>,
+    pub(super) queue: String,
+}
+
+pub(super) async fn apply(ksvc: &KnativeService, ctx: &Context) -> Result<Action, Error> {
+    let ns = ksvc.namespace().unwrap_or_else(|| "default".into());
+    let name = ksvc.name_any();
+    let config = ctx.config();
+    let svc = match to_local(ksvc, &config) {
+        Ok(svc) => svc,
+        Err(message) => {
+            tracing::warn!(service = %name, %message, "invalid Service");
+            let status = invalid_status(ksvc, &message);
+            patch_service_status(ksvc, ctx, &status).await?;
+            return Ok(Action::await_change());
+        }
+    };
+    let now = ctx.clock.now();
+
+    // Revisions: one Placement each, oldest first; cut a new one if the template changed.
+    let mut placements: Vec<Arc<Placement>> = ctx
+        .stores
+        .placements
+        .state()
+        .into_iter()
+        .filter(|p| p.namespace().as_deref() == Some(ns.as_str()) && p.spec.service == name)
+        .collect();
+    placements.sort_by_key(|p| p.spec.generation);
+    let mut revisions: Vec<(Revision, Option<Arc<Placement>>)> =
+        placements.iter().map(|p| (p.revision(), Some(p.clone()))).collect();
+    let existing: Vec<Revision> = revisions.iter().map(|(r, _)| r.clone()).collect();
+    if let Some(new) = next_revision(&svc, &existing) {
+        tracing::info!(service = %name, revision = %new.name(), "new revision");
+        revisions.push((new, None));
+    }
+
+    let all_pods: Vec<Arc<Pod>> = ctx
+        .stores
+        .pods
+        .state()
+        .into_iter()
+        .filter(|p| {
+            p.metadata.deletion_timestamp.is_none()
+                && p.labels().get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY)
+        })
+        .collect();
+    let node_infos = nodes(&ctx.stores.nodes, config.kubernetes.node_capacity);
+    let node_names: Vec<String> = node_infos.iter().map(|n| n.name.clone()).collect();
+    let ever_ready: Vec<bool> = revisions
+        .iter()
+        .map(|(r, p)| {
+            p.as_ref().is_some_and(|p| p.ever_ready())
+                || all_pods.iter().any(|x| rev_of(x) == Some(r.name()) && pod_ready(x))
+        })
+        .collect();
+    // A revision that was never ready fails with its Pods' problem (crash loop, image pull, ...).
+    let failures: Vec<Option<String>> = revisions
+        .iter()
+        .zip(&ever_ready)
+        .map(|((r, _), &ready)| {
+            if ready {
+                return None;
+            }
+            all_pods.iter().filter(|x| rev_of(x) == Some(r.name())).find_map(|x| pod_problem(x))
+        })
+        .collect();
+    let states: Vec<RevisionState<'_>> = revisions
+        .iter()
+        .zip(ever_ready.iter().zip(&failures))
+        .map(|((r, _), (&ever_ready, failure))| RevisionState {
+            name: r.name(),
+            ready: ever_ready || (failure.is_none() && starts_at_zero(r, &config)),
+            failure: failure.as_deref(),
+        })
+        .collect();
+    let split = resolve_traffic(&svc.spec, &states);
+
+    // Decide, per revision, how many instances on which node.
+    let mut plans = Vec::new();
+    {
+        let mut state = lock(&ctx.state);
+        let idx: Vec<usize> = node_infos.iter().map(|n| state.node_index(&n.name)).collect();
+        let n = state.nodes.len();
+        let rtt = state.rtt_matrix(now);
+        for (revision, placement) in &revisions {
+            let rev = revision.name().to_owned();
+            let settings = match revision_settings(
+                &revision.metadata.annotations,
+                &config,
+                "spec.template.metadata.annotations",
+            ) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(revision = %rev, errors = ?e, "revision settings no longer valid; left as is");
+                    continue;
+                }
+            };
+            let mine =
+                |p: &&Arc<Pod>| rev_of(p) == Some(rev.as_str()) && p.namespace().as_deref() == Some(&ns);
+            let mut current = vec![0u32; n];
+            let mut room = vec![0u32; n];
+            let mut ready = 0;
+            for p in all_pods.iter().filter(mine) {
+                if let Some(i) = pod_node(p).and_then(|node| state.nodes.iter().position(|x| *x == node)) {
+                    current[i] += 1;
+                }
+                ready += u32::from(pod_ready(p));
+            }
+            for (info, &i) in node_infos.iter().zip(&idx) {
+                // A node that is not Ready takes nothing (its instances are replaced elsewhere);
+                // a cordoned one, or one whose taints the revision does not tolerate, keeps what
+                // it has and gets nothing new.
+                if info.ready {
+                    let others = all_pods
+                        .iter()
+                        .filter(|p| pod_node(p).as_deref() == Some(info.name.as_str()) && !mine(p))
+                        .count() as u32;
+                    let free = info.capacity.saturating_sub(others);
+                    let closed =
+                        info.cordoned || !tolerates(revision.spec.tolerations.as_ref(), &info.taints);
+                    room[i] = if closed { free.min(current[i]) } else { free };
+                }
+            }
+            let queue = settings.queue.clone().unwrap_or_else(|| config.policies.queue.clone());
+            let key = (ns.clone(), rev.clone());
+            if !state.scalers.contains_key(&key) {
+                let spec = ScalingSpec::resolve(
+                    &config.autoscaler,
+                    revision.spec.container_concurrency(),
+                    &settings.scaling,
+                );
+                let placement_name =
+                    settings.placement.clone().unwrap_or_else(|| config.policies.placement.clone());
+                let params = PolicyParams { seed: ctx.settings.seed, ..PolicyParams::default() };
+                let Ok(policy) = registry::placement(&placement_name, &params) else {
+                    tracing::warn!(revision = %rev, placement = %placement_name, "unknown placement");
+                    continue;
+                };
+                state
+                    .scalers
+                    .insert(key.clone(), RevisionScaler::new(spec, policy, now, current.iter().sum()));
+            }
+            let scaler = state.scalers.get_mut(&key).expect("inserted above");
+            let (decision, per_node) = scaler.decide(
+                now,
+                ScaleInputs {
+                    tick: TickInputs {
+                        ready,
+                        reachable: split.iter().any(|t| t.revision == rev) || awaits_readiness(&states, &rev),
+                        buffering_since: Some(ctx.started),
+                    },
+                    current: &current,
+                    room: &room,
+                    rtt: &rtt,
+                },
+            );
+            tracing::debug!(revision = %rev, desired = decision.desired, ready, ?per_node, "autoscaler decision");
+            let labels = RevisionLabels { namespace: ns.clone(), revision: rev.clone() };
+            let m = &ctx.metrics;
+            m.desired.get_or_create(&labels).set(i64::from(per_node.iter().sum::<u32>()));
+            m.ready.get_or_create(&labels).set(i64::from(ready));
+            m.stable.get_or_create(&labels).set(decision.observed_stable);
+            m.panic.get_or_create(&labels).set(i64::from(decision.panicking));
+            let desired =
+                node_infos.iter().zip(&idx).map(|(info, &i)| (info.name.clone(), per_node[i])).collect();
+            plans.push(Plan { revision: revision.clone(), placement: placement.clone(), desired, queue });
+        }
+    }
+
+    // Converge: Placements, Pods, Placement status.
+    let mut failing = Vec::new();
+    for plan in &plans {
+        let placement = ensure_placement(ksvc, plan, ctx).await?;
+        let owner = placement.controller_owner_ref(&()).expect("placements have a name");
+        let pods: Vec<&Arc<Pod>> = all_pods
+            .iter()
+            .filter(|p| rev_of(p) == Some(plan.revision.name()) && p.namespace().as_deref() == Some(&ns))
+            .collect();
+        converge_pods(&name, plan, &pods, owner, &config.kubernetes.queue_proxy_image, ctx).await?;
+        if split.iter().any(|t| t.revision == plan.revision.name()) {
+            failing.extend(pods.iter().filter_map(|p| pod_problem(p)));
+        }
+        let mut ready = BTreeMap::new();
+        for p in pods.iter().filter(|p| pod_ready(p)) {
+            if let Some(node) = pod_node(p) {
+                *ready.entry(node).or_insert(0) += 1;
+            }
+        }
+        let status = PlacementStatus {
+            summary: summary(&node_names, &ready, &plan.desired),
+            ever_ready: placement.ever_ready() || !ready.is_empty(),
+            ready,
+        };
+        if placement.status.as_ref() != Some(&status) {
+            let api: Api<Placement> = Api::namespaced(ctx.client.clone(), &ns);
+            api.patch_status(
+                &placement.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "status": status })),
+            )
+            .await?;
+        }
+    }
+
+    let status = service_status(&svc, &states, &failing, &config.domain);
+    patch_service_status(ksvc, ctx, &status).await?;
+    let key = (ns.clone(), name.clone());
+    if lock(&ctx.state).routed.get(&key) != Some(&ksvc.metadata.generation) {
+        ensure_services(ksvc, ctx).await?;
+        lock(&ctx.state).routed.insert(key, ksvc.metadata.generation);
+    }
+    Ok(Action::requeue(TICK))
+}
+
+/// Applies the Placement of a plan when it is missing or its spec differs; returns it.
+pub(super) async fn ensure_placement(
+    ksvc: &KnativeService,
+    plan: &Plan,
+    ctx: &Context,
+) -> Result<Arc<Placement>, Error> {
+    let revision = &plan.revision;
+    // An existing revision keeps its frozen template; only the node counts change. A new one
+    // freezes the Service's current template (the one `next_revision` was cut from).
+    let spec = match &plan.placement {
+        Some(p) if p.spec.nodes == plan.desired => return Ok(p.clone()),
+        Some(p) => PlacementSpec { nodes: plan.desired.clone(), ..p.spec.clone() },
+        None => PlacementSpec {
+            service: ksvc.name_any(),
+            generation: revision.configuration_generation(),
+            template: ksvc.spec.inner.template.clone(),
+            nodes: plan.desired.clone(),
+        },
+    };
+    let ns = revision.metadata.namespace();
+    let owner = ksvc.controller_owner_ref(&()).expect("services have a name");
+    let body = json!({
+        "apiVersion": "ikukantai.dev/v1alpha1",
+        "kind": "Placement",
+        "metadata": {
+            "name": revision.name(),
+            "namespace": ns,
+            "labels": revision_labels(revision),
+            "ownerReferences": [owner],
+        },
+        "spec": spec,
+    });
+    let api: Api<Placement> = Api::namespaced(ctx.client.clone(), ns);
+    let applied =
+        api.patch(revision.name(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(body)).await?;
+    Ok(Arc::new(applied))
+}

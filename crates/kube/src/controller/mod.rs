@@ -17,6 +17,7 @@ use ikukantai_api::validate::validate_service;
 use ikukantai_policy::estimate::RttMatrix;
 use ikukantai_policy::scaler::RevisionScaler;
 use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams};
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event as Finalized, finalizer};
@@ -56,8 +57,10 @@ pub enum Error {
 
 /// Where time comes from (tests drive it by hand).
 pub trait Clock: Send + Sync + std::fmt::Debug {
-    /// Now.
+    /// Now, for durations measured in this process.
     fn now(&self) -> Instant;
+    /// Now on the wall clock, to compare with times the API server wrote (creation, transitions).
+    fn wall(&self) -> Timestamp;
 }
 
 /// The system's monotonic clock.
@@ -67,6 +70,10 @@ pub struct SystemClock;
 impl Clock for SystemClock {
     fn now(&self) -> Instant {
         Instant::now()
+    }
+
+    fn wall(&self) -> Timestamp {
+        Timestamp::now()
     }
 }
 

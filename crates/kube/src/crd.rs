@@ -104,6 +104,10 @@ pub struct PlacementStatus {
     /// The revision has had a ready instance at least once.
     #[serde(default)]
     pub ever_ready: bool,
+    /// Why the revision failed before it was ever ready (its Pods' error, a rejected create, its
+    /// progress deadline). Kept once set, so the revision stays failed after its Pods are gone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
 }
 
 impl Placement {
@@ -116,6 +120,11 @@ impl Placement {
     /// Whether the revision has ever been ready.
     pub fn ever_ready(&self) -> bool {
         self.status.as_ref().is_some_and(|s| s.ever_ready)
+    }
+
+    /// Why the revision failed before it was ever ready, if it did.
+    pub fn failure(&self) -> Option<&str> {
+        self.status.as_ref().and_then(|s| s.failure.as_deref())
     }
 }
 

@@ -174,6 +174,18 @@ async fn a_new_revision_whose_pods_crash_never_takes_traffic_and_is_scaled_away(
     let left: Vec<String> = h.pods_by_node().into_values().flatten().collect();
     assert!(left.iter().all(|p| !p.contains("hello-00002")), "{left:?}");
     assert!(left.iter().any(|p| p.contains("hello-00001")), "{left:?}");
+    // Once its Pods are gone it stays failed (its Placement says so): nothing starts them again.
+    h.api.finish_terminating();
+    h.sync();
+    for _ in 0..3 {
+        let (_, calls) = h.reconcile(&svc).await;
+        assert!(!calls.iter().any(|c| c.is(&Method::POST, PODS)), "{calls:#?}");
+    }
+    assert_eq!(
+        h.placement("hello-00002")["status"]["failure"].as_str().map(|f| f.contains("CrashLoopBackOff")),
+        Some(true)
+    );
+    assert_eq!(h.ready_condition()["reason"], "RevisionFailed");
 }
 
 #[tokio::test]

@@ -17,7 +17,7 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 
 use super::nodes::{nodes, tolerates};
-use super::pods::{converge_pods, pod_node, pod_problem, rev_of};
+use super::pods::{Phase, container_failure, converge_pods, phase, pod_node, pod_problem, rev_of};
 use super::services::ensure_services;
 use super::status::{invalid_status, patch_service_status};
 use super::{Context, Error, RevisionLabels, TICK, lock, to_local};
@@ -75,34 +75,41 @@ pub(super) async fn apply(ksvc: &KnativeService, ctx: &Context) -> Result<Action
         revisions.push((new, None));
     }
 
+    // Every managed Pod (they share the nodes' room), in every phase.
     let all_pods: Vec<Arc<Pod>> = ctx
         .stores
         .pods
         .state()
         .into_iter()
-        .filter(|p| {
-            p.metadata.deletion_timestamp.is_none()
-                && p.labels().get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY)
-        })
+        .filter(|p| p.labels().get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY))
         .collect();
+    let of_revision = |p: &Pod, rev: &str| rev_of(p) == Some(rev) && p.namespace().as_deref() == Some(&ns);
+    let live = |p: &Pod| phase(p) == Phase::Live;
     let node_infos = nodes(&ctx.stores.nodes, config.kubernetes.node_capacity);
     let node_names: Vec<String> = node_infos.iter().map(|n| n.name.clone()).collect();
     let ever_ready: Vec<bool> = revisions
         .iter()
         .map(|(r, p)| {
             p.as_ref().is_some_and(|p| p.ever_ready())
-                || all_pods.iter().any(|x| rev_of(x) == Some(r.name()) && pod_ready(x))
+                || all_pods.iter().any(|x| of_revision(x, r.name()) && live(x) && pod_ready(x))
         })
         .collect();
-    // A revision that was never ready fails with its Pods' problem (crash loop, image pull, ...).
+    // A revision that was never ready fails with its Pods' container failure (crash loop, image
+    // pull, ...), and stays failed once its Placement says so: its Pods are then scaled away, and
+    // a failure read from them alone would vanish with them and start them again.
     let failures: Vec<Option<String>> = revisions
         .iter()
         .zip(&ever_ready)
-        .map(|((r, _), &ready)| {
+        .map(|((r, p), &ready)| {
             if ready {
                 return None;
             }
-            all_pods.iter().filter(|x| rev_of(x) == Some(r.name())).find_map(|x| pod_problem(x))
+            p.as_ref().and_then(|p| p.failure().map(str::to_owned)).or_else(|| {
+                all_pods
+                    .iter()
+                    .filter(|x| of_revision(x, r.name()) && live(x))
+                    .find_map(|x| container_failure(x))
+            })
         })
         .collect();
     let states: Vec<RevisionState<'_>> = revisions
@@ -136,12 +143,11 @@ pub(super) async fn apply(ksvc: &KnativeService, ctx: &Context) -> Result<Action
                     continue;
                 }
             };
-            let mine =
-                |p: &&Arc<Pod>| rev_of(p) == Some(rev.as_str()) && p.namespace().as_deref() == Some(&ns);
+            let mine = |p: &&Arc<Pod>| of_revision(p, &rev);
             let mut current = vec![0u32; n];
             let mut room = vec![0u32; n];
             let mut ready = 0;
-            for p in all_pods.iter().filter(mine) {
+            for p in all_pods.iter().filter(mine).filter(|p| live(p)) {
                 if let Some(i) = pod_node(p).and_then(|node| state.nodes.iter().position(|x| *x == node)) {
                     current[i] += 1;
                 }
@@ -152,9 +158,16 @@ pub(super) async fn apply(ksvc: &KnativeService, ctx: &Context) -> Result<Action
                 // a cordoned one, or one whose taints the revision does not tolerate, keeps what
                 // it has and gets nothing new.
                 if info.ready {
+                    // Other revisions' instances use the node, and so does every Pod still
+                    // draining there; Failed ones do not.
                     let others = all_pods
                         .iter()
-                        .filter(|p| pod_node(p).as_deref() == Some(info.name.as_str()) && !mine(p))
+                        .filter(|p| pod_node(p).as_deref() == Some(info.name.as_str()))
+                        .filter(|p| match phase(p) {
+                            Phase::Live => !mine(p),
+                            Phase::Going => true,
+                            Phase::Done => false,
+                        })
                         .count() as u32;
                     let free = info.capacity.saturating_sub(others);
                     let closed =
@@ -213,16 +226,15 @@ pub(super) async fn apply(ksvc: &KnativeService, ctx: &Context) -> Result<Action
     for plan in &plans {
         let placement = ensure_placement(ksvc, plan, ctx).await?;
         let owner = placement.controller_owner_ref(&()).expect("placements have a name");
-        let pods: Vec<&Arc<Pod>> = all_pods
-            .iter()
-            .filter(|p| rev_of(p) == Some(plan.revision.name()) && p.namespace().as_deref() == Some(&ns))
-            .collect();
+        let pods: Vec<&Arc<Pod>> = all_pods.iter().filter(|p| of_revision(p, plan.revision.name())).collect();
         converge_pods(&name, plan, &pods, owner, &config.kubernetes.queue_proxy_image, ctx).await?;
+        let live_pods: Vec<&Arc<Pod>> = pods.into_iter().filter(|p| live(p)).collect();
         if split.iter().any(|t| t.revision == plan.revision.name()) {
-            failing.extend(pods.iter().filter_map(|p| pod_problem(p)));
+            failing.extend(live_pods.iter().filter_map(|p| pod_problem(p)));
         }
+        let failure = states.iter().find(|s| s.name == plan.revision.name()).and_then(|s| s.failure);
         let mut ready = BTreeMap::new();
-        for p in pods.iter().filter(|p| pod_ready(p)) {
+        for p in live_pods.iter().filter(|p| pod_ready(p)) {
             if let Some(node) = pod_node(p) {
                 *ready.entry(node).or_insert(0) += 1;
             }
@@ -230,6 +242,7 @@ pub(super) async fn apply(ksvc: &KnativeService, ctx: &Context) -> Result<Action
         let status = PlacementStatus {
             summary: summary(&node_names, &ready, &plan.desired),
             ever_ready: placement.ever_ready() || !ready.is_empty(),
+            failure: if ready.is_empty() { failure.map(str::to_owned) } else { None },
             ready,
         };
         if placement.status.as_ref() != Some(&status) {

@@ -89,9 +89,21 @@ pub fn pod_name(revision: &str, node: &str, index: u32) -> String {
     child_name(revision, &format!("-{}-{index}", short_node(node)))
 }
 
+/// A node's part of a Pod name: the name itself when it is a short DNS label (kind's
+/// `ikukantai-worker2`, `node3`), else a short prefix and a hash of the whole name. Managed pools
+/// name nodes with a long shared prefix (AKS `aks-nodepool1-12345678-vmss000000`, GKE
+/// `gke-cluster-default-pool-1a2b3c4d-xyz1`): cut alone, their instances would share names.
 fn short_node(node: &str) -> String {
-    let cut: String = node.chars().take(20).collect();
-    cut.trim_end_matches(['-', '.']).replace('.', "-")
+    const WHOLE: usize = 20;
+    const PREFIX: usize = 11;
+    let label = node.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if node.len() <= WHOLE && label {
+        return node.to_owned();
+    }
+    // FNV-1a: stable across releases and processes, unlike std's hasher.
+    let hash = node.bytes().fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193));
+    let prefix: String = node.chars().take(PREFIX).map(|c| if c == '.' { '-' } else { c }).collect();
+    format!("{}-{hash:08x}", prefix.trim_end_matches('-'))
 }
 
 /// The Pod's `Ready` condition is `True`.
@@ -348,6 +360,23 @@ mod tests {
     fn a_malformed_pass_through_field_is_named() {
         let err = build_pod(&revision(r#","tolerations":{"key":"x"}"#), &params()).unwrap_err();
         assert!(err.contains("spec.tolerations"), "{err}");
+    }
+
+    #[test]
+    fn nodes_of_one_pool_give_distinct_names() {
+        // AKS and GKE pool nodes share their first 20 characters and more.
+        let aks = ["aks-nodepool1-12345678-vmss000000", "aks-nodepool1-12345678-vmss000001"];
+        let gke = ["gke-edge-default-pool-1a2b3c4d-xk2p", "gke-edge-default-pool-1a2b3c4d-q9zt"];
+        for [a, b] in [aks, gke] {
+            let (x, y) = (pod_name("hello-00001", a, 0), pod_name("hello-00001", b, 0));
+            assert_ne!(x, y);
+            assert!(x.len() <= 63 && y.len() <= 63, "{x} {y}");
+        }
+        // Short names stay readable, as in the original's `hello-00001-node3-0`.
+        assert_eq!(pod_name("hello-00001", "node3", 0), "hello-00001-node3-0");
+        assert_eq!(pod_name("hello-00001", "ikukantai-worker2", 1), "hello-00001-ikukantai-worker2-1");
+        // A dotted name is never confused with its dashed twin.
+        assert_ne!(pod_name("r-00001", "a.b", 0), pod_name("r-00001", "a-b", 0));
     }
 
     #[test]

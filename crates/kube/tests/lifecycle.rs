@@ -89,3 +89,24 @@ async fn an_evicted_instance_is_replaced_and_never_counted() {
     let placement = h.placement("hello-00001");
     assert_eq!(placement["status"]["summary"].as_str().unwrap().matches('1').count(), 2, "{placement}");
 }
+
+#[tokio::test]
+async fn nodes_of_a_managed_pool_each_get_their_own_instance() {
+    // AKS names its pool nodes with a long shared prefix.
+    let nodes = ["aks-nodepool1-12345678-vmss000000", "aks-nodepool1-12345678-vmss000001"];
+    let mut h = Harness::new(&nodes);
+    let svc = ksvc(
+        "Konnichiwa",
+        &json!({"autoscaling.knative.dev/min-scale": "2", "ikukantai.dev/placement": "spread"}),
+    );
+    let (_, calls) = h.reconcile(&svc).await;
+    let created: Vec<&str> = calls
+        .iter()
+        .filter(|c| c.is(&Method::POST, PODS))
+        .map(|c| c.body["metadata"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(created.len(), 2, "{calls:#?}");
+    h.make_ready();
+    let placed = h.pods_by_node();
+    assert_eq!(placed.keys().map(String::as_str).collect::<Vec<_>>(), nodes, "one on each node: {placed:?}");
+}

@@ -303,3 +303,26 @@ async fn an_invalid_service_gets_a_status_that_names_the_field_and_nothing_else(
     assert!(ready["message"].as_str().unwrap().contains("autoscaling.knative.dev/max-scale"), "{ready}");
     assert!(h.pods_by_node().is_empty());
 }
+
+#[tokio::test]
+async fn a_node_whose_instance_went_unready_leaves_the_placement_status_and_stays_out() {
+    let mut h = Harness::new(&["node1", "node2", "node3"]);
+    let svc = ksvc("Konnichiwa", &json!({"autoscaling.knative.dev/min-scale": "1"}));
+    h.reconcile(&svc).await;
+    h.make_ready();
+    h.reconcile(&svc).await;
+    let (node, _) = h.pods_by_node().into_iter().next().unwrap();
+    assert_eq!(h.placement("hello-00001")["status"]["ready"][&node], 1);
+    // Its readiness probe fails: the node has no ready instance any more.
+    h.api.update_all(&format!("{PODS}/"), |_, p| p["status"]["conditions"][1]["status"] = json!("False"));
+    h.sync();
+    h.reconcile(&svc).await;
+    let status = h.placement("hello-00001")["status"].clone();
+    assert!(status["ready"].get(&node).is_none(), "{status}");
+    // And the next reconciles have nothing to write.
+    for _ in 0..2 {
+        let (_, calls) = h.reconcile(&svc).await;
+        let writes: Vec<&Call> = calls.iter().filter(|c| c.path.starts_with(PLACEMENTS)).collect();
+        assert!(writes.is_empty(), "{writes:#?}");
+    }
+}

@@ -19,7 +19,7 @@ use serde_json::json;
 use super::nodes::{nodes, tolerates};
 use super::pods::{Phase, container_failure, converge_pods, phase, pod_node, pod_problem, rev_of};
 use super::services::ensure_services;
-use super::status::{invalid_status, patch_service_status};
+use super::status::{invalid_status, patch_service_status, patch_status};
 use super::{Context, Error, RevisionLabels, TICK, lock, to_local};
 use crate::crd::{
     FIELD_MANAGER, KnativeService, MANAGED_BY, MANAGED_BY_LABEL, Placement, PlacementSpec, PlacementStatus,
@@ -247,12 +247,7 @@ pub(super) async fn apply(ksvc: &KnativeService, ctx: &Context) -> Result<Action
         };
         if placement.status.as_ref() != Some(&status) {
             let api: Api<Placement> = Api::namespaced(ctx.client.clone(), &ns);
-            api.patch_status(
-                &placement.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(json!({ "status": status })),
-            )
-            .await?;
+            patch_status(&api, &placement.name_any(), placement.status.as_ref(), &status).await?;
         }
     }
 

@@ -64,6 +64,33 @@ pub mod env {
 /// second; requests they sent before then still find it serving.
 pub const DRAIN_NOTICE_SECONDS: u64 = 5;
 
+/// The queue-proxy sidecar's resources. Its CPU limit is generous (a throttled sidecar delays
+/// every request) and counts against a namespace's `limits.cpu` quota.
+pub const SIDECAR_CPU_REQUEST: &str = "25m";
+/// See [`SIDECAR_CPU_REQUEST`].
+pub const SIDECAR_MEMORY_REQUEST: &str = "16Mi";
+/// See [`SIDECAR_CPU_REQUEST`].
+pub const SIDECAR_CPU_LIMIT: &str = "1";
+/// See [`SIDECAR_CPU_REQUEST`].
+pub const SIDECAR_MEMORY_LIMIT: &str = "256Mi";
+
+/// A user's probe as the kubelet (liveness) or the sidecar (readiness) gets it. Knative lets an
+/// `httpGet` or `tcpSocket` probe leave its port out, or name it (`http1`, `h2c`): both mean the
+/// user's port, which the Pod names `user-port`; the Kubernetes API refuses a probe without a
+/// port (422) and the kubelet cannot find one named otherwise. A port number stays as given.
+fn on_user_port(probe: &ikukantai_api::service::Probe, user_port: u16) -> Value {
+    let mut v = json!(probe);
+    for action in ["httpGet", "tcpSocket"] {
+        if let Some(a) = v.get_mut(action).and_then(Value::as_object_mut) {
+            let numbered = a.get("port").and_then(Value::as_u64).is_some_and(|p| p > 0);
+            if !numbered {
+                a.insert("port".into(), json!(user_port));
+            }
+        }
+    }
+    v
+}
+
 /// What the Pod of an instance is made of besides the revision.
 #[derive(Debug, Clone)]
 pub struct PodParams<'a> {
@@ -182,7 +209,7 @@ pub fn build_pod(revision: &Revision, p: &PodParams<'_>) -> Result<Pod, String> 
     set(&mut user, "workingDir", container.working_dir.as_ref().map(|w| json!(w)));
     set(&mut user, "envFrom", container.env_from.clone());
     set(&mut user, "resources", container.resources.as_ref().map(|r| json!(r)));
-    set(&mut user, "livenessProbe", container.liveness_probe.as_ref().map(|r| json!(r)));
+    set(&mut user, "livenessProbe", container.liveness_probe.as_ref().map(|r| on_user_port(r, user_port)));
     set(&mut user, "imagePullPolicy", container.image_pull_policy.as_ref().map(|r| json!(r)));
     set(&mut user, "securityContext", container.security_context.clone());
     set(&mut user, "volumeMounts", container.volume_mounts.clone());
@@ -194,7 +221,11 @@ pub fn build_pod(revision: &Revision, p: &PodParams<'_>) -> Result<Pod, String> 
     );
 
     let secs = |s: Option<u64>| s.unwrap_or(0).to_string();
-    let probe = container.readiness_probe.as_ref().map(|r| json!(r).to_string()).unwrap_or_default();
+    let probe = container
+        .readiness_probe
+        .as_ref()
+        .map(|r| on_user_port(r, user_port).to_string())
+        .unwrap_or_default();
     let priority_rules = revision
         .metadata
         .annotations
@@ -236,12 +267,19 @@ pub fn build_pod(revision: &Revision, p: &PodParams<'_>) -> Result<Pod, String> 
             { "name": "admin", "containerPort": QUEUE_ADMIN_PORT, "protocol": "TCP" }
         ],
         "readinessProbe": { "httpGet": { "path": "/ready", "port": QUEUE_ADMIN_PORT }, "periodSeconds": 1, "failureThreshold": 1 },
-        "resources": { "requests": { "cpu": "25m", "memory": "16Mi" } },
+        // Limits too: a ResourceQuota over limits.* refuses a Pod with a container that has none.
+        "resources": {
+            "requests": { "cpu": SIDECAR_CPU_REQUEST, "memory": SIDECAR_MEMORY_REQUEST },
+            "limits": { "cpu": SIDECAR_CPU_LIMIT, "memory": SIDECAR_MEMORY_LIMIT }
+        },
+        // Everything Pod Security `restricted` asks of a container, so the sidecar never is
+        // the reason a namespace refuses the Pod.
         "securityContext": {
             "allowPrivilegeEscalation": false,
             "readOnlyRootFilesystem": true,
             "runAsNonRoot": true,
-            "capabilities": { "drop": ["ALL"] }
+            "capabilities": { "drop": ["ALL"] },
+            "seccompProfile": { "type": "RuntimeDefault" }
         }
     });
 
@@ -354,6 +392,21 @@ mod tests {
         assert_eq!(env_of(&pod, 1, env::DRAIN_NOTICE).as_deref(), Some("5"));
         let timeout: u64 = env_of(&pod, 1, env::TIMEOUT).unwrap().parse().unwrap();
         assert_eq!(v["spec"]["terminationGracePeriodSeconds"], DRAIN_NOTICE_SECONDS + timeout + 10);
+    }
+
+    #[test]
+    fn probes_without_a_port_or_with_a_knative_port_name_target_the_user_port() {
+        let probes = r#""livenessProbe":{"httpGet":{"path":"/healthz"}},"readinessProbe":{"tcpSocket":{"port":"h2c"}},"ports":[{"name":"h2c","containerPort":9000}]"#;
+        let text = format!(
+            r#"{{"apiVersion":"serving.knative.dev/v1","kind":"Service","metadata":{{"name":"hello","namespace":"demo"}},
+            "spec":{{"template":{{"spec":{{"containers":[{{"image":"hello:1",{probes}}}]}}}}}}}}"#
+        );
+        let svc: Service = serde_json::from_str(&text).unwrap();
+        let pod = build_pod(&next_revision(&svc, &[]).unwrap(), &params()).unwrap();
+        let v = serde_json::to_value(&pod).unwrap();
+        assert_eq!(v["spec"]["containers"][0]["livenessProbe"]["httpGet"]["port"], 9000);
+        let readiness: Value = serde_json::from_str(&env_of(&pod, 1, env::READINESS_PROBE).unwrap()).unwrap();
+        assert_eq!(readiness["tcpSocket"]["port"], 9000);
     }
 
     #[test]

@@ -36,6 +36,25 @@ pub(super) fn starts_at_zero(revision: &Revision, config: &FleetConfig) -> bool 
     )
 }
 
+/// What routing needs to know of each revision: ready (ever, or starting at zero without a
+/// failure) and its failure.
+fn revision_states<'a>(
+    revisions: &'a [(Revision, Option<Arc<Placement>>)],
+    ever_ready: &[bool],
+    failures: &'a [Option<String>],
+    config: &FleetConfig,
+) -> Vec<RevisionState<'a>> {
+    revisions
+        .iter()
+        .zip(ever_ready.iter().zip(failures))
+        .map(|((r, _), (&ever_ready, failure))| RevisionState {
+            name: r.name(),
+            ready: ever_ready || (failure.is_none() && starts_at_zero(r, config)),
+            failure: failure.as_deref(),
+        })
+        .collect()
+}
+
 pub(super) struct Plan {
     pub(super) revision: Revision,
     pub(super) placement: Option<Arc<Placement>>,
@@ -112,15 +131,7 @@ pub(super) async fn apply(ksvc: &KnativeService, ctx: &Context) -> Result<Action
             })
         })
         .collect();
-    let states: Vec<RevisionState<'_>> = revisions
-        .iter()
-        .zip(ever_ready.iter().zip(&failures))
-        .map(|((r, _), (&ever_ready, failure))| RevisionState {
-            name: r.name(),
-            ready: ever_ready || (failure.is_none() && starts_at_zero(r, &config)),
-            failure: failure.as_deref(),
-        })
-        .collect();
+    let states = revision_states(&revisions, &ever_ready, &failures, &config);
     let split = resolve_traffic(&svc.spec, &states);
 
     // Decide, per revision, how many instances on which node.
@@ -223,16 +234,27 @@ pub(super) async fn apply(ksvc: &KnativeService, ctx: &Context) -> Result<Action
 
     // Converge: Placements, Pods, Placement status.
     let mut failing = Vec::new();
+    let mut refused: BTreeMap<String, String> = BTreeMap::new();
     for plan in &plans {
         let placement = ensure_placement(ksvc, plan, ctx).await?;
         let owner = placement.controller_owner_ref(&()).expect("placements have a name");
         let pods: Vec<&Arc<Pod>> = all_pods.iter().filter(|p| of_revision(p, plan.revision.name())).collect();
-        converge_pods(&name, plan, &pods, owner, &config.kubernetes.queue_proxy_image, ctx).await?;
+        let refusal =
+            converge_pods(&name, plan, &pods, owner, &config.kubernetes.queue_proxy_image, ctx).await?;
         let live_pods: Vec<&Arc<Pod>> = pods.into_iter().filter(|p| live(p)).collect();
-        if split.iter().any(|t| t.revision == plan.revision.name()) {
+        let rev = plan.revision.name();
+        if split.iter().any(|t| t.revision == rev) {
             failing.extend(live_pods.iter().filter_map(|p| pod_problem(p)));
+            failing.extend(refusal.iter().map(|r| format!("{rev}: {r}")));
         }
-        let failure = states.iter().find(|s| s.name == plan.revision.name()).and_then(|s| s.failure);
+        // A refused create fails a revision that was never ready, like its Pods' own errors.
+        let state = states.iter().find(|s| s.name == rev);
+        let failure = state.and_then(|s| s.failure).map(str::to_owned).or_else(|| {
+            refusal.clone().filter(|_| !placement.ever_ready() && state.is_some_and(|s| !s.ready))
+        });
+        if let Some(r) = &failure {
+            refused.insert(rev.to_owned(), r.clone());
+        }
         let mut ready = BTreeMap::new();
         for p in live_pods.iter().filter(|p| pod_ready(p)) {
             if let Some(node) = pod_node(p) {
@@ -242,7 +264,7 @@ pub(super) async fn apply(ksvc: &KnativeService, ctx: &Context) -> Result<Action
         let status = PlacementStatus {
             summary: summary(&node_names, &ready, &plan.desired),
             ever_ready: placement.ever_ready() || !ready.is_empty(),
-            failure: if ready.is_empty() { failure.map(str::to_owned) } else { None },
+            failure: if ready.is_empty() { failure } else { None },
             ready,
         };
         if placement.status.as_ref() != Some(&status) {
@@ -251,6 +273,14 @@ pub(super) async fn apply(ksvc: &KnativeService, ctx: &Context) -> Result<Action
         }
     }
 
+    // Status from what converging learnt: a revision whose Pods were refused has failed.
+    let failures: Vec<Option<String>> = revisions
+        .iter()
+        .zip(&failures)
+        .zip(&ever_ready)
+        .map(|(((r, _), f), &ready)| f.clone().or_else(|| refused.get(r.name()).filter(|_| !ready).cloned()))
+        .collect();
+    let states = revision_states(&revisions, &ever_ready, &failures, &config);
     let status = service_status(&svc, &states, &failing, &config.domain);
     patch_service_status(ksvc, ctx, &status).await?;
     let key = (ns.clone(), name.clone());

@@ -6,7 +6,6 @@
 //! stale cache cannot double-create), merge patches for status. Stats arrive by push
 //! ([`crate::wire`]); a demand push triggers the owning Service's reconcile at once.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -14,8 +13,6 @@ use ikukantai_api::config::FleetConfig;
 use ikukantai_api::revision::SERVICE_LABEL;
 use ikukantai_api::service::{ObjectMeta, SERVING_API_VERSION, Service};
 use ikukantai_api::validate::validate_service;
-use ikukantai_policy::estimate::RttMatrix;
-use ikukantai_policy::scaler::RevisionScaler;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams};
@@ -35,9 +32,11 @@ mod apply;
 mod nodes;
 mod pods;
 mod services;
+mod state;
 mod status;
 
 use apply::apply;
+use state::{ControlState, retry_delay};
 
 /// Finalizer on Knative Services: their Pods are drained and their scaling state dropped first.
 pub const FINALIZER: &str = "ikukantai.dev/cleanup";
@@ -100,40 +99,6 @@ pub struct Settings {
     /// DNS name of the gateways' Service; each Knative Service gets an ExternalName Service
     /// pointing there, so `NAME.NAMESPACE.svc.cluster.local` reaches the caller's node gateway.
     pub gateway_host: String,
-}
-
-/// Scaling state that lives between reconciles.
-#[derive(Debug, Default)]
-struct ControlState {
-    /// Node names by index; append-only so indices stay valid in the autoscalers.
-    nodes: Vec<String>,
-    /// (namespace, revision) → scaler.
-    scalers: HashMap<(String, String), RevisionScaler>,
-    /// Latest RTT sample per (from, to) node index.
-    rtt: HashMap<(usize, usize), (f64, Instant)>,
-    /// (namespace, name) → generation whose Kubernetes Services were applied.
-    routed: HashMap<(String, String), Option<i64>>,
-}
-
-impl ControlState {
-    fn node_index(&mut self, name: &str) -> usize {
-        if let Some(i) = self.nodes.iter().position(|n| n == name) {
-            return i;
-        }
-        self.nodes.push(name.to_owned());
-        self.nodes.len() - 1
-    }
-
-    fn rtt_matrix(&self, now: Instant) -> RttMatrix {
-        // Unmeasured pairs get a 1 ms prior: on a cluster, nodes are close until measured otherwise.
-        let mut m = RttMatrix::new(self.nodes.len(), 1.0, Duration::from_secs(30));
-        for (&(from, to), &(ms, at)) in &self.rtt {
-            if at <= now {
-                m.record(from, to, ms, at);
-            }
-        }
-        m
-    }
 }
 
 /// Labels of a revision's controller metrics.
@@ -306,6 +271,7 @@ pub fn to_local(ksvc: &KnativeService, config: &FleetConfig) -> Result<Service, 
 /// Reconciles one Knative Service (with the finalizer around it).
 pub async fn reconcile(ksvc: Arc<KnativeService>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ns = ksvc.namespace().unwrap_or_else(|| "default".into());
+    let ksvc_name = ksvc.name_any();
     let api: Api<KnativeService> = Api::namespaced(ctx.client.clone(), &ns);
     let result = finalizer(&api, FINALIZER, ksvc, |event| async {
         match event {
@@ -315,16 +281,28 @@ pub async fn reconcile(ksvc: Arc<KnativeService>, ctx: Arc<Context>) -> Result<A
     })
     .await
     .map_err(|e| Error::Finalizer(Box::new(e)));
+    if result.is_ok() {
+        lock(&ctx.state).failures.remove(&(ns, ksvc_name));
+    }
     let outcome = if result.is_ok() { "ok" } else { "error" };
     ctx.metrics.reconciles.get_or_create(&OutcomeLabels { result: outcome.into() }).inc();
     result
 }
 
-/// Retry soon after a failure.
+/// Retries a failed reconcile later and later (2 s, 4 s, … up to 5 min) while it keeps failing,
+/// so an API server that refuses is not asked again every few seconds.
 #[allow(clippy::needless_pass_by_value, reason = "the signature kube's Controller::run asks for")]
-pub fn error_policy(ksvc: Arc<KnativeService>, error: &Error, _ctx: Arc<Context>) -> Action {
-    tracing::warn!(service = %ksvc.name_any(), %error, "reconcile failed");
-    Action::requeue(Duration::from_secs(5))
+pub fn error_policy(ksvc: Arc<KnativeService>, error: &Error, ctx: Arc<Context>) -> Action {
+    let key = (ksvc.namespace().unwrap_or_default(), ksvc.name_any());
+    let failures = {
+        let mut state = lock(&ctx.state);
+        let n = state.failures.entry(key).or_insert(0);
+        *n += 1;
+        *n
+    };
+    let delay = retry_delay(failures);
+    tracing::warn!(service = %ksvc.name_any(), %error, failures, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
 }
 
 async fn cleanup(ksvc: &KnativeService, ctx: &Context) -> Result<Action, Error> {

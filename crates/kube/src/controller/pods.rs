@@ -9,7 +9,7 @@ use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, PostParams};
 
 use super::apply::Plan;
-use super::{Context, Error};
+use super::{Context, Error, lock};
 use crate::crd::NODE_LABEL;
 use crate::pod::{INDEX_LABEL, PodParams, build_pod, pod_ready};
 
@@ -84,10 +84,19 @@ pub(super) fn rev_of(p: &Pod) -> Option<&str> {
     p.labels().get(crate::crd::REVISION_LABEL).map(String::as_str)
 }
 
+/// The API server refused the request itself (admission, quota, validation): trying again at
+/// once would be refused again. A conflict (409) and throttling (429) are not refusals.
+fn refused(e: &kube::core::Status) -> bool {
+    (400..500).contains(&e.code) && e.code != 409 && e.code != 429
+}
+
 /// Deletes the plan's revision's Failed/Succeeded Pods and its extra live ones (not ready first,
 /// then the highest index), including those on nodes that are gone, and creates the missing
 /// ones under indices no Pod of the revision on that node holds (a Terminating one keeps its
 /// name until its kubelet confirms its end). `pods` are the revision's Pods in every phase.
+///
+/// Returns why its Pods cannot be created, if the API server refused one (then no create is
+/// tried again before an exponential backoff ends) or the Pod cannot be built.
 pub(super) async fn converge_pods(
     service: &str,
     plan: &Plan,
@@ -95,8 +104,10 @@ pub(super) async fn converge_pods(
     owner: OwnerReference,
     queue_proxy_image: &str,
     ctx: &Context,
-) -> Result<(), Error> {
+) -> Result<Option<String>, Error> {
     let ns = plan.revision.metadata.namespace().to_owned();
+    let key = (ns.clone(), plan.revision.name().to_owned());
+    let now = ctx.clock.now();
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let index_of =
         |p: &Pod| p.labels().get(INDEX_LABEL).and_then(|i| i.parse::<u32>().ok()).unwrap_or(u32::MAX);
@@ -136,6 +147,11 @@ pub(super) async fn converge_pods(
             }
         }
     }
+    let missing =
+        plan.desired.iter().any(|(node, &want)| by_node.get(node).map_or(0, Vec::len) < want as usize);
+    if missing && let Some(r) = lock(&ctx.state).refusal(&key, now) {
+        return Ok(Some(r.message.clone()));
+    }
     for (node, &want) in &plan.desired {
         let have = by_node.get(node).map_or(0, Vec::len);
         let taken = taken.entry(node.clone()).or_default();
@@ -155,18 +171,26 @@ pub(super) async fn converge_pods(
                 Ok(pod) => {
                     tracing::info!(pod = %pod.name_any(), %node, "creating instance");
                     match api.create(&PostParams::default(), &pod).await {
-                        Ok(_) => {}
+                        Ok(_) => {
+                            lock(&ctx.state).refused.remove(&key);
+                        }
                         // A create retried on a stale cache: the instance exists.
                         Err(kube::Error::Api(e)) if e.code == 409 => {}
+                        Err(kube::Error::Api(e)) if refused(&e) => {
+                            let r = lock(&ctx.state).refuse(key, e.message.clone(), now);
+                            tracing::warn!(pod = %pod.name_any(), message = %e.message, failures = r.failures,
+                                retry_in = ?r.until.saturating_duration_since(now), "instance refused");
+                            return Ok(Some(r.message));
+                        }
                         Err(e) => return Err(e.into()),
                     }
                 }
                 Err(message) => {
                     tracing::warn!(revision = %plan.revision.name(), %message, "cannot build the instance's Pod");
-                    return Ok(());
+                    return Ok(Some(message));
                 }
             }
         }
     }
-    Ok(())
+    Ok(None)
 }

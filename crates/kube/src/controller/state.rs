@@ -1,0 +1,90 @@
+//! What the controller remembers between reconciles: node indices, scalers, RTTs, and how long
+//! to hold off after failures.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use ikukantai_policy::estimate::RttMatrix;
+use ikukantai_policy::scaler::RevisionScaler;
+
+/// How long to wait before trying again after `failures` failures in a row: 2 s, doubling, at
+/// most 5 min (like a workqueue's per-item backoff).
+pub(super) fn retry_delay(failures: u32) -> Duration {
+    let secs = 2u64.saturating_mul(1 << failures.saturating_sub(1).min(16));
+    Duration::from_secs(secs.min(300))
+}
+
+/// Pod creates of one revision the API server refused (admission, quota, validation): the
+/// message, and no new attempt before `until`.
+#[derive(Debug, Clone)]
+pub(super) struct Refused {
+    pub(super) failures: u32,
+    pub(super) until: Instant,
+    pub(super) message: String,
+}
+
+/// Scaling state that lives between reconciles.
+#[derive(Debug, Default)]
+pub(super) struct ControlState {
+    /// Node names by index; append-only so indices stay valid in the autoscalers.
+    pub(super) nodes: Vec<String>,
+    /// (namespace, revision) → scaler.
+    pub(super) scalers: HashMap<(String, String), RevisionScaler>,
+    /// Latest RTT sample per (from, to) node index.
+    pub(super) rtt: HashMap<(usize, usize), (f64, Instant)>,
+    /// (namespace, name) → generation whose Kubernetes Services were applied.
+    pub(super) routed: HashMap<(String, String), Option<i64>>,
+    /// (namespace, revision) → its last refused Pod create.
+    pub(super) refused: HashMap<(String, String), Refused>,
+    /// (namespace, name) → reconciles that failed in a row.
+    pub(super) failures: HashMap<(String, String), u32>,
+}
+
+impl ControlState {
+    pub(super) fn node_index(&mut self, name: &str) -> usize {
+        if let Some(i) = self.nodes.iter().position(|n| n == name) {
+            return i;
+        }
+        self.nodes.push(name.to_owned());
+        self.nodes.len() - 1
+    }
+
+    pub(super) fn rtt_matrix(&self, now: Instant) -> RttMatrix {
+        // Unmeasured pairs get a 1 ms prior: on a cluster, nodes are close until measured otherwise.
+        let mut m = RttMatrix::new(self.nodes.len(), 1.0, Duration::from_secs(30));
+        for (&(from, to), &(ms, at)) in &self.rtt {
+            if at <= now {
+                m.record(from, to, ms, at);
+            }
+        }
+        m
+    }
+}
+
+impl ControlState {
+    /// The refusal still holding `key`'s creates back at `now`, if any.
+    pub(super) fn refusal(&self, key: &(String, String), now: Instant) -> Option<&Refused> {
+        self.refused.get(key).filter(|r| r.until > now)
+    }
+
+    /// Remembers a refused create of `key`'s Pods; returns the refusal (message and when to try
+    /// again).
+    pub(super) fn refuse(&mut self, key: (String, String), message: String, now: Instant) -> Refused {
+        let failures = self.refused.get(&key).map_or(0, |r| r.failures) + 1;
+        let refused = Refused { failures, until: now + retry_delay(failures), message };
+        self.refused.insert(key, refused.clone());
+        refused
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_back_off_exponentially_to_five_minutes() {
+        let delays: Vec<u64> = (1..=10).map(|n| retry_delay(n).as_secs()).collect();
+        assert_eq!(delays, vec![2, 4, 8, 16, 32, 64, 128, 256, 300, 300]);
+        assert_eq!(retry_delay(u32::MAX).as_secs(), 300);
+    }
+}

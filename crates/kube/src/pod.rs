@@ -284,13 +284,31 @@ pub fn build_pod(revision: &Revision, p: &PodParams<'_>) -> Result<Pod, String> 
     });
 
     // Pinned the way DaemonSets pin: a required node affinity on the node's name, so the
-    // scheduler still checks resources and taints. Other affinity terms of the user stay.
+    // scheduler still checks resources and taints. The user's required terms stay, each with
+    // the pin added (terms are ORed, a term's requirements ANDed); other affinity stays as is.
     let mut affinity = spec.affinity.clone().filter(Value::is_object).unwrap_or_else(|| json!({}));
-    affinity["nodeAffinity"] = json!({
-        "requiredDuringSchedulingIgnoredDuringExecution": {
-            "nodeSelectorTerms": [{ "matchFields": [{ "key": "metadata.name", "operator": "In", "values": [p.node] }] }]
-        }
-    });
+    let pin = json!({ "key": "metadata.name", "operator": "In", "values": [p.node] });
+    let user_terms: Vec<Value> = affinity
+        .pointer("/nodeAffinity/requiredDuringSchedulingIgnoredDuringExecution/nodeSelectorTerms")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let terms: Vec<Value> = if user_terms.is_empty() {
+        vec![json!({ "matchFields": [pin] })]
+    } else {
+        user_terms
+            .into_iter()
+            .map(|mut t| {
+                let fields = t.get("matchFields").and_then(Value::as_array).cloned().unwrap_or_default();
+                t["matchFields"] = json!(fields.into_iter().chain([pin.clone()]).collect::<Vec<_>>());
+                t
+            })
+            .collect()
+    };
+    let node_affinity = affinity["nodeAffinity"].as_object().cloned().unwrap_or_default();
+    affinity["nodeAffinity"] = Value::Object(node_affinity);
+    affinity["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"] =
+        json!({ "nodeSelectorTerms": terms });
     let mut pod_spec = json!({
         "containers": [user, queue_proxy],
         "affinity": affinity,
@@ -407,6 +425,27 @@ mod tests {
         assert_eq!(v["spec"]["containers"][0]["livenessProbe"]["httpGet"]["port"], 9000);
         let readiness: Value = serde_json::from_str(&env_of(&pod, 1, env::READINESS_PROBE).unwrap()).unwrap();
         assert_eq!(readiness["tcpSocket"]["port"], 9000);
+    }
+
+    #[test]
+    fn the_users_node_affinity_stays_with_the_pin_added_to_each_term() {
+        let affinity = r#","affinity":{"nodeAffinity":{
+            "requiredDuringSchedulingIgnoredDuringExecution":{"nodeSelectorTerms":[
+                {"matchExpressions":[{"key":"zone","operator":"In","values":["edge-a"]}]},
+                {"matchExpressions":[{"key":"kubernetes.io/arch","operator":"In","values":["arm64"]}]}]},
+            "preferredDuringSchedulingIgnoredDuringExecution":[{"weight":1,"preference":{"matchExpressions":[{"key":"ssd","operator":"Exists"}]}}]},
+            "podAntiAffinity":{"preferredDuringSchedulingIgnoredDuringExecution":[]}}"#;
+        let v = serde_json::to_value(build_pod(&revision(affinity), &params()).unwrap()).unwrap();
+        let node = &v["spec"]["affinity"]["nodeAffinity"];
+        let terms =
+            node["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"].as_array().unwrap();
+        assert_eq!(terms.len(), 2);
+        for t in terms {
+            assert_eq!(t["matchExpressions"].as_array().unwrap().len(), 1, "{t}");
+            assert_eq!(t["matchFields"][0]["values"][0], "node3", "{t}");
+        }
+        assert_eq!(node["preferredDuringSchedulingIgnoredDuringExecution"][0]["weight"], 1);
+        assert!(v["spec"]["affinity"]["podAntiAffinity"].is_object());
     }
 
     #[test]

@@ -110,3 +110,51 @@ async fn nodes_of_a_managed_pool_each_get_their_own_instance() {
     let placed = h.pods_by_node();
     assert_eq!(placed.keys().map(String::as_str).collect::<Vec<_>>(), nodes, "one on each node: {placed:?}");
 }
+
+#[tokio::test]
+async fn a_short_partition_keeps_the_nodes_instances_a_long_one_replaces_them() {
+    use std::time::Duration;
+    let mut h = Harness::new(&["node1", "node2", "node3"]);
+    let svc = ksvc("Konnichiwa", &json!({"autoscaling.knative.dev/min-scale": "1"}));
+    h.reconcile(&svc).await;
+    h.make_ready();
+    h.reconcile(&svc).await;
+    let (edge, pods) = h.pods_by_node().into_iter().next().unwrap();
+    h.partition(&edge);
+    // Within the 300 s its Pods tolerate the unreachable taint, nothing moves.
+    for _ in 0..4 {
+        h.clock.advance(Duration::from_secs(60));
+        let (_, calls) = h.reconcile(&svc).await;
+        let writes: Vec<_> = calls.iter().filter(|c| c.path.starts_with(PODS)).collect();
+        assert!(writes.is_empty(), "{writes:#?}");
+    }
+    assert_eq!(h.pods_by_node()[&edge], pods);
+    // Past it, the taint manager evicts them anyway: the instance is replaced elsewhere.
+    h.clock.advance(Duration::from_secs(61));
+    let (_, calls) = h.reconcile(&svc).await;
+    assert!(
+        calls.iter().any(|c| c.method == Method::DELETE && c.path == format!("{PODS}/{}", pods[0])),
+        "{calls:#?}"
+    );
+    let created = calls.iter().find(|c| c.is(&Method::POST, PODS)).expect("a replacement");
+    assert_ne!(created.body["metadata"]["labels"]["ikukantai.dev/node"], edge.as_str());
+}
+
+#[tokio::test]
+async fn a_revision_that_tolerates_unreachable_briefly_is_replaced_after_its_toleration() {
+    use std::time::Duration;
+    let mut h = Harness::new(&["node1", "node2"]);
+    let mut svc = ksvc("Konnichiwa", &json!({"autoscaling.knative.dev/min-scale": "1"}));
+    svc.spec.inner.template.spec.tolerations = Some(json!([{"key": "node.kubernetes.io/unreachable",
+        "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 20}]));
+    h.reconcile(&svc).await;
+    h.make_ready();
+    let (edge, _) = h.pods_by_node().into_iter().next().unwrap();
+    h.partition(&edge);
+    h.clock.advance(Duration::from_secs(10));
+    let (_, calls) = h.reconcile(&svc).await;
+    assert!(!calls.iter().any(|c| c.is(&Method::POST, PODS)), "{calls:#?}");
+    h.clock.advance(Duration::from_secs(10));
+    let (_, calls) = h.reconcile(&svc).await;
+    assert!(calls.iter().any(|c| c.is(&Method::POST, PODS)), "{calls:#?}");
+}

@@ -17,8 +17,11 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 
 use super::nodes::{nodes, tolerates};
-use super::pods::{Phase, container_failure, converge_pods, phase, pod_node, pod_problem, rev_of};
+use super::pods::{
+    Phase, container_failure, converge_pods, phase, pod_node, pod_problem, rev_of, unschedulable,
+};
 use super::services::ensure_services;
+use super::state::FULL_NODE_HOLD;
 use super::status::{invalid_status, patch_service_status, patch_status};
 use super::{Context, Error, RevisionLabels, TICK, lock, to_local};
 use crate::crd::{
@@ -76,6 +79,7 @@ pub(super) async fn apply(ksvc: &KnativeService, ctx: &Context) -> Result<Action
         }
     };
     let now = ctx.clock.now();
+    let wall = ctx.clock.wall();
 
     // Revisions: one Placement each, oldest first; cut a new one if the template changed.
     let mut placements: Vec<Arc<Placement>> = ctx
@@ -159,32 +163,48 @@ pub(super) async fn apply(ksvc: &KnativeService, ctx: &Context) -> Result<Action
             let mut room = vec![0u32; n];
             let mut ready = 0;
             for p in all_pods.iter().filter(mine).filter(|p| live(p)) {
-                if let Some(i) = pod_node(p).and_then(|node| state.nodes.iter().position(|x| *x == node)) {
+                let Some(node) = pod_node(p) else { continue };
+                // One the scheduler cannot fit on its node is no instance: it is replaced on
+                // another node, and this node takes none of the revision's for a while.
+                if unschedulable(p).is_some() {
+                    state.full.insert((ns.clone(), rev.clone(), node), now + FULL_NODE_HOLD);
+                    continue;
+                }
+                if let Some(i) = state.nodes.iter().position(|x| *x == node) {
                     current[i] += 1;
                 }
                 ready += u32::from(pod_ready(p));
             }
             for (info, &i) in node_infos.iter().zip(&idx) {
-                // A node that is not Ready takes nothing (its instances are replaced elsewhere);
-                // a cordoned one, or one whose taints the revision does not tolerate, keeps what
-                // it has and gets nothing new.
-                if info.ready {
-                    // Other revisions' instances use the node, and so does every Pod still
-                    // draining there; Failed ones do not.
-                    let others = all_pods
-                        .iter()
-                        .filter(|p| pod_node(p).as_deref() == Some(info.name.as_str()))
-                        .filter(|p| match phase(p) {
-                            Phase::Live => !mine(p),
-                            Phase::Going => true,
-                            Phase::Done => false,
-                        })
-                        .count() as u32;
-                    let free = info.capacity.saturating_sub(others);
-                    let closed =
-                        info.cordoned || !tolerates(revision.spec.tolerations.as_ref(), &info.taints);
-                    room[i] = if closed { free.min(current[i]) } else { free };
+                if !info.ready {
+                    // A node that lost readiness keeps its instances until they would be
+                    // evicted (a short partition heals), then takes nothing: they are replaced.
+                    let holds = info.holds_instances(revision.spec.tolerations.as_ref(), wall);
+                    room[i] = if holds { current[i] } else { 0 };
+                    continue;
                 }
+                // Other revisions' instances use the node, and so does every Pod still draining
+                // there; Failed ones do not.
+                let others = all_pods
+                    .iter()
+                    .filter(|p| pod_node(p).as_deref() == Some(info.name.as_str()))
+                    .filter(|p| match phase(p) {
+                        Phase::Live => !mine(p),
+                        Phase::Going => true,
+                        Phase::Done => false,
+                    })
+                    .count() as u32;
+                let free = info.capacity.saturating_sub(others);
+                // A cordoned node, one whose taints the revision does not tolerate, one its node
+                // selector or required affinity rules out, or one the scheduler just found full,
+                // keeps what it has and gets nothing new.
+                let full =
+                    state.full.get(&(ns.clone(), rev.clone(), info.name.clone())).is_some_and(|&t| t > now);
+                let closed = info.cordoned
+                    || !tolerates(revision.spec.tolerations.as_ref(), &info.taints)
+                    || !info.admits(&revision.spec)
+                    || full;
+                room[i] = if closed { free.min(current[i]) } else { free };
             }
             let queue = settings.queue.clone().unwrap_or_else(|| config.policies.queue.clone());
             let key = (ns.clone(), rev.clone());

@@ -14,6 +14,9 @@ pub(super) fn retry_delay(failures: u32) -> Duration {
     Duration::from_secs(secs.min(300))
 }
 
+/// How long a node the scheduler found full for a revision takes none of its new instances.
+pub(super) const FULL_NODE_HOLD: Duration = Duration::from_secs(60);
+
 /// Pod creates of one revision the API server refused (admission, quota, validation): the
 /// message, and no new attempt before `until`.
 #[derive(Debug, Clone)]
@@ -36,6 +39,9 @@ pub(super) struct ControlState {
     pub(super) routed: HashMap<(String, String), Option<i64>>,
     /// (namespace, revision) → its last refused Pod create.
     pub(super) refused: HashMap<(String, String), Refused>,
+    /// (namespace, revision, node) → until when the node is full for the revision (the
+    /// scheduler said so of one of its Pods there).
+    pub(super) full: HashMap<(String, String, String), Instant>,
     /// (namespace, name) → reconciles that failed in a row.
     pub(super) failures: HashMap<(String, String), u32>,
 }

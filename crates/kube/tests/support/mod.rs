@@ -340,14 +340,39 @@ impl Harness {
         self.sync();
     }
 
+    /// `node`'s kubelet stops reporting (a partitioned edge link): the node lifecycle controller
+    /// marks the node's Ready condition Unknown, taints it unreachable (NoExecute) and marks its
+    /// Pods not ready.
+    pub fn partition(&mut self, node: &str) {
+        let now = self.clock.rfc3339();
+        let mut n = serde_json::to_value(&self.node_objects[node]).unwrap();
+        n["status"]["conditions"] = json!([{"type": "Ready", "status": "Unknown", "reason": "NodeStatusUnknown",
+                                            "lastTransitionTime": now}]);
+        n["spec"]["taints"] =
+            json!([{"key": "node.kubernetes.io/unreachable", "effect": "NoExecute", "timeAdded": now}]);
+        self.set_node(serde_json::from_value(n).unwrap());
+        self.api.update_all(&format!("{PODS}/"), |_, p| {
+            if p["spec"]["nodeName"] == node {
+                p["status"]["conditions"] = json!([{"type": "Ready", "status": "False"}]);
+            }
+        });
+        self.sync();
+    }
+
     /// Live instance Pods (neither Terminating nor done) by their node label.
     pub fn pods_by_node(&self) -> BTreeMap<String, Vec<String>> {
+        self.pods_where(|_| true)
+    }
+
+    /// Live instance Pods that `keep` keeps, by their node label.
+    pub fn pods_where(&self, keep: impl Fn(&Value) -> bool) -> BTreeMap<String, Vec<String>> {
         let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for (k, v) in self.api.objects() {
             let phase = v["status"]["phase"].as_str().unwrap_or_default();
             if k.starts_with(&format!("{PODS}/"))
                 && v["metadata"]["deletionTimestamp"].is_null()
                 && !matches!(phase, "Failed" | "Succeeded")
+                && keep(&v)
             {
                 let node = v["metadata"]["labels"]["ikukantai.dev/node"].as_str().unwrap().to_owned();
                 out.entry(node).or_default().push(v["metadata"]["name"].as_str().unwrap().to_owned());

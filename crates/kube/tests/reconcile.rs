@@ -6,6 +6,7 @@ mod support;
 use std::time::Duration;
 
 use http::Method;
+use ikukantai_kube::controller::LEGACY_FINALIZER;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::controller::Action;
 use serde_json::json;
@@ -268,25 +269,39 @@ async fn tainted_nodes_get_instances_only_of_revisions_that_tolerate_them() {
 }
 
 #[tokio::test]
-async fn deleting_the_service_removes_its_pods_and_placements_then_the_finalizer() {
+async fn deleting_a_service_needs_no_controller_garbage_collection_removes_the_rest() {
     let mut h = Harness::new(&["node1", "node2", "node3"]);
     let svc = ksvc("Konnichiwa", &json!({}));
+    let (_, calls) = h.reconcile(&svc).await;
+    assert!(!calls.iter().any(|c| c.is(&Method::PATCH, KSVC)), "no finalizer: {calls:#?}");
+    h.make_ready();
+    // Uninstalling removes the controller and the CRD together: nothing may wait for it.
+    assert!(h.api.delete_object(KSVC));
+    assert!(h.api.get(KSVC).is_none(), "a Service without finalizers goes at once");
+    h.api.garbage_collect();
+    assert!(h.api.objects().keys().all(|k| !k.starts_with(PLACEMENTS)), "its Placements follow it");
+    assert!(h.pods_by_node().is_empty(), "and their Pods drain: {:?}", h.all_pods());
+    h.api.finish_terminating();
+    assert!(h.all_pods().is_empty());
+}
+
+#[tokio::test]
+async fn the_finalizer_of_an_earlier_version_is_removed_and_deletion_completes() {
+    let mut h = Harness::new(&["node1"]);
+    let mut svc = ksvc("Konnichiwa", &json!({}));
+    svc.metadata.finalizers = Some(vec![LEGACY_FINALIZER.into(), "example.com/keep".into()]);
     h.reconcile(&svc).await;
-    let mut deleting = svc.clone();
+    assert_eq!(h.api.get(KSVC).unwrap()["metadata"]["finalizers"], json!(["example.com/keep"]));
+
+    // One being deleted: its last finalizer goes, and with it the Service.
+    let mut h = Harness::new(&["node1"]);
+    let mut deleting = ksvc("Konnichiwa", &json!({}));
+    deleting.metadata.finalizers = Some(vec![LEGACY_FINALIZER.into()]);
     deleting.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH));
     let (action, calls) = h.reconcile(&deleting).await;
     assert_eq!(action, Action::await_change());
-    let selector =
-        "labelSelector=serving.knative.dev%2Fservice%3Dhello%2Capp.kubernetes.io%2Fmanaged-by%3Dikukantai";
-    assert!(
-        calls[0].method == Method::DELETE && calls[0].path == PODS && calls[0].query.contains(selector),
-        "{calls:#?}"
-    );
-    assert!(calls[1].method == Method::DELETE && calls[1].path == PLACEMENTS, "{calls:#?}");
-    assert!(calls[2].is(&Method::PATCH, KSVC) && calls[2].content_type.contains("json-patch"), "{calls:#?}");
-    assert_eq!(calls.len(), 3);
-    assert!(h.pods_by_node().is_empty());
-    assert!(h.api.get(KSVC).is_none_or(|k| k["metadata"]["finalizers"].as_array().unwrap().is_empty()));
+    assert!(calls.iter().all(|c| c.path == KSVC), "nothing but the finalizer: {calls:#?}");
+    assert!(h.api.get(KSVC).is_none());
 }
 
 #[tokio::test]

@@ -13,6 +13,7 @@ use ikukantai_policy::scaler::{RevisionScaler, ScaleInputs};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
+use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
@@ -142,6 +143,12 @@ pub(super) async fn apply(ksvc: &KnativeService, ctx: &Context) -> Result<Action
     let mut plans = Vec::new();
     {
         let mut state = lock(&ctx.state);
+        let placements = &ctx.stores.placements;
+        let gone =
+            state.forget_gone(now, |(ns, rev)| placements.get(&ObjectRef::new(rev).within(ns)).is_some());
+        for (namespace, revision) in gone {
+            ctx.metrics.forget(&RevisionLabels { namespace, revision });
+        }
         let idx: Vec<usize> = node_infos.iter().map(|n| state.node_index(&n.name)).collect();
         let n = state.nodes.len();
         let rtt = state.rtt_matrix(now);
@@ -221,10 +228,13 @@ pub(super) async fn apply(ksvc: &KnativeService, ctx: &Context) -> Result<Action
                     tracing::warn!(revision = %rev, placement = %placement_name, "unknown placement");
                     continue;
                 };
-                state
-                    .scalers
-                    .insert(key.clone(), RevisionScaler::new(spec, policy, now, current.iter().sum()));
+                let mut scaler = RevisionScaler::new(spec, policy, now, current.iter().sum());
+                for (at, origin) in state.pokes.remove(&key).unwrap_or_default() {
+                    scaler.autoscaler.poke(at, origin);
+                }
+                state.scalers.insert(key.clone(), scaler);
             }
+            state.decided.insert(key.clone(), now);
             let scaler = state.scalers.get_mut(&key).expect("inserted above");
             let (decision, per_node) = scaler.decide(
                 now,

@@ -10,14 +10,12 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use ikukantai_api::config::FleetConfig;
-use ikukantai_api::revision::SERVICE_LABEL;
 use ikukantai_api::service::{ObjectMeta, SERVING_API_VERSION, Service};
 use ikukantai_api::validate::validate_service;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, ListParams};
+use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::finalizer::{Event as Finalized, finalizer};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, ResourceExt};
 use prometheus_client::metrics::counter::Counter;
@@ -25,7 +23,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::crd::{KnativeService, MANAGED_BY, MANAGED_BY_LABEL, Placement};
+use crate::crd::{KnativeService, Placement};
 use crate::wire::{Demand, GatewayReport, InstanceStats};
 
 mod apply;
@@ -38,8 +36,11 @@ mod status;
 use apply::apply;
 use state::{ControlState, retry_delay};
 
-/// Finalizer on Knative Services: their Pods are drained and their scaling state dropped first.
-pub const FINALIZER: &str = "ikukantai.dev/cleanup";
+/// The finalizer earlier versions put on Knative Services. No longer added: owner references
+/// (Service → Placement → Pod) already delete everything, and a finalizer outlives the
+/// controller that removes it (uninstalling deletes the controller and the CRD together, and the
+/// Services then never finish deleting). Removed wherever it is found.
+pub const LEGACY_FINALIZER: &str = "ikukantai.dev/cleanup";
 /// How often a Service is reconciled without events (the autoscaler's tick).
 pub const TICK: Duration = Duration::from_secs(2);
 
@@ -49,9 +50,6 @@ pub enum Error {
     /// The API server refused or could not be reached.
     #[error("kubernetes API: {0}")]
     Kube(#[from] kube::Error),
-    /// Adding or removing the finalizer failed.
-    #[error("finalizer: {0}")]
-    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
 }
 
 /// Where time comes from (tests drive it by hand).
@@ -127,6 +125,14 @@ struct ControllerMetrics {
 }
 
 impl ControllerMetrics {
+    /// Drops a revision that is gone from every per-revision metric.
+    fn forget(&self, labels: &RevisionLabels) {
+        self.desired.remove(labels);
+        self.ready.remove(labels);
+        self.stable.remove(labels);
+        self.panic.remove(labels);
+    }
+
     fn register(&self, registry: &mut Registry) {
         let r = registry.sub_registry_with_prefix("ikukantai_controller");
         r.register("desired_instances", "Instances the autoscaler and placement want", self.desired.clone());
@@ -233,13 +239,18 @@ impl Context {
         }
     }
 
-    /// Records demand at zero; returns the Service to reconcile now.
+    /// Records demand at zero; returns the Service to reconcile now. Demand for a revision
+    /// without a scaler yet (a new leader) is kept for the scaler to come.
     pub fn record_demand(&self, d: &Demand) -> ObjectRef<KnativeService> {
         let now = self.clock.now();
         let mut state = lock(&self.state);
         let origin = state.node_index(&d.node);
-        if let Some(scaler) = state.scalers.get_mut(&(d.namespace.clone(), d.revision.clone())) {
-            scaler.autoscaler.poke(now, origin);
+        let key = (d.namespace.clone(), d.revision.clone());
+        match state.scalers.get_mut(&key) {
+            Some(scaler) => {
+                scaler.autoscaler.poke(now, origin);
+            }
+            None => state.remember_poke(key, now, origin),
         }
         ObjectRef::new(&d.service).within(&d.namespace)
     }
@@ -268,25 +279,44 @@ pub fn to_local(ksvc: &KnativeService, config: &FleetConfig) -> Result<Service, 
     Ok(svc)
 }
 
-/// Reconciles one Knative Service (with the finalizer around it).
+/// Reconciles one Knative Service.
 pub async fn reconcile(ksvc: Arc<KnativeService>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let ns = ksvc.namespace().unwrap_or_else(|| "default".into());
-    let ksvc_name = ksvc.name_any();
-    let api: Api<KnativeService> = Api::namespaced(ctx.client.clone(), &ns);
-    let result = finalizer(&api, FINALIZER, ksvc, |event| async {
-        match event {
-            Finalized::Apply(s) => apply(&s, &ctx).await,
-            Finalized::Cleanup(s) => cleanup(&s, &ctx).await,
+    let key = (ksvc.namespace().unwrap_or_else(|| "default".into()), ksvc.name_any());
+    let result = async {
+        release_legacy_finalizer(&ksvc, &ctx).await?;
+        if ksvc.metadata.deletion_timestamp.is_some() {
+            // Garbage collection deletes its Placements and their Pods (which drain as usual).
+            lock(&ctx.state).forget_service(&key.0, &key.1);
+            return Ok(Action::await_change());
         }
-    })
-    .await
-    .map_err(|e| Error::Finalizer(Box::new(e)));
+        apply(&ksvc, &ctx).await
+    }
+    .await;
     if result.is_ok() {
-        lock(&ctx.state).failures.remove(&(ns, ksvc_name));
+        lock(&ctx.state).failures.remove(&key);
     }
     let outcome = if result.is_ok() { "ok" } else { "error" };
     ctx.metrics.reconciles.get_or_create(&OutcomeLabels { result: outcome.into() }).inc();
     result
+}
+
+/// Removes [`LEGACY_FINALIZER`] from a Service an earlier version put it on. A merge patch
+/// replaces the whole list; the resourceVersion makes the API server refuse it (409) if the
+/// list changed since it was read, so nobody else's finalizer is lost.
+async fn release_legacy_finalizer(ksvc: &KnativeService, ctx: &Context) -> Result<(), Error> {
+    let finalizers = ksvc.metadata.finalizers.clone().unwrap_or_default();
+    if !finalizers.iter().any(|f| f == LEGACY_FINALIZER) {
+        return Ok(());
+    }
+    let rest: Vec<&String> = finalizers.iter().filter(|f| *f != LEGACY_FINALIZER).collect();
+    let patch = serde_json::json!({
+        "metadata": { "finalizers": rest, "resourceVersion": ksvc.metadata.resource_version }
+    });
+    let api: Api<KnativeService> =
+        Api::namespaced(ctx.client.clone(), &ksvc.namespace().unwrap_or_else(|| "default".into()));
+    tracing::info!(service = %ksvc.name_any(), "removing the finalizer of an earlier version");
+    api.patch(&ksvc.name_any(), &PatchParams::default(), &Patch::Merge(patch)).await?;
+    Ok(())
 }
 
 /// Retries a failed reconcile later and later (2 s, 4 s, … up to 5 min) while it keeps failing,
@@ -303,28 +333,4 @@ pub fn error_policy(ksvc: Arc<KnativeService>, error: &Error, ctx: Arc<Context>)
     let delay = retry_delay(failures);
     tracing::warn!(service = %ksvc.name_any(), %error, failures, retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
-}
-
-async fn cleanup(ksvc: &KnativeService, ctx: &Context) -> Result<Action, Error> {
-    let ns = ksvc.namespace().unwrap_or_else(|| "default".into());
-    let name = ksvc.name_any();
-    let selector = format!("{SERVICE_LABEL}={name},{MANAGED_BY_LABEL}={MANAGED_BY}");
-    let lp = ListParams::default().labels(&selector);
-    tracing::info!(service = %name, "deleting instances and placements");
-    Api::<Pod>::namespaced(ctx.client.clone(), &ns).delete_collection(&DeleteParams::default(), &lp).await?;
-    Api::<Placement>::namespaced(ctx.client.clone(), &ns)
-        .delete_collection(&DeleteParams::default(), &lp)
-        .await?;
-    let revisions: Vec<String> = ctx
-        .stores
-        .placements
-        .state()
-        .iter()
-        .filter(|p| p.namespace().as_deref() == Some(ns.as_str()) && p.spec.service == name)
-        .map(|p| p.name_any())
-        .collect();
-    let mut state = lock(&ctx.state);
-    state.scalers.retain(|(n, r), _| *n != ns || !revisions.contains(r));
-    state.routed.remove(&(ns, name));
-    Ok(Action::await_change())
 }

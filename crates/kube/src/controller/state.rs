@@ -17,6 +17,14 @@ pub(super) fn retry_delay(failures: u32) -> Duration {
 /// How long a node the scheduler found full for a revision takes none of its new instances.
 pub(super) const FULL_NODE_HOLD: Duration = Duration::from_secs(60);
 
+/// How long the scaling state of a revision whose Placement is gone is kept (its Service was
+/// deleted, and garbage collection took the rest).
+pub(super) const FORGET_AFTER: Duration = Duration::from_secs(600);
+/// Demand at zero remembered for revisions without a scaler yet (a new leader's first seconds).
+const POKES_KEPT: Duration = Duration::from_secs(60);
+/// At most this many revisions' pending demand is kept.
+const MAX_POKED: usize = 10_000;
+
 /// Pod creates of one revision the API server refused (admission, quota, validation): the
 /// message, and no new attempt before `until`.
 #[derive(Debug, Clone)]
@@ -42,6 +50,11 @@ pub(super) struct ControlState {
     /// (namespace, revision, node) → until when the node is full for the revision (the
     /// scheduler said so of one of its Pods there).
     pub(super) full: HashMap<(String, String, String), Instant>,
+    /// (namespace, revision) → when its scaler last decided.
+    pub(super) decided: HashMap<(String, String), Instant>,
+    /// (namespace, revision) → demand at zero that arrived before its scaler existed: when, at
+    /// which node index.
+    pub(super) pokes: HashMap<(String, String), Vec<(Instant, usize)>>,
     /// (namespace, name) → reconciles that failed in a row.
     pub(super) failures: HashMap<(String, String), u32>,
 }
@@ -80,6 +93,43 @@ impl ControlState {
         let refused = Refused { failures, until: now + retry_delay(failures), message };
         self.refused.insert(key, refused.clone());
         refused
+    }
+}
+
+impl ControlState {
+    /// Remembers demand for a revision that has no scaler yet, for the scaler to come.
+    pub(super) fn remember_poke(&mut self, key: (String, String), at: Instant, origin: usize) {
+        self.pokes.retain(|_, p| p.iter().any(|(t, _)| at.saturating_duration_since(*t) < POKES_KEPT));
+        if self.pokes.len() < MAX_POKED || self.pokes.contains_key(&key) {
+            self.pokes.entry(key).or_default().push((at, origin));
+        }
+    }
+
+    /// Drops the scaling state of revisions not decided for [`FORGET_AFTER`] and for which
+    /// `exists` (their Placement is in the store) says no; returns them.
+    pub(super) fn forget_gone(
+        &mut self,
+        now: Instant,
+        exists: impl Fn(&(String, String)) -> bool,
+    ) -> Vec<(String, String)> {
+        let gone: Vec<(String, String)> = self
+            .scalers
+            .keys()
+            .filter(|k| !exists(k))
+            .filter(|k| self.decided.get(*k).is_none_or(|t| now.saturating_duration_since(*t) > FORGET_AFTER))
+            .cloned()
+            .collect();
+        for k in &gone {
+            self.scalers.remove(k);
+            self.decided.remove(k);
+            self.refused.remove(k);
+        }
+        gone
+    }
+
+    /// A deleted Service's routing state.
+    pub(super) fn forget_service(&mut self, namespace: &str, name: &str) {
+        self.routed.remove(&(namespace.to_owned(), name.to_owned()));
     }
 }
 

@@ -152,6 +152,12 @@ fn parts(path: &str) -> (String, String, Option<String>) {
     (segs[n.saturating_sub(2)].to_owned(), segs[n - 1].to_owned(), ns)
 }
 
+/// A uid unique to the object's kind and name.
+fn uid(path: &str) -> String {
+    let (kind, name, _) = parts(path);
+    format!("uid-{kind}-{name}")
+}
+
 fn kind_of(path: &str) -> String {
     parts(path).0
 }
@@ -184,9 +190,8 @@ impl FakeApi {
 
     /// Stores `obj` at `path` as if someone else had created it.
     pub fn put(&self, path: &str, mut obj: Value) {
-        let (_, name, _) = parts(path);
         if obj["metadata"]["uid"].is_null() {
-            obj["metadata"]["uid"] = json!(format!("uid-{name}"));
+            obj["metadata"]["uid"] = json!(uid(path));
         }
         if obj["metadata"]["creationTimestamp"].is_null() {
             obj["metadata"]["creationTimestamp"] = json!(self.clock.rfc3339());
@@ -214,6 +219,38 @@ impl FakeApi {
     /// A token whose TokenReview answers `user`.
     pub fn issue_token(&self, token: &str, user: Value) {
         self.tokens.lock().unwrap().insert(token.to_owned(), user);
+    }
+
+    /// Deletes the object at `path` as a client's DELETE would (graceful for Pods, waiting for
+    /// finalizers); `false` if there was none.
+    pub fn delete_object(&self, path: &str) -> bool {
+        self.delete(path).is_ok()
+    }
+
+    /// The garbage collector: deletes every object whose controller owner is gone, until none
+    /// is left (background propagation: a Service's Placements, then their Pods).
+    pub fn garbage_collect(&self) {
+        loop {
+            let objects = self.objects();
+            let uids: BTreeSet<&str> =
+                objects.values().filter_map(|o| o["metadata"]["uid"].as_str()).collect();
+            let orphans: Vec<String> = objects
+                .iter()
+                .filter(|(_, o)| o["metadata"]["deletionTimestamp"].is_null())
+                .filter(|(_, o)| {
+                    o["metadata"]["ownerReferences"].as_array().is_some_and(|refs| {
+                        refs.iter().any(|r| !uids.contains(r["uid"].as_str().unwrap_or_default()))
+                    })
+                })
+                .map(|(k, _)| k.clone())
+                .collect();
+            if orphans.is_empty() {
+                return;
+            }
+            for k in orphans {
+                let _ = self.delete(&k);
+            }
+        }
     }
 
     /// The kubelets confirm every Terminating Pod's end: they go.
@@ -280,7 +317,7 @@ impl FakeApi {
             let what = kind.trim_end_matches('s');
             return status(409, "AlreadyExists", &format!("{what}s {name:?} already exists"));
         }
-        obj["metadata"]["uid"] = json!(format!("uid-{name}"));
+        obj["metadata"]["uid"] = json!(uid(&key));
         obj["metadata"]["resourceVersion"] = json!(self.next_version());
         obj["metadata"]["creationTimestamp"] = json!(self.clock.rfc3339());
         if kind == "pods" {
@@ -465,7 +502,7 @@ impl FakeApi {
         }
         let obj = objects.entry(key.to_owned()).or_insert_with(|| {
             let (_, name, _) = parts(key);
-            let mut o = json!({"metadata": {"name": name, "uid": format!("uid-{name}"),
+            let mut o = json!({"metadata": {"name": name, "uid": uid(key),
                                             "creationTimestamp": self.clock.rfc3339()}});
             if let Some(ns) = parts(key).2 {
                 o["metadata"]["namespace"] = json!(ns);

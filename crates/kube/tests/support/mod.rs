@@ -76,8 +76,7 @@ pub fn ksvc(env: &str, annotations: &Value) -> KnativeService {
     serde_json::from_value(json!({
         "apiVersion": "serving.knative.dev/v1",
         "kind": "Service",
-        "metadata": {"name": "hello", "namespace": "default", "uid": "uid-hello", "generation": 1,
-                     "finalizers": [ikukantai_kube::controller::FINALIZER]},
+        "metadata": {"name": "hello", "namespace": "default", "uid": "uid-hello", "generation": 1},
         "spec": {"template": {
             "metadata": {"annotations": annotations},
             "spec": {"containerConcurrency": 10, "containers": [{"image": "hello:1", "env": [{"name": "TARGET", "value": env}]}]}

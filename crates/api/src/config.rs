@@ -77,6 +77,10 @@ pub struct KubernetesDefaults {
     pub node_capacity: u32,
     /// `probe-interval`: how often gateways measure the RTT to their peers.
     pub probe_interval: Duration,
+    /// `progress-deadline` (Knative's, from `config-deployment`): how long a new revision may
+    /// take to become ready before it is failed, unless its
+    /// `serving.knative.dev/progress-deadline` annotation says otherwise.
+    pub progress_deadline: Duration,
 }
 
 impl Default for KubernetesDefaults {
@@ -85,6 +89,7 @@ impl Default for KubernetesDefaults {
             queue_proxy_image: "ikukantai:0.1.0".into(),
             node_capacity: 10,
             probe_interval: Duration::from_secs(5),
+            progress_deadline: Duration::from_secs(600),
         }
     }
 }
@@ -144,6 +149,7 @@ pub const IKUKANTAI_KEYS: &[&str] = &[
     "queue-proxy-image",
     "node-capacity",
     "probe-interval",
+    "progress-deadline",
 ];
 
 struct Data<'a> {
@@ -387,6 +393,18 @@ fn apply_ikukantai(c: &mut FleetConfig, data: &BTreeMap<String, String>) -> Resu
             Err(e) => d.fail("probe-interval", e),
         }
     }
+    if let Some(v) = data.get("progress-deadline") {
+        match crate::annotations::progress_deadline(v) {
+            Ok(x) => next.kubernetes.progress_deadline = x,
+            Err(e) => d.fail("progress-deadline", e),
+        }
+    }
+    if let Some(v) = data.get("progress-deadline") {
+        match crate::annotations::progress_deadline(v) {
+            Ok(x) => next.kubernetes.progress_deadline = x,
+            Err(e) => d.fail("progress-deadline", e),
+        }
+    }
     let result = d.finish();
     if result.is_ok() {
         *c = next;
@@ -471,9 +489,11 @@ mod tests {
                 ("queue-proxy-image", "registry.local/ikukantai:1"),
                 ("node-capacity", "4"),
                 ("probe-interval", "2s"),
+                ("progress-deadline", "2m"),
             ],
         ))
         .unwrap();
+        assert_eq!(f.kubernetes.progress_deadline, Duration::from_secs(120));
         assert_eq!(f.kubernetes.queue_proxy_image, "registry.local/ikukantai:1");
         assert_eq!(f.kubernetes.node_capacity, 4);
         assert_eq!(f.kubernetes.probe_interval, Duration::from_secs(2));

@@ -42,6 +42,12 @@ pub enum ProcessError {
     /// replica stops reconciling and exits so it restarts as a standby.
     #[error("lost the leader lease {0}; exiting so this replica restarts as a standby")]
     LeadershipLost(String),
+    /// Knative Serving is installed: its `services.serving.knative.dev` CRD is the one this
+    /// platform serves, and two controllers would fight over every Service.
+    #[error(
+        "Knative Serving is installed (CRD {0} exists): ikukantai serves the same services.serving.knative.dev and must not run beside it"
+    )]
+    KnativeInstalled(String),
     /// The gateway's node is not among the cluster's nodes.
     #[error("node {0:?} is not a node of this cluster (set NODE_NAME from spec.nodeName)")]
     UnknownNode(String),

@@ -184,10 +184,26 @@ pub fn fleet_config<C: std::borrow::Borrow<ConfigMap>>(maps: &[C]) -> Result<Fle
     Ok(config)
 }
 
+/// A CRD only Knative Serving installs (this platform installs `services.serving.knative.dev`
+/// too, so that one proves nothing).
+pub const KNATIVE_CRD: &str = "configurations.serving.knative.dev";
+
+/// Refuses to run where Knative Serving is installed: both would reconcile every Knative
+/// Service. (Applying `deploy/crds.yaml` there has already replaced Knative's Service CRD; the
+/// docs say to check first.)
+pub async fn refuse_beside_knative(crds: &Api<CustomResourceDefinition>) -> Result<(), ProcessError> {
+    match crds.get_opt(KNATIVE_CRD).await? {
+        Some(_) => Err(ProcessError::KnativeInstalled(KNATIVE_CRD.into())),
+        None => Ok(()),
+    }
+}
+
 /// Runs a controller replica until SIGTERM/Ctrl-C: the inbox at once, the reconcile loop while
 /// this replica holds the lease.
 pub async fn run(options: ManagerOptions) -> Result<(), ProcessError> {
     let client = Client::try_default().await?;
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    refuse_beside_knative(&crds).await?;
     let lease = format!("{}/{LEASE_NAME}", options.system_namespace);
     let lease_error = |source| ProcessError::Lease { lease: lease.clone(), source };
     let manager = LeaseManagerBuilder::new(client.clone(), LEASE_NAME)
@@ -203,7 +219,6 @@ pub async fn run(options: ManagerOptions) -> Result<(), ProcessError> {
     tracing::info!(identity = %options.identity, %lease, "waiting to lead");
 
     let mut settings = options.settings.clone();
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     settings.service_monitors = match crds.get_opt("servicemonitors.monitoring.coreos.com").await {
         Ok(found) => found.is_some(),
         Err(e) => {

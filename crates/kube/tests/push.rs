@@ -199,3 +199,47 @@ async fn the_leader_points_the_controller_service_at_itself() {
     publish_leader(&api, &slice).await.unwrap();
     server.await.unwrap();
 }
+
+#[tokio::test]
+async fn the_controller_refuses_to_run_beside_knative_serving() {
+    use ikukantai_kube::manager::{KNATIVE_CRD, refuse_beside_knative};
+    for installed in [true, false] {
+        let (svc, mut handle) =
+            tower_test::mock::pair::<http::Request<kube::client::Body>, http::Response<kube::client::Body>>();
+        let api = kube::Api::all(kube::Client::new(svc, "default"));
+        let server = tokio::spawn(async move {
+            let (req, send) = handle.next_request().await.expect("one request");
+            let path = req.uri().path().to_owned();
+            let (status, body) = if installed {
+                (
+                    200,
+                    serde_json::json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+                    "metadata": {"name": KNATIVE_CRD}, "spec": {"group": "serving.knative.dev", "scope": "Namespaced",
+                    "names": {"plural": "configurations", "kind": "Configuration"}, "versions": []}}),
+                )
+            } else {
+                (
+                    404,
+                    serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"}),
+                )
+            };
+            send.send_response(
+                http::Response::builder()
+                    .status(status)
+                    .body(kube::client::Body::from(serde_json::to_vec(&body).unwrap()))
+                    .unwrap(),
+            );
+            path
+        });
+        let result = refuse_beside_knative(&api).await;
+        assert_eq!(
+            server.await.unwrap(),
+            format!("/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{KNATIVE_CRD}")
+        );
+        match (installed, result) {
+            (true, Err(e)) => assert!(e.to_string().contains("Knative Serving is installed"), "{e}"),
+            (false, Ok(())) => {}
+            (installed, other) => panic!("installed={installed}: {other:?}"),
+        }
+    }
+}

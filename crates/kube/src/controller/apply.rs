@@ -2,15 +2,18 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use ikukantai_api::annotations::revision_settings;
 use ikukantai_api::config::FleetConfig;
+use ikukantai_api::duration::format_duration;
 use ikukantai_api::revision::{Revision, next_revision};
 use ikukantai_api::status::{RevisionState, awaits_readiness, resolve_traffic, service_status};
 use ikukantai_policy::autoscaler::{ScalingSpec, TickInputs};
 use ikukantai_policy::registry::{self, PolicyParams};
 use ikukantai_policy::scaler::{RevisionScaler, ScaleInputs};
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
@@ -38,6 +41,28 @@ pub(super) fn starts_at_zero(revision: &Revision, config: &FleetConfig) -> bool 
                 .starts_at_zero()
         },
     )
+}
+
+/// The progress deadline of a revision that should be ready by now and is not, if it is past:
+/// its `serving.knative.dev/progress-deadline`, else the fleet's, from its Placement's creation
+/// (Knative's `ProgressDeadlineExceeded`: a revision that never gets ready fails instead of
+/// deploying for ever). A revision that starts at zero is ready without instances.
+fn past_deadline(
+    revision: &Revision,
+    placement: &Placement,
+    config: &FleetConfig,
+    now: Timestamp,
+) -> Option<Duration> {
+    if starts_at_zero(revision, config) {
+        return None;
+    }
+    let settings =
+        revision_settings(&revision.metadata.annotations, config, "spec.template.metadata.annotations")
+            .ok()?;
+    let deadline = settings.progress_deadline.unwrap_or(config.kubernetes.progress_deadline);
+    let created = placement.metadata.creation_timestamp.as_ref()?.0;
+    let elapsed = now.as_second().saturating_sub(created.as_second());
+    (elapsed >= i64::try_from(deadline.as_secs()).unwrap_or(i64::MAX)).then_some(deadline)
 }
 
 /// What routing needs to know of each revision: ready (ever, or starting at zero without a
@@ -128,12 +153,20 @@ pub(super) async fn apply(ksvc: &KnativeService, ctx: &Context) -> Result<Action
             if ready {
                 return None;
             }
-            p.as_ref().and_then(|p| p.failure().map(str::to_owned)).or_else(|| {
-                all_pods
-                    .iter()
-                    .filter(|x| of_revision(x, r.name()) && live(x))
-                    .find_map(|x| container_failure(x))
-            })
+            let pods = || all_pods.iter().filter(|x| of_revision(x, r.name()) && live(x));
+            p.as_ref()
+                .and_then(|p| p.failure().map(str::to_owned))
+                .or_else(|| pods().find_map(|x| container_failure(x)))
+                .or_else(|| {
+                    let p = p.as_ref()?;
+                    let deadline = past_deadline(r, p, &config, wall)?;
+                    let why =
+                        pods().find_map(|x| pod_problem(x)).map(|w| format!(" ({w})")).unwrap_or_default();
+                    Some(format!(
+                        "ProgressDeadlineExceeded: not ready within {}{why}",
+                        format_duration(deadline)
+                    ))
+                })
         })
         .collect();
     let states = revision_states(&revisions, &ever_ready, &failures, &config);

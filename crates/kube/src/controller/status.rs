@@ -2,6 +2,8 @@
 //! changed, `null` included: a merge patch keeps every map key it does not mention.
 
 use ikukantai_api::service::ServiceStatus;
+use ikukantai_api::status::with_transition_times;
+use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::{Value, json};
@@ -25,11 +27,16 @@ pub(super) fn invalid_status(ksvc: &KnativeService, message: &str) -> ServiceSta
     status
 }
 
+/// Writes `status` as the Service's, each condition's `lastTransitionTime` carried over from
+/// the stored status while its status is unchanged, set to now when it changed.
 pub(super) async fn patch_service_status(
     ksvc: &KnativeService,
     ctx: &Context,
     status: &ServiceStatus,
 ) -> Result<(), Error> {
+    let now =
+        Timestamp::from_second(ctx.clock.wall().as_second()).unwrap_or(Timestamp::UNIX_EPOCH).to_string();
+    let status = &with_transition_times(ksvc.status.as_ref(), status.clone(), &now);
     if ksvc.status.as_ref() == Some(status) {
         return Ok(());
     }

@@ -35,17 +35,18 @@ async fn create_applies_a_placement_creates_the_pod_and_reports_status() {
     assert_eq!(apply.body["spec"]["nodes"][node], 1);
     assert_eq!(create.body["metadata"]["ownerReferences"][0]["kind"], "Placement");
     assert_eq!(create.body["spec"]["containers"][1]["name"], "queue-proxy");
-    // 3. Placement status with the per-node summary; 4. the Service's status; 5. its route.
+    // 3. Placement status with the per-node summary; 4. its route, created as nobody had that
+    // name (5. the look-up); 6. the Service's status.
     let pstatus =
         calls.iter().find(|c| c.is(&Method::PATCH, &format!("{PLACEMENTS}/hello-00001/status"))).unwrap();
     assert_eq!(pstatus.body["status"]["summary"].as_str().unwrap().split('/').next(), Some("0-0-0"));
     let status = calls.iter().find(|c| c.is(&Method::PATCH, &format!("{KSVC}/status"))).unwrap();
     assert_eq!(status.body["status"]["latestCreatedRevisionName"], "hello-00001");
     assert_eq!(status.body["status"]["url"], "http://hello.default.example.com");
-    let route =
-        calls.iter().find(|c| c.is(&Method::PATCH, "/api/v1/namespaces/default/services/hello")).unwrap();
+    let route = calls.iter().find(|c| c.is(&Method::POST, "/api/v1/namespaces/default/services")).unwrap();
     assert_eq!(route.body["spec"]["externalName"], "ikukantai-gateway.ikukantai-system.svc.cluster.local");
-    assert_eq!(calls.len(), 5, "{calls:#?}");
+    assert_eq!(route.body["metadata"]["ownerReferences"][0]["uid"], "uid-hello");
+    assert_eq!(calls.len(), 6, "{calls:#?}");
 
     // Once ready, the Service says so, and a quiet reconcile writes nothing but status changes.
     h.make_ready();

@@ -24,7 +24,7 @@ use super::nodes::{nodes, tolerates};
 use super::pods::{
     Phase, container_failure, converge_pods, phase, pod_node, pod_problem, rev_of, unschedulable,
 };
-use super::services::ensure_services;
+use super::services::{ensure_services, mark_not_owned};
 use super::state::FULL_NODE_HOLD;
 use super::status::{invalid_status, patch_service_status, patch_status};
 use super::{Context, Error, RevisionLabels, TICK, lock, to_local};
@@ -344,13 +344,21 @@ pub(super) async fn apply(ksvc: &KnativeService, ctx: &Context) -> Result<Action
         .map(|(((r, _), f), &ready)| f.clone().or_else(|| refused.get(r.name()).filter(|_| !ready).cloned()))
         .collect();
     let states = revision_states(&revisions, &ever_ready, &failures, &config);
-    let status = service_status(&svc, &states, &failing, &config.domain);
-    patch_service_status(ksvc, ctx, &status).await?;
+    let mut status = service_status(&svc, &states, &failing, &config.domain);
+    // The placeholder Service, once per generation while ours; every time while someone else's.
     let key = (ns.clone(), name.clone());
     if lock(&ctx.state).routed.get(&key) != Some(&ksvc.metadata.generation) {
-        ensure_services(ksvc, ctx).await?;
-        lock(&ctx.state).routed.insert(key, ksvc.metadata.generation);
+        match ensure_services(ksvc, ctx).await? {
+            None => {
+                lock(&ctx.state).routed.insert(key, ksvc.metadata.generation);
+            }
+            Some(not_owned) => {
+                tracing::warn!(service = %name, %not_owned, "route not ready");
+                mark_not_owned(&mut status, &not_owned);
+            }
+        }
     }
+    patch_service_status(ksvc, ctx, &status).await?;
     Ok(Action::requeue(TICK))
 }
 

@@ -48,6 +48,9 @@ pub enum ProcessError {
         "Knative Serving is installed (CRD {0} exists): ikukantai serves the same services.serving.knative.dev and must not run beside it"
     )]
     KnativeInstalled(String),
+    /// A watch ended before its store ever listed: nothing can be reconciled safely.
+    #[error("a watch ended before it listed ({0}); exiting rather than reconcile from empty caches")]
+    NotSynced(String),
     /// The gateway's node is not among the cluster's nodes.
     #[error("node {0:?} is not a node of this cluster (set NODE_NAME from spec.nodeName)")]
     UnknownNode(String),

@@ -50,6 +50,9 @@ pub enum Error {
     /// The API server refused or could not be reached.
     #[error("kubernetes API: {0}")]
     Kube(#[from] kube::Error),
+    /// The caches never listed (their watches ended): reconciling would start from nothing.
+    #[error("the watches ended before the caches were filled; not reconciling")]
+    NotSynced,
 }
 
 /// Where time comes from (tests drive it by hand).

@@ -32,6 +32,8 @@ use crate::gateway::shutdown_signal;
 mod inbox;
 mod watches;
 
+pub use watches::gated_reconcile;
+
 pub use inbox::serve_inbox;
 use watches::{Leader, Writers, reconcile_loop};
 
@@ -67,7 +69,7 @@ pub struct ManagerOptions {
 /// `stop` comes first, sets `leading` for `/leader`, then runs `work` until it ends (`Ok`) or the
 /// election is lost (or its task died): [`ProcessError::LeadershipLost`], so the caller exits
 /// rather than reconcile beside a new leader.
-pub async fn while_leading<W: Future<Output = ()>>(
+pub async fn while_leading<W: Future<Output = Result<(), ProcessError>>>(
     mut elected: watch::Receiver<bool>,
     leading: &AtomicBool,
     lease: &str,
@@ -82,7 +84,7 @@ pub async fn while_leading<W: Future<Output = ()>>(
     tracing::info!(lease, "elected leader");
     leading.store(true, Ordering::Release);
     let result = tokio::select! {
-        () = work() => Ok(()),
+        r = work() => r,
         _ = elected.wait_for(|leader| !*leader) => Err(lost()),
     };
     leading.store(false, Ordering::Release);
@@ -207,7 +209,7 @@ pub async fn run(options: ManagerOptions) -> Result<(), ProcessError> {
             }
             None => tracing::warn!("no POD_IP: the controller Service is not pointed at this leader"),
         }
-        reconcile_loop(leader).await;
+        reconcile_loop(leader).await
     })
     .await;
     // Dropping the last receiver makes the election task release the lease, so a standby takes
@@ -272,6 +274,7 @@ mod tests {
         while_leading(elected, &leading, "ikukantai-system/ikukantai-controller", stop, move || async move {
             let _ = started.send(());
             let _ = finish.await;
+            Ok(())
         })
         .await
     }

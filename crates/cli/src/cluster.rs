@@ -63,8 +63,8 @@ pub(crate) struct GatewayArgs {
     /// Namespace of the platform.
     #[arg(long, env = "POD_NAMESPACE", default_value = "ikukantai-system")]
     system_namespace: String,
-    /// Label selector of the gateway Pods (peers to probe).
-    #[arg(long, default_value = "app.kubernetes.io/name=ikukantai-gateway")]
+    /// Label selector of the gateways' EndpointSlices (their Service's), to find the peers to probe.
+    #[arg(long, default_value = "kubernetes.io/service-name=ikukantai-gateway")]
     peer_selector: String,
     /// Where to push reports and demand.
     #[arg(

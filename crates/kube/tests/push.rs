@@ -113,8 +113,12 @@ async fn the_inbox_takes_stats_reports_and_demand() {
     let (svc, _handle) =
         tower_test::mock::pair::<http::Request<kube::client::Body>, http::Response<kube::client::Body>>();
     let client = kube::Client::new(svc, "default");
-    let stores =
-        Stores { nodes: reflector::store().0, pods: reflector::store().0, placements: reflector::store().0 };
+    let stores = Stores {
+        nodes: reflector::store().0,
+        pods: reflector::store().0,
+        placements: reflector::store().0,
+        routes: reflector::store().0,
+    };
     let settings = Settings {
         controller_url: String::new(),
         seed: 1,

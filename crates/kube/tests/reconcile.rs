@@ -10,7 +10,7 @@ use ikukantai_kube::controller::LEGACY_FINALIZER;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::controller::Action;
 use serde_json::json;
-use support::{Call, Harness, KSVC, PLACEMENTS, PODS, ksvc, node, total};
+use support::{Call, Harness, KSVC, PLACEMENTS, PODS, ROUTES, ksvc, node, total};
 
 #[tokio::test]
 async fn create_applies_a_placement_creates_the_pod_and_reports_status() {
@@ -36,7 +36,7 @@ async fn create_applies_a_placement_creates_the_pod_and_reports_status() {
     assert_eq!(create.body["metadata"]["ownerReferences"][0]["kind"], "Placement");
     assert_eq!(create.body["spec"]["containers"][1]["name"], "queue-proxy");
     // 3. Placement status with the per-node summary; 4. its route, created as nobody had that
-    // name (5. the look-up); 6. the Service's status.
+    // name (5. the look-up); 6. the Service's status; 7. the ServiceRoute gateways route by.
     let pstatus =
         calls.iter().find(|c| c.is(&Method::PATCH, &format!("{PLACEMENTS}/hello-00001/status"))).unwrap();
     assert_eq!(pstatus.body["status"]["summary"].as_str().unwrap().split('/').next(), Some("0-0-0"));
@@ -46,12 +46,14 @@ async fn create_applies_a_placement_creates_the_pod_and_reports_status() {
     let route = calls.iter().find(|c| c.is(&Method::POST, "/api/v1/namespaces/default/services")).unwrap();
     assert_eq!(route.body["spec"]["externalName"], "ikukantai-gateway.ikukantai-system.svc.cluster.local");
     assert_eq!(route.body["metadata"]["ownerReferences"][0]["uid"], "uid-hello");
-    assert_eq!(calls.len(), 6, "{calls:#?}");
+    assert!(calls.iter().any(|c| c.is(&Method::PATCH, &format!("{ROUTES}/hello"))), "{calls:#?}");
+    assert_eq!(calls.len(), 7, "{calls:#?}");
 
-    // Once ready, the Service says so, and a quiet reconcile writes nothing but status changes.
+    // Once ready, the Service says so, and a quiet reconcile writes nothing but status changes
+    // and the route's new instance.
     h.make_ready();
     let (_, calls) = h.reconcile(&svc).await;
-    assert!(calls.iter().all(|c| c.path.ends_with("/status")), "{calls:#?}");
+    assert!(calls.iter().all(|c| c.path.ends_with("/status") || c.path.starts_with(ROUTES)), "{calls:#?}");
     let ready = h.ready_condition();
     assert_eq!(ready["status"], "True", "{ready}");
     assert_eq!(h.ksvc_status()["latestReadyRevisionName"], "hello-00001");
@@ -341,4 +343,59 @@ async fn a_node_whose_instance_went_unready_leaves_the_placement_status_and_stay
         let writes: Vec<&Call> = calls.iter().filter(|c| c.path.starts_with(PLACEMENTS)).collect();
         assert!(writes.is_empty(), "{writes:#?}");
     }
+}
+
+#[tokio::test]
+async fn the_service_route_tells_gateways_the_split_the_settings_and_the_ready_instances() {
+    let mut h = Harness::new(&["node1", "node2", "node3"]);
+    let svc = ksvc(
+        "Konnichiwa",
+        &json!({"autoscaling.knative.dev/min-scale": "2", "ikukantai.dev/balancer": "even",
+                                         "ikukantai.dev/placement": "spread"}),
+    );
+    h.reconcile(&svc).await;
+    let route = h.route();
+    assert_eq!(route["metadata"]["ownerReferences"][0]["uid"], "uid-hello");
+    assert_eq!(route["spec"]["traffic"], json!([{"revision": "hello-00001", "percent": 100}]));
+    let rev = &route["spec"]["revisions"][0];
+    assert_eq!(
+        (rev["name"].as_str(), rev["balancer"].as_str(), rev["containerConcurrency"].as_u64()),
+        (Some("hello-00001"), Some("even"), Some(10))
+    );
+    assert_eq!(rev["instances"], json!([]), "none ready yet");
+    h.make_ready();
+    h.reconcile(&svc).await;
+    let instances = h.route()["spec"]["revisions"][0]["instances"].clone();
+    assert_eq!(instances.as_array().unwrap().len(), 2, "{instances}");
+    assert!(instances[0]["ip"].as_str().unwrap().starts_with("10.244."), "{instances}");
+    // An instance that stops being ready leaves the route; unchanged routes are not rewritten.
+    let (_, calls) = h.reconcile(&svc).await;
+    assert!(!calls.iter().any(|c| c.path.starts_with(ROUTES)), "{calls:#?}");
+    let first = instances[0]["name"].as_str().unwrap().to_owned();
+    h.api.update(&format!("{PODS}/{first}"), |p| p["status"]["conditions"][1]["status"] = json!("False"));
+    h.sync();
+    h.reconcile(&svc).await;
+    assert_eq!(h.route()["spec"]["revisions"][0]["instances"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_service_at_zero_waits_for_demand_instead_of_ticking() {
+    let mut h = Harness::new(&["node1"]);
+    let svc = ksvc("Konnichiwa", &json!({"autoscaling.knative.dev/initial-scale": "0"}));
+    h.ctx.set_config({
+        let mut c = ikukantai_api::config::FleetConfig::new();
+        c.autoscaler.allow_zero_initial_scale = true;
+        c
+    });
+    let (action, _) = h.reconcile(&svc).await;
+    assert_eq!(action, Action::await_change(), "nothing runs, nothing to tick");
+    h.ctx.record_demand(&ikukantai_kube::wire::Demand {
+        namespace: "default".into(),
+        service: "hello".into(),
+        revision: "hello-00001".into(),
+        node: "node1".into(),
+    });
+    let (action, calls) = h.reconcile(&svc).await;
+    assert!(calls.iter().any(|c| c.is(&Method::POST, PODS)), "{calls:#?}");
+    assert_eq!(action, Action::requeue(Duration::from_secs(2)), "ticks while it has instances");
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use ikukantai_api::annotations::revision_settings;
 use ikukantai_api::config::FleetConfig;
 use ikukantai_api::duration::format_duration;
-use ikukantai_api::revision::{Revision, next_revision};
+use ikukantai_api::revision::{Revision, SERVICE_LABEL, next_revision};
 use ikukantai_api::status::{RevisionState, awaits_readiness, resolve_traffic, service_status};
 use ikukantai_policy::autoscaler::{ScalingSpec, TickInputs};
 use ikukantai_policy::registry::{self, PolicyParams};
@@ -24,6 +24,7 @@ use super::nodes::{nodes, tolerates};
 use super::pods::{
     Phase, container_failure, converge_pods, phase, pod_node, pod_problem, rev_of, unschedulable,
 };
+use super::routes::{publish_route, route_spec};
 use super::services::{ensure_services, mark_not_owned};
 use super::state::FULL_NODE_HOLD;
 use super::status::{invalid_status, patch_service_status, patch_status};
@@ -184,7 +185,9 @@ pub(super) async fn apply(ksvc: &KnativeService, ctx: &Context) -> Result<Action
         }
         let idx: Vec<usize> = node_infos.iter().map(|n| state.node_index(&n.name)).collect();
         let n = state.nodes.len();
-        let rtt = state.rtt_matrix(now);
+        // Fields borrowed apart: the RTT matrix is read in place while scalers change.
+        let state = &mut *state;
+        let rtt = &state.rtt;
         for (revision, placement) in &revisions {
             let rev = revision.name().to_owned();
             let settings = match revision_settings(
@@ -279,7 +282,7 @@ pub(super) async fn apply(ksvc: &KnativeService, ctx: &Context) -> Result<Action
                     },
                     current: &current,
                     room: &room,
-                    rtt: &rtt,
+                    rtt,
                 },
             );
             tracing::debug!(revision = %rev, desired = decision.desired, ready, ?per_node, "autoscaler decision");
@@ -359,7 +362,22 @@ pub(super) async fn apply(ksvc: &KnativeService, ctx: &Context) -> Result<Action
         }
     }
     patch_service_status(ksvc, ctx, &status).await?;
-    Ok(Action::requeue(TICK))
+
+    // What gateways route by.
+    let split = resolve_traffic(&svc.spec, &states);
+    let routed: Vec<(&Revision, Option<&str>)> =
+        revisions.iter().zip(&failures).map(|((r, _), f)| (r, f.as_deref())).collect();
+    let service_pods: Vec<Arc<Pod>> = all_pods
+        .iter()
+        .filter(|p| p.namespace().as_deref() == Some(&ns) && p.labels().get(SERVICE_LABEL) == Some(&name))
+        .cloned()
+        .collect();
+    publish_route(ksvc, route_spec(&split, &routed, &service_pods, &config), ctx).await?;
+
+    // The autoscaler ticks while the Service has instances or wants some; one at zero waits for
+    // a change or for demand (a gateway's push), as Knative's does.
+    let active = !service_pods.is_empty() || plans.iter().any(|p| p.desired.values().any(|&n| n > 0));
+    Ok(if active { Action::requeue(TICK) } else { Action::await_change() })
 }
 
 /// Applies the Placement of a plan when it is missing or its spec differs; returns it.

@@ -23,12 +23,13 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::crd::{KnativeService, Placement};
+use crate::crd::{KnativeService, Placement, ServiceRoute};
 use crate::wire::{Demand, GatewayReport, InstanceStats};
 
 mod apply;
 mod nodes;
 mod pods;
+mod routes;
 mod services;
 mod state;
 mod status;
@@ -86,6 +87,8 @@ pub struct Stores {
     pub pods: Store<Pod>,
     /// Placements.
     pub placements: Store<Placement>,
+    /// ServiceRoutes (what was published to the gateways).
+    pub routes: Store<ServiceRoute>,
 }
 
 /// Settings of a controller process.
@@ -231,7 +234,7 @@ impl Context {
         for (peer, &ms) in &r.rtt_ms {
             if ms.is_finite() && ms >= 0.0 {
                 let to = state.node_index(peer);
-                state.rtt.insert((from, to), (ms, now));
+                state.rtt.record(from, to, ms, now);
             }
         }
         for load in &r.revisions {

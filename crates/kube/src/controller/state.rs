@@ -34,15 +34,22 @@ pub(super) struct Refused {
     pub(super) message: String,
 }
 
+/// The RTT assumed between two nodes until measured (ms): on a cluster, nodes are close until
+/// measured otherwise.
+const PRIOR_RTT_MS: f64 = 1.0;
+/// How long a measured RTT stays in use without a newer one.
+const RTT_MAX_AGE: Duration = Duration::from_secs(30);
+
 /// Scaling state that lives between reconciles.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct ControlState {
     /// Node names by index; append-only so indices stay valid in the autoscalers.
     pub(super) nodes: Vec<String>,
     /// (namespace, revision) → scaler.
     pub(super) scalers: HashMap<(String, String), RevisionScaler>,
-    /// Latest RTT sample per (from, to) node index.
-    pub(super) rtt: HashMap<(usize, usize), (f64, Instant)>,
+    /// RTTs between nodes by index, kept up to date as reports arrive (not rebuilt per
+    /// reconcile: n² entries).
+    pub(super) rtt: RttMatrix,
     /// (namespace, name) → generation whose Kubernetes Services were applied.
     pub(super) routed: HashMap<(String, String), Option<i64>>,
     /// (namespace, revision) → its last refused Pod create.
@@ -59,24 +66,30 @@ pub(super) struct ControlState {
     pub(super) failures: HashMap<(String, String), u32>,
 }
 
+impl Default for ControlState {
+    fn default() -> Self {
+        Self {
+            nodes: Vec::new(),
+            scalers: HashMap::new(),
+            rtt: RttMatrix::new(0, PRIOR_RTT_MS, RTT_MAX_AGE),
+            routed: HashMap::new(),
+            refused: HashMap::new(),
+            full: HashMap::new(),
+            decided: HashMap::new(),
+            pokes: HashMap::new(),
+            failures: HashMap::new(),
+        }
+    }
+}
+
 impl ControlState {
     pub(super) fn node_index(&mut self, name: &str) -> usize {
         if let Some(i) = self.nodes.iter().position(|n| n == name) {
             return i;
         }
         self.nodes.push(name.to_owned());
+        self.rtt.grow(self.nodes.len(), PRIOR_RTT_MS);
         self.nodes.len() - 1
-    }
-
-    pub(super) fn rtt_matrix(&self, now: Instant) -> RttMatrix {
-        // Unmeasured pairs get a 1 ms prior: on a cluster, nodes are close until measured otherwise.
-        let mut m = RttMatrix::new(self.nodes.len(), 1.0, Duration::from_secs(30));
-        for (&(from, to), &(ms, at)) in &self.rtt {
-            if at <= now {
-                m.record(from, to, ms, at);
-            }
-        }
-        m
     }
 }
 

@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::ProcessError;
 use crate::controller::{Context, Settings, Stores, SystemClock};
-use crate::crd::Placement;
+use crate::crd::{Placement, ServiceRoute};
 use crate::gateway::shutdown_signal;
 
 mod inbox;
@@ -157,8 +157,9 @@ pub async fn run(options: ManagerOptions) -> Result<(), ProcessError> {
     let (nodes, node_writer) = reflector::store::<Node>();
     let (pods, pod_writer) = reflector::store::<Pod>();
     let (placements, placement_writer) = reflector::store::<Placement>();
+    let (routes, route_writer) = reflector::store::<ServiceRoute>();
     let (configs, config_writer) = reflector::store::<ConfigMap>();
-    let stores = Stores { nodes, pods, placements };
+    let stores = Stores { nodes, pods, placements, routes };
     let ctx = Arc::new(Context::new(
         client.clone(),
         stores.clone(),
@@ -190,6 +191,7 @@ pub async fn run(options: ManagerOptions) -> Result<(), ProcessError> {
             nodes: node_writer,
             pods: pod_writer,
             placements: placement_writer,
+            routes: route_writer,
             configs: config_writer,
         },
     };

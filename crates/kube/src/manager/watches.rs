@@ -12,13 +12,14 @@ use tokio::sync::mpsc;
 use super::fleet_config;
 use crate::ProcessError;
 use crate::controller::{Context, Stores, error_policy, reconcile};
-use crate::crd::{KnativeService, MANAGED_BY, MANAGED_BY_LABEL, Placement};
+use crate::crd::{KnativeService, MANAGED_BY, MANAGED_BY_LABEL, Placement, ServiceRoute};
 
 /// The reflector writers the leader's watches feed.
 pub(super) struct Writers {
     pub(super) nodes: reflector::store::Writer<Node>,
     pub(super) pods: reflector::store::Writer<Pod>,
     pub(super) placements: reflector::store::Writer<Placement>,
+    pub(super) routes: reflector::store::Writer<ServiceRoute>,
     pub(super) configs: reflector::store::Writer<ConfigMap>,
 }
 
@@ -63,7 +64,7 @@ pub async fn gated_reconcile(
 /// [`reconcile`] until SIGTERM/Ctrl-C. Fails if a store's watch ended before it ever listed.
 pub(super) async fn reconcile_loop(leader: Leader) -> Result<(), ProcessError> {
     let Leader { client, ctx, system_namespace, demand_rx, stores, configs, writers } = leader;
-    let Stores { nodes, pods, placements } = stores;
+    let Stores { nodes, pods, placements, routes } = stores;
     let managed = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
     // Nodes and ConfigMaps only feed stores; ConfigMap changes replace the configuration.
     let node_stream = logged("nodes", watcher(Api::<Node>::all(client.clone()), watcher::Config::default()))
@@ -71,8 +72,11 @@ pub(super) async fn reconcile_loop(leader: Leader) -> Result<(), ProcessError> {
         .reflect(writers.nodes)
         .for_each(|_| std::future::ready(()));
     tokio::spawn(node_stream);
+    // ConfigMap changes replace the configuration, and every Service is reconciled under it
+    // (defaults reach the ServiceRoutes; idle Services are otherwise not reconciled).
     let config_ctx = ctx.clone();
     let config_store = configs.clone();
+    let (reconcile_all_tx, reconcile_all_rx) = mpsc::unbounded_channel::<()>();
     let config_stream = logged(
         "configmaps",
         watcher(Api::<ConfigMap>::namespaced(client.clone(), &system_namespace), watcher::Config::default()),
@@ -82,7 +86,10 @@ pub(super) async fn reconcile_loop(leader: Leader) -> Result<(), ProcessError> {
     .applied_objects()
     .for_each(move |_| {
         match fleet_config(&config_store.state()) {
-            Ok(config) => config_ctx.set_config(config),
+            Ok(config) => {
+                config_ctx.set_config(config);
+                let _ = reconcile_all_tx.send(());
+            }
             Err(message) => {
                 tracing::error!(%message, "configuration rejected; keeping the previous one")
             }
@@ -90,6 +97,11 @@ pub(super) async fn reconcile_loop(leader: Leader) -> Result<(), ProcessError> {
         std::future::ready(())
     });
     tokio::spawn(config_stream);
+    let reconcile_all =
+        futures_util::stream::unfold(
+            reconcile_all_rx,
+            |mut rx| async move { rx.recv().await.map(|r| (r, rx)) },
+        );
 
     let demand =
         futures_util::stream::unfold(demand_rx, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) });
@@ -103,12 +115,18 @@ pub(super) async fn reconcile_loop(leader: Leader) -> Result<(), ProcessError> {
             .default_backoff()
             .reflect(writers.placements)
             .touched_objects();
+    let route_stream =
+        logged("serviceroutes", watcher(Api::<ServiceRoute>::all(client.clone()), managed.clone()))
+            .default_backoff()
+            .reflect(writers.routes)
+            .touched_objects();
     // Reconciles wait until every store has listed once.
     let (synced_tx, synced_rx) = tokio::sync::watch::channel(false);
     let synced = async move {
         nodes.wait_until_ready().await?;
         pods.wait_until_ready().await?;
         placements.wait_until_ready().await?;
+        routes.wait_until_ready().await?;
         configs.wait_until_ready().await?;
         tracing::info!("caches synced; reconciling");
         let _ = synced_tx.send(true);
@@ -118,12 +136,14 @@ pub(super) async fn reconcile_loop(leader: Leader) -> Result<(), ProcessError> {
     let gated_ctx = ctx.clone();
     let controller = Controller::new(Api::<KnativeService>::all(client.clone()), watcher::Config::default())
         .owns_stream(placement_stream)
+        .owns_stream(route_stream)
         .watches_stream(pod_stream, |pod: Pod| {
             let ns = pod.namespace()?;
             let service = pod.labels().get(ikukantai_api::revision::SERVICE_LABEL)?.clone();
             Some(ObjectRef::new(&service).within(&ns))
         })
         .reconcile_on(demand)
+        .reconcile_all_on(reconcile_all)
         .shutdown_on_signal()
         .run(move |svc, ctx| gated_reconcile(synced_rx.clone(), svc, ctx), error_policy, gated_ctx)
         .for_each(|result| {

@@ -43,6 +43,7 @@ pub struct Harness {
     pub full: BTreeSet<String>,
     pods: Writer<k8s_openapi::api::core::v1::Pod>,
     placements: Writer<ikukantai_kube::crd::Placement>,
+    routes: Writer<ikukantai_kube::crd::ServiceRoute>,
     next_ip: u32,
 }
 
@@ -161,13 +162,15 @@ impl Harness {
         let (node_store, node_writer) = reflector::store();
         let (pod_store, pod_writer) = reflector::store();
         let (placement_store, placement_writer) = reflector::store();
+        let (route_store, route_writer) = reflector::store();
         let settings = Settings {
             controller_url: "http://ikukantai-controller.ikukantai-system:9090".into(),
             seed: 7,
             service_monitors: false,
             gateway_host: "ikukantai-gateway.ikukantai-system.svc.cluster.local".into(),
         };
-        let stores = Stores { nodes: node_store, pods: pod_store, placements: placement_store };
+        let stores =
+            Stores { nodes: node_store, pods: pod_store, placements: placement_store, routes: route_store };
         let ctx = Arc::new(Context::new(client, stores, FleetConfig::new(), settings, clock.clone()));
         let mut h = Self {
             ctx,
@@ -178,6 +181,7 @@ impl Harness {
             full: BTreeSet::new(),
             pods: pod_writer,
             placements: placement_writer,
+            routes: route_writer,
             next_ip: 1,
         };
         for n in nodes {
@@ -230,6 +234,7 @@ impl Harness {
         let objects = self.api.objects();
         relist(&mut self.pods, &objects, PODS);
         relist(&mut self.placements, &objects, PLACEMENTS);
+        relist(&mut self.routes, &objects, ROUTES);
     }
 
     /// The scheduler and the kubelets act on every Pod that is neither going nor done: a Pod
@@ -388,6 +393,11 @@ impl Harness {
             .filter(|(k, _)| k.starts_with(&format!("{PODS}/")))
             .map(|(_, v)| v)
             .collect()
+    }
+
+    /// The Service's ServiceRoute, as gateways read it.
+    pub fn route(&self) -> Value {
+        self.api.get(&format!("{ROUTES}/hello")).expect("a ServiceRoute")
     }
 
     pub fn placement(&self, name: &str) -> Value {

@@ -46,6 +46,10 @@ pub(crate) struct ControllerArgs {
     /// This replica's Pod IP: while it leads, the controller Service points there.
     #[arg(long, env = "POD_IP")]
     pod_ip: Option<std::net::IpAddr>,
+    /// The gateways' service account (in the system namespace): the only one whose pushes of
+    /// load, RTTs and demand are taken.
+    #[arg(long, default_value = "ikukantai-gateway")]
+    gateway_service_account: String,
 }
 
 /// Options of `ikukantai gateway`.
@@ -78,6 +82,9 @@ pub(crate) struct GatewayArgs {
     /// polling"; 0: never; off on one CPU). Spends idle CPU to save a wake-up.
     #[arg(long, env = "IKUKANTAI_ANSWER_POLL_MICROS", default_value_t = ikukantai_dataplane::answer_poll::DEFAULT_BUDGET_MICROS)]
     answer_poll_micros: u64,
+    /// The token its pushes carry (projected by the kubelet for the controller's audience).
+    #[arg(long, env = "IKUKANTAI_TOKEN_FILE", default_value = ikukantai_kube::auth::TOKEN_FILE)]
+    token_file: std::path::PathBuf,
 }
 
 /// Prints the CRDs (or writes them to `out`).
@@ -101,6 +108,7 @@ pub(crate) async fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode>
     ikukantai_kube::manager::run(ManagerOptions {
         identity,
         pod_ip: args.pod_ip,
+        gateway_account: args.gateway_service_account,
         listen: args.listen,
         system_namespace: args.system_namespace,
         settings: Settings {
@@ -125,6 +133,7 @@ pub(crate) async fn gateway(args: GatewayArgs) -> anyhow::Result<ExitCode> {
         controller_url: args.controller_url,
         memory_release: Some(MemoryRelease::new(ikukantai_alloc::release_freed)),
         answer_poll: std::time::Duration::from_micros(args.answer_poll_micros),
+        token_file: Some(args.token_file),
     })
     .await?;
     Ok(ExitCode::SUCCESS)

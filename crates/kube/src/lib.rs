@@ -5,7 +5,9 @@
 //! - [`gateway`]: the per-node gateway (DaemonSet) that discovers instances by watching Pods.
 //! - [`sidecar`]: the queue proxy as a sidecar container, pushing stats to the controller.
 //! - [`wire`]: what gateways and sidecars tell the controller.
+//! - [`auth`]: who may tell it (service-account tokens, reviewed by the API server).
 
+pub mod auth;
 pub mod controller;
 pub mod crd;
 pub mod gateway;

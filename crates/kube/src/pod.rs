@@ -17,6 +17,8 @@ pub const QUEUE_ADMIN_PORT: u16 = 8022;
 pub const INDEX_LABEL: &str = "ikukantai.dev/index";
 /// Name of the sidecar container.
 pub const QUEUE_CONTAINER: &str = "queue-proxy";
+/// Name of the volume holding the sidecar's token for the controller.
+pub const TOKEN_VOLUME: &str = "ikukantai-token";
 
 /// Environment of the queue-proxy sidecar (read by `ikukantai queue-proxy`).
 pub mod env {
@@ -48,6 +50,8 @@ pub mod env {
     pub const READINESS_PROBE: &str = "SERVING_READINESS_PROBE";
     /// Where to push stats.
     pub const CONTROLLER_URL: &str = "IKUKANTAI_CONTROLLER_URL";
+    /// The projected token that authenticates the pushes ([`crate::auth`]).
+    pub const TOKEN_FILE: &str = "IKUKANTAI_TOKEN_FILE";
     /// Serving port.
     pub const QUEUE_PORT: &str = "QUEUE_SERVING_PORT";
     /// Admin port.
@@ -245,6 +249,7 @@ pub fn build_pod(revision: &Revision, p: &PodParams<'_>) -> Result<Pod, String> 
         (env::IDLE_TIMEOUT, secs(spec.idle_timeout_seconds)),
         (env::READINESS_PROBE, probe),
         (env::CONTROLLER_URL, p.controller_url.to_owned()),
+        (env::TOKEN_FILE, crate::auth::TOKEN_FILE.to_owned()),
         (env::QUEUE_PORT, QUEUE_PORT.to_string()),
         (env::ADMIN_PORT, QUEUE_ADMIN_PORT.to_string()),
         (env::DRAIN_NOTICE, DRAIN_NOTICE_SECONDS.to_string()),
@@ -267,6 +272,8 @@ pub fn build_pod(revision: &Revision, p: &PodParams<'_>) -> Result<Pod, String> 
             { "name": "admin", "containerPort": QUEUE_ADMIN_PORT, "protocol": "TCP" }
         ],
         "readinessProbe": { "httpGet": { "path": "/ready", "port": QUEUE_ADMIN_PORT }, "periodSeconds": 1, "failureThreshold": 1 },
+        // Its token for the controller only: the user's container does not mount it.
+        "volumeMounts": [{ "name": TOKEN_VOLUME, "mountPath": crate::auth::TOKEN_DIR, "readOnly": true }],
         // Limits too: a ResourceQuota over limits.* refuses a Pod with a container that has none.
         "resources": {
             "requests": { "cpu": SIDECAR_CPU_REQUEST, "memory": SIDECAR_MEMORY_REQUEST },
@@ -317,8 +324,19 @@ pub fn build_pod(revision: &Revision, p: &PodParams<'_>) -> Result<Pod, String> 
         "terminationGracePeriodSeconds": DRAIN_NOTICE_SECONDS + spec.timeout_seconds() + 10,
     });
     set(&mut pod_spec, "serviceAccountName", spec.service_account_name.as_ref().map(|r| json!(r)));
+    // The API token only for a revision that names its service account (it means to call the
+    // API); the sidecar's own token, for the controller's audience alone, is projected anyway.
+    pod_spec["automountServiceAccountToken"] = json!(spec.service_account_name.is_some());
     set(&mut pod_spec, "imagePullSecrets", spec.image_pull_secrets.clone());
-    set(&mut pod_spec, "volumes", spec.volumes.clone());
+    let token = json!({ "name": TOKEN_VOLUME, "projected": { "sources": [{ "serviceAccountToken": {
+        "audience": crate::auth::AUDIENCE, "expirationSeconds": crate::auth::TOKEN_SECONDS, "path": "token" } }] } });
+    let volumes: Vec<Value> = spec.volumes.as_ref().and_then(Value::as_array).cloned().unwrap_or_default();
+    if spec.volumes.as_ref().is_some_and(|v| !v.is_array()) {
+        // Named by the deserialization below.
+        set(&mut pod_spec, "volumes", spec.volumes.clone());
+    } else {
+        pod_spec["volumes"] = json!(volumes.into_iter().chain([token]).collect::<Vec<_>>());
+    }
     set(&mut pod_spec, "nodeSelector", spec.node_selector.as_ref().map(|r| json!(r)));
     set(&mut pod_spec, "tolerations", spec.tolerations.clone());
     set(&mut pod_spec, "securityContext", spec.security_context.clone());
@@ -446,6 +464,34 @@ mod tests {
         }
         assert_eq!(node["preferredDuringSchedulingIgnoredDuringExecution"][0]["weight"], 1);
         assert!(v["spec"]["affinity"]["podAntiAffinity"].is_object());
+    }
+
+    #[test]
+    fn only_the_sidecar_gets_a_token_and_only_for_the_controller() {
+        let v = serde_json::to_value(
+            build_pod(&revision(r#","volumes":[{"name":"config","configMap":{"name":"c"}}]"#), &params())
+                .unwrap(),
+        )
+        .unwrap();
+        let spec = &v["spec"];
+        assert_eq!(
+            spec["automountServiceAccountToken"], false,
+            "no API token for a revision without a service account"
+        );
+        let volumes = spec["volumes"].as_array().unwrap();
+        assert_eq!(volumes[0]["name"], "config", "the user's volumes stay");
+        let token = &volumes[1]["projected"]["sources"][0]["serviceAccountToken"];
+        assert_eq!(token["audience"], crate::auth::AUDIENCE);
+        assert!(spec["containers"][0]["volumeMounts"].is_null(), "the user's container does not mount it");
+        assert_eq!(spec["containers"][1]["volumeMounts"][0]["mountPath"], crate::auth::TOKEN_DIR);
+        let with_account = serde_json::to_value(
+            build_pod(&revision(r#","serviceAccountName":"reader""#), &params()).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            with_account["spec"]["automountServiceAccountToken"], true,
+            "it names one: it wants the API"
+        );
     }
 
     #[test]

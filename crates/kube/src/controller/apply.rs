@@ -183,7 +183,9 @@ pub(super) async fn apply(ksvc: &KnativeService, ctx: &Context) -> Result<Action
         for (namespace, revision) in gone {
             ctx.metrics.forget(&RevisionLabels { namespace, revision });
         }
+        state.sweep_nodes(&node_names, now);
         let idx: Vec<usize> = node_infos.iter().map(|n| state.node_index(&n.name)).collect();
+        ctx.metrics.nodes.set(state.nodes.iter().flatten().count() as i64);
         let n = state.nodes.len();
         // Fields borrowed apart: the RTT matrix is read in place while scalers change.
         let state = &mut *state;
@@ -213,7 +215,7 @@ pub(super) async fn apply(ksvc: &KnativeService, ctx: &Context) -> Result<Action
                     state.full.insert((ns.clone(), rev.clone(), node), now + FULL_NODE_HOLD);
                     continue;
                 }
-                if let Some(i) = state.nodes.iter().position(|x| *x == node) {
+                if let Some(i) = state.index_of(&node) {
                     current[i] += 1;
                 }
                 ready += u32::from(pod_ready(p));

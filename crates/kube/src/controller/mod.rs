@@ -128,6 +128,7 @@ struct ControllerMetrics {
     stable: Family<RevisionLabels, GaugeF>,
     panic: Family<RevisionLabels, Gauge>,
     reconciles: Family<OutcomeLabels, Counter>,
+    nodes: Gauge,
 }
 
 impl ControllerMetrics {
@@ -150,6 +151,7 @@ impl ControllerMetrics {
         );
         r.register("panic_mode", "1 while the autoscaler is in panic mode", self.panic.clone());
         r.register("reconciles", "Reconciles of Knative Services, by result", self.reconciles.clone());
+        r.register("nodes", "Nodes the controller keeps scaling state for", self.nodes.clone());
     }
 }
 
@@ -217,6 +219,22 @@ impl Context {
         *self.config.write().unwrap_or_else(|e| e.into_inner()) = config;
     }
 
+    /// The revision and node of the instance Pod `namespace/pod`, if it is one this platform
+    /// manages (as the Pod store has it).
+    pub fn instance(&self, namespace: &str, pod: &str) -> Option<(String, Option<String>)> {
+        let p = self.stores.pods.get(&ObjectRef::new(pod).within(namespace))?;
+        if p.labels().get(crate::crd::MANAGED_BY_LABEL).map(String::as_str) != Some(crate::crd::MANAGED_BY) {
+            return None;
+        }
+        let revision = p.labels().get(crate::crd::REVISION_LABEL)?.clone();
+        Some((revision, p.spec.as_ref().and_then(|s| s.node_name.clone())))
+    }
+
+    /// Whether `node` is one of the cluster's nodes now.
+    fn known_node(&self, node: &str) -> bool {
+        self.stores.nodes.get(&ObjectRef::new(node)).is_some()
+    }
+
     /// Records one instance's stats.
     pub fn record_stats(&self, s: &InstanceStats) {
         let now = self.clock.now();
@@ -227,16 +245,22 @@ impl Context {
     }
 
     /// Records a gateway's report: activator load, demand by origin, RTTs.
+    /// Only the cluster's nodes are learnt: a report naming made-up nodes grows nothing.
     pub fn record_report(&self, r: &GatewayReport) {
+        if !self.known_node(&r.node) {
+            tracing::debug!(node = %r.node, "report from a node that is not (or no longer) in the cluster");
+            return;
+        }
         let now = self.clock.now();
         let mut state = lock(&self.state);
         let from = state.node_index(&r.node);
         for (peer, &ms) in &r.rtt_ms {
-            if ms.is_finite() && ms >= 0.0 {
+            if ms.is_finite() && ms >= 0.0 && self.known_node(peer) {
                 let to = state.node_index(peer);
                 state.rtt.record(from, to, ms, now);
             }
         }
+        self.metrics.nodes.set(state.nodes.iter().flatten().count() as i64);
         for load in &r.revisions {
             if let Some(scaler) = state.scalers.get_mut(&(load.namespace.clone(), load.revision.clone())) {
                 scaler.autoscaler.record(now, &load.activator.into());
@@ -248,6 +272,10 @@ impl Context {
     /// Records demand at zero; returns the Service to reconcile now. Demand for a revision
     /// without a scaler yet (a new leader) is kept for the scaler to come.
     pub fn record_demand(&self, d: &Demand) -> ObjectRef<KnativeService> {
+        let target = ObjectRef::new(&d.service).within(&d.namespace);
+        if !self.known_node(&d.node) {
+            return target;
+        }
         let now = self.clock.now();
         let mut state = lock(&self.state);
         let origin = state.node_index(&d.node);
@@ -258,7 +286,7 @@ impl Context {
             }
             None => state.remember_poke(key, now, origin),
         }
-        ObjectRef::new(&d.service).within(&d.namespace)
+        target
     }
 }
 

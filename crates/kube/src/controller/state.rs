@@ -43,8 +43,12 @@ const RTT_MAX_AGE: Duration = Duration::from_secs(30);
 /// Scaling state that lives between reconciles.
 #[derive(Debug)]
 pub(super) struct ControlState {
-    /// Node names by index; append-only so indices stay valid in the autoscalers.
-    pub(super) nodes: Vec<String>,
+    /// Node names by index. An index stays a node's while the autoscalers may hold demand for
+    /// it; one gone for [`FORGET_AFTER`] frees its index for the next node that joins, so node
+    /// churn (autoscaled or spot pools) does not grow the list, or the RTT matrix, for ever.
+    pub(super) nodes: Vec<Option<String>>,
+    /// Index → since when its node is gone from the cluster.
+    pub(super) gone_since: HashMap<usize, Instant>,
     /// (namespace, revision) → scaler.
     pub(super) scalers: HashMap<(String, String), RevisionScaler>,
     /// RTTs between nodes by index, kept up to date as reports arrive (not rebuilt per
@@ -70,6 +74,7 @@ impl Default for ControlState {
     fn default() -> Self {
         Self {
             nodes: Vec::new(),
+            gone_since: HashMap::new(),
             scalers: HashMap::new(),
             rtt: RttMatrix::new(0, PRIOR_RTT_MS, RTT_MAX_AGE),
             routed: HashMap::new(),
@@ -83,13 +88,44 @@ impl Default for ControlState {
 }
 
 impl ControlState {
+    /// The index of node `name` (one of the cluster's), taking a free one if it has none yet.
+    /// A reused index may keep its old node's RTT samples until they age out (30 s).
     pub(super) fn node_index(&mut self, name: &str) -> usize {
-        if let Some(i) = self.nodes.iter().position(|n| n == name) {
+        if let Some(i) = self.index_of(name) {
             return i;
         }
-        self.nodes.push(name.to_owned());
+        if let Some(i) = self.nodes.iter().position(Option::is_none) {
+            self.nodes[i] = Some(name.to_owned());
+            return i;
+        }
+        self.nodes.push(Some(name.to_owned()));
         self.rtt.grow(self.nodes.len(), PRIOR_RTT_MS);
         self.nodes.len() - 1
+    }
+
+    /// The index of node `name`, if it has one.
+    pub(super) fn index_of(&self, name: &str) -> Option<usize> {
+        self.nodes.iter().position(|n| n.as_deref() == Some(name))
+    }
+
+    /// Notes which nodes are in the cluster (`present`) at `now`; frees the indices of nodes gone
+    /// for [`FORGET_AFTER`].
+    pub(super) fn sweep_nodes(&mut self, present: &[String], now: Instant) {
+        for (i, slot) in self.nodes.iter_mut().enumerate() {
+            match slot {
+                Some(name) if !present.contains(name) => {
+                    let since = *self.gone_since.entry(i).or_insert(now);
+                    if now.saturating_duration_since(since) >= FORGET_AFTER {
+                        tracing::info!(node = %name, index = i, "forgetting a node that left");
+                        *slot = None;
+                        self.gone_since.remove(&i);
+                    }
+                }
+                _ => {
+                    self.gone_since.remove(&i);
+                }
+            }
+        }
     }
 }
 
@@ -149,6 +185,21 @@ impl ControlState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nodes_that_left_free_their_index_after_a_while() {
+        let mut s = ControlState::default();
+        let t0 = Instant::now();
+        let (a, b) = (s.node_index("spot-a"), s.node_index("spot-b"));
+        s.sweep_nodes(&["spot-b".to_owned()], t0);
+        assert_eq!(s.index_of("spot-a"), Some(a), "kept for a while");
+        s.sweep_nodes(&["spot-b".to_owned()], t0 + FORGET_AFTER);
+        assert_eq!(s.index_of("spot-a"), None);
+        assert_eq!(s.node_index("spot-c"), a, "the next node takes the free index");
+        assert_eq!(s.index_of("spot-b"), Some(b));
+        assert_eq!(s.nodes.len(), 2);
+        assert_eq!(s.rtt.len(), 2, "nor does the RTT matrix grow");
+    }
 
     #[test]
     fn retries_back_off_exponentially_to_five_minutes() {

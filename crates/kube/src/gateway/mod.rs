@@ -64,6 +64,8 @@ pub struct GatewayOptions {
     pub memory_release: Option<MemoryRelease>,
     /// Budget of polling for an instance's answer ([`ikukantai_dataplane::answer_poll`]).
     pub answer_poll: Duration,
+    /// The projected token that authenticates its pushes ([`crate::auth`]).
+    pub token_file: Option<std::path::PathBuf>,
 }
 
 /// Pushes demand at zero to the controller (revision → service from the routes), at most once a
@@ -202,7 +204,10 @@ pub async fn run(options: GatewayOptions) -> Result<(), ProcessError> {
         TcpListener::bind(addr).await.map_err(|source| ProcessError::Listen { addr, source })
     };
     let services_by_revision: Arc<RwLock<HashMap<(String, String), String>>> = Arc::default();
-    let pusher = Pusher::new(&options.controller_url);
+    let pusher = match &options.token_file {
+        Some(path) => Pusher::new(&options.controller_url).with_token_file(path),
+        None => Pusher::new(&options.controller_url),
+    };
     let events = Arc::new(DemandPusher {
         pusher: pusher.clone(),
         node: options.node.clone(),

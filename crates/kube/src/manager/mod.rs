@@ -25,6 +25,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 use crate::ProcessError;
+use crate::auth::TokenReviewer;
 use crate::controller::{Context, Settings, Stores, SystemClock};
 use crate::crd::{Placement, ServiceRoute};
 use crate::gateway::shutdown_signal;
@@ -34,7 +35,7 @@ mod watches;
 
 pub use watches::gated_reconcile;
 
-pub use inbox::serve_inbox;
+pub use inbox::{InboxAuth, serve_inbox};
 use watches::{Leader, Writers, reconcile_loop};
 
 /// The Lease the controller replicas compete for, in the system namespace.
@@ -60,6 +61,8 @@ pub struct ManagerOptions {
     pub settings: Settings,
     /// This replica's name in the leader election (the Pod's name).
     pub identity: String,
+    /// The gateways' service account (in `system_namespace`): only it may push reports and demand.
+    pub gateway_account: String,
     /// This replica's Pod IP, published as the controller Service's endpoint while it leads
     /// (`None` outside a cluster: nothing is published).
     pub pod_ip: Option<IpAddr>,
@@ -174,8 +177,12 @@ pub async fn run(options: ManagerOptions) -> Result<(), ProcessError> {
     let (demand_tx, demand_rx) = mpsc::unbounded_channel();
     let inbox_ctx = ctx.clone();
     let inbox_leading = leading.clone();
+    let inbox_auth = InboxAuth {
+        authenticator: Arc::new(TokenReviewer::new(client.clone())),
+        gateway_account: (options.system_namespace.clone(), options.gateway_account.clone()),
+    };
     tokio::spawn(async move {
-        if let Err(e) = serve_inbox(listener, inbox_ctx, demand_tx, inbox_leading).await {
+        if let Err(e) = serve_inbox(listener, inbox_ctx, demand_tx, inbox_leading, inbox_auth).await {
             tracing::error!(error = %e, "inbox stopped");
         }
     });

@@ -129,8 +129,8 @@ pub struct FakeApi {
     /// Object path → manager → fields it owns.
     owners: Mutex<HashMap<String, BTreeMap<String, BTreeSet<FieldPath>>>>,
     policies: Mutex<HashMap<String, NamespacePolicy>>,
-    /// Token → the `status.user` a TokenReview returns for it.
-    tokens: Mutex<HashMap<String, Value>>,
+    /// Token → the `status.user` a TokenReview returns for it, and the audiences it was issued for.
+    tokens: Mutex<HashMap<String, (Value, Vec<String>)>>,
     version: AtomicU64,
     pub calls: Mutex<Vec<Call>>,
 }
@@ -216,9 +216,15 @@ impl FakeApi {
         self.policies.lock().unwrap().insert(namespace.to_owned(), policy);
     }
 
-    /// A token whose TokenReview answers `user`.
+    /// A token for the controller's audience whose TokenReview answers `user`.
     pub fn issue_token(&self, token: &str, user: Value) {
-        self.tokens.lock().unwrap().insert(token.to_owned(), user);
+        self.issue_token_for(token, user, &[ikukantai_kube::auth::AUDIENCE]);
+    }
+
+    /// A token issued for `audiences` (a Pod's default token is for the API server's).
+    pub fn issue_token_for(&self, token: &str, user: Value, audiences: &[&str]) {
+        let audiences = audiences.iter().map(|a| a.to_string()).collect();
+        self.tokens.lock().unwrap().insert(token.to_owned(), (user, audiences));
     }
 
     /// Deletes the object at `path` as a client's DELETE would (graceful for Pods, waiting for
@@ -560,8 +566,23 @@ impl FakeApi {
     fn token_review(&self, call: &Call) -> (u16, Value) {
         let token = call.body["spec"]["token"].as_str().unwrap_or_default();
         let audiences = call.body["spec"]["audiences"].clone();
+        // A token is good for the audiences asked for only if it was issued for one of them.
+        let asked: Vec<String> = audiences
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|a| a.as_str().map(str::to_owned))
+            .collect();
         let status = match self.tokens.lock().unwrap().get(token) {
-            Some(user) => json!({"authenticated": true, "user": user, "audiences": audiences}),
+            Some((user, issued)) => {
+                let shared: Vec<&String> =
+                    issued.iter().filter(|a| asked.is_empty() || asked.contains(a)).collect();
+                if shared.is_empty() {
+                    json!({"authenticated": false, "error": "[invalid bearer token, token audiences are invalid for the target audiences]"})
+                } else {
+                    json!({"authenticated": true, "user": user, "audiences": shared})
+                }
+            }
             None => json!({"authenticated": false, "error": "invalid bearer token"}),
         };
         (

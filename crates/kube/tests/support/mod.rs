@@ -34,6 +34,8 @@ pub const SERVICES: &str = "/api/v1/namespaces/default/services";
 
 pub struct Harness {
     pub ctx: Arc<Context>,
+    /// A client of the fake API server.
+    pub client: Client,
     pub clock: Arc<ManualClock>,
     pub api: Arc<FakeApi>,
     nodes: Writer<Node>,
@@ -171,9 +173,10 @@ impl Harness {
         };
         let stores =
             Stores { nodes: node_store, pods: pod_store, placements: placement_store, routes: route_store };
-        let ctx = Arc::new(Context::new(client, stores, FleetConfig::new(), settings, clock.clone()));
+        let ctx = Arc::new(Context::new(client.clone(), stores, FleetConfig::new(), settings, clock.clone()));
         let mut h = Self {
             ctx,
+            client,
             clock,
             api,
             nodes: node_writer,

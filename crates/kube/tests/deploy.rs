@@ -121,3 +121,72 @@ fn the_image_build_stage_installs_what_jemalloc_needs() {
         assert!(present, "the build stage lacks {tool:?} (installed: {installed:?}):\n{stage}");
     }
 }
+
+#[path = "support/psa.rs"]
+#[allow(dead_code, unreachable_pub, reason = "shared with the reconcile tests")]
+mod psa;
+
+/// Every document of every manifest under `deploy/` (not the examples), as JSON.
+fn manifests() -> Vec<serde_json::Value> {
+    let mut docs = Vec::new();
+    for entry in std::fs::read_dir(repo_root().join("deploy")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            docs.extend(serde_saphyr::from_multiple::<serde_json::Value>(&text).unwrap());
+        }
+    }
+    docs.retain(|d| d.is_object());
+    docs
+}
+
+fn find<'a>(docs: &'a [serde_json::Value], kind: &str, name: &str) -> &'a serde_json::Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name}"))
+}
+
+/// Pod Security admission, as the API server applies the namespace's level to every Pod a
+/// Deployment or DaemonSet creates: the platform's and the instance Pods pass `restricted`.
+#[test]
+fn every_pod_passes_the_pod_security_level_its_namespace_enforces() {
+    let docs = manifests();
+    let ns = find(&docs, "Namespace", "ikukantai-system");
+    let level =
+        ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"].as_str().expect("an enforce label");
+    let level = psa::Level::parse(level).unwrap();
+    assert_eq!(level, psa::Level::Restricted);
+    for d in docs.iter().filter(|d| d["kind"] == "Deployment" || d["kind"] == "DaemonSet") {
+        let v = psa::violations(level, &d["spec"]["template"]["spec"]);
+        assert!(v.is_empty(), "{} {}: {v:?}", d["kind"], d["metadata"]["name"]);
+    }
+    // The instance Pod of the demo: the sidecar and the user's container both comply.
+    let pod: serde_json::Value =
+        serde_saphyr::from_str(&std::fs::read_to_string(deploy("examples/hello-pod.yaml")).unwrap()).unwrap();
+    let v = psa::violations(psa::Level::Restricted, &pod["spec"]);
+    assert!(v.is_empty(), "{v:?}");
+}
+
+/// Gateways are reached through a node-local Service (kube-proxy honours readiness), never a
+/// host port (Pod Security `baseline` forbids them).
+#[test]
+fn gateways_are_reached_through_a_node_local_service() {
+    let docs = manifests();
+    let ds = find(&docs, "DaemonSet", "ikukantai-gateway");
+    let pod = &ds["spec"]["template"]["spec"];
+    assert!(pod["hostNetwork"].is_null());
+    let container = &pod["containers"][0];
+    assert!(container["ports"].as_array().unwrap().iter().all(|p| p["hostPort"].is_null()), "{container}");
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/ready");
+    assert!(container["lifecycle"]["preStop"]["sleep"]["seconds"].as_u64().is_some_and(|s| s > 0));
+    let rolling = &ds["spec"]["updateStrategy"]["rollingUpdate"];
+    assert_eq!(
+        (rolling["maxSurge"].as_u64(), rolling["maxUnavailable"].as_u64()),
+        (Some(1), Some(0)),
+        "{rolling}"
+    );
+    let svc = find(&docs, "Service", "ikukantai-gateway");
+    assert!(matches!(svc["spec"]["type"].as_str(), Some("NodePort" | "LoadBalancer")), "{svc}");
+    assert_eq!(svc["spec"]["externalTrafficPolicy"], "Local");
+    assert_eq!(svc["spec"]["internalTrafficPolicy"], "Local");
+}

@@ -71,8 +71,9 @@ pub struct FleetConfig {
 /// `config-ikukantai` keys only the Kubernetes runtime reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KubernetesDefaults {
-    /// `queue-proxy-image`: the image of the queue-proxy sidecar (this binary).
-    pub queue_proxy_image: String,
+    /// `queue-proxy-image`: the image of the queue-proxy sidecar (this binary); unset, the
+    /// controller's own image, so the one image reference (kustomize `images:`) covers both.
+    pub queue_proxy_image: Option<String>,
     /// `node-capacity`: instances a node holds when its `ikukantai.dev/capacity` label is unset.
     pub node_capacity: u32,
     /// `probe-interval`: how often gateways measure the RTT to their peers.
@@ -86,7 +87,7 @@ pub struct KubernetesDefaults {
 impl Default for KubernetesDefaults {
     fn default() -> Self {
         Self {
-            queue_proxy_image: "ikukantai:0.1.0".into(),
+            queue_proxy_image: None,
             node_capacity: 10,
             probe_interval: Duration::from_secs(5),
             progress_deadline: Duration::from_secs(600),
@@ -378,7 +379,7 @@ fn apply_ikukantai(c: &mut FleetConfig, data: &BTreeMap<String, String>) -> Resu
         if v.trim().is_empty() || v.contains(char::is_whitespace) {
             d.fail("queue-proxy-image", format!("{v:?} is not an image reference"));
         } else {
-            next.kubernetes.queue_proxy_image = v.clone();
+            next.kubernetes.queue_proxy_image = Some(v.clone());
         }
     }
     match d.uint("node-capacity") {
@@ -494,7 +495,7 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(f.kubernetes.progress_deadline, Duration::from_secs(120));
-        assert_eq!(f.kubernetes.queue_proxy_image, "registry.local/ikukantai:1");
+        assert_eq!(f.kubernetes.queue_proxy_image.as_deref(), Some("registry.local/ikukantai:1"));
         assert_eq!(f.kubernetes.node_capacity, 4);
         assert_eq!(f.kubernetes.probe_interval, Duration::from_secs(2));
         let before = f.clone();

@@ -116,6 +116,8 @@ pub(crate) async fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode>
             seed: args.seed,
             service_monitors: false,
             gateway_host: args.gateway_host,
+            // Replaced by the controller's own image when its Pod can be read.
+            sidecar_image: format!("ikukantai:{}", env!("CARGO_PKG_VERSION")),
         },
     })
     .await?;

@@ -137,3 +137,34 @@ async fn a_failing_reconcile_is_retried_later_and_later() {
     let secs = [2, 4, 8, 16].map(|s| Action::requeue(Duration::from_secs(s)));
     assert_eq!(delays, secs);
 }
+
+#[tokio::test]
+async fn a_revision_asking_for_a_privileged_container_or_a_host_path_is_refused_before_any_pod() {
+    let mut h = Harness::new(&["node1"]);
+    let svc = with_container(|c| c["securityContext"] = json!({"privileged": true}));
+    let mut svc = serde_json::to_value(svc).unwrap();
+    svc["spec"]["template"]["spec"]["volumes"] = json!([{"name": "root", "hostPath": {"path": "/"}}]);
+    let svc: ikukantai_kube::crd::KnativeService = serde_json::from_value(svc).unwrap();
+    let (_, calls) = h.reconcile(&svc).await;
+    assert_eq!(created(&calls), 0, "{calls:#?}");
+    let ready = h.ready_condition();
+    assert_eq!(ready["reason"], "InvalidSpec", "{ready}");
+    let message = ready["message"].as_str().unwrap();
+    assert!(message.contains("spec.template.spec.containers[0].securityContext.privileged"), "{message}");
+    assert!(message.contains("spec.template.spec.volumes[0].hostPath"), "{message}");
+}
+
+#[tokio::test]
+async fn sidecars_run_the_controllers_own_image_unless_configured() {
+    let mut h = Harness::new(&["node1"]);
+    let (_, calls) = h.reconcile(&with_container(|_| {})).await;
+    let pod = calls.iter().find(|c| c.is(&Method::POST, PODS)).unwrap();
+    assert_eq!(pod.body["spec"]["containers"][1]["image"], "registry.example/ikukantai@sha256:0123abcd");
+    let mut h = Harness::new(&["node1"]);
+    let mut config = ikukantai_api::config::FleetConfig::new();
+    config.kubernetes.queue_proxy_image = Some("mirror.local/ikukantai:0.1.0".into());
+    h.ctx.set_config(config);
+    let (_, calls) = h.reconcile(&with_container(|_| {})).await;
+    let pod = calls.iter().find(|c| c.is(&Method::POST, PODS)).unwrap();
+    assert_eq!(pod.body["spec"]["containers"][1]["image"], "mirror.local/ikukantai:0.1.0");
+}

@@ -192,3 +192,29 @@ async fn the_controller_refuses_to_run_beside_knative_serving() {
         }
     }
 }
+
+#[tokio::test]
+async fn the_controller_knows_its_own_image_for_the_sidecars() {
+    let (svc, mut handle) =
+        tower_test::mock::pair::<http::Request<kube::client::Body>, http::Response<kube::client::Body>>();
+    let api = kube::Api::namespaced(kube::Client::new(svc, "default"), "ikukantai-system");
+    let server = tokio::spawn(async move {
+        let (req, send) = handle.next_request().await.expect("one request");
+        assert_eq!(
+            req.uri().path(),
+            "/api/v1/namespaces/ikukantai-system/pods/ikukantai-controller-7d9f8-x2x4q"
+        );
+        // As kustomize `images:` rewrote the Deployment.
+        let pod = serde_json::json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "ikukantai-controller-7d9f8-x2x4q", "namespace": "ikukantai-system"},
+            "spec": {"containers": [{"name": "controller", "image": "registry.example/ikukantai@sha256:feed"}]}});
+        send.send_response(
+            http::Response::builder()
+                .body(kube::client::Body::from(serde_json::to_vec(&pod).unwrap()))
+                .unwrap(),
+        );
+    });
+    let image = ikukantai_kube::manager::own_image(&api, "ikukantai-controller-7d9f8-x2x4q").await.unwrap();
+    server.await.unwrap();
+    assert_eq!(image.as_deref(), Some("registry.example/ikukantai@sha256:feed"));
+}

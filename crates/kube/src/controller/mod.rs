@@ -103,6 +103,9 @@ pub struct Settings {
     /// DNS name of the gateways' Service; each Knative Service gets an ExternalName Service
     /// pointing there, so `NAME.NAMESPACE.svc.cluster.local` reaches the caller's node gateway.
     pub gateway_host: String,
+    /// The controller's own image: the queue-proxy sidecar's unless `queue-proxy-image` says
+    /// otherwise (one binary; one image reference to rewrite, e.g. kustomize's `images:`).
+    pub sidecar_image: String,
 }
 
 /// Labels of a revision's controller metrics.
@@ -207,6 +210,11 @@ impl Context {
     /// The controller's metrics in the Prometheus text format.
     pub fn metrics_text(&self) -> String {
         ikukantai_dataplane::metrics::render(&self.registry)
+    }
+
+    /// The queue-proxy sidecar's image under `config`.
+    fn sidecar_image<'a>(&'a self, config: &'a FleetConfig) -> &'a str {
+        config.kubernetes.queue_proxy_image.as_deref().unwrap_or(&self.settings.sidecar_image)
     }
 
     /// The fleet configuration now.

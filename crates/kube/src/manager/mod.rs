@@ -128,6 +128,15 @@ pub async fn refuse_beside_knative(crds: &Api<CustomResourceDefinition>) -> Resu
     }
 }
 
+/// The image of this controller's container (`pod` in `api`'s namespace): what the sidecars
+/// run unless configured otherwise. `None` if the Pod cannot be read (not in a cluster).
+pub async fn own_image(api: &Api<Pod>, pod: &str) -> Result<Option<String>, kube::Error> {
+    let Some(p) = api.get_opt(pod).await? else { return Ok(None) };
+    let containers = p.spec.map(|s| s.containers).unwrap_or_default();
+    let own = containers.iter().find(|c| c.name == "controller").or(containers.first());
+    Ok(own.and_then(|c| c.image.clone()))
+}
+
 /// Runs a controller replica until SIGTERM/Ctrl-C: the inbox at once, the reconcile loop while
 /// this replica holds the lease.
 pub async fn run(options: ManagerOptions) -> Result<(), ProcessError> {
@@ -149,6 +158,15 @@ pub async fn run(options: ManagerOptions) -> Result<(), ProcessError> {
     tracing::info!(identity = %options.identity, %lease, "waiting to lead");
 
     let mut settings = options.settings.clone();
+    match own_image(&Api::namespaced(client.clone(), &options.system_namespace), &options.identity).await {
+        Ok(Some(image)) => settings.sidecar_image = image,
+        Ok(None) => {
+            tracing::warn!(pod = %options.identity, image = %settings.sidecar_image, "own Pod not found; sidecars use the default image")
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, image = %settings.sidecar_image, "cannot read the own Pod; sidecars use the default image")
+        }
+    }
     settings.service_monitors = match crds.get_opt("servicemonitors.monitoring.coreos.com").await {
         Ok(found) => found.is_some(),
         Err(e) => {

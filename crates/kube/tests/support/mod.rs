@@ -170,6 +170,7 @@ impl Harness {
             seed: 7,
             service_monitors: false,
             gateway_host: "ikukantai-gateway.ikukantai-system.svc.cluster.local".into(),
+            sidecar_image: "registry.example/ikukantai@sha256:0123abcd".into(),
         };
         let stores =
             Stores { nodes: node_store, pods: pod_store, placements: placement_store, routes: route_store };

@@ -190,3 +190,29 @@ fn gateways_are_reached_through_a_node_local_service() {
     assert_eq!(svc["spec"]["externalTrafficPolicy"], "Local");
     assert_eq!(svc["spec"]["internalTrafficPolicy"], "Local");
 }
+
+/// Controller replicas elect their leader by comparing lease times across clocks: they stay off
+/// nodes labelled as edge nodes (whose clocks drift and whose links flap), and a disruption
+/// budget keeps a standby while nodes are drained.
+#[test]
+fn controller_replicas_stay_on_cloud_nodes_and_one_always_runs() {
+    let docs = manifests();
+    let deploy = find(&docs, "Deployment", "ikukantai-controller");
+    assert!(deploy["spec"]["replicas"].as_u64().unwrap() >= 2);
+    let terms = &deploy["spec"]["template"]["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+        ["nodeSelectorTerms"];
+    let terms = terms.as_array().expect("a required node affinity");
+    for edge in ["ikukantai.dev/edge", "node-role.kubernetes.io/edge"] {
+        let excluded = terms.iter().all(|t| {
+            t["matchExpressions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|e| e["key"] == edge && e["operator"] == "DoesNotExist")
+        });
+        assert!(excluded, "{edge} nodes excluded from every term: {terms:?}");
+    }
+    let pdb = find(&docs, "PodDisruptionBudget", "ikukantai-controller");
+    assert_eq!(pdb["spec"]["selector"]["matchLabels"], deploy["spec"]["selector"]["matchLabels"]);
+    assert!(pdb["spec"]["minAvailable"].as_u64().is_some_and(|m| m >= 1), "{pdb}");
+}

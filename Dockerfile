@@ -4,6 +4,11 @@
 # Cargo.toml), ship the static-enough binary on distroless
 # (glibc only; TLS is rustls, no OpenSSL), as a non-root user.
 FROM rust:1.95-slim-bookworm AS build
+# The slim image has a C compiler but no `make`, which jemalloc's build (crates/alloc, through
+# tikv-jemalloc-sys) runs; crates/kube/tests/deploy.rs checks this line stays.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends make \
+ && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \

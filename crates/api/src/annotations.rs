@@ -26,6 +26,20 @@ pub const QUEUE_ANNOTATION: &str = "ikukantai.dev/queue";
 /// `ikukantai.dev/queue-priority-rules`: rules of the `priority` discipline.
 pub const PRIORITY_RULES_ANNOTATION: &str = "ikukantai.dev/queue-priority-rules";
 
+/// `serving.knative.dev/progress-deadline`: how long the revision may take to become ready
+/// before it is failed (Knative's; the fleet's `progress-deadline` when unset).
+pub const PROGRESS_DEADLINE_ANNOTATION: &str = "serving.knative.dev/progress-deadline";
+
+/// A progress deadline (the annotation's or the `progress-deadline` key's value): a positive
+/// duration in whole seconds, as a Deployment's `progressDeadlineSeconds` takes it.
+pub fn progress_deadline(v: &str) -> Result<Duration, String> {
+    match parse_duration(v)? {
+        d if d.is_zero() => Err(format!("{v:?} out of range: must be greater than 0s")),
+        d if d.subsec_nanos() != 0 => Err(format!("{v:?} must be specified with at most second precision")),
+        d => Ok(d),
+    }
+}
+
 /// Knative's autoscaling annotation names (after the prefix), with their legacy camelCase aliases.
 const AUTOSCALING_KEYS: &[(&str, Option<&str>)] = &[
     ("class", None),
@@ -60,6 +74,8 @@ pub struct RevisionSettings {
     pub queue: Option<String>,
     /// Rules for the `priority` discipline.
     pub priority_rules: Vec<PriorityRule>,
+    /// `serving.knative.dev/progress-deadline`, `None` = fleet default.
+    pub progress_deadline: Option<Duration>,
 }
 
 /// Names of the registered balancers.
@@ -314,12 +330,28 @@ pub fn revision_settings(
             r.fail(PRIORITY_RULES_ANNOTATION, format!("only used by the priority queue, but the queue is {queue:?}; set {QUEUE_ANNOTATION}: priority"));
         }
     }
+    if let Some(v) = annotations.get(PROGRESS_DEADLINE_ANNOTATION) {
+        match progress_deadline(v) {
+            Ok(d) => s.progress_deadline = Some(d),
+            Err(e) => r.fail(PROGRESS_DEADLINE_ANNOTATION, e),
+        }
+    }
     if r.errors.is_empty() { Ok(s) } else { Err(r.errors) }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn progress_deadline_is_a_positive_whole_number_of_seconds() {
+        let ok = revision_settings(&anns(&[(PROGRESS_DEADLINE_ANNOTATION, "90s")]), &FleetConfig::new(), "a");
+        assert_eq!(ok.unwrap().progress_deadline, Some(Duration::from_secs(90)));
+        for bad in ["0s", "1.5s", "soon"] {
+            let e = errors(&[(PROGRESS_DEADLINE_ANNOTATION, bad)]);
+            assert!(e[0].contains("serving.knative.dev/progress-deadline"), "{e:?}");
+        }
+    }
 
     fn anns(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()

@@ -71,20 +71,26 @@ pub struct FleetConfig {
 /// `config-ikukantai` keys only the Kubernetes runtime reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KubernetesDefaults {
-    /// `queue-proxy-image`: the image of the queue-proxy sidecar (this binary).
-    pub queue_proxy_image: String,
+    /// `queue-proxy-image`: the image of the queue-proxy sidecar (this binary); unset, the
+    /// controller's own image, so the one image reference (kustomize `images:`) covers both.
+    pub queue_proxy_image: Option<String>,
     /// `node-capacity`: instances a node holds when its `ikukantai.dev/capacity` label is unset.
     pub node_capacity: u32,
     /// `probe-interval`: how often gateways measure the RTT to their peers.
     pub probe_interval: Duration,
+    /// `progress-deadline` (Knative's, from `config-deployment`): how long a new revision may
+    /// take to become ready before it is failed, unless its
+    /// `serving.knative.dev/progress-deadline` annotation says otherwise.
+    pub progress_deadline: Duration,
 }
 
 impl Default for KubernetesDefaults {
     fn default() -> Self {
         Self {
-            queue_proxy_image: "ikukantai:0.1.0".into(),
+            queue_proxy_image: None,
             node_capacity: 10,
             probe_interval: Duration::from_secs(5),
+            progress_deadline: Duration::from_secs(600),
         }
     }
 }
@@ -144,6 +150,7 @@ pub const IKUKANTAI_KEYS: &[&str] = &[
     "queue-proxy-image",
     "node-capacity",
     "probe-interval",
+    "progress-deadline",
 ];
 
 struct Data<'a> {
@@ -372,7 +379,7 @@ fn apply_ikukantai(c: &mut FleetConfig, data: &BTreeMap<String, String>) -> Resu
         if v.trim().is_empty() || v.contains(char::is_whitespace) {
             d.fail("queue-proxy-image", format!("{v:?} is not an image reference"));
         } else {
-            next.kubernetes.queue_proxy_image = v.clone();
+            next.kubernetes.queue_proxy_image = Some(v.clone());
         }
     }
     match d.uint("node-capacity") {
@@ -385,6 +392,18 @@ fn apply_ikukantai(c: &mut FleetConfig, data: &BTreeMap<String, String>) -> Resu
             Ok(x) if x >= Duration::from_millis(100) => next.kubernetes.probe_interval = x,
             Ok(_) => d.fail("probe-interval", format!("{v:?} out of range: at least 100ms")),
             Err(e) => d.fail("probe-interval", e),
+        }
+    }
+    if let Some(v) = data.get("progress-deadline") {
+        match crate::annotations::progress_deadline(v) {
+            Ok(x) => next.kubernetes.progress_deadline = x,
+            Err(e) => d.fail("progress-deadline", e),
+        }
+    }
+    if let Some(v) = data.get("progress-deadline") {
+        match crate::annotations::progress_deadline(v) {
+            Ok(x) => next.kubernetes.progress_deadline = x,
+            Err(e) => d.fail("progress-deadline", e),
         }
     }
     let result = d.finish();
@@ -471,10 +490,12 @@ mod tests {
                 ("queue-proxy-image", "registry.local/ikukantai:1"),
                 ("node-capacity", "4"),
                 ("probe-interval", "2s"),
+                ("progress-deadline", "2m"),
             ],
         ))
         .unwrap();
-        assert_eq!(f.kubernetes.queue_proxy_image, "registry.local/ikukantai:1");
+        assert_eq!(f.kubernetes.progress_deadline, Duration::from_secs(120));
+        assert_eq!(f.kubernetes.queue_proxy_image.as_deref(), Some("registry.local/ikukantai:1"));
         assert_eq!(f.kubernetes.node_capacity, 4);
         assert_eq!(f.kubernetes.probe_interval, Duration::from_secs(2));
         let before = f.clone();

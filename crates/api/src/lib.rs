@@ -15,6 +15,7 @@ pub mod config;
 pub mod duration;
 pub mod error;
 pub mod parse;
+pub mod podspec;
 pub mod revision;
 mod schema;
 pub mod service;

@@ -147,6 +147,26 @@ pub fn service_status(
     }
 }
 
+/// Stamps each condition of `next` with its `lastTransitionTime`: the one in `previous` when the
+/// condition's status (True/False/Unknown) is unchanged, else `now` (RFC 3339), as Kubernetes'
+/// conventions and `kubectl wait` expect.
+pub fn with_transition_times(
+    previous: Option<&ServiceStatus>,
+    mut next: ServiceStatus,
+    now: &str,
+) -> ServiceStatus {
+    for c in &mut next.conditions {
+        let before = previous.and_then(|p| p.conditions.iter().find(|b| b.type_ == c.type_));
+        c.last_transition_time = match before {
+            Some(b) if b.status == c.status && b.last_transition_time.is_some() => {
+                b.last_transition_time.clone()
+            }
+            _ => Some(now.to_owned()),
+        };
+    }
+    next
+}
+
 /// RoutesReady: True when every target exists and is ready, False when one is missing or failed,
 /// Unknown while one is starting.
 fn routes_state(
@@ -265,6 +285,28 @@ mod tests {
         let problem = vec!["hello-x: Unschedulable".to_owned()];
         let s = service_status(&svc, &[rs("hello-00001", true)], &problem, "example.com");
         assert_eq!(cond(&s, "Ready"), ("Unknown".into(), Some("RevisionFailed".into())));
+    }
+
+    #[test]
+    fn transition_times_change_only_with_a_conditions_status() {
+        let svc = hello_service();
+        let starting = service_status(&svc, &[rs("hello-00001", false)], &[], "example.com");
+        let t0 = with_transition_times(None, starting.clone(), "2030-01-01T00:00:00Z");
+        assert!(
+            t0.conditions.iter().all(|c| c.last_transition_time.as_deref() == Some("2030-01-01T00:00:00Z"))
+        );
+        // Still starting, later: every time stays.
+        let t1 = with_transition_times(Some(&t0), starting, "2030-01-01T00:00:05Z");
+        assert_eq!(t1, t0);
+        // Ready: each condition that turned True moves on.
+        let ready = service_status(&svc, &[rs("hello-00001", true)], &[], "example.com");
+        let t2 = with_transition_times(Some(&t1), ready, "2030-01-01T00:00:09Z");
+        for c in &t2.conditions {
+            assert_eq!(
+                (c.status.as_str(), c.last_transition_time.as_deref()),
+                ("True", Some("2030-01-01T00:00:09Z"))
+            );
+        }
     }
 
     #[test]

@@ -142,6 +142,7 @@ pub fn validate_service(svc: &Service, fleet: &FleetConfig) -> Result<RevisionSe
             format!("{n} containers given: ikukantai runs exactly one container per revision"),
         ),
     }
+    c.errors.extend(crate::podspec::knative_fields(spec, base));
     if let Some(cc) = spec.container_concurrency
         && cc > MAX_CONTAINER_CONCURRENCY
     {

@@ -46,6 +46,10 @@ pub(crate) struct ControllerArgs {
     /// This replica's Pod IP: while it leads, the controller Service points there.
     #[arg(long, env = "POD_IP")]
     pod_ip: Option<std::net::IpAddr>,
+    /// The gateways' service account (in the system namespace): the only one whose pushes of
+    /// load, RTTs and demand are taken.
+    #[arg(long, default_value = "ikukantai-gateway")]
+    gateway_service_account: String,
 }
 
 /// Options of `ikukantai gateway`.
@@ -63,8 +67,8 @@ pub(crate) struct GatewayArgs {
     /// Namespace of the platform.
     #[arg(long, env = "POD_NAMESPACE", default_value = "ikukantai-system")]
     system_namespace: String,
-    /// Label selector of the gateway Pods (peers to probe).
-    #[arg(long, default_value = "app.kubernetes.io/name=ikukantai-gateway")]
+    /// Label selector of the gateways' EndpointSlices (their Service's), to find the peers to probe.
+    #[arg(long, default_value = "kubernetes.io/service-name=ikukantai-gateway")]
     peer_selector: String,
     /// Where to push reports and demand.
     #[arg(
@@ -75,6 +79,9 @@ pub(crate) struct GatewayArgs {
     controller_url: String,
     #[command(flatten)]
     edge: crate::commands::EdgeArgs,
+    /// The token its pushes carry (projected by the kubelet for the controller's audience).
+    #[arg(long, env = "IKUKANTAI_TOKEN_FILE", default_value = ikukantai_kube::auth::TOKEN_FILE)]
+    token_file: std::path::PathBuf,
 }
 
 /// Prints the CRDs (or writes them to `out`).
@@ -98,6 +105,7 @@ pub(crate) async fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode>
     ikukantai_kube::manager::run(ManagerOptions {
         identity,
         pod_ip: args.pod_ip,
+        gateway_account: args.gateway_service_account,
         listen: args.listen,
         system_namespace: args.system_namespace,
         settings: Settings {
@@ -105,6 +113,8 @@ pub(crate) async fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode>
             seed: args.seed,
             service_monitors: false,
             gateway_host: args.gateway_host,
+            // Replaced by the controller's own image when its Pod can be read.
+            sidecar_image: format!("ikukantai:{}", env!("CARGO_PKG_VERSION")),
         },
     })
     .await?;
@@ -122,6 +132,7 @@ pub(crate) async fn gateway(args: GatewayArgs) -> anyhow::Result<ExitCode> {
         controller_url: args.controller_url,
         memory_release: Some(MemoryRelease::new(ikukantai_alloc::release_freed)),
         edge: args.edge.policy(false),
+        token_file: Some(args.token_file),
     })
     .await?;
     Ok(ExitCode::SUCCESS)

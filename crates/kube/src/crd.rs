@@ -104,6 +104,10 @@ pub struct PlacementStatus {
     /// The revision has had a ready instance at least once.
     #[serde(default)]
     pub ever_ready: bool,
+    /// Why the revision failed before it was ever ready (its Pods' error, a rejected create, its
+    /// progress deadline). Kept once set, so the revision stays failed after its Pods are gone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
 }
 
 impl Placement {
@@ -117,6 +121,87 @@ impl Placement {
     pub fn ever_ready(&self) -> bool {
         self.status.as_ref().is_some_and(|s| s.ever_ready)
     }
+
+    /// Why the revision failed before it was ever ready, if it did.
+    pub fn failure(&self) -> Option<&str> {
+        self.status.as_ref().and_then(|s| s.failure.as_deref())
+    }
+}
+
+/// What gateways route by for one Knative Service, published by the controller: the resolved
+/// traffic split and, per revision, its routing settings and ready instances. One compact object
+/// per Service, so gateways watch these alone — not every Pod, Knative Service and Placement of
+/// the cluster, whose specs carry tenants' environment.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "ikukantai.dev",
+    version = "v1alpha1",
+    kind = "ServiceRoute",
+    namespaced,
+    shortname = "sroute",
+    category = "ikukantai",
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceRouteSpec {
+    /// The traffic split, resolved to revision names.
+    #[serde(default)]
+    pub traffic: Vec<TrafficRoute>,
+    /// The Service's revisions.
+    #[serde(default)]
+    pub revisions: Vec<RevisionRouting>,
+}
+
+/// One entry of the resolved traffic split.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TrafficRoute {
+    /// Revision name.
+    pub revision: String,
+    /// Share in percent.
+    pub percent: u32,
+    /// Tag, reachable at `TAG-NAME.NAMESPACE.DOMAIN`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+}
+
+/// What a gateway needs to route to one revision.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RevisionRouting {
+    /// Revision name.
+    pub name: String,
+    /// containerConcurrency (0 = unlimited).
+    pub container_concurrency: u32,
+    /// The autoscaler's target per instance.
+    pub target_concurrency: f64,
+    /// Request timeout, seconds.
+    pub timeout_seconds: u64,
+    /// Balancer.
+    pub balancer: String,
+    /// Queue discipline of the activator queue.
+    pub queue: String,
+    /// `ikukantai.dev/queue-priority-rules`, as written.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub priority_rules: String,
+    /// Why the revision failed before it was ever ready: requests for it get this at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
+    /// Ready instances.
+    #[serde(default)]
+    pub instances: Vec<InstanceAddress>,
+}
+
+/// A ready instance.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceAddress {
+    /// Pod name.
+    pub name: String,
+    /// Node name.
+    pub node: String,
+    /// Pod IP (its queue proxy listens on the serving port).
+    pub ip: String,
 }
 
 /// `ready/desired` per node in `nodes` order, like `0-0-1/0-0-1`.
@@ -129,7 +214,7 @@ pub fn summary(nodes: &[String], ready: &BTreeMap<String, u32>, desired: &BTreeM
 
 /// Every CRD this platform installs.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![KnativeService::crd(), Placement::crd()]
+    vec![KnativeService::crd(), Placement::crd(), ServiceRoute::crd()]
 }
 
 /// The CRDs as one multi-document YAML file (what `ikukantai crds` prints).

@@ -5,7 +5,9 @@
 //! - [`gateway`]: the per-node gateway (DaemonSet) that discovers instances by watching Pods.
 //! - [`sidecar`]: the queue proxy as a sidecar container, pushing stats to the controller.
 //! - [`wire`]: what gateways and sidecars tell the controller.
+//! - [`auth`]: who may tell it (service-account tokens, reviewed by the API server).
 
+pub mod auth;
 pub mod controller;
 pub mod crd;
 pub mod gateway;
@@ -42,6 +44,15 @@ pub enum ProcessError {
     /// replica stops reconciling and exits so it restarts as a standby.
     #[error("lost the leader lease {0}; exiting so this replica restarts as a standby")]
     LeadershipLost(String),
+    /// Knative Serving is installed: its `services.serving.knative.dev` CRD is the one this
+    /// platform serves, and two controllers would fight over every Service.
+    #[error(
+        "Knative Serving is installed (CRD {0} exists): ikukantai serves the same services.serving.knative.dev and must not run beside it"
+    )]
+    KnativeInstalled(String),
+    /// A watch ended before its store ever listed: nothing can be reconciled safely.
+    #[error("a watch ended before it listed ({0}); exiting rather than reconcile from empty caches")]
+    NotSynced(String),
     /// The gateway's node is not among the cluster's nodes.
     #[error("node {0:?} is not a node of this cluster (set NODE_NAME from spec.nodeName)")]
     UnknownNode(String),

@@ -17,6 +17,8 @@ pub const QUEUE_ADMIN_PORT: u16 = 8022;
 pub const INDEX_LABEL: &str = "ikukantai.dev/index";
 /// Name of the sidecar container.
 pub const QUEUE_CONTAINER: &str = "queue-proxy";
+/// Name of the volume holding the sidecar's token for the controller.
+pub const TOKEN_VOLUME: &str = "ikukantai-token";
 
 /// Environment of the queue-proxy sidecar (read by `ikukantai queue-proxy`).
 pub mod env {
@@ -48,6 +50,8 @@ pub mod env {
     pub const READINESS_PROBE: &str = "SERVING_READINESS_PROBE";
     /// Where to push stats.
     pub const CONTROLLER_URL: &str = "IKUKANTAI_CONTROLLER_URL";
+    /// The projected token that authenticates the pushes ([`crate::auth`]).
+    pub const TOKEN_FILE: &str = "IKUKANTAI_TOKEN_FILE";
     /// Serving port.
     pub const QUEUE_PORT: &str = "QUEUE_SERVING_PORT";
     /// Admin port.
@@ -60,6 +64,33 @@ pub mod env {
 /// drop a Pod from their routes when they see its deletion, which a watch delivers within about a
 /// second; requests they sent before then still find it serving.
 pub const DRAIN_NOTICE_SECONDS: u64 = 5;
+
+/// The queue-proxy sidecar's resources. Its CPU limit is generous (a throttled sidecar delays
+/// every request) and counts against a namespace's `limits.cpu` quota.
+pub const SIDECAR_CPU_REQUEST: &str = "25m";
+/// See [`SIDECAR_CPU_REQUEST`].
+pub const SIDECAR_MEMORY_REQUEST: &str = "16Mi";
+/// See [`SIDECAR_CPU_REQUEST`].
+pub const SIDECAR_CPU_LIMIT: &str = "1";
+/// See [`SIDECAR_CPU_REQUEST`].
+pub const SIDECAR_MEMORY_LIMIT: &str = "256Mi";
+
+/// A user's probe as the kubelet (liveness) or the sidecar (readiness) gets it. Knative lets an
+/// `httpGet` or `tcpSocket` probe leave its port out, or name it (`http1`, `h2c`): both mean the
+/// user's port, which the Pod names `user-port`; the Kubernetes API refuses a probe without a
+/// port (422) and the kubelet cannot find one named otherwise. A port number stays as given.
+fn on_user_port(probe: &ikukantai_api::service::Probe, user_port: u16) -> Value {
+    let mut v = json!(probe);
+    for action in ["httpGet", "tcpSocket"] {
+        if let Some(a) = v.get_mut(action).and_then(Value::as_object_mut) {
+            let numbered = a.get("port").and_then(Value::as_u64).is_some_and(|p| p > 0);
+            if !numbered {
+                a.insert("port".into(), json!(user_port));
+            }
+        }
+    }
+    v
+}
 
 /// What the Pod of an instance is made of besides the revision.
 #[derive(Debug, Clone)]
@@ -86,9 +117,21 @@ pub fn pod_name(revision: &str, node: &str, index: u32) -> String {
     child_name(revision, &format!("-{}-{index}", short_node(node)))
 }
 
+/// A node's part of a Pod name: the name itself when it is a short DNS label (kind's
+/// `ikukantai-worker2`, `node3`), else a short prefix and a hash of the whole name. Managed pools
+/// name nodes with a long shared prefix (AKS `aks-nodepool1-12345678-vmss000000`, GKE
+/// `gke-cluster-default-pool-1a2b3c4d-xyz1`): cut alone, their instances would share names.
 fn short_node(node: &str) -> String {
-    let cut: String = node.chars().take(20).collect();
-    cut.trim_end_matches(['-', '.']).replace('.', "-")
+    const WHOLE: usize = 20;
+    const PREFIX: usize = 11;
+    let label = node.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if node.len() <= WHOLE && label {
+        return node.to_owned();
+    }
+    // FNV-1a: stable across releases and processes, unlike std's hasher.
+    let hash = node.bytes().fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193));
+    let prefix: String = node.chars().take(PREFIX).map(|c| if c == '.' { '-' } else { c }).collect();
+    format!("{}-{hash:08x}", prefix.trim_end_matches('-'))
 }
 
 /// The Pod's `Ready` condition is `True`.
@@ -167,7 +210,7 @@ pub fn build_pod(revision: &Revision, p: &PodParams<'_>) -> Result<Pod, String> 
     set(&mut user, "workingDir", container.working_dir.as_ref().map(|w| json!(w)));
     set(&mut user, "envFrom", container.env_from.clone());
     set(&mut user, "resources", container.resources.as_ref().map(|r| json!(r)));
-    set(&mut user, "livenessProbe", container.liveness_probe.as_ref().map(|r| json!(r)));
+    set(&mut user, "livenessProbe", container.liveness_probe.as_ref().map(|r| on_user_port(r, user_port)));
     set(&mut user, "imagePullPolicy", container.image_pull_policy.as_ref().map(|r| json!(r)));
     set(&mut user, "securityContext", container.security_context.clone());
     set(&mut user, "volumeMounts", container.volume_mounts.clone());
@@ -179,7 +222,11 @@ pub fn build_pod(revision: &Revision, p: &PodParams<'_>) -> Result<Pod, String> 
     );
 
     let secs = |s: Option<u64>| s.unwrap_or(0).to_string();
-    let probe = container.readiness_probe.as_ref().map(|r| json!(r).to_string()).unwrap_or_default();
+    let probe = container
+        .readiness_probe
+        .as_ref()
+        .map(|r| on_user_port(r, user_port).to_string())
+        .unwrap_or_default();
     let priority_rules = revision
         .metadata
         .annotations
@@ -199,6 +246,7 @@ pub fn build_pod(revision: &Revision, p: &PodParams<'_>) -> Result<Pod, String> 
         (env::IDLE_TIMEOUT, secs(spec.idle_timeout_seconds)),
         (env::READINESS_PROBE, probe),
         (env::CONTROLLER_URL, p.controller_url.to_owned()),
+        (env::TOKEN_FILE, crate::auth::TOKEN_FILE.to_owned()),
         (env::QUEUE_PORT, QUEUE_PORT.to_string()),
         (env::ADMIN_PORT, QUEUE_ADMIN_PORT.to_string()),
         (env::DRAIN_NOTICE, DRAIN_NOTICE_SECONDS.to_string()),
@@ -221,23 +269,50 @@ pub fn build_pod(revision: &Revision, p: &PodParams<'_>) -> Result<Pod, String> 
             { "name": "admin", "containerPort": QUEUE_ADMIN_PORT, "protocol": "TCP" }
         ],
         "readinessProbe": { "httpGet": { "path": "/ready", "port": QUEUE_ADMIN_PORT }, "periodSeconds": 1, "failureThreshold": 1 },
-        "resources": { "requests": { "cpu": "25m", "memory": "16Mi" } },
+        // Its token for the controller only: the user's container does not mount it.
+        "volumeMounts": [{ "name": TOKEN_VOLUME, "mountPath": crate::auth::TOKEN_DIR, "readOnly": true }],
+        // Limits too: a ResourceQuota over limits.* refuses a Pod with a container that has none.
+        "resources": {
+            "requests": { "cpu": SIDECAR_CPU_REQUEST, "memory": SIDECAR_MEMORY_REQUEST },
+            "limits": { "cpu": SIDECAR_CPU_LIMIT, "memory": SIDECAR_MEMORY_LIMIT }
+        },
+        // Everything Pod Security `restricted` asks of a container, so the sidecar never is
+        // the reason a namespace refuses the Pod.
         "securityContext": {
             "allowPrivilegeEscalation": false,
             "readOnlyRootFilesystem": true,
             "runAsNonRoot": true,
-            "capabilities": { "drop": ["ALL"] }
+            "capabilities": { "drop": ["ALL"] },
+            "seccompProfile": { "type": "RuntimeDefault" }
         }
     });
 
     // Pinned the way DaemonSets pin: a required node affinity on the node's name, so the
-    // scheduler still checks resources and taints. Other affinity terms of the user stay.
+    // scheduler still checks resources and taints. The user's required terms stay, each with
+    // the pin added (terms are ORed, a term's requirements ANDed); other affinity stays as is.
     let mut affinity = spec.affinity.clone().filter(Value::is_object).unwrap_or_else(|| json!({}));
-    affinity["nodeAffinity"] = json!({
-        "requiredDuringSchedulingIgnoredDuringExecution": {
-            "nodeSelectorTerms": [{ "matchFields": [{ "key": "metadata.name", "operator": "In", "values": [p.node] }] }]
-        }
-    });
+    let pin = json!({ "key": "metadata.name", "operator": "In", "values": [p.node] });
+    let user_terms: Vec<Value> = affinity
+        .pointer("/nodeAffinity/requiredDuringSchedulingIgnoredDuringExecution/nodeSelectorTerms")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let terms: Vec<Value> = if user_terms.is_empty() {
+        vec![json!({ "matchFields": [pin] })]
+    } else {
+        user_terms
+            .into_iter()
+            .map(|mut t| {
+                let fields = t.get("matchFields").and_then(Value::as_array).cloned().unwrap_or_default();
+                t["matchFields"] = json!(fields.into_iter().chain([pin.clone()]).collect::<Vec<_>>());
+                t
+            })
+            .collect()
+    };
+    let node_affinity = affinity["nodeAffinity"].as_object().cloned().unwrap_or_default();
+    affinity["nodeAffinity"] = Value::Object(node_affinity);
+    affinity["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"] =
+        json!({ "nodeSelectorTerms": terms });
     let mut pod_spec = json!({
         "containers": [user, queue_proxy],
         "affinity": affinity,
@@ -246,8 +321,19 @@ pub fn build_pod(revision: &Revision, p: &PodParams<'_>) -> Result<Pod, String> 
         "terminationGracePeriodSeconds": DRAIN_NOTICE_SECONDS + spec.timeout_seconds() + 10,
     });
     set(&mut pod_spec, "serviceAccountName", spec.service_account_name.as_ref().map(|r| json!(r)));
+    // The API token only for a revision that names its service account (it means to call the
+    // API); the sidecar's own token, for the controller's audience alone, is projected anyway.
+    pod_spec["automountServiceAccountToken"] = json!(spec.service_account_name.is_some());
     set(&mut pod_spec, "imagePullSecrets", spec.image_pull_secrets.clone());
-    set(&mut pod_spec, "volumes", spec.volumes.clone());
+    let token = json!({ "name": TOKEN_VOLUME, "projected": { "sources": [{ "serviceAccountToken": {
+        "audience": crate::auth::AUDIENCE, "expirationSeconds": crate::auth::TOKEN_SECONDS, "path": "token" } }] } });
+    let volumes: Vec<Value> = spec.volumes.as_ref().and_then(Value::as_array).cloned().unwrap_or_default();
+    if spec.volumes.as_ref().is_some_and(|v| !v.is_array()) {
+        // Named by the deserialization below.
+        set(&mut pod_spec, "volumes", spec.volumes.clone());
+    } else {
+        pod_spec["volumes"] = json!(volumes.into_iter().chain([token]).collect::<Vec<_>>());
+    }
     set(&mut pod_spec, "nodeSelector", spec.node_selector.as_ref().map(|r| json!(r)));
     set(&mut pod_spec, "tolerations", spec.tolerations.clone());
     set(&mut pod_spec, "securityContext", spec.security_context.clone());
@@ -342,9 +428,90 @@ mod tests {
     }
 
     #[test]
+    fn probes_without_a_port_or_with_a_knative_port_name_target_the_user_port() {
+        let probes = r#""livenessProbe":{"httpGet":{"path":"/healthz"}},"readinessProbe":{"tcpSocket":{"port":"h2c"}},"ports":[{"name":"h2c","containerPort":9000}]"#;
+        let text = format!(
+            r#"{{"apiVersion":"serving.knative.dev/v1","kind":"Service","metadata":{{"name":"hello","namespace":"demo"}},
+            "spec":{{"template":{{"spec":{{"containers":[{{"image":"hello:1",{probes}}}]}}}}}}}}"#
+        );
+        let svc: Service = serde_json::from_str(&text).unwrap();
+        let pod = build_pod(&next_revision(&svc, &[]).unwrap(), &params()).unwrap();
+        let v = serde_json::to_value(&pod).unwrap();
+        assert_eq!(v["spec"]["containers"][0]["livenessProbe"]["httpGet"]["port"], 9000);
+        let readiness: Value = serde_json::from_str(&env_of(&pod, 1, env::READINESS_PROBE).unwrap()).unwrap();
+        assert_eq!(readiness["tcpSocket"]["port"], 9000);
+    }
+
+    #[test]
+    fn the_users_node_affinity_stays_with_the_pin_added_to_each_term() {
+        let affinity = r#","affinity":{"nodeAffinity":{
+            "requiredDuringSchedulingIgnoredDuringExecution":{"nodeSelectorTerms":[
+                {"matchExpressions":[{"key":"zone","operator":"In","values":["edge-a"]}]},
+                {"matchExpressions":[{"key":"kubernetes.io/arch","operator":"In","values":["arm64"]}]}]},
+            "preferredDuringSchedulingIgnoredDuringExecution":[{"weight":1,"preference":{"matchExpressions":[{"key":"ssd","operator":"Exists"}]}}]},
+            "podAntiAffinity":{"preferredDuringSchedulingIgnoredDuringExecution":[]}}"#;
+        let v = serde_json::to_value(build_pod(&revision(affinity), &params()).unwrap()).unwrap();
+        let node = &v["spec"]["affinity"]["nodeAffinity"];
+        let terms =
+            node["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"].as_array().unwrap();
+        assert_eq!(terms.len(), 2);
+        for t in terms {
+            assert_eq!(t["matchExpressions"].as_array().unwrap().len(), 1, "{t}");
+            assert_eq!(t["matchFields"][0]["values"][0], "node3", "{t}");
+        }
+        assert_eq!(node["preferredDuringSchedulingIgnoredDuringExecution"][0]["weight"], 1);
+        assert!(v["spec"]["affinity"]["podAntiAffinity"].is_object());
+    }
+
+    #[test]
+    fn only_the_sidecar_gets_a_token_and_only_for_the_controller() {
+        let v = serde_json::to_value(
+            build_pod(&revision(r#","volumes":[{"name":"config","configMap":{"name":"c"}}]"#), &params())
+                .unwrap(),
+        )
+        .unwrap();
+        let spec = &v["spec"];
+        assert_eq!(
+            spec["automountServiceAccountToken"], false,
+            "no API token for a revision without a service account"
+        );
+        let volumes = spec["volumes"].as_array().unwrap();
+        assert_eq!(volumes[0]["name"], "config", "the user's volumes stay");
+        let token = &volumes[1]["projected"]["sources"][0]["serviceAccountToken"];
+        assert_eq!(token["audience"], crate::auth::AUDIENCE);
+        assert!(spec["containers"][0]["volumeMounts"].is_null(), "the user's container does not mount it");
+        assert_eq!(spec["containers"][1]["volumeMounts"][0]["mountPath"], crate::auth::TOKEN_DIR);
+        let with_account = serde_json::to_value(
+            build_pod(&revision(r#","serviceAccountName":"reader""#), &params()).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            with_account["spec"]["automountServiceAccountToken"], true,
+            "it names one: it wants the API"
+        );
+    }
+
+    #[test]
     fn a_malformed_pass_through_field_is_named() {
         let err = build_pod(&revision(r#","tolerations":{"key":"x"}"#), &params()).unwrap_err();
         assert!(err.contains("spec.tolerations"), "{err}");
+    }
+
+    #[test]
+    fn nodes_of_one_pool_give_distinct_names() {
+        // AKS and GKE pool nodes share their first 20 characters and more.
+        let aks = ["aks-nodepool1-12345678-vmss000000", "aks-nodepool1-12345678-vmss000001"];
+        let gke = ["gke-edge-default-pool-1a2b3c4d-xk2p", "gke-edge-default-pool-1a2b3c4d-q9zt"];
+        for [a, b] in [aks, gke] {
+            let (x, y) = (pod_name("hello-00001", a, 0), pod_name("hello-00001", b, 0));
+            assert_ne!(x, y);
+            assert!(x.len() <= 63 && y.len() <= 63, "{x} {y}");
+        }
+        // Short names stay readable, as in the original's `hello-00001-node3-0`.
+        assert_eq!(pod_name("hello-00001", "node3", 0), "hello-00001-node3-0");
+        assert_eq!(pod_name("hello-00001", "ikukantai-worker2", 1), "hello-00001-ikukantai-worker2-1");
+        // A dotted name is never confused with its dashed twin.
+        assert_ne!(pod_name("r-00001", "a.b", 0), pod_name("r-00001", "a-b", 0));
     }
 
     #[test]

@@ -44,6 +44,8 @@ pub struct SidecarConfig {
     pub admin_port: u16,
     /// Where stats go (`None` = nowhere).
     pub controller_url: Option<String>,
+    /// The token that says who pushes them ([`crate::auth`]; `None`: sent without).
+    pub token_file: Option<std::path::PathBuf>,
     /// How long a stopping sidecar keeps serving, unready, before it refuses new work.
     pub drain_notice: Duration,
 }
@@ -104,6 +106,7 @@ impl SidecarConfig {
             port: parse(env::QUEUE_PORT, get(env::QUEUE_PORT), QUEUE_PORT)?,
             admin_port: parse(env::ADMIN_PORT, get(env::ADMIN_PORT), QUEUE_ADMIN_PORT)?,
             controller_url: get(env::CONTROLLER_URL).filter(|u| !u.is_empty()),
+            token_file: get(env::TOKEN_FILE).filter(|p| !p.is_empty()).map(Into::into),
             drain_notice: Duration::from_secs(parse(env::DRAIN_NOTICE, get(env::DRAIN_NOTICE), 0)?),
         })
     }
@@ -128,7 +131,13 @@ pub async fn run_on(
     let handle = QueueProxyHandle::start(proxy.clone(), listener, admin)
         .map_err(|e| SidecarError::Start(e.to_string()))?;
     tracing::info!(instance = %proxy.instance, addr = %handle.addr(), admin = %handle.admin_addr(), "queue proxy serving");
-    let push = config.controller_url.as_deref().map(Pusher::new);
+    let push = config.controller_url.as_deref().map(|url| {
+        let pusher = Pusher::new(url);
+        match &config.token_file {
+            Some(path) => pusher.with_token_file(path),
+            None => pusher,
+        }
+    });
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
@@ -190,6 +199,7 @@ mod tests {
             (env::IDLE_TIMEOUT, "0"),
             (env::READINESS_PROBE, r#"{"httpGet":{"path":"/ready"}}"#),
             (env::CONTROLLER_URL, "http://ctl:9090"),
+            (env::TOKEN_FILE, "/var/run/secrets/ikukantai/token"),
             (env::DRAIN_NOTICE, "7"),
         ]);
         let c = SidecarConfig::from_env(env_map(&pairs)).unwrap();
@@ -201,6 +211,7 @@ mod tests {
         assert_eq!(c.proxy.idle_timeout, None);
         assert_eq!(c.port, QUEUE_PORT);
         assert_eq!(c.controller_url.as_deref(), Some("http://ctl:9090"));
+        assert_eq!(c.token_file.as_deref(), Some(std::path::Path::new("/var/run/secrets/ikukantai/token")));
         assert_eq!(c.drain_notice, Duration::from_secs(7));
         let defaults = SidecarConfig::from_env(env_map(BASE)).unwrap();
         assert_eq!(defaults.drain_notice, Duration::ZERO);

@@ -140,6 +140,8 @@ pub enum PushError {
 pub struct Pusher {
     base: String,
     client: Client<HttpConnector, Full<Bytes>>,
+    /// The projected token to send ([`crate::auth`]), read again for each push.
+    token_file: Option<std::path::PathBuf>,
 }
 
 impl Pusher {
@@ -148,7 +150,14 @@ impl Pusher {
         Self {
             base: base.trim_end_matches('/').to_owned(),
             client: Client::builder(TokioExecutor::new()).build_http(),
+            token_file: None,
         }
+    }
+
+    /// Sends the token in `path` with every push (the kubelet keeps the file fresh).
+    pub fn with_token_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.token_file = Some(path.into());
+        self
     }
 
     /// `POST base+path` with `body` as JSON; gives up after 2 s.
@@ -157,12 +166,14 @@ impl Pusher {
         let unreachable = |message: String| PushError::Unreachable { uri: uri.clone(), message };
         let target: Uri = uri.parse().map_err(|e: http::uri::InvalidUri| unreachable(e.to_string()))?;
         let json = serde_json::to_vec(body).map_err(|e| unreachable(e.to_string()))?;
-        let req = Request::builder()
+        let mut req = Request::builder()
             .method(Method::POST)
             .uri(target)
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(json)))
-            .map_err(|e| unreachable(e.to_string()))?;
+            .header(http::header::CONTENT_TYPE, "application/json");
+        if let Some(token) = self.token_file.as_deref().and_then(crate::auth::read_token) {
+            req = req.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let req = req.body(Full::new(Bytes::from(json))).map_err(|e| unreachable(e.to_string()))?;
         let response = tokio::time::timeout(Duration::from_secs(2), self.client.request(req))
             .await
             .map_err(|_| unreachable("timed out after 2s".into()))?

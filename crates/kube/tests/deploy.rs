@@ -90,3 +90,129 @@ fn repo_root() -> PathBuf {
         .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
         .join("../..")
 }
+
+/// The image's build stage has every tool `crates/alloc` needs: tikv-jemalloc-sys's build script
+/// runs jemalloc's `configure` (sh) and then `make`. The `rust:*-slim` images ship `gcc` and
+/// `libc6-dev` but not `make` (their Dockerfile installs only those and `ca-certificates`).
+#[test]
+fn the_image_build_stage_installs_what_jemalloc_needs() {
+    const SLIM_SHIPS: &[&str] = &["gcc", "libc6-dev", "ca-certificates"];
+    const JEMALLOC_NEEDS: &[&str] = &["gcc", "make"];
+    let dockerfile = std::fs::read_to_string(repo_root().join("Dockerfile")).unwrap();
+    // The build stage: from its FROM to the next one.
+    let stage: String = dockerfile
+        .lines()
+        .skip_while(|l| !(l.starts_with("FROM ") && l.ends_with(" AS build")))
+        .take_while(|l| !l.starts_with("FROM ") || l.ends_with(" AS build"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(stage.starts_with("FROM rust:"), "no `FROM rust:… AS build` stage:\n{dockerfile}");
+    let slim = stage.lines().next().unwrap().contains("-slim");
+    // Continuation lines joined, so `apt-get install … make` reads as one command.
+    let commands = stage.replace("\\\n", " ");
+    let installed: Vec<&str> = commands
+        .lines()
+        .filter_map(|l| l.split("apt-get install").nth(1))
+        .flat_map(|rest| rest.split("&&").next().unwrap_or_default().split_whitespace())
+        .filter(|w| !w.starts_with('-'))
+        .collect();
+    for tool in JEMALLOC_NEEDS {
+        let present = (!slim || SLIM_SHIPS.contains(tool)) || installed.contains(tool);
+        assert!(present, "the build stage lacks {tool:?} (installed: {installed:?}):\n{stage}");
+    }
+}
+
+#[path = "support/psa.rs"]
+#[allow(dead_code, unreachable_pub, reason = "shared with the reconcile tests")]
+mod psa;
+
+/// Every document of every manifest under `deploy/` (not the examples), as JSON.
+fn manifests() -> Vec<serde_json::Value> {
+    let mut docs = Vec::new();
+    for entry in std::fs::read_dir(repo_root().join("deploy")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            docs.extend(serde_saphyr::from_multiple::<serde_json::Value>(&text).unwrap());
+        }
+    }
+    docs.retain(|d| d.is_object());
+    docs
+}
+
+fn find<'a>(docs: &'a [serde_json::Value], kind: &str, name: &str) -> &'a serde_json::Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name}"))
+}
+
+/// Pod Security admission, as the API server applies the namespace's level to every Pod a
+/// Deployment or DaemonSet creates: the platform's and the instance Pods pass `restricted`.
+#[test]
+fn every_pod_passes_the_pod_security_level_its_namespace_enforces() {
+    let docs = manifests();
+    let ns = find(&docs, "Namespace", "ikukantai-system");
+    let level =
+        ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"].as_str().expect("an enforce label");
+    let level = psa::Level::parse(level).unwrap();
+    assert_eq!(level, psa::Level::Restricted);
+    for d in docs.iter().filter(|d| d["kind"] == "Deployment" || d["kind"] == "DaemonSet") {
+        let v = psa::violations(level, &d["spec"]["template"]["spec"]);
+        assert!(v.is_empty(), "{} {}: {v:?}", d["kind"], d["metadata"]["name"]);
+    }
+    // The instance Pod of the demo: the sidecar and the user's container both comply.
+    let pod: serde_json::Value =
+        serde_saphyr::from_str(&std::fs::read_to_string(deploy("examples/hello-pod.yaml")).unwrap()).unwrap();
+    let v = psa::violations(psa::Level::Restricted, &pod["spec"]);
+    assert!(v.is_empty(), "{v:?}");
+}
+
+/// Gateways are reached through a node-local Service (kube-proxy honours readiness), never a
+/// host port (Pod Security `baseline` forbids them).
+#[test]
+fn gateways_are_reached_through_a_node_local_service() {
+    let docs = manifests();
+    let ds = find(&docs, "DaemonSet", "ikukantai-gateway");
+    let pod = &ds["spec"]["template"]["spec"];
+    assert!(pod["hostNetwork"].is_null());
+    let container = &pod["containers"][0];
+    assert!(container["ports"].as_array().unwrap().iter().all(|p| p["hostPort"].is_null()), "{container}");
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/ready");
+    assert!(container["lifecycle"]["preStop"]["sleep"]["seconds"].as_u64().is_some_and(|s| s > 0));
+    let rolling = &ds["spec"]["updateStrategy"]["rollingUpdate"];
+    assert_eq!(
+        (rolling["maxSurge"].as_u64(), rolling["maxUnavailable"].as_u64()),
+        (Some(1), Some(0)),
+        "{rolling}"
+    );
+    let svc = find(&docs, "Service", "ikukantai-gateway");
+    assert!(matches!(svc["spec"]["type"].as_str(), Some("NodePort" | "LoadBalancer")), "{svc}");
+    assert_eq!(svc["spec"]["externalTrafficPolicy"], "Local");
+    assert_eq!(svc["spec"]["internalTrafficPolicy"], "Local");
+}
+
+/// Controller replicas elect their leader by comparing lease times across clocks: they stay off
+/// nodes labelled as edge nodes (whose clocks drift and whose links flap), and a disruption
+/// budget keeps a standby while nodes are drained.
+#[test]
+fn controller_replicas_stay_on_cloud_nodes_and_one_always_runs() {
+    let docs = manifests();
+    let deploy = find(&docs, "Deployment", "ikukantai-controller");
+    assert!(deploy["spec"]["replicas"].as_u64().unwrap() >= 2);
+    let terms = &deploy["spec"]["template"]["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+        ["nodeSelectorTerms"];
+    let terms = terms.as_array().expect("a required node affinity");
+    for edge in ["ikukantai.dev/edge", "node-role.kubernetes.io/edge"] {
+        let excluded = terms.iter().all(|t| {
+            t["matchExpressions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|e| e["key"] == edge && e["operator"] == "DoesNotExist")
+        });
+        assert!(excluded, "{edge} nodes excluded from every term: {terms:?}");
+    }
+    let pdb = find(&docs, "PodDisruptionBudget", "ikukantai-controller");
+    assert_eq!(pdb["spec"]["selector"]["matchLabels"], deploy["spec"]["selector"]["matchLabels"]);
+    assert!(pdb["spec"]["minAvailable"].as_u64().is_some_and(|m| m >= 1), "{pdb}");
+}

@@ -6,9 +6,11 @@
 //! ```
 //!
 //! It deploys `deploy/examples/hello.yaml`, sends a request into the chosen node's gateway
-//! (`http://<node InternalIP>:8080`, or `IKUKANTAI_E2E_GATEWAY=host:port`), expects
-//! "Konnichiwa from hello-… in <node>", checks the Placement and that the controller Service
-//! points at the replica holding the lease, then deletes the Service.
+//! (`http://<node InternalIP>:30080`, the gateways' node-local NodePort, or
+//! `IKUKANTAI_E2E_GATEWAY=host:port`), expects "Konnichiwa from hello-… in <node>", checks the
+//! Service's Ready condition, the Placement, the ServiceRoute gateways route by and that the
+//! controller Service points at the replica holding the lease, then deletes the Service and
+//! waits for garbage collection to take its Pods.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -17,7 +19,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::rt::TokioExecutor;
-use ikukantai_kube::crd::{KnativeService, Placement};
+use ikukantai_kube::crd::{KnativeService, Placement, ServiceRoute};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -54,7 +56,7 @@ async fn hello_is_served_on_the_node_the_request_enters() {
             .and_then(|a| a.iter().find(|a| a.type_ == "InternalIP"))
             .map(|a| a.address.clone())
             .expect("the node has an InternalIP");
-        format!("{ip}:8080")
+        format!("{ip}:30080")
     });
 
     let text = std::fs::read_to_string(repo_root().join("deploy/examples/hello.yaml")).unwrap();
@@ -84,6 +86,24 @@ async fn hello_is_served_on_the_node_the_request_enters() {
     println!("{body}");
     assert!(body.starts_with("Konnichiwa from hello-"), "{body}");
     assert!(body.trim_end().ends_with(&format!("in {node_name}")), "served where it entered: {body}");
+
+    // Knative's status: Ready once the revision is, with the time it became so.
+    let ksvc = until("the Service to be Ready", Duration::from_secs(60), || {
+        let services = services.clone();
+        async move {
+            let s = services.get("hello").await.ok()?;
+            let ready = s.status.as_ref()?.conditions.iter().find(|c| c.type_ == "Ready")?.clone();
+            (ready.status == "True").then_some(ready)
+        }
+    })
+    .await;
+    assert!(ksvc.last_transition_time.is_some(), "{ksvc:?}");
+    let routes: Api<ServiceRoute> = Api::namespaced(client.clone(), "default");
+    let route = routes.get("hello").await.expect("the ServiceRoute gateways route by");
+    assert!(
+        route.spec.revisions.iter().any(|r| r.instances.iter().any(|i| i.node == node_name)),
+        "{route:?}"
+    );
 
     let placements: Api<Placement> = Api::namespaced(client.clone(), "default");
     let p = placements.get("hello-00001").await.unwrap();

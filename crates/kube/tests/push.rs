@@ -1,7 +1,6 @@
-//! The push paths on loopback: the queue-proxy sidecar pushing its stats, and the controller's
-//! inbox taking stats, reports and demand.
+//! The push paths on loopback: the queue-proxy sidecar pushing its stats (with its token), the
+//! leader's EndpointSlice, and the refusal to run beside Knative. (The inbox: `tests/auth.rs`.)
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -11,15 +10,9 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::rt::TokioExecutor;
-use ikukantai_api::config::FleetConfig;
-use ikukantai_kube::controller::{Context, Settings, Stores, SystemClock};
-use ikukantai_kube::manager::serve_inbox;
 use ikukantai_kube::pod::env;
 use ikukantai_kube::sidecar::{SidecarConfig, run_on};
-use ikukantai_kube::wire::{
-    DEMAND_PATH, Demand, GatewayReport, InstanceStats, PushError, Pusher, REPORT_PATH,
-};
-use kube::runtime::reflector;
+use ikukantai_kube::wire::InstanceStats;
 use tokio::net::TcpListener;
 
 async fn local() -> (TcpListener, String) {
@@ -45,13 +38,16 @@ async fn the_sidecar_proxies_reports_ready_and_pushes_its_stats() {
     });
     // A stand-in controller collecting what arrives.
     let got: Arc<Mutex<Vec<InstanceStats>>> = Arc::default();
+    let tokens: Arc<Mutex<Vec<String>>> = Arc::default();
     let (ctl, ctl_addr) = local().await;
-    let sink = got.clone();
+    let (sink, token_sink) = (got.clone(), tokens.clone());
     tokio::spawn(async move {
         let router = axum::Router::new().route(
             "/v1/stats",
-            post(move |Json(s): Json<InstanceStats>| {
+            post(move |headers: axum::http::HeaderMap, Json(s): Json<InstanceStats>| {
                 sink.lock().unwrap().push(s);
+                let auth = headers.get("authorization").map(|v| v.to_str().unwrap().to_owned());
+                token_sink.lock().unwrap().extend(auth);
                 async { axum::http::StatusCode::NO_CONTENT }
             }),
         );
@@ -59,6 +55,10 @@ async fn the_sidecar_proxies_reports_ready_and_pushes_its_stats() {
     });
     let app_port = app_addr.rsplit(':').next().unwrap().to_owned();
     let controller = format!("http://{ctl_addr}");
+    // The token the kubelet projects for the controller's audience.
+    let token_file = std::env::temp_dir().join(format!("ikukantai-token-{}", std::process::id()));
+    std::fs::write(&token_file, "projected-token\n").unwrap();
+    let token_path = token_file.to_str().unwrap().to_owned();
     let vars = [
         (env::NAMESPACE, "default"),
         (env::SERVICE, "hello"),
@@ -68,6 +68,7 @@ async fn the_sidecar_proxies_reports_ready_and_pushes_its_stats() {
         (env::USER_PORT, app_port.as_str()),
         (env::CONTAINER_CONCURRENCY, "1"),
         (env::CONTROLLER_URL, controller.as_str()),
+        (env::TOKEN_FILE, token_path.as_str()),
     ];
     let config =
         SidecarConfig::from_env(|k| vars.iter().find(|(n, _)| *n == k).map(|(_, v)| (*v).to_owned()))
@@ -103,63 +104,11 @@ async fn the_sidecar_proxies_reports_ready_and_pushes_its_stats() {
         (first.revision.as_str(), first.instance.as_str(), first.node.as_str()),
         ("hello-00001", "hello-00001-node1-0", "node1")
     );
+    assert!(tokens.lock().unwrap().iter().all(|t| t == "Bearer projected-token"), "{tokens:?}");
+    assert!(!tokens.lock().unwrap().is_empty());
     stop_tx.send(()).unwrap();
     sidecar.await.unwrap().unwrap();
-}
-
-#[tokio::test]
-async fn the_inbox_takes_stats_reports_and_demand() {
-    // The context's client is never used here: the inbox only records.
-    let (svc, _handle) =
-        tower_test::mock::pair::<http::Request<kube::client::Body>, http::Response<kube::client::Body>>();
-    let client = kube::Client::new(svc, "default");
-    let stores =
-        Stores { nodes: reflector::store().0, pods: reflector::store().0, placements: reflector::store().0 };
-    let settings = Settings {
-        controller_url: String::new(),
-        seed: 1,
-        service_monitors: false,
-        gateway_host: "gw".into(),
-    };
-    let ctx = Arc::new(Context::new(client, stores, FleetConfig::new(), settings, Arc::new(SystemClock)));
-    let (listener, addr) = local().await;
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let leading = Arc::new(AtomicBool::new(false));
-    tokio::spawn(serve_inbox(listener, ctx, tx, leading.clone()));
-    let pusher = Pusher::new(&format!("http://{addr}/"));
-
-    let demand = Demand {
-        namespace: "demo".into(),
-        service: "hello".into(),
-        revision: "hello-00001".into(),
-        node: "node3".into(),
-    };
-    pusher.push(DEMAND_PATH, &demand).await.unwrap();
-    let wake = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.unwrap().unwrap();
-    assert_eq!(
-        (wake.name.as_str(), wake.namespace.as_deref()),
-        ("hello", Some("demo")),
-        "the Service is reconciled at once"
-    );
-
-    assert_eq!(get_status(&format!("http://{addr}/metrics")).await, 200);
-    // `/leader` tells a leader from a standby.
-    assert_eq!(get_status(&format!("http://{addr}/leader")).await, 503);
-    leading.store(true, Ordering::Release);
-    assert_eq!(get_status(&format!("http://{addr}/leader")).await, 200);
-    assert_eq!(get_status(&format!("http://{addr}/healthz")).await, 200);
-    let report = GatewayReport {
-        node: "node3".into(),
-        revisions: vec![],
-        rtt_ms: [("node1".to_owned(), 52.0)].into(),
-    };
-    pusher.push(REPORT_PATH, &report).await.unwrap();
-
-    // A body that is not a report is refused, and says so.
-    match pusher.push(REPORT_PATH, &serde_json::json!({"nodes": 3})).await {
-        Err(PushError::Status { status, .. }) => assert!(status.is_client_error(), "{status}"),
-        other => panic!("{other:?}"),
-    }
+    let _ = std::fs::remove_file(token_file);
 }
 
 #[tokio::test]
@@ -198,4 +147,74 @@ async fn the_leader_points_the_controller_service_at_itself() {
     });
     publish_leader(&api, &slice).await.unwrap();
     server.await.unwrap();
+}
+
+#[tokio::test]
+async fn the_controller_refuses_to_run_beside_knative_serving() {
+    use ikukantai_kube::manager::{KNATIVE_CRD, refuse_beside_knative};
+    for installed in [true, false] {
+        let (svc, mut handle) =
+            tower_test::mock::pair::<http::Request<kube::client::Body>, http::Response<kube::client::Body>>();
+        let api = kube::Api::all(kube::Client::new(svc, "default"));
+        let server = tokio::spawn(async move {
+            let (req, send) = handle.next_request().await.expect("one request");
+            let path = req.uri().path().to_owned();
+            let (status, body) = if installed {
+                (
+                    200,
+                    serde_json::json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+                    "metadata": {"name": KNATIVE_CRD}, "spec": {"group": "serving.knative.dev", "scope": "Namespaced",
+                    "names": {"plural": "configurations", "kind": "Configuration"}, "versions": []}}),
+                )
+            } else {
+                (
+                    404,
+                    serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"}),
+                )
+            };
+            send.send_response(
+                http::Response::builder()
+                    .status(status)
+                    .body(kube::client::Body::from(serde_json::to_vec(&body).unwrap()))
+                    .unwrap(),
+            );
+            path
+        });
+        let result = refuse_beside_knative(&api).await;
+        assert_eq!(
+            server.await.unwrap(),
+            format!("/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{KNATIVE_CRD}")
+        );
+        match (installed, result) {
+            (true, Err(e)) => assert!(e.to_string().contains("Knative Serving is installed"), "{e}"),
+            (false, Ok(())) => {}
+            (installed, other) => panic!("installed={installed}: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_controller_knows_its_own_image_for_the_sidecars() {
+    let (svc, mut handle) =
+        tower_test::mock::pair::<http::Request<kube::client::Body>, http::Response<kube::client::Body>>();
+    let api = kube::Api::namespaced(kube::Client::new(svc, "default"), "ikukantai-system");
+    let server = tokio::spawn(async move {
+        let (req, send) = handle.next_request().await.expect("one request");
+        assert_eq!(
+            req.uri().path(),
+            "/api/v1/namespaces/ikukantai-system/pods/ikukantai-controller-7d9f8-x2x4q"
+        );
+        // As kustomize `images:` rewrote the Deployment.
+        let pod = serde_json::json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "ikukantai-controller-7d9f8-x2x4q", "namespace": "ikukantai-system"},
+            "spec": {"containers": [{"name": "controller", "image": "registry.example/ikukantai@sha256:feed"}]}});
+        send.send_response(
+            http::Response::builder()
+                .body(kube::client::Body::from(serde_json::to_vec(&pod).unwrap()))
+                .unwrap(),
+        );
+    });
+    let image = ikukantai_kube::manager::own_image(&api, "ikukantai-controller-7d9f8-x2x4q").await.unwrap();
+    server.await.unwrap();
+    assert_eq!(image.as_deref(), Some("registry.example/ikukantai@sha256:feed"));
 }

@@ -1,349 +1,16 @@
-//! Reconcile scenarios against a mock API server (tower-test): every request the controller
-//! makes is recorded, answered like the API server would, and asserted.
+//! Reconcile scenarios against the fake API server (`support::api`): every request the
+//! controller makes is recorded, answered the way the API server would, and asserted.
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+mod support;
 
-use http::{Method, Request, Response};
-use ikukantai_api::config::FleetConfig;
-use ikukantai_kube::controller::{Clock, Context, FINALIZER, Settings, Stores, reconcile};
-use ikukantai_kube::crd::{KnativeService, Placement};
-use ikukantai_kube::wire::{GatewayReport, InstanceStats, RevisionLoad, WireStat};
-use k8s_openapi::api::core::v1::{Node, Pod};
-use kube::Client;
-use kube::client::Body;
+use std::time::Duration;
+
+use http::Method;
+use ikukantai_kube::controller::LEGACY_FINALIZER;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::controller::Action;
-use kube::runtime::reflector::{self, store::Writer};
-use kube::runtime::watcher;
-use serde_json::{Value, json};
-
-const KSVC: &str = "/apis/serving.knative.dev/v1/namespaces/default/services/hello";
-const PLACEMENTS: &str = "/apis/ikukantai.dev/v1alpha1/namespaces/default/placements";
-const PODS: &str = "/api/v1/namespaces/default/pods";
-
-#[derive(Debug)]
-struct ManualClock(Mutex<Instant>);
-
-impl Clock for ManualClock {
-    fn now(&self) -> Instant {
-        *self.0.lock().unwrap()
-    }
-}
-
-impl ManualClock {
-    fn advance(&self, d: Duration) {
-        *self.0.lock().unwrap() += d;
-    }
-}
-
-/// One request as the controller sent it.
-#[derive(Debug, Clone)]
-struct Call {
-    method: Method,
-    path: String,
-    query: String,
-    content_type: String,
-    body: Value,
-}
-
-impl Call {
-    fn is(&self, method: &Method, path: &str) -> bool {
-        self.method == method && self.path == path
-    }
-}
-
-/// The objects the fake API server holds, by path.
-type Objects = Arc<Mutex<BTreeMap<String, Value>>>;
-
-fn merge(target: &mut Value, patch: &Value) {
-    match (target, patch) {
-        (Value::Object(t), Value::Object(p)) => {
-            for (k, v) in p {
-                if v.is_null() {
-                    t.remove(k);
-                } else {
-                    merge(t.entry(k.clone()).or_insert(Value::Null), v);
-                }
-            }
-        }
-        (t, p) => *t = p.clone(),
-    }
-}
-
-/// Answers like the API server: apply and merge patches merge into the stored object, JSON
-/// patches removing finalizers remove them, creates store, deletes remove.
-fn answer(objects: &Objects, call: &Call) -> (u16, Value) {
-    let mut objects = objects.lock().unwrap();
-    let key = call.path.trim_end_matches("/status").to_owned();
-    match call.method {
-        Method::POST => {
-            let name = call.body["metadata"]["name"].as_str().unwrap_or_default();
-            let key = format!("{}/{name}", call.path);
-            if objects.contains_key(&key) {
-                return (
-                    409,
-                    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "AlreadyExists", "code": 409, "message": "exists"}),
-                );
-            }
-            let mut obj = call.body.clone();
-            obj["metadata"]["uid"] = json!(format!("uid-{name}"));
-            objects.insert(key, obj.clone());
-            (201, obj)
-        }
-        Method::PATCH if call.content_type.contains("json-patch") => {
-            let obj = objects.get_mut(&key).expect("patched object exists");
-            for op in call.body.as_array().into_iter().flatten() {
-                if op["op"] == "remove"
-                    && op["path"].as_str().is_some_and(|p| p.starts_with("/metadata/finalizers"))
-                {
-                    obj["metadata"]["finalizers"] = json!([]);
-                }
-            }
-            (200, obj.clone())
-        }
-        Method::PATCH if call.content_type.contains("apply-patch") => {
-            // The controller owns every field it applies: what it leaves out goes away.
-            let obj = objects.entry(key).or_insert_with(|| json!({}));
-            let uid = obj["metadata"]["uid"].clone();
-            let status = obj.get("status").cloned();
-            *obj = call.body.clone();
-            obj["metadata"]["uid"] = if uid.is_null() { json!("uid-applied") } else { uid };
-            if let Some(status) = status {
-                obj["status"] = status;
-            }
-            (200, obj.clone())
-        }
-        Method::PATCH => {
-            let obj = objects.entry(key.clone()).or_insert_with(|| {
-                let name = key.rsplit('/').next().unwrap();
-                json!({"metadata": {"name": name, "namespace": "default", "uid": format!("uid-{name}")}})
-            });
-            merge(obj, &call.body);
-            (200, obj.clone())
-        }
-        Method::DELETE if call.query.contains("labelSelector") => {
-            let prefix = format!("{}/", call.path);
-            let gone: Vec<String> = objects.keys().filter(|k| k.starts_with(&prefix)).cloned().collect();
-            let items: Vec<Value> = gone.iter().filter_map(|k| objects.remove(k)).collect();
-            (200, json!({"apiVersion": "v1", "kind": "List", "metadata": {}, "items": items}))
-        }
-        Method::DELETE => match objects.remove(&key) {
-            Some(obj) => (200, obj),
-            None => (
-                404,
-                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404, "message": "not found"}),
-            ),
-        },
-        _ => panic!("unexpected call {call:?}"),
-    }
-}
-
-struct Harness {
-    ctx: Arc<Context>,
-    clock: Arc<ManualClock>,
-    objects: Objects,
-    calls: Arc<Mutex<Vec<Call>>>,
-    nodes: Writer<Node>,
-    pods: Writer<Pod>,
-    placements: Writer<Placement>,
-}
-
-/// Re-lists a store from the objects under `prefix`, as a restarted watch would.
-fn relist<K>(writer: &mut Writer<K>, objects: &BTreeMap<String, Value>, prefix: &str)
-where
-    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + 'static,
-{
-    writer.apply_watcher_event(&watcher::Event::Init);
-    for (_, v) in objects.iter().filter(|(k, _)| k.starts_with(prefix)) {
-        writer.apply_watcher_event(&watcher::Event::InitApply(serde_json::from_value(v.clone()).unwrap()));
-    }
-    writer.apply_watcher_event(&watcher::Event::InitDone);
-}
-
-fn node(name: &str) -> Node {
-    serde_json::from_value(json!({
-        "metadata": {"name": name},
-        "status": {"conditions": [{"type": "Ready", "status": "True"}]}
-    }))
-    .unwrap()
-}
-
-fn ksvc(env: &str, annotations: &Value) -> KnativeService {
-    serde_json::from_value(json!({
-        "apiVersion": "serving.knative.dev/v1",
-        "kind": "Service",
-        "metadata": {"name": "hello", "namespace": "default", "uid": "uid-hello", "generation": 1,
-                     "finalizers": [FINALIZER]},
-        "spec": {"template": {
-            "metadata": {"annotations": annotations},
-            "spec": {"containerConcurrency": 10, "containers": [{"image": "hello:1", "env": [{"name": "TARGET", "value": env}]}]}
-        }}
-    }))
-    .unwrap()
-}
-
-impl Harness {
-    fn new(nodes: &[&str]) -> Self {
-        let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-        let client = Client::new(svc, "default");
-        let objects: Objects = Arc::default();
-        let calls: Arc<Mutex<Vec<Call>>> = Arc::default();
-        let (objs, log) = (objects.clone(), calls.clone());
-        tokio::spawn(async move {
-            while let Some((request, send)) = handle.next_request().await {
-                let (parts, body) = request.into_parts();
-                let bytes = body.collect_bytes().await.unwrap();
-                let call = Call {
-                    method: parts.method.clone(),
-                    path: parts.uri.path().to_owned(),
-                    query: parts.uri.query().unwrap_or_default().to_owned(),
-                    content_type: parts
-                        .headers
-                        .get(http::header::CONTENT_TYPE)
-                        .map(|v| v.to_str().unwrap().to_owned())
-                        .unwrap_or_default(),
-                    body: if bytes.is_empty() {
-                        Value::Null
-                    } else {
-                        serde_json::from_slice(&bytes).unwrap()
-                    },
-                };
-                let (status, reply) = answer(&objs, &call);
-                log.lock().unwrap().push(call);
-                send.send_response(
-                    Response::builder()
-                        .status(status)
-                        .body(Body::from(serde_json::to_vec(&reply).unwrap()))
-                        .unwrap(),
-                );
-            }
-        });
-        let (node_store, mut node_writer) = reflector::store();
-        for n in nodes {
-            node_writer.apply_watcher_event(&watcher::Event::Apply(node(n)));
-        }
-        let (pod_store, pod_writer) = reflector::store();
-        let (placement_store, placement_writer) = reflector::store();
-        let clock = Arc::new(ManualClock(Mutex::new(Instant::now())));
-        let settings = Settings {
-            controller_url: "http://ikukantai-controller.ikukantai-system:9090".into(),
-            seed: 7,
-            service_monitors: false,
-            gateway_host: "ikukantai-gateway.ikukantai-system.svc.cluster.local".into(),
-        };
-        let stores = Stores { nodes: node_store, pods: pod_store, placements: placement_store };
-        let ctx = Arc::new(Context::new(client, stores, FleetConfig::new(), settings, clock.clone()));
-        Self {
-            ctx,
-            clock,
-            objects,
-            calls,
-            nodes: node_writer,
-            pods: pod_writer,
-            placements: placement_writer,
-        }
-    }
-
-    /// Runs one reconcile; returns its calls. The stores then see what the API server holds
-    /// (as their watches would).
-    async fn reconcile(&mut self, svc: &KnativeService) -> (Action, Vec<Call>) {
-        self.calls.lock().unwrap().clear();
-        self.objects
-            .lock()
-            .unwrap()
-            .entry(KSVC.to_owned())
-            .or_insert_with(|| serde_json::to_value(svc).unwrap());
-        let action = reconcile(Arc::new(svc.clone()), self.ctx.clone()).await.expect("reconcile succeeds");
-        let calls = std::mem::take(&mut *self.calls.lock().unwrap());
-        self.sync();
-        (action, calls)
-    }
-
-    fn sync(&mut self) {
-        let objects = self.objects.lock().unwrap();
-        relist(&mut self.pods, &objects, PODS);
-        relist(&mut self.placements, &objects, PLACEMENTS);
-    }
-
-    /// Marks every Pod ready (the kubelet and queue proxy would).
-    fn make_ready(&mut self) {
-        let mut objects = self.objects.lock().unwrap();
-        for (k, v) in objects.iter_mut() {
-            if k.starts_with(PODS) {
-                v["spec"]["nodeName"] = v["metadata"]["labels"]["ikukantai.dev/node"].clone();
-                v["status"] = json!({"conditions": [{"type": "Ready", "status": "True"}]});
-            }
-        }
-        drop(objects);
-        self.sync();
-    }
-
-    fn pods_by_node(&self) -> BTreeMap<String, Vec<String>> {
-        let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for (k, v) in self.objects.lock().unwrap().iter() {
-            if k.starts_with(PODS) {
-                let node = v["metadata"]["labels"]["ikukantai.dev/node"].as_str().unwrap().to_owned();
-                out.entry(node).or_default().push(v["metadata"]["name"].as_str().unwrap().to_owned());
-            }
-        }
-        out
-    }
-
-    fn placement(&self, name: &str) -> Value {
-        self.objects.lock().unwrap()[&format!("{PLACEMENTS}/{name}")].clone()
-    }
-
-    fn ready_condition(&self) -> Value {
-        let status = self.ksvc_status();
-        status["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Ready").cloned().unwrap()
-    }
-
-    fn ksvc_status(&self) -> Value {
-        self.objects.lock().unwrap()[KSVC]["status"].clone()
-    }
-
-    /// `seconds` of load: `concurrency` in flight on every instance, entering at `origin`.
-    fn load(&self, seconds: u64, concurrency: f64, origin: &str) {
-        let pods: Vec<(String, String)> = self
-            .pods_by_node()
-            .into_iter()
-            .flat_map(|(node, names)| names.into_iter().map(move |n| (node.clone(), n)))
-            .collect();
-        for _ in 0..seconds {
-            self.clock.advance(Duration::from_secs(1));
-            for (node, pod) in &pods {
-                let revision = pod.split('-').take(2).collect::<Vec<_>>().join("-");
-                self.ctx.record_stats(&InstanceStats {
-                    namespace: "default".into(),
-                    revision,
-                    instance: pod.clone(),
-                    node: node.clone(),
-                    stat: WireStat { concurrency, requests: concurrency * 10.0, ..WireStat::default() },
-                });
-            }
-            let total = concurrency * pods.len() as f64;
-            self.ctx.record_report(&GatewayReport {
-                node: origin.into(),
-                revisions: vec![RevisionLoad {
-                    namespace: "default".into(),
-                    revision: "hello-00001".into(),
-                    activator: WireStat::default(),
-                    origin: WireStat { concurrency: total, requests: total * 10.0, ..WireStat::default() },
-                }],
-                rtt_ms: BTreeMap::from([
-                    ("node1".to_owned(), 60.0),
-                    ("node2".to_owned(), 60.0),
-                    ("node3".to_owned(), 0.0),
-                ]),
-            });
-        }
-    }
-}
-
-fn total(nodes: &Value) -> u64 {
-    nodes.as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum()
-}
+use serde_json::json;
+use support::{Call, Harness, KSVC, PLACEMENTS, PODS, ROUTES, ksvc, node, total};
 
 #[tokio::test]
 async fn create_applies_a_placement_creates_the_pod_and_reports_status() {
@@ -368,22 +35,25 @@ async fn create_applies_a_placement_creates_the_pod_and_reports_status() {
     assert_eq!(apply.body["spec"]["nodes"][node], 1);
     assert_eq!(create.body["metadata"]["ownerReferences"][0]["kind"], "Placement");
     assert_eq!(create.body["spec"]["containers"][1]["name"], "queue-proxy");
-    // 3. Placement status with the per-node summary; 4. the Service's status; 5. its route.
+    // 3. Placement status with the per-node summary; 4. its route, created as nobody had that
+    // name (5. the look-up); 6. the Service's status; 7. the ServiceRoute gateways route by.
     let pstatus =
         calls.iter().find(|c| c.is(&Method::PATCH, &format!("{PLACEMENTS}/hello-00001/status"))).unwrap();
     assert_eq!(pstatus.body["status"]["summary"].as_str().unwrap().split('/').next(), Some("0-0-0"));
     let status = calls.iter().find(|c| c.is(&Method::PATCH, &format!("{KSVC}/status"))).unwrap();
     assert_eq!(status.body["status"]["latestCreatedRevisionName"], "hello-00001");
     assert_eq!(status.body["status"]["url"], "http://hello.default.example.com");
-    let route =
-        calls.iter().find(|c| c.is(&Method::PATCH, "/api/v1/namespaces/default/services/hello")).unwrap();
+    let route = calls.iter().find(|c| c.is(&Method::POST, "/api/v1/namespaces/default/services")).unwrap();
     assert_eq!(route.body["spec"]["externalName"], "ikukantai-gateway.ikukantai-system.svc.cluster.local");
-    assert_eq!(calls.len(), 5, "{calls:#?}");
+    assert_eq!(route.body["metadata"]["ownerReferences"][0]["uid"], "uid-hello");
+    assert!(calls.iter().any(|c| c.is(&Method::PATCH, &format!("{ROUTES}/hello"))), "{calls:#?}");
+    assert_eq!(calls.len(), 7, "{calls:#?}");
 
-    // Once ready, the Service says so, and a quiet reconcile writes nothing but status changes.
+    // Once ready, the Service says so, and a quiet reconcile writes nothing but status changes
+    // and the route's new instance.
     h.make_ready();
     let (_, calls) = h.reconcile(&svc).await;
-    assert!(calls.iter().all(|c| c.path.ends_with("/status")), "{calls:#?}");
+    assert!(calls.iter().all(|c| c.path.ends_with("/status") || c.path.starts_with(ROUTES)), "{calls:#?}");
     let ready = h.ready_condition();
     assert_eq!(ready["status"], "True", "{ready}");
     assert_eq!(h.ksvc_status()["latestReadyRevisionName"], "hello-00001");
@@ -391,12 +61,10 @@ async fn create_applies_a_placement_creates_the_pod_and_reports_status() {
     let (ready_row, desired_row) = summary.split_once('/').unwrap();
     assert_eq!(ready_row, desired_row, "{summary}");
     // A Pod the node cannot fit says so in the Service's status.
-    {
-        let mut objects = h.objects.lock().unwrap();
-        let pod = objects.iter_mut().find(|(k, _)| k.starts_with(PODS)).unwrap().1;
+    h.api.update_all(&format!("{PODS}/"), |_, pod| {
         pod["status"] = json!({"conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
                                                "message": "0/3 nodes are available: 1 Insufficient cpu."}]});
-    }
+    });
     h.sync();
     h.reconcile(&svc).await;
     let ready = h.ready_condition();
@@ -491,15 +159,11 @@ async fn a_new_revision_whose_pods_crash_never_takes_traffic_and_is_scaled_away(
     let mut svc = ksvc("Hello", &json!({}));
     svc.metadata.generation = Some(2);
     h.reconcile(&svc).await;
-    {
-        let mut objects = h.objects.lock().unwrap();
-        for (k, v) in objects.iter_mut().filter(|(k, _)| k.starts_with(&format!("{PODS}/hello-00002-"))) {
-            assert!(k.starts_with(PODS));
-            v["status"] = json!({"containerStatuses": [{"name": "user-container", "ready": false, "restartCount": 3,
-                "image": "x", "imageID": "", "state": {"waiting": {"reason": "CrashLoopBackOff",
-                "message": "back-off 40s restarting failed container"}}}]});
-        }
-    }
+    h.api.update_all(&format!("{PODS}/hello-00002-"), |_, v| {
+        v["status"] = json!({"containerStatuses": [{"name": "user-container", "ready": false, "restartCount": 3,
+            "image": "x", "imageID": "", "state": {"waiting": {"reason": "CrashLoopBackOff",
+            "message": "back-off 40s restarting failed container"}}}]});
+    });
     h.sync();
     h.reconcile(&svc).await;
     let ready = h.ready_condition();
@@ -514,6 +178,18 @@ async fn a_new_revision_whose_pods_crash_never_takes_traffic_and_is_scaled_away(
     let left: Vec<String> = h.pods_by_node().into_values().flatten().collect();
     assert!(left.iter().all(|p| !p.contains("hello-00002")), "{left:?}");
     assert!(left.iter().any(|p| p.contains("hello-00001")), "{left:?}");
+    // Once its Pods are gone it stays failed (its Placement says so): nothing starts them again.
+    h.api.finish_terminating();
+    h.sync();
+    for _ in 0..3 {
+        let (_, calls) = h.reconcile(&svc).await;
+        assert!(!calls.iter().any(|c| c.is(&Method::POST, PODS)), "{calls:#?}");
+    }
+    assert_eq!(
+        h.placement("hello-00002")["status"]["failure"].as_str().map(|f| f.contains("CrashLoopBackOff")),
+        Some(true)
+    );
+    assert_eq!(h.ready_condition()["reason"], "RevisionFailed");
 }
 
 #[tokio::test]
@@ -523,7 +199,7 @@ async fn instances_on_a_node_that_is_gone_are_replaced_elsewhere() {
     h.reconcile(&svc).await;
     h.make_ready();
     let (gone, pods) = h.pods_by_node().into_iter().next().unwrap();
-    h.nodes.apply_watcher_event(&watcher::Event::Delete(node(&gone)));
+    h.remove_node(&gone);
     let (_, calls) = h.reconcile(&svc).await;
     assert!(
         calls.iter().any(|c| c.method == Method::DELETE && c.path == format!("{PODS}/{}", pods[0])),
@@ -545,7 +221,7 @@ async fn a_cordoned_node_keeps_its_instances_and_gets_no_new_ones() {
     let (cordoned, pods) = h.pods_by_node().into_iter().next().unwrap();
     let mut n = node(&cordoned);
     n.spec = Some(k8s_openapi::api::core::v1::NodeSpec { unschedulable: Some(true), ..Default::default() });
-    h.nodes.apply_watcher_event(&watcher::Event::Apply(n));
+    h.set_node(n);
     let (_, calls) = h.reconcile(&svc).await;
     assert!(calls.iter().all(|c| c.method != Method::DELETE), "{calls:#?}");
 
@@ -566,7 +242,7 @@ fn tainted_node1() -> Harness {
     let mut master = node("node1");
     let taint = json!({"taints": [{"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}]});
     master.spec = Some(serde_json::from_value(taint).unwrap());
-    h.nodes.apply_watcher_event(&watcher::Event::Apply(master));
+    h.set_node(master);
     h
 }
 
@@ -596,26 +272,39 @@ async fn tainted_nodes_get_instances_only_of_revisions_that_tolerate_them() {
 }
 
 #[tokio::test]
-async fn deleting_the_service_removes_its_pods_and_placements_then_the_finalizer() {
+async fn deleting_a_service_needs_no_controller_garbage_collection_removes_the_rest() {
     let mut h = Harness::new(&["node1", "node2", "node3"]);
     let svc = ksvc("Konnichiwa", &json!({}));
+    let (_, calls) = h.reconcile(&svc).await;
+    assert!(!calls.iter().any(|c| c.is(&Method::PATCH, KSVC)), "no finalizer: {calls:#?}");
+    h.make_ready();
+    // Uninstalling removes the controller and the CRD together: nothing may wait for it.
+    assert!(h.api.delete_object(KSVC));
+    assert!(h.api.get(KSVC).is_none(), "a Service without finalizers goes at once");
+    h.api.garbage_collect();
+    assert!(h.api.objects().keys().all(|k| !k.starts_with(PLACEMENTS)), "its Placements follow it");
+    assert!(h.pods_by_node().is_empty(), "and their Pods drain: {:?}", h.all_pods());
+    h.api.finish_terminating();
+    assert!(h.all_pods().is_empty());
+}
+
+#[tokio::test]
+async fn the_finalizer_of_an_earlier_version_is_removed_and_deletion_completes() {
+    let mut h = Harness::new(&["node1"]);
+    let mut svc = ksvc("Konnichiwa", &json!({}));
+    svc.metadata.finalizers = Some(vec![LEGACY_FINALIZER.into(), "example.com/keep".into()]);
     h.reconcile(&svc).await;
-    let mut deleting = svc.clone();
-    deleting.metadata.deletion_timestamp =
-        Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH));
+    assert_eq!(h.api.get(KSVC).unwrap()["metadata"]["finalizers"], json!(["example.com/keep"]));
+
+    // One being deleted: its last finalizer goes, and with it the Service.
+    let mut h = Harness::new(&["node1"]);
+    let mut deleting = ksvc("Konnichiwa", &json!({}));
+    deleting.metadata.finalizers = Some(vec![LEGACY_FINALIZER.into()]);
+    deleting.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::UNIX_EPOCH));
     let (action, calls) = h.reconcile(&deleting).await;
     assert_eq!(action, Action::await_change());
-    let selector =
-        "labelSelector=serving.knative.dev%2Fservice%3Dhello%2Capp.kubernetes.io%2Fmanaged-by%3Dikukantai";
-    assert!(
-        calls[0].method == Method::DELETE && calls[0].path == PODS && calls[0].query.contains(selector),
-        "{calls:#?}"
-    );
-    assert!(calls[1].method == Method::DELETE && calls[1].path == PLACEMENTS, "{calls:#?}");
-    assert!(calls[2].is(&Method::PATCH, KSVC) && calls[2].content_type.contains("json-patch"), "{calls:#?}");
-    assert_eq!(calls.len(), 3);
-    assert!(h.pods_by_node().is_empty());
-    assert!(h.objects.lock().unwrap()[KSVC]["metadata"]["finalizers"].as_array().unwrap().is_empty());
+    assert!(calls.iter().all(|c| c.path == KSVC), "nothing but the finalizer: {calls:#?}");
+    assert!(h.api.get(KSVC).is_none());
 }
 
 #[tokio::test]
@@ -631,4 +320,82 @@ async fn an_invalid_service_gets_a_status_that_names_the_field_and_nothing_else(
     assert_eq!(ready["reason"], "InvalidSpec");
     assert!(ready["message"].as_str().unwrap().contains("autoscaling.knative.dev/max-scale"), "{ready}");
     assert!(h.pods_by_node().is_empty());
+}
+
+#[tokio::test]
+async fn a_node_whose_instance_went_unready_leaves_the_placement_status_and_stays_out() {
+    let mut h = Harness::new(&["node1", "node2", "node3"]);
+    let svc = ksvc("Konnichiwa", &json!({"autoscaling.knative.dev/min-scale": "1"}));
+    h.reconcile(&svc).await;
+    h.make_ready();
+    h.reconcile(&svc).await;
+    let (node, _) = h.pods_by_node().into_iter().next().unwrap();
+    assert_eq!(h.placement("hello-00001")["status"]["ready"][&node], 1);
+    // Its readiness probe fails: the node has no ready instance any more.
+    h.api.update_all(&format!("{PODS}/"), |_, p| p["status"]["conditions"][1]["status"] = json!("False"));
+    h.sync();
+    h.reconcile(&svc).await;
+    let status = h.placement("hello-00001")["status"].clone();
+    assert!(status["ready"].get(&node).is_none(), "{status}");
+    // And the next reconciles have nothing to write.
+    for _ in 0..2 {
+        let (_, calls) = h.reconcile(&svc).await;
+        let writes: Vec<&Call> = calls.iter().filter(|c| c.path.starts_with(PLACEMENTS)).collect();
+        assert!(writes.is_empty(), "{writes:#?}");
+    }
+}
+
+#[tokio::test]
+async fn the_service_route_tells_gateways_the_split_the_settings_and_the_ready_instances() {
+    let mut h = Harness::new(&["node1", "node2", "node3"]);
+    let svc = ksvc(
+        "Konnichiwa",
+        &json!({"autoscaling.knative.dev/min-scale": "2", "ikukantai.dev/balancer": "even",
+                                         "ikukantai.dev/placement": "spread"}),
+    );
+    h.reconcile(&svc).await;
+    let route = h.route();
+    assert_eq!(route["metadata"]["ownerReferences"][0]["uid"], "uid-hello");
+    assert_eq!(route["spec"]["traffic"], json!([{"revision": "hello-00001", "percent": 100}]));
+    let rev = &route["spec"]["revisions"][0];
+    assert_eq!(
+        (rev["name"].as_str(), rev["balancer"].as_str(), rev["containerConcurrency"].as_u64()),
+        (Some("hello-00001"), Some("even"), Some(10))
+    );
+    assert_eq!(rev["instances"], json!([]), "none ready yet");
+    h.make_ready();
+    h.reconcile(&svc).await;
+    let instances = h.route()["spec"]["revisions"][0]["instances"].clone();
+    assert_eq!(instances.as_array().unwrap().len(), 2, "{instances}");
+    assert!(instances[0]["ip"].as_str().unwrap().starts_with("10.244."), "{instances}");
+    // An instance that stops being ready leaves the route; unchanged routes are not rewritten.
+    let (_, calls) = h.reconcile(&svc).await;
+    assert!(!calls.iter().any(|c| c.path.starts_with(ROUTES)), "{calls:#?}");
+    let first = instances[0]["name"].as_str().unwrap().to_owned();
+    h.api.update(&format!("{PODS}/{first}"), |p| p["status"]["conditions"][1]["status"] = json!("False"));
+    h.sync();
+    h.reconcile(&svc).await;
+    assert_eq!(h.route()["spec"]["revisions"][0]["instances"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_service_at_zero_waits_for_demand_instead_of_ticking() {
+    let mut h = Harness::new(&["node1"]);
+    let svc = ksvc("Konnichiwa", &json!({"autoscaling.knative.dev/initial-scale": "0"}));
+    h.ctx.set_config({
+        let mut c = ikukantai_api::config::FleetConfig::new();
+        c.autoscaler.allow_zero_initial_scale = true;
+        c
+    });
+    let (action, _) = h.reconcile(&svc).await;
+    assert_eq!(action, Action::await_change(), "nothing runs, nothing to tick");
+    h.ctx.record_demand(&ikukantai_kube::wire::Demand {
+        namespace: "default".into(),
+        service: "hello".into(),
+        revision: "hello-00001".into(),
+        node: "node1".into(),
+    });
+    let (action, calls) = h.reconcile(&svc).await;
+    assert!(calls.iter().any(|c| c.is(&Method::POST, PODS)), "{calls:#?}");
+    assert_eq!(action, Action::requeue(Duration::from_secs(2)), "ticks while it has instances");
 }

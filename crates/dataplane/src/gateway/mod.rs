@@ -27,7 +27,7 @@ mod routes;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -215,6 +215,11 @@ struct Shared {
     timers: RecyclingTimer,
     /// Connections that switched protocols, spliced to their instances.
     tunnels: Tunnels,
+    /// A routing table was set: until then `/ready` says no (a gateway that takes traffic before
+    /// it knows any route would hold or refuse every request).
+    routed: AtomicBool,
+    /// Stopping: `/ready` says no, so traffic moves elsewhere while what is here finishes.
+    draining: AtomicBool,
 }
 
 /// A running gateway.
@@ -295,6 +300,8 @@ impl Gateway {
             origin_value,
             timers: RecyclingTimer::default(),
             tunnels: Tunnels::default(),
+            routed: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
         });
         let limits =
             ServerConfig { max_header_bytes: max_header, max_connections: shared.config.max_connections };
@@ -365,7 +372,19 @@ impl Gateway {
         for r in revisions {
             dispatch(shared, &r);
         }
+        shared.routed.store(true, Ordering::Release);
         Ok(())
+    }
+
+    /// Says "not ready" on `/ready` from now on (the gateway is stopping), while it keeps serving.
+    pub fn set_draining(&self) {
+        self.shared.draining.store(true, Ordering::Release);
+    }
+
+    /// Requests waiting in activator queues (for an instance to start or to have room).
+    pub fn waiting(&self) -> usize {
+        let table = self.shared.table.read().unwrap_or_else(|e| e.into_inner());
+        table.revisions.values().map(|r| Shared::lock(&r.inner).waiting.len()).sum()
     }
 
     /// Cuts this gateway's per-revision stats for the period since the last call.
@@ -400,9 +419,18 @@ impl Handler for Admin {
         match req.uri().path() {
             "/metrics" => metrics_response(&self.0.registry),
             "/healthz" => Response::new(full(self.0.node_name().to_owned())),
+            "/ready" => {
+                if self.0.draining.load(Ordering::Acquire) {
+                    error_response(StatusCode::SERVICE_UNAVAILABLE, "draining")
+                } else if !self.0.routed.load(Ordering::Acquire) {
+                    error_response(StatusCode::SERVICE_UNAVAILABLE, "no routes yet")
+                } else {
+                    Response::new(full("ready".to_owned()))
+                }
+            }
             other => error_response(
                 StatusCode::NOT_FOUND,
-                format!("no such admin path {other:?}; try /metrics or /healthz"),
+                format!("no such admin path {other:?}; try /metrics, /healthz or /ready"),
             ),
         }
     }

@@ -13,28 +13,30 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::{Json, Router};
-use futures_util::StreamExt;
 use ikukantai_api::config::{CONFIG_AUTOSCALER, CONFIG_IKUKANTAI, ConfigMap as LocalConfigMap, FleetConfig};
 use ikukantai_api::service::ObjectMeta;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Patch, PatchParams};
-use kube::runtime::reflector::{self, ObjectRef};
-use kube::runtime::{Controller, WatchStreamExt, watcher};
+use kube::runtime::reflector;
 use kube::{Api, Client, ResourceExt};
 use kube_lease_manager::LeaseManagerBuilder;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 use crate::ProcessError;
-use crate::controller::{Context, Settings, Stores, SystemClock, error_policy, reconcile};
-use crate::crd::{KnativeService, MANAGED_BY, MANAGED_BY_LABEL, Placement};
+use crate::auth::TokenReviewer;
+use crate::controller::{Context, Settings, Stores, SystemClock};
+use crate::crd::{Placement, ServiceRoute};
 use crate::gateway::shutdown_signal;
-use crate::wire::{DEMAND_PATH, Demand, GatewayReport, InstanceStats, REPORT_PATH, STATS_PATH};
+
+mod inbox;
+mod watches;
+
+pub use watches::gated_reconcile;
+
+pub use inbox::{InboxAuth, serve_inbox};
+use watches::{Leader, Writers, reconcile_loop};
 
 /// The Lease the controller replicas compete for, in the system namespace.
 pub const LEASE_NAME: &str = "ikukantai-controller";
@@ -59,90 +61,18 @@ pub struct ManagerOptions {
     pub settings: Settings,
     /// This replica's name in the leader election (the Pod's name).
     pub identity: String,
+    /// The gateways' service account (in `system_namespace`): only it may push reports and demand.
+    pub gateway_account: String,
     /// This replica's Pod IP, published as the controller Service's endpoint while it leads
     /// (`None` outside a cluster: nothing is published).
     pub pod_ip: Option<IpAddr>,
-}
-
-#[derive(Clone)]
-struct Inbox {
-    ctx: Arc<Context>,
-    demand: mpsc::UnboundedSender<ObjectRef<KnativeService>>,
-    leading: Arc<AtomicBool>,
-}
-
-/// The inbox: `POST /v1/stats`, `/v1/report`, `/v1/demand`; `GET /healthz` (alive), `/leader`
-/// (200 while this replica leads, else 503; not a readiness probe: standbys are ready too),
-/// `/metrics`.
-fn inbox(
-    ctx: Arc<Context>,
-    demand: mpsc::UnboundedSender<ObjectRef<KnativeService>>,
-    leading: Arc<AtomicBool>,
-) -> Router {
-    Router::new()
-        .route(
-            STATS_PATH,
-            post(|State(i): State<Inbox>, Json(s): Json<InstanceStats>| async move {
-                i.ctx.record_stats(&s);
-                StatusCode::NO_CONTENT
-            }),
-        )
-        .route(
-            REPORT_PATH,
-            post(|State(i): State<Inbox>, Json(r): Json<GatewayReport>| async move {
-                i.ctx.record_report(&r);
-                StatusCode::NO_CONTENT
-            }),
-        )
-        .route(
-            DEMAND_PATH,
-            post(|State(i): State<Inbox>, Json(d): Json<Demand>| async move {
-                tracing::info!(revision = %d.revision, node = %d.node, "demand at zero");
-                let _ = i.demand.send(i.ctx.record_demand(&d));
-                StatusCode::NO_CONTENT
-            }),
-        )
-        .route("/healthz", get(|| async { "ok" }))
-        .route(
-            "/leader",
-            get(|State(i): State<Inbox>| async move {
-                if i.leading.load(Ordering::Acquire) {
-                    (StatusCode::OK, "leading\n")
-                } else {
-                    (StatusCode::SERVICE_UNAVAILABLE, "standby: another replica leads\n")
-                }
-            }),
-        )
-        .route(
-            "/metrics",
-            get(|State(i): State<Inbox>| async move {
-                (
-                    [(
-                        axum::http::header::CONTENT_TYPE,
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    )],
-                    i.ctx.metrics_text(),
-                )
-            }),
-        )
-        .with_state(Inbox { ctx, demand, leading })
-}
-
-/// Serves the inbox on `listener` (returns when the server stops); `leading` answers `/leader`.
-pub async fn serve_inbox(
-    listener: TcpListener,
-    ctx: Arc<Context>,
-    demand: mpsc::UnboundedSender<ObjectRef<KnativeService>>,
-    leading: Arc<AtomicBool>,
-) -> std::io::Result<()> {
-    axum::serve(listener, inbox(ctx, demand, leading)).await
 }
 
 /// Runs `work` while this replica leads: waits to be elected (`elected` turning true) unless
 /// `stop` comes first, sets `leading` for `/leader`, then runs `work` until it ends (`Ok`) or the
 /// election is lost (or its task died): [`ProcessError::LeadershipLost`], so the caller exits
 /// rather than reconcile beside a new leader.
-pub async fn while_leading<W: Future<Output = ()>>(
+pub async fn while_leading<W: Future<Output = Result<(), ProcessError>>>(
     mut elected: watch::Receiver<bool>,
     leading: &AtomicBool,
     lease: &str,
@@ -157,7 +87,7 @@ pub async fn while_leading<W: Future<Output = ()>>(
     tracing::info!(lease, "elected leader");
     leading.store(true, Ordering::Release);
     let result = tokio::select! {
-        () = work() => Ok(()),
+        r = work() => r,
         _ = elected.wait_for(|leader| !*leader) => Err(lost()),
     };
     leading.store(false, Ordering::Release);
@@ -184,10 +114,35 @@ pub fn fleet_config<C: std::borrow::Borrow<ConfigMap>>(maps: &[C]) -> Result<Fle
     Ok(config)
 }
 
+/// A CRD only Knative Serving installs (this platform installs `services.serving.knative.dev`
+/// too, so that one proves nothing).
+pub const KNATIVE_CRD: &str = "configurations.serving.knative.dev";
+
+/// Refuses to run where Knative Serving is installed: both would reconcile every Knative
+/// Service. (Applying `deploy/crds.yaml` there has already replaced Knative's Service CRD; the
+/// docs say to check first.)
+pub async fn refuse_beside_knative(crds: &Api<CustomResourceDefinition>) -> Result<(), ProcessError> {
+    match crds.get_opt(KNATIVE_CRD).await? {
+        Some(_) => Err(ProcessError::KnativeInstalled(KNATIVE_CRD.into())),
+        None => Ok(()),
+    }
+}
+
+/// The image of this controller's container (`pod` in `api`'s namespace): what the sidecars
+/// run unless configured otherwise. `None` if the Pod cannot be read (not in a cluster).
+pub async fn own_image(api: &Api<Pod>, pod: &str) -> Result<Option<String>, kube::Error> {
+    let Some(p) = api.get_opt(pod).await? else { return Ok(None) };
+    let containers = p.spec.map(|s| s.containers).unwrap_or_default();
+    let own = containers.iter().find(|c| c.name == "controller").or(containers.first());
+    Ok(own.and_then(|c| c.image.clone()))
+}
+
 /// Runs a controller replica until SIGTERM/Ctrl-C: the inbox at once, the reconcile loop while
 /// this replica holds the lease.
 pub async fn run(options: ManagerOptions) -> Result<(), ProcessError> {
     let client = Client::try_default().await?;
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    refuse_beside_knative(&crds).await?;
     let lease = format!("{}/{LEASE_NAME}", options.system_namespace);
     let lease_error = |source| ProcessError::Lease { lease: lease.clone(), source };
     let manager = LeaseManagerBuilder::new(client.clone(), LEASE_NAME)
@@ -203,7 +158,15 @@ pub async fn run(options: ManagerOptions) -> Result<(), ProcessError> {
     tracing::info!(identity = %options.identity, %lease, "waiting to lead");
 
     let mut settings = options.settings.clone();
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    match own_image(&Api::namespaced(client.clone(), &options.system_namespace), &options.identity).await {
+        Ok(Some(image)) => settings.sidecar_image = image,
+        Ok(None) => {
+            tracing::warn!(pod = %options.identity, image = %settings.sidecar_image, "own Pod not found; sidecars use the default image")
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, image = %settings.sidecar_image, "cannot read the own Pod; sidecars use the default image")
+        }
+    }
     settings.service_monitors = match crds.get_opt("servicemonitors.monitoring.coreos.com").await {
         Ok(found) => found.is_some(),
         Err(e) => {
@@ -215,8 +178,9 @@ pub async fn run(options: ManagerOptions) -> Result<(), ProcessError> {
     let (nodes, node_writer) = reflector::store::<Node>();
     let (pods, pod_writer) = reflector::store::<Pod>();
     let (placements, placement_writer) = reflector::store::<Placement>();
+    let (routes, route_writer) = reflector::store::<ServiceRoute>();
     let (configs, config_writer) = reflector::store::<ConfigMap>();
-    let stores = Stores { nodes, pods, placements };
+    let stores = Stores { nodes, pods, placements, routes };
     let ctx = Arc::new(Context::new(
         client.clone(),
         stores.clone(),
@@ -231,8 +195,12 @@ pub async fn run(options: ManagerOptions) -> Result<(), ProcessError> {
     let (demand_tx, demand_rx) = mpsc::unbounded_channel();
     let inbox_ctx = ctx.clone();
     let inbox_leading = leading.clone();
+    let inbox_auth = InboxAuth {
+        authenticator: Arc::new(TokenReviewer::new(client.clone())),
+        gateway_account: (options.system_namespace.clone(), options.gateway_account.clone()),
+    };
     tokio::spawn(async move {
-        if let Err(e) = serve_inbox(listener, inbox_ctx, demand_tx, inbox_leading).await {
+        if let Err(e) = serve_inbox(listener, inbox_ctx, demand_tx, inbox_leading, inbox_auth).await {
             tracing::error!(error = %e, "inbox stopped");
         }
     });
@@ -248,6 +216,7 @@ pub async fn run(options: ManagerOptions) -> Result<(), ProcessError> {
             nodes: node_writer,
             pods: pod_writer,
             placements: placement_writer,
+            routes: route_writer,
             configs: config_writer,
         },
     };
@@ -267,7 +236,7 @@ pub async fn run(options: ManagerOptions) -> Result<(), ProcessError> {
             }
             None => tracing::warn!("no POD_IP: the controller Service is not pointed at this leader"),
         }
-        reconcile_loop(leader).await;
+        reconcile_loop(leader).await
     })
     .await;
     // Dropping the last receiver makes the election task release the lease, so a standby takes
@@ -313,113 +282,6 @@ pub async fn publish_leader(
     api.patch(SERVICE_NAME, &params, &Patch::Apply(slice)).await.map(drop)
 }
 
-/// The reflector writers the leader's watches feed.
-struct Writers {
-    nodes: reflector::store::Writer<Node>,
-    pods: reflector::store::Writer<Pod>,
-    placements: reflector::store::Writer<Placement>,
-    configs: reflector::store::Writer<ConfigMap>,
-}
-
-/// What the leader's reconcile loop needs.
-struct Leader {
-    client: Client,
-    ctx: Arc<Context>,
-    system_namespace: String,
-    demand_rx: mpsc::UnboundedReceiver<ObjectRef<KnativeService>>,
-    stores: Stores,
-    configs: reflector::Store<ConfigMap>,
-    writers: Writers,
-}
-
-/// The leader's reconcile loop: watches feed the stores and kube's `Controller` runs
-/// [`reconcile`] until SIGTERM/Ctrl-C.
-async fn reconcile_loop(leader: Leader) {
-    let Leader { client, ctx, system_namespace, demand_rx, stores, configs, writers } = leader;
-    let Stores { nodes, pods, placements } = stores;
-    let managed = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
-    // Nodes and ConfigMaps only feed stores; ConfigMap changes replace the configuration.
-    let node_stream = watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
-        .reflect(writers.nodes)
-        .for_each(|_| std::future::ready(()));
-    tokio::spawn(node_stream);
-    let config_ctx = ctx.clone();
-    let config_store = configs.clone();
-    let config_stream =
-        watcher(Api::<ConfigMap>::namespaced(client.clone(), &system_namespace), watcher::Config::default())
-            .default_backoff()
-            .reflect(writers.configs)
-            .applied_objects()
-            .for_each(move |_| {
-                match fleet_config(&config_store.state()) {
-                    Ok(config) => config_ctx.set_config(config),
-                    Err(message) => {
-                        tracing::error!(%message, "configuration rejected; keeping the previous one")
-                    }
-                }
-                std::future::ready(())
-            });
-    tokio::spawn(config_stream);
-
-    let demand =
-        futures_util::stream::unfold(demand_rx, |mut rx| async move { rx.recv().await.map(|r| (r, rx)) });
-
-    let pod_stream = watcher(Api::<Pod>::all(client.clone()), managed.clone())
-        .default_backoff()
-        .reflect(writers.pods)
-        .touched_objects();
-    let placement_stream = watcher(Api::<Placement>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
-        .reflect(writers.placements)
-        .touched_objects();
-    // Reconciles wait for the stores so a cold cache never looks like "no pods yet".
-    let ready = async move {
-        for r in [
-            nodes.wait_until_ready().await,
-            pods.wait_until_ready().await,
-            placements.wait_until_ready().await,
-        ] {
-            r.ok();
-        }
-        let _ = configs.wait_until_ready().await;
-    };
-    let (go_tx, go_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        ready.await;
-        let _ = go_tx.send(true);
-    });
-    let gated_ctx = ctx.clone();
-    Controller::new(Api::<KnativeService>::all(client.clone()), watcher::Config::default())
-        .owns_stream(placement_stream)
-        .watches_stream(pod_stream, |pod: Pod| {
-            let ns = pod.namespace()?;
-            let service = pod.labels().get(ikukantai_api::revision::SERVICE_LABEL)?.clone();
-            Some(ObjectRef::new(&service).within(&ns))
-        })
-        .reconcile_on(demand)
-        .shutdown_on_signal()
-        .run(
-            move |svc, ctx| {
-                let mut go = go_rx.clone();
-                async move {
-                    // Startup only: hold the first reconciles until every store has listed.
-                    let _ = tokio::time::timeout(Duration::from_secs(30), go.wait_for(|ready| *ready)).await;
-                    reconcile(svc, ctx).await
-                }
-            },
-            error_policy,
-            gated_ctx,
-        )
-        .for_each(|result| {
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "reconcile error");
-            }
-            std::future::ready(())
-        })
-        .await;
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -439,6 +301,7 @@ mod tests {
         while_leading(elected, &leading, "ikukantai-system/ikukantai-controller", stop, move || async move {
             let _ = started.send(());
             let _ = finish.await;
+            Ok(())
         })
         .await
     }

@@ -1,36 +1,41 @@
 //! `ikukantai gateway`: the per-node gateway on Kubernetes (a DaemonSet). It is the data plane's
-//! [`Gateway`], fed by watches instead of the local control plane: routes come from Knative
-//! Services' status and Placements, instances from Pods (node = `spec.nodeName`, address =
-//! Pod IP; no CNI-specific lookup). It measures the RTT to its peer gateways (monlat), and pushes
-//! activator/origin load, RTTs and demand at zero to the controller.
+//! [`Gateway`], fed by watches instead of the local control plane: the routing table from the
+//! ServiceRoutes the controller publishes (traffic, revision settings, ready instances by Pod IP
+//! and node), node names from metadata-only Node watches, peers from the gateways' own
+//! EndpointSlices. It reads no Pod, Knative Service or Placement: their specs carry tenants'
+//! environment. It measures the RTT to its peer gateways (monlat), and pushes activator/origin
+//! load, RTTs and demand at zero to the controller.
+//!
+//! Ready (`/ready` on the admin port) only once it has routes; on SIGTERM it turns unready,
+//! keeps routing while requests wait in its activator queues, then stops accepting and finishes
+//! what is open ([`drain`]).
+
+mod view;
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::{IpAddr, SocketAddr};
+use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use ikukantai_api::annotations::revision_settings;
 use ikukantai_api::config::FleetConfig;
-use ikukantai_dataplane::gateway::{
-    Gateway, GatewayConfig, GatewayEvents, InstanceRoute, MemoryRelease, RevisionRoute, RouteTarget, Routes,
-    ServiceRoute,
-};
+use ikukantai_dataplane::gateway::{Gateway, GatewayConfig, GatewayEvents, MemoryRelease};
 use ikukantai_link::connect::{NodeConnector, probe_rtt};
-use ikukantai_policy::autoscaler::ScalingSpec;
 use ikukantai_policy::estimate::RttMatrix;
 use ikukantai_policy::registry::PolicyParams;
-use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
-use kube::runtime::reflector;
-use kube::runtime::{WatchStreamExt, watcher};
+use k8s_openapi::api::core::v1::{ConfigMap, Node};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::core::PartialObjectMeta;
+use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Api, Client, ResourceExt};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
+pub use view::{ClusterView, peers, routes};
 
 use crate::ProcessError;
-use crate::crd::{KnativeService, MANAGED_BY, MANAGED_BY_LABEL, Placement, REVISION_LABEL};
+use crate::crd::{MANAGED_BY, MANAGED_BY_LABEL, ServiceRoute};
 use crate::manager::fleet_config;
-use crate::pod::{QUEUE_PORT, pod_ready};
 use crate::wire::{DEMAND_PATH, Demand, GatewayReport, Pusher, REPORT_PATH, RevisionLoad};
 
 /// The RTT assumed between two nodes until the monitor measured it (ms): in-cluster links are
@@ -47,11 +52,11 @@ pub struct GatewayOptions {
     pub node: String,
     /// Traffic listener.
     pub listen: SocketAddr,
-    /// Admin listener (`/metrics`, `/healthz`); peers probe it.
+    /// Admin listener (`/metrics`, `/healthz`, `/ready`); peers probe it.
     pub admin: SocketAddr,
     /// Namespace of the gateways and ConfigMaps.
     pub system_namespace: String,
-    /// Label selector of the gateway Pods (to find peers).
+    /// Label selector of the gateways' EndpointSlices (to find peers).
     pub peer_selector: String,
     /// Where to push reports and demand.
     pub controller_url: String,
@@ -59,90 +64,8 @@ pub struct GatewayOptions {
     pub memory_release: Option<MemoryRelease>,
     /// The gateway's policy towards clients (`ikukantai gateway`'s flags).
     pub edge: ikukantai_dataplane::gateway::EdgePolicy,
-}
-
-/// The cluster as a gateway sees it, from its stores.
-#[derive(Debug)]
-pub struct ClusterView<'a> {
-    /// Node names by index (the gateway's order).
-    pub nodes: &'a [String],
-    /// Knative Services.
-    pub services: &'a [Arc<KnativeService>],
-    /// Placements.
-    pub placements: &'a [Arc<Placement>],
-    /// Managed Pods.
-    pub pods: &'a [Arc<Pod>],
-    /// Fleet configuration.
-    pub config: &'a FleetConfig,
-}
-
-fn ready_ip(p: &Pod) -> Option<IpAddr> {
-    if !pod_ready(p) || p.metadata.deletion_timestamp.is_some() {
-        return None;
-    }
-    p.status.as_ref()?.pod_ip.as_ref()?.parse().ok()
-}
-
-/// The routing table: services from the traffic their status resolved, revisions from
-/// Placements, instances from ready Pods.
-pub fn routes(view: &ClusterView<'_>) -> Routes {
-    let mut routes = Routes::default();
-    for svc in view.services {
-        let ns = svc.namespace().unwrap_or_else(|| "default".into());
-        let traffic: Vec<RouteTarget> = svc
-            .status
-            .iter()
-            .flat_map(|s| &s.traffic)
-            .filter_map(|t| {
-                Some(RouteTarget {
-                    revision: t.revision_name.clone()?,
-                    percent: t.percent.unwrap_or(0),
-                    tag: t.tag.clone(),
-                })
-            })
-            .collect();
-        routes.services.push(ServiceRoute { namespace: ns, name: svc.name_any(), traffic });
-    }
-    for p in view.placements {
-        let ns = p.namespace().unwrap_or_else(|| "default".into());
-        let revision = p.revision();
-        let annotations = &revision.metadata.annotations;
-        let Ok(settings) = revision_settings(annotations, view.config, "spec.template.metadata.annotations")
-        else {
-            tracing::warn!(revision = %revision.name(), "revision annotations invalid; not routed");
-            continue;
-        };
-        let cc = revision.spec.container_concurrency();
-        let spec = ScalingSpec::resolve(&view.config.autoscaler, cc, &settings.scaling);
-        let instances = view
-            .pods
-            .iter()
-            .filter(|pod| {
-                pod.namespace().as_deref() == Some(ns.as_str())
-                    && pod.labels().get(REVISION_LABEL).map(String::as_str) == Some(revision.name())
-            })
-            .filter_map(|pod| {
-                let ip = ready_ip(pod)?;
-                let node_name = pod.spec.as_ref()?.node_name.as_ref()?;
-                let node = view.nodes.iter().position(|n| n == node_name)?;
-                Some(InstanceRoute { name: pod.name_any(), node, addr: SocketAddr::new(ip, QUEUE_PORT) })
-            })
-            .collect();
-        routes.revisions.push(RevisionRoute {
-            namespace: ns,
-            service: p.spec.service.clone(),
-            revision: revision.name().to_owned(),
-            container_concurrency: cc,
-            target_concurrency: spec.target,
-            timeout: Duration::from_secs(revision.spec.timeout_seconds()),
-            balancer: settings.balancer.clone().unwrap_or_else(|| view.config.policies.balancer.clone()),
-            queue: settings.queue.clone().unwrap_or_else(|| view.config.policies.queue.clone()),
-            priority_rules: settings.priority_rules.clone(),
-            instances,
-            failure: None,
-        });
-    }
-    routes
+    /// The projected token that authenticates its pushes ([`crate::auth`]).
+    pub token_file: Option<std::path::PathBuf>,
 }
 
 /// Pushes demand at zero to the controller (revision → service from the routes), at most once a
@@ -211,16 +134,49 @@ pub async fn probe_peers(
         .await;
 }
 
-/// Runs the gateway until SIGTERM/Ctrl-C.
+/// Logs a watch's errors: it retries with backoff, and until it lists the gateway is not ready.
+fn logged<T, S>(what: &'static str, stream: S) -> impl futures_util::Stream<Item = Result<T, watcher::Error>>
+where
+    S: futures_util::Stream<Item = Result<T, watcher::Error>>,
+{
+    stream.inspect(move |r| {
+        if let Err(e) = r {
+            tracing::error!(watch = what, error = %e, "watch failed; retrying (check RBAC and that the CRDs match this version)");
+        }
+    })
+}
+
+/// Stops a gateway the way a rolling update needs (the kubelet ran the preStop sleep first, so
+/// endpoints have stopped sending here): unready at once; routes kept up to date by `routing`
+/// while requests wait in activator queues (they wait for instances that start elsewhere);
+/// then no new connections, and the open ones finished.
+pub async fn drain(gateway: Arc<Gateway>, routing: impl Future<Output = ()>) {
+    gateway.set_draining();
+    {
+        let waiting = async {
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            while gateway.waiting() > 0 {
+                tick.tick().await;
+            }
+        };
+        tokio::pin!(routing);
+        tokio::select! {
+            () = &mut routing => {}
+            () = waiting => {}
+        }
+    } // `routing` (and its share of the gateway) ends here.
+    match Arc::try_unwrap(gateway) {
+        Ok(gateway) => gateway.shutdown().await,
+        Err(_) => tracing::error!("the gateway is still shared; open connections are cut"),
+    }
+}
+
+/// Runs the gateway until SIGTERM/Ctrl-C, then drains it.
 pub async fn run(options: GatewayOptions) -> Result<(), ProcessError> {
     let client = Client::try_default().await?;
-    let mut nodes: Vec<String> = Api::<Node>::all(client.clone())
-        .list(&Default::default())
-        .await?
-        .items
-        .iter()
-        .map(ResourceExt::name_any)
-        .collect();
+    let node_api = Api::<PartialObjectMeta<Node>>::all(client.clone());
+    let mut nodes: Vec<String> =
+        node_api.list(&Default::default()).await?.items.iter().map(ResourceExt::name_any).collect();
     nodes.sort();
     let me = nodes
         .iter()
@@ -248,7 +204,10 @@ pub async fn run(options: GatewayOptions) -> Result<(), ProcessError> {
         TcpListener::bind(addr).await.map_err(|source| ProcessError::Listen { addr, source })
     };
     let services_by_revision: Arc<RwLock<HashMap<(String, String), String>>> = Arc::default();
-    let pusher = Pusher::new(&options.controller_url);
+    let pusher = match &options.token_file {
+        Some(path) => Pusher::new(&options.controller_url).with_token_file(path),
+        None => Pusher::new(&options.controller_url),
+    };
     let events = Arc::new(DemandPusher {
         pusher: pusher.clone(),
         node: options.node.clone(),
@@ -259,40 +218,39 @@ pub async fn run(options: GatewayOptions) -> Result<(), ProcessError> {
         Gateway::start(gateway_config, listen(options.listen).await?, listen(options.admin).await?, events)
             .map_err(|source| ProcessError::Listen { addr: options.listen, source })?,
     );
-    tracing::info!(node = %options.node, addr = %gateway.addr(), admin = %gateway.admin_addr(), "gateway serving");
+    tracing::info!(node = %options.node, addr = %gateway.addr(), admin = %gateway.admin_addr(), "gateway serving; ready once it has routes");
 
     // Watches feed stores; any change wakes the route builder.
     let changed = Arc::new(Notify::new());
     let managed = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY}"));
-    let (svc_store, svc_writer) = reflector::store::<KnativeService>();
-    let (pl_store, pl_writer) = reflector::store::<Placement>();
-    let (pod_store, pod_writer) = reflector::store::<Pod>();
+    let (route_store, route_writer) = reflector::store::<ServiceRoute>();
     let (cm_store, cm_writer) = reflector::store::<ConfigMap>();
-    let (peer_store, peer_writer) = reflector::store::<Pod>();
-    let (node_store, node_writer) = reflector::store::<Node>();
+    let (peer_store, peer_writer) = reflector::store::<EndpointSlice>();
+    let (node_store, node_writer) = reflector::store::<PartialObjectMeta<Node>>();
     macro_rules! drive {
-        ($api:expr, $cfg:expr, $writer:expr) => {{
+        ($what:expr, $api:expr, $cfg:expr, $writer:expr) => {{
             let changed = changed.clone();
-            tokio::spawn(watcher($api, $cfg).default_backoff().reflect($writer).for_each(move |_| {
-                changed.notify_one();
-                std::future::ready(())
-            }));
+            tokio::spawn(logged($what, watcher($api, $cfg)).default_backoff().reflect($writer).for_each(
+                move |_| {
+                    changed.notify_one();
+                    std::future::ready(())
+                },
+            ));
         }};
     }
-    drive!(Api::<KnativeService>::all(client.clone()), watcher::Config::default(), svc_writer);
-    drive!(Api::<Placement>::all(client.clone()), watcher::Config::default(), pl_writer);
-    drive!(Api::<Pod>::all(client.clone()), managed, pod_writer);
-    drive!(configs_api.clone(), watcher::Config::default(), cm_writer);
+    drive!("serviceroutes", Api::<ServiceRoute>::all(client.clone()), managed, route_writer);
+    drive!("configmaps", configs_api.clone(), watcher::Config::default(), cm_writer);
     drive!(
-        Api::<Pod>::namespaced(client.clone(), &options.system_namespace),
+        "endpointslices",
+        Api::<EndpointSlice>::namespaced(client.clone(), &options.system_namespace),
         watcher::Config::default().labels(&options.peer_selector),
         peer_writer
     );
-    drive!(Api::<Node>::all(client.clone()), watcher::Config::default(), node_writer);
+    drive!("nodes", node_api, watcher::Config::default(), node_writer);
 
     // Latency monitor: probe every peer gateway's admin port.
     let rtt_ms: Arc<RwLock<BTreeMap<String, f64>>> = Arc::default();
-    {
+    let probes = {
         let (gateway, rtt_ms, me) = (gateway.clone(), rtt_ms.clone(), options.node.clone());
         let admin_port = options.admin.port();
         let interval = config.kubernetes.probe_interval;
@@ -302,20 +260,14 @@ pub async fn run(options: GatewayOptions) -> Result<(), ProcessError> {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                let peers: Vec<(String, SocketAddr)> = peer_store
-                    .state()
-                    .iter()
-                    .filter_map(|peer| Some((peer.spec.as_ref()?.node_name.clone()?, ready_ip(peer)?)))
-                    .filter(|(node, _)| *node != me)
-                    .map(|(node, ip)| (node, SocketAddr::new(ip, admin_port)))
-                    .collect();
+                let peers = peers(&peer_store.state(), &me, admin_port);
                 probe_peers(&gateway, &connector, peers, &rtt_ms).await;
             }
-        });
-    }
+        })
+    };
 
     // Reports to the controller, every second.
-    {
+    let reports = {
         let (gateway, rtt_ms, node) = (gateway.clone(), rtt_ms.clone(), options.node.clone());
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -337,50 +289,57 @@ pub async fn run(options: GatewayOptions) -> Result<(), ProcessError> {
                     tracing::debug!(error = %e, "report not delivered");
                 }
             }
-        });
-    }
+        })
+    };
 
-    // Route builder: on every change, rebuild the table from the stores.
-    let builder = async {
-        loop {
-            changed.notified().await;
-            let mut joined: Vec<String> = node_store.state().iter().map(|n| n.name_any()).collect();
-            joined.sort();
-            for name in joined {
-                if gateway.node_index(&name).is_none() {
-                    let i = gateway.add_node(&name, PRIOR_RTT_MS);
-                    tracing::info!(node = %name, index = i, "node joined");
-                }
+    // Route builder: once every store has listed, and on every change after, rebuild the table.
+    let builder = {
+        let gateway = gateway.clone();
+        async move {
+            let listed = async {
+                route_store.wait_until_ready().await?;
+                cm_store.wait_until_ready().await?;
+                node_store.wait_until_ready().await
+            };
+            if let Err(e) = listed.await {
+                tracing::error!(error = %e, "a watch ended before it listed; never ready");
+                return std::future::pending().await;
             }
-            let nodes = gateway.nodes();
-            let config = fleet_config(&cm_store.state()).unwrap_or_else(|message| {
-                tracing::error!(%message, "configuration rejected; using defaults");
-                FleetConfig::new()
-            });
-            let (services, placements, pods) = (svc_store.state(), pl_store.state(), pod_store.state());
-            let table = routes(&ClusterView {
-                nodes: &nodes,
-                services: &services,
-                placements: &placements,
-                pods: &pods,
-                config: &config,
-            });
-            *services_by_revision.write().unwrap_or_else(|e| e.into_inner()) = table
-                .revisions
-                .iter()
-                .map(|r| ((r.namespace.clone(), r.revision.clone()), r.service.clone()))
-                .collect();
-            if let Err(e) = gateway.set_routes(&table) {
-                tracing::error!(error = %e, "routes refused");
+            loop {
+                let mut joined: Vec<String> = node_store.state().iter().map(|n| n.name_any()).collect();
+                joined.sort();
+                for name in joined {
+                    if gateway.node_index(&name).is_none() {
+                        let i = gateway.add_node(&name, PRIOR_RTT_MS);
+                        tracing::info!(node = %name, index = i, "node joined");
+                    }
+                }
+                let nodes = gateway.nodes();
+                let published = route_store.state();
+                let table = routes(&ClusterView { nodes: &nodes, routes: &published });
+                *services_by_revision.write().unwrap_or_else(|e| e.into_inner()) = table
+                    .revisions
+                    .iter()
+                    .map(|r| ((r.namespace.clone(), r.revision.clone()), r.service.clone()))
+                    .collect();
+                if let Err(e) = gateway.set_routes(&table) {
+                    tracing::error!(error = %e, "routes refused");
+                }
+                changed.notified().await;
             }
         }
     };
-    // The route builder runs until shutdown.
+    let mut builder = Box::pin(builder);
     tokio::select! {
-        _ = builder => {}
+        () = &mut builder => {}
         () = shutdown_signal() => {}
     }
-    tracing::info!("gateway stopping");
+    tracing::info!("gateway stopping: unready, draining");
+    probes.abort();
+    reports.abort();
+    let _ = (probes.await, reports.await);
+    drain(gateway, builder).await;
+    tracing::info!("gateway stopped");
     Ok(())
 }
 
@@ -402,20 +361,7 @@ pub async fn shutdown_signal() {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
-
     use super::*;
-
-    fn pod(name: &str, revision: &str, node: &str, ip: &str, ready: bool) -> Arc<Pod> {
-        Arc::new(
-            serde_json::from_value(json!({
-                "metadata": {"name": name, "namespace": "default", "labels": {REVISION_LABEL: revision}},
-                "spec": {"nodeName": node, "containers": []},
-                "status": {"podIP": ip, "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]}
-            }))
-            .unwrap(),
-        )
-    }
 
     #[tokio::test]
     async fn peers_are_probed_and_their_rtt_recorded_where_balancers_and_metrics_see_it() {
@@ -455,50 +401,5 @@ mod tests {
         assert!(!first_in_a_second(&last, &a, t0 + Duration::from_millis(900)));
         assert!(first_in_a_second(&last, &b, t0 + Duration::from_millis(900)));
         assert!(first_in_a_second(&last, &a, t0 + Duration::from_millis(1000)));
-    }
-
-    #[test]
-    fn routes_follow_status_traffic_placements_and_ready_pods() {
-        let svc: KnativeService = serde_json::from_value(json!({
-            "apiVersion": "serving.knative.dev/v1", "kind": "Service",
-            "metadata": {"name": "hello", "namespace": "default"},
-            "spec": {"template": {"spec": {"containers": [{"image": "x"}]}}},
-            "status": {"traffic": [{"revisionName": "hello-00001", "percent": 100}]}
-        }))
-        .unwrap();
-        let placement: Placement = serde_json::from_value(json!({
-            "apiVersion": "ikukantai.dev/v1alpha1", "kind": "Placement",
-            "metadata": {"name": "hello-00001", "namespace": "default"},
-            "spec": {"service": "hello", "generation": 1, "nodes": {"node3": 1},
-                     "template": {"metadata": {"annotations": {"ikukantai.dev/balancer": "even"}},
-                                  "spec": {"containerConcurrency": 5, "containers": [{"image": "x"}]}}}
-        }))
-        .unwrap();
-        let nodes = vec!["node1".to_owned(), "node2".to_owned(), "node3".to_owned()];
-        let pods = vec![
-            pod("a", "hello-00001", "node3", "10.0.3.7", true),
-            pod("b", "hello-00001", "node1", "10.0.1.7", false),
-            pod("c", "other-00001", "node1", "10.0.1.8", true),
-        ];
-        let config = FleetConfig::new();
-        let table = routes(&ClusterView {
-            nodes: &nodes,
-            services: &[Arc::new(svc)],
-            placements: &[Arc::new(placement)],
-            pods: &pods,
-            config: &config,
-        });
-        assert_eq!(
-            table.services[0].traffic,
-            vec![RouteTarget { revision: "hello-00001".into(), percent: 100, tag: None }]
-        );
-        let r = &table.revisions[0];
-        assert_eq!((r.service.as_str(), r.container_concurrency, r.balancer.as_str()), ("hello", 5, "even"));
-        assert_eq!(r.queue, config.policies.queue);
-        assert_eq!(
-            r.instances,
-            vec![InstanceRoute { name: "a".into(), node: 2, addr: "10.0.3.7:8012".parse().unwrap() }],
-            "only the ready pod, on its node, at the queue proxy's port"
-        );
     }
 }

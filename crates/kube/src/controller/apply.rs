@@ -274,9 +274,12 @@ pub(super) async fn apply(ksvc: &KnativeService, ctx: &Context) -> Result<Action
             }
             state.decided.insert(key.clone(), now);
             let scaler = state.scalers.get_mut(&key).expect("inserted above");
-            // Idle instances push nothing: a zero now makes the seconds since the last push
-            // count as zeros (not dropped from the windows), as if they had pushed them.
+            // Idle instances and gateways push nothing: a zero now makes the seconds since the
+            // last push count as zeros (not dropped from the windows), as if they had pushed them.
             scaler.autoscaler.record(now, &Stat::default());
+            for &i in &idx {
+                scaler.autoscaler.record_origin(now, i, 0.0);
+            }
             let (decision, per_node) = scaler.decide(
                 now,
                 ScaleInputs {

@@ -61,8 +61,9 @@ pub mod env {
 }
 
 /// Seconds a stopping instance keeps serving while unready (see [`env::DRAIN_NOTICE`]): gateways
-/// drop a Pod from their routes when they see its deletion, which a watch delivers within about a
-/// second; requests they sent before then still find it serving.
+/// drop a Pod from their routes when the controller, seeing its deletion, republishes its
+/// ServiceRoute (two watch deliveries and a write, about a second); requests they sent before
+/// then still find it serving.
 pub const DRAIN_NOTICE_SECONDS: u64 = 5;
 
 /// The queue-proxy sidecar's resources. Its CPU limit is generous (a throttled sidecar delays

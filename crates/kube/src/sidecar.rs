@@ -112,6 +112,19 @@ impl SidecarConfig {
     }
 }
 
+/// Whether to push this second's stats: a second without requests is pushed once, then no more
+/// until there is load again (the controller counts a revision's seconds without stats as zeros),
+/// so idle instances do not load the leader. `was_idle` carries the previous second.
+fn worth_pushing(s: &ikukantai_policy::autoscaler::Stat, was_idle: &mut bool) -> bool {
+    let idle = s.concurrency == 0.0
+        && s.requests == 0.0
+        && s.proxied_concurrency == 0.0
+        && s.proxied_requests == 0.0;
+    let worth = !(idle && *was_idle);
+    *was_idle = idle;
+    worth
+}
+
 /// Runs the sidecar on all interfaces until `shutdown` resolves, then drains.
 pub async fn run(config: SidecarConfig, shutdown: impl Future<Output = ()>) -> Result<(), SidecarError> {
     let start = |e: std::io::Error| SidecarError::Start(e.to_string());
@@ -141,12 +154,14 @@ pub async fn run_on(
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
+    let mut was_idle = false;
     loop {
         tokio::select! {
             () = &mut shutdown => break,
             _ = tick.tick() => {
                 let stat = handle.report();
-                if let Some(push) = &push {
+                let worth = worth_pushing(&stat, &mut was_idle);
+                if let Some(push) = push.as_ref().filter(|_| worth) {
                     let msg = InstanceStats {
                         namespace: proxy.namespace.clone(),
                         revision: proxy.revision.clone(),
@@ -215,6 +230,17 @@ mod tests {
         assert_eq!(c.drain_notice, Duration::from_secs(7));
         let defaults = SidecarConfig::from_env(env_map(BASE)).unwrap();
         assert_eq!(defaults.drain_notice, Duration::ZERO);
+    }
+
+    #[test]
+    fn an_idle_instance_pushes_one_zero_then_nothing_until_it_has_load() {
+        use ikukantai_policy::autoscaler::Stat;
+        let busy = Stat { concurrency: 2.0, requests: 5.0, ..Stat::default() };
+        let idle = Stat::default();
+        let mut was_idle = false;
+        let pushed: Vec<bool> =
+            [busy, idle, idle, idle, busy, idle].iter().map(|s| worth_pushing(s, &mut was_idle)).collect();
+        assert_eq!(pushed, [true, true, false, false, true, true]);
     }
 
     #[test]

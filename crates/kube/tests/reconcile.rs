@@ -399,3 +399,28 @@ async fn a_service_at_zero_waits_for_demand_instead_of_ticking() {
     assert!(calls.iter().any(|c| c.is(&Method::POST, PODS)), "{calls:#?}");
     assert_eq!(action, Action::requeue(Duration::from_secs(2)), "ticks while it has instances");
 }
+
+#[tokio::test]
+async fn instances_that_go_quiet_push_nothing_and_the_revision_still_scales_down() {
+    let mut h = Harness::new(&["node1", "node2", "node3"]);
+    // No panic mode (it holds the count for a stable window whatever the stats say).
+    let svc = ksvc(
+        "Konnichiwa",
+        &json!({"autoscaling.knative.dev/target": "10", "autoscaling.knative.dev/panic-threshold-percentage": "1000"}),
+    );
+    h.reconcile(&svc).await;
+    h.make_ready();
+    h.load(10, 30.0, "node3");
+    h.reconcile(&svc).await;
+    h.make_ready();
+    let peak: usize = h.pods_by_node().values().map(Vec::len).sum();
+    assert!(peak >= 3, "{peak}");
+    // The load stops; idle queue proxies stop pushing (one zero each, then nothing).
+    h.load(1, 0.0, "node3");
+    for _ in 0..15 {
+        h.clock.advance(Duration::from_secs(2));
+        h.reconcile(&svc).await;
+    }
+    let after: usize = h.pods_by_node().values().map(Vec::len).sum();
+    assert!(after <= 2, "half a stable window of silence is half a window of zeros: {peak} → {after}");
+}

@@ -9,7 +9,7 @@ use ikukantai_api::config::FleetConfig;
 use ikukantai_api::duration::format_duration;
 use ikukantai_api::revision::{Revision, SERVICE_LABEL, next_revision};
 use ikukantai_api::status::{RevisionState, awaits_readiness, resolve_traffic, service_status};
-use ikukantai_policy::autoscaler::{ScalingSpec, TickInputs};
+use ikukantai_policy::autoscaler::{ScalingSpec, Stat, TickInputs};
 use ikukantai_policy::registry::{self, PolicyParams};
 use ikukantai_policy::scaler::{RevisionScaler, ScaleInputs};
 use k8s_openapi::api::core::v1::Pod;
@@ -274,6 +274,12 @@ pub(super) async fn apply(ksvc: &KnativeService, ctx: &Context) -> Result<Action
             }
             state.decided.insert(key.clone(), now);
             let scaler = state.scalers.get_mut(&key).expect("inserted above");
+            // Idle instances and gateways push nothing: a zero now makes the seconds since the
+            // last push count as zeros (not dropped from the windows), as if they had pushed them.
+            scaler.autoscaler.record(now, &Stat::default());
+            for &i in &idx {
+                scaler.autoscaler.record_origin(now, i, 0.0);
+            }
             let (decision, per_node) = scaler.decide(
                 now,
                 ScaleInputs {

@@ -114,6 +114,44 @@ impl GatewayEvents for DemandPusher {
     }
 }
 
+/// How often unchanged RTTs are reported again (the controller lets a sample go after 30 s).
+const RTT_RESEND: Duration = Duration::from_secs(10);
+
+/// The RTTs last reported, and when.
+#[derive(Debug, Default)]
+struct SentRtts {
+    rtt_ms: BTreeMap<String, f64>,
+    at: Option<std::time::Instant>,
+}
+
+/// The report worth sending this second, if any: the revisions with load, and the RTTs when they
+/// changed or were last sent [`RTT_RESEND`] ago. A gateway of a quiet node pushes a few RTTs
+/// every 10 s instead of every revision and every peer each second.
+fn report_to_send(
+    node: &str,
+    loads: Vec<RevisionLoad>,
+    rtt_ms: BTreeMap<String, f64>,
+    sent: &mut SentRtts,
+    now: std::time::Instant,
+) -> Option<GatewayReport> {
+    let busy = |s: &crate::wire::WireStat| s.concurrency > 0.0 || s.requests > 0.0;
+    let revisions: Vec<RevisionLoad> =
+        loads.into_iter().filter(|l| busy(&l.activator) || busy(&l.origin)).collect();
+    let stale = sent.at.is_none_or(|t| now.saturating_duration_since(t) >= RTT_RESEND);
+    let rtt_ms = if rtt_ms != sent.rtt_ms || stale {
+        sent.rtt_ms.clone_from(&rtt_ms);
+        sent.at = Some(now);
+        rtt_ms
+    } else {
+        BTreeMap::new()
+    };
+    (!revisions.is_empty() || !rtt_ms.is_empty()).then(|| GatewayReport {
+        node: node.to_owned(),
+        revisions,
+        rtt_ms,
+    })
+}
+
 /// Measures the RTT to every peer gateway (`(node, admin address)`), records it in the gateway
 /// (balancers, `latency_between_nodes`) and in `rtt_ms` (reported to the controller). Probes run
 /// concurrently: a peer that does not answer costs its own timeout, not everyone's.
@@ -266,14 +304,15 @@ pub async fn run(options: GatewayOptions) -> Result<(), ProcessError> {
         })
     };
 
-    // Reports to the controller, every second.
+    // Reports to the controller, every second when there is something to say.
     let reports = {
         let (gateway, rtt_ms, node) = (gateway.clone(), rtt_ms.clone(), options.node.clone());
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
+            let mut sent = SentRtts::default();
             loop {
                 tick.tick().await;
-                let revisions = gateway
+                let loads = gateway
                     .report()
                     .into_iter()
                     .map(|r| RevisionLoad {
@@ -284,7 +323,10 @@ pub async fn run(options: GatewayOptions) -> Result<(), ProcessError> {
                     })
                     .collect();
                 let rtt_ms = rtt_ms.read().unwrap_or_else(|e| e.into_inner()).clone();
-                let report = GatewayReport { node: node.clone(), revisions, rtt_ms };
+                let Some(report) = report_to_send(&node, loads, rtt_ms, &mut sent, std::time::Instant::now())
+                else {
+                    continue;
+                };
                 if let Err(e) = pusher.push(REPORT_PATH, &report).await {
                     tracing::debug!(error = %e, "report not delivered");
                 }
@@ -389,6 +431,44 @@ mod tests {
         let text = String::from_utf8_lossy(&body);
         assert!(text.contains("latency_between_nodes{from=\"node1\",to=\"node2\"}"), "{text}");
         assert!(!text.contains("to=\"node3\""), "{text}");
+    }
+
+    #[test]
+    fn reports_carry_load_and_changed_rtts_and_are_skipped_when_there_is_neither() {
+        use crate::wire::WireStat;
+        let t0 = std::time::Instant::now();
+        let load = |revision: &str, requests: f64| RevisionLoad {
+            namespace: "default".into(),
+            revision: revision.into(),
+            activator: WireStat::default(),
+            origin: WireStat { requests, ..WireStat::default() },
+        };
+        let rtts = BTreeMap::from([("node2".to_owned(), 12.0)]);
+        let mut sent = SentRtts::default();
+        let first =
+            report_to_send("node1", vec![load("a", 3.0), load("b", 0.0)], rtts.clone(), &mut sent, t0)
+                .unwrap();
+        assert_eq!(first.revisions.len(), 1, "only revisions with load");
+        assert_eq!(first.rtt_ms, rtts);
+        let quiet = report_to_send(
+            "node1",
+            vec![load("b", 0.0)],
+            rtts.clone(),
+            &mut sent,
+            t0 + Duration::from_secs(1),
+        );
+        assert!(quiet.is_none(), "nothing new: no push");
+        let again = report_to_send("node1", vec![], rtts.clone(), &mut sent, t0 + RTT_RESEND).unwrap();
+        assert_eq!(again.rtt_ms, rtts, "unchanged RTTs again before the controller forgets them");
+        let moved = BTreeMap::from([("node2".to_owned(), 40.0)]);
+        let changed = report_to_send(
+            "node1",
+            vec![],
+            moved.clone(),
+            &mut sent,
+            t0 + RTT_RESEND + Duration::from_secs(1),
+        );
+        assert_eq!(changed.unwrap().rtt_ms, moved);
     }
 
     #[test]

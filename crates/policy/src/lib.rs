@@ -8,13 +8,15 @@
 //! - [`balance`]: load balancers (`even`, `faast`, `ert`);
 //! - [`placement`]: instances per node (`spread`, `yukari`, `nearest`);
 //! - [`queue`]: queue disciplines (`fifo`, `priority`, `edf`);
-//! - [`estimate`]: EWMA, peak-EWMA and the RTT matrix;
+//! - [`estimate`]: EWMA, peak-EWMA, the RTT matrix and Vivaldi network coordinates;
+//! - [`probe`]: which peers a node probes, and when;
 //! - [`registry`]: policies by name.
 
 pub mod autoscaler;
 pub mod balance;
 pub mod estimate;
 pub mod placement;
+pub mod probe;
 pub mod queue;
 pub mod registry;
 pub mod scaler;

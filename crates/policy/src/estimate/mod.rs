@@ -1,6 +1,17 @@
-//! Estimators: time-decayed EWMA, peak-EWMA, and the node-to-node RTT matrix.
+//! Estimators: time-decayed EWMA, peak-EWMA, the node-to-node RTT matrix and the network
+//! coordinates that fill it in between measurements.
+//!
+//! - this module: [`Ewma`], [`PeakEwma`];
+//! - `rtt`: [`RttMatrix`], measured first, coordinates second, priors last ([`RttSource`]);
+//! - `vivaldi`: [`Vivaldi`] network coordinates with a height term (Serf's).
 //!
 //! All of them take the current time as an argument; nothing here reads a clock.
+
+mod rtt;
+mod vivaldi;
+
+pub use rtt::{Rtt, RttMatrix, RttSource};
+pub use vivaldi::{Coordinate, CoordinateError, ObserveError, Vivaldi, VivaldiParams};
 
 use std::time::{Duration, Instant};
 
@@ -88,92 +99,6 @@ fn decay_weight(elapsed: Duration, decay: Duration) -> f64 {
     if x < 1e-3 { 1.0 - x * (1.0 - x * (0.5 - x / 6.0)) } else { (-x).exp() }
 }
 
-/// Round-trip times between nodes, in milliseconds.
-///
-/// Each ordered pair has a *prior* (the configured or expected RTT) and an optional measured
-/// *sample*. A sample older than `max_age` is stale and the prior is used instead, so a monitor that
-/// stops reporting degrades to configuration rather than to a frozen value.
-#[derive(Debug, Clone)]
-pub struct RttMatrix {
-    n: usize,
-    prior_ms: Vec<f64>,
-    sample: Vec<Option<(f64, Instant)>>,
-    max_age: Duration,
-}
-
-impl RttMatrix {
-    /// `n` nodes, every off-diagonal prior `default_ms`, the diagonal 0.
-    pub fn new(n: usize, default_ms: f64, max_age: Duration) -> Self {
-        let mut prior_ms = vec![default_ms; n * n];
-        for i in 0..n {
-            prior_ms[i * n + i] = 0.0;
-        }
-        Self { n, prior_ms, sample: vec![None; n * n], max_age }
-    }
-
-    /// Number of nodes.
-    pub fn len(&self) -> usize {
-        self.n
-    }
-
-    /// True for a matrix of zero nodes.
-    pub fn is_empty(&self) -> bool {
-        self.n == 0
-    }
-
-    /// Grows the matrix to `n` nodes (no-op if it has as many): every prior and sample it had is
-    /// kept; pairs with a new node get the prior `default_ms` (0 on the diagonal).
-    pub fn grow(&mut self, n: usize, default_ms: f64) {
-        if n <= self.n {
-            return;
-        }
-        let mut grown = Self::new(n, default_ms, self.max_age);
-        for from in 0..self.n {
-            for to in 0..self.n {
-                grown.prior_ms[from * n + to] = self.prior_ms[from * self.n + to];
-                grown.sample[from * n + to] = self.sample[from * self.n + to];
-            }
-        }
-        *self = grown;
-    }
-
-    /// Sets the prior for the ordered pair `from → to`.
-    pub fn set_prior(&mut self, from: NodeIndex, to: NodeIndex, rtt_ms: f64) {
-        self.prior_ms[from * self.n + to] = rtt_ms;
-    }
-
-    /// Sets the prior for both directions.
-    pub fn set_prior_symmetric(&mut self, a: NodeIndex, b: NodeIndex, rtt_ms: f64) {
-        self.set_prior(a, b, rtt_ms);
-        self.set_prior(b, a, rtt_ms);
-    }
-
-    /// Records a measured RTT for `from → to` taken at `now`.
-    pub fn record(&mut self, from: NodeIndex, to: NodeIndex, rtt_ms: f64, now: Instant) {
-        self.sample[from * self.n + to] = Some((rtt_ms, now));
-    }
-
-    /// The RTT to use at `now`: the fresh sample if there is one, else the prior.
-    pub fn get(&self, from: NodeIndex, to: NodeIndex, now: Instant) -> f64 {
-        let at = from * self.n + to;
-        match self.sample[at] {
-            Some((ms, taken)) if now.saturating_duration_since(taken) <= self.max_age => ms,
-            _ => self.prior_ms[at],
-        }
-    }
-
-    /// The last measured sample and when it was taken, fresh or not.
-    pub fn sample(&self, from: NodeIndex, to: NodeIndex) -> Option<(f64, Instant)> {
-        self.sample[from * self.n + to]
-    }
-
-    /// True when `from → to` has a sample no older than `max_age`.
-    pub fn is_fresh(&self, from: NodeIndex, to: NodeIndex, now: Instant) -> bool {
-        matches!(self.sample[from * self.n + to],
-            Some((_, taken)) if now.saturating_duration_since(taken) <= self.max_age)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -218,43 +143,5 @@ mod tests {
             p.observe(t0 + Duration::from_secs(s), 5.0);
         }
         assert!((p.get().unwrap() - 5.0).abs() < 0.01);
-    }
-
-    #[test]
-    fn rtt_matrix_prefers_fresh_samples_and_falls_back_to_prior() {
-        let t0 = Instant::now();
-        let mut m = RttMatrix::new(3, 0.5, Duration::from_secs(10));
-        m.set_prior_symmetric(0, 2, 50.0);
-        assert_eq!(m.get(0, 0, t0), 0.0);
-        assert_eq!(m.get(0, 1, t0), 0.5);
-        assert_eq!(m.get(2, 0, t0), 50.0);
-        m.record(0, 2, 48.0, t0);
-        assert!(m.is_fresh(0, 2, t0));
-        assert_eq!(m.get(0, 2, t0 + Duration::from_secs(10)), 48.0);
-        // Stale after max_age: back to the prior, the sample is still visible.
-        assert_eq!(m.get(0, 2, t0 + Duration::from_secs(11)), 50.0);
-        assert!(!m.is_fresh(0, 2, t0 + Duration::from_secs(11)));
-        assert_eq!(m.sample(0, 2), Some((48.0, t0)));
-        // Direction matters.
-        assert_eq!(m.get(2, 0, t0), 50.0);
-    }
-
-    #[test]
-    fn rtt_matrix_grows_keeping_what_it_knew() {
-        let t0 = Instant::now();
-        let mut m = RttMatrix::new(2, 1.0, Duration::from_secs(10));
-        m.set_prior(0, 1, 40.0);
-        m.record(1, 0, 42.0, t0);
-        m.grow(1, 9.0);
-        assert_eq!(m.len(), 2, "never shrinks");
-        m.grow(3, 7.0);
-        assert_eq!(m.len(), 3);
-        assert_eq!(m.get(0, 1, t0), 40.0);
-        assert_eq!(m.sample(1, 0), Some((42.0, t0)));
-        assert_eq!(m.get(1, 0, t0), 42.0);
-        assert_eq!((m.get(0, 2, t0), m.get(2, 1, t0), m.get(2, 2, t0)), (7.0, 7.0, 0.0));
-        assert_eq!(m.sample(2, 0), None);
-        m.record(0, 2, 5.0, t0);
-        assert_eq!(m.get(0, 2, t0), 5.0);
     }
 }

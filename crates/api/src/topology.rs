@@ -13,7 +13,7 @@
 //! default_rtt: 0.5ms        # pairs not listed
 //! ```
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use ikukantai_policy::estimate::RttMatrix;
@@ -22,6 +22,10 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::duration::GoDuration;
 use crate::error::FieldError;
 use crate::validate::dns_label;
+
+/// A configured RTT is used rather than a network coordinates' estimate expected to be more
+/// than this far off (relative): an operator's figure beats a coordinate that has seen little.
+pub const CONFIGURED_PRIOR_MAX_ERROR: f64 = 0.5;
 
 /// Capacity of a node that does not say (the original's per-node cap).
 pub const DEFAULT_CAPACITY: u32 = 10;
@@ -140,6 +144,49 @@ pub struct LinkProperties {
     pub bandwidth: Option<Bandwidth>,
 }
 
+impl LinkProperties {
+    /// A node to itself: no delay.
+    pub const LOCAL: Self = Self { rtt: Duration::ZERO, jitter: Duration::ZERO, bandwidth: None };
+}
+
+impl LinkSpec {
+    fn properties(&self) -> LinkProperties {
+        LinkProperties {
+            rtt: self.rtt.0,
+            jitter: self.jitter.map_or(Duration::ZERO, |j| j.0),
+            bandwidth: self.bandwidth,
+        }
+    }
+}
+
+/// A topology's links by node pair ([`Topology::link_index`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LinkIndex {
+    nodes: usize,
+    default: LinkProperties,
+    pairs: HashMap<(usize, usize), LinkProperties>,
+}
+
+impl LinkIndex {
+    /// The link properties from node `a` to node `b`, as [`Topology::link`].
+    pub fn link(&self, a: usize, b: usize) -> LinkProperties {
+        if a == b {
+            return LinkProperties::LOCAL;
+        }
+        self.pairs.get(&(a.min(b), a.max(b))).copied().unwrap_or(self.default)
+    }
+
+    /// The longest RTT between two nodes.
+    pub fn longest_rtt(&self) -> Duration {
+        let default = if self.nodes > 1 && self.pairs.len() < self.nodes * (self.nodes - 1) / 2 {
+            self.default.rtt
+        } else {
+            Duration::ZERO
+        };
+        self.pairs.values().map(|p| p.rtt).fold(default, Duration::max)
+    }
+}
+
 impl Topology {
     /// The original ikukantai demo: node1 and node2 in the cloud, node3 at the edge, 50 ms between
     /// the edge and the cloud.
@@ -224,9 +271,10 @@ impl Topology {
     }
 
     /// The link properties from node `a` to node `b` (indices); zero RTT from a node to itself.
+    /// Scans the list of links: for many lookups, [`Topology::link_index`].
     pub fn link(&self, a: usize, b: usize) -> LinkProperties {
         if a == b {
-            return LinkProperties { rtt: Duration::ZERO, jitter: Duration::ZERO, bandwidth: None };
+            return LinkProperties::LOCAL;
         }
         let (na, nb) = (&self.nodes[a].name, &self.nodes[b].name);
         self.links
@@ -236,24 +284,38 @@ impl Topology {
                     && ((&l.between[0] == na && &l.between[1] == nb)
                         || (&l.between[0] == nb && &l.between[1] == na))
             })
-            .map_or(
-                LinkProperties { rtt: self.default_rtt.0, jitter: Duration::ZERO, bandwidth: None },
-                |l| LinkProperties {
-                    rtt: l.rtt.0,
-                    jitter: l.jitter.map_or(Duration::ZERO, |j| j.0),
-                    bandwidth: l.bandwidth,
-                },
-            )
+            .map_or(self.default_link(), LinkSpec::properties)
     }
 
-    /// The RTT matrix with the configured RTTs as priors (measurements override them while fresh).
-    pub fn rtt_matrix(&self, max_age: Duration) -> RttMatrix {
-        let n = self.nodes.len();
-        let mut m = RttMatrix::new(n, self.default_rtt.0.as_secs_f64() * 1e3, max_age);
-        for a in 0..n {
-            for b in 0..n {
-                m.set_prior(a, b, self.link(a, b).rtt.as_secs_f64() * 1e3);
+    fn default_link(&self) -> LinkProperties {
+        LinkProperties { rtt: self.default_rtt.0, jitter: Duration::ZERO, bandwidth: None }
+    }
+
+    /// The links by node pair, for lookups in constant time (a topology of hundreds of sites lists
+    /// thousands of links, and the fleet looks up every pair).
+    pub fn link_index(&self) -> LinkIndex {
+        let by_name: HashMap<&str, usize> =
+            self.nodes.iter().enumerate().map(|(i, n)| (n.name.as_str(), i)).collect();
+        let mut pairs = HashMap::new();
+        for l in &self.links {
+            if let [a, b] = &l.between[..]
+                && let (Some(&a), Some(&b)) = (by_name.get(a.as_str()), by_name.get(b.as_str()))
+            {
+                pairs.entry((a.min(b), a.max(b))).or_insert_with(|| l.properties());
             }
+        }
+        LinkIndex { nodes: self.nodes.len(), default: self.default_link(), pairs }
+    }
+
+    /// The RTT matrix with the configured RTTs as priors: measurements override them while
+    /// fresh (for `max_age`), network coordinates while recent and expected within
+    /// [`CONFIGURED_PRIOR_MAX_ERROR`].
+    pub fn rtt_matrix(&self, max_age: Duration) -> RttMatrix {
+        let index = self.link_index();
+        let mut m = RttMatrix::new(self.nodes.len(), self.default_rtt.0.as_secs_f64() * 1e3, max_age)
+            .with_coordinate_limits(CONFIGURED_PRIOR_MAX_ERROR, max_age * 10);
+        for (&(a, b), props) in &index.pairs {
+            m.set_prior_symmetric(a, b, props.rtt.as_secs_f64() * 1e3);
         }
         m
     }
@@ -286,6 +348,23 @@ mod tests {
         let text = include_str!("../../../examples/topology.yaml");
         let example: Topology = serde_saphyr::from_str(text).unwrap();
         assert_eq!(example, Topology::demo());
+    }
+
+    #[test]
+    fn the_link_index_agrees_with_the_list_and_knows_the_longest_rtt() {
+        let mut t = Topology::demo();
+        t.links[1].jitter = Some(GoDuration(Duration::from_millis(3)));
+        let index = t.link_index();
+        for a in 0..3 {
+            for b in 0..3 {
+                assert_eq!(index.link(a, b), t.link(a, b), "{a}→{b}");
+            }
+        }
+        assert_eq!(index.longest_rtt(), Duration::from_millis(50));
+        let two = Topology { links: vec![], ..Topology::demo() };
+        assert_eq!(two.link_index().longest_rtt(), Duration::from_micros(500), "the default");
+        let one = Topology { nodes: vec![t.nodes[0].clone()], links: vec![], ..Topology::demo() };
+        assert_eq!(one.link_index().longest_rtt(), Duration::ZERO);
     }
 
     #[test]

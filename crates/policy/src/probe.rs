@@ -6,10 +6,11 @@
 //! [`nearest`]). Every probe interval the [`ProbePlanner`] picks at most `budget` probes, however
 //! large the fleet:
 //!
-//! 1. routed peers never measured, or whose sample would go stale before the next round —
-//!    within `urgent_window` of now (a routing decision is waiting for them);
-//! 2. placement candidates in the same state, then routed and candidate peers whose samples are
-//!    fresh, oldest first (so a set larger than the budget is measured in turns);
+//! 1. routed peers never measured, or whose sample could go stale before the next round has
+//!    measured them again — within `urgent_window` of now (a routing decision is waiting);
+//! 2. placement candidates in the same state, oldest first (so a set larger than the budget is
+//!    measured in turns). A needed peer whose sample stays fresh until then is left alone: with
+//!    samples fresh for three intervals, each needed pair is measured every other round;
 //! 3. `explore` peers drawn at random from all (needed or not), which feed the node's network
 //!    coordinate ([`crate::estimate::Vivaldi`]). The coordinates learn from these alone: they
 //!    stand in for the pairs nobody measures, and a uniform sample of peers is what trains them
@@ -73,10 +74,8 @@ pub struct Needs<'a> {
 pub enum ProbeReason {
     /// Needed, and never measured.
     New,
-    /// Needed, and its sample is stale or would be before the next round.
+    /// Needed, and its sample is stale or could be before the next round measures it again.
     Stale,
-    /// Needed, and measured again before it goes stale.
-    Refresh,
     /// Drawn at random (needed or not): its sample feeds the coordinates.
     Explore,
 }
@@ -134,9 +133,10 @@ impl ProbePlanner {
         self.planned.remove(&peer);
     }
 
-    /// Classifies the needed peers among `peers`, most pressing first.
+    /// The needed peers among `peers` that must be measured now, most pressing first.
     fn wants(&self, now: Instant, needs: &Needs<'_>, peers: &[NodeIndex], rtt: &RttMatrix) -> Vec<Want> {
-        let goes_stale = rtt.max_age().saturating_sub(self.params.interval);
+        // The next round's probe of this pair may go out as late as two intervals from now.
+        let goes_stale = rtt.max_age().saturating_sub(self.params.interval * 2);
         let mut seen = HashMap::new();
         for (&to, routed) in
             needs.routed.iter().map(|t| (t, true)).chain(needs.candidates.iter().map(|t| (t, false)))
@@ -148,24 +148,23 @@ impl ProbePlanner {
         }
         let mut wants: Vec<Want> = seen
             .into_iter()
-            .map(|(to, routed)| {
+            .filter_map(|(to, routed)| {
                 let age = rtt.sample(self.me, to).map(|(_, at)| now.saturating_duration_since(at));
                 let reason = match age {
                     None => ProbeReason::New,
                     Some(a) if a >= goes_stale => ProbeReason::Stale,
-                    Some(_) => ProbeReason::Refresh,
+                    Some(_) => return None,
                 };
-                Want { to, routed, reason, age }
+                Some(Want { to, routed, reason, age })
             })
             .collect();
-        // Routed before candidates while new or stale; then the oldest samples first.
-        let rank = |w: &Want| match (w.reason, w.routed) {
-            (ProbeReason::Refresh, _) => 2,
-            (_, true) => 0,
-            (_, false) => 1,
-        };
+        // Routed before candidates, new before stale, then the oldest samples first.
         wants.sort_by(|a, b| {
-            rank(a).cmp(&rank(b)).then(a.reason.cmp(&b.reason)).then(b.age.cmp(&a.age)).then(a.to.cmp(&b.to))
+            b.routed
+                .cmp(&a.routed)
+                .then(a.reason.cmp(&b.reason))
+                .then(b.age.cmp(&a.age))
+                .then(a.to.cmp(&b.to))
         });
         wants
     }
@@ -196,7 +195,7 @@ impl ProbePlanner {
         let mut spread = Vec::with_capacity(needed + explore);
         for w in &wants[..needed] {
             let reason = if random.contains(&w.to) { ProbeReason::Explore } else { w.reason };
-            if w.routed && w.reason != ProbeReason::Refresh {
+            if w.routed {
                 out.push((w.to, reason));
             } else {
                 spread.push((w.to, reason));
@@ -243,7 +242,7 @@ impl ProbePlanner {
         let todo: Vec<(NodeIndex, ProbeReason)> = self
             .wants(now, needs, peers, rtt)
             .into_iter()
-            .filter(|w| w.routed && w.reason != ProbeReason::Refresh && !recently(&w.to))
+            .filter(|w| w.routed && !recently(&w.to))
             .take(left)
             .map(|w| (w.to, w.reason))
             .collect();

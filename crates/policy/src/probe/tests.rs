@@ -45,22 +45,35 @@ fn new_routed_peers_go_at_once_and_the_rest_is_spread_over_the_interval() {
 }
 
 #[test]
-fn fresh_pairs_are_refreshed_and_old_ones_are_stale() {
+fn a_needed_pair_is_measured_again_only_when_it_could_go_stale_before_the_next_round() {
     let t0 = Instant::now();
     let mut rtt = matrix(10);
-    rtt.record(0, 1, 5.0, t0);
-    rtt.record(0, 2, 5.0, t0);
     let now = t0 + 12 * SECOND;
-    rtt.record(0, 3, 5.0, now - SECOND);
+    rtt.record(0, 1, 5.0, t0);
+    rtt.record(0, 2, 5.0, now - 6 * SECOND);
+    rtt.record(0, 3, 5.0, now - 4 * SECOND);
     let mut planner = ProbePlanner::new(0, params(32, 0), 1);
     let plan = planner.plan(now, &Needs { routed: &[1, 3], candidates: &[2] }, &all(10), &rtt);
     let reason = |to| plan.iter().find(|p| p.to == to).map(|p| p.reason);
-    // 12 s old, fresh for 15 s: stale before the next round (5 s) if not measured now.
+    // Fresh for 15 s, rounds every 5 s: the next round's probe may go out 10 s from now, so a
+    // sample 5 s old or more is measured now, a younger one waits.
     assert_eq!(reason(1), Some(ProbeReason::Stale));
     assert_eq!(reason(2), Some(ProbeReason::Stale));
-    assert_eq!(reason(3), Some(ProbeReason::Refresh));
+    assert_eq!(reason(3), None);
+    assert_eq!(plan.len(), 2);
     let at = |to| plan.iter().find(|p| p.to == to).unwrap().at;
     assert!(at(1) < now + planner.params().urgent_window, "a routed stale pair goes at once");
+    // Measured every other round, a pair never goes stale.
+    let mut rtt = matrix(10);
+    let mut planner = ProbePlanner::new(0, params(32, 0), 2);
+    for round in 0..12u32 {
+        let start = t0 + 5 * SECOND * round;
+        for p in planner.plan(start, &Needs { routed: &[], candidates: &[4] }, &all(10), &rtt) {
+            assert!(round == 0 || rtt.is_fresh(0, 4, p.at), "round {round}");
+            rtt.record(0, p.to, 1.0, p.at);
+        }
+        assert!(rtt.is_fresh(0, 4, start + 5 * SECOND), "round {round}");
+    }
 }
 
 #[test]

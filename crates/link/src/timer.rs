@@ -13,6 +13,12 @@
 //! the deadline itself. A future never completes before its deadline. Both leads follow the
 //! lateness measured at each wake-up (an exponential average, at most 1 ms), so on a
 //! machine whose wake-ups are quick, or a busy one, little is spun.
+//!
+//! Spinning costs CPU per deadline, not per byte: a fleet of 100 nodes probing each other sets
+//! hundreds of deadlines a second, each spun on by this thread and by a worker, which alone took
+//! a third of the CPU of such a fleet (docs/latency.md). So the spinning is budgeted
+//! ([`SPIN_RATE`], saved up to [`SPIN_BURST`]); past the budget a wait ends when the machine wakes
+//! it (0.2–0.5 ms late on that VM), still never early.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -28,6 +34,39 @@ const SLACK: Duration = Duration::from_micros(20);
 /// The most either wait ends early: bounds the spinning when a wake-up is delayed by something
 /// other than the machine's wake-up latency (preemption, a stop in a debugger).
 pub(crate) const MAX_LEAD: Duration = Duration::from_millis(1);
+
+/// Spinning allowed per second of wall time, both waits together: 2 % of a core.
+pub(crate) const SPIN_RATE: Duration = Duration::from_millis(20);
+
+/// Spinning that can be saved up, for a burst of precise deadlines (a link's 20 round trips in
+/// `tests/link_rtt.rs` spin about 20 ms).
+pub(crate) const SPIN_BURST: Duration = Duration::from_millis(100);
+
+/// The spinning the timer may still do: [`SPIN_RATE`] per second, at most [`SPIN_BURST`].
+#[derive(Debug)]
+pub(crate) struct SpinBudget {
+    left: Duration,
+    at: Instant,
+}
+
+impl SpinBudget {
+    pub(crate) fn new(now: Instant) -> Self {
+        Self { left: SPIN_BURST, at: now }
+    }
+
+    /// True if `spin` can be afforded at `now` (it is not yet spent).
+    pub(crate) fn allows(&mut self, now: Instant, spin: Duration) -> bool {
+        let earned = SPIN_RATE.mul_f64(now.saturating_duration_since(self.at).as_secs_f64());
+        self.left = (self.left + earned).min(SPIN_BURST);
+        self.at = self.at.max(now);
+        self.left >= spin
+    }
+
+    /// Takes `spin` off what is left.
+    pub(crate) fn spend(&mut self, spin: Duration) {
+        self.left = self.left.saturating_sub(spin);
+    }
+}
 
 /// How far ahead of an event to stop waiting for it, learned from how late waits ended: an
 /// exponential average (weight 1/8) of the lateness observed, capped at [`MAX_LEAD`].
@@ -75,10 +114,10 @@ impl Ord for Entry {
     }
 }
 
-#[derive(Default)]
 struct State {
     heap: BinaryHeap<Reverse<Entry>>,
     seq: u64,
+    budget: SpinBudget,
 }
 
 struct Timer {
@@ -94,7 +133,11 @@ fn timer() -> &'static Timer {
     static TIMER: OnceLock<&'static Timer> = OnceLock::new();
     TIMER.get_or_init(|| {
         let t: &'static Timer = Box::leak(Box::new(Timer {
-            state: Mutex::default(),
+            state: Mutex::new(State {
+                heap: BinaryHeap::new(),
+                seq: 0,
+                budget: SpinBudget::new(Instant::now()),
+            }),
             changed: Condvar::new(),
             lead: Lead::default(),
             handoff: Lead::default(),
@@ -113,21 +156,26 @@ impl Timer {
         loop {
             let handoff = self.handoff.get();
             let mut now = Instant::now();
-            while let Some(Reverse(e)) = state.heap.peek() {
-                let due = e.at.checked_sub(handoff).unwrap_or(e.at);
-                if due > now + SLACK {
+            // Hand over what is due: `handoff` early while the budget pays for the task's
+            // yielding until its deadline, else at the deadline.
+            while let Some(at) = state.heap.peek().map(|Reverse(e)| e.at) {
+                let early = if state.budget.allows(now, handoff) { handoff } else { Duration::ZERO };
+                if at.checked_sub(early).unwrap_or(at) > now + SLACK {
                     break;
                 }
                 if let Some(Reverse(e)) = state.heap.pop() {
+                    state.budget.spend(e.at.saturating_duration_since(now));
                     let _ = e.wake.send(now);
                 }
             }
-            let Some(Reverse(next)) = state.heap.peek() else {
+            let Some(next) = state.heap.peek().map(|Reverse(e)| e.at) else {
                 state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
                 continue;
             };
-            let due = next.at.checked_sub(handoff).unwrap_or(next.at);
-            let wake_at = due.checked_sub(self.lead.get()).unwrap_or(due);
+            let lead = self.lead.get();
+            let precise = state.budget.allows(now, lead + handoff);
+            let due = if precise { next.checked_sub(handoff).unwrap_or(next) } else { next };
+            let wake_at = if precise { due.checked_sub(lead).unwrap_or(due) } else { due };
             if wake_at > now {
                 let (guard, result) =
                     self.changed.wait_timeout(state, wake_at - now).unwrap_or_else(|e| e.into_inner());
@@ -140,12 +188,13 @@ impl Timer {
                 self.lead.observe(now.saturating_duration_since(wake_at));
             }
             // The rest of the way spinning, without the lock, so that deadlines can be added.
-            if due > now + SLACK {
+            if precise && due > now + SLACK {
                 drop(state);
                 while Instant::now() < due {
                     std::hint::spin_loop();
                 }
                 state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+                state.budget.spend(due - now);
             }
         }
     }
@@ -212,6 +261,44 @@ mod tests {
             .map(|i| {
                 // Deadlines 0–9.95 ms out in 50 µs steps, in a scrambled order.
                 let d = start + Duration::from_micros((i * 37 % 200) * 50);
+                tokio::spawn(async move {
+                    sleep_until(d).await;
+                    Instant::now() >= d
+                })
+            })
+            .collect();
+        for t in tasks {
+            assert!(t.await.unwrap(), "woke before the deadline");
+        }
+    }
+
+    #[test]
+    fn the_spin_budget_earns_its_rate_and_saves_up_to_a_burst() {
+        let t0 = Instant::now();
+        let mut b = SpinBudget::new(t0);
+        assert!(b.allows(t0, SPIN_BURST));
+        assert!(!b.allows(t0, SPIN_BURST + Duration::from_nanos(1)));
+        b.spend(SPIN_BURST);
+        assert!(!b.allows(t0, Duration::from_micros(1)), "spent");
+        // Half a second earns half the rate.
+        let half = t0 + Duration::from_millis(500);
+        assert!(b.allows(half, SPIN_RATE / 2));
+        assert!(!b.allows(half, SPIN_RATE / 2 + Duration::from_micros(1)));
+        // A long quiet saves no more than a burst.
+        assert!(b.allows(t0 + Duration::from_secs(3600), SPIN_BURST));
+        assert!(!b.allows(t0 + Duration::from_secs(3600), SPIN_BURST + Duration::from_nanos(1)));
+        // Time going backwards (an earlier `now` from another thread) earns nothing.
+        b.spend(SPIN_BURST);
+        assert!(!b.allows(t0, Duration::from_nanos(1)));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn past_the_budget_deadlines_are_still_never_early() {
+        // 2 000 sleepers over 20 ms would want far more spinning than the budget has.
+        let start = Instant::now();
+        let tasks: Vec<_> = (0..2000u64)
+            .map(|i| {
+                let d = start + Duration::from_micros(1000 + (i * 7919 % 2000) * 10);
                 tokio::spawn(async move {
                     sleep_until(d).await;
                     Instant::now() >= d

@@ -480,30 +480,36 @@ pub(crate) async fn invoke(
     Ok(if failures == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
-pub(crate) async fn latency(output: Output, api: &ApiArgs) -> anyhow::Result<ExitCode> {
+pub(crate) async fn latency(output: Output, from: Option<&str>, api: &ApiArgs) -> anyhow::Result<ExitCode> {
     let client = Api::new(&api.api, api.token.clone());
     let l: LatencyView = client.get("/api/v1/latency").await?;
+    if let Some(name) = from
+        && !l.nodes.iter().any(|n| n == name)
+    {
+        bail!("no node {name:?}; nodes: {}", l.nodes.join(", "));
+    }
     if !print_value(&l, output)? {
-        let mut headers = vec!["FROM \\ TO (ms)"];
-        headers.extend(l.nodes.iter().map(String::as_str));
-        let rows: Vec<Vec<String>> = l
-            .nodes
-            .iter()
-            .enumerate()
-            .map(|(i, n)| {
-                let mut row = vec![n.clone()];
-                for j in 0..l.nodes.len() {
-                    row.push(match (i == j, l.measured[i][j]) {
-                        (true, _) => "-".into(),
-                        (false, Some(ms)) => format!("{ms:.2} ({:.1})", l.configured[i][j]),
-                        (false, None) => format!("? ({:.1})", l.configured[i][j]),
-                    });
-                }
-                row
-            })
-            .collect();
+        let headers = ["FROM", "TO", "RTT (ms)", "SOURCE", "MEASURED", "ESTIMATED", "CONFIGURED"];
+        let ms = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |ms| format!("{ms:.2}"));
+        let mut rows = Vec::new();
+        for (i, a) in l.nodes.iter().enumerate().filter(|(_, a)| from.is_none_or(|f| f == a.as_str())) {
+            for (j, b) in l.nodes.iter().enumerate().filter(|&(j, _)| j != i) {
+                rows.push(vec![
+                    a.clone(),
+                    b.clone(),
+                    format!("{:.2}", l.used[i][j]),
+                    l.source[i][j].clone(),
+                    ms(l.measured[i][j]),
+                    ms(l.estimated[i][j]),
+                    format!("{:.2}", l.configured[i][j]),
+                ]);
+            }
+        }
         print_table(&headers, &rows);
-        outln!("measured (configured); ? = not measured yet");
+        outln!(
+            "RTT: what balancing and placement use now, from SOURCE: a fresh probe (measured), both nodes' \
+             network coordinates (estimated), else the topology (configured)"
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

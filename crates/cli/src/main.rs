@@ -118,11 +118,15 @@ enum Command {
         #[command(flatten)]
         api: ApiArgs,
     },
-    /// Show the measured round-trip times between nodes.
+    /// Show the round-trip times between nodes: measured, estimated, configured, and which one
+    /// decisions use.
     Latency {
         /// Output format.
         #[arg(short = 'o', long = "output", value_enum, default_value_t = Output::Table)]
         output: Output,
+        /// Only the pairs from this node (table output).
+        #[arg(long)]
+        from: Option<String>,
         #[command(flatten)]
         api: ApiArgs,
     },
@@ -199,7 +203,7 @@ fn main() -> ExitCode {
             Command::Invoke { service, from, path, count, namespace, api } => {
                 commands::invoke(&service, &namespace, &from, &path, count, &api).await
             }
-            Command::Latency { output, api } => commands::latency(output, &api).await,
+            Command::Latency { output, from, api } => commands::latency(output, from.as_deref(), &api).await,
             Command::Logs { instance, tail, api } => commands::logs(&instance, tail, &api).await,
             Command::Validate { files } => commands::validate(&files),
             Command::Policies => {

@@ -42,7 +42,15 @@ fn quick_start_cold_start_at_the_edge_then_scale_to_zero() {
     fleet.wait_for("latency measurements", || {
         let out = fleet.ok(&["latency", "-o", "json"]);
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-        v["measured"][2][0].as_f64().is_some_and(|ms| ms >= 50.0)
+        v["measured"][2][0].as_f64().is_some_and(|ms| ms >= 50.0) && v["source"][2][0] == "measured"
+    });
+    // Per pair: what decisions use, from which source, beside the measured, estimated and
+    // configured RTTs.
+    fleet.wait_for("a measured row from node1 to node3", || {
+        let table = fleet.ok(&["latency", "--from", "node1"]);
+        assert!(!table.lines().any(|l| l.starts_with("node2")), "only pairs from node1: {table}");
+        let row = table.lines().find(|l| l.starts_with("node1") && l.contains("node3")).unwrap_or_default();
+        row.contains("measured") && row.ends_with("50.00")
     });
 
     // No traffic for the window: back to zero, and the process is gone.

@@ -17,6 +17,8 @@ pub const PROXY_HEADER: &str = "k-proxy-request";
 pub const PROBE_HEADER: &str = "k-network-probe";
 /// Request header telling the instance where the request entered the fleet.
 pub const ORIGIN_HEADER: &str = "x-ikukantai-origin";
+/// Header of a gateway's `/healthz` answer carrying its network coordinate (for the prober's).
+pub const COORDINATE_HEADER: &str = "x-ikukantai-coordinate";
 
 // The names as `HeaderName`s: looking a header up by `&str` parses and validates the name first.
 pub(crate) static INSTANCE_NAME: HeaderName = HeaderName::from_static(INSTANCE_HEADER);
@@ -26,6 +28,7 @@ pub(crate) static SERVICE_TIME_NAME: HeaderName = HeaderName::from_static(SERVIC
 pub(crate) static PROXY_NAME: HeaderName = HeaderName::from_static(PROXY_HEADER);
 pub(crate) static PROBE_NAME: HeaderName = HeaderName::from_static(PROBE_HEADER);
 pub(crate) static ORIGIN_NAME: HeaderName = HeaderName::from_static(ORIGIN_HEADER);
+pub(crate) static COORDINATE_NAME: HeaderName = HeaderName::from_static(COORDINATE_HEADER);
 pub(crate) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub(crate) static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub(crate) static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");

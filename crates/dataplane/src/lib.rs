@@ -4,6 +4,7 @@
 //! - [`gateway`]: one per node — routes by host, the activator queue, the balancer, feedback;
 //! - [`queue_proxy`]: one per instance — containerConcurrency, readiness, timeouts, drain;
 //! - `breaker`, `stats` (private): the concurrency limit and its queue; time-weighted stats;
+//! - [`monitor`]: a gateway's latency monitor (probes planned per node, spread over time);
 //! - [`metrics`]: Prometheus metrics of both; [`headers`]: what they say to each other;
 //! - [`edge`]: what the gateway believes of clients and lets through (upgrades, forwarding
 //!   headers, its own response headers, quiet tunnels).
@@ -13,6 +14,7 @@ pub mod edge;
 pub mod gateway;
 pub mod headers;
 pub mod metrics;
+pub mod monitor;
 pub mod queue_proxy;
 mod recycling_timer;
 mod stats;

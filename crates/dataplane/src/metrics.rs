@@ -155,6 +155,32 @@ pub struct GatewayMetrics {
     pub tunnels: TunnelMetrics<RevisionLabels>,
     /// `ikukantai_gateway_ambiguous_hosts`: hosts two routes claim, routed to neither.
     pub ambiguous_hosts: Gauge,
+    /// `ikukantai_gateway_coordinate_error`: this node's network coordinate's own estimate of
+    /// its relative error (0.1: estimates from it tend to be 10 % off).
+    pub coordinate_error: Gauge<f64, AtomicU64>,
+    /// `ikukantai_gateway_probes_total{reason}`: RTT probes planned, by why.
+    pub probes: Family<ProbeLabels, Counter>,
+}
+
+/// Labels of a probe.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProbeLabels {
+    /// `new`, `stale` or `explore` ([`ikukantai_policy::probe::ProbeReason`]).
+    pub reason: &'static str,
+}
+
+impl ProbeLabels {
+    /// The label of `reason`.
+    pub fn of(reason: ikukantai_policy::probe::ProbeReason) -> Self {
+        use ikukantai_policy::probe::ProbeReason::*;
+        Self {
+            reason: match reason {
+                New => "new",
+                Stale => "stale",
+                Explore => "explore",
+            },
+        }
+    }
 }
 
 /// Labels of a node pair.
@@ -179,7 +205,10 @@ impl GatewayMetrics {
             latency: Family::default(),
             tunnels: TunnelMetrics::new(),
             ambiguous_hosts: Gauge::default(),
+            coordinate_error: Gauge::default(),
+            probes: Family::default(),
         };
+        m.coordinate_error.set(ikukantai_policy::estimate::VivaldiParams::default().error_max);
         registry.register(
             "latency_between_nodes",
             "Round-trip time from this node's gateway to a peer gateway, in milliseconds",
@@ -217,6 +246,12 @@ impl GatewayMetrics {
             "Hosts claimed by more than one route (a tag's and another Service's), routed to neither",
             m.ambiguous_hosts.clone(),
         );
+        r.register(
+            "coordinate_error",
+            "This node's network coordinate's estimate of its own relative error (0.1 = about 10 % off)",
+            m.coordinate_error.clone(),
+        );
+        r.register("probes", "RTT probes planned, by reason: new, stale, explore", m.probes.clone());
         m.tunnels.register(r);
         m
     }

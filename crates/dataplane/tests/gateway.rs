@@ -13,7 +13,9 @@ use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
 use ikukantai_api::topology::LinkProperties;
-use ikukantai_dataplane::gateway::{GatewayConfig, GatewayEvents, MemoryRelease, NoEvents, RouteTarget};
+use ikukantai_dataplane::gateway::{
+    GatewayConfig, GatewayEvents, Links, MemoryRelease, NoEvents, RouteTarget,
+};
 use ikukantai_dataplane::headers::{INSTANCE_HEADER, NODE_HEADER, PROXY_HEADER};
 use ikukantai_link::link::Link;
 use ikukantai_policy::estimate::RttMatrix;
@@ -392,7 +394,7 @@ fn two_nodes(me: usize, rtt_ms: u64) -> GatewayConfig {
     GatewayConfig {
         nodes: vec!["cloud".into(), "edge".into()],
         node: me,
-        links: (0..2).map(|n| (n != me).then(|| Link::new(&props, 9))).collect(),
+        links: Links::Emulated(Arc::new(move |n, _| (n != me).then(|| Link::new(&props, 9)))),
         rtt,
         ..with_internal_headers(GatewayConfig::single("unused"))
     }

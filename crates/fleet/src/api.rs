@@ -7,7 +7,7 @@
 //! | POST | `/api/v1/apply` | `{"sources": [["file", "text"], …]}` |
 //! | DELETE | `/api/v1/services/{namespace}/{name}` | delete |
 //! | GET | `/api/v1/logs/{instance}?tail=N` | the instance's log (text) |
-//! | GET | `/metrics` | `latency_between_nodes{from,to}` (ms) |
+//! | GET | `/metrics` | `latency_between_nodes{from,to}` (ms, measured pairs), `ikukantai_coordinate_error{node}` |
 //!
 //! With a token configured every request needs `Authorization: Bearer <token>`.
 
@@ -85,6 +85,11 @@ struct Pair {
     to: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NodeLabel {
+    node: String,
+}
+
 fn metrics(fleet: &Fleet) -> String {
     let mut registry = Registry::default();
     let family = Family::<Pair, Gauge<f64, AtomicU64>>::default();
@@ -93,12 +98,21 @@ fn metrics(fleet: &Fleet) -> String {
         "Measured round-trip time between nodes, in milliseconds",
         family.clone(),
     );
+    let errors = Family::<NodeLabel, Gauge<f64, AtomicU64>>::default();
+    registry.register(
+        "ikukantai_coordinate_error",
+        "A node's network coordinate's estimate of its own relative error (0.1 = about 10 % off)",
+        errors.clone(),
+    );
     let l = fleet.latency();
     for (i, row) in l.measured.iter().enumerate() {
         for (j, v) in row.iter().enumerate() {
             if let Some(ms) = v {
                 family.get_or_create(&Pair { from: l.nodes[i].clone(), to: l.nodes[j].clone() }).set(*ms);
             }
+        }
+        if let Some(e) = l.coordinate_error[i] {
+            errors.get_or_create(&NodeLabel { node: l.nodes[i].clone() }).set(e);
         }
     }
     let mut out = String::new();

@@ -101,15 +101,25 @@ pub struct RevisionView {
     pub queue: String,
 }
 
-/// Measured RTTs between nodes (ms), and the configured ones.
+/// RTTs between nodes (ms): measured, estimated from network coordinates, configured, and the
+/// one decisions use with its source. Matrices are `[from][to]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LatencyView {
     /// Node names.
     pub nodes: Vec<String>,
-    /// `measured[from][to]`, `None` until measured.
+    /// The latest measurement while fresh, `None` before the first or once stale.
     pub measured: Vec<Vec<Option<f64>>>,
-    /// `configured[from][to]` from the topology.
+    /// The estimate of both nodes' coordinates, `None` while either has none.
+    pub estimated: Vec<Vec<Option<f64>>>,
+    /// The RTT balancing and placement use now.
+    pub used: Vec<Vec<f64>>,
+    /// Where `used` comes from: `measured`, `estimated`, `configured` (the prior) or `local`.
+    pub source: Vec<Vec<String>>,
+    /// From the topology.
     pub configured: Vec<Vec<f64>>,
+    /// Each node's coordinate's estimate of its own relative error (0.1 = about 10 % off),
+    /// `None` before its first probe.
+    pub coordinate_error: Vec<Option<f64>>,
 }
 
 /// The answer to `apply`.

@@ -18,11 +18,13 @@
 //! Its parts: `routes` (the routing table the control plane sets), `hosts` (the name a request is
 //! routed by), `activator` (the pick, and the queue for requests no instance can take yet) and
 //! `ingress` (the request handler's phases — route, admit, forward — and the drop guards that
-//! account for every request).
+//! account for every request), `latency` (the RTTs it measured, its network coordinate and its
+//! probe plan, which [`crate::monitor`] carries out).
 
 mod activator;
 mod hosts;
 mod ingress;
+mod latency;
 mod routes;
 
 use std::collections::HashMap;
@@ -37,21 +39,25 @@ use ikukantai_http::h1::{Handler, RequestBody};
 use ikukantai_http::peer::Peer;
 use ikukantai_http::server::{ServerConfig, ServerHandle, serve, serve_with};
 use ikukantai_link::connect::NodeConnector;
-use ikukantai_link::link::Link;
 use ikukantai_policy::autoscaler::Stat;
-use ikukantai_policy::estimate::{NodeIndex, RttMatrix};
+use ikukantai_policy::estimate::{NodeIndex, RttMatrix, VivaldiParams};
+use ikukantai_policy::probe::ProbeParams;
 use ikukantai_policy::registry::{PolicyParams, UnknownPolicy};
 use prometheus_client::registry::Registry;
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 
 pub use crate::edge::EdgePolicy;
-use crate::metrics::{GatewayMetrics, LinkLabels, metrics_response};
+use crate::headers::COORDINATE_NAME;
+use crate::metrics::{GatewayMetrics, metrics_response};
 use crate::recycling_timer::RecyclingTimer;
 use crate::tunnels::Tunnels;
 use activator::dispatch;
 use ingress::Ingress;
+use latency::Latency;
+pub use latency::Links;
 use routes::Table;
 pub use routes::{InstanceRoute, RevisionRoute, RouteTarget, Routes, ServiceRoute};
 
@@ -73,10 +79,14 @@ pub struct GatewayConfig {
     pub max_body_bytes: u64,
     /// Seeds and tuning of the policies.
     pub policy: PolicyParams,
-    /// Links to the other nodes (`None` = direct).
-    pub links: Vec<Option<Link>>,
+    /// How the other nodes are reached: directly, or through emulated links made on first use.
+    pub links: Links,
     /// RTT priors (measurements replace them while fresh).
     pub rtt: RttMatrix,
+    /// Which peers to probe, how many and how often ([`crate::monitor`]).
+    pub probe: ProbeParams,
+    /// Tuning of this node's network coordinate.
+    pub vivaldi: VivaldiParams,
     /// Giving memory back to the operating system while many requests wait (`None`: never).
     pub memory_release: Option<MemoryRelease>,
     /// What the gateway believes of clients and lets through ([`EdgePolicy`]'s defaults: upgrades
@@ -128,8 +138,10 @@ impl GatewayConfig {
             max_header_bytes: 64 * 1024,
             max_body_bytes: 64 * 1024 * 1024,
             policy: PolicyParams::default(),
-            links: vec![None],
+            links: Links::Direct,
             rtt: RttMatrix::new(1, 0.0, Duration::from_secs(30)),
+            probe: ProbeParams::default(),
+            vivaldi: VivaldiParams::default(),
             memory_release: None,
             edge: EdgePolicy::default(),
             max_connections: ikukantai_http::server::default_max_connections(),
@@ -191,11 +203,11 @@ pub enum RoutesError {
     },
 }
 
-/// The nodes a gateway knows, by index, and how to connect to each. It only grows, so an index
-/// stays valid for the gateway's life.
+/// The nodes a gateway knows, by index, and how to connect to each (made when routes first
+/// name the node). It only grows, so an index stays valid for the gateway's life.
 struct NodeSet {
     names: Vec<String>,
-    connectors: Vec<NodeConnector>,
+    connectors: Vec<Option<NodeConnector>>,
 }
 
 struct Shared {
@@ -220,6 +232,12 @@ struct Shared {
     routed: AtomicBool,
     /// Stopping: `/ready` says no, so traffic moves elsewhere while what is here finishes.
     draining: AtomicBool,
+    /// Its coordinate and probe plan.
+    latency: Mutex<Latency>,
+    /// Set when the routes change (the monitor measures newly routed nodes at once).
+    routes_changed: Notify,
+    /// Tells apart the links made for single probes.
+    probe_salt: AtomicU64,
 }
 
 /// A running gateway.
@@ -248,6 +266,24 @@ impl Shared {
         m.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The connector of `node` for upstream connections, made on first use.
+    fn route_connector(&self, node: NodeIndex) -> NodeConnector {
+        if let Some(c) = self.nodes().connectors.get(node).and_then(Option::as_ref) {
+            return c.clone();
+        }
+        let mut nodes = self.nodes.write().unwrap_or_else(|e| e.into_inner());
+        if nodes.connectors.len() <= node {
+            nodes.connectors.resize(node + 1, None);
+        }
+        nodes.connectors[node]
+            .get_or_insert_with(|| NodeConnector::new(self.config.links.make(node, 0)))
+            .clone()
+    }
+
+    fn probes_made(&self) -> u64 {
+        self.probe_salt.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
     fn instance_id(&self, name: &str) -> u64 {
         *Self::lock(&self.instance_ids)
             .entry(name.to_owned())
@@ -257,7 +293,7 @@ impl Shared {
 
 impl Gateway {
     /// Starts a gateway on `listener` (traffic) and `admin` (`/metrics`, `/healthz`). A config
-    /// whose per-node lists disagree (nodes, links, RTT matrix, this node's index) is refused with
+    /// whose per-node lists disagree (nodes, RTT matrix, this node's index) is refused with
     /// `InvalidInput`.
     pub fn start(
         config: GatewayConfig,
@@ -266,13 +302,12 @@ impl Gateway {
         events: Arc<dyn GatewayEvents>,
     ) -> std::io::Result<Self> {
         let n = config.nodes.len();
-        if config.links.len() != n || config.rtt.len() != n || config.node >= n {
+        if config.rtt.len() != n || config.node >= n {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
                 format!(
-                    "gateway config: {n} nodes, {} links, an RTT matrix of {} nodes, and this node at index {}; \
-                     the lists must have one entry per node and the index must be one of them",
-                    config.links.len(),
+                    "gateway config: {n} nodes, an RTT matrix of {} nodes, and this node at index {}; \
+                     the matrix must have one row per node and the index must be one of them",
                     config.rtt.len(),
                     config.node
                 ),
@@ -280,15 +315,15 @@ impl Gateway {
         }
         let mut registry = Registry::default();
         let metrics = GatewayMetrics::new(&mut registry);
-        let nodes = NodeSet {
-            names: config.nodes.clone(),
-            connectors: config.links.iter().map(|l| NodeConnector::new(l.clone())).collect(),
-        };
+        let nodes = NodeSet { names: config.nodes.clone(), connectors: vec![None; n] };
         let max_header = config.max_header_bytes;
         let origin_value = HeaderValue::from_str(&config.nodes[config.node]).ok();
         let shared = Arc::new(Shared {
             rtt: RwLock::new(config.rtt.clone()),
             rng: Mutex::new(SmallRng::seed_from_u64(config.policy.seed ^ config.node as u64)),
+            latency: Mutex::new(Latency::new(config.node, config.probe, config.vivaldi, config.policy.seed)),
+            routes_changed: Notify::new(),
+            probe_salt: AtomicU64::new(0),
             config,
             table: RwLock::default(),
             nodes: RwLock::new(nodes),
@@ -330,33 +365,20 @@ impl Gateway {
         self.shared.nodes().names.iter().position(|n| n == name)
     }
 
-    /// Learns a node that joined (reached directly, no emulated link; RTT prior `prior_ms` until
-    /// measured) and returns its index; a known node keeps its index. Nothing in flight is
-    /// disturbed: existing indices, connections and estimates stay as they are.
+    /// Learns a node that joined (reached as the config's `links` say: directly on Kubernetes;
+    /// RTT prior `prior_ms` until measured) and returns its index; a known node keeps its index.
+    /// Nothing in flight is disturbed: existing indices, connections and estimates stay as they
+    /// are.
     pub fn add_node(&self, name: &str, prior_ms: f64) -> NodeIndex {
         let mut nodes = self.shared.nodes.write().unwrap_or_else(|e| e.into_inner());
         if let Some(i) = nodes.names.iter().position(|n| n == name) {
             return i;
         }
         nodes.names.push(name.to_owned());
-        nodes.connectors.push(NodeConnector::new(None));
+        nodes.connectors.push(None);
         let n = nodes.names.len();
         self.shared.rtt.write().unwrap_or_else(|e| e.into_inner()).grow(n, prior_ms);
         n - 1
-    }
-
-    /// Records a measured RTT from this node to `to` (milliseconds).
-    pub fn record_rtt(&self, to: NodeIndex, ms: f64) {
-        let node = self.shared.config.node;
-        let Some(peer) = self.shared.nodes().names.get(to).cloned() else { return };
-        let labels = LinkLabels { from: self.shared.node_name().to_owned(), to: peer };
-        self.shared.metrics.latency.get_or_create(&labels).set(ms);
-        self.shared.rtt.write().unwrap_or_else(|e| e.into_inner()).record(
-            node,
-            to,
-            ms,
-            std::time::Instant::now(),
-        );
     }
 
     /// Replaces the routing table. Instances keep their state (in-flight counts, estimates)
@@ -373,6 +395,9 @@ impl Gateway {
             dispatch(shared, &r);
         }
         shared.routed.store(true, Ordering::Release);
+        if self.routes_moved() {
+            shared.routes_changed.notify_one();
+        }
         Ok(())
     }
 
@@ -418,7 +443,14 @@ impl Handler for Admin {
     async fn handle(self: Arc<Self>, req: Request<RequestBody>, _peer: Arc<Peer>) -> Response<Body> {
         match req.uri().path() {
             "/metrics" => metrics_response(&self.0.registry),
-            "/healthz" => Response::new(full(self.0.node_name().to_owned())),
+            "/healthz" => {
+                // The coordinate goes with the answer to a probe, as Serf's does with its acks.
+                let mut resp = Response::new(full(self.0.node_name().to_owned()));
+                if let Some(c) = self.0.coordinate_header() {
+                    resp.headers_mut().insert(COORDINATE_NAME.clone(), c);
+                }
+                resp
+            }
             "/ready" => {
                 if self.0.draining.load(Ordering::Acquire) {
                     error_response(StatusCode::SERVICE_UNAVAILABLE, "draining")
@@ -547,9 +579,6 @@ mod tests {
         config.nodes.push("node2".into());
         let err = Gateway::start(config, listen().await, listen().await, Arc::new(NoEvents)).unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
-        assert!(
-            err.to_string().starts_with("gateway config: 2 nodes, 1 links, an RTT matrix of 1 nodes"),
-            "{err}"
-        );
+        assert!(err.to_string().starts_with("gateway config: 2 nodes, an RTT matrix of 1 nodes"), "{err}");
     }
 }

@@ -342,7 +342,7 @@ impl RevisionState {
 }
 
 fn new_upstream(shared: &Shared, i: &InstanceRoute) -> Arc<Upstream> {
-    Arc::new(Upstream::new(i.addr, Arc::new(shared.nodes().connectors[i.node].clone())))
+    Arc::new(Upstream::new(i.addr, Arc::new(shared.route_connector(i.node))))
 }
 
 fn new_instance(shared: &Shared, i: &InstanceRoute) -> InstanceState {

@@ -390,10 +390,7 @@ impl Fleet {
     /// round trip between two nodes (a request picked just before is at most one way out) and
     /// [`STOP_GRACE_HOPS`] more for the hops on either side.
     fn stop_grace(&self) -> Duration {
-        let t = &self.options.topology;
-        let n = t.nodes.len();
-        let longest = (0..n).flat_map(|a| (0..n).map(move |b| t.link(a, b).rtt)).max().unwrap_or_default();
-        longest + STOP_GRACE_HOPS
+        self.links.longest_rtt() + STOP_GRACE_HOPS
     }
 
     fn routes(&self, state: &State) -> Routes {

@@ -4,6 +4,7 @@ use std::time::Instant;
 
 use ikukantai_api::service::Service;
 use ikukantai_api::status::service_status;
+use ikukantai_policy::estimate::RttSource;
 
 use super::{Fleet, ServiceRecord, State, lock, ready_count, revision_states, traffic_split};
 use crate::agent::Phase;
@@ -134,30 +135,40 @@ impl Fleet {
         out
     }
 
-    /// Measured and configured latencies.
+    /// Measured, estimated and configured latencies, and what decisions use.
     pub fn latency(&self) -> LatencyView {
         let state = lock(&self.state);
-        let t = &self.options.topology;
-        let n = t.nodes.len();
+        let n = self.options.topology.nodes.len();
         let now = std::time::Instant::now();
+        let rtt = &state.rtt;
+        let matrix = |f: &dyn Fn(usize, usize) -> f64| -> Vec<Vec<f64>> {
+            (0..n).map(|i| (0..n).map(|j| f(i, j)).collect()).collect()
+        };
+        let pairs = |f: &dyn Fn(usize, usize) -> Option<f64>| -> Vec<Vec<Option<f64>>> {
+            (0..n).map(|i| (0..n).map(|j| if i == j { None } else { f(i, j) }).collect()).collect()
+        };
         LatencyView {
-            nodes: t.nodes.iter().map(|x| x.name.clone()).collect(),
-            measured: (0..n)
+            nodes: self.options.topology.nodes.iter().map(|x| x.name.clone()).collect(),
+            measured: pairs(&|i, j| rtt.sample(i, j).filter(|_| rtt.is_fresh(i, j, now)).map(|s| s.0)),
+            estimated: pairs(&|i, j| rtt.estimate(i, j, now).map(|(ms, _)| ms)),
+            used: matrix(&|i, j| rtt.get(i, j, now)),
+            source: (0..n)
                 .map(|i| {
                     (0..n)
                         .map(|j| {
-                            if i == j {
-                                None
-                            } else {
-                                state.rtt.sample(i, j).filter(|_| state.rtt.is_fresh(i, j, now)).map(|s| s.0)
+                            match rtt.lookup(i, j, now).source {
+                                RttSource::Local => "local",
+                                RttSource::Measured => "measured",
+                                RttSource::Estimated { .. } => "estimated",
+                                RttSource::Prior => "configured",
                             }
+                            .to_owned()
                         })
                         .collect()
                 })
                 .collect(),
-            configured: (0..n)
-                .map(|i| (0..n).map(|j| t.link(i, j).rtt.as_secs_f64() * 1e3).collect())
-                .collect(),
+            configured: matrix(&|i, j| self.links.link(i, j).rtt.as_secs_f64() * 1e3),
+            coordinate_error: (0..n).map(|i| rtt.coordinate(i).map(|(c, _)| c.error)).collect(),
         }
     }
 }

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use ikukantai_api::config::FleetConfig;
-use ikukantai_dataplane::gateway::{Gateway, GatewayConfig, GatewayEvents, MemoryRelease};
+use ikukantai_dataplane::gateway::{Gateway, GatewayConfig, GatewayEvents, Links, MemoryRelease};
 use ikukantai_link::connect::{NodeConnector, probe_rtt};
 use ikukantai_policy::estimate::RttMatrix;
 use ikukantai_policy::registry::PolicyParams;
@@ -231,7 +231,7 @@ pub async fn run(options: GatewayOptions) -> Result<(), ProcessError> {
         nodes,
         node: me,
         domain: config.domain.clone(),
-        links: vec![None; n],
+        links: Links::Direct,
         rtt: RttMatrix::new(n, PRIOR_RTT_MS, Duration::from_secs(30)),
         policy: PolicyParams::default(),
         memory_release: options.memory_release,

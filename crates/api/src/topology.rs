@@ -24,8 +24,8 @@ use crate::error::FieldError;
 use crate::validate::dns_label;
 
 /// A configured RTT is used rather than a network coordinates' estimate expected to be more
-/// than this far off (relative): an operator's figure beats a coordinate that has seen little.
-pub const CONFIGURED_PRIOR_MAX_ERROR: f64 = 0.5;
+/// than this far off (relative): in the local fleet the configured RTT is what the links emulate.
+pub const CONFIGURED_PRIOR_MAX_ERROR: f64 = 0.2;
 
 /// Capacity of a node that does not say (the original's per-node cap).
 pub const DEFAULT_CAPACITY: u32 = 10;

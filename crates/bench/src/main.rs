@@ -7,6 +7,9 @@
 //!   proxy paired with nginx round by round (`paired`), as Markdown;
 //! - `rss`: the gateway's resident memory idle and with 10 000 requests buffered in its activator
 //!   queue;
+//! - `probes`: RTT probes through emulated links between `n` gateways, all pairs at once or
+//!   spread, and what a link crossing waits for besides its delay (docs/latency.md);
+//! - `topology`: writes a large edge fleet's topology (every pair listed) for `ikukantai up`;
 //! - `soak`: a gateway under abusive clients while a normal one keeps sending (docs/security.md);
 //! - `backend`, `gateway`, `hyper-floor`: the processes the two above start;
 //! - `queue-proxy`: a queue proxy alone in front of a backend, to profile it (docs/benchmarks.md);
@@ -14,7 +17,9 @@
 //!   path without hyper (docs/benchmarks.md).
 
 mod paired;
+mod probes;
 mod soak;
+mod topology;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -152,6 +157,35 @@ enum Cmd {
         #[arg(long, default_value_t = 20)]
         seconds: u64,
     },
+    /// RTT probes between gateways through emulated links: their error, the link timer's
+    /// lateness, the runtime's wait and the CPU, per fleet size and way of sending.
+    Probes {
+        #[arg(long, value_delimiter = ',', default_values_t = [20usize, 60, 100])]
+        nodes: Vec<usize>,
+        #[arg(long, value_delimiter = ',', default_values = ["burst", "spread"])]
+        modes: Vec<probes::Mode>,
+        /// Rounds measured (after one that is not).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Seconds per round.
+        #[arg(long, default_value_t = 5)]
+        interval: u64,
+        /// `planned`: random peers per round (the local fleet's 2; the default elsewhere 12).
+        #[arg(long, default_value_t = 2)]
+        explore: usize,
+        /// `planned`: nearest peers measured as placement candidates (the local fleet's 2).
+        #[arg(long, default_value_t = 2)]
+        candidates: usize,
+    },
+    /// Prints a topology of `cloud` nodes and `edge` sites at 5–120 ms from the cloud.
+    Topology {
+        #[arg(long, default_value_t = 5)]
+        cloud: usize,
+        #[arg(long, default_value_t = 95)]
+        edge: usize,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     Rss {
         #[arg(long, default_value_t = 10_000)]
         buffered: usize,
@@ -181,6 +215,25 @@ fn main() -> anyhow::Result<()> {
             proxy(duration, rounds, threads, &connections, &paths, max_steal)
         }
         Cmd::Rss { buffered, h2_connections } => rss(buffered, h2_connections),
+        Cmd::Topology { cloud, edge, seed } => {
+            print!("{}", topology::topology(cloud, edge, seed));
+            Ok(())
+        }
+        Cmd::Probes { nodes, modes, rounds, interval, explore, candidates } => {
+            let params = ikukantai_policy::probe::ProbeParams {
+                interval: Duration::from_secs(interval),
+                explore,
+                candidates,
+                ..Default::default()
+            };
+            probes::header();
+            for &n in &nodes {
+                for &mode in &modes {
+                    probes::probes(n, mode, rounds, params)?;
+                }
+            }
+            Ok(())
+        }
         Cmd::Soak { idle, slow, partial_preface, h2_silent, hangups_per_second, seconds } => {
             soak::soak(soak::Abuse { idle, slow, partial_preface, h2_silent, hangups_per_second, seconds })
         }

@@ -1,0 +1,65 @@
+//! `topology`: writes the topology of a large edge fleet for `ikukantai up --topology`.
+//!
+//! `cloud` nodes in one data centre (0.5–1.5 ms apart) and `edge` sites whose RTTs to the cloud
+//! spread evenly over `5ms..120ms`. Every pair is listed, so the edge sites are consistent with
+//! each other: each site sits at a point of a plane around the cloud with an access link of its
+//! own, and two sites are as far apart as their points plus both access links (two sites 5 and
+//! 120 ms from the cloud are not 0.5 ms from each other). Seeded: the same arguments write the
+//! same file.
+
+use std::fmt::Write;
+
+/// SplitMix64: enough randomness for a layout, without a dependency.
+struct Mix(u64);
+
+impl Mix {
+    fn unit(&mut self) -> f64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+/// The YAML of the fleet.
+pub(crate) fn topology(cloud: usize, edge: usize, seed: u64) -> String {
+    let mut rng = Mix(seed);
+    let name =
+        |i: usize| if i < cloud { format!("cloud-{}", i + 1) } else { format!("edge-{:02}", i - cloud + 1) };
+    let n = cloud + edge;
+    // Edge site k: RTT to the cloud's centre spread over 5–120 ms; an access link of 1–3 ms (both
+    // ways) and the rest as distance on the plane.
+    let mut access = vec![0.0; n];
+    let mut at = vec![(0.0, 0.0); n];
+    for k in 0..edge {
+        let i = cloud + k;
+        let to_cloud = 5.0 + 115.0 * k as f64 / (edge.max(2) - 1) as f64;
+        access[i] = 1.0 + 2.0 * rng.unit();
+        let r = (to_cloud - access[i] - 0.25).max(0.0);
+        let angle = std::f64::consts::TAU * rng.unit();
+        at[i] = (r * angle.cos(), r * angle.sin());
+    }
+    for (i, a) in access.iter_mut().enumerate().take(cloud) {
+        *a = 0.25 + 0.5 * rng.unit() * (i as f64 + 1.0) / cloud as f64;
+    }
+    let rtt = |a: usize, b: usize| {
+        let d = ((at[a].0 - at[b].0).powi(2) + (at[a].1 - at[b].1).powi(2)).sqrt();
+        d + access[a] + access[b]
+    };
+    let mut out = format!(
+        "# {cloud} cloud nodes and {edge} edge sites at 5-120 ms from the cloud, every pair listed\n\
+         # (ikukantai-bench topology --cloud {cloud} --edge {edge} --seed {seed}).\nnodes:\n"
+    );
+    for i in 0..n {
+        let (tier, capacity) = if i < cloud { ("cloud", 20) } else { ("edge", 4) };
+        let _ = writeln!(out, "  - {{name: {}, labels: {{tier: {tier}}}, capacity: {capacity}}}", name(i));
+    }
+    out.push_str("links:\n");
+    for a in 0..n {
+        for b in a + 1..n {
+            let _ = writeln!(out, "  - {{between: [{}, {}], rtt: {:.1}ms}}", name(a), name(b), rtt(a, b));
+        }
+    }
+    out
+}

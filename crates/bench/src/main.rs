@@ -177,7 +177,8 @@ enum Cmd {
         #[arg(long, default_value_t = 2)]
         candidates: usize,
     },
-    /// Prints a topology of `cloud` nodes and `edge` sites at 5–120 ms from the cloud.
+    /// Prints a topology of `cloud` nodes and `edge` sites at 5–120 ms from the cloud (or, with
+    /// `--hub N`, N nodes: one linked to the others at 11–69 ms, 2 ms between the rest).
     Topology {
         #[arg(long, default_value_t = 5)]
         cloud: usize,
@@ -185,6 +186,8 @@ enum Cmd {
         edge: usize,
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        #[arg(long)]
+        hub: Option<usize>,
     },
     Rss {
         #[arg(long, default_value_t = 10_000)]
@@ -215,8 +218,8 @@ fn main() -> anyhow::Result<()> {
             proxy(duration, rounds, threads, &connections, &paths, max_steal)
         }
         Cmd::Rss { buffered, h2_connections } => rss(buffered, h2_connections),
-        Cmd::Topology { cloud, edge, seed } => {
-            print!("{}", topology::topology(cloud, edge, seed));
+        Cmd::Topology { cloud, edge, seed, hub } => {
+            print!("{}", hub.map_or_else(|| topology::topology(cloud, edge, seed), topology::hub));
             Ok(())
         }
         Cmd::Probes { nodes, modes, rounds, interval, explore, candidates } => {

@@ -22,6 +22,25 @@ impl Mix {
     }
 }
 
+/// The fleet of issue #25's first measurements: `n` nodes, the first linked to the others at
+/// 11–69 ms, the 2 ms default between the rest.
+pub(crate) fn hub(n: usize) -> String {
+    let mut out = format!(
+        "# {n} nodes: node1 linked to the others at 11-69 ms, 2 ms between the rest\n\
+         # (ikukantai-bench topology --hub {n}).\nnodes:\n"
+    );
+    for i in 1..=n {
+        let _ = writeln!(out, "  - {{name: node{i}}}");
+    }
+    out.push_str("links:\n");
+    for i in 2..=n {
+        let rtt = 11.0 + 58.0 * (i - 2) as f64 / (n.max(3) - 2) as f64;
+        let _ = writeln!(out, "  - {{between: [node1, node{i}], rtt: {rtt:.1}ms}}");
+    }
+    out.push_str("default_rtt: 2ms\n");
+    out
+}
+
 /// The YAML of the fleet.
 pub(crate) fn topology(cloud: usize, edge: usize, seed: u64) -> String {
     let mut rng = Mix(seed);

@@ -9,12 +9,18 @@
 //! - [`placement`]: instances per node (`spread`, `yukari`, `nearest`);
 //! - [`queue`]: queue disciplines (`fifo`, `priority`, `edf`);
 //! - [`estimate`]: EWMA, peak-EWMA and the RTT matrix;
+//! - [`gateway`]: a gateway's view of a revision's instances, its pick and its feedback;
+//! - [`stats`]: time-weighted request statistics, what the autoscaler is fed;
+//! - [`occupancy`]: a revision's instances and room per node;
 //! - [`registry`]: policies by name.
 
 pub mod autoscaler;
 pub mod balance;
 pub mod estimate;
+pub mod gateway;
+pub mod occupancy;
 pub mod placement;
 pub mod queue;
 pub mod registry;
 pub mod scaler;
+pub mod stats;

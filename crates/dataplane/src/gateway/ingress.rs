@@ -16,8 +16,8 @@ use ikukantai_http::peer::Peer;
 use ikukantai_http::pool::{Forwarding, PooledBody, Upstream, UpstreamError};
 use ikukantai_http::proxy::detach_head;
 use ikukantai_http::upgrade::{OnUpgrade, strip_response};
-use ikukantai_policy::balance::Completion;
 use ikukantai_policy::estimate::NodeIndex;
+use ikukantai_policy::gateway::{self as decisions, feed_back};
 use rand::RngExt;
 use tokio::time::Instant;
 
@@ -183,8 +183,8 @@ impl Drop for Forwarded {
         let shared = &self.shared;
         {
             let mut inner = Shared::lock(&self.rev.inner);
-            if let Some(i) = inner.instances.iter_mut().find(|x| x.id == self.id) {
-                i.in_flight = i.in_flight.saturating_sub(1);
+            if let Some(i) = inner.instances.iter_mut().find(|x| x.load.id == self.id) {
+                i.load.in_flight = i.load.in_flight.saturating_sub(1);
             }
             dispatch_locked(shared, &self.rev, &mut inner);
         }
@@ -422,7 +422,8 @@ impl Ingress {
             let revision = rev.labels.revision.as_str();
             let (found, failure, none_ready) = {
                 let inner = Shared::lock(&rev.inner);
-                let found = id.and_then(|id| inner.instances.iter().find(|x| x.id == id).map(Picked::of));
+                let found =
+                    id.and_then(|id| inner.instances.iter().find(|x| x.load.id == id).map(Picked::of));
                 let failure = inner.route.failure.is_some().then(|| cannot_start(revision, &inner.route));
                 (found, failure, inner.instances.is_empty())
             };
@@ -633,26 +634,17 @@ fn feedback(
             _ => {}
         }
     }
-    let served_by_queue_proxy = instance && node;
-    let mut inner = Shared::lock(&done.rev.inner);
-    if !failed && let Some(i) = inner.instances.iter_mut().find(|x| x.id == done.id) {
-        let held = latency.as_secs_f64() * 1e3;
-        i.service_ms.observe(now.into_std(), service_ms.unwrap_or(held));
-        i.held_ms.observe(now.into_std(), held);
-    }
-    let completion = Completion {
-        id: done.id,
-        node: done.node,
-        origin: done.shared.config.node,
+    let response = decisions::Response {
         latency,
-        service_time: service_ms
-            .filter(|_| served_by_queue_proxy)
-            .map(|ms| Duration::from_secs_f64(ms / 1e3)),
+        service_ms,
+        from_queue_proxy: instance && node,
         reported_in_flight: load,
         success: !failed,
-        now: now.into_std(),
     };
-    inner.balancer.observe(&completion);
+    let inner = &mut *Shared::lock(&done.rev.inner);
+    let instance_load = inner.instances.iter_mut().find(|x| x.load.id == done.id).map(|x| &mut x.load);
+    let key = (done.id, done.node, done.shared.config.node);
+    feed_back(inner.balancer.as_mut(), instance_load, key, &response, now.into_std());
     instance || node || load.is_some() || service_ms.is_some()
 }
 

@@ -506,15 +506,15 @@ mod tests {
             })
             .collect();
         // The request in flight ends: its slot goes to the first waiter at once.
-        inner.instances[0].in_flight -= 1;
+        inner.instances[0].load.in_flight -= 1;
         activator::dispatch_locked(shared, rev, &mut inner);
-        assert_eq!(inner.instances[0].in_flight, 1, "reserved for the waiter");
+        assert_eq!(inner.instances[0].load.in_flight, 1, "reserved for the waiter");
         queued
     }
 
     fn in_flight(rev: &routes::RevisionState) -> (u32, usize) {
         let inner = Shared::lock(&rev.inner);
-        (inner.instances[0].in_flight, inner.waiting.len())
+        (inner.instances[0].load.in_flight, inner.waiting.len())
     }
 
     #[tokio::test]

@@ -4,7 +4,6 @@
 //! - this module: the fleet, its start and shutdown, and the books it keeps;
 //! - `apply`: applying and deleting services;
 //! - `reconcile`: the control loop, one function per phase;
-//! - `occupancy`: a revision's instances and room per node, as pure functions;
 //! - `views`: what the API shows of the fleet;
 //! - `error`: `FleetError`; `defaults`: the fleet's constants.
 
@@ -39,7 +38,6 @@ mod apply;
 mod defaults;
 mod error;
 mod names;
-mod occupancy;
 mod reconcile;
 mod views;
 

@@ -18,7 +18,6 @@ use tokio::sync::mpsc;
 use super::defaults::{
     DECISION_PERIOD, MAX_HEADER_BYTES, RECONCILE_PERIOD, STATS_PERIOD, STOP_GRACE_HOPS, TERMINATION_GRACE,
 };
-use super::occupancy::{instances_per_node, room_per_node};
 use super::{
     Fleet, InstanceRecord, Poke, RevisionRecord, ServiceRecord, State, error_chain, lock, ready_count,
     revision_states, stored_status, traffic_split,
@@ -26,6 +25,7 @@ use super::{
 use crate::agent::{Instance, InstanceSpec, Phase};
 use crate::lifetime::FLEET_ENV;
 use crate::store::RevisionRecordStatus;
+use ikukantai_policy::occupancy::{instances_per_node, room_per_node, surplus};
 
 /// The control loop: reconcile every [`RECONCILE_PERIOD`], and at once on a poke (demand at zero,
 /// apply).
@@ -220,14 +220,8 @@ impl Fleet {
         }
         for (key, names) in &groups {
             let want = wanted.get(key).copied().unwrap_or(0) as usize;
-            if names.len() > want {
-                // Stop the least useful first: not ready before ready, newest first.
-                let mut ranked: Vec<&String> = names.iter().collect();
-                ranked.sort_by_key(|n| {
-                    (state.instances[*n].instance.phase() == Phase::Ready, std::cmp::Reverse((*n).clone()))
-                });
-                to_stop.extend(ranked.into_iter().take(names.len() - want).cloned());
-            }
+            let ranked = names.iter().map(|n| (n, state.instances[n].instance.phase() == Phase::Ready, n));
+            to_stop.extend(surplus(ranked, want).into_iter().cloned());
         }
         // Stopped only once the gateways have let go of them (publish_routes), and after a grace
         // period (stop_after_grace).

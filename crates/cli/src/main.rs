@@ -3,6 +3,7 @@
 mod client;
 mod cluster;
 mod commands;
+mod evaluate;
 mod function;
 mod out;
 
@@ -158,6 +159,18 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+    /// Simulate the policy sets on a scenario in virtual time: the same decisions as the fleet,
+    /// modelled links and processing; the same report as `bench`, in seconds, and repeatable.
+    Sim {
+        /// Scenario file (see bench/*.yaml).
+        scenario: PathBuf,
+        /// Output directory (report.json, report.md, plots).
+        #[arg(long)]
+        out: PathBuf,
+        /// Seed of the load, the links and the policies.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// Print the CustomResourceDefinitions (Knative Service, Placement) for Kubernetes.
     Crds {
         /// Write to this file instead of standard output.
@@ -211,7 +224,8 @@ fn main() -> ExitCode {
             Command::Controller(args) => cluster::controller(args).await,
             Command::Gateway(args) => cluster::gateway(args).await,
             Command::QueueProxy => cluster::queue_proxy().await,
-            Command::Bench { scenario, out, seed } => commands::bench(&scenario, &out, seed).await,
+            Command::Bench { scenario, out, seed } => evaluate::bench(&scenario, &out, seed).await,
+            Command::Sim { scenario, out, seed } => evaluate::sim(&scenario, &out, seed),
         }
     });
     result.unwrap_or_else(|e| {

@@ -30,6 +30,9 @@ pub struct Sample {
     pub latency_ms: Option<f64>,
     /// Serving node index, when known.
     pub served: Option<usize>,
+    /// When it was sent, in seconds since the policy set's load began (for time series).
+    #[serde(default)]
+    pub at: f64,
 }
 
 /// Everything measured for one policy set at one load level.
@@ -63,7 +66,9 @@ fn free_port_on(ips: &[std::net::IpAddr]) -> std::io::Result<u16> {
     }
 }
 
-fn manifest(s: &Scenario, set: &PolicySet, binary: &Path) -> String {
+/// The Service a scenario deploys for a policy set; `binary` serves it (`function hello`). The
+/// simulator reads its revision from the same text.
+pub fn manifest(s: &Scenario, set: &PolicySet, binary: &Path) -> String {
     format!(
         r#"apiVersion: serving.knative.dev/v1
 kind: Service
@@ -93,6 +98,25 @@ spec:
     )
 }
 
+/// The fleet configuration of every scenario: zero initial scale allowed, a 1 s scale-to-zero grace.
+pub fn fleet_config() -> Result<FleetConfig, String> {
+    let mut config = FleetConfig::new();
+    config.autoscaler.allow_zero_initial_scale = true;
+    let cm: ConfigMap = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "config-autoscaler"},
+        "data": {"scale-to-zero-grace-period": "1s"}
+    }))
+    .map_err(|e| e.to_string())?;
+    config.apply(&cm).map_err(|e| format!("{e:?}"))?;
+    Ok(config)
+}
+
+/// How often the fleet's monitor probes in a scenario.
+pub const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long a scenario waits after deploying before the first level, so the monitor has measured.
+pub const SETTLE: Duration = Duration::from_millis(1500);
+
 /// Progress reporting.
 pub trait Progress: Send + Sync {
     /// `set`, `level` (users), `phase` ("warm-up"/"measure"), `done`/`total` seconds.
@@ -109,14 +133,7 @@ pub async fn run_set(
     progress: &dyn Progress,
     stop: &tokio::sync::watch::Receiver<bool>,
 ) -> Result<SetRun, String> {
-    let mut config = FleetConfig::new();
-    config.autoscaler.allow_zero_initial_scale = true;
-    let cm: ConfigMap = serde_json::from_value(serde_json::json!({
-        "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "config-autoscaler"},
-        "data": {"scale-to-zero-grace-period": "1s"}
-    }))
-    .map_err(|e| e.to_string())?;
-    config.apply(&cm).map_err(|e| format!("{e:?}"))?;
+    let config = fleet_config()?;
     let n = s.topology.nodes.len();
     let ips: Vec<_> = (0..n).map(ikukantai_fleet::fleet::node_ip).collect();
     let state_dir = work_dir.join(&set.name);
@@ -127,7 +144,7 @@ pub async fn run_set(
         config,
         gateway_port: free_port_on(&ips).map_err(|e| e.to_string())?,
         admin_port: free_port_on(&ips).map_err(|e| e.to_string())?,
-        probe_interval: Duration::from_secs(1),
+        probe_interval: PROBE_INTERVAL,
         seed,
         // The scenarios' queues stay far shallower than where releasing starts.
         memory_release: None,
@@ -139,11 +156,11 @@ pub async fn run_set(
     .map_err(|e| e.to_string())?;
     fleet.apply(&[("scenario".into(), manifest(s, set, binary))]).map_err(|e| e.to_string())?;
     // Let the latency monitor measure once.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::time::sleep(SETTLE).await;
     let gateways: Vec<SocketAddr> = fleet.nodes().iter().map(|n| n.gateway).collect();
     let origins: Vec<usize> = s.load.origins.iter().filter_map(|o| s.topology.index_of(o)).collect();
     let mut levels = Vec::new();
-    let ctx = Level { s, set, origins: &origins, gateways: &gateways, progress, stop };
+    let ctx = Level { s, set, origins: &origins, gateways: &gateways, progress, stop, began: Instant::now() };
     for (li, &users) in s.load.users.iter().enumerate() {
         if *stop.borrow() {
             break;
@@ -166,10 +183,12 @@ struct Level<'a> {
     gateways: &'a [SocketAddr],
     progress: &'a dyn Progress,
     stop: &'a tokio::sync::watch::Receiver<bool>,
+    /// When the set's first level began.
+    began: Instant,
 }
 
 async fn run_level(ctx: &Level<'_>, users: u32, seed: u64) -> LevelRun {
-    let Level { s, set, origins, gateways, progress, stop } = *ctx;
+    let Level { s, set, origins, gateways, progress, stop, began } = *ctx;
     let client: Client<HttpConnector, Full<Bytes>> =
         Client::builder(TokioExecutor::new()).pool_max_idle_per_host(4096).build(HttpConnector::new());
     let warmup = s.load.warmup.0;
@@ -212,6 +231,7 @@ async fn run_level(ctx: &Level<'_>, users: u32, seed: u64) -> LevelRun {
                         .body(Full::new(Bytes::new()))
                         .expect("request");
                     let t = Instant::now();
+                    let at = t.duration_since(began).as_secs_f64();
                     let outcome = tokio::time::timeout(timeout, async {
                         let resp = client.request(req).await.ok()?;
                         let served = resp
@@ -226,10 +246,13 @@ async fn run_level(ctx: &Level<'_>, users: u32, seed: u64) -> LevelRun {
                     .await;
                     if measured {
                         let sample = match outcome {
-                            Ok(Some(served)) => {
-                                Sample { origin, latency_ms: Some(t.elapsed().as_secs_f64() * 1e3), served }
-                            }
-                            _ => Sample { origin, latency_ms: None, served: None },
+                            Ok(Some(served)) => Sample {
+                                origin,
+                                latency_ms: Some(t.elapsed().as_secs_f64() * 1e3),
+                                served,
+                                at,
+                            },
+                            _ => Sample { origin, latency_ms: None, served: None, at },
                         };
                         samples.lock().unwrap_or_else(|e| e.into_inner()).push(sample);
                     }

@@ -35,7 +35,7 @@ use crate::lifetime::{KEPT_LOGS, StateLock, prune_logs, reap_orphans};
 use crate::store::{RevisionRecordStatus, Store, StoreProblem};
 
 mod apply;
-mod defaults;
+pub mod defaults;
 mod error;
 mod names;
 mod reconcile;

@@ -1,0 +1,121 @@
+//! `ikukantai bench` (the emulator) and `ikukantai sim` (the simulator): the same scenarios, the
+//! same report.
+
+use std::path::Path;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use ikukantai_eval::plot;
+use ikukantai_eval::report::Report;
+use ikukantai_eval::run::{self, SetRun};
+use ikukantai_eval::scenario::{PolicySet, Scenario};
+
+use crate::commands::init_logs;
+use crate::out::outln;
+
+struct Bar;
+
+impl ikukantai_eval::run::Progress for Bar {
+    fn update(&self, set: &str, users: u32, phase: &str, done: f64, total: f64) {
+        let width = 30;
+        let filled = ((done / total.max(1e-9)) * width as f64).round() as usize;
+        eprint!(
+            "\r[{set:<9}] {users:>4} users/origin  {phase:<7} [{}{}] {done:>4.0}/{total:.0} s ",
+            "#".repeat(filled.min(width)),
+            "-".repeat(width - filled.min(width))
+        );
+        if done >= total {
+            eprintln!();
+        }
+    }
+}
+
+/// Reads and checks a scenario file.
+fn scenario(path: &Path) -> anyhow::Result<Scenario> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {file}"))?;
+    Ok(Scenario::parse(&file, &text)?)
+}
+
+/// The machine a report was made on, and the command that made it.
+fn machine(command: &str) -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_default();
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!("{cpus} CPUs ({cpu}), command `{command}`")
+}
+
+/// Writes report.json, report.md and the plots, and prints the Markdown.
+fn write_report(s: Scenario, runs: Vec<SetRun>, machine: String, out: &Path) -> anyhow::Result<()> {
+    let report = Report::new(s, runs, machine);
+    std::fs::write(out.join("report.json"), serde_json::to_vec_pretty(&report)?)?;
+    let mut md = report.markdown();
+    match plot::write_all(&report, out) {
+        Ok(files) => {
+            md += "\n## Plots\n\n";
+            for f in files.iter().filter(|f| f.ends_with(".png")) {
+                md += &format!("![{f}]({f})\n");
+            }
+        }
+        Err(e) => eprintln!("warning: no plots: {e}"),
+    }
+    std::fs::write(out.join("report.md"), &md)?;
+    outln!("{md}");
+    outln!("written: {}/report.json, report.md and plots", out.display());
+    Ok(())
+}
+
+/// `ikukantai bench`: a fresh emulated fleet per policy set.
+pub(crate) async fn bench(path: &Path, out: &Path, seed: u64) -> anyhow::Result<ExitCode> {
+    init_logs("warn");
+    let s = scenario(path)?;
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let binary = std::env::current_exe()?;
+    let work = out.join("fleet-state");
+    eprintln!(
+        "scenario {}: {} policy sets × {} levels × {:.0} s each",
+        s.name,
+        s.policies.len(),
+        s.load.users.len(),
+        (s.load.warmup.0 + s.load.duration.0).as_secs_f64()
+    );
+    // Ctrl-C stops the run and every instance it started.
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            eprintln!("\ninterrupted: stopping the fleet…");
+            let _ = stop_tx.send(true);
+        }
+    });
+    let mut runs = Vec::new();
+    for name in &s.policies {
+        let set = PolicySet::named(name).context("policy set")?;
+        runs.push(
+            run::run_set(&s, &set, &binary, &work, seed, &Bar, &stop)
+                .await
+                .map_err(|e| anyhow::anyhow!("{name}: {e}"))?,
+        );
+    }
+    let _ = std::fs::remove_dir_all(&work);
+    let command = format!("ikukantai bench {} --out {} --seed {seed}", path.display(), out.display());
+    write_report(s, runs, machine(&command), out)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `ikukantai sim`: the same scenario in virtual time.
+pub(crate) fn sim(path: &Path, out: &Path, seed: u64) -> anyhow::Result<ExitCode> {
+    let s = scenario(path)?;
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let started = std::time::Instant::now();
+    let runs = ikukantai_sim::run(&s, seed, &ikukantai_sim::model::Model::default())?;
+    eprintln!("simulated {} policy sets in {:.2} s", runs.len(), started.elapsed().as_secs_f64());
+    let command = format!("ikukantai sim {} --out {} --seed {seed}", path.display(), out.display());
+    write_report(s, runs, machine(&command), out)?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -105,7 +105,7 @@ impl Report {
             .load
             .origins
             .iter()
-            .filter_map(|o| Some((o.clone(), scenario.topology.index_of(o)?)))
+            .filter_map(|o| Some((o.node().to_owned(), scenario.topology.index_of(o.node())?)))
             .collect();
         let mut rows = Vec::new();
         for run in &runs {
@@ -136,7 +136,7 @@ impl Report {
         out += &format!(
             "Load: {} users per origin on {} at {} req/s each (Poisson), warm-up {}, measured {}, timeout {}. Function: {}–{} per request, containerConcurrency {}, target {}, window {}.\n\nMachine: {}\n\n",
             s.load.users.iter().map(ToString::to_string).collect::<Vec<_>>().join(" / "),
-            s.load.origins.join(", "),
+            s.load.origins.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
             s.load.rate_per_user,
             s.load.warmup,
             s.load.duration,

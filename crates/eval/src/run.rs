@@ -158,9 +158,8 @@ pub async fn run_set(
     // Let the latency monitor measure once.
     tokio::time::sleep(SETTLE).await;
     let gateways: Vec<SocketAddr> = fleet.nodes().iter().map(|n| n.gateway).collect();
-    let origins: Vec<usize> = s.load.origins.iter().filter_map(|o| s.topology.index_of(o)).collect();
     let mut levels = Vec::new();
-    let ctx = Level { s, set, origins: &origins, gateways: &gateways, progress, stop, began: Instant::now() };
+    let ctx = Level { s, set, gateways: &gateways, progress, stop, began: Instant::now() };
     for (li, &users) in s.load.users.iter().enumerate() {
         if *stop.borrow() {
             break;
@@ -179,7 +178,6 @@ pub async fn run_set(
 struct Level<'a> {
     s: &'a Scenario,
     set: &'a PolicySet,
-    origins: &'a [usize],
     gateways: &'a [SocketAddr],
     progress: &'a dyn Progress,
     stop: &'a tokio::sync::watch::Receiver<bool>,
@@ -188,7 +186,7 @@ struct Level<'a> {
 }
 
 async fn run_level(ctx: &Level<'_>, users: u32, seed: u64) -> LevelRun {
-    let Level { s, set, origins, gateways, progress, stop, began } = *ctx;
+    let Level { s, set, gateways, progress, stop, began } = *ctx;
     let client: Client<HttpConnector, Full<Bytes>> =
         Client::builder(TokioExecutor::new()).pool_max_idle_per_host(4096).build(HttpConnector::new());
     let warmup = s.load.warmup.0;
@@ -199,10 +197,9 @@ async fn run_level(ctx: &Level<'_>, users: u32, seed: u64) -> LevelRun {
     let end = measure_from + duration;
     let samples = Arc::new(Mutex::new(Vec::new()));
     let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let rate = f64::from(users) * s.load.rate_per_user;
     let (lo, hi) = (s.function.work[0].0.as_secs_f64() * 1e3, s.function.work[1].0.as_secs_f64() * 1e3);
     let mut generators = Vec::new();
-    for (k, &origin) in origins.iter().enumerate() {
+    for (k, (origin, rate)) in s.origin_rates(users).into_iter().enumerate().filter(|(_, (_, r))| *r > 0.0) {
         let client = client.clone();
         let samples = samples.clone();
         let sent = sent.clone();

@@ -67,8 +67,6 @@ pub fn run_set(s: &Scenario, set: &PolicySet, seed: u64, model: &Model) -> Resul
     );
     world.start_control(span(PROBE_INTERVAL));
     run_until(&mut world, span(SETTLE));
-    let origins: Vec<u32> =
-        s.load.origins.iter().filter_map(|o| s.topology.index_of(o)).map(|o| o as u32).collect();
     let work = (s.function.work[0].0.as_secs_f64() * 1e3, s.function.work[1].0.as_secs_f64() * 1e3);
     let mut levels = Vec::new();
     let began = world.events.now();
@@ -76,8 +74,8 @@ pub fn run_set(s: &Scenario, set: &PolicySet, seed: u64, model: &Model) -> Resul
         let start = world.events.now();
         let measure_from = start + span(s.load.warmup.0);
         let end = measure_from + span(s.load.duration.0);
-        let rate = f64::from(users) * s.load.rate_per_user;
-        for &origin in &origins {
+        for (origin, rate) in s.origin_rates(users).into_iter().filter(|(_, r)| *r > 0.0) {
+            let origin = origin as u32;
             world.start_generator(Generator::new(seed, origin, 0, li as u32, rate, work, measure_from, end));
         }
         run_until(&mut world, end);

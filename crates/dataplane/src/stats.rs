@@ -3,10 +3,10 @@
 //! integral by the period. Requests that came through the gateway's buffering path are also counted
 //! separately ("proxied"), so the autoscaler can avoid counting them twice.
 
-use std::sync::Mutex;
 use std::time::Instant;
 
 use ikukantai_policy::autoscaler::Stat;
+use parking_lot::Mutex;
 
 #[derive(Debug)]
 struct Inner {
@@ -43,10 +43,6 @@ impl RequestStats {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     fn advance(inner: &mut Inner, now: Instant) {
         let dt = now.saturating_duration_since(inner.last_change).as_secs_f64();
         inner.integral += f64::from(inner.in_flight) * dt;
@@ -56,7 +52,7 @@ impl RequestStats {
 
     /// A request started.
     pub(crate) fn request_in(&self, now: Instant, proxied: bool) {
-        let mut i = self.lock();
+        let mut i = self.inner.lock();
         Self::advance(&mut i, now);
         i.in_flight += 1;
         i.requests += 1;
@@ -68,7 +64,7 @@ impl RequestStats {
 
     /// A request finished.
     pub(crate) fn request_out(&self, now: Instant, proxied: bool) {
-        let mut i = self.lock();
+        let mut i = self.inner.lock();
         Self::advance(&mut i, now);
         i.in_flight = i.in_flight.saturating_sub(1);
         if proxied {
@@ -78,12 +74,12 @@ impl RequestStats {
 
     /// Requests in flight now.
     pub(crate) fn in_flight(&self) -> u32 {
-        self.lock().in_flight
+        self.inner.lock().in_flight
     }
 
     /// Cuts the report for the period since the last report and starts a new one.
     pub(crate) fn report(&self, now: Instant) -> Stat {
-        let mut i = self.lock();
+        let mut i = self.inner.lock();
         Self::advance(&mut i, now);
         let secs = now.saturating_duration_since(i.period_start).as_secs_f64();
         let stat = if secs > 0.0 {

@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -14,6 +14,7 @@ use hyper_util::rt::TokioExecutor;
 use ikukantai_api::config::{ConfigMap, FleetConfig};
 use ikukantai_dataplane::gateway::EdgePolicy;
 use ikukantai_fleet::fleet::{Fleet, FleetOptions};
+use parking_lot::Mutex;
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 use rand_distr::{Distribution, Exp};
@@ -231,7 +232,7 @@ async fn run_level(ctx: &Level<'_>, users: u32, seed: u64) -> LevelRun {
                             }
                             _ => Sample { origin, latency_ms: None, served: None },
                         };
-                        samples.lock().unwrap_or_else(|e| e.into_inner()).push(sample);
+                        samples.lock().push(sample);
                     }
                 }));
             }
@@ -257,7 +258,7 @@ async fn run_level(ctx: &Level<'_>, users: u32, seed: u64) -> LevelRun {
     for g in generators {
         let _ = g.await;
     }
-    let samples = std::mem::take(&mut *samples.lock().unwrap_or_else(|e| e.into_inner()));
+    let samples = std::mem::take(&mut *samples.lock());
     LevelRun {
         users,
         samples,

@@ -26,13 +26,14 @@ use std::future::poll_fn;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body::{Body as HttpBody, Frame, SizeHint};
+use parking_lot::Mutex;
 use tokio::time::Instant;
 
 use self::head::{Head, parse_head};
@@ -388,7 +389,7 @@ impl Upstream {
 
     /// How many idle connections are kept now.
     pub fn idle_count(&self) -> usize {
-        lock(&self.idle).len()
+        self.idle.lock().len()
     }
 
     /// Sends `req` as HTTP/1.1 in origin form ([`origin_form`]) and returns the response head;
@@ -493,7 +494,7 @@ impl Upstream {
     /// trimming the pool, which [`put`] does.)
     fn take_idle(&self) -> Option<Box<Conn>> {
         loop {
-            let Idle { mut conn, .. } = lock(&self.idle).pop()?;
+            let Idle { mut conn, .. } = self.idle.lock().pop()?;
             if conn.still_open() {
                 return Some(conn);
             }
@@ -513,13 +514,9 @@ fn empty() -> Body {
     crate::body::boxed(http_body_util::Empty::<Bytes>::new())
 }
 
-fn lock(idle: &IdleList) -> std::sync::MutexGuard<'_, Vec<Idle>> {
-    idle.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 fn put(idle: &IdleList, conn: Box<Conn>) {
     let now = Instant::now();
-    let mut idle = lock(idle);
+    let mut idle = idle.lock();
     // The oldest are at the front: drop those past the idle timeout, and make room.
     let stale = idle.iter().take_while(|i| now - i.since >= IDLE_TIMEOUT).count();
     let excess = (idle.len() - stale + 1).saturating_sub(MAX_IDLE);

@@ -182,7 +182,7 @@ impl Drop for Forwarded {
     fn drop(&mut self) {
         let shared = &self.shared;
         {
-            let mut inner = Shared::lock(&self.rev.inner);
+            let mut inner = self.rev.inner.lock();
             if let Some(i) = inner.instances.iter_mut().find(|x| x.id == self.id) {
                 i.in_flight = i.in_flight.saturating_sub(1);
             }
@@ -307,7 +307,7 @@ impl Ingress {
         }
         let (service, tagged) = {
             let host = host_of(req).map_err(|why| Rejection::bad_request(why.into()))?;
-            let table = shared.table.read().unwrap_or_else(|e| e.into_inner());
+            let table = shared.table.read();
             match table.hosts.get(host.as_ref()) {
                 Some(found) => found.clone(),
                 None => {
@@ -348,7 +348,7 @@ impl Ingress {
             [(_, only)] => Some(only.clone()),
             split => {
                 let total: u32 = split.iter().map(|(p, _)| p).sum();
-                let mut draw = Shared::lock(&self.0.rng).random_range(0..total);
+                let mut draw = self.0.rng.lock().random_range(0..total);
                 for (percent, target) in split {
                     if draw < *percent {
                         return Some(target.clone());
@@ -373,7 +373,7 @@ impl Ingress {
         let Routed { service, rev } = routed;
         rev.origin.request_in(arrival.into_std(), false);
         let entered = Entered { rev, buffered: false, handed_over: false };
-        let mut inner = Shared::lock(&rev.inner);
+        let mut inner = rev.inner.lock();
         let timeout = inner.route.timeout;
         let deadline = arrival + timeout;
         let ahead = inner.waiting.len() as u32;
@@ -421,7 +421,7 @@ impl Ingress {
             let id = Box::pin(wait_for_instance(&mut waiter, deadline)).await;
             let revision = rev.labels.revision.as_str();
             let (found, failure, none_ready) = {
-                let inner = Shared::lock(&rev.inner);
+                let inner = rev.inner.lock();
                 let found = id.and_then(|id| inner.instances.iter().find(|x| x.id == id).map(Picked::of));
                 let failure = inner.route.failure.is_some().then(|| cannot_start(revision, &inner.route));
                 (found, failure, inner.instances.is_empty())
@@ -634,7 +634,7 @@ fn feedback(
         }
     }
     let served_by_queue_proxy = instance && node;
-    let mut inner = Shared::lock(&done.rev.inner);
+    let mut inner = done.rev.inner.lock();
     if !failed && let Some(i) = inner.instances.iter_mut().find(|x| x.id == done.id) {
         let held = latency.as_secs_f64() * 1e3;
         i.service_ms.observe(now.into_std(), service_ms.unwrap_or(held));

@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ikukantai_api::annotations::RevisionSettings;
@@ -27,6 +27,7 @@ use ikukantai_link::link::Link;
 use ikukantai_policy::estimate::RttMatrix;
 use ikukantai_policy::registry::PolicyParams;
 use ikukantai_policy::scaler::RevisionScaler;
+use parking_lot::Mutex;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
@@ -169,10 +170,6 @@ async fn listen(node: &str, what: &str, addr: SocketAddr) -> Result<TcpListener,
         .map_err(|source| FleetError::Io { what: format!("node {node}: {what} on {addr}"), source })
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 impl Fleet {
     /// Starts the gateways, restores the stored services and starts reconciling.
     pub async fn start(options: FleetOptions) -> Result<Arc<Self>, FleetError> {
@@ -246,7 +243,7 @@ impl Fleet {
             options,
         });
         {
-            let mut state = lock(&fleet.state);
+            let mut state = fleet.state.lock();
             for s in stored {
                 let mut record = ServiceRecord { service: s.service, revisions: Vec::new() };
                 for r in s.revisions {
@@ -282,13 +279,13 @@ impl Fleet {
     /// Records a measured RTT.
     pub fn record_rtt(&self, from: usize, to: usize, ms: f64) {
         self.gateways[from].record_rtt(to, ms);
-        lock(&self.state).rtt.record(from, to, ms, std::time::Instant::now());
+        self.state.lock().rtt.record(from, to, ms, std::time::Instant::now());
     }
 
     /// Keeps the logs of the [`KEPT_LOGS`] instances that stopped last, and of every live one.
     fn prune_logs(&self) {
         let live: std::collections::BTreeSet<String> = {
-            let state = lock(&self.state);
+            let state = self.state.lock();
             state.instances.keys().chain(state.stopping.keys()).chain(state.pending.keys()).cloned().collect()
         };
         prune_logs(&self.logs, KEPT_LOGS, |name| live.contains(name));
@@ -303,7 +300,7 @@ impl Fleet {
     /// Stops every instance and gateway (Ctrl-C).
     pub async fn shutdown(&self) {
         let all: Vec<Arc<Instance>> = {
-            let mut state = lock(&self.state);
+            let mut state = self.state.lock();
             let mut v: Vec<_> =
                 std::mem::take(&mut state.instances).into_values().map(|r| r.instance).collect();
             v.extend(std::mem::take(&mut state.stopping).into_values().map(|r| r.instance));
@@ -314,7 +311,7 @@ impl Fleet {
         for s in stops {
             let _ = s.await;
         }
-        lock(&self.lock).take();
+        self.lock.lock().take();
     }
 }
 

@@ -20,7 +20,7 @@ use super::defaults::{
 };
 use super::occupancy::{instances_per_node, room_per_node};
 use super::{
-    Fleet, InstanceRecord, Poke, RevisionRecord, ServiceRecord, State, error_chain, lock, ready_count,
+    Fleet, InstanceRecord, Poke, RevisionRecord, ServiceRecord, State, error_chain, ready_count,
     revision_states, stored_status, traffic_split,
 };
 use crate::agent::{Instance, InstanceSpec, Phase};
@@ -40,7 +40,7 @@ pub(super) async fn run(fleet: Arc<Fleet>, mut pokes: mpsc::UnboundedReceiver<Po
             }
         };
         if let Some(Poke::Demand { namespace, revision, origin }) = &poke {
-            let mut state = lock(&fleet.state);
+            let mut state = fleet.state.lock();
             for s in state.services.values_mut() {
                 for r in s
                     .revisions
@@ -60,7 +60,7 @@ impl Fleet {
     /// them. `decide_now` (a poke) decides whatever the time since the last decision.
     fn reconcile(self: &Arc<Self>, decide_now: bool) {
         let now = Instant::now();
-        let mut state = lock(&self.state);
+        let mut state = self.state.lock();
         let state = &mut *state;
         // Finished stops leave the books (one still in its grace period is still running: it
         // stays, counted on its node and stopped on shutdown).
@@ -283,7 +283,7 @@ impl Fleet {
                     let instance = Arc::new(instance);
                     let mut watch = instance.watch();
                     {
-                        let mut state = lock(&fleet.state);
+                        let mut state = fleet.state.lock();
                         state.pending.remove(&name);
                         state.instances.insert(
                             name,
@@ -301,7 +301,7 @@ impl Fleet {
                 }
                 Err(e) => {
                     tracing::error!(instance = %name, error = %e, "cannot start instance");
-                    lock(&fleet.state).pending.remove(&name);
+                    fleet.state.lock().pending.remove(&name);
                 }
             }
         });

@@ -371,7 +371,7 @@ async fn a_request_that_asks_to_switch_protocols_gets_the_connection_with_the_10
     let seen = heads.clone();
     // One byte at a time, with the new protocol's first bytes right behind the 101's head.
     let (addr, accepted) = scripted(1, move |_, request, head| {
-        seen.lock().unwrap().push(head.to_owned());
+        seen.lock().push(head.to_owned());
         Some(match request {
             0 => b"HTTP/1.1 101 Switching Protocols\r\nupgrade: echo\r\nconnection: upgrade\r\n\r\nhi;"
                 .to_vec(),
@@ -385,7 +385,7 @@ async fn a_request_that_asks_to_switch_protocols_gets_the_connection_with_the_10
     let resp = up.forward(req, Forwarding { upgrade: true, ..Forwarding::default() }).await.unwrap();
     assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
     assert_eq!(resp.headers()[header::UPGRADE], "echo");
-    let head = heads.lock().unwrap()[0].clone();
+    let head = heads.lock()[0].clone();
     assert!(head.contains("\r\nupgrade: echo\r\n") && head.contains("\r\nconnection: upgrade\r\n"), "{head}");
     let on_upgrade = resp.extensions().get::<OnUpgrade>().cloned().expect("the connection");
     let mut io = on_upgrade.await.unwrap();

@@ -153,7 +153,8 @@ enum Cmd {
         seconds: u64,
     },
     Rss {
-        #[arg(long, default_value_t = 10_000)]
+        /// Requests to buffer (default: a revision's whole activator queue).
+        #[arg(long, default_value_t = ikukantai_dataplane::defaults::GATEWAY_QUEUE_DEPTH)]
         buffered: usize,
         /// Send the requests as h2c streams over this many connections (default: HTTP/1.1, one
         /// connection per request).
@@ -382,7 +383,7 @@ async fn queue_proxy(listen: SocketAddr, admin: SocketAddr, app: SocketAddr, cc:
         response_start_timeout: None,
         idle_timeout: None,
         readiness: Readiness::from_probe(None),
-        max_header_bytes: 64 * 1024,
+        max_header_bytes: ikukantai_dataplane::defaults::MAX_HEADER_BYTES,
         upgrades: ikukantai_dataplane::edge::default_upgrades(),
     };
     let _proxy: QueueProxyHandle = QueueProxyHandle::start(
@@ -913,18 +914,14 @@ fn function_start(binary: &Path) -> anyhow::Result<Duration> {
 }
 
 async fn coldstart(rounds: usize) -> anyhow::Result<()> {
-    use ikukantai_api::config::{ConfigMap, FleetConfig};
+    use ikukantai_api::config::{DEFAULT_PROBE_INTERVAL, FleetConfig};
     use ikukantai_fleet::fleet::{Fleet, FleetOptions};
 
     let binary = ikukantai_binary()?;
     let dir = std::env::temp_dir().join(format!("ikukantai-coldstart-{}", std::process::id()));
     let mut config = FleetConfig::new();
     config.autoscaler.allow_zero_initial_scale = true;
-    let cm: ConfigMap = serde_json::from_value(serde_json::json!({
-        "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "config-autoscaler"},
-        "data": {"scale-to-zero-grace-period": "1s"}
-    }))?;
-    config.apply(&cm).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    config.autoscaler.scale_to_zero_grace_period = ikukantai_eval::run::SCALE_TO_ZERO_GRACE;
     let port = free_port()?.port();
     let fleet = Fleet::start(FleetOptions {
         state_dir: dir.clone(),
@@ -932,7 +929,7 @@ async fn coldstart(rounds: usize) -> anyhow::Result<()> {
         config,
         gateway_port: port,
         admin_port: free_port()?.port(),
-        probe_interval: Duration::from_secs(5),
+        probe_interval: DEFAULT_PROBE_INTERVAL,
         seed: 1,
         memory_release: Some(MemoryRelease::new(ikukantai_alloc::release_freed)),
         // Where each request was served is read from the gateway's response headers.

@@ -11,7 +11,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use ikukantai_api::config::{ConfigMap, FleetConfig};
+use ikukantai_api::config::FleetConfig;
 use ikukantai_dataplane::gateway::EdgePolicy;
 use ikukantai_fleet::fleet::{Fleet, FleetOptions};
 use parking_lot::Mutex;
@@ -100,6 +100,14 @@ pub trait Progress: Send + Sync {
     fn update(&self, set: &str, users: u32, phase: &str, done: f64, total: f64);
 }
 
+/// How often a scenario's nodes measure their RTTs: five times as often as by default, for runs
+/// far shorter than a fleet's usual life.
+pub const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long a revision stays at its last instance once idle (Knative's default is 30 s): short,
+/// so that a run or a round starts again from zero instances soon after the last one.
+pub const SCALE_TO_ZERO_GRACE: Duration = Duration::from_secs(1);
+
 /// Runs one policy set over all levels; stops early (and cleans up) when `stop` turns true.
 pub async fn run_set(
     s: &Scenario,
@@ -112,12 +120,7 @@ pub async fn run_set(
 ) -> Result<SetRun, String> {
     let mut config = FleetConfig::new();
     config.autoscaler.allow_zero_initial_scale = true;
-    let cm: ConfigMap = serde_json::from_value(serde_json::json!({
-        "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "config-autoscaler"},
-        "data": {"scale-to-zero-grace-period": "1s"}
-    }))
-    .map_err(|e| e.to_string())?;
-    config.apply(&cm).map_err(|e| format!("{e:?}"))?;
+    config.autoscaler.scale_to_zero_grace_period = SCALE_TO_ZERO_GRACE;
     let n = s.topology.nodes.len();
     let ips: Vec<_> = (0..n).map(ikukantai_fleet::fleet::node_ip).collect();
     let state_dir = work_dir.join(&set.name);
@@ -128,7 +131,7 @@ pub async fn run_set(
         config,
         gateway_port: free_port_on(&ips).map_err(|e| e.to_string())?,
         admin_port: free_port_on(&ips).map_err(|e| e.to_string())?,
-        probe_interval: Duration::from_secs(1),
+        probe_interval: PROBE_INTERVAL,
         seed,
         // The scenarios' queues stay far shallower than where releasing starts.
         memory_release: None,
@@ -140,7 +143,7 @@ pub async fn run_set(
     .map_err(|e| e.to_string())?;
     fleet.apply(&[("scenario".into(), manifest(s, set, binary))]).map_err(|e| e.to_string())?;
     // Let the latency monitor measure once.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::time::sleep(PROBE_INTERVAL + Duration::from_millis(500)).await;
     let gateways: Vec<SocketAddr> = fleet.nodes().iter().map(|n| n.gateway).collect();
     let origins: Vec<usize> = s.load.origins.iter().filter_map(|o| s.topology.index_of(o)).collect();
     let mut levels = Vec::new();

@@ -47,6 +47,7 @@ use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use tokio::net::TcpListener;
 
+use crate::defaults::{GATEWAY_QUEUE_DEPTH, MAX_BODY_BYTES, MAX_HEADER_BYTES};
 pub use crate::edge::EdgePolicy;
 use crate::metrics::{GatewayMetrics, LinkLabels, metrics_response};
 use crate::recycling_timer::RecyclingTimer;
@@ -124,10 +125,10 @@ impl GatewayConfig {
         Self {
             nodes: vec![node.to_owned()],
             node: 0,
-            domain: "example.com".into(),
-            queue_depth: 10_000,
-            max_header_bytes: 64 * 1024,
-            max_body_bytes: 64 * 1024 * 1024,
+            domain: ikukantai_api::config::DEFAULT_DOMAIN.into(),
+            queue_depth: GATEWAY_QUEUE_DEPTH,
+            max_header_bytes: MAX_HEADER_BYTES,
+            max_body_bytes: MAX_BODY_BYTES,
             policy: PolicyParams::default(),
             links: vec![None],
             rtt: RttMatrix::new(1, 0.0, Duration::from_secs(30)),

@@ -20,6 +20,7 @@ use ikukantai_api::revision::Revision;
 use ikukantai_api::service::Service;
 use ikukantai_api::status::{RevisionState, resolve_traffic};
 use ikukantai_api::topology::Topology;
+use ikukantai_dataplane::defaults::{GATEWAY_QUEUE_DEPTH, MAX_BODY_BYTES, MAX_HEADER_BYTES};
 use ikukantai_dataplane::gateway::{
     EdgePolicy, Gateway, GatewayConfig, GatewayEvents, MemoryRelease, RouteTarget, Routes,
 };
@@ -31,7 +32,6 @@ use parking_lot::Mutex;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
-use self::defaults::{GATEWAY_QUEUE_DEPTH, MAX_BODY_BYTES, MAX_HEADER_BYTES};
 use crate::agent::{Instance, Phase};
 use crate::lifetime::{KEPT_LOGS, StateLock, prune_logs, reap_orphans};
 use crate::store::{RevisionRecordStatus, Store, StoreProblem};

@@ -9,15 +9,14 @@ use std::time::{Duration, Instant};
 
 use ikukantai_api::revision::Revision;
 use ikukantai_api::status::awaits_readiness;
+use ikukantai_dataplane::defaults::MAX_HEADER_BYTES;
 use ikukantai_dataplane::gateway::{InstanceRoute, RevisionRoute, Routes, ServiceRoute};
 use ikukantai_dataplane::queue_proxy::{QueueProxyConfig, Readiness};
 use ikukantai_policy::autoscaler::TickInputs;
 use ikukantai_policy::scaler::ScaleInputs;
 use tokio::sync::mpsc;
 
-use super::defaults::{
-    DECISION_PERIOD, MAX_HEADER_BYTES, RECONCILE_PERIOD, STATS_PERIOD, STOP_GRACE_HOPS, TERMINATION_GRACE,
-};
+use super::defaults::{DECISION_PERIOD, RECONCILE_PERIOD, STATS_PERIOD, STOP_GRACE_HOPS, TERMINATION_GRACE};
 use super::occupancy::{instances_per_node, room_per_node};
 use super::{
     Fleet, InstanceRecord, Poke, RevisionRecord, ServiceRecord, State, error_chain, ready_count,

@@ -637,7 +637,7 @@ pub(crate) async fn bench(
         runs.push(
             run::run_set(&s, &set, &binary, &work, seed, &Bar, &stop)
                 .await
-                .map_err(|e| anyhow::anyhow!("{name}: {e}"))?,
+                .with_context(|| format!("policy set {name}"))?,
         );
     }
     let _ = std::fs::remove_dir_all(&work);

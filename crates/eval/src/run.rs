@@ -108,6 +108,20 @@ pub const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 /// so that a run or a round starts again from zero instances soon after the last one.
 pub const SCALE_TO_ZERO_GRACE: Duration = Duration::from_secs(1);
 
+/// Why a policy set could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// No port free on every node's address.
+    #[error("no free port for the fleet")]
+    Port(#[source] std::io::Error),
+    /// The fleet did not start, or refused the scenario's service.
+    #[error(transparent)]
+    Fleet(#[from] ikukantai_fleet::fleet::FleetError),
+    /// Stopped by Ctrl-C.
+    #[error("interrupted")]
+    Interrupted,
+}
+
 /// Runs one policy set over all levels; stops early (and cleans up) when `stop` turns true.
 pub async fn run_set(
     s: &Scenario,
@@ -117,7 +131,7 @@ pub async fn run_set(
     seed: u64,
     progress: &dyn Progress,
     stop: &tokio::sync::watch::Receiver<bool>,
-) -> Result<SetRun, String> {
+) -> Result<SetRun, RunError> {
     let mut config = FleetConfig::new();
     config.autoscaler.allow_zero_initial_scale = true;
     config.autoscaler.scale_to_zero_grace_period = SCALE_TO_ZERO_GRACE;
@@ -129,8 +143,8 @@ pub async fn run_set(
         state_dir,
         topology: s.topology.clone(),
         config,
-        gateway_port: free_port_on(&ips).map_err(|e| e.to_string())?,
-        admin_port: free_port_on(&ips).map_err(|e| e.to_string())?,
+        gateway_port: free_port_on(&ips).map_err(RunError::Port)?,
+        admin_port: free_port_on(&ips).map_err(RunError::Port)?,
         probe_interval: PROBE_INTERVAL,
         seed,
         // The scenarios' queues stay far shallower than where releasing starts.
@@ -139,9 +153,8 @@ pub async fn run_set(
         edge: EdgePolicy { internal_headers: true, ..EdgePolicy::default() },
         holder: format!("ikukantai bench, policy set {}", set.name),
     })
-    .await
-    .map_err(|e| e.to_string())?;
-    fleet.apply(&[("scenario".into(), manifest(s, set, binary))]).map_err(|e| e.to_string())?;
+    .await?;
+    fleet.apply(&[("scenario".into(), manifest(s, set, binary))])?;
     // Let the latency monitor measure once.
     tokio::time::sleep(PROBE_INTERVAL + Duration::from_millis(500)).await;
     let gateways: Vec<SocketAddr> = fleet.nodes().iter().map(|n| n.gateway).collect();
@@ -157,7 +170,7 @@ pub async fn run_set(
     // Whatever happened, the fleet's processes go.
     fleet.shutdown().await;
     if *stop.borrow() {
-        return Err("interrupted".into());
+        return Err(RunError::Interrupted);
     }
     Ok(SetRun { set: set.clone(), levels })
 }

@@ -110,7 +110,7 @@ pub struct Instance {
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     /// Ports or listeners.
-    #[error("cannot set up instance: {0}")]
+    #[error("cannot set up instance")]
     Io(#[from] std::io::Error),
     /// Queue proxy configuration.
     #[error(transparent)]

@@ -46,8 +46,8 @@ use crate::body::{Body, BoxError, error_response};
 use crate::peer::Peer;
 use crate::upgrade::{OnUpgrade, Upgraded};
 use crate::wire::{
-    BodyFraming, Fill, READ_MAX, READ_MIN, WriteFraming, Writer, content_length, decode, poll_write_all,
-    write_content_length, write_field,
+    BodyFraming, Fill, READ_MAX, READ_MIN, ReadError, WriteFraming, Writer, content_length, decode,
+    poll_write_all, write_content_length, write_field,
 };
 
 /// Handles one request; `peer` is the client end of its connection.
@@ -121,8 +121,28 @@ impl std::fmt::Debug for RequestBody {
 
 /// Reading a request body failed.
 #[derive(Debug, thiserror::Error)]
-#[error("request body: {0}")]
-pub struct RequestBodyError(String);
+#[error(transparent)]
+pub struct RequestBodyError(BodyFault);
+
+/// Why; a connection's failure stays its source rather than becoming text.
+#[derive(Debug, thiserror::Error)]
+enum BodyFault {
+    #[error("request body: read after its request was answered")]
+    AfterAnswer,
+    #[error("request body: {0}")]
+    Framing(&'static str),
+    #[error("request body")]
+    Io(#[source] std::io::Error),
+}
+
+impl From<ReadError> for RequestBodyError {
+    fn from(e: ReadError) -> Self {
+        Self(match e {
+            ReadError::Io(e) => BodyFault::Io(e),
+            ReadError::Framing(why) => BodyFault::Framing(why),
+        })
+    }
+}
 
 impl HttpBody for RequestBody {
     type Data = Bytes;
@@ -143,7 +163,7 @@ impl HttpBody for RequestBody {
         let mut side = side.lock();
         if side.request != request {
             *ended = true;
-            let e = RequestBodyError("read after its request was answered".into());
+            let e = RequestBodyError(BodyFault::AfterAnswer);
             return Poll::Ready(Some(Err(e.into())));
         }
         if side.expect == Expect::Unasked {
@@ -164,7 +184,7 @@ impl HttpBody for RequestBody {
             Err(e) => {
                 *ended = true;
                 side.broken = true;
-                Poll::Ready(Some(Err(RequestBodyError(e.to_string()).into())))
+                Poll::Ready(Some(Err(RequestBodyError::from(e).into())))
             }
         }
     }

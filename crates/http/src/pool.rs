@@ -56,7 +56,7 @@ pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
     /// No connection could be opened.
-    #[error("connecting to {addr}: {source}")]
+    #[error("connecting to {addr}")]
     Connect {
         /// The upstream.
         addr: SocketAddr,
@@ -64,7 +64,7 @@ pub enum UpstreamError {
         source: io::Error,
     },
     /// Sending the request or reading the response head failed.
-    #[error("{source}")]
+    #[error(transparent)]
     Exchange {
         /// The error.
         source: ExchangeError,
@@ -72,7 +72,7 @@ pub enum UpstreamError {
     /// The request body the caller gave failed (its client's framing broke or it went away, or a
     /// limit such as [`crate::body::Limited`]'s was passed): the caller's side failed, not the
     /// upstream. The request may have been partly sent.
-    #[error("request body: {source}")]
+    #[error("request body")]
     RequestBody {
         /// Why (its source chain says more, e.g. [`crate::body::TooLarge`]).
         source: BoxError,
@@ -120,7 +120,7 @@ pub enum ExchangeError {
     #[error("response body: {0}")]
     Body(&'static str),
     /// The request body failed (its source says why, e.g. over the size limit).
-    #[error("request body: {0}")]
+    #[error("request body")]
     RequestBody(#[source] BoxError),
     /// The request body did not match the length it declared.
     #[error("request body: {0}")]

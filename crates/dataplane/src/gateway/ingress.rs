@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
 use ikukantai_http::body::{Body, Guarded, Limited, boxed, error_response, is_too_large};
+use ikukantai_http::error::chain;
 use ikukantai_http::h1::{Handler, RequestBody};
 use ikukantai_http::peer::Peer;
 use ikukantai_http::pool::{Forwarding, PooledBody, Upstream, UpstreamError};
@@ -500,11 +501,14 @@ impl Ingress {
                 // The client's body broke its framing (or ended early): the client's fault, not
                 // the instance's.
                 Some(Err(e)) if client_body_failed(&e) => {
-                    Rejection::new(StatusCode::BAD_REQUEST, &service, "bad_request", e.to_string())
+                    Rejection::new(StatusCode::BAD_REQUEST, &service, "bad_request", chain(&e))
                 }
                 Some(Err(e)) => {
-                    let message =
-                        format!("instance {name} on {} did not answer: {e}", shared.nodes().names[done.node]);
+                    let message = format!(
+                        "instance {name} on {} did not answer: {}",
+                        shared.nodes().names[done.node],
+                        chain(&e)
+                    );
                     Rejection::new(StatusCode::BAD_GATEWAY, &service, "upstream", message)
                 }
                 None => {

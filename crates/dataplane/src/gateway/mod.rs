@@ -170,7 +170,7 @@ pub struct RevisionReport {
 #[derive(Debug, thiserror::Error)]
 pub enum RoutesError {
     /// A policy name is not registered.
-    #[error("revision {revision}: {source}")]
+    #[error("revision {revision}")]
     Policy {
         /// The revision.
         revision: String,

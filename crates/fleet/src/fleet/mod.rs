@@ -250,7 +250,7 @@ impl Fleet {
                     let status = s.status.get(r.name()).cloned().unwrap_or_default();
                     match fleet.revision_record(r) {
                         Ok(rec) => record.revisions.push(RevisionRecord { status, ..rec }),
-                        Err(e) => tracing::error!(error = %e, "cannot restore a revision"),
+                        Err(e) => tracing::error!(error = %error_chain(&e), "cannot restore a revision"),
                     }
                 }
                 let key = (

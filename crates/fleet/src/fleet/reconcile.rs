@@ -299,7 +299,7 @@ impl Fleet {
                     fleet.reconcile(false);
                 }
                 Err(e) => {
-                    tracing::error!(instance = %name, error = %e, "cannot start instance");
+                    tracing::error!(instance = %name, error = %error_chain(&e), "cannot start instance");
                     fleet.state.lock().pending.remove(&name);
                 }
             }
@@ -312,7 +312,7 @@ impl Fleet {
         if routes != state.routes {
             for g in &self.gateways {
                 if let Err(e) = g.set_routes(&routes) {
-                    tracing::error!(error = %e, "gateway refused routes");
+                    tracing::error!(error = %error_chain(&e), "gateway refused routes");
                 }
             }
             state.routes = routes;

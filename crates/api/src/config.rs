@@ -84,12 +84,20 @@ pub struct KubernetesDefaults {
     pub progress_deadline: Duration,
 }
 
+/// The domain services are reached under (`{name}.{namespace}.{domain}`) unless `config-ikukantai`
+/// says otherwise: Knative's default.
+pub const DEFAULT_DOMAIN: &str = "example.com";
+
+/// How often gateways measure the RTT to their peers unless told otherwise, on both runtimes
+/// (`probe-interval` in `config-ikukantai`, `ikukantai up --probe-interval`).
+pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_secs(5);
+
 impl Default for KubernetesDefaults {
     fn default() -> Self {
         Self {
             queue_proxy_image: None,
             node_capacity: 10,
-            probe_interval: Duration::from_secs(5),
+            probe_interval: DEFAULT_PROBE_INTERVAL,
             progress_deadline: Duration::from_secs(600),
         }
     }
@@ -98,7 +106,7 @@ impl Default for KubernetesDefaults {
 impl FleetConfig {
     /// Defaults everywhere, domain `example.com`.
     pub fn new() -> Self {
-        Self { domain: "example.com".into(), ..Self::default() }
+        Self { domain: DEFAULT_DOMAIN.into(), ..Self::default() }
     }
 
     /// Applies a `config-autoscaler` or `config-ikukantai` ConfigMap. Errors name the key

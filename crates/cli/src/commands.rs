@@ -4,7 +4,7 @@ use std::io::Read;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
@@ -12,8 +12,8 @@ use http::{Method, Request};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use ikukantai_api::config::FleetConfig;
-use ikukantai_api::duration::parse_duration;
+use ikukantai_api::config::{DEFAULT_PROBE_INTERVAL, FleetConfig};
+use ikukantai_api::duration::{GoDuration, parse_duration};
 use ikukantai_api::parse::{Document, load};
 use ikukantai_api::service::Service;
 use ikukantai_api::topology::Topology;
@@ -57,13 +57,18 @@ pub(crate) struct UpArgs {
     #[arg(long, default_value_t = 9090)]
     admin_port: u16,
     /// How often nodes measure their RTT to each other.
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
-    probe_interval: Duration,
+    #[arg(long, default_value_t = GoDuration(DEFAULT_PROBE_INTERVAL), value_parser = parse_go_duration)]
+    probe_interval: GoDuration,
     /// Seed of every policy's random choices.
     #[arg(long, default_value_t = 1)]
     seed: u64,
     #[command(flatten)]
     edge: EdgeArgs,
+}
+
+/// `--probe-interval`: a duration like `5s`, kept as a `GoDuration` so its default prints the same.
+fn parse_go_duration(text: &str) -> Result<GoDuration, String> {
+    parse_duration(text).map(GoDuration)
 }
 
 /// The gateway's policy towards clients, as flags of `ikukantai up` and `ikukantai gateway`
@@ -174,7 +179,7 @@ pub(crate) async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         config,
         gateway_port: args.gateway_port,
         admin_port: args.admin_port,
-        probe_interval: args.probe_interval,
+        probe_interval: args.probe_interval.0,
         seed: args.seed,
         memory_release: Some(MemoryRelease::new(ikukantai_alloc::release_freed)),
         edge: args.edge.policy(true),

@@ -99,7 +99,7 @@ pub(crate) async fn bench(path: &Path, out: &Path, seed: u64) -> anyhow::Result<
         runs.push(
             run::run_set(&s, &set, &binary, &work, seed, &Bar, &stop)
                 .await
-                .map_err(|e| anyhow::anyhow!("{name}: {e}"))?,
+                .with_context(|| format!("policy set {name}"))?,
         );
     }
     let _ = std::fs::remove_dir_all(&work);

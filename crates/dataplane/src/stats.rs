@@ -1,10 +1,10 @@
 //! [`ikukantai_policy::stats::RequestStats`] shared between a request's tasks.
 
-use std::sync::Mutex;
 use std::time::Instant;
 
 use ikukantai_policy::autoscaler::Stat;
 use ikukantai_policy::stats::RequestStats as Stats;
+use parking_lot::Mutex;
 
 /// Concurrency and request statistics of one instance (or one revision at one gateway).
 #[derive(Debug)]
@@ -18,27 +18,23 @@ impl RequestStats {
         Self { inner: Mutex::new(Stats::new(now)) }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Stats> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// A request started.
     pub(crate) fn request_in(&self, now: Instant, proxied: bool) {
-        self.lock().request_in(now, proxied);
+        self.inner.lock().request_in(now, proxied);
     }
 
     /// A request finished.
     pub(crate) fn request_out(&self, now: Instant, proxied: bool) {
-        self.lock().request_out(now, proxied);
+        self.inner.lock().request_out(now, proxied);
     }
 
     /// Requests in flight now.
     pub(crate) fn in_flight(&self) -> u32 {
-        self.lock().in_flight()
+        self.inner.lock().in_flight()
     }
 
     /// Cuts the report for the period since the last report and starts a new one.
     pub(crate) fn report(&self, now: Instant) -> Stat {
-        self.lock().report(now)
+        self.inner.lock().report(now)
     }
 }

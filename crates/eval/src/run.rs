@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -11,9 +11,10 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use ikukantai_api::config::{ConfigMap, FleetConfig};
+use ikukantai_api::config::FleetConfig;
 use ikukantai_dataplane::gateway::EdgePolicy;
 use ikukantai_fleet::fleet::{Fleet, FleetOptions};
+use parking_lot::Mutex;
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 use rand_distr::{Distribution, Exp};
@@ -98,21 +99,14 @@ spec:
     )
 }
 
-/// The fleet configuration of every scenario: zero initial scale allowed, a 1 s scale-to-zero grace.
-pub fn fleet_config() -> Result<FleetConfig, String> {
+/// The fleet configuration of every scenario: zero initial scale allowed, a short scale-to-zero
+/// grace ([`SCALE_TO_ZERO_GRACE`]).
+pub fn fleet_config() -> FleetConfig {
     let mut config = FleetConfig::new();
     config.autoscaler.allow_zero_initial_scale = true;
-    let cm: ConfigMap = serde_json::from_value(serde_json::json!({
-        "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "config-autoscaler"},
-        "data": {"scale-to-zero-grace-period": "1s"}
-    }))
-    .map_err(|e| e.to_string())?;
-    config.apply(&cm).map_err(|e| format!("{e:?}"))?;
-    Ok(config)
+    config.autoscaler.scale_to_zero_grace_period = SCALE_TO_ZERO_GRACE;
+    config
 }
-
-/// How often the fleet's monitor probes in a scenario.
-pub const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How long a scenario waits after deploying before the first level, so the monitor has measured.
 pub const SETTLE: Duration = Duration::from_millis(1500);
@@ -121,6 +115,28 @@ pub const SETTLE: Duration = Duration::from_millis(1500);
 pub trait Progress: Send + Sync {
     /// `set`, `level` (users), `phase` ("warm-up"/"measure"), `done`/`total` seconds.
     fn update(&self, set: &str, users: u32, phase: &str, done: f64, total: f64);
+}
+
+/// How often a scenario's nodes measure their RTTs: five times as often as by default, for runs
+/// far shorter than a fleet's usual life.
+pub const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long a revision stays at its last instance once idle (Knative's default is 30 s): short,
+/// so that a run or a round starts again from zero instances soon after the last one.
+pub const SCALE_TO_ZERO_GRACE: Duration = Duration::from_secs(1);
+
+/// Why a policy set could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// No port free on every node's address.
+    #[error("no free port for the fleet")]
+    Port(#[source] std::io::Error),
+    /// The fleet did not start, or refused the scenario's service.
+    #[error(transparent)]
+    Fleet(#[from] ikukantai_fleet::fleet::FleetError),
+    /// Stopped by Ctrl-C.
+    #[error("interrupted")]
+    Interrupted,
 }
 
 /// Runs one policy set over all levels; stops early (and cleans up) when `stop` turns true.
@@ -132,8 +148,8 @@ pub async fn run_set(
     seed: u64,
     progress: &dyn Progress,
     stop: &tokio::sync::watch::Receiver<bool>,
-) -> Result<SetRun, String> {
-    let config = fleet_config()?;
+) -> Result<SetRun, RunError> {
+    let config = fleet_config();
     let n = s.topology.nodes.len();
     let ips: Vec<_> = (0..n).map(ikukantai_fleet::fleet::node_ip).collect();
     let state_dir = work_dir.join(&set.name);
@@ -142,8 +158,8 @@ pub async fn run_set(
         state_dir,
         topology: s.topology.clone(),
         config,
-        gateway_port: free_port_on(&ips).map_err(|e| e.to_string())?,
-        admin_port: free_port_on(&ips).map_err(|e| e.to_string())?,
+        gateway_port: free_port_on(&ips).map_err(RunError::Port)?,
+        admin_port: free_port_on(&ips).map_err(RunError::Port)?,
         probe_interval: PROBE_INTERVAL,
         seed,
         // The scenarios' queues stay far shallower than where releasing starts.
@@ -152,9 +168,8 @@ pub async fn run_set(
         edge: EdgePolicy { internal_headers: true, ..EdgePolicy::default() },
         holder: format!("ikukantai bench, policy set {}", set.name),
     })
-    .await
-    .map_err(|e| e.to_string())?;
-    fleet.apply(&[("scenario".into(), manifest(s, set, binary))]).map_err(|e| e.to_string())?;
+    .await?;
+    fleet.apply(&[("scenario".into(), manifest(s, set, binary))])?;
     // Let the latency monitor measure once.
     tokio::time::sleep(SETTLE).await;
     let gateways: Vec<SocketAddr> = fleet.nodes().iter().map(|n| n.gateway).collect();
@@ -169,7 +184,7 @@ pub async fn run_set(
     // Whatever happened, the fleet's processes go.
     fleet.shutdown().await;
     if *stop.borrow() {
-        return Err("interrupted".into());
+        return Err(RunError::Interrupted);
     }
     Ok(SetRun { set: set.clone(), levels })
 }
@@ -251,7 +266,7 @@ async fn run_level(ctx: &Level<'_>, users: u32, seed: u64) -> LevelRun {
                             },
                             _ => Sample { origin, latency_ms: None, served: None, at },
                         };
-                        samples.lock().unwrap_or_else(|e| e.into_inner()).push(sample);
+                        samples.lock().push(sample);
                     }
                 }));
             }
@@ -277,7 +292,7 @@ async fn run_level(ctx: &Level<'_>, users: u32, seed: u64) -> LevelRun {
     for g in generators {
         let _ = g.await;
     }
-    let samples = std::mem::take(&mut *samples.lock().unwrap_or_else(|e| e.into_inner()));
+    let samples = std::mem::take(&mut *samples.lock());
     LevelRun {
         users,
         samples,

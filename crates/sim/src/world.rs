@@ -210,7 +210,7 @@ impl World {
             seen: Vec::new(),
             seed,
             client_timeout,
-            queue_depth: ikukantai_fleet::fleet::defaults::GATEWAY_QUEUE_DEPTH,
+            queue_depth: ikukantai_dataplane::defaults::GATEWAY_QUEUE_DEPTH,
             control: crate::control::Control::default(),
             probe_interval: 0,
             load: Vec::new(),

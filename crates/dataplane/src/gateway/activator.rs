@@ -40,7 +40,7 @@ impl Picked {
 
 pub(super) fn pick(shared: &Shared, inner: &mut RevisionInner, queued: u32, now: Instant) -> Option<Picked> {
     let RevisionInner { route, instances, scratch, balancer, .. } = inner;
-    let rtt = shared.rtt.read().unwrap_or_else(|e| e.into_inner());
+    let rtt = shared.rtt.read();
     let ctx = PickContext {
         origin: shared.config.node,
         rtt: &rtt,
@@ -54,7 +54,7 @@ pub(super) fn pick(shared: &Shared, inner: &mut RevisionInner, queued: u32, now:
 
 /// Hands free capacity to waiting requests, in queue order.
 pub(super) fn dispatch(shared: &Shared, rev: &RevisionState) {
-    dispatch_locked(shared, rev, &mut Shared::lock(&rev.inner));
+    dispatch_locked(shared, rev, &mut rev.inner.lock());
 }
 
 /// [`dispatch`] with the revision already locked.
@@ -113,7 +113,7 @@ impl Drop for Waiter<'_> {
         }
         // Under the revision's lock dispatch cannot run: either the waiter is still queued, or
         // dispatch popped it and sent an instance, which is then in `rx`.
-        let mut inner = Shared::lock(&self.rev.inner);
+        let mut inner = self.rev.inner.lock();
         if inner.waiting.remove(self.id).is_none() {
             self.rx.close();
             if let Ok(instance) = self.rx.try_recv() {

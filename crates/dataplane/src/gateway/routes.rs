@@ -4,7 +4,7 @@
 use std::borrow::{Borrow, BorrowMut};
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ikukantai_api::annotations::RevisionSettings;
@@ -17,6 +17,7 @@ use ikukantai_policy::estimate::NodeIndex;
 use ikukantai_policy::gateway::InstanceLoad;
 use ikukantai_policy::queue::{PriorityRule, QueueDiscipline};
 use ikukantai_policy::registry::{self, PolicyParams};
+use parking_lot::Mutex;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::oneshot;
@@ -206,7 +207,7 @@ impl Table {
             }
         }
         let mut next = Table::default();
-        let old = shared.table.read().unwrap_or_else(|e| e.into_inner());
+        let old = shared.table.read();
         for r in &routes.revisions {
             let key = (r.namespace.clone(), r.revision.clone());
             let state = match old.revisions.get(&key) {
@@ -319,7 +320,7 @@ impl RevisionState {
     /// Takes a revision's new route. Its instances keep their state (in-flight counts,
     /// estimates); a failed revision left without instances lets its waiting requests go.
     fn update(&self, shared: &Shared, r: &RevisionRoute) -> Result<(), RoutesError> {
-        let mut inner = Shared::lock(&self.inner);
+        let mut inner = self.inner.lock();
         if inner.route.balancer != r.balancer {
             inner.balancer = registry::balancer(&r.balancer, &shared.config.policy)
                 .map_err(|source| RoutesError::Policy { revision: r.revision.clone(), source })?;

@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ikukantai_api::annotations::RevisionSettings;
@@ -19,6 +19,7 @@ use ikukantai_api::revision::Revision;
 use ikukantai_api::service::Service;
 use ikukantai_api::status::{RevisionState, resolve_traffic};
 use ikukantai_api::topology::Topology;
+use ikukantai_dataplane::defaults::{GATEWAY_QUEUE_DEPTH, MAX_BODY_BYTES, MAX_HEADER_BYTES};
 use ikukantai_dataplane::gateway::{
     EdgePolicy, Gateway, GatewayConfig, GatewayEvents, MemoryRelease, RouteTarget, Routes,
 };
@@ -26,10 +27,10 @@ use ikukantai_link::link::Link;
 use ikukantai_policy::estimate::RttMatrix;
 use ikukantai_policy::registry::PolicyParams;
 use ikukantai_policy::scaler::RevisionScaler;
+use parking_lot::Mutex;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
-use self::defaults::{GATEWAY_QUEUE_DEPTH, MAX_BODY_BYTES, MAX_HEADER_BYTES};
 use crate::agent::{Instance, Phase};
 use crate::lifetime::{KEPT_LOGS, StateLock, prune_logs, reap_orphans};
 use crate::store::{RevisionRecordStatus, Store, StoreProblem};
@@ -167,10 +168,6 @@ async fn listen(node: &str, what: &str, addr: SocketAddr) -> Result<TcpListener,
         .map_err(|source| FleetError::Io { what: format!("node {node}: {what} on {addr}"), source })
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 impl Fleet {
     /// Starts the gateways, restores the stored services and starts reconciling.
     pub async fn start(options: FleetOptions) -> Result<Arc<Self>, FleetError> {
@@ -244,14 +241,14 @@ impl Fleet {
             options,
         });
         {
-            let mut state = lock(&fleet.state);
+            let mut state = fleet.state.lock();
             for s in stored {
                 let mut record = ServiceRecord { service: s.service, revisions: Vec::new() };
                 for r in s.revisions {
                     let status = s.status.get(r.name()).cloned().unwrap_or_default();
                     match fleet.revision_record(r) {
                         Ok(rec) => record.revisions.push(RevisionRecord { status, ..rec }),
-                        Err(e) => tracing::error!(error = %e, "cannot restore a revision"),
+                        Err(e) => tracing::error!(error = %error_chain(&e), "cannot restore a revision"),
                     }
                 }
                 let key = (
@@ -280,13 +277,13 @@ impl Fleet {
     /// Records a measured RTT.
     pub fn record_rtt(&self, from: usize, to: usize, ms: f64) {
         self.gateways[from].record_rtt(to, ms);
-        lock(&self.state).rtt.record(from, to, ms, std::time::Instant::now());
+        self.state.lock().rtt.record(from, to, ms, std::time::Instant::now());
     }
 
     /// Keeps the logs of the [`KEPT_LOGS`] instances that stopped last, and of every live one.
     fn prune_logs(&self) {
         let live: std::collections::BTreeSet<String> = {
-            let state = lock(&self.state);
+            let state = self.state.lock();
             state.instances.keys().chain(state.stopping.keys()).chain(state.pending.keys()).cloned().collect()
         };
         prune_logs(&self.logs, KEPT_LOGS, |name| live.contains(name));
@@ -301,7 +298,7 @@ impl Fleet {
     /// Stops every instance and gateway (Ctrl-C).
     pub async fn shutdown(&self) {
         let all: Vec<Arc<Instance>> = {
-            let mut state = lock(&self.state);
+            let mut state = self.state.lock();
             let mut v: Vec<_> =
                 std::mem::take(&mut state.instances).into_values().map(|r| r.instance).collect();
             v.extend(std::mem::take(&mut state.stopping).into_values().map(|r| r.instance));
@@ -312,7 +309,7 @@ impl Fleet {
         for s in stops {
             let _ = s.await;
         }
-        lock(&self.lock).take();
+        self.lock.lock().take();
     }
 }
 

@@ -119,3 +119,32 @@ pub(crate) fn sim(path: &Path, out: &Path, seed: u64) -> anyhow::Result<ExitCode
     write_report(s, runs, machine(&command), out)?;
     Ok(ExitCode::SUCCESS)
 }
+
+/// `ikukantai sim --sweep N`: random cases, `ours` against the better baseline, the worst cases
+/// written out as scenarios for `bench` and `sim`.
+pub(crate) fn sweep(count: usize, out: &Path, seed: u64) -> anyhow::Result<ExitCode> {
+    use ikukantai_sim::sweep;
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let model = ikukantai_sim::model::Model::default();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let started = std::time::Instant::now();
+    let results = sweep::run(seed, count, threads, &model);
+    let elapsed = started.elapsed().as_secs_f64();
+    let summary = sweep::summarize(&results);
+    let mut md = sweep::markdown(seed, &summary, &results);
+    md += &format!(
+        "\n{count} cases in {elapsed:.0} s on {}.\n\nWorst cases, as scenarios:\n\n",
+        machine(&format!("ikukantai sim --sweep {count} --seed {seed} --out {}", out.display()))
+    );
+    for (rank, case) in sweep::worst_cases(&results, 5).into_iter().enumerate() {
+        let file = out.join(format!("worst-{}.yaml", rank + 1));
+        let text = serde_saphyr::to_string(&sweep::case(seed, case))
+            .with_context(|| format!("cannot write case {case} as YAML"))?;
+        std::fs::write(&file, text).with_context(|| format!("cannot write {}", file.display()))?;
+        md += &format!("- `{}`: case {case}\n", file.display());
+    }
+    std::fs::write(out.join("sweep.json"), serde_json::to_vec_pretty(&(&summary, &results))?)?;
+    std::fs::write(out.join("sweep.md"), &md)?;
+    outln!("{md}");
+    Ok(ExitCode::SUCCESS)
+}

@@ -161,15 +161,21 @@ enum Command {
     },
     /// Simulate the policy sets on a scenario in virtual time: the same decisions as the fleet,
     /// modelled links and processing; the same report as `bench`, in seconds, and repeatable.
+    /// With `--sweep N`, N random edge–cloud cases instead, `ours` against the baselines.
     Sim {
-        /// Scenario file (see bench/*.yaml).
-        scenario: PathBuf,
-        /// Output directory (report.json, report.md, plots).
+        /// Scenario file (see bench/*.yaml); not with `--sweep`.
+        #[arg(required_unless_present = "sweep", conflicts_with = "sweep")]
+        scenario: Option<PathBuf>,
+        /// Output directory (report.json, report.md, plots; or sweep.md, sweep.json and the worst
+        /// cases as scenario files).
         #[arg(long)]
         out: PathBuf,
-        /// Seed of the load, the links and the policies.
+        /// Seed of the load, the links and the policies (and of the sweep's cases).
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Run this many random cases.
+        #[arg(long, value_name = "N")]
+        sweep: Option<usize>,
     },
     /// Print the CustomResourceDefinitions (Knative Service, Placement) for Kubernetes.
     Crds {
@@ -225,7 +231,11 @@ fn main() -> ExitCode {
             Command::Gateway(args) => cluster::gateway(args).await,
             Command::QueueProxy => cluster::queue_proxy().await,
             Command::Bench { scenario, out, seed } => evaluate::bench(&scenario, &out, seed).await,
-            Command::Sim { scenario, out, seed } => evaluate::sim(&scenario, &out, seed),
+            Command::Sim { scenario, out, seed, sweep } => match (scenario, sweep) {
+                (_, Some(count)) => evaluate::sweep(count, &out, seed),
+                (Some(scenario), None) => evaluate::sim(&scenario, &out, seed),
+                (None, None) => unreachable!("clap requires one"),
+            },
         }
     });
     result.unwrap_or_else(|e| {

@@ -18,6 +18,7 @@ mod events;
 mod instance;
 mod load;
 pub mod model;
+pub mod sweep;
 mod world;
 
 use std::path::Path;

@@ -85,3 +85,23 @@ fn beyond_capacity_requests_time_out_rather_than_vanish() {
     assert!(st.completion_rate < 0.5, "{st:?}");
     assert!(st.throughput <= 10.0 + 1e-9, "one 100 ms slot serves at most 10/s: {st:?}");
 }
+
+#[test]
+fn sweep_cases_are_valid_scenarios_within_the_ranges_and_round_trip_as_yaml() {
+    use ikukantai_sim::sweep;
+    for index in 0..30 {
+        let s = sweep::case(5, index);
+        let text = serde_saphyr::to_string(&s).unwrap();
+        let back = Scenario::parse("case.yaml", &text).expect("a sweep case parses as a scenario");
+        assert_eq!(back, s, "case {index} round-trips");
+        let clouds = s.topology.nodes.iter().filter(|n| n.name.starts_with("cloud")).count();
+        let edges = s.topology.nodes.len() - clouds;
+        assert!((1..=3).contains(&clouds) && (2..=30).contains(&edges), "{clouds} clouds, {edges} edges");
+        assert!(s.topology.nodes.iter().skip(clouds).all(|n| (1..=4).contains(&n.capacity)));
+        let cc = s.function.container_concurrency;
+        assert!((1..=4).contains(&cc));
+        assert!(s.function.work[1].0 <= std::time::Duration::from_millis(50));
+        assert!(s.load.origins.iter().any(|o| !o.node().starts_with("cloud")), "an edge origin at least");
+        assert_eq!(sweep::case(5, index), s, "the same seed and index give the same case");
+    }
+}

@@ -1,6 +1,8 @@
 //! An instance's queue proxy: at most containerConcurrency requests processed at once, the rest
 //! waiting in arrival order; the function's processing takes the request's own work time.
 
+use rand::RngExt;
+
 use crate::events::{Event, ms};
 use crate::world::{Phase, World};
 
@@ -15,8 +17,7 @@ impl World {
         inst.stats.request_in(at, buffered);
         if cc == 0 || inst.busy < cc {
             inst.busy += 1;
-            let work = ms(r.work_ms);
-            self.events.after(work, Event::Processed { req });
+            self.start_processing(req);
         } else {
             inst.queue.push_back(req);
         }
@@ -37,13 +38,22 @@ impl World {
         let node = inst.node;
         if let Some(next) = inst.queue.pop_front() {
             inst.busy += 1;
-            let work = ms(self.requests[next as usize].work_ms);
-            self.events.after(work, Event::Processed { req: next });
+            self.start_processing(next);
         }
         self.requests[req as usize].reported_load = load;
         let back = self.hop(node, origin);
         self.events.after(back, Event::AtGateway { req });
         self.gone_if_idle(instance);
+    }
+
+    /// The function starts on a request: done after its work and the timer's lateness, which
+    /// the queue proxy reports as its processing time.
+    fn start_processing(&mut self, req: u32) {
+        let late = if self.model.timer_ms > 0.0 { self.rng.random_range(0.0..self.model.timer_ms) } else { 0.0 };
+        let r = &mut self.requests[req as usize];
+        r.work_ms += late;
+        let work = ms(r.work_ms);
+        self.events.after(work, Event::Processed { req });
     }
 
     /// A draining instance that has nothing left goes, and its node's room with it.

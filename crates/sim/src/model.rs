@@ -21,6 +21,9 @@ pub struct Model {
     /// Extra per-hop cost when the hop crosses a link (connection handling, the link's pumps)
     /// (ms).
     pub remote_hop_ms: f64,
+    /// What the function takes beyond its work time: the bench's function sleeps on a timer of
+    /// millisecond resolution, which wakes it up to this much later (uniform, ms).
+    pub timer_ms: f64,
     /// From an instance's start to its readiness: process start and the first readiness probe
     /// (uniform in this range, ms).
     pub cold_start_ms: (f64, f64),
@@ -34,7 +37,8 @@ pub struct Model {
 impl Default for Model {
     fn default() -> Self {
         Self {
-            client_ms: 0.35,
+            client_ms: 0.6,
+            timer_ms: 1.0,
             hop_ms: 0.15,
             remote_hop_ms: 0.1,
             cold_start_ms: (25.0, 60.0),

@@ -181,7 +181,7 @@ pub fn compare(index: usize, s: &Scenario, runs: &[SetRun], model: &Model) -> Ca
     let n = s.topology.nodes.len();
     let mut cells = Vec::new();
     let (lo, hi) = (s.function.work[0].0.as_secs_f64() * 1e3, s.function.work[1].0.as_secs_f64() * 1e3);
-    let ideal = lo + 0.9 * (hi - lo) + model.client_ms + 2.0 * model.hop_ms;
+    let ideal = lo + 0.9 * (hi - lo) + model.timer_ms + model.client_ms + 2.0 * model.hop_ms;
     for level in 0..s.load.users.len() {
         for o in &s.load.origins {
             let Some(i) = s.topology.index_of(o.node()) else { continue };

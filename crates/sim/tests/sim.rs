@@ -51,7 +51,7 @@ fn light_load_on_one_node_costs_the_work_and_the_hops() {
     assert_eq!(st.completion_rate, 1.0);
     let m = Model::default();
     let floor = 10.0 + m.client_ms + 2.0 * m.hop_ms;
-    assert!((st.p50 - floor).abs() < 0.01, "p50 {} vs {floor}", st.p50);
+    assert!(st.p50 >= floor && st.p50 <= floor + m.timer_ms, "p50 {} vs {floor}", st.p50);
 }
 
 #[test]
@@ -64,7 +64,7 @@ fn an_edge_without_room_sends_its_users_across_the_link() {
     assert_eq!((st.completion_rate, st.served_share.clone()), (1.0, vec![0.0, 1.0]));
     let m = Model::default();
     let floor = 40.0 + 5.0 + m.client_ms + 2.0 * (m.hop_ms + m.remote_hop_ms);
-    assert!((st.p50 - floor).abs() < 0.01, "p50 {} vs {floor}", st.p50);
+    assert!(st.p50 >= floor && st.p50 <= floor + m.timer_ms, "p50 {} vs {floor}", st.p50);
 }
 
 #[test]

@@ -429,7 +429,7 @@ impl FakeApi {
             return status(404, "NotFound", &format!("{:?} not found", parts(key).1));
         };
         let patch = scope(&call.body, on_status);
-        merge(obj, &patch);
+        json_patch::merge(obj, &patch);
         obj["metadata"]["resourceVersion"] = json!(self.next_version());
         let manager = call.param("fieldManager").unwrap_or_else(|| "kube-rs".into());
         let mut touched = BTreeSet::new();
@@ -555,7 +555,8 @@ impl FakeApi {
                 remove_path(obj, p);
             }
         }
-        merge(obj, &body);
+        // Maps merge key by key, lists and scalars are replaced (atomic lists, as CRDs' are).
+        json_patch::merge(obj, &body);
         obj["metadata"]["resourceVersion"] = json!(self.next_version());
         let mine = fields.entry(manager).or_default();
         mine.retain(|p| (p.first().map(String::as_str) == Some("status")) != on_status);
@@ -610,22 +611,6 @@ fn without_status(v: &Value) -> Value {
         o.remove("status");
     }
     v
-}
-
-/// RFC 7386: objects merge key by key, `null` removes, anything else replaces.
-pub fn merge(target: &mut Value, patch: &Value) {
-    match (target, patch) {
-        (Value::Object(t), Value::Object(p)) => {
-            for (k, v) in p {
-                if v.is_null() {
-                    t.remove(k);
-                } else {
-                    merge(t.entry(k.clone()).or_insert(Value::Null), v);
-                }
-            }
-        }
-        (t, p) => *t = p.clone(),
-    }
 }
 
 /// The leaf fields of `v`: scalars, lists (owned whole) and empty maps.

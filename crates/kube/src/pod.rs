@@ -7,7 +7,7 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use serde_json::{Value, json};
 
-use crate::crd::{MANAGED_BY, MANAGED_BY_LABEL, NODE_LABEL, REVISION_LABEL};
+use crate::crd::{MANAGED_BY, MANAGED_BY_LABEL, NODE_ANNOTATION, NODE_LABEL, REVISION_LABEL};
 
 /// Port the queue proxy serves requests on (Knative's).
 pub const QUEUE_PORT: u16 = 8012;
@@ -135,6 +135,11 @@ fn short_node(node: &str) -> String {
     format!("{}-{hash:08x}", prefix.trim_end_matches('-'))
 }
 
+/// The longest label value the API server accepts. Node names are DNS subdomains (up to 253
+/// characters): a longer one is labelled by its short form (as in Pod names) and annotated in
+/// full ([`NODE_ANNOTATION`]); a label value too long would make every create fail (422).
+const MAX_LABEL_VALUE: usize = 63;
+
 /// The Pod's `Ready` condition is `True`.
 pub fn pod_ready(p: &Pod) -> bool {
     p.status
@@ -159,7 +164,10 @@ pub fn build_pod(revision: &Revision, p: &PodParams<'_>) -> Result<Pod, String> 
     let ns = revision.metadata.namespace();
     let name = pod_name(revision.name(), p.node, p.index);
     let mut labels = revision_labels(revision);
-    labels.insert(NODE_LABEL.into(), p.node.to_owned());
+    let node_label = if p.node.len() <= MAX_LABEL_VALUE { p.node.to_owned() } else { short_node(p.node) };
+    labels.insert(NODE_LABEL.into(), node_label);
+    let mut annotations = revision.metadata.annotations.clone();
+    annotations.insert(NODE_ANNOTATION.into(), p.node.to_owned());
     labels.insert(INDEX_LABEL.into(), p.index.to_string());
     let user_port = container.port();
 
@@ -348,7 +356,7 @@ pub fn build_pod(revision: &Revision, p: &PodParams<'_>) -> Result<Pod, String> 
             "name": name,
             "namespace": ns,
             "labels": labels,
-            "annotations": revision.metadata.annotations,
+            "annotations": annotations,
             "ownerReferences": [p.owner],
         },
         "spec": pod_spec,
@@ -520,5 +528,11 @@ mod tests {
         let name = pod_name(&"r".repeat(60), "a-very-long-node-name.example.internal", 12);
         assert!(name.len() <= 63, "{name}");
         assert!(name.ends_with("-12"));
+        let long = "worker-01.rack-17.edge-site-frankfurt.k8s.internal.example-corp.net";
+        let pod = build_pod(&revision(""), &PodParams { node: long, ..params() }).unwrap();
+        let meta = &pod.metadata;
+        let label = &meta.labels.as_ref().unwrap()[NODE_LABEL];
+        assert!(label.len() <= MAX_LABEL_VALUE && label.starts_with("worker-01"), "{label}");
+        assert_eq!(meta.annotations.as_ref().unwrap()[NODE_ANNOTATION], long);
     }
 }

@@ -10,11 +10,17 @@ use kube::api::{Api, DeleteParams, PostParams};
 
 use super::apply::Plan;
 use super::{Context, Error, lock};
-use crate::crd::NODE_LABEL;
+use crate::crd::{NODE_ANNOTATION, NODE_LABEL};
 use crate::pod::{INDEX_LABEL, PodParams, build_pod, pod_ready};
 
+/// The node a Pod is pinned to: bound, or (Pending) as its annotation says; Pods created before
+/// the annotation have their node in the label.
 pub(super) fn pod_node(p: &Pod) -> Option<String> {
-    p.spec.as_ref().and_then(|s| s.node_name.clone()).or_else(|| p.labels().get(NODE_LABEL).cloned())
+    p.spec
+        .as_ref()
+        .and_then(|s| s.node_name.clone())
+        .or_else(|| p.annotations().get(NODE_ANNOTATION).cloned())
+        .or_else(|| p.labels().get(NODE_LABEL).cloned())
 }
 
 /// Where an instance Pod is in its life.

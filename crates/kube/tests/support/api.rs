@@ -12,9 +12,9 @@
 //! - server-side apply tracks which manager owns which fields: fields a manager applied before
 //!   and leaves out are removed (unless another manager owns them), and a conflicting field owned
 //!   by another manager is a 409 unless forced;
-//! - Pod creates pass admission: the namespace's Pod Security level
-//!   (`pod-security.kubernetes.io/enforce`), a ResourceQuota that requires limits, and the
-//!   validation of probe ports (422);
+//! - creates are validated (label values, probe ports: 422, [`super::validation`]), and Pod
+//!   creates pass admission: the namespace's Pod Security level
+//!   (`pod-security.kubernetes.io/enforce`) and a ResourceQuota that requires limits;
 //! - TokenReviews answer from the tokens the test issued.
 
 #![allow(dead_code, reason = "each test crate uses part of the fake API server")]
@@ -29,6 +29,7 @@ use k8s_openapi::jiff::Timestamp;
 use serde_json::{Value, json};
 
 use super::psa::{self, Level};
+use super::validation;
 
 /// The controller's clock, driven by hand: monotonic and wall time advance together.
 #[derive(Debug)]
@@ -313,6 +314,11 @@ impl FakeApi {
         let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_owned();
         let key = format!("{}/{name}", call.path);
         let (kind, _, ns) = parts(&key);
+        let invalid = validation::labels(&obj);
+        if !invalid.is_empty() {
+            let what = kind.trim_end_matches('s');
+            return status(422, "Invalid", &format!("{what} {name:?} is invalid: {}", invalid.join(", ")));
+        }
         if kind == "pods"
             && let Err(e) = self.admit_pod(ns.as_deref().unwrap_or("default"), &name, &obj["spec"])
         {
@@ -339,24 +345,7 @@ impl FakeApi {
 
     /// Validation and admission of a Pod create.
     fn admit_pod(&self, namespace: &str, name: &str, spec: &Value) -> Result<(), (u16, Value)> {
-        // Validation: every probe needs a port (a number 1-65535 or a port name).
-        let mut invalid = Vec::new();
-        for (i, c) in spec["containers"].as_array().into_iter().flatten().enumerate() {
-            for probe in ["livenessProbe", "readinessProbe", "startupProbe"] {
-                for action in ["httpGet", "tcpSocket"] {
-                    let a = &c[probe][action];
-                    if a.is_object() {
-                        let port = &a["port"];
-                        let bad = port.is_null() || port.as_u64().is_some_and(|p| p == 0 || p > 65535);
-                        if bad {
-                            invalid.push(format!(
-                                "spec.containers[{i}].{probe}.{action}.port: Invalid value: 0: must be between 1 and 65535, inclusive"
-                            ));
-                        }
-                    }
-                }
-            }
-        }
+        let invalid = validation::probe_ports(spec);
         if !invalid.is_empty() {
             return Err(status(
                 422,

@@ -8,7 +8,8 @@
 //!   ([`FakeApi::finish_terminating`]); unscheduled and Failed/Succeeded Pods go at once; objects
 //!   with finalizers wait for them to be removed;
 //! - merge patches follow RFC 7386 (a map keeps the keys a patch does not mention; `null`
-//!   removes one); status subresources take only `status`, main resources ignore it;
+//!   removes one); one that names a `metadata.resourceVersion` other than the stored one gets 409
+//!   `Conflict`; status subresources take only `status`, main resources ignore it;
 //! - server-side apply tracks which manager owns which fields: fields a manager applied before
 //!   and leaves out are removed (unless another manager owns them), and a conflicting field owned
 //!   by another manager is a 409 unless forced;
@@ -417,6 +418,17 @@ impl FakeApi {
         let Some(obj) = objects.get_mut(key) else {
             return status(404, "NotFound", &format!("{:?} not found", parts(key).1));
         };
+        // Optimistic concurrency: a patch that names the version it was computed from applies
+        // only to that version.
+        let expected = call.body["metadata"]["resourceVersion"].as_str();
+        if expected.is_some() && obj["metadata"]["resourceVersion"].as_str() != expected {
+            let msg = format!(
+                "Operation cannot be fulfilled on {} {:?}: the object has been modified; please apply your changes to the latest version and try again",
+                kind_of(key),
+                parts(key).1
+            );
+            return status(409, "Conflict", &msg);
+        }
         let patch = scope(&call.body, on_status);
         json_patch::merge(obj, &patch);
         obj["metadata"]["resourceVersion"] = json!(self.next_version());

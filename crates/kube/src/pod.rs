@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use ikukantai_api::config::SidecarResources;
 use ikukantai_api::revision::{Revision, child_name};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
@@ -66,16 +67,6 @@ pub mod env {
 /// then still find it serving.
 pub const DRAIN_NOTICE_SECONDS: u64 = 5;
 
-/// The queue-proxy sidecar's resources. Its CPU limit is generous (a throttled sidecar delays
-/// every request) and counts against a namespace's `limits.cpu` quota.
-pub const SIDECAR_CPU_REQUEST: &str = "25m";
-/// See [`SIDECAR_CPU_REQUEST`].
-pub const SIDECAR_MEMORY_REQUEST: &str = "16Mi";
-/// See [`SIDECAR_CPU_REQUEST`].
-pub const SIDECAR_CPU_LIMIT: &str = "1";
-/// See [`SIDECAR_CPU_REQUEST`].
-pub const SIDECAR_MEMORY_LIMIT: &str = "256Mi";
-
 /// A user's probe as the kubelet (liveness) or the sidecar (readiness) gets it. Knative lets an
 /// `httpGet` or `tcpSocket` probe leave its port out, or name it (`http1`, `h2c`): both mean the
 /// user's port, which the Pod names `user-port`; the Kubernetes API refuses a probe without a
@@ -106,6 +97,8 @@ pub struct PodParams<'a> {
     pub queue: &'a str,
     /// Image of the sidecar.
     pub queue_proxy_image: &'a str,
+    /// The sidecar's requests and limits (`config-ikukantai`'s `queue-sidecar-*`).
+    pub sidecar: &'a SidecarResources,
     /// Controller URL for the sidecar's stats.
     pub controller_url: &'a str,
     /// The Placement that owns the Pod.
@@ -282,8 +275,8 @@ pub fn build_pod(revision: &Revision, p: &PodParams<'_>) -> Result<Pod, String> 
         "volumeMounts": [{ "name": TOKEN_VOLUME, "mountPath": crate::auth::TOKEN_DIR, "readOnly": true }],
         // Limits too: a ResourceQuota over limits.* refuses a Pod with a container that has none.
         "resources": {
-            "requests": { "cpu": SIDECAR_CPU_REQUEST, "memory": SIDECAR_MEMORY_REQUEST },
-            "limits": { "cpu": SIDECAR_CPU_LIMIT, "memory": SIDECAR_MEMORY_LIMIT }
+            "requests": { "cpu": p.sidecar.cpu_request, "memory": p.sidecar.memory_request },
+            "limits": { "cpu": p.sidecar.cpu_limit, "memory": p.sidecar.memory_limit }
         },
         // Everything Pod Security `restricted` asks of a container, so the sidecar never is
         // the reason a namespace refuses the Pod.
@@ -383,6 +376,9 @@ mod tests {
         next_revision(&svc, &[]).unwrap()
     }
 
+    static SIDECAR: std::sync::LazyLock<SidecarResources> =
+        std::sync::LazyLock::new(SidecarResources::default);
+
     fn params() -> PodParams<'static> {
         PodParams {
             service: "hello",
@@ -390,6 +386,7 @@ mod tests {
             index: 0,
             queue: "priority",
             queue_proxy_image: "ikukantai:test",
+            sidecar: &SIDECAR,
             controller_url: "http://ctl:9090",
             owner: OwnerReference {
                 api_version: "ikukantai.dev/v1alpha1".into(),

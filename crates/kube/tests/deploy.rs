@@ -47,6 +47,7 @@ fn committed_example_pod_matches_what_the_controller_builds() {
             index: 0,
             queue: "fifo",
             queue_proxy_image: "ikukantai:0.1.0",
+            sidecar: &Default::default(),
             controller_url: "http://ikukantai-controller.ikukantai-system.svc:9090",
             owner: OwnerReference {
                 api_version: "ikukantai.dev/v1alpha1".into(),

@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use ikukantai_api::config::SidecarResources;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::ResourceExt;
@@ -109,6 +110,7 @@ pub(super) async fn converge_pods(
     pods: &[&Arc<Pod>],
     owner: OwnerReference,
     queue_proxy_image: &str,
+    sidecar: &SidecarResources,
     ctx: &Context,
 ) -> Result<Option<String>, Error> {
     let ns = plan.revision.metadata.namespace().to_owned();
@@ -170,6 +172,7 @@ pub(super) async fn converge_pods(
                 index,
                 queue: &plan.queue,
                 queue_proxy_image,
+                sidecar,
                 controller_url: &ctx.settings.controller_url,
                 owner: owner.clone(),
             };

@@ -15,7 +15,8 @@
 //!   by another manager is a 409 unless forced;
 //! - creates are validated (label values, probe ports: 422, [`super::validation`]), and Pod
 //!   creates pass admission: the namespace's Pod Security level
-//!   (`pod-security.kubernetes.io/enforce`) and a ResourceQuota that requires limits;
+//!   (`pod-security.kubernetes.io/enforce`), a ResourceQuota that requires limits and a
+//!   LimitRange's CPU limit-to-request ratio;
 //! - TokenReviews answer from the tokens the test issued.
 
 #![allow(dead_code, reason = "each test crate uses part of the fake API server")]
@@ -121,6 +122,9 @@ pub struct NamespacePolicy {
     /// A ResourceQuota over `limits.*` for these resources (`cpu`, `memory`): every container
     /// must then set those limits.
     pub quota_limits: Vec<&'static str>,
+    /// A LimitRange's `maxLimitRequestRatio` for CPU: no container's CPU limit may exceed its
+    /// request by more.
+    pub cpu_limit_request_ratio: Option<u32>,
 }
 
 /// The fake API server's state.
@@ -381,6 +385,23 @@ impl FakeApi {
                         missing.join("; ")
                     ),
                 ));
+            }
+        }
+        if let Some(max) = policy.cpu_limit_request_ratio {
+            for c in spec["containers"].as_array().into_iter().flatten() {
+                let cpu = |k: &str| c["resources"][k]["cpu"].as_str().map(validation::millicores);
+                if let (Some(limit), Some(request)) = (cpu("limits"), cpu("requests")) {
+                    let ratio = limit / request;
+                    if ratio > f64::from(max) {
+                        return Err(status(
+                            403,
+                            "Forbidden",
+                            &format!(
+                                "pods {name:?} is forbidden: cpu max limit to request ratio per Container is {max}, but provided ratio is {ratio:.6}"
+                            ),
+                        ));
+                    }
+                }
             }
         }
         Ok(())

@@ -1,5 +1,6 @@
 //! The API server's validation of what the controller creates, where a create can fail: label
 //! values, and probe ports. Each returns the API server's messages (`field: Invalid value: …`).
+//! And CPU quantities, as admission reads them.
 
 use serde_json::Value;
 
@@ -47,4 +48,12 @@ pub fn probe_ports(spec: &Value) -> Vec<String> {
         }
     }
     invalid
+}
+
+/// A CPU quantity (`25m`, `1`, `0.5`) in millicores.
+pub fn millicores(q: &str) -> f64 {
+    match q.strip_suffix('m') {
+        Some(m) => m.parse().unwrap(),
+        None => q.parse::<f64>().unwrap() * 1000.0,
+    }
 }

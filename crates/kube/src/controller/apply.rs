@@ -313,7 +313,9 @@ pub(super) async fn apply(ksvc: &KnativeService, ctx: &Context) -> Result<Action
         let placement = ensure_placement(ksvc, plan, ctx).await?;
         let owner = placement.controller_owner_ref(&()).expect("placements have a name");
         let pods: Vec<&Arc<Pod>> = all_pods.iter().filter(|p| of_revision(p, plan.revision.name())).collect();
-        let refusal = converge_pods(&name, plan, &pods, owner, ctx.sidecar_image(&config), ctx).await?;
+        let image = ctx.sidecar_image(&config);
+        let refusal =
+            converge_pods(&name, plan, &pods, owner, image, &config.kubernetes.sidecar, ctx).await?;
         let live_pods: Vec<&Arc<Pod>> = pods.into_iter().filter(|p| live(p)).collect();
         let rev = plan.revision.name();
         if split.iter().any(|t| t.revision == rev) {

@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use ikukantai_api::config::SidecarResources;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::ResourceExt;
@@ -10,11 +11,17 @@ use kube::api::{Api, DeleteParams, PostParams};
 
 use super::apply::Plan;
 use super::{Context, Error, lock};
-use crate::crd::NODE_LABEL;
+use crate::crd::{NODE_ANNOTATION, NODE_LABEL};
 use crate::pod::{INDEX_LABEL, PodParams, build_pod, pod_ready};
 
+/// The node a Pod is pinned to: bound, or (Pending) as its annotation says; Pods created before
+/// the annotation have their node in the label.
 pub(super) fn pod_node(p: &Pod) -> Option<String> {
-    p.spec.as_ref().and_then(|s| s.node_name.clone()).or_else(|| p.labels().get(NODE_LABEL).cloned())
+    p.spec
+        .as_ref()
+        .and_then(|s| s.node_name.clone())
+        .or_else(|| p.annotations().get(NODE_ANNOTATION).cloned())
+        .or_else(|| p.labels().get(NODE_LABEL).cloned())
 }
 
 /// Where an instance Pod is in its life.
@@ -103,6 +110,7 @@ pub(super) async fn converge_pods(
     pods: &[&Arc<Pod>],
     owner: OwnerReference,
     queue_proxy_image: &str,
+    sidecar: &SidecarResources,
     ctx: &Context,
 ) -> Result<Option<String>, Error> {
     let ns = plan.revision.metadata.namespace().to_owned();
@@ -164,6 +172,7 @@ pub(super) async fn converge_pods(
                 index,
                 queue: &plan.queue,
                 queue_proxy_image,
+                sidecar,
                 controller_url: &ctx.settings.controller_url,
                 owner: owner.clone(),
             };

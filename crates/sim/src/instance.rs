@@ -49,7 +49,8 @@ impl World {
     /// The function starts on a request: done after its work and the timer's lateness, which
     /// the queue proxy reports as its processing time.
     fn start_processing(&mut self, req: u32) {
-        let late = if self.model.timer_ms > 0.0 { self.rng.random_range(0.0..self.model.timer_ms) } else { 0.0 };
+        let late =
+            if self.model.timer_ms > 0.0 { self.rng.random_range(0.0..self.model.timer_ms) } else { 0.0 };
         let r = &mut self.requests[req as usize];
         r.work_ms += late;
         let work = ms(r.work_ms);

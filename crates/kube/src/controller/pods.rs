@@ -10,7 +10,7 @@ use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, PostParams};
 
 use super::apply::Plan;
-use super::{Context, Error, lock};
+use super::{Context, Error};
 use crate::crd::{NODE_ANNOTATION, NODE_LABEL};
 use crate::pod::{INDEX_LABEL, PodParams, build_pod, pod_ready};
 
@@ -157,7 +157,7 @@ pub(super) async fn converge_pods(
     }
     let missing =
         plan.desired.iter().any(|(node, &want)| by_node.get(node).map_or(0, Vec::len) < want as usize);
-    if missing && let Some(r) = lock(&ctx.state).refusal(&key, now) {
+    if missing && let Some(r) = ctx.state.lock().refusal(&key, now) {
         return Ok(Some(r.message.clone()));
     }
     for (node, &want) in &plan.desired {
@@ -181,12 +181,12 @@ pub(super) async fn converge_pods(
                     tracing::info!(pod = %pod.name_any(), %node, "creating instance");
                     match api.create(&PostParams::default(), &pod).await {
                         Ok(_) => {
-                            lock(&ctx.state).refused.remove(&key);
+                            ctx.state.lock().refused.remove(&key);
                         }
                         // A create retried on a stale cache: the instance exists.
                         Err(kube::Error::Api(e)) if e.code == 409 => {}
                         Err(kube::Error::Api(e)) if refused(&e) => {
-                            let r = lock(&ctx.state).refuse(key, e.message.clone(), now);
+                            let r = ctx.state.lock().refuse(key, e.message.clone(), now);
                             tracing::warn!(pod = %pod.name_any(), message = %e.message, failures = r.failures,
                                 retry_in = ?r.until.saturating_duration_since(now), "instance refused");
                             return Ok(Some(r.message));

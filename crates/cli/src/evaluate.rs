@@ -52,8 +52,8 @@ fn machine(command: &str) -> String {
 }
 
 /// Writes report.json, report.md and the plots, and prints the Markdown.
-fn write_report(s: Scenario, runs: Vec<SetRun>, machine: String, out: &Path) -> anyhow::Result<()> {
-    let report = Report::new(s, runs, machine);
+fn write_report(s: Scenario, repeats: Vec<Vec<SetRun>>, machine: String, out: &Path) -> anyhow::Result<()> {
+    let report = Report::repeated(s, repeats, machine);
     std::fs::write(out.join("report.json"), serde_json::to_vec_pretty(&report)?)?;
     let mut md = report.markdown();
     match plot::write_all(&report, out) {
@@ -72,14 +72,14 @@ fn write_report(s: Scenario, runs: Vec<SetRun>, machine: String, out: &Path) -> 
 }
 
 /// `ikukantai bench`: a fresh emulated fleet per policy set.
-pub(crate) async fn bench(path: &Path, out: &Path, seed: u64) -> anyhow::Result<ExitCode> {
+pub(crate) async fn bench(path: &Path, out: &Path, seed: u64, runs: u32) -> anyhow::Result<ExitCode> {
     init_logs("warn");
     let s = scenario(path)?;
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let binary = std::env::current_exe()?;
     let work = out.join("fleet-state");
     eprintln!(
-        "scenario {}: {} policy sets × {} levels × {:.0} s each",
+        "scenario {}: {runs} × {} policy sets × {} levels × {:.0} s each",
         s.name,
         s.policies.len(),
         s.load.users.len(),
@@ -93,30 +93,43 @@ pub(crate) async fn bench(path: &Path, out: &Path, seed: u64) -> anyhow::Result<
             let _ = stop_tx.send(true);
         }
     });
-    let mut runs = Vec::new();
-    for name in &s.policies {
-        let set = PolicySet::named(name).context("policy set")?;
-        runs.push(
-            run::run_set(&s, &set, &binary, &work, seed, &Bar, &stop)
-                .await
-                .with_context(|| format!("policy set {name}"))?,
-        );
+    let mut repeats = Vec::new();
+    for run in 0..u64::from(runs) {
+        let mut sets = Vec::new();
+        for name in &s.policies {
+            let set = PolicySet::named(name).context("policy set")?;
+            sets.push(
+                run::run_set(&s, &set, &binary, &work, seed + run, &Bar, &stop)
+                    .await
+                    .with_context(|| format!("policy set {name}"))?,
+            );
+        }
+        repeats.push(sets);
     }
     let _ = std::fs::remove_dir_all(&work);
-    let command = format!("ikukantai bench {} --out {} --seed {seed}", path.display(), out.display());
-    write_report(s, runs, machine(&command), out)?;
+    let command =
+        format!("ikukantai bench {} --out {} --seed {seed} --runs {runs}", path.display(), out.display());
+    write_report(s, repeats, machine(&command), out)?;
     Ok(ExitCode::SUCCESS)
 }
 
 /// `ikukantai sim`: the same scenario in virtual time.
-pub(crate) fn sim(path: &Path, out: &Path, seed: u64) -> anyhow::Result<ExitCode> {
+pub(crate) fn sim(path: &Path, out: &Path, seed: u64, runs: u32) -> anyhow::Result<ExitCode> {
     let s = scenario(path)?;
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let started = std::time::Instant::now();
-    let runs = ikukantai_sim::run(&s, seed, &ikukantai_sim::model::Model::default())?;
-    eprintln!("simulated {} policy sets in {:.2} s", runs.len(), started.elapsed().as_secs_f64());
-    let command = format!("ikukantai sim {} --out {} --seed {seed}", path.display(), out.display());
-    write_report(s, runs, machine(&command), out)?;
+    let model = ikukantai_sim::model::Model::default();
+    let repeats = (0..u64::from(runs))
+        .map(|run| ikukantai_sim::run(&s, seed + run, &model))
+        .collect::<Result<Vec<_>, _>>()?;
+    eprintln!(
+        "simulated {runs} × {} policy sets in {:.2} s",
+        s.policies.len(),
+        started.elapsed().as_secs_f64()
+    );
+    let command =
+        format!("ikukantai sim {} --out {} --seed {seed} --runs {runs}", path.display(), out.display());
+    write_report(s, repeats, machine(&command), out)?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -158,6 +158,10 @@ enum Command {
         /// Seed of the load and the policies.
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Run every policy set this many times (seeds S, S+1, …): the report pools them and
+        /// shows each cell's spread over the runs.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+        runs: u32,
     },
     /// Simulate the policy sets on a scenario in virtual time: the same decisions as the fleet,
     /// modelled links and processing; the same report as `bench`, in seconds, and repeatable.
@@ -176,6 +180,9 @@ enum Command {
         /// Run this many random cases.
         #[arg(long, value_name = "N")]
         sweep: Option<usize>,
+        /// Run every policy set this many times (seeds S, S+1, …), as `bench --runs`.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..), conflicts_with = "sweep")]
+        runs: u32,
     },
     /// Print the CustomResourceDefinitions (Knative Service, Placement) for Kubernetes.
     Crds {
@@ -230,10 +237,12 @@ fn main() -> ExitCode {
             Command::Controller(args) => cluster::controller(args).await,
             Command::Gateway(args) => cluster::gateway(args).await,
             Command::QueueProxy => cluster::queue_proxy().await,
-            Command::Bench { scenario, out, seed } => evaluate::bench(&scenario, &out, seed).await,
-            Command::Sim { scenario, out, seed, sweep } => match (scenario, sweep) {
+            Command::Bench { scenario, out, seed, runs } => {
+                evaluate::bench(&scenario, &out, seed, runs).await
+            }
+            Command::Sim { scenario, out, seed, sweep, runs } => match (scenario, sweep) {
                 (_, Some(count)) => evaluate::sweep(count, &out, seed),
-                (Some(scenario), None) => evaluate::sim(&scenario, &out, seed),
+                (Some(scenario), None) => evaluate::sim(&scenario, &out, seed, runs),
                 (None, None) => unreachable!("clap requires one"),
             },
         }

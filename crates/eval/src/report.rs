@@ -154,9 +154,10 @@ impl Report {
     pub fn repeated(scenario: Scenario, repeats: Vec<Vec<SetRun>>, machine: String) -> Self {
         let per_run: Vec<Report> =
             repeats.iter().map(|runs| Self::new(scenario.clone(), runs.clone(), String::new())).collect();
-        let mut pooled: Vec<SetRun> = repeats.first().cloned().unwrap_or_default();
-        for runs in repeats.iter().skip(1) {
-            for (into, run) in pooled.iter_mut().zip(runs) {
+        let mut repeats = repeats.into_iter();
+        let mut pooled: Vec<SetRun> = repeats.next().unwrap_or_default();
+        for runs in repeats {
+            for (into, run) in pooled.iter_mut().zip(&runs) {
                 for (level, more) in into.levels.iter_mut().zip(&run.levels) {
                     level.samples.extend(more.samples.iter().cloned());
                     level.sent += more.sent;

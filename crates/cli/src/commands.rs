@@ -530,9 +530,40 @@ pub(crate) async fn logs(instance: &str, tail: Option<usize>, api: &ApiArgs) -> 
     Ok(ExitCode::SUCCESS)
 }
 
+/// A scenario of `bench` and `sim` (a mapping with `function` and `load`), not a manifest.
+fn is_scenario(text: &str) -> bool {
+    serde_saphyr::from_str::<serde_json::Value>(text)
+        .is_ok_and(|v| v.get("function").is_some() && v.get("load").is_some())
+}
+
+/// Checks scenario files; returns how many problems were found.
+fn validate_scenarios(scenarios: &[(String, String)]) -> usize {
+    let mut problems = 0;
+    for (file, text) in scenarios {
+        match ikukantai_eval::scenario::Scenario::parse(file, text) {
+            Ok(s) => outln!("ok: {file}: scenario {}", s.name),
+            Err(e) => {
+                eprintln!("{e}");
+                problems += 1;
+            }
+        }
+    }
+    problems
+}
+
 pub(crate) fn validate(files: &[String]) -> anyhow::Result<ExitCode> {
     // Judged as `up` judges them: against the local fleet's defaults.
-    let sources = sources(files)?;
+    let (scenarios, sources): (Vec<_>, Vec<_>) =
+        sources(files)?.into_iter().partition(|(_, t)| is_scenario(t));
+    let bad_scenarios = validate_scenarios(&scenarios);
+    if sources.is_empty() && !scenarios.is_empty() {
+        if bad_scenarios > 0 {
+            eprintln!("{bad_scenarios} problem(s) found");
+            return Ok(ExitCode::FAILURE);
+        }
+        outln!("{} scenario(s) valid", scenarios.len());
+        return Ok(ExitCode::SUCCESS);
+    }
     match load(&sources, &local_defaults()) {
         Ok((docs, _)) if docs.is_empty() => {
             let labels: Vec<&str> = sources.iter().map(|(f, _)| f.as_str()).collect();
@@ -553,14 +584,18 @@ pub(crate) fn validate(files: &[String]) -> anyhow::Result<ExitCode> {
                     );
                 }
             }
-            outln!("{} document(s) valid", docs.len());
+            if bad_scenarios > 0 {
+                eprintln!("{bad_scenarios} problem(s) found");
+                return Ok(ExitCode::FAILURE);
+            }
+            outln!("{} document(s) valid", docs.len() + scenarios.len());
             Ok(ExitCode::SUCCESS)
         }
         Err(problems) => {
             for p in &problems.0 {
                 eprintln!("{p}");
             }
-            eprintln!("{} problem(s) found", problems.0.len());
+            eprintln!("{} problem(s) found", problems.0.len() + bad_scenarios);
             Ok(ExitCode::FAILURE)
         }
     }

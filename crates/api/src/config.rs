@@ -82,15 +82,64 @@ pub struct KubernetesDefaults {
     /// take to become ready before it is failed, unless its
     /// `serving.knative.dev/progress-deadline` annotation says otherwise.
     pub progress_deadline: Duration,
+    /// The queue-proxy sidecar's resources (Knative's `queue-sidecar-*` keys).
+    pub sidecar: SidecarResources,
 }
+
+/// The queue-proxy sidecar's CPU and memory, as Kubernetes quantities: a namespace's
+/// LimitRange (a maximum, or a limit-to-request ratio) may refuse the defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SidecarResources {
+    /// `queue-sidecar-cpu-request` (default `25m`).
+    pub cpu_request: String,
+    /// `queue-sidecar-cpu-limit` (default `1`: a throttled sidecar delays every request).
+    pub cpu_limit: String,
+    /// `queue-sidecar-memory-request` (default `16Mi`).
+    pub memory_request: String,
+    /// `queue-sidecar-memory-limit` (default `256Mi`).
+    pub memory_limit: String,
+}
+
+impl Default for SidecarResources {
+    fn default() -> Self {
+        Self {
+            cpu_request: "25m".into(),
+            cpu_limit: "1".into(),
+            memory_request: "16Mi".into(),
+            memory_limit: "256Mi".into(),
+        }
+    }
+}
+
+/// Whether `v` is a Kubernetes quantity (`250m`, `1`, `0.5`, `128Mi`, `1G`, `1e3`).
+fn is_quantity(v: &str) -> bool {
+    let end = v.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(v.len());
+    let (number, suffix) = v.split_at(end);
+    let number_ok = !number.is_empty() && number != "." && number.matches('.').count() <= 1;
+    let exponent = suffix.strip_prefix(['e', 'E']).is_some_and(|e| {
+        let e = e.strip_prefix(['+', '-']).unwrap_or(e);
+        !e.is_empty() && e.bytes().all(|b| b.is_ascii_digit())
+    });
+    let suffixes = ["", "m", "k", "M", "G", "T", "P", "E", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei"];
+    number_ok && (suffixes.contains(&suffix) || exponent)
+}
+
+/// The domain services are reached under (`{name}.{namespace}.{domain}`) unless `config-ikukantai`
+/// says otherwise: Knative's default.
+pub const DEFAULT_DOMAIN: &str = "example.com";
+
+/// How often gateways measure the RTT to their peers unless told otherwise, on both runtimes
+/// (`probe-interval` in `config-ikukantai`, `ikukantai up --probe-interval`).
+pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_secs(5);
 
 impl Default for KubernetesDefaults {
     fn default() -> Self {
         Self {
             queue_proxy_image: None,
             node_capacity: 10,
-            probe_interval: Duration::from_secs(5),
+            probe_interval: DEFAULT_PROBE_INTERVAL,
             progress_deadline: Duration::from_secs(600),
+            sidecar: SidecarResources::default(),
         }
     }
 }
@@ -98,7 +147,7 @@ impl Default for KubernetesDefaults {
 impl FleetConfig {
     /// Defaults everywhere, domain `example.com`.
     pub fn new() -> Self {
-        Self { domain: "example.com".into(), ..Self::default() }
+        Self { domain: DEFAULT_DOMAIN.into(), ..Self::default() }
     }
 
     /// Applies a `config-autoscaler` or `config-ikukantai` ConfigMap. Errors name the key
@@ -151,6 +200,10 @@ pub const IKUKANTAI_KEYS: &[&str] = &[
     "node-capacity",
     "probe-interval",
     "progress-deadline",
+    "queue-sidecar-cpu-request",
+    "queue-sidecar-cpu-limit",
+    "queue-sidecar-memory-request",
+    "queue-sidecar-memory-limit",
 ];
 
 struct Data<'a> {
@@ -400,10 +453,20 @@ fn apply_ikukantai(c: &mut FleetConfig, data: &BTreeMap<String, String>) -> Resu
             Err(e) => d.fail("progress-deadline", e),
         }
     }
-    if let Some(v) = data.get("progress-deadline") {
-        match crate::annotations::progress_deadline(v) {
-            Ok(x) => next.kubernetes.progress_deadline = x,
-            Err(e) => d.fail("progress-deadline", e),
+    let sidecar = &mut next.kubernetes.sidecar;
+    let resources = [
+        ("queue-sidecar-cpu-request", &mut sidecar.cpu_request),
+        ("queue-sidecar-cpu-limit", &mut sidecar.cpu_limit),
+        ("queue-sidecar-memory-request", &mut sidecar.memory_request),
+        ("queue-sidecar-memory-limit", &mut sidecar.memory_limit),
+    ];
+    for (key, slot) in resources {
+        if let Some(v) = data.get(key) {
+            if is_quantity(v.trim()) {
+                *slot = v.trim().to_owned();
+            } else {
+                d.fail(key, format!("{v:?} is not a Kubernetes quantity (like 250m, 1, 128Mi)"));
+            }
         }
     }
     let result = d.finish();
@@ -491,9 +554,16 @@ mod tests {
                 ("node-capacity", "4"),
                 ("probe-interval", "2s"),
                 ("progress-deadline", "2m"),
+                ("queue-sidecar-cpu-request", "250m"),
+                ("queue-sidecar-memory-limit", "1Gi"),
             ],
         ))
         .unwrap();
+        assert_eq!(
+            (f.kubernetes.sidecar.cpu_request.as_str(), f.kubernetes.sidecar.cpu_limit.as_str()),
+            ("250m", "1")
+        );
+        assert_eq!(f.kubernetes.sidecar.memory_limit, "1Gi");
         assert_eq!(f.kubernetes.progress_deadline, Duration::from_secs(120));
         assert_eq!(f.kubernetes.queue_proxy_image.as_deref(), Some("registry.local/ikukantai:1"));
         assert_eq!(f.kubernetes.node_capacity, 4);
@@ -502,12 +572,30 @@ mod tests {
         let errors = f
             .apply(&cm(
                 "config-ikukantai",
-                &[("node-capacity", "0"), ("probe-interval", "10ms"), ("domain", "x.dev")],
+                &[
+                    ("node-capacity", "0"),
+                    ("probe-interval", "10ms"),
+                    ("domain", "x.dev"),
+                    ("progress-deadline", "soon"),
+                    ("queue-sidecar-cpu-limit", "1 core"),
+                ],
             ))
             .unwrap_err();
         let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert_eq!(text.iter().filter(|e| e.starts_with("data.progress-deadline")).count(), 1, "{text:?}");
+        assert!(text.iter().any(|e| e.starts_with("data.queue-sidecar-cpu-limit")), "{text:?}");
         assert!(text.iter().any(|e| e.starts_with("data.node-capacity")), "{text:?}");
         assert!(text.iter().any(|e| e.contains("data.probe-interval") && e.contains("100ms")), "{text:?}");
         assert_eq!(f, before, "nothing applied");
+    }
+
+    #[test]
+    fn quantities_are_recognised() {
+        for ok in ["25m", "1", "0.5", "128Mi", "1G", "1e3", "2Ki"] {
+            assert!(is_quantity(ok), "{ok}");
+        }
+        for bad in ["", "m", "1 core", "1.2.3", "12mi", "-1", "1e"] {
+            assert!(!is_quantity(bad), "{bad}");
+        }
     }
 }

@@ -320,6 +320,36 @@ impl Topology {
         m
     }
 
+    /// [`Topology::link`] for every ordered pair, row by row (`from * n + to`), in one pass over
+    /// the links rather than one per pair: fleets of hundreds of nodes list many links.
+    pub fn link_table(&self) -> Vec<LinkProperties> {
+        let n = self.nodes.len();
+        let default = LinkProperties { rtt: self.default_rtt.0, jitter: Duration::ZERO, bandwidth: None };
+        let mut table = vec![default; n * n];
+        for i in 0..n {
+            table[i * n + i] =
+                LinkProperties { rtt: Duration::ZERO, jitter: Duration::ZERO, bandwidth: None };
+        }
+        let index: HashMap<&str, usize> =
+            self.nodes.iter().enumerate().map(|(i, x)| (x.name.as_str(), i)).collect();
+        // Reversed, so the first link listed for a pair wins, as in `link`.
+        for l in self.links.iter().rev() {
+            let [a, b] = l.between.as_slice() else { continue };
+            let (Some(&a), Some(&b)) = (index.get(a.as_str()), index.get(b.as_str())) else { continue };
+            if a == b {
+                continue;
+            }
+            let props = LinkProperties {
+                rtt: l.rtt.0,
+                jitter: l.jitter.map_or(Duration::ZERO, |j| j.0),
+                bandwidth: l.bandwidth,
+            };
+            table[a * n + b] = props;
+            table[b * n + a] = props;
+        }
+        table
+    }
+
     /// Capacities by node index.
     pub fn capacities(&self) -> Vec<u32> {
         self.nodes.iter().map(|n| n.capacity).collect()
@@ -330,6 +360,25 @@ impl Topology {
 mod tests {
     use super::*;
     use std::time::Instant;
+
+    #[test]
+    fn the_link_table_is_link_for_every_pair() {
+        let text = "nodes: [{name: a}, {name: b}, {name: c}, {name: d}]\n\
+                    links:\n  - {between: [a, b], rtt: 10ms, jitter: 1ms}\n  - {between: [c, a], rtt: 30ms}\n  \
+                    - {between: [b, a], rtt: 99ms}\n\
+                    default_rtt: 4ms\n";
+        let t: Topology = serde_saphyr::from_str(text).unwrap();
+        let n = t.nodes.len();
+        let table = t.link_table();
+        for a in 0..n {
+            for b in 0..n {
+                assert_eq!(table[a * n + b], t.link(a, b), "{a} → {b}");
+            }
+        }
+        assert_eq!(table[1].rtt, Duration::from_millis(10), "the first link listed wins");
+        let m = t.rtt_matrix(Duration::from_secs(1));
+        assert_eq!(m.get(2, 0, std::time::Instant::now()), 30.0);
+    }
 
     #[test]
     fn demo_is_the_original_three_nodes() {

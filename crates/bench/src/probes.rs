@@ -24,7 +24,7 @@ use ikukantai_policy::estimate::RttMatrix;
 use ikukantai_policy::probe::ProbeParams;
 use tokio::net::TcpListener;
 
-use crate::{cpu_ticks, ticks_per_second};
+use crate::harness::{cpu_ticks, ticks_per_second};
 
 /// How the probes of a round are sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use crate::{HOST, Procs, cpu_ticks, free_port, me, rss_kib, ticks_per_second, wait_for};
+use crate::harness::{HOST, Procs, cpu_ticks, free_port, me, rss_kib, ticks_per_second, wait_for};
 
 /// How many abusive clients of each kind, and for how long each phase runs.
 #[derive(Debug, Clone, Copy)]

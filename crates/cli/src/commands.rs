@@ -4,7 +4,7 @@ use std::io::Read;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
@@ -12,8 +12,8 @@ use http::{Method, Request};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use ikukantai_api::config::FleetConfig;
-use ikukantai_api::duration::parse_duration;
+use ikukantai_api::config::{DEFAULT_PROBE_INTERVAL, FleetConfig};
+use ikukantai_api::duration::{GoDuration, parse_duration};
 use ikukantai_api::parse::{Document, load};
 use ikukantai_api::service::Service;
 use ikukantai_api::topology::Topology;
@@ -57,13 +57,18 @@ pub(crate) struct UpArgs {
     #[arg(long, default_value_t = 9090)]
     admin_port: u16,
     /// How often nodes measure their RTT to each other.
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
-    probe_interval: Duration,
+    #[arg(long, default_value_t = GoDuration(DEFAULT_PROBE_INTERVAL), value_parser = parse_go_duration)]
+    probe_interval: GoDuration,
     /// Seed of every policy's random choices.
     #[arg(long, default_value_t = 1)]
     seed: u64,
     #[command(flatten)]
     edge: EdgeArgs,
+}
+
+/// `--probe-interval`: a duration like `5s`, kept as a `GoDuration` so its default prints the same.
+fn parse_go_duration(text: &str) -> Result<GoDuration, String> {
+    parse_duration(text).map(GoDuration)
 }
 
 /// The gateway's policy towards clients, as flags of `ikukantai up` and `ikukantai gateway`
@@ -174,7 +179,7 @@ pub(crate) async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         config,
         gateway_port: args.gateway_port,
         admin_port: args.admin_port,
-        probe_interval: args.probe_interval,
+        probe_interval: args.probe_interval.0,
         seed: args.seed,
         memory_release: Some(MemoryRelease::new(ikukantai_alloc::release_freed)),
         edge: args.edge.policy(true),
@@ -531,9 +536,40 @@ pub(crate) async fn logs(instance: &str, tail: Option<usize>, api: &ApiArgs) -> 
     Ok(ExitCode::SUCCESS)
 }
 
+/// A scenario of `bench` and `sim` (a mapping with `function` and `load`), not a manifest.
+fn is_scenario(text: &str) -> bool {
+    serde_saphyr::from_str::<serde_json::Value>(text)
+        .is_ok_and(|v| v.get("function").is_some() && v.get("load").is_some())
+}
+
+/// Checks scenario files; returns how many problems were found.
+fn validate_scenarios(scenarios: &[(String, String)]) -> usize {
+    let mut problems = 0;
+    for (file, text) in scenarios {
+        match ikukantai_eval::scenario::Scenario::parse(file, text) {
+            Ok(s) => outln!("ok: {file}: scenario {}", s.name),
+            Err(e) => {
+                eprintln!("{e}");
+                problems += 1;
+            }
+        }
+    }
+    problems
+}
+
 pub(crate) fn validate(files: &[String]) -> anyhow::Result<ExitCode> {
     // Judged as `up` judges them: against the local fleet's defaults.
-    let sources = sources(files)?;
+    let (scenarios, sources): (Vec<_>, Vec<_>) =
+        sources(files)?.into_iter().partition(|(_, t)| is_scenario(t));
+    let bad_scenarios = validate_scenarios(&scenarios);
+    if sources.is_empty() && !scenarios.is_empty() {
+        if bad_scenarios > 0 {
+            eprintln!("{bad_scenarios} problem(s) found");
+            return Ok(ExitCode::FAILURE);
+        }
+        outln!("{} scenario(s) valid", scenarios.len());
+        return Ok(ExitCode::SUCCESS);
+    }
     match load(&sources, &local_defaults()) {
         Ok((docs, _)) if docs.is_empty() => {
             let labels: Vec<&str> = sources.iter().map(|(f, _)| f.as_str()).collect();
@@ -554,14 +590,18 @@ pub(crate) fn validate(files: &[String]) -> anyhow::Result<ExitCode> {
                     );
                 }
             }
-            outln!("{} document(s) valid", docs.len());
+            if bad_scenarios > 0 {
+                eprintln!("{bad_scenarios} problem(s) found");
+                return Ok(ExitCode::FAILURE);
+            }
+            outln!("{} document(s) valid", docs.len() + scenarios.len());
             Ok(ExitCode::SUCCESS)
         }
         Err(problems) => {
             for p in &problems.0 {
                 eprintln!("{p}");
             }
-            eprintln!("{} problem(s) found", problems.0.len());
+            eprintln!("{} problem(s) found", problems.0.len() + bad_scenarios);
             Ok(ExitCode::FAILURE)
         }
     }
@@ -580,95 +620,4 @@ pub(crate) fn policies() {
     for (name, summary) in registry::QUEUES {
         outln!("  {name:<10} {summary}");
     }
-}
-
-struct Bar;
-
-impl ikukantai_eval::run::Progress for Bar {
-    fn update(&self, set: &str, users: u32, phase: &str, done: f64, total: f64) {
-        let width = 30;
-        let filled = ((done / total.max(1e-9)) * width as f64).round() as usize;
-        eprint!(
-            "\r[{set:<9}] {users:>4} users/origin  {phase:<7} [{}{}] {done:>4.0}/{total:.0} s ",
-            "#".repeat(filled.min(width)),
-            "-".repeat(width - filled.min(width))
-        );
-        if done >= total {
-            eprintln!();
-        }
-    }
-}
-
-pub(crate) async fn bench(
-    scenario: &std::path::Path,
-    out: &std::path::Path,
-    seed: u64,
-) -> anyhow::Result<ExitCode> {
-    init_logs("warn");
-    use ikukantai_eval::{
-        plot,
-        report::Report,
-        run,
-        scenario::{PolicySet, Scenario},
-    };
-    let file = scenario.display().to_string();
-    let text = std::fs::read_to_string(scenario).with_context(|| format!("cannot read {file}"))?;
-    let s = Scenario::parse(&file, &text)?;
-    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
-    let binary = std::env::current_exe()?;
-    let work = out.join("fleet-state");
-    eprintln!(
-        "scenario {}: {} policy sets × {} levels × {:.0} s each",
-        s.name,
-        s.policies.len(),
-        s.load.users.len(),
-        (s.load.warmup.0 + s.load.duration.0).as_secs_f64()
-    );
-    // Ctrl-C stops the run and every instance it started.
-    let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            eprintln!("\ninterrupted: stopping the fleet…");
-            let _ = stop_tx.send(true);
-        }
-    });
-    let mut runs = Vec::new();
-    for name in &s.policies {
-        let set = PolicySet::named(name).context("policy set")?;
-        runs.push(
-            run::run_set(&s, &set, &binary, &work, seed, &Bar, &stop)
-                .await
-                .map_err(|e| anyhow::anyhow!("{name}: {e}"))?,
-        );
-    }
-    let _ = std::fs::remove_dir_all(&work);
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
-        })
-        .unwrap_or_default();
-    let machine = format!(
-        "{} CPUs ({cpu}), command `ikukantai bench {file} --out {} --seed {seed}`",
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-        out.display()
-    );
-    let report = Report::new(s, runs, machine);
-    std::fs::write(out.join("report.json"), serde_json::to_vec_pretty(&report)?)?;
-    let mut md = report.markdown();
-    match plot::write_all(&report, out) {
-        Ok(files) => {
-            md += "\n## Plots\n\n";
-            for f in files.iter().filter(|f| f.ends_with(".png")) {
-                md += &format!("![{f}]({f})\n");
-            }
-        }
-        Err(e) => eprintln!("warning: no plots: {e}"),
-    }
-    std::fs::write(out.join("report.md"), &md)?;
-    outln!("{md}");
-    outln!("written: {}/report.json, report.md and plots", out.display());
-    Ok(ExitCode::SUCCESS)
 }

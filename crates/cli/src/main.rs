@@ -3,6 +3,7 @@
 mod client;
 mod cluster;
 mod commands;
+mod evaluate;
 mod function;
 mod out;
 
@@ -161,6 +162,31 @@ enum Command {
         /// Seed of the load and the policies.
         #[arg(long, default_value_t = 1)]
         seed: u64,
+        /// Run every policy set this many times (seeds S, S+1, …): the report pools them and
+        /// shows each cell's spread over the runs.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+        runs: u32,
+    },
+    /// Simulate the policy sets on a scenario in virtual time: the same decisions as the fleet,
+    /// modelled links and processing; the same report as `bench`, in seconds, and repeatable.
+    /// With `--sweep N`, N random edge–cloud cases instead, `ours` against the baselines.
+    Sim {
+        /// Scenario file (see bench/*.yaml); not with `--sweep`.
+        #[arg(required_unless_present = "sweep", conflicts_with = "sweep")]
+        scenario: Option<PathBuf>,
+        /// Output directory (report.json, report.md, plots; or sweep.md, sweep.json and the worst
+        /// cases as scenario files).
+        #[arg(long)]
+        out: PathBuf,
+        /// Seed of the load, the links and the policies (and of the sweep's cases).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Run this many random cases.
+        #[arg(long, value_name = "N")]
+        sweep: Option<usize>,
+        /// Run every policy set this many times (seeds S, S+1, …), as `bench --runs`.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..), conflicts_with = "sweep")]
+        runs: u32,
     },
     /// Print the CustomResourceDefinitions (Knative Service, Placement) for Kubernetes.
     Crds {
@@ -215,7 +241,14 @@ fn main() -> ExitCode {
             Command::Controller(args) => cluster::controller(args).await,
             Command::Gateway(args) => cluster::gateway(args).await,
             Command::QueueProxy => cluster::queue_proxy().await,
-            Command::Bench { scenario, out, seed } => commands::bench(&scenario, &out, seed).await,
+            Command::Bench { scenario, out, seed, runs } => {
+                evaluate::bench(&scenario, &out, seed, runs).await
+            }
+            Command::Sim { scenario, out, seed, sweep, runs } => match (scenario, sweep) {
+                (_, Some(count)) => evaluate::sweep(count, &out, seed),
+                (Some(scenario), None) => evaluate::sim(&scenario, &out, seed, runs),
+                (None, None) => unreachable!("clap requires one"),
+            },
         }
     });
     result.unwrap_or_else(|e| {

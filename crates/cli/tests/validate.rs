@@ -141,3 +141,33 @@ fn a_reader_that_goes_away_ends_output_quietly() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(out.stderr.is_empty(), "{}", text(&out.stderr));
 }
+
+#[test]
+fn scenarios_validate_and_a_bad_one_is_named_by_its_field() {
+    let mut args = vec!["validate"];
+    let mut files = Vec::new();
+    for dir in ["bench", "bench/sweep"] {
+        for e in std::fs::read_dir(repo_root().join(dir)).unwrap() {
+            let name = e.unwrap().file_name().to_string_lossy().into_owned();
+            if name.ends_with(".yaml") {
+                files.push(format!("{dir}/{name}"));
+            }
+        }
+    }
+    assert!(files.len() >= 6, "{files:?}");
+    for f in &files {
+        args.extend(["-f", f.as_str()]);
+    }
+    let out = ikukantai(&args);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("ok: bench/uneven-edges.yaml: scenario uneven-edges"));
+    let dir = std::env::temp_dir().join(format!("ikukantai-scenario-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.yaml");
+    let text_in = std::fs::read_to_string(repo_root().join("bench/smoke.yaml")).unwrap();
+    std::fs::write(&bad, text_in.replace("origins: [node1, node3]", "origins: [node1, nowhere]")).unwrap();
+    let out = ikukantai(&["validate", "-f", bad.to_str().unwrap()]);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("load.origins[1]: unknown node \"nowhere\""), "{}", text(&out.stderr));
+}

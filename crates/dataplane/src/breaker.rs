@@ -2,10 +2,11 @@
 //! core: the queue proxy's containerConcurrency. (The gateway's activator queue is its own: it
 //! waits for the balancer to pick an instance, not for a slot of one limit.)
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 
 use ikukantai_policy::queue::{QueueDiscipline, RequestMeta};
+use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
 /// The queue is full.
@@ -64,24 +65,20 @@ impl Breaker {
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Requests holding a permit.
     pub(crate) fn in_flight(&self) -> u32 {
-        self.lock().in_flight
+        self.state.lock().in_flight
     }
 
     /// Requests waiting.
     pub(crate) fn waiting(&self) -> usize {
-        self.lock().waiting.len()
+        self.state.lock().waiting.len()
     }
 
     /// Takes a permit now, or a place in the queue (`meta` describes the request to the
     /// discipline; its `id` is replaced), or fails at once when the queue is full.
     pub(crate) fn enter(self: &Arc<Self>, meta: &RequestMeta<'_>) -> Result<Ticket, QueueFull> {
-        let mut s = self.lock();
+        let mut s = self.state.lock();
         if self.capacity == 0 || (s.in_flight < self.capacity && s.waiting.is_empty()) {
             s.in_flight += 1;
             return Ok(Ticket { breaker: self.clone(), id: 0, rx: None, used: false });
@@ -96,7 +93,7 @@ impl Breaker {
     }
 
     fn release(&self) {
-        let mut s = self.lock();
+        let mut s = self.state.lock();
         // Hand the slot straight to the next live waiter; the in-flight count stays the same.
         while let Some(next) = s.waiting.pop() {
             if next.send(()).is_ok() {
@@ -146,7 +143,7 @@ impl Drop for Ticket {
             self.breaker.release();
             return;
         };
-        let mut s = self.breaker.lock();
+        let mut s = self.breaker.state.lock();
         if s.waiting.remove(self.id).is_none() && rx.try_recv().is_ok() {
             // The slot was handed over just as we gave up: pass it on.
             drop(s);
@@ -187,7 +184,7 @@ mod tests {
                 let h = Vec::new();
                 let t = b.enter(&meta(&h)).unwrap();
                 let p = t.wait().await;
-                order.lock().unwrap().push(i);
+                order.lock().push(i);
                 drop(p);
             }));
             tokio::task::yield_now().await;
@@ -198,7 +195,7 @@ mod tests {
         for w in waiters {
             w.await.unwrap();
         }
-        assert_eq!(*order.lock().unwrap(), [0, 1]);
+        assert_eq!(*order.lock(), [0, 1]);
         assert_eq!(b.in_flight(), 0);
     }
 

@@ -7,9 +7,11 @@
 //! - [`monitor`]: a gateway's latency monitor (probes planned per node, spread over time);
 //! - [`metrics`]: Prometheus metrics of both; [`headers`]: what they say to each other;
 //! - [`edge`]: what the gateway believes of clients and lets through (upgrades, forwarding
-//!   headers, its own response headers, quiet tunnels).
+//!   headers, its own response headers, quiet tunnels);
+//! - [`defaults`]: the limits both runtimes apply (queue depth, head and body sizes).
 
 mod breaker;
+pub mod defaults;
 pub mod edge;
 pub mod gateway;
 pub mod headers;

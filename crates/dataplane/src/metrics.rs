@@ -1,9 +1,9 @@
 //! Prometheus metrics of the gateway and the queue proxy (text format at `/metrics` on their admin
 //! listeners). Names and labels are documented in `docs/metrics.md`.
 
-use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
 
+use parking_lot::Mutex;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -366,7 +366,7 @@ impl<K: PartialEq> OutcomeHandles<K> {
     /// Counts one request with outcome `key` that took `seconds`; `resolve` gives the handles
     /// the first time `key` is seen.
     pub fn record(&self, key: K, seconds: f64, resolve: impl FnOnce() -> (Counter, Histogram)) {
-        let mut list = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut list = self.0.lock();
         let at = match list.iter().position(|(k, ..)| *k == key) {
             Some(at) => at,
             None => {
@@ -414,7 +414,7 @@ mod tests {
             });
         }
         assert_eq!(resolved, 2);
-        let list = handles.0.lock().unwrap();
+        let list = handles.0.lock();
         let counts: Vec<(u16, u64)> = list.iter().map(|(k, c, _)| (*k, c.get())).collect();
         assert_eq!(counts, vec![(200, 3), (503, 1)]);
     }

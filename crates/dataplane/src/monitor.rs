@@ -11,12 +11,13 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::ops::Deref;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use ikukantai_link::connect::{ProbeConnection, probe_with};
 use ikukantai_policy::estimate::{Coordinate, NodeIndex};
 use ikukantai_policy::probe::{PlannedProbe, ProbeReason};
+use parking_lot::Mutex;
 
 use crate::gateway::Gateway;
 use crate::headers::COORDINATE_HEADER;
@@ -77,7 +78,7 @@ where
         if now >= next_round {
             // A pair measured every other round keeps its connection; one not needed any more
             // lets it go.
-            lock(&kept).retain(|_, (_, used)| now.saturating_duration_since(*used) < interval * 3);
+            kept.lock().retain(|_, (_, used)| now.saturating_duration_since(*used) < interval * 3);
             let nodes = known(&mut addrs);
             queue.extend(gateway.plan_probes(now, &nodes));
             queue.sort_by_key(|p| std::cmp::Reverse(p.at));
@@ -103,10 +104,6 @@ where
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// One probe to send.
 struct Probe<G> {
     gateway: G,
@@ -121,7 +118,7 @@ impl<G: Deref<Target = Gateway>> Probe<G> {
     /// `on_measured`.
     async fn send<S: Fn(&Measurement)>(self, kept: Kept, on_measured: S) {
         let Self { gateway, from, to, admin, reason } = self;
-        let reuse = lock(&kept).remove(&to).map(|(c, _)| c);
+        let reuse = kept.lock().remove(&to).map(|(c, _)| c);
         let connector = gateway.connector(to);
         let Some((reply, conn)) = probe_with(reuse, &connector, admin).await else {
             tracing::debug!(to, %admin, "probe unanswered");
@@ -129,7 +126,7 @@ impl<G: Deref<Target = Gateway>> Probe<G> {
         };
         let at = Instant::now();
         if reason != ProbeReason::Explore {
-            lock(&kept).insert(to, (conn, at));
+            kept.lock().insert(to, (conn, at));
         }
         let peer: Option<Coordinate> =
             reply.headers.get(COORDINATE_HEADER).and_then(|v| v.to_str().ok()).and_then(|s| s.parse().ok());

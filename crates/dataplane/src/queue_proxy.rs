@@ -45,6 +45,7 @@ use crate::metrics::{
 use crate::recycling_timer::RecyclingTimer;
 use crate::stats::RequestStats;
 use ikukantai_http::body::{Body, Deadlines, Guarded, boxed, error_response, full};
+use ikukantai_http::error::chain;
 use ikukantai_http::h1::{Handler, RequestBody};
 use ikukantai_http::peer::Peer;
 use ikukantai_http::pool::{Forwarding, Upstream};
@@ -182,7 +183,7 @@ pub enum QueueProxyError {
     #[error(transparent)]
     Policy(#[from] ikukantai_policy::registry::UnknownPolicy),
     /// Listener problem.
-    #[error("queue proxy listener: {0}")]
+    #[error("queue proxy listener")]
     Io(#[from] std::io::Error),
 }
 
@@ -503,14 +504,14 @@ impl Handler for InnerRef {
             Some(Ok(r)) => r,
             Some(Err(app::Failure::Upstream(e))) if client_body_failed(&e) => {
                 guard.code = 400;
-                return self.reject(StatusCode::BAD_REQUEST, "bad_request", e.to_string());
+                return self.reject(StatusCode::BAD_REQUEST, "bad_request", chain(&e));
             }
             Some(Err(app::Failure::Upstream(e))) => {
                 guard.code = 502;
                 return self.reject(
                     StatusCode::BAD_GATEWAY,
                     "upstream",
-                    format!("instance {} did not answer: {e}", config.instance),
+                    format!("instance {} did not answer: {}", config.instance, chain(&e)),
                 );
             }
             Some(Err(app::Failure::Draining)) => {

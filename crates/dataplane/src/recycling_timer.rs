@@ -15,9 +15,10 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use parking_lot::Mutex;
 use pin_project_lite::pin_project;
 
 /// Sleeps kept for reuse at most (each is a boxed tokio sleep, about a hundred bytes).
@@ -42,7 +43,7 @@ impl RecyclingTimer {
     /// A sleep until `deadline`, from the pool if it has one.
     fn take(&self, deadline: tokio::time::Instant) -> RecycledSleep {
         // Popped in a statement of its own, so that the lock is not held while tokio re-files.
-        let recycled = lock(&self.pool).pop();
+        let recycled = self.pool.lock().pop();
         let sleep = match recycled {
             Some(mut sleep) => {
                 sleep.as_mut().reset(deadline);
@@ -56,12 +57,8 @@ impl RecyclingTimer {
     /// Sleeps waiting in the pool (for tests).
     #[cfg(test)]
     fn pooled(&self) -> usize {
-        lock(&self.pool).len()
+        self.pool.lock().len()
     }
-}
-
-fn lock(pool: &Pool) -> MutexGuard<'_, Vec<Pin<Box<tokio::time::Sleep>>>> {
-    pool.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A sleep that goes back to its timer's pool when dropped.
@@ -108,7 +105,7 @@ impl<F: Future> Future for Timeout<F> {
 impl Drop for RecycledSleep {
     fn drop(&mut self) {
         if let Some(sleep) = self.sleep.take() {
-            let mut pool = lock(&self.pool);
+            let mut pool = self.pool.lock();
             if pool.len() < POOL_MAX {
                 pool.push(sleep);
             }

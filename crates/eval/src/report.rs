@@ -82,6 +82,23 @@ pub struct Row {
     pub stats: Stats,
 }
 
+/// One cell over repeated runs: each run's value, in run order.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SpreadRow {
+    /// Policy set.
+    pub set: String,
+    /// Users per origin.
+    pub users: u32,
+    /// Origin node name, or "all".
+    pub origin: String,
+    /// p50 per run (ms).
+    pub p50: Vec<f64>,
+    /// p90 per run (ms).
+    pub p90: Vec<f64>,
+    /// Share served at the origin, per run.
+    pub local: Vec<f64>,
+}
+
 /// The whole report.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
@@ -95,6 +112,9 @@ pub struct Report {
     pub runs: Vec<SetRun>,
     /// Machine and command, for the record.
     pub machine: String,
+    /// With repeated runs: every cell's value in each run (the rows pool the runs).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub spread: Vec<SpreadRow>,
 }
 
 impl Report {
@@ -105,7 +125,7 @@ impl Report {
             .load
             .origins
             .iter()
-            .filter_map(|o| Some((o.clone(), scenario.topology.index_of(o)?)))
+            .filter_map(|o| Some((o.node().to_owned(), scenario.topology.index_of(o.node())?)))
             .collect();
         let mut rows = Vec::new();
         for run in &runs {
@@ -126,7 +146,52 @@ impl Report {
                 }
             }
         }
-        Self { scenario, nodes, rows, runs, machine }
+        Self { scenario, nodes, rows, runs, machine, spread: Vec::new() }
+    }
+
+    /// A report over repeated runs (`repeats[k]` = run k's sets): the rows pool every run's
+    /// samples, and [`Report::spread`] keeps each run's value of every cell.
+    pub fn repeated(scenario: Scenario, repeats: Vec<Vec<SetRun>>, machine: String) -> Self {
+        let per_run: Vec<Report> =
+            repeats.iter().map(|runs| Self::new(scenario.clone(), runs.clone(), String::new())).collect();
+        let mut repeats = repeats.into_iter();
+        let mut pooled: Vec<SetRun> = repeats.next().unwrap_or_default();
+        for runs in repeats {
+            for (into, run) in pooled.iter_mut().zip(&runs) {
+                for (level, more) in into.levels.iter_mut().zip(&run.levels) {
+                    level.samples.extend(more.samples.iter().cloned());
+                    level.sent += more.sent;
+                    level.seconds += more.seconds;
+                }
+            }
+        }
+        let mut report = Self::new(scenario, pooled, machine);
+        if per_run.len() > 1 {
+            report.spread = report
+                .rows
+                .iter()
+                .map(|row| {
+                    let cells: Vec<&Stats> = per_run
+                        .iter()
+                        .filter_map(|r| {
+                            r.rows
+                                .iter()
+                                .find(|x| x.set == row.set && x.users == row.users && x.origin == row.origin)
+                                .map(|x| &x.stats)
+                        })
+                        .collect();
+                    SpreadRow {
+                        set: row.set.clone(),
+                        users: row.users,
+                        origin: row.origin.clone(),
+                        p50: cells.iter().map(|c| c.p50).collect(),
+                        p90: cells.iter().map(|c| c.p90).collect(),
+                        local: cells.iter().map(|c| c.local_share).collect(),
+                    }
+                })
+                .collect();
+        }
+        report
     }
 
     /// The Markdown report.
@@ -136,7 +201,7 @@ impl Report {
         out += &format!(
             "Load: {} users per origin on {} at {} req/s each (Poisson), warm-up {}, measured {}, timeout {}. Function: {}–{} per request, containerConcurrency {}, target {}, window {}.\n\nMachine: {}\n\n",
             s.load.users.iter().map(ToString::to_string).collect::<Vec<_>>().join(" / "),
-            s.load.origins.join(", "),
+            s.load.origins.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
             s.load.rate_per_user,
             s.load.warmup,
             s.load.duration,
@@ -172,6 +237,67 @@ impl Report {
                 per_node.join(", ")
             );
         }
+        if !self.spread.is_empty() {
+            let runs = self.spread[0].p50.len();
+            out += &format!(
+                "\n## Spread over {runs} runs\n\nThe rows above pool every run; here each run's value, in run order.\n\n\
+                 | set | users/origin | origin | p50 ms per run | p90 ms per run | local per run |\n|---|---|---|---|---|---|\n"
+            );
+            let list = |v: &[f64], scale: f64| {
+                v.iter().map(|x| format!("{:.1}", x * scale)).collect::<Vec<_>>().join(" / ")
+            };
+            for r in &self.spread {
+                out += &format!(
+                    "| {} | {} | {} | {} | {} | {} |\n",
+                    r.set,
+                    r.users,
+                    r.origin,
+                    list(&r.p50, 1.0),
+                    list(&r.p90, 1.0),
+                    list(&r.local, 100.0)
+                );
+            }
+        }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::run::{LevelRun, Sample};
+    use crate::scenario::PolicySet;
+
+    fn scenario() -> Scenario {
+        let text = "name: t\ntopology: {nodes: [{name: a}, {name: b}]}\n\
+                    function: {work: [1ms, 2ms], target: 1, window: 6s}\n\
+                    load: {origins: [a], users: [1], rate_per_user: 1, warmup: 1s, duration: 2s, timeout: 1s}\n\
+                    policies: [ours]\n";
+        Scenario::parse("t.yaml", text).unwrap()
+    }
+
+    fn run(latencies: &[f64], served: usize) -> Vec<SetRun> {
+        let samples = latencies
+            .iter()
+            .map(|&l| Sample { origin: 0, latency_ms: Some(l), served: Some(served), at: 0.0 })
+            .collect::<Vec<_>>();
+        let level = LevelRun { users: 1, sent: samples.len(), samples, seconds: 2.0 };
+        vec![SetRun { set: PolicySet::named("ours").unwrap(), levels: vec![level] }]
+    }
+
+    #[test]
+    fn repeated_runs_pool_their_samples_and_keep_each_runs_cells() {
+        let report = Report::repeated(
+            scenario(),
+            vec![run(&[1.0, 2.0, 3.0], 0), run(&[10.0, 20.0, 30.0], 1)],
+            String::new(),
+        );
+        let all = report.rows.iter().find(|r| r.origin == "all").unwrap();
+        assert_eq!((all.stats.requests, all.stats.throughput), (6, 1.5), "six samples over 2 × 2 s");
+        let spread = report.spread.iter().find(|r| r.origin == "a").unwrap();
+        assert_eq!((spread.p50.clone(), spread.local.clone()), (vec![2.0, 20.0], vec![1.0, 0.0]));
+        assert!(report.markdown().contains("| ours | 1 | a | 2.0 / 20.0 |"), "{}", report.markdown());
+        let single = Report::repeated(scenario(), vec![run(&[1.0], 0)], String::new());
+        assert!(single.spread.is_empty() && !single.markdown().contains("Spread"));
     }
 }

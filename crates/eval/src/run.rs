@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -11,9 +11,10 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use ikukantai_api::config::{ConfigMap, FleetConfig};
+use ikukantai_api::config::FleetConfig;
 use ikukantai_dataplane::gateway::EdgePolicy;
 use ikukantai_fleet::fleet::{Fleet, FleetOptions};
+use parking_lot::Mutex;
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 use rand_distr::{Distribution, Exp};
@@ -30,6 +31,9 @@ pub struct Sample {
     pub latency_ms: Option<f64>,
     /// Serving node index, when known.
     pub served: Option<usize>,
+    /// When it was sent, in seconds since the policy set's load began (for time series).
+    #[serde(default)]
+    pub at: f64,
 }
 
 /// Everything measured for one policy set at one load level.
@@ -63,7 +67,9 @@ fn free_port_on(ips: &[std::net::IpAddr]) -> std::io::Result<u16> {
     }
 }
 
-fn manifest(s: &Scenario, set: &PolicySet, binary: &Path) -> String {
+/// The Service a scenario deploys for a policy set; `binary` serves it (`function hello`). The
+/// simulator reads its revision from the same text.
+pub fn manifest(s: &Scenario, set: &PolicySet, binary: &Path) -> String {
     format!(
         r#"apiVersion: serving.knative.dev/v1
 kind: Service
@@ -93,10 +99,44 @@ spec:
     )
 }
 
+/// The fleet configuration of every scenario: zero initial scale allowed, a short scale-to-zero
+/// grace ([`SCALE_TO_ZERO_GRACE`]).
+pub fn fleet_config() -> FleetConfig {
+    let mut config = FleetConfig::new();
+    config.autoscaler.allow_zero_initial_scale = true;
+    config.autoscaler.scale_to_zero_grace_period = SCALE_TO_ZERO_GRACE;
+    config
+}
+
+/// How long a scenario waits after deploying before the first level, so the monitor has measured.
+pub const SETTLE: Duration = Duration::from_millis(1500);
+
 /// Progress reporting.
 pub trait Progress: Send + Sync {
     /// `set`, `level` (users), `phase` ("warm-up"/"measure"), `done`/`total` seconds.
     fn update(&self, set: &str, users: u32, phase: &str, done: f64, total: f64);
+}
+
+/// How often a scenario's nodes measure their RTTs: five times as often as by default, for runs
+/// far shorter than a fleet's usual life.
+pub const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long a revision stays at its last instance once idle (Knative's default is 30 s): short,
+/// so that a run or a round starts again from zero instances soon after the last one.
+pub const SCALE_TO_ZERO_GRACE: Duration = Duration::from_secs(1);
+
+/// Why a policy set could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// No port free on every node's address.
+    #[error("no free port for the fleet")]
+    Port(#[source] std::io::Error),
+    /// The fleet did not start, or refused the scenario's service.
+    #[error(transparent)]
+    Fleet(#[from] ikukantai_fleet::fleet::FleetError),
+    /// Stopped by Ctrl-C.
+    #[error("interrupted")]
+    Interrupted,
 }
 
 /// Runs one policy set over all levels; stops early (and cleans up) when `stop` turns true.
@@ -108,15 +148,8 @@ pub async fn run_set(
     seed: u64,
     progress: &dyn Progress,
     stop: &tokio::sync::watch::Receiver<bool>,
-) -> Result<SetRun, String> {
-    let mut config = FleetConfig::new();
-    config.autoscaler.allow_zero_initial_scale = true;
-    let cm: ConfigMap = serde_json::from_value(serde_json::json!({
-        "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "config-autoscaler"},
-        "data": {"scale-to-zero-grace-period": "1s"}
-    }))
-    .map_err(|e| e.to_string())?;
-    config.apply(&cm).map_err(|e| format!("{e:?}"))?;
+) -> Result<SetRun, RunError> {
+    let config = fleet_config();
     let n = s.topology.nodes.len();
     let ips: Vec<_> = (0..n).map(ikukantai_fleet::fleet::node_ip).collect();
     let state_dir = work_dir.join(&set.name);
@@ -125,9 +158,9 @@ pub async fn run_set(
         state_dir,
         topology: s.topology.clone(),
         config,
-        gateway_port: free_port_on(&ips).map_err(|e| e.to_string())?,
-        admin_port: free_port_on(&ips).map_err(|e| e.to_string())?,
-        probe_interval: Duration::from_secs(1),
+        gateway_port: free_port_on(&ips).map_err(RunError::Port)?,
+        admin_port: free_port_on(&ips).map_err(RunError::Port)?,
+        probe_interval: PROBE_INTERVAL,
         seed,
         // The scenarios' queues stay far shallower than where releasing starts.
         memory_release: None,
@@ -135,15 +168,13 @@ pub async fn run_set(
         edge: EdgePolicy { internal_headers: true, ..EdgePolicy::default() },
         holder: format!("ikukantai bench, policy set {}", set.name),
     })
-    .await
-    .map_err(|e| e.to_string())?;
-    fleet.apply(&[("scenario".into(), manifest(s, set, binary))]).map_err(|e| e.to_string())?;
+    .await?;
+    fleet.apply(&[("scenario".into(), manifest(s, set, binary))])?;
     // Let the latency monitor measure once.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::time::sleep(SETTLE).await;
     let gateways: Vec<SocketAddr> = fleet.nodes().iter().map(|n| n.gateway).collect();
-    let origins: Vec<usize> = s.load.origins.iter().filter_map(|o| s.topology.index_of(o)).collect();
     let mut levels = Vec::new();
-    let ctx = Level { s, set, origins: &origins, gateways: &gateways, progress, stop };
+    let ctx = Level { s, set, gateways: &gateways, progress, stop, began: Instant::now() };
     for (li, &users) in s.load.users.iter().enumerate() {
         if *stop.borrow() {
             break;
@@ -153,7 +184,7 @@ pub async fn run_set(
     // Whatever happened, the fleet's processes go.
     fleet.shutdown().await;
     if *stop.borrow() {
-        return Err("interrupted".into());
+        return Err(RunError::Interrupted);
     }
     Ok(SetRun { set: set.clone(), levels })
 }
@@ -162,14 +193,15 @@ pub async fn run_set(
 struct Level<'a> {
     s: &'a Scenario,
     set: &'a PolicySet,
-    origins: &'a [usize],
     gateways: &'a [SocketAddr],
     progress: &'a dyn Progress,
     stop: &'a tokio::sync::watch::Receiver<bool>,
+    /// When the set's first level began.
+    began: Instant,
 }
 
 async fn run_level(ctx: &Level<'_>, users: u32, seed: u64) -> LevelRun {
-    let Level { s, set, origins, gateways, progress, stop } = *ctx;
+    let Level { s, set, gateways, progress, stop, began } = *ctx;
     let client: Client<HttpConnector, Full<Bytes>> =
         Client::builder(TokioExecutor::new()).pool_max_idle_per_host(4096).build(HttpConnector::new());
     let warmup = s.load.warmup.0;
@@ -180,10 +212,9 @@ async fn run_level(ctx: &Level<'_>, users: u32, seed: u64) -> LevelRun {
     let end = measure_from + duration;
     let samples = Arc::new(Mutex::new(Vec::new()));
     let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let rate = f64::from(users) * s.load.rate_per_user;
     let (lo, hi) = (s.function.work[0].0.as_secs_f64() * 1e3, s.function.work[1].0.as_secs_f64() * 1e3);
     let mut generators = Vec::new();
-    for (k, &origin) in origins.iter().enumerate() {
+    for (k, (origin, rate)) in s.origin_rates(users).into_iter().enumerate().filter(|(_, (_, r))| *r > 0.0) {
         let client = client.clone();
         let samples = samples.clone();
         let sent = sent.clone();
@@ -212,6 +243,7 @@ async fn run_level(ctx: &Level<'_>, users: u32, seed: u64) -> LevelRun {
                         .body(Full::new(Bytes::new()))
                         .expect("request");
                     let t = Instant::now();
+                    let at = t.duration_since(began).as_secs_f64();
                     let outcome = tokio::time::timeout(timeout, async {
                         let resp = client.request(req).await.ok()?;
                         let served = resp
@@ -226,12 +258,15 @@ async fn run_level(ctx: &Level<'_>, users: u32, seed: u64) -> LevelRun {
                     .await;
                     if measured {
                         let sample = match outcome {
-                            Ok(Some(served)) => {
-                                Sample { origin, latency_ms: Some(t.elapsed().as_secs_f64() * 1e3), served }
-                            }
-                            _ => Sample { origin, latency_ms: None, served: None },
+                            Ok(Some(served)) => Sample {
+                                origin,
+                                latency_ms: Some(t.elapsed().as_secs_f64() * 1e3),
+                                served,
+                                at,
+                            },
+                            _ => Sample { origin, latency_ms: None, served: None, at },
                         };
-                        samples.lock().unwrap_or_else(|e| e.into_inner()).push(sample);
+                        samples.lock().push(sample);
                     }
                 }));
             }
@@ -257,7 +292,7 @@ async fn run_level(ctx: &Level<'_>, users: u32, seed: u64) -> LevelRun {
     for g in generators {
         let _ = g.await;
     }
-    let samples = std::mem::take(&mut *samples.lock().unwrap_or_else(|e| e.into_inner()));
+    let samples = std::mem::take(&mut *samples.lock());
     LevelRun {
         users,
         samples,

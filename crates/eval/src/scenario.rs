@@ -10,6 +10,7 @@
 //!   window: 6s                # autoscaling.knative.dev/window
 //! load:
 //!   origins: [node1, node3]   # where users are; each level puts `users` on every origin
+//!                             # ({node: node1, scale: 3} puts 3 × `users` there)
 //!   users: [5, 20, 35, 50]
 //!   rate_per_user: 2          # requests per second per user (Poisson arrivals)
 //!   warmup: 5s
@@ -66,12 +67,54 @@ pub struct FunctionSpec {
     pub window: GoDuration,
 }
 
+/// Where users are: a node, with as many users as the level says (`edge-a`), or a multiple of
+/// them (`{node: cloud, scale: 3}`), so origins can carry different loads.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Origin {
+    /// A node with the level's users.
+    Node(String),
+    /// A node with `scale ×` the level's users.
+    Scaled {
+        /// The node.
+        node: String,
+        /// Multiplies the level's users (≥ 0).
+        scale: f64,
+    },
+}
+
+impl Origin {
+    /// The node's name.
+    pub fn node(&self) -> &str {
+        match self {
+            Self::Node(n) | Self::Scaled { node: n, .. } => n,
+        }
+    }
+
+    /// The multiple of the level's users here.
+    pub fn scale(&self) -> f64 {
+        match self {
+            Self::Node(_) => 1.0,
+            Self::Scaled { scale, .. } => *scale,
+        }
+    }
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Node(n) => f.write_str(n),
+            Self::Scaled { node, scale } => write!(f, "{node} ×{scale}"),
+        }
+    }
+}
+
 /// The load.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LoadSpec {
     /// Origin nodes.
-    pub origins: Vec<String>,
+    pub origins: Vec<Origin>,
     /// Users per origin, one entry per load level.
     pub users: Vec<u32>,
     /// Requests per second per user.
@@ -130,8 +173,11 @@ impl Scenario {
             .map_err(|e| err(e.path().to_string(), e.inner().to_string()))?;
         s.topology.validate().map_err(|e| err(format!("topology.{}", e[0].path), e[0].message.clone()))?;
         for (i, o) in s.load.origins.iter().enumerate() {
-            if s.topology.index_of(o).is_none() {
-                return Err(err(format!("load.origins[{i}]"), format!("unknown node {o:?}")));
+            if s.topology.index_of(o.node()).is_none() {
+                return Err(err(format!("load.origins[{i}]"), format!("unknown node {:?}", o.node())));
+            }
+            if !(o.scale().is_finite() && o.scale() >= 0.0) {
+                return Err(err(format!("load.origins[{i}].scale"), "must be a number ≥ 0".into()));
             }
         }
         for (i, p) in s.policies.iter().enumerate() {
@@ -154,8 +200,50 @@ impl Scenario {
         Ok(s)
     }
 
+    /// The origins' node indices and request rates (per second) at a level of `users`.
+    pub fn origin_rates(&self, users: u32) -> Vec<(usize, f64)> {
+        self.load
+            .origins
+            .iter()
+            .filter_map(|o| {
+                let rate = f64::from(users) * self.load.rate_per_user * o.scale();
+                Some((self.topology.index_of(o.node())?, rate))
+            })
+            .collect()
+    }
+
     /// Total time one policy set takes.
     pub fn duration_per_set(&self) -> Duration {
         (self.load.warmup.0 + self.load.duration.0) * self.load.users.len() as u32
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = "name: t\ntopology: {nodes: [{name: a}, {name: b}]}\n\
+                        function: {work: [1ms, 2ms], target: 1, window: 6s}\n";
+
+    fn load(origins: &str) -> Result<Scenario, ScenarioError> {
+        let text = format!(
+            "{BASE}load: {{origins: {origins}, users: [10], rate_per_user: 2, warmup: 1s, duration: 1s, timeout: 1s}}\n"
+        );
+        Scenario::parse("s.yaml", &text)
+    }
+
+    #[test]
+    fn an_origin_may_carry_a_multiple_of_the_levels_users() {
+        let s = load("[a, {node: b, scale: 2.5}]").unwrap();
+        assert_eq!(s.origin_rates(10), [(0, 20.0), (1, 50.0)]);
+        assert_eq!(s.load.origins[1].to_string(), "b ×2.5");
+    }
+
+    #[test]
+    fn a_bad_origin_is_named_by_its_path() {
+        let e = load("[a, {node: c, scale: 1}]").unwrap_err();
+        assert_eq!((e.path.as_str(), e.message.as_str()), ("load.origins[1]", "unknown node \"c\""));
+        let e = load("[a, {node: b, scale: -1}]").unwrap_err();
+        assert_eq!(e.path, "load.origins[1].scale");
     }
 }

@@ -11,14 +11,15 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ikukantai_dataplane::queue_proxy::{QueueProxyConfig, QueueProxyHandle};
 use ikukantai_policy::autoscaler::Stat;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
+use parking_lot::Mutex;
 use tokio::net::TcpListener;
 use tokio::process::{Child, Command};
 use tokio::sync::{oneshot, watch};
@@ -109,7 +110,7 @@ pub struct Instance {
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     /// Ports or listeners.
-    #[error("cannot set up instance: {0}")]
+    #[error("cannot set up instance")]
     Io(#[from] std::io::Error),
     /// Queue proxy configuration.
     #[error(transparent)]
@@ -200,27 +201,27 @@ impl Instance {
 
     /// Restarts after crashes.
     pub fn restarts(&self) -> u32 {
-        *self.shared.restarts.lock().unwrap_or_else(|e| e.into_inner())
+        *self.shared.restarts.lock()
     }
 
     /// Process id while running.
     pub fn pid(&self) -> Option<u32> {
-        *self.shared.pid.lock().unwrap_or_else(|e| e.into_inner())
+        *self.shared.pid.lock()
     }
 
     /// Cuts the queue proxy's stats for the last period (`None` once stopped).
     pub fn report(&self) -> Option<Stat> {
-        self.qp.lock().unwrap_or_else(|e| e.into_inner()).as_ref().map(QueueProxyHandle::report)
+        self.qp.lock().as_ref().map(QueueProxyHandle::report)
     }
 
     /// Stops the instance: drain, SIGTERM, SIGKILL after the grace period. Returns when it is gone.
     pub async fn stop(&self) {
         let _ = self.shared.phase.send(Phase::Terminating);
-        let stop = self.stop.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let stop = self.stop.lock().take();
         if let Some(s) = stop {
             let _ = s.send(());
         }
-        let task = self.task.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let task = self.task.lock().take();
         if let Some(t) = task {
             let _ = t.await;
         }
@@ -291,7 +292,7 @@ async fn supervise(
             }
         };
         let pid = child.id();
-        *shared.pid.lock().unwrap_or_else(|e| e.into_inner()) = pid;
+        *shared.pid.lock() = pid;
         log_line(&spec.log, &format!("started {} (pid {})", spec.command.join(" "), pid.unwrap_or(0)));
         let started = Instant::now();
         if !matches!(*shared.phase.borrow(), Phase::Terminating) {
@@ -310,7 +311,7 @@ async fn supervise(
                 _ = &mut stop => break None,
             }
         };
-        *shared.pid.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        *shared.pid.lock() = None;
         match exited {
             None => {
                 // Asked to stop: drain first, then signal the process group.
@@ -340,7 +341,7 @@ async fn supervise(
                 if started.elapsed() > Duration::from_secs(10) {
                     backoff = Duration::from_secs(1);
                 }
-                *shared.restarts.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+                *shared.restarts.lock() += 1;
                 let message = format!("exited ({how}); restarting in {}s", backoff.as_secs());
                 log_line(&spec.log, &message);
                 let message = match last_output(&spec.log) {
@@ -380,7 +381,7 @@ fn last_output(log: &Path) -> Option<String> {
 
 /// Drains and stops the queue proxy, once (later calls find it gone).
 async fn drain_queue_proxy(qp: &Mutex<Option<QueueProxyHandle>>) {
-    let handle = qp.lock().unwrap_or_else(|e| e.into_inner()).take();
+    let handle = qp.lock().take();
     if let Some(h) = handle {
         h.drain().await;
     }

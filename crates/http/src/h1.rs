@@ -24,7 +24,7 @@
 use std::cell::RefCell;
 use std::future::{Future, poll_fn};
 use std::pin::{Pin, pin};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker, ready};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -32,6 +32,7 @@ use bytes::{Bytes, BytesMut};
 use http::{Method, Request, Response, StatusCode, Version, header};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
+use parking_lot::Mutex;
 use tokio::io::{AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -45,8 +46,8 @@ use crate::body::{Body, BoxError, error_response};
 use crate::peer::Peer;
 use crate::upgrade::{OnUpgrade, Upgraded};
 use crate::wire::{
-    BodyFraming, Fill, READ_MAX, READ_MIN, WriteFraming, Writer, content_length, decode, poll_write_all,
-    write_content_length, write_field,
+    BodyFraming, Fill, READ_MAX, READ_MIN, ReadError, WriteFraming, Writer, content_length, decode,
+    poll_write_all, write_content_length, write_field,
 };
 
 /// Handles one request; `peer` is the client end of its connection.
@@ -94,7 +95,7 @@ impl RequestBody {
     /// to be freed. The connection allocates a new buffer for its next read.
     pub fn release_read_buffer(&self) {
         if let Kind::H1 { side, request, .. } = &self.0 {
-            let mut side = lock(side);
+            let mut side = side.lock();
             if side.request == *request && side.buf.is_empty() {
                 side.buf = BytesMut::new();
             }
@@ -120,8 +121,28 @@ impl std::fmt::Debug for RequestBody {
 
 /// Reading a request body failed.
 #[derive(Debug, thiserror::Error)]
-#[error("request body: {0}")]
-pub struct RequestBodyError(String);
+#[error(transparent)]
+pub struct RequestBodyError(BodyFault);
+
+/// Why; a connection's failure stays its source rather than becoming text.
+#[derive(Debug, thiserror::Error)]
+enum BodyFault {
+    #[error("request body: read after its request was answered")]
+    AfterAnswer,
+    #[error("request body: {0}")]
+    Framing(&'static str),
+    #[error("request body")]
+    Io(#[source] std::io::Error),
+}
+
+impl From<ReadError> for RequestBodyError {
+    fn from(e: ReadError) -> Self {
+        Self(match e {
+            ReadError::Io(e) => BodyFault::Io(e),
+            ReadError::Framing(why) => BodyFault::Framing(why),
+        })
+    }
+}
 
 impl HttpBody for RequestBody {
     type Data = Bytes;
@@ -139,10 +160,10 @@ impl HttpBody for RequestBody {
         if *ended {
             return Poll::Ready(None);
         }
-        let mut side = lock(side);
+        let mut side = side.lock();
         if side.request != request {
             *ended = true;
-            let e = RequestBodyError("read after its request was answered".into());
+            let e = RequestBodyError(BodyFault::AfterAnswer);
             return Poll::Ready(Some(Err(e.into())));
         }
         if side.expect == Expect::Unasked {
@@ -163,7 +184,7 @@ impl HttpBody for RequestBody {
             Err(e) => {
                 *ended = true;
                 side.broken = true;
-                Poll::Ready(Some(Err(RequestBodyError(e.to_string()).into())))
+                Poll::Ready(Some(Err(RequestBodyError::from(e).into())))
             }
         }
     }
@@ -174,7 +195,7 @@ impl HttpBody for RequestBody {
             Kind::H2(body) => body.is_end_stream(),
             Kind::H1 { side, request, ended } => {
                 *ended || {
-                    let side = lock(side);
+                    let side = side.lock();
                     side.request != *request || side.framing.is_done()
                 }
             }
@@ -185,7 +206,7 @@ impl HttpBody for RequestBody {
         match &self.0 {
             Kind::Empty => SizeHint::with_exact(0),
             Kind::H2(body) => body.size_hint(),
-            Kind::H1 { side, ended, .. } => match lock(side).framing {
+            Kind::H1 { side, ended, .. } => match side.lock().framing {
                 _ if *ended => SizeHint::with_exact(0),
                 BodyFraming::Length(n) => SizeHint::with_exact(n),
                 _ => SizeHint::default(),
@@ -239,10 +260,6 @@ impl ReadSide {
     fn body_over(&self) -> bool {
         self.framing.is_done() && !self.broken
     }
-}
-
-fn lock(side: &Mutex<ReadSide>) -> MutexGuard<'_, ReadSide> {
-    side.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Appends the `Date` header for now (formatted once a second per thread).
@@ -414,7 +431,7 @@ async fn serve_split<H: Handler>(
             let deadline = Instant::now() + header_read_timeout;
             let mut scan = HeadScan::default();
             let head = poll_fn(|cx| -> Poll<Result<Option<Head>, Refused>> {
-                let mut side = lock(&shared);
+                let mut side = shared.lock();
                 loop {
                     if side.buf.is_empty() {
                         if closing() {
@@ -456,7 +473,7 @@ async fn serve_split<H: Handler>(
                 tx
             });
             let body = {
-                let mut side = lock(&shared);
+                let mut side = shared.lock();
                 side.request += 1;
                 side.framing = framing;
                 side.expect = if expect_continue { Expect::Unasked } else { Expect::No };
@@ -487,7 +504,7 @@ async fn serve_split<H: Handler>(
                 if let Poll::Ready(response) = handling.as_mut().poll(cx) {
                     return Poll::Ready(Some(response));
                 }
-                let mut side = lock(&shared);
+                let mut side = shared.lock();
                 match side.expect {
                     Expect::No => {}
                     Expect::Unasked => side.conn = Some(cx.waker().clone()),
@@ -545,7 +562,7 @@ async fn serve_split<H: Handler>(
             return;
         }
         if switch {
-            let mut side = lock(&shared);
+            let mut side = shared.lock();
             if let Some(tx) = side.upgrade.take() {
                 // Bytes the client sent behind its request go first.
                 let pre = side.buf.split().freeze();
@@ -555,7 +572,7 @@ async fn serve_split<H: Handler>(
             return;
         }
         let (body_over, unread) = {
-            let mut side = lock(&shared);
+            let mut side = shared.lock();
             // Not switching (any answer but a `101`): the request's `OnUpgrade` learns so. (Only
             // a request that asked has one to drop: the test spares the rest a call.)
             if side.upgrade.is_some() {
@@ -577,7 +594,7 @@ async fn serve_split<H: Handler>(
 /// its body (if any) has been read, so that what follows is the new protocol's.
 #[cold]
 fn may_switch(shared: &Mutex<ReadSide>) -> bool {
-    let side = lock(shared);
+    let side = shared.lock();
     side.upgrade.is_some() && side.body_over()
 }
 
@@ -598,7 +615,7 @@ impl tokio::io::AsyncRead for ClientRead {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut lock(&self.0).io).poll_read(cx, buf)
+        Pin::new(&mut self.0.lock().io).poll_read(cx, buf)
     }
 }
 
@@ -610,7 +627,7 @@ async fn linger(mut write: OwnedWriteHalf, side: &Mutex<ReadSide>) {
     }
     let mut dropped = 0;
     let drain = poll_fn(|cx| {
-        let mut side = lock(side);
+        let mut side = side.lock();
         loop {
             side.buf.clear();
             match ready!(side.poll_fill(cx, READ_MAX)) {

@@ -8,12 +8,14 @@
 //!   the upstream through a [`connect::Connect`];
 //! - [`upgrade`]: the hand-over of connections that switch protocols;
 //! - [`body`], [`proxy`], [`peer`]: bodies, limits and deadlines; what a proxy does to heads;
-//!   the client end of a connection.
+//!   the client end of a connection;
+//! - [`error`]: an error with its causes on one line.
 //!
 //! The wire format both directions share (framing, the chunked decoder, the writer) is private.
 
 pub mod body;
 pub mod connect;
+pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod h1;

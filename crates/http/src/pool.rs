@@ -26,13 +26,14 @@ use std::future::poll_fn;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll, Waker, ready};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body::{Body as HttpBody, Frame, SizeHint};
+use parking_lot::Mutex;
 use tokio::time::Instant;
 
 use self::head::{Head, parse_head};
@@ -55,7 +56,7 @@ pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
     /// No connection could be opened.
-    #[error("connecting to {addr}: {source}")]
+    #[error("connecting to {addr}")]
     Connect {
         /// The upstream.
         addr: SocketAddr,
@@ -63,7 +64,7 @@ pub enum UpstreamError {
         source: io::Error,
     },
     /// Sending the request or reading the response head failed.
-    #[error("{source}")]
+    #[error(transparent)]
     Exchange {
         /// The error.
         source: ExchangeError,
@@ -71,7 +72,7 @@ pub enum UpstreamError {
     /// The request body the caller gave failed (its client's framing broke or it went away, or a
     /// limit such as [`crate::body::Limited`]'s was passed): the caller's side failed, not the
     /// upstream. The request may have been partly sent.
-    #[error("request body: {source}")]
+    #[error("request body")]
     RequestBody {
         /// Why (its source chain says more, e.g. [`crate::body::TooLarge`]).
         source: BoxError,
@@ -119,7 +120,7 @@ pub enum ExchangeError {
     #[error("response body: {0}")]
     Body(&'static str),
     /// The request body failed (its source says why, e.g. over the size limit).
-    #[error("request body: {0}")]
+    #[error("request body")]
     RequestBody(#[source] BoxError),
     /// The request body did not match the length it declared.
     #[error("request body: {0}")]
@@ -388,7 +389,7 @@ impl Upstream {
 
     /// How many idle connections are kept now.
     pub fn idle_count(&self) -> usize {
-        lock(&self.idle).len()
+        self.idle.lock().len()
     }
 
     /// Sends `req` as HTTP/1.1 in origin form ([`origin_form`]) and returns the response head;
@@ -493,7 +494,7 @@ impl Upstream {
     /// trimming the pool, which [`put`] does.)
     fn take_idle(&self) -> Option<Box<Conn>> {
         loop {
-            let Idle { mut conn, .. } = lock(&self.idle).pop()?;
+            let Idle { mut conn, .. } = self.idle.lock().pop()?;
             if conn.still_open() {
                 return Some(conn);
             }
@@ -513,13 +514,9 @@ fn empty() -> Body {
     crate::body::boxed(http_body_util::Empty::<Bytes>::new())
 }
 
-fn lock(idle: &IdleList) -> std::sync::MutexGuard<'_, Vec<Idle>> {
-    idle.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 fn put(idle: &IdleList, conn: Box<Conn>) {
     let now = Instant::now();
-    let mut idle = lock(idle);
+    let mut idle = idle.lock();
     // The oldest are at the front: drop those past the idle timeout, and make room.
     let stale = idle.iter().take_while(|i| now - i.since >= IDLE_TIMEOUT).count();
     let excess = (idle.len() - stale + 1).saturating_sub(MAX_IDLE);

@@ -9,11 +9,12 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
+use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::oneshot;
@@ -126,7 +127,7 @@ impl Future for OnUpgrade {
     type Output = Result<Upgraded, NotUpgraded>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut slot = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut slot = self.0.lock();
         let Some(rx) = slot.as_mut() else { return Poll::Ready(Err(NotUpgraded)) };
         let result = ready!(Pin::new(rx).poll(cx));
         *slot = None;

@@ -4,10 +4,10 @@
 //! (TokenReview) and remembers the answer for a while. An instance may then report only its own
 //! stats; only gateways may report load, RTTs and demand, each for its own node.
 
+use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
@@ -118,7 +118,7 @@ impl TokenReviewer {
     }
 
     fn remembered(&self, token: &str, now: Instant) -> Option<Result<Identity, AuthError>> {
-        let answers = self.answers.lock().unwrap_or_else(|e| e.into_inner());
+        let answers = self.answers.lock();
         answers.get(token).filter(|(_, until)| *until > now).map(|(a, _)| a.clone())
     }
 
@@ -142,7 +142,7 @@ impl TokenReviewer {
         };
         let keep = if answer.is_ok() { ACCEPTED_FOR } else { REFUSED_FOR };
         let now = Instant::now();
-        let mut answers = self.answers.lock().unwrap_or_else(|e| e.into_inner());
+        let mut answers = self.answers.lock();
         if answers.len() >= REMEMBERED {
             answers.retain(|_, (_, until)| *until > now);
             if answers.len() >= REMEMBERED {

@@ -15,8 +15,11 @@ use serde::{Deserialize, Serialize};
 
 /// Label naming the revision on placements and pods (Knative's).
 pub const REVISION_LABEL: &str = "serving.knative.dev/revision";
-/// Label naming the node a pod is pinned to.
+/// Label naming the node a pod is pinned to (a short form of the name where the name is longer
+/// than a label value may be).
 pub const NODE_LABEL: &str = "ikukantai.dev/node";
+/// Annotation naming the node a pod is pinned to, always in full.
+pub const NODE_ANNOTATION: &str = "ikukantai.dev/node";
 /// Label marking objects this platform manages.
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 /// Value of [`MANAGED_BY_LABEL`].

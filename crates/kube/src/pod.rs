@@ -2,12 +2,13 @@
 
 use std::collections::BTreeMap;
 
+use ikukantai_api::config::SidecarResources;
 use ikukantai_api::revision::{Revision, child_name};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use serde_json::{Value, json};
 
-use crate::crd::{MANAGED_BY, MANAGED_BY_LABEL, NODE_LABEL, REVISION_LABEL};
+use crate::crd::{MANAGED_BY, MANAGED_BY_LABEL, NODE_ANNOTATION, NODE_LABEL, REVISION_LABEL};
 
 /// Port the queue proxy serves requests on (Knative's).
 pub const QUEUE_PORT: u16 = 8012;
@@ -66,16 +67,6 @@ pub mod env {
 /// then still find it serving.
 pub const DRAIN_NOTICE_SECONDS: u64 = 5;
 
-/// The queue-proxy sidecar's resources. Its CPU limit is generous (a throttled sidecar delays
-/// every request) and counts against a namespace's `limits.cpu` quota.
-pub const SIDECAR_CPU_REQUEST: &str = "25m";
-/// See [`SIDECAR_CPU_REQUEST`].
-pub const SIDECAR_MEMORY_REQUEST: &str = "16Mi";
-/// See [`SIDECAR_CPU_REQUEST`].
-pub const SIDECAR_CPU_LIMIT: &str = "1";
-/// See [`SIDECAR_CPU_REQUEST`].
-pub const SIDECAR_MEMORY_LIMIT: &str = "256Mi";
-
 /// A user's probe as the kubelet (liveness) or the sidecar (readiness) gets it. Knative lets an
 /// `httpGet` or `tcpSocket` probe leave its port out, or name it (`http1`, `h2c`): both mean the
 /// user's port, which the Pod names `user-port`; the Kubernetes API refuses a probe without a
@@ -106,6 +97,8 @@ pub struct PodParams<'a> {
     pub queue: &'a str,
     /// Image of the sidecar.
     pub queue_proxy_image: &'a str,
+    /// The sidecar's requests and limits (`config-ikukantai`'s `queue-sidecar-*`).
+    pub sidecar: &'a SidecarResources,
     /// Controller URL for the sidecar's stats.
     pub controller_url: &'a str,
     /// The Placement that owns the Pod.
@@ -135,6 +128,11 @@ fn short_node(node: &str) -> String {
     format!("{}-{hash:08x}", prefix.trim_end_matches('-'))
 }
 
+/// The longest label value the API server accepts. Node names are DNS subdomains (up to 253
+/// characters): a longer one is labelled by its short form (as in Pod names) and annotated in
+/// full ([`NODE_ANNOTATION`]); a label value too long would make every create fail (422).
+const MAX_LABEL_VALUE: usize = 63;
+
 /// The Pod's `Ready` condition is `True`.
 pub fn pod_ready(p: &Pod) -> bool {
     p.status
@@ -159,7 +157,10 @@ pub fn build_pod(revision: &Revision, p: &PodParams<'_>) -> Result<Pod, String> 
     let ns = revision.metadata.namespace();
     let name = pod_name(revision.name(), p.node, p.index);
     let mut labels = revision_labels(revision);
-    labels.insert(NODE_LABEL.into(), p.node.to_owned());
+    let node_label = if p.node.len() <= MAX_LABEL_VALUE { p.node.to_owned() } else { short_node(p.node) };
+    labels.insert(NODE_LABEL.into(), node_label);
+    let mut annotations = revision.metadata.annotations.clone();
+    annotations.insert(NODE_ANNOTATION.into(), p.node.to_owned());
     labels.insert(INDEX_LABEL.into(), p.index.to_string());
     let user_port = container.port();
 
@@ -274,8 +275,8 @@ pub fn build_pod(revision: &Revision, p: &PodParams<'_>) -> Result<Pod, String> 
         "volumeMounts": [{ "name": TOKEN_VOLUME, "mountPath": crate::auth::TOKEN_DIR, "readOnly": true }],
         // Limits too: a ResourceQuota over limits.* refuses a Pod with a container that has none.
         "resources": {
-            "requests": { "cpu": SIDECAR_CPU_REQUEST, "memory": SIDECAR_MEMORY_REQUEST },
-            "limits": { "cpu": SIDECAR_CPU_LIMIT, "memory": SIDECAR_MEMORY_LIMIT }
+            "requests": { "cpu": p.sidecar.cpu_request, "memory": p.sidecar.memory_request },
+            "limits": { "cpu": p.sidecar.cpu_limit, "memory": p.sidecar.memory_limit }
         },
         // Everything Pod Security `restricted` asks of a container, so the sidecar never is
         // the reason a namespace refuses the Pod.
@@ -348,7 +349,7 @@ pub fn build_pod(revision: &Revision, p: &PodParams<'_>) -> Result<Pod, String> 
             "name": name,
             "namespace": ns,
             "labels": labels,
-            "annotations": revision.metadata.annotations,
+            "annotations": annotations,
             "ownerReferences": [p.owner],
         },
         "spec": pod_spec,
@@ -375,6 +376,9 @@ mod tests {
         next_revision(&svc, &[]).unwrap()
     }
 
+    static SIDECAR: std::sync::LazyLock<SidecarResources> =
+        std::sync::LazyLock::new(SidecarResources::default);
+
     fn params() -> PodParams<'static> {
         PodParams {
             service: "hello",
@@ -382,6 +386,7 @@ mod tests {
             index: 0,
             queue: "priority",
             queue_proxy_image: "ikukantai:test",
+            sidecar: &SIDECAR,
             controller_url: "http://ctl:9090",
             owner: OwnerReference {
                 api_version: "ikukantai.dev/v1alpha1".into(),
@@ -520,5 +525,11 @@ mod tests {
         let name = pod_name(&"r".repeat(60), "a-very-long-node-name.example.internal", 12);
         assert!(name.len() <= 63, "{name}");
         assert!(name.ends_with("-12"));
+        let long = "worker-01.rack-17.edge-site-frankfurt.k8s.internal.example-corp.net";
+        let pod = build_pod(&revision(""), &PodParams { node: long, ..params() }).unwrap();
+        let meta = &pod.metadata;
+        let label = &meta.labels.as_ref().unwrap()[NODE_LABEL];
+        assert!(label.len() <= MAX_LABEL_VALUE && label.starts_with("worker-01"), "{label}");
+        assert_eq!(meta.annotations.as_ref().unwrap()[NODE_ANNOTATION], long);
     }
 }

@@ -98,7 +98,7 @@ impl SidecarConfig {
             response_start_timeout: secs(env::RESPONSE_START_TIMEOUT)?,
             idle_timeout: secs(env::IDLE_TIMEOUT)?,
             readiness: Readiness::from_probe(probe.as_ref()),
-            max_header_bytes: 64 * 1024,
+            max_header_bytes: ikukantai_dataplane::defaults::MAX_HEADER_BYTES,
             upgrades: ikukantai_dataplane::edge::default_upgrades(),
         };
         Ok(Self {
@@ -142,7 +142,7 @@ pub async fn run_on(
 ) -> Result<(), SidecarError> {
     let proxy = config.proxy.clone();
     let handle = QueueProxyHandle::start(proxy.clone(), listener, admin)
-        .map_err(|e| SidecarError::Start(e.to_string()))?;
+        .map_err(|e| SidecarError::Start(ikukantai_http::error::chain(&e)))?;
     tracing::info!(instance = %proxy.instance, addr = %handle.addr(), admin = %handle.admin_addr(), "queue proxy serving");
     let push = config.controller_url.as_deref().map(|url| {
         let pusher = Pusher::new(url);

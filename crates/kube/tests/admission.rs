@@ -101,6 +101,32 @@ async fn a_quota_over_limits_admits_the_instance_when_the_user_container_sets_th
 }
 
 #[tokio::test]
+async fn a_limit_range_that_refuses_the_sidecars_defaults_is_met_by_configuring_them() {
+    let mut h = Harness::new(&["node1"]);
+    // Multi-tenant namespaces often cap how far a limit may exceed its request.
+    h.api.set_policy("default", NamespacePolicy { cpu_limit_request_ratio: Some(4), ..Default::default() });
+    let svc = with_container(|_| {});
+    h.reconcile(&svc).await;
+    let ready = h.ready_condition();
+    let message = ready["message"].as_str().unwrap();
+    assert!(
+        message.contains("limit to request ratio per Container is 4, but provided ratio is 40"),
+        "{ready}"
+    );
+    // The operator sets the sidecar's request in config-ikukantai; the next attempt passes.
+    let mut config = ikukantai_api::config::FleetConfig::new();
+    config.kubernetes.sidecar.cpu_request = "250m".into();
+    h.ctx.set_config(config);
+    h.clock.advance(Duration::from_secs(3));
+    let (_, calls) = h.reconcile(&svc).await;
+    let pod = calls.iter().find(|c| c.is(&Method::POST, PODS)).expect("tried again");
+    assert_eq!(pod.body["spec"]["containers"][1]["resources"]["requests"]["cpu"], "250m");
+    h.make_ready();
+    h.reconcile(&svc).await;
+    assert_eq!(h.ready_condition()["status"], "True", "{}", h.ready_condition());
+}
+
+#[tokio::test]
 async fn knative_style_probes_reach_the_user_port() {
     let mut h = Harness::new(&["node1"]);
     // Knative: no port, or the Knative port name; the Pod names its port `user-port`.

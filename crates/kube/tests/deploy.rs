@@ -47,6 +47,7 @@ fn committed_example_pod_matches_what_the_controller_builds() {
             index: 0,
             queue: "fifo",
             queue_proxy_image: "ikukantai:0.1.0",
+            sidecar: &Default::default(),
             controller_url: "http://ikukantai-controller.ikukantai-system.svc:9090",
             owner: OwnerReference {
                 api_version: "ikukantai.dev/v1alpha1".into(),
@@ -215,4 +216,46 @@ fn controller_replicas_stay_on_cloud_nodes_and_one_always_runs() {
     let pdb = find(&docs, "PodDisruptionBudget", "ikukantai-controller");
     assert_eq!(pdb["spec"]["selector"]["matchLabels"], deploy["spec"]["selector"]["matchLabels"]);
     assert!(pdb["spec"]["minAvailable"].as_u64().is_some_and(|m| m >= 1), "{pdb}");
+}
+
+/// Gateways run on every node, edge ones included: what their service account may read is what a
+/// compromised node learns. Only what is published for routing, never tenants' Pods (their env),
+/// Secrets, Knative Services or Placements (their templates), and nothing written.
+#[test]
+fn gateways_read_only_what_routing_needs() {
+    let docs = manifests();
+    let bound_to_gateway = |binding: &serde_json::Value| {
+        binding["subjects"].as_array().into_iter().flatten().any(|s| {
+            s["kind"] == "ServiceAccount"
+                && s["name"] == "ikukantai-gateway"
+                && s["namespace"] == "ikukantai-system"
+        })
+    };
+    let mut rules = Vec::new();
+    for b in docs.iter().filter(|d| matches!(d["kind"].as_str(), Some("RoleBinding" | "ClusterRoleBinding")))
+    {
+        if bound_to_gateway(b) {
+            let role =
+                find(&docs, b["roleRef"]["kind"].as_str().unwrap(), b["roleRef"]["name"].as_str().unwrap());
+            // A RoleBinding grants in its own namespace only, whatever the role's kind.
+            let cluster_wide = b["kind"] == "ClusterRoleBinding";
+            rules.extend(role["rules"].as_array().unwrap().iter().map(|r| (r.clone(), cluster_wide)));
+        }
+    }
+    assert!(!rules.is_empty(), "the gateway's service account is bound to its roles");
+    for (rule, cluster_wide) in &rules {
+        let strs = |k: &str| -> Vec<&str> {
+            rule[k].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect()
+        };
+        assert!(strs("verbs").iter().all(|v| ["get", "list", "watch"].contains(v)), "read only: {rule}");
+        for resource in strs("resources") {
+            assert!(
+                !["pods", "secrets", "services", "placements", "*"].contains(&resource),
+                "{resource}: {rule}"
+            );
+            if *cluster_wide {
+                assert!(["serviceroutes", "nodes"].contains(&resource), "{resource} cluster-wide: {rule}");
+            }
+        }
+    }
 }

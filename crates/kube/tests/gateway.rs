@@ -148,7 +148,12 @@ async fn a_request_waiting_for_an_instance_gets_one_during_the_drain() {
         router.set_routes(&routes(vec![instance])).unwrap();
         std::future::pending::<()>().await
     };
+    let admin = gw.admin_addr();
     let stopping = tokio::spawn(drain(gw, routing));
+    while status(format!("http://{admin}/ready")).await == 200 {
+        tokio::task::yield_now().await;
+    }
+    assert!(!stopping.is_finished(), "waits for the request waiting for an instance");
     started.send(()).unwrap();
     arrived.await.unwrap();
     release.send(()).unwrap();

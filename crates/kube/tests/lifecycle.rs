@@ -158,3 +158,23 @@ async fn a_revision_that_tolerates_unreachable_briefly_is_replaced_after_its_tol
     let (_, calls) = h.reconcile(&svc).await;
     assert!(calls.iter().any(|c| c.is(&Method::POST, PODS)), "{calls:#?}");
 }
+
+#[tokio::test]
+async fn a_node_named_longer_than_a_label_value_gets_its_instances() {
+    // Node names are DNS subdomains (up to 253 characters; a cloud provider may name a node by
+    // its private DNS name); a label value stops at 63.
+    let long = "worker-01.rack-17.edge-site-frankfurt.k8s.internal.example-corp.net";
+    let mut h = Harness::new(&[]);
+    let mut n = support::node(long);
+    n.metadata.labels.as_mut().unwrap().insert("kubernetes.io/hostname".into(), "worker-01".into());
+    h.set_node(n);
+    let svc = ksvc("Konnichiwa", &json!({"autoscaling.knative.dev/min-scale": "1"}));
+    h.reconcile(&svc).await;
+    assert_eq!(h.pods_by_node().get(long).map(Vec::len), Some(1), "admitted: {:?}", h.all_pods());
+    // Still Pending (not bound yet): counted on its node, not created again.
+    let (_, calls) = h.reconcile(&svc).await;
+    assert!(!calls.iter().any(|c| c.is(&Method::POST, PODS)), "{calls:#?}");
+    h.make_ready();
+    h.reconcile(&svc).await;
+    assert_eq!(h.ready_condition()["status"], "True", "{}", h.ready_condition());
+}

@@ -308,6 +308,25 @@ async fn the_finalizer_of_an_earlier_version_is_removed_and_deletion_completes()
 }
 
 #[tokio::test]
+async fn removing_the_old_finalizer_never_drops_one_another_controller_added_meanwhile() {
+    let mut h = Harness::new(&["node1"]);
+    let mut seen = ksvc("Konnichiwa", &json!({}));
+    seen.metadata.finalizers = Some(vec![LEGACY_FINALIZER.into()]);
+    seen.metadata.resource_version = Some("5".into());
+    // Since the controller's cache saw version 5, someone added a finalizer of their own.
+    let mut stored = serde_json::to_value(&seen).unwrap();
+    stored["metadata"]["finalizers"] = json!([LEGACY_FINALIZER, "example.com/keep"]);
+    stored["metadata"]["resourceVersion"] = json!("6");
+    h.api.put(KSVC, stored);
+    let (result, _) = h.try_reconcile(&seen).await;
+    assert!(result.is_err(), "a patch of version 5 is refused (409), not applied over 6");
+    assert_eq!(h.api.get(KSVC).unwrap()["metadata"]["finalizers"][1], "example.com/keep");
+    // The watch delivers version 6: only the old finalizer goes.
+    h.reconcile(&h.stored_ksvc()).await;
+    assert_eq!(h.api.get(KSVC).unwrap()["metadata"]["finalizers"], json!(["example.com/keep"]));
+}
+
+#[tokio::test]
 async fn an_invalid_service_gets_a_status_that_names_the_field_and_nothing_else() {
     let mut h = Harness::new(&["node1"]);
     let svc = ksvc("Konnichiwa", &json!({"autoscaling.knative.dev/max-scale": "lots"}));

@@ -11,11 +11,12 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ikukantai_api::topology::LinkProperties;
+use parking_lot::Mutex;
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use rand_distr::{Distribution, Normal};
@@ -60,7 +61,7 @@ impl Direction {
 
     /// When a chunk of `len` bytes read at `now` arrives at the other end.
     fn release_time(&self, now: Instant, len: usize) -> Instant {
-        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut s = self.state.lock();
         let mut sent = now;
         if let Some(bps) = self.bits_per_second {
             let start = s.wire_free_at.max(now);

@@ -22,10 +22,11 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use parking_lot::{Condvar, Mutex, MutexGuard};
 use tokio::sync::oneshot;
 
 /// Deadlines closer than this are treated as due (not worth a thread hop).
@@ -152,7 +153,7 @@ fn timer() -> &'static Timer {
 
 impl Timer {
     fn run(&self) {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = self.state.lock();
         loop {
             let handoff = self.handoff.get();
             let mut now = Instant::now();
@@ -169,7 +170,7 @@ impl Timer {
                 }
             }
             let Some(next) = state.heap.peek().map(|Reverse(e)| e.at) else {
-                state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
+                self.changed.wait(&mut state);
                 continue;
             };
             let lead = self.lead.get();
@@ -177,10 +178,7 @@ impl Timer {
             let due = if precise { next.checked_sub(handoff).unwrap_or(next) } else { next };
             let wake_at = if precise { due.checked_sub(lead).unwrap_or(due) } else { due };
             if wake_at > now {
-                let (guard, result) =
-                    self.changed.wait_timeout(state, wake_at - now).unwrap_or_else(|e| e.into_inner());
-                state = guard;
-                if !result.timed_out() {
+                if !self.changed.wait_for(&mut state, wake_at - now).timed_out() {
                     // A new earliest deadline (or a spurious wake-up): look again.
                     continue;
                 }
@@ -189,11 +187,11 @@ impl Timer {
             }
             // The rest of the way spinning, without the lock, so that deadlines can be added.
             if precise && due > now + SLACK {
-                drop(state);
-                while Instant::now() < due {
-                    std::hint::spin_loop();
-                }
-                state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+                MutexGuard::unlocked(&mut state, || {
+                    while Instant::now() < due {
+                        std::hint::spin_loop();
+                    }
+                });
                 state.budget.spend(due - now);
             }
         }
@@ -207,7 +205,7 @@ pub async fn sleep_until(deadline: Instant) {
         let t = timer();
         let (tx, rx) = oneshot::channel();
         {
-            let mut state = t.state.lock().unwrap_or_else(|e| e.into_inner());
+            let mut state = t.state.lock();
             state.seq += 1;
             let earliest = state.heap.peek().is_none_or(|Reverse(e)| deadline < e.at);
             let seq = state.seq;
@@ -243,7 +241,7 @@ mod tests {
             tasks.push(tokio::spawn(async move {
                 sleep_until(d).await;
                 assert!(Instant::now() >= d, "woke before the deadline");
-                woke.lock().unwrap().push(d);
+                woke.lock().push(d);
             }));
         }
         for t in tasks {
@@ -251,7 +249,7 @@ mod tests {
         }
         let mut sorted = deadlines;
         sorted.sort();
-        assert_eq!(*woke.lock().unwrap(), sorted);
+        assert_eq!(*woke.lock(), sorted);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

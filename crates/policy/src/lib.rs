@@ -10,13 +10,19 @@
 //! - [`queue`]: queue disciplines (`fifo`, `priority`, `edf`);
 //! - [`estimate`]: EWMA, peak-EWMA, the RTT matrix and Vivaldi network coordinates;
 //! - [`probe`]: which peers a node probes, and when;
+//! - [`gateway`]: a gateway's view of a revision's instances, its pick and its feedback;
+//! - [`stats`]: time-weighted request statistics, what the autoscaler is fed;
+//! - [`occupancy`]: a revision's instances and room per node;
 //! - [`registry`]: policies by name.
 
 pub mod autoscaler;
 pub mod balance;
 pub mod estimate;
+pub mod gateway;
+pub mod occupancy;
 pub mod placement;
 pub mod probe;
 pub mod queue;
 pub mod registry;
 pub mod scaler;
+pub mod stats;

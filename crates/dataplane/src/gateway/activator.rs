@@ -8,8 +8,9 @@ use std::time::Duration;
 use http::Request;
 use ikukantai_http::h1::RequestBody;
 use ikukantai_http::pool::Upstream;
-use ikukantai_policy::balance::{Candidate, PickContext};
+use ikukantai_policy::balance::PickContext;
 use ikukantai_policy::estimate::NodeIndex;
+use ikukantai_policy::gateway;
 use ikukantai_policy::queue::RequestMeta;
 use tokio::sync::oneshot;
 use tokio::time::{Instant, timeout_at};
@@ -23,40 +24,6 @@ use crate::metrics::RevisionLabels;
 /// How often a waiting request re-checks for capacity (a safety net beside the wake-ups).
 const RECHECK: Duration = Duration::from_millis(50);
 
-/// Builds the balancer's view of the instances.
-///
-/// A gateway counts a request in flight from sending it to the end of its response, which for an
-/// instance across a link includes the round trip; the instance itself is busy only while it
-/// processes. So, as seen from this gateway, an instance with containerConcurrency `cc` can have
-/// `cc × (1 + RTT / processing time)` requests in flight (its bandwidth-delay product) before it
-/// is really full; the queue proxy still enforces `cc` at the instance.
-fn fill_candidates(
-    out: &mut Vec<Candidate>,
-    instances: &[InstanceState],
-    capacity: u32,
-    rtt_to: impl Fn(NodeIndex) -> f64,
-) {
-    out.clear();
-    out.extend(instances.iter().map(|i| {
-        let service_ms = i.service_ms.get();
-        let capacity = if capacity == 0 {
-            0
-        } else {
-            let rtt = rtt_to(i.node);
-            let in_transit = (f64::from(capacity) * rtt / service_ms.unwrap_or(1.0).max(1.0)).ceil();
-            capacity.saturating_add(in_transit.min(f64::from(u32::MAX / 2)) as u32)
-        };
-        Candidate {
-            id: i.id,
-            node: i.node,
-            in_flight: i.in_flight,
-            capacity,
-            service_time_ms: service_ms,
-            held_ms: i.held_ms.get(),
-        }
-    }));
-}
-
 /// A picked instance: where to send, and who to tell when done.
 pub(super) struct Picked {
     pub(super) id: u64,
@@ -67,16 +34,13 @@ pub(super) struct Picked {
 
 impl Picked {
     pub(super) fn of(i: &InstanceState) -> Self {
-        Self { id: i.id, name: i.name.clone(), node: i.node, upstream: i.upstream.clone() }
+        Self { id: i.load.id, name: i.name.clone(), node: i.load.node, upstream: i.upstream.clone() }
     }
 }
 
 pub(super) fn pick(shared: &Shared, inner: &mut RevisionInner, queued: u32, now: Instant) -> Option<Picked> {
     let RevisionInner { route, instances, scratch, balancer, .. } = inner;
-    let rtt = shared.rtt.read().unwrap_or_else(|e| e.into_inner());
-    let origin = shared.config.node;
-    let std_now = now.into_std();
-    fill_candidates(scratch, instances, route.container_concurrency, |node| rtt.get(origin, node, std_now));
+    let rtt = shared.rtt.read();
     let ctx = PickContext {
         origin: shared.config.node,
         rtt: &rtt,
@@ -84,16 +48,13 @@ pub(super) fn pick(shared: &Shared, inner: &mut RevisionInner, queued: u32, now:
         target_concurrency: route.target_concurrency,
         queued,
     };
-    let i = balancer.pick(&ctx, scratch)?;
-    // Candidates are built in instance order, so the index is the instance's.
-    let inst = &mut instances[i];
-    inst.in_flight += 1;
-    Some(Picked::of(inst))
+    let i = gateway::pick(balancer.as_mut(), &ctx, route.container_concurrency, instances, scratch)?;
+    Some(Picked::of(&instances[i]))
 }
 
 /// Hands free capacity to waiting requests, in queue order.
 pub(super) fn dispatch(shared: &Shared, rev: &RevisionState) {
-    dispatch_locked(shared, rev, &mut Shared::lock(&rev.inner));
+    dispatch_locked(shared, rev, &mut rev.inner.lock());
 }
 
 /// [`dispatch`] with the revision already locked.
@@ -113,8 +74,8 @@ pub(super) fn dispatch_locked(shared: &Shared, rev: &RevisionState, inner: &mut 
         }
         if !delivered {
             // Everyone had given up: undo the reservation.
-            if let Some(i) = inner.instances.iter_mut().find(|x| x.id == p.id) {
-                i.in_flight = i.in_flight.saturating_sub(1);
+            if let Some(i) = inner.instances.iter_mut().find(|x| x.load.id == p.id) {
+                i.load.in_flight = i.load.in_flight.saturating_sub(1);
             }
         }
     }
@@ -152,12 +113,12 @@ impl Drop for Waiter<'_> {
         }
         // Under the revision's lock dispatch cannot run: either the waiter is still queued, or
         // dispatch popped it and sent an instance, which is then in `rx`.
-        let mut inner = Shared::lock(&self.rev.inner);
+        let mut inner = self.rev.inner.lock();
         if inner.waiting.remove(self.id).is_none() {
             self.rx.close();
             if let Ok(instance) = self.rx.try_recv() {
-                if let Some(i) = inner.instances.iter_mut().find(|x| x.id == instance) {
-                    i.in_flight = i.in_flight.saturating_sub(1);
+                if let Some(i) = inner.instances.iter_mut().find(|x| x.load.id == instance) {
+                    i.load.in_flight = i.load.in_flight.saturating_sub(1);
                 }
                 dispatch_locked(self.shared, self.rev, &mut inner);
             }

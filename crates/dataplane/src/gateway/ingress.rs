@@ -11,13 +11,14 @@ use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
 use ikukantai_http::body::{Body, Guarded, Limited, boxed, error_response, is_too_large};
+use ikukantai_http::error::chain;
 use ikukantai_http::h1::{Handler, RequestBody};
 use ikukantai_http::peer::Peer;
 use ikukantai_http::pool::{Forwarding, PooledBody, Upstream, UpstreamError};
 use ikukantai_http::proxy::detach_head;
 use ikukantai_http::upgrade::{OnUpgrade, strip_response};
-use ikukantai_policy::balance::Completion;
 use ikukantai_policy::estimate::NodeIndex;
+use ikukantai_policy::gateway::{self as decisions, feed_back};
 use rand::RngExt;
 use tokio::time::Instant;
 
@@ -182,9 +183,9 @@ impl Drop for Forwarded {
     fn drop(&mut self) {
         let shared = &self.shared;
         {
-            let mut inner = Shared::lock(&self.rev.inner);
-            if let Some(i) = inner.instances.iter_mut().find(|x| x.id == self.id) {
-                i.in_flight = i.in_flight.saturating_sub(1);
+            let mut inner = self.rev.inner.lock();
+            if let Some(i) = inner.instances.iter_mut().find(|x| x.load.id == self.id) {
+                i.load.in_flight = i.load.in_flight.saturating_sub(1);
             }
             dispatch_locked(shared, &self.rev, &mut inner);
         }
@@ -307,7 +308,7 @@ impl Ingress {
         }
         let (service, tagged) = {
             let host = host_of(req).map_err(|why| Rejection::bad_request(why.into()))?;
-            let table = shared.table.read().unwrap_or_else(|e| e.into_inner());
+            let table = shared.table.read();
             match table.hosts.get(host.as_ref()) {
                 Some(found) => found.clone(),
                 None => {
@@ -348,7 +349,7 @@ impl Ingress {
             [(_, only)] => Some(only.clone()),
             split => {
                 let total: u32 = split.iter().map(|(p, _)| p).sum();
-                let mut draw = Shared::lock(&self.0.rng).random_range(0..total);
+                let mut draw = self.0.rng.lock().random_range(0..total);
                 for (percent, target) in split {
                     if draw < *percent {
                         return Some(target.clone());
@@ -373,7 +374,7 @@ impl Ingress {
         let Routed { service, rev } = routed;
         rev.origin.request_in(arrival.into_std(), false);
         let entered = Entered { rev, buffered: false, handed_over: false };
-        let mut inner = Shared::lock(&rev.inner);
+        let mut inner = rev.inner.lock();
         let timeout = inner.route.timeout;
         let deadline = arrival + timeout;
         let ahead = inner.waiting.len() as u32;
@@ -421,8 +422,9 @@ impl Ingress {
             let id = Box::pin(wait_for_instance(&mut waiter, deadline)).await;
             let revision = rev.labels.revision.as_str();
             let (found, failure, none_ready) = {
-                let inner = Shared::lock(&rev.inner);
-                let found = id.and_then(|id| inner.instances.iter().find(|x| x.id == id).map(Picked::of));
+                let inner = rev.inner.lock();
+                let found =
+                    id.and_then(|id| inner.instances.iter().find(|x| x.load.id == id).map(Picked::of));
                 let failure = inner.route.failure.is_some().then(|| cannot_start(revision, &inner.route));
                 (found, failure, inner.instances.is_empty())
             };
@@ -500,11 +502,14 @@ impl Ingress {
                 // The client's body broke its framing (or ended early): the client's fault, not
                 // the instance's.
                 Some(Err(e)) if client_body_failed(&e) => {
-                    Rejection::new(StatusCode::BAD_REQUEST, &service, "bad_request", e.to_string())
+                    Rejection::new(StatusCode::BAD_REQUEST, &service, "bad_request", chain(&e))
                 }
                 Some(Err(e)) => {
-                    let message =
-                        format!("instance {name} on {} did not answer: {e}", shared.nodes().names[done.node]);
+                    let message = format!(
+                        "instance {name} on {} did not answer: {}",
+                        shared.nodes().names[done.node],
+                        chain(&e)
+                    );
                     Rejection::new(StatusCode::BAD_GATEWAY, &service, "upstream", message)
                 }
                 None => {
@@ -633,26 +638,17 @@ fn feedback(
             _ => {}
         }
     }
-    let served_by_queue_proxy = instance && node;
-    let mut inner = Shared::lock(&done.rev.inner);
-    if !failed && let Some(i) = inner.instances.iter_mut().find(|x| x.id == done.id) {
-        let held = latency.as_secs_f64() * 1e3;
-        i.service_ms.observe(now.into_std(), service_ms.unwrap_or(held));
-        i.held_ms.observe(now.into_std(), held);
-    }
-    let completion = Completion {
-        id: done.id,
-        node: done.node,
-        origin: done.shared.config.node,
+    let response = decisions::Response {
         latency,
-        service_time: service_ms
-            .filter(|_| served_by_queue_proxy)
-            .map(|ms| Duration::from_secs_f64(ms / 1e3)),
+        service_ms,
+        from_queue_proxy: instance && node,
         reported_in_flight: load,
         success: !failed,
-        now: now.into_std(),
     };
-    inner.balancer.observe(&completion);
+    let inner = &mut *done.rev.inner.lock();
+    let instance_load = inner.instances.iter_mut().find(|x| x.load.id == done.id).map(|x| &mut x.load);
+    let key = (done.id, done.node, done.shared.config.node);
+    feed_back(inner.balancer.as_mut(), instance_load, key, &response, now.into_std());
     instance || node || load.is_some() || service_ms.is_some()
 }
 

@@ -2,7 +2,6 @@
 //! fed by its probes) and its peers' (from their answers), and which peers to probe next
 //! (`policy::probe`). [`crate::monitor`] sends the probes; this is the state both runtimes share.
 
-use std::sync::MutexGuard;
 use std::time::Instant;
 
 use http::HeaderValue;
@@ -34,8 +33,8 @@ impl Latency {
 }
 
 impl Shared {
-    pub(super) fn latency(&self) -> MutexGuard<'_, Latency> {
-        Self::lock(&self.latency)
+    pub(super) fn latency(&self) -> parking_lot::MutexGuard<'_, Latency> {
+        self.latency.lock()
     }
 
     /// The coordinate as the `/healthz` answer's header value.
@@ -102,7 +101,7 @@ impl Gateway {
     /// The RTT from this node to `to` the balancers use at `now`, and where it came from.
     pub fn rtt_to(&self, to: NodeIndex, now: Instant) -> Rtt {
         let node = self.shared.config.node;
-        self.shared.rtt.read().unwrap_or_else(|e| e.into_inner()).lookup(node, to, now)
+        self.shared.rtt.read().lookup(node, to, now)
     }
 
     /// How to reach node `to` (through its link, if any).
@@ -134,7 +133,7 @@ impl Gateway {
         };
         self.shared.metrics.coordinate_error.set(own.error);
         let node = self.shared.config.node;
-        let mut rtt = self.shared.rtt.write().unwrap_or_else(|e| e.into_inner());
+        let mut rtt = self.shared.rtt.write();
         rtt.set_coordinate(node, own.clone(), now);
         if let Some(peer) = peer {
             rtt.set_coordinate(to, peer.clone(), now);
@@ -152,15 +151,15 @@ impl Gateway {
         let Some(peer) = self.shared.nodes().names.get(to).cloned() else { return };
         let labels = LinkLabels { from: self.shared.node_name().to_owned(), to: peer };
         self.shared.metrics.latency.get_or_create(&labels).set(ms);
-        self.shared.rtt.write().unwrap_or_else(|e| e.into_inner()).record(node, to, ms, now);
+        self.shared.rtt.write().record(node, to, ms, now);
     }
 
     /// Nodes hosting instances this gateway routes to (the balancers' candidates).
     pub fn routed_nodes(&self) -> Vec<NodeIndex> {
-        let table = self.shared.table.read().unwrap_or_else(|e| e.into_inner());
+        let table = self.shared.table.read();
         let mut nodes: Vec<NodeIndex> = Vec::new();
         for r in table.revisions.values() {
-            nodes.extend(Shared::lock(&r.inner).route.instances.iter().map(|i| i.node));
+            nodes.extend(r.inner.lock().route.instances.iter().map(|i| i.node));
         }
         nodes.sort_unstable();
         nodes.dedup();
@@ -182,7 +181,7 @@ impl Gateway {
     fn plan(&self, now: Instant, peers: &[NodeIndex], urgent: bool) -> Vec<PlannedProbe> {
         let node = self.shared.config.node;
         let routed = self.routed_nodes();
-        let rtt = self.shared.rtt.read().unwrap_or_else(|e| e.into_inner());
+        let rtt = self.shared.rtt.read();
         let mut latency = self.shared.latency();
         let k = latency.planner.params().candidates;
         let candidates = nearest(node, peers, k, &rtt, now);
@@ -208,7 +207,7 @@ impl Gateway {
 
     /// Forgets what was measured to and learnt about `node` (it left); its index stays.
     pub fn forget_node(&self, node: NodeIndex) {
-        self.shared.rtt.write().unwrap_or_else(|e| e.into_inner()).forget(node);
+        self.shared.rtt.write().forget(node);
         let mut latency = self.shared.latency();
         latency.vivaldi.forget(node);
         latency.planner.forget(node);

@@ -29,8 +29,8 @@ mod routes;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use http::{HeaderValue, Request, Response, StatusCode};
@@ -43,12 +43,14 @@ use ikukantai_policy::autoscaler::Stat;
 use ikukantai_policy::estimate::{NodeIndex, RttMatrix, VivaldiParams};
 use ikukantai_policy::probe::ProbeParams;
 use ikukantai_policy::registry::{PolicyParams, UnknownPolicy};
+use parking_lot::{Mutex, RwLock};
 use prometheus_client::registry::Registry;
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
+use crate::defaults::{GATEWAY_QUEUE_DEPTH, MAX_BODY_BYTES, MAX_HEADER_BYTES};
 pub use crate::edge::EdgePolicy;
 use crate::headers::COORDINATE_NAME;
 use crate::metrics::{GatewayMetrics, metrics_response};
@@ -133,10 +135,10 @@ impl GatewayConfig {
         Self {
             nodes: vec![node.to_owned()],
             node: 0,
-            domain: "example.com".into(),
-            queue_depth: 10_000,
-            max_header_bytes: 64 * 1024,
-            max_body_bytes: 64 * 1024 * 1024,
+            domain: ikukantai_api::config::DEFAULT_DOMAIN.into(),
+            queue_depth: GATEWAY_QUEUE_DEPTH,
+            max_header_bytes: MAX_HEADER_BYTES,
+            max_body_bytes: MAX_BODY_BYTES,
             policy: PolicyParams::default(),
             links: Links::Direct,
             rtt: RttMatrix::new(1, 0.0, Duration::from_secs(30)),
@@ -180,7 +182,7 @@ pub struct RevisionReport {
 #[derive(Debug, thiserror::Error)]
 pub enum RoutesError {
     /// A policy name is not registered.
-    #[error("revision {revision}: {source}")]
+    #[error("revision {revision}")]
     Policy {
         /// The revision.
         revision: String,
@@ -258,12 +260,8 @@ impl Shared {
         &self.config.nodes[self.config.node]
     }
 
-    fn nodes(&self) -> std::sync::RwLockReadGuard<'_, NodeSet> {
-        self.nodes.read().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-        m.lock().unwrap_or_else(|e| e.into_inner())
+    fn nodes(&self) -> parking_lot::RwLockReadGuard<'_, NodeSet> {
+        self.nodes.read()
     }
 
     /// The connector of `node` for upstream connections, made on first use.
@@ -271,7 +269,7 @@ impl Shared {
         if let Some(c) = self.nodes().connectors.get(node).and_then(Option::as_ref) {
             return c.clone();
         }
-        let mut nodes = self.nodes.write().unwrap_or_else(|e| e.into_inner());
+        let mut nodes = self.nodes.write();
         if nodes.connectors.len() <= node {
             nodes.connectors.resize(node + 1, None);
         }
@@ -285,7 +283,9 @@ impl Shared {
     }
 
     fn instance_id(&self, name: &str) -> u64 {
-        *Self::lock(&self.instance_ids)
+        *self
+            .instance_ids
+            .lock()
             .entry(name.to_owned())
             .or_insert_with(|| self.ids.fetch_add(1, Ordering::Relaxed))
     }
@@ -370,14 +370,14 @@ impl Gateway {
     /// Nothing in flight is disturbed: existing indices, connections and estimates stay as they
     /// are.
     pub fn add_node(&self, name: &str, prior_ms: f64) -> NodeIndex {
-        let mut nodes = self.shared.nodes.write().unwrap_or_else(|e| e.into_inner());
+        let mut nodes = self.shared.nodes.write();
         if let Some(i) = nodes.names.iter().position(|n| n == name) {
             return i;
         }
         nodes.names.push(name.to_owned());
         nodes.connectors.push(None);
         let n = nodes.names.len();
-        self.shared.rtt.write().unwrap_or_else(|e| e.into_inner()).grow(n, prior_ms);
+        self.shared.rtt.write().grow(n, prior_ms);
         n - 1
     }
 
@@ -387,10 +387,12 @@ impl Gateway {
         let shared = &self.shared;
         let next = Table::build(shared, routes)?;
         // Ids of instances no longer routed are forgotten (names are never reused).
-        Shared::lock(&shared.instance_ids)
+        shared
+            .instance_ids
+            .lock()
             .retain(|name, _| routes.revisions.iter().any(|r| r.instances.iter().any(|i| &i.name == name)));
         let revisions: Vec<_> = next.revisions.values().cloned().collect();
-        *shared.table.write().unwrap_or_else(|e| e.into_inner()) = next;
+        *shared.table.write() = next;
         for r in revisions {
             dispatch(shared, &r);
         }
@@ -408,14 +410,14 @@ impl Gateway {
 
     /// Requests waiting in activator queues (for an instance to start or to have room).
     pub fn waiting(&self) -> usize {
-        let table = self.shared.table.read().unwrap_or_else(|e| e.into_inner());
-        table.revisions.values().map(|r| Shared::lock(&r.inner).waiting.len()).sum()
+        let table = self.shared.table.read();
+        table.revisions.values().map(|r| r.inner.lock().waiting.len()).sum()
     }
 
     /// Cuts this gateway's per-revision stats for the period since the last call.
     pub fn report(&self) -> Vec<RevisionReport> {
         let now = std::time::Instant::now();
-        let table = self.shared.table.read().unwrap_or_else(|e| e.into_inner());
+        let table = self.shared.table.read();
         table
             .revisions
             .values()
@@ -504,7 +506,7 @@ mod tests {
         let traffic = vec![RouteTarget { revision: "hello-00001".into(), percent: 100, tag: None }];
         let service = ServiceRoute { namespace: "default".into(), name: "hello".into(), traffic };
         gw.set_routes(&Routes { services: vec![service], revisions: vec![revision] }).unwrap();
-        let rev = gw.shared.table.read().unwrap().revisions.values().next().unwrap().clone();
+        let rev = gw.shared.table.read().revisions.values().next().unwrap().clone();
         (gw, rev)
     }
 
@@ -521,7 +523,7 @@ mod tests {
     ) -> Vec<activator::Waiter<'a>> {
         let shared = &gw.shared;
         let now = Instant::now();
-        let mut inner = Shared::lock(&rev.inner);
+        let mut inner = rev.inner.lock();
         assert!(activator::pick(shared, &mut inner, 0, now).is_some());
         let req = request();
         let queued: Vec<_> = (0..waiters)
@@ -538,15 +540,15 @@ mod tests {
             })
             .collect();
         // The request in flight ends: its slot goes to the first waiter at once.
-        inner.instances[0].in_flight -= 1;
+        inner.instances[0].load.in_flight -= 1;
         activator::dispatch_locked(shared, rev, &mut inner);
-        assert_eq!(inner.instances[0].in_flight, 1, "reserved for the waiter");
+        assert_eq!(inner.instances[0].load.in_flight, 1, "reserved for the waiter");
         queued
     }
 
     fn in_flight(rev: &routes::RevisionState) -> (u32, usize) {
-        let inner = Shared::lock(&rev.inner);
-        (inner.instances[0].in_flight, inner.waiting.len())
+        let inner = rev.inner.lock();
+        (inner.instances[0].load.in_flight, inner.waiting.len())
     }
 
     #[tokio::test]

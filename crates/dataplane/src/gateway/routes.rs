@@ -1,9 +1,10 @@
 //! The routing table: the routes the control plane gives a gateway, and the host → service →
 //! revision table built from them, which keeps each revision's instances and their state.
 
+use std::borrow::{Borrow, BorrowMut};
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ikukantai_api::annotations::RevisionSettings;
@@ -12,9 +13,11 @@ use ikukantai_api::revision::{Revision, SERVICE_LABEL};
 use ikukantai_http::pool::Upstream;
 use ikukantai_policy::autoscaler::ScalingSpec;
 use ikukantai_policy::balance::{Balancer, Candidate};
-use ikukantai_policy::estimate::{NodeIndex, PeakEwma};
+use ikukantai_policy::estimate::NodeIndex;
+use ikukantai_policy::gateway::InstanceLoad;
 use ikukantai_policy::queue::{PriorityRule, QueueDiscipline};
 use ikukantai_policy::registry::{self, PolicyParams};
+use parking_lot::Mutex;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::oneshot;
@@ -122,15 +125,23 @@ pub struct Routes {
 }
 
 pub(super) struct InstanceState {
-    pub(super) id: u64,
+    /// What the gateway's decisions see of it: id, node, in flight, estimates.
+    pub(super) load: InstanceLoad,
     pub(super) name: Arc<str>,
-    pub(super) node: NodeIndex,
     /// Its address and the pooled connections to it.
     pub(super) upstream: Arc<Upstream>,
-    pub(super) in_flight: u32,
-    pub(super) service_ms: PeakEwma,
-    /// Send → response headers, as this gateway sees it (how long a slot stays taken).
-    pub(super) held_ms: PeakEwma,
+}
+
+impl Borrow<InstanceLoad> for InstanceState {
+    fn borrow(&self) -> &InstanceLoad {
+        &self.load
+    }
+}
+
+impl BorrowMut<InstanceLoad> for InstanceState {
+    fn borrow_mut(&mut self) -> &mut InstanceLoad {
+        &mut self.load
+    }
 }
 
 pub(super) struct RevisionInner {
@@ -196,7 +207,7 @@ impl Table {
             }
         }
         let mut next = Table::default();
-        let old = shared.table.read().unwrap_or_else(|e| e.into_inner());
+        let old = shared.table.read();
         for r in &routes.revisions {
             let key = (r.namespace.clone(), r.revision.clone());
             let state = match old.revisions.get(&key) {
@@ -281,7 +292,7 @@ impl RevisionState {
             PolicyParams { priority_rules: r.priority_rules.clone(), ..shared.config.policy.clone() };
         let err = |source| RoutesError::Policy { revision: r.revision.clone(), source };
         let mut instances: Vec<_> = r.instances.iter().map(|i| new_instance(shared, i)).collect();
-        instances.sort_by_key(|i| i.id);
+        instances.sort_by_key(|i| i.load.id);
         let now = std::time::Instant::now();
         let labels = RevisionLabels {
             namespace: r.namespace.clone(),
@@ -309,7 +320,7 @@ impl RevisionState {
     /// Takes a revision's new route. Its instances keep their state (in-flight counts,
     /// estimates); a failed revision left without instances lets its waiting requests go.
     fn update(&self, shared: &Shared, r: &RevisionRoute) -> Result<(), RoutesError> {
-        let mut inner = Shared::lock(&self.inner);
+        let mut inner = self.inner.lock();
         if inner.route.balancer != r.balancer {
             inner.balancer = registry::balancer(&r.balancer, &shared.config.policy)
                 .map_err(|source| RoutesError::Policy { revision: r.revision.clone(), source })?;
@@ -321,16 +332,16 @@ impl RevisionState {
             .iter()
             .map(|i| match previous.remove(i.name.as_str()) {
                 Some(mut s) => {
-                    if s.upstream.addr() != i.addr || s.node != i.node {
+                    if s.upstream.addr() != i.addr || s.load.node != i.node {
                         s.upstream = new_upstream(shared, i);
                     }
-                    s.node = i.node;
+                    s.load.node = i.node;
                     s
                 }
                 None => new_instance(shared, i),
             })
             .collect();
-        inner.instances.sort_by_key(|i| i.id);
+        inner.instances.sort_by_key(|i| i.load.id);
         inner.route = r.clone();
         if r.failure.is_some() && inner.instances.is_empty() {
             // No instance will come: the waiting requests are answered with the failure.
@@ -347,13 +358,9 @@ fn new_upstream(shared: &Shared, i: &InstanceRoute) -> Arc<Upstream> {
 
 fn new_instance(shared: &Shared, i: &InstanceRoute) -> InstanceState {
     InstanceState {
-        id: shared.instance_id(&i.name),
+        load: InstanceLoad::new(shared.instance_id(&i.name), i.node),
         name: i.name.as_str().into(),
-        node: i.node,
         upstream: new_upstream(shared, i),
-        in_flight: 0,
-        service_ms: PeakEwma::new(Duration::from_secs(5)),
-        held_ms: PeakEwma::new(Duration::from_secs(5)),
     }
 }
 

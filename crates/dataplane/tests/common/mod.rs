@@ -164,7 +164,7 @@ pub fn qp_config(instance: &str, node: &str, revision: &str, app: SocketAddr, cc
             failure_threshold: 3,
             success_threshold: 1,
         },
-        max_header_bytes: 64 * 1024,
+        max_header_bytes: ikukantai_dataplane::defaults::MAX_HEADER_BYTES,
         upgrades: ikukantai_dataplane::edge::default_upgrades(),
     }
 }

@@ -10,7 +10,7 @@ use ikukantai_policy::registry::{self, PolicyParams};
 use ikukantai_policy::scaler::RevisionScaler;
 
 use super::names::{self, Origin};
-use super::{Fleet, FleetError, Poke, RevisionRecord, ServiceRecord, lock, stored_status};
+use super::{Fleet, FleetError, Poke, RevisionRecord, ServiceRecord, stored_status};
 use crate::store::RevisionRecordStatus;
 use crate::view::ApplyResult;
 
@@ -67,7 +67,7 @@ impl Fleet {
             return Err(FleetError::Invalid(problems.join("\n")));
         }
         let mut lines = Vec::new();
-        let mut state = lock(&self.state);
+        let mut state = self.state.lock();
         // Route names (a Service's, and `TAG-SVC` for its tags) must not collide, with the
         // Services stored or with each other: a gateway could route such a host to only one.
         let applying = docs.iter().filter_map(|d| match &d.document {
@@ -166,7 +166,7 @@ impl Fleet {
 
     /// Deletes a service, its revisions and instances.
     pub fn delete(&self, namespace: &str, name: &str) -> Result<(), FleetError> {
-        let mut state = lock(&self.state);
+        let mut state = self.state.lock();
         if state.services.remove(&(namespace.to_owned(), name.to_owned())).is_none() {
             return Err(FleetError::NotFound(format!("service {namespace}/{name} not found")));
         }

@@ -1,34 +1,22 @@
-//! The fleet's defaults, in one place.
+//! The fleet's defaults, in one place (the request path's limits are `ikukantai_dataplane::defaults`).
 
 use std::time::Duration;
 
-/// Requests a gateway's activator queues per revision before it answers 503: Knative's activator
-/// allows as many (its breaker queue depth), and the gateway's memory at that depth is measured.
-pub(super) const GATEWAY_QUEUE_DEPTH: usize = 10_000;
-
-/// Largest request head a gateway or queue proxy reads (431 beyond): room for large cookies and
-/// tokens, while no client makes either buffer an unbounded head.
-pub(super) const MAX_HEADER_BYTES: usize = 64 * 1024;
-
-/// Largest request body a gateway forwards (413 beyond): ample for a function's request, while no
-/// client streams an unbounded body through the fleet.
-pub(super) const MAX_BODY_BYTES: u64 = 64 * 1024 * 1024;
-
 /// How long an instance's process has between SIGTERM and SIGKILL: its queue proxy has drained
 /// it already, so this is only for the process's own cleanup.
-pub(super) const TERMINATION_GRACE: Duration = Duration::from_secs(10);
+pub const TERMINATION_GRACE: Duration = Duration::from_secs(10);
 
 /// How often the control loop runs unasked: what must happen at once (an apply, demand at zero, an
 /// instance changing phase) pokes it, so this bounds how late the periodic steps below run.
-pub(super) const RECONCILE_PERIOD: Duration = Duration::from_millis(250);
+pub const RECONCILE_PERIOD: Duration = Duration::from_millis(250);
 
 /// How often instances' and gateways' stats reach the autoscalers: one report for each of the
 /// autoscaler's 1 s buckets.
-pub(super) const STATS_PERIOD: Duration = Duration::from_secs(1);
+pub const STATS_PERIOD: Duration = Duration::from_secs(1);
 
 /// How often the autoscalers and placements decide unpoked: Knative's autoscaler ticks every 2 s.
-pub(super) const DECISION_PERIOD: Duration = Duration::from_secs(2);
+pub const DECISION_PERIOD: Duration = Duration::from_secs(2);
 
 /// Added to the longest round trip for an instance's stop grace: the hops on either side of the
 /// link, which the round trip does not count.
-pub(super) const STOP_GRACE_HOPS: Duration = Duration::from_millis(100);
+pub const STOP_GRACE_HOPS: Duration = Duration::from_millis(100);

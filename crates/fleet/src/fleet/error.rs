@@ -40,16 +40,7 @@ pub enum FleetError {
 }
 
 /// An error and its causes, `: `-separated, as anyhow's `{:#}` prints them.
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut next = e.source();
-    while let Some(cause) = next {
-        out.push_str(": ");
-        out.push_str(&cause.to_string());
-        next = cause.source();
-    }
-    out
-}
+pub(crate) use ikukantai_http::error::chain as error_chain;
 
 #[cfg(test)]
 mod tests {

@@ -4,14 +4,13 @@
 //! - this module: the fleet, its start and shutdown, and the books it keeps;
 //! - `apply`: applying and deleting services;
 //! - `reconcile`: the control loop, one function per phase;
-//! - `occupancy`: a revision's instances and room per node, as pure functions;
 //! - `views`: what the API shows of the fleet;
 //! - `error`: `FleetError`; `defaults`: the fleet's constants.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ikukantai_api::annotations::RevisionSettings;
@@ -20,6 +19,7 @@ use ikukantai_api::revision::Revision;
 use ikukantai_api::service::Service;
 use ikukantai_api::status::{RevisionState, resolve_traffic};
 use ikukantai_api::topology::{LinkIndex, Topology};
+use ikukantai_dataplane::defaults::{GATEWAY_QUEUE_DEPTH, MAX_BODY_BYTES, MAX_HEADER_BYTES};
 use ikukantai_dataplane::gateway::{
     EdgePolicy, Gateway, GatewayConfig, GatewayEvents, Links, MemoryRelease, RouteTarget, Routes,
 };
@@ -29,19 +29,18 @@ use ikukantai_policy::estimate::{RttMatrix, VivaldiParams};
 use ikukantai_policy::probe::ProbeParams;
 use ikukantai_policy::registry::PolicyParams;
 use ikukantai_policy::scaler::RevisionScaler;
+use parking_lot::Mutex;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
-use self::defaults::{GATEWAY_QUEUE_DEPTH, MAX_BODY_BYTES, MAX_HEADER_BYTES};
 use crate::agent::{Instance, Phase};
 use crate::lifetime::{KEPT_LOGS, StateLock, prune_logs, reap_orphans};
 use crate::store::{RevisionRecordStatus, Store, StoreProblem};
 
 mod apply;
-mod defaults;
+pub mod defaults;
 mod error;
 mod names;
-mod occupancy;
 mod reconcile;
 mod views;
 
@@ -181,10 +180,6 @@ async fn listen(node: &str, what: &str, addr: SocketAddr) -> Result<TcpListener,
         .map_err(|source| FleetError::Io { what: format!("node {node}: {what} on {addr}"), source })
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 impl Fleet {
     /// Starts the gateways, restores the stored services and starts reconciling.
     pub async fn start(options: FleetOptions) -> Result<Arc<Self>, FleetError> {
@@ -263,14 +258,14 @@ impl Fleet {
             options,
         });
         {
-            let mut state = lock(&fleet.state);
+            let mut state = fleet.state.lock();
             for s in stored {
                 let mut record = ServiceRecord { service: s.service, revisions: Vec::new() };
                 for r in s.revisions {
                     let status = s.status.get(r.name()).cloned().unwrap_or_default();
                     match fleet.revision_record(r) {
                         Ok(rec) => record.revisions.push(RevisionRecord { status, ..rec }),
-                        Err(e) => tracing::error!(error = %e, "cannot restore a revision"),
+                        Err(e) => tracing::error!(error = %error_chain(&e), "cannot restore a revision"),
                     }
                 }
                 let key = (
@@ -304,7 +299,7 @@ impl Fleet {
     /// Takes in one of the monitors' probes (the gateway that sent it has recorded it already):
     /// the sample and both nodes' coordinates go to the matrix placement decides with.
     pub(crate) fn record_measurement(&self, m: &Measurement) {
-        let mut state = lock(&self.state);
+        let mut state = self.state.lock();
         state.rtt.record(m.from, m.to, m.rtt_ms, m.at);
         state.rtt.set_coordinate(m.from, m.own.clone(), m.at);
         if let Some(peer) = &m.peer {
@@ -315,7 +310,7 @@ impl Fleet {
     /// Keeps the logs of the [`KEPT_LOGS`] instances that stopped last, and of every live one.
     fn prune_logs(&self) {
         let live: std::collections::BTreeSet<String> = {
-            let state = lock(&self.state);
+            let state = self.state.lock();
             state.instances.keys().chain(state.stopping.keys()).chain(state.pending.keys()).cloned().collect()
         };
         prune_logs(&self.logs, KEPT_LOGS, |name| live.contains(name));
@@ -330,7 +325,7 @@ impl Fleet {
     /// Stops every instance and gateway (Ctrl-C).
     pub async fn shutdown(&self) {
         let all: Vec<Arc<Instance>> = {
-            let mut state = lock(&self.state);
+            let mut state = self.state.lock();
             let mut v: Vec<_> =
                 std::mem::take(&mut state.instances).into_values().map(|r| r.instance).collect();
             v.extend(std::mem::take(&mut state.stopping).into_values().map(|r| r.instance));
@@ -341,7 +336,7 @@ impl Fleet {
         for s in stops {
             let _ = s.await;
         }
-        lock(&self.lock).take();
+        self.lock.lock().take();
     }
 }
 

@@ -9,23 +9,22 @@ use std::time::{Duration, Instant};
 
 use ikukantai_api::revision::Revision;
 use ikukantai_api::status::awaits_readiness;
+use ikukantai_dataplane::defaults::MAX_HEADER_BYTES;
 use ikukantai_dataplane::gateway::{InstanceRoute, RevisionRoute, Routes, ServiceRoute};
 use ikukantai_dataplane::queue_proxy::{QueueProxyConfig, Readiness};
 use ikukantai_policy::autoscaler::TickInputs;
 use ikukantai_policy::scaler::ScaleInputs;
 use tokio::sync::mpsc;
 
-use super::defaults::{
-    DECISION_PERIOD, MAX_HEADER_BYTES, RECONCILE_PERIOD, STATS_PERIOD, STOP_GRACE_HOPS, TERMINATION_GRACE,
-};
-use super::occupancy::{instances_per_node, room_per_node};
+use super::defaults::{DECISION_PERIOD, RECONCILE_PERIOD, STATS_PERIOD, STOP_GRACE_HOPS, TERMINATION_GRACE};
 use super::{
-    Fleet, InstanceRecord, Poke, RevisionRecord, ServiceRecord, State, error_chain, lock, ready_count,
+    Fleet, InstanceRecord, Poke, RevisionRecord, ServiceRecord, State, error_chain, ready_count,
     revision_states, stored_status, traffic_split,
 };
 use crate::agent::{Instance, InstanceSpec, Phase};
 use crate::lifetime::FLEET_ENV;
 use crate::store::RevisionRecordStatus;
+use ikukantai_policy::occupancy::{instances_per_node, room_per_node, surplus};
 
 /// The control loop: reconcile every [`RECONCILE_PERIOD`], and at once on a poke (demand at zero,
 /// apply).
@@ -40,7 +39,7 @@ pub(super) async fn run(fleet: Arc<Fleet>, mut pokes: mpsc::UnboundedReceiver<Po
             }
         };
         if let Some(Poke::Demand { namespace, revision, origin }) = &poke {
-            let mut state = lock(&fleet.state);
+            let mut state = fleet.state.lock();
             for s in state.services.values_mut() {
                 for r in s
                     .revisions
@@ -60,7 +59,7 @@ impl Fleet {
     /// them. `decide_now` (a poke) decides whatever the time since the last decision.
     fn reconcile(self: &Arc<Self>, decide_now: bool) {
         let now = Instant::now();
-        let mut state = lock(&self.state);
+        let mut state = self.state.lock();
         let state = &mut *state;
         // Finished stops leave the books (one still in its grace period is still running: it
         // stays, counted on its node and stopped on shutdown).
@@ -220,14 +219,8 @@ impl Fleet {
         }
         for (key, names) in &groups {
             let want = wanted.get(key).copied().unwrap_or(0) as usize;
-            if names.len() > want {
-                // Stop the least useful first: not ready before ready, newest first.
-                let mut ranked: Vec<&String> = names.iter().collect();
-                ranked.sort_by_key(|n| {
-                    (state.instances[*n].instance.phase() == Phase::Ready, std::cmp::Reverse((*n).clone()))
-                });
-                to_stop.extend(ranked.into_iter().take(names.len() - want).cloned());
-            }
+            let ranked = names.iter().map(|n| (n, state.instances[n].instance.phase() == Phase::Ready, n));
+            to_stop.extend(surplus(ranked, want).into_iter().cloned());
         }
         // Stopped only once the gateways have let go of them (publish_routes), and after a grace
         // period (stop_after_grace).
@@ -283,7 +276,7 @@ impl Fleet {
                     let instance = Arc::new(instance);
                     let mut watch = instance.watch();
                     {
-                        let mut state = lock(&fleet.state);
+                        let mut state = fleet.state.lock();
                         state.pending.remove(&name);
                         state.instances.insert(
                             name,
@@ -300,8 +293,8 @@ impl Fleet {
                     fleet.reconcile(false);
                 }
                 Err(e) => {
-                    tracing::error!(instance = %name, error = %e, "cannot start instance");
-                    lock(&fleet.state).pending.remove(&name);
+                    tracing::error!(instance = %name, error = %error_chain(&e), "cannot start instance");
+                    fleet.state.lock().pending.remove(&name);
                 }
             }
         });
@@ -313,7 +306,7 @@ impl Fleet {
         if routes != state.routes {
             for g in &self.gateways {
                 if let Err(e) = g.set_routes(&routes) {
-                    tracing::error!(error = %e, "gateway refused routes");
+                    tracing::error!(error = %error_chain(&e), "gateway refused routes");
                 }
             }
             state.routes = routes;

@@ -6,14 +6,14 @@ use ikukantai_api::service::Service;
 use ikukantai_api::status::service_status;
 use ikukantai_policy::estimate::RttSource;
 
-use super::{Fleet, ServiceRecord, State, lock, ready_count, revision_states, traffic_split};
+use super::{Fleet, ServiceRecord, State, ready_count, revision_states, traffic_split};
 use crate::agent::Phase;
 use crate::view::{InstanceView, LatencyView, NodeView, PlacementView, RevisionView};
 
 impl Fleet {
     /// Node views.
     pub fn nodes(&self) -> Vec<NodeView> {
-        let state = lock(&self.state);
+        let state = self.state.lock();
         self.options
             .topology
             .nodes
@@ -32,13 +32,13 @@ impl Fleet {
 
     /// Every service with its status.
     pub fn services(&self) -> Vec<Service> {
-        let state = lock(&self.state);
+        let state = self.state.lock();
         state.services.values().map(|r| with_status(r, &self.options.config.domain, &state)).collect()
     }
 
     /// One service.
     pub fn service(&self, namespace: &str, name: &str) -> Option<Service> {
-        let state = lock(&self.state);
+        let state = self.state.lock();
         state
             .services
             .get(&(namespace.to_owned(), name.to_owned()))
@@ -47,7 +47,7 @@ impl Fleet {
 
     /// Every revision.
     pub fn revisions(&self) -> Vec<RevisionView> {
-        let state = lock(&self.state);
+        let state = self.state.lock();
         let mut out = Vec::new();
         for s in state.services.values() {
             let split = traffic_split(s);
@@ -72,7 +72,7 @@ impl Fleet {
 
     /// Every instance.
     pub fn instances(&self) -> Vec<InstanceView> {
-        let state = lock(&self.state);
+        let state = self.state.lock();
         state
             .instances
             .values()
@@ -98,7 +98,7 @@ impl Fleet {
 
     /// Desired and ready instances per node, per revision.
     pub fn placements(&self) -> Vec<PlacementView> {
-        let state = lock(&self.state);
+        let state = self.state.lock();
         let nodes: Vec<String> = self.options.topology.nodes.iter().map(|n| n.name.clone()).collect();
         let now = Instant::now();
         let mut out = Vec::new();
@@ -137,7 +137,7 @@ impl Fleet {
 
     /// Measured, estimated and configured latencies, and what decisions use.
     pub fn latency(&self) -> LatencyView {
-        let state = lock(&self.state);
+        let state = self.state.lock();
         let n = self.options.topology.nodes.len();
         let now = std::time::Instant::now();
         let rtt = &state.rtt;

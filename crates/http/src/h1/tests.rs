@@ -505,7 +505,7 @@ struct Parks;
 impl Handler for Parks {
     async fn handle(self: Arc<Self>, req: Request<RequestBody>, _: Arc<Peer>) -> Response<Body> {
         let capacity = |req: &Request<RequestBody>| match &req.body().0 {
-            Kind::H1 { side, .. } => lock(side).buf.capacity(),
+            Kind::H1 { side, .. } => side.lock().buf.capacity(),
             _ => usize::MAX,
         };
         let before = capacity(&req);

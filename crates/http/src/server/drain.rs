@@ -2,10 +2,11 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
+use parking_lot::Mutex;
 use pin_project_lite::pin_project;
 use tokio::sync::Notify;
 
@@ -35,15 +36,11 @@ struct Conns {
 const NO_SLOT: usize = usize::MAX;
 
 impl Drain {
-    fn conns(&self) -> std::sync::MutexGuard<'_, Conns> {
-        self.conns.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Tells every connection, present and future, to finish its requests and close.
     pub(super) fn start(&self) {
         // The flag first: a connection registering after the wake-ups below still sees it.
         self.closing.store(true, Ordering::SeqCst);
-        for waker in self.conns().wakers.iter().flatten() {
+        for waker in self.conns.lock().wakers.iter().flatten() {
             waker.wake_by_ref();
         }
     }
@@ -51,7 +48,7 @@ impl Drain {
     /// A new connection, counted from now (also while its protocol is not yet known) until its
     /// registration is dropped; `None` if `max` are open already.
     pub(super) fn enter(self: &Arc<Self>, max: usize) -> Option<Registration> {
-        let mut conns = self.conns();
+        let mut conns = self.conns.lock();
         if conns.live >= max {
             return None;
         }
@@ -64,7 +61,7 @@ impl Drain {
         loop {
             // Made before the check, so a notification in between is not lost.
             let notified = self.ended.notified();
-            if self.conns().live == 0 {
+            if self.conns.lock().live == 0 {
                 return;
             }
             notified.await;
@@ -94,7 +91,7 @@ impl Registration {
     }
 
     fn register(&mut self, waker: &Waker) {
-        let mut conns = self.drain.conns();
+        let mut conns = self.drain.conns.lock();
         let slot = match conns.free.pop() {
             Some(slot) => {
                 conns.wakers[slot] = Some(waker.clone());
@@ -112,7 +109,7 @@ impl Registration {
 impl Drop for Registration {
     fn drop(&mut self) {
         let last = {
-            let mut conns = self.drain.conns();
+            let mut conns = self.drain.conns.lock();
             if self.slot != NO_SLOT {
                 conns.wakers[self.slot] = None;
                 conns.free.push(self.slot);

@@ -1,9 +1,9 @@
 //! Tests of the module above.
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
 use std::sync::atomic::AtomicUsize;
 
+use parking_lot::Mutex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Notify;
 
@@ -316,7 +316,7 @@ impl Trickle {
 
 impl FirstBytes for Trickle {
     fn readable(&self) -> impl Future<Output = io::Result<()>> + Send {
-        let ready = self.end || !self.pieces.lock().unwrap().is_empty();
+        let ready = self.end || !self.pieces.lock().is_empty();
         async move {
             if !ready {
                 std::future::pending::<()>().await;
@@ -327,7 +327,7 @@ impl FirstBytes for Trickle {
 
     fn try_read_buf(&self, buf: &mut BytesMut) -> io::Result<usize> {
         self.reads.fetch_add(1, Ordering::SeqCst);
-        match self.pieces.lock().unwrap().pop_front() {
+        match self.pieces.lock().pop_front() {
             Some(piece) => {
                 buf.extend_from_slice(piece);
                 Ok(piece.len())

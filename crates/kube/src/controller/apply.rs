@@ -28,7 +28,7 @@ use super::routes::{publish_route, route_spec};
 use super::services::{ensure_services, mark_not_owned};
 use super::state::FULL_NODE_HOLD;
 use super::status::{invalid_status, patch_service_status, patch_status};
-use super::{Context, Error, RevisionLabels, TICK, lock, to_local};
+use super::{Context, Error, RevisionLabels, TICK, to_local};
 use crate::crd::{
     FIELD_MANAGER, KnativeService, MANAGED_BY, MANAGED_BY_LABEL, Placement, PlacementSpec, PlacementStatus,
     summary,
@@ -176,7 +176,7 @@ pub(super) async fn apply(ksvc: &KnativeService, ctx: &Context) -> Result<Action
     // Decide, per revision, how many instances on which node.
     let mut plans = Vec::new();
     {
-        let mut state = lock(&ctx.state);
+        let mut state = ctx.state.lock();
         let placements = &ctx.stores.placements;
         let gone =
             state.forget_gone(now, |(ns, rev)| placements.get(&ObjectRef::new(rev).within(ns)).is_some());
@@ -313,7 +313,9 @@ pub(super) async fn apply(ksvc: &KnativeService, ctx: &Context) -> Result<Action
         let placement = ensure_placement(ksvc, plan, ctx).await?;
         let owner = placement.controller_owner_ref(&()).expect("placements have a name");
         let pods: Vec<&Arc<Pod>> = all_pods.iter().filter(|p| of_revision(p, plan.revision.name())).collect();
-        let refusal = converge_pods(&name, plan, &pods, owner, ctx.sidecar_image(&config), ctx).await?;
+        let image = ctx.sidecar_image(&config);
+        let refusal =
+            converge_pods(&name, plan, &pods, owner, image, &config.kubernetes.sidecar, ctx).await?;
         let live_pods: Vec<&Arc<Pod>> = pods.into_iter().filter(|p| live(p)).collect();
         let rev = plan.revision.name();
         if split.iter().any(|t| t.revision == rev) {
@@ -357,10 +359,10 @@ pub(super) async fn apply(ksvc: &KnativeService, ctx: &Context) -> Result<Action
     let mut status = service_status(&svc, &states, &failing, &config.domain);
     // The placeholder Service, once per generation while ours; every time while someone else's.
     let key = (ns.clone(), name.clone());
-    if lock(&ctx.state).routed.get(&key) != Some(&ksvc.metadata.generation) {
+    if ctx.state.lock().routed.get(&key) != Some(&ksvc.metadata.generation) {
         match ensure_services(ksvc, ctx).await? {
             None => {
-                lock(&ctx.state).routed.insert(key, ksvc.metadata.generation);
+                ctx.state.lock().routed.insert(key, ksvc.metadata.generation);
             }
             Some(not_owned) => {
                 tracing::warn!(service = %name, %not_owned, "route not ready");

@@ -6,7 +6,9 @@
 //! stale cache cannot double-create), merge patches for status. Stats arrive by push
 //! ([`crate::wire`]); a demand push triggers the owning Service's reconcile at once.
 
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use ikukantai_api::config::FleetConfig;
@@ -177,10 +179,6 @@ impl std::fmt::Debug for Context {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 impl Context {
     /// A context over `client` and `stores`.
     pub fn new(
@@ -219,12 +217,12 @@ impl Context {
 
     /// The fleet configuration now.
     pub fn config(&self) -> FleetConfig {
-        self.config.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.config.read().clone()
     }
 
     /// Replaces the fleet configuration (a ConfigMap changed).
     pub fn set_config(&self, config: FleetConfig) {
-        *self.config.write().unwrap_or_else(|e| e.into_inner()) = config;
+        *self.config.write() = config;
     }
 
     /// The revision and node of the instance Pod `namespace/pod`, if it is one this platform
@@ -246,7 +244,7 @@ impl Context {
     /// Records one instance's stats.
     pub fn record_stats(&self, s: &InstanceStats) {
         let now = self.clock.now();
-        let mut state = lock(&self.state);
+        let mut state = self.state.lock();
         if let Some(scaler) = state.scalers.get_mut(&(s.namespace.clone(), s.revision.clone())) {
             scaler.autoscaler.record(now, &s.stat.into());
         }
@@ -260,7 +258,7 @@ impl Context {
             return;
         }
         let now = self.clock.now();
-        let mut state = lock(&self.state);
+        let mut state = self.state.lock();
         let from = state.node_index(&r.node);
         for (peer, &ms) in &r.rtt_ms {
             if ms.is_finite() && ms >= 0.0 && self.known_node(peer) {
@@ -285,7 +283,7 @@ impl Context {
             return target;
         }
         let now = self.clock.now();
-        let mut state = lock(&self.state);
+        let mut state = self.state.lock();
         let origin = state.node_index(&d.node);
         let key = (d.namespace.clone(), d.revision.clone());
         match state.scalers.get_mut(&key) {
@@ -328,14 +326,14 @@ pub async fn reconcile(ksvc: Arc<KnativeService>, ctx: Arc<Context>) -> Result<A
         release_legacy_finalizer(&ksvc, &ctx).await?;
         if ksvc.metadata.deletion_timestamp.is_some() {
             // Garbage collection deletes its Placements and their Pods (which drain as usual).
-            lock(&ctx.state).forget_service(&key.0, &key.1);
+            ctx.state.lock().forget_service(&key.0, &key.1);
             return Ok(Action::await_change());
         }
         apply(&ksvc, &ctx).await
     }
     .await;
     if result.is_ok() {
-        lock(&ctx.state).failures.remove(&key);
+        ctx.state.lock().failures.remove(&key);
     }
     let outcome = if result.is_ok() { "ok" } else { "error" };
     ctx.metrics.reconciles.get_or_create(&OutcomeLabels { result: outcome.into() }).inc();
@@ -367,7 +365,7 @@ async fn release_legacy_finalizer(ksvc: &KnativeService, ctx: &Context) -> Resul
 pub fn error_policy(ksvc: Arc<KnativeService>, error: &Error, ctx: Arc<Context>) -> Action {
     let key = (ksvc.namespace().unwrap_or_default(), ksvc.name_any());
     let failures = {
-        let mut state = lock(&ctx.state);
+        let mut state = ctx.state.lock();
         let n = state.failures.entry(key).or_insert(0);
         *n += 1;
         *n

@@ -3,18 +3,25 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+use ikukantai_api::config::SidecarResources;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, PostParams};
 
 use super::apply::Plan;
-use super::{Context, Error, lock};
-use crate::crd::NODE_LABEL;
+use super::{Context, Error};
+use crate::crd::{NODE_ANNOTATION, NODE_LABEL};
 use crate::pod::{INDEX_LABEL, PodParams, build_pod, pod_ready};
 
+/// The node a Pod is pinned to: bound, or (Pending) as its annotation says; Pods created before
+/// the annotation have their node in the label.
 pub(super) fn pod_node(p: &Pod) -> Option<String> {
-    p.spec.as_ref().and_then(|s| s.node_name.clone()).or_else(|| p.labels().get(NODE_LABEL).cloned())
+    p.spec
+        .as_ref()
+        .and_then(|s| s.node_name.clone())
+        .or_else(|| p.annotations().get(NODE_ANNOTATION).cloned())
+        .or_else(|| p.labels().get(NODE_LABEL).cloned())
 }
 
 /// Where an instance Pod is in its life.
@@ -103,6 +110,7 @@ pub(super) async fn converge_pods(
     pods: &[&Arc<Pod>],
     owner: OwnerReference,
     queue_proxy_image: &str,
+    sidecar: &SidecarResources,
     ctx: &Context,
 ) -> Result<Option<String>, Error> {
     let ns = plan.revision.metadata.namespace().to_owned();
@@ -149,7 +157,7 @@ pub(super) async fn converge_pods(
     }
     let missing =
         plan.desired.iter().any(|(node, &want)| by_node.get(node).map_or(0, Vec::len) < want as usize);
-    if missing && let Some(r) = lock(&ctx.state).refusal(&key, now) {
+    if missing && let Some(r) = ctx.state.lock().refusal(&key, now) {
         return Ok(Some(r.message.clone()));
     }
     for (node, &want) in &plan.desired {
@@ -164,6 +172,7 @@ pub(super) async fn converge_pods(
                 index,
                 queue: &plan.queue,
                 queue_proxy_image,
+                sidecar,
                 controller_url: &ctx.settings.controller_url,
                 owner: owner.clone(),
             };
@@ -172,12 +181,12 @@ pub(super) async fn converge_pods(
                     tracing::info!(pod = %pod.name_any(), %node, "creating instance");
                     match api.create(&PostParams::default(), &pod).await {
                         Ok(_) => {
-                            lock(&ctx.state).refused.remove(&key);
+                            ctx.state.lock().refused.remove(&key);
                         }
                         // A create retried on a stale cache: the instance exists.
                         Err(kube::Error::Api(e)) if e.code == 409 => {}
                         Err(kube::Error::Api(e)) if refused(&e) => {
-                            let r = lock(&ctx.state).refuse(key, e.message.clone(), now);
+                            let r = ctx.state.lock().refuse(key, e.message.clone(), now);
                             tracing::warn!(pod = %pod.name_any(), message = %e.message, failures = r.failures,
                                 retry_in = ?r.until.saturating_duration_since(now), "instance refused");
                             return Ok(Some(r.message));

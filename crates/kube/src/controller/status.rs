@@ -95,22 +95,6 @@ pub(super) fn merge_patch(old: &Value, new: &Value) -> Value {
 mod tests {
     use super::*;
 
-    /// RFC 7386's merge, as the API server applies a merge patch.
-    fn apply(target: &mut Value, patch: &Value) {
-        match (target, patch) {
-            (Value::Object(t), Value::Object(p)) => {
-                for (k, v) in p {
-                    if v.is_null() {
-                        t.remove(k);
-                    } else {
-                        apply(t.entry(k.clone()).or_insert(Value::Null), v);
-                    }
-                }
-            }
-            (t, p) => *t = p.clone(),
-        }
-    }
-
     #[test]
     fn a_merge_patch_removes_the_keys_a_map_lost() {
         let old = json!({"ready": {"node1": 1, "node2": 2}, "summary": "1-2/1-2", "failure": "x"});
@@ -118,7 +102,8 @@ mod tests {
         let patch = merge_patch(&old, &new);
         assert_eq!(patch, json!({"ready": {"node1": null}, "summary": "0-2/0-2", "failure": null}));
         let mut stored = old;
-        apply(&mut stored, &patch);
+        // As the API server applies it (RFC 7386).
+        json_patch::merge(&mut stored, &patch);
         assert_eq!(stored, new);
         assert_eq!(merge_patch(&new, &new), json!({}));
     }

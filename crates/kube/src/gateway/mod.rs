@@ -15,7 +15,9 @@ mod view;
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -74,16 +76,16 @@ struct DemandPusher {
     pusher: Pusher,
     node: String,
     services: Arc<RwLock<HashMap<(String, String), String>>>,
-    last: std::sync::Mutex<HashMap<(String, String), std::time::Instant>>,
+    last: Mutex<HashMap<(String, String), std::time::Instant>>,
 }
 
 /// True (and remembered) if `key` was not seen in the last second.
 fn first_in_a_second(
-    last: &std::sync::Mutex<HashMap<(String, String), std::time::Instant>>,
+    last: &Mutex<HashMap<(String, String), std::time::Instant>>,
     key: &(String, String),
     now: std::time::Instant,
 ) -> bool {
-    let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
+    let mut last = last.lock();
     if last.get(key).is_some_and(|t| now.saturating_duration_since(*t) < Duration::from_secs(1)) {
         return false;
     }
@@ -97,8 +99,7 @@ impl GatewayEvents for DemandPusher {
         if !first_in_a_second(&self.last, &key, std::time::Instant::now()) {
             return;
         }
-        let service =
-            self.services.read().unwrap_or_else(|e| e.into_inner()).get(&key).cloned().unwrap_or_default();
+        let service = self.services.read().get(&key).cloned().unwrap_or_default();
         let msg = Demand {
             namespace: namespace.into(),
             service,
@@ -166,7 +167,7 @@ pub async fn probe_peers(
             let ms = probe_rtt(connector, admin).await;
             if let (Some(ms), Some(i)) = (ms, gateway.node_index(&node)) {
                 gateway.record_rtt(i, ms);
-                rtt_ms.write().unwrap_or_else(|e| e.into_inner()).insert(node, ms);
+                rtt_ms.write().insert(node, ms);
             }
         })
         .await;
@@ -250,7 +251,7 @@ pub async fn run(options: GatewayOptions) -> Result<(), ProcessError> {
         pusher: pusher.clone(),
         node: options.node.clone(),
         services: services_by_revision.clone(),
-        last: std::sync::Mutex::default(),
+        last: Mutex::default(),
     });
     let gateway = Arc::new(
         Gateway::start(gateway_config, listen(options.listen).await?, listen(options.admin).await?, events)
@@ -322,7 +323,7 @@ pub async fn run(options: GatewayOptions) -> Result<(), ProcessError> {
                         origin: r.origin.into(),
                     })
                     .collect();
-                let rtt_ms = rtt_ms.read().unwrap_or_else(|e| e.into_inner()).clone();
+                let rtt_ms = rtt_ms.read().clone();
                 let Some(report) = report_to_send(&node, loads, rtt_ms, &mut sent, std::time::Instant::now())
                 else {
                     continue;
@@ -359,13 +360,13 @@ pub async fn run(options: GatewayOptions) -> Result<(), ProcessError> {
                 let nodes = gateway.nodes();
                 let published = route_store.state();
                 let table = routes(&ClusterView { nodes: &nodes, routes: &published });
-                *services_by_revision.write().unwrap_or_else(|e| e.into_inner()) = table
+                *services_by_revision.write() = table
                     .revisions
                     .iter()
                     .map(|r| ((r.namespace.clone(), r.revision.clone()), r.service.clone()))
                     .collect();
                 if let Err(e) = gateway.set_routes(&table) {
-                    tracing::error!(error = %e, "routes refused");
+                    tracing::error!(error = %ikukantai_http::error::chain(&e), "routes refused");
                 }
                 changed.notified().await;
             }
@@ -421,7 +422,7 @@ mod tests {
         let rtt_ms = RwLock::default();
         let peers = vec![("node2".to_owned(), peer.admin_addr()), ("node3".to_owned(), gone)];
         probe_peers(&me, &NodeConnector::new(None), peers, &rtt_ms).await;
-        let measured = rtt_ms.read().unwrap().clone();
+        let measured = rtt_ms.read().clone();
         assert_eq!(measured.keys().collect::<Vec<_>>(), vec!["node2"], "{measured:?}");
         assert!(measured["node2"] >= 0.0);
         let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
@@ -473,7 +474,7 @@ mod tests {
 
     #[test]
     fn demand_is_pushed_once_a_second_per_revision() {
-        let last = std::sync::Mutex::default();
+        let last = Mutex::default();
         let t0 = std::time::Instant::now();
         let a = ("default".to_owned(), "hello-00001".to_owned());
         let b = ("default".to_owned(), "other-00001".to_owned());

@@ -8,13 +8,15 @@
 //!   ([`FakeApi::finish_terminating`]); unscheduled and Failed/Succeeded Pods go at once; objects
 //!   with finalizers wait for them to be removed;
 //! - merge patches follow RFC 7386 (a map keeps the keys a patch does not mention; `null`
-//!   removes one); status subresources take only `status`, main resources ignore it;
+//!   removes one); one that names a `metadata.resourceVersion` other than the stored one gets 409
+//!   `Conflict`; status subresources take only `status`, main resources ignore it;
 //! - server-side apply tracks which manager owns which fields: fields a manager applied before
 //!   and leaves out are removed (unless another manager owns them), and a conflicting field owned
 //!   by another manager is a 409 unless forced;
-//! - Pod creates pass admission: the namespace's Pod Security level
-//!   (`pod-security.kubernetes.io/enforce`), a ResourceQuota that requires limits, and the
-//!   validation of probe ports (422);
+//! - creates are validated (label values, probe ports: 422, [`super::validation`]), and Pod
+//!   creates pass admission: the namespace's Pod Security level
+//!   (`pod-security.kubernetes.io/enforce`), a ResourceQuota that requires limits and a
+//!   LimitRange's CPU limit-to-request ratio;
 //! - TokenReviews answer from the tokens the test issued.
 
 #![allow(dead_code, reason = "each test crate uses part of the fake API server")]
@@ -29,6 +31,7 @@ use k8s_openapi::jiff::Timestamp;
 use serde_json::{Value, json};
 
 use super::psa::{self, Level};
+use super::validation;
 
 /// The controller's clock, driven by hand: monotonic and wall time advance together.
 #[derive(Debug)]
@@ -119,6 +122,9 @@ pub struct NamespacePolicy {
     /// A ResourceQuota over `limits.*` for these resources (`cpu`, `memory`): every container
     /// must then set those limits.
     pub quota_limits: Vec<&'static str>,
+    /// A LimitRange's `maxLimitRequestRatio` for CPU: no container's CPU limit may exceed its
+    /// request by more.
+    pub cpu_limit_request_ratio: Option<u32>,
 }
 
 /// The fake API server's state.
@@ -313,6 +319,11 @@ impl FakeApi {
         let name = obj["metadata"]["name"].as_str().unwrap_or_default().to_owned();
         let key = format!("{}/{name}", call.path);
         let (kind, _, ns) = parts(&key);
+        let invalid = validation::labels(&obj);
+        if !invalid.is_empty() {
+            let what = kind.trim_end_matches('s');
+            return status(422, "Invalid", &format!("{what} {name:?} is invalid: {}", invalid.join(", ")));
+        }
         if kind == "pods"
             && let Err(e) = self.admit_pod(ns.as_deref().unwrap_or("default"), &name, &obj["spec"])
         {
@@ -339,24 +350,7 @@ impl FakeApi {
 
     /// Validation and admission of a Pod create.
     fn admit_pod(&self, namespace: &str, name: &str, spec: &Value) -> Result<(), (u16, Value)> {
-        // Validation: every probe needs a port (a number 1-65535 or a port name).
-        let mut invalid = Vec::new();
-        for (i, c) in spec["containers"].as_array().into_iter().flatten().enumerate() {
-            for probe in ["livenessProbe", "readinessProbe", "startupProbe"] {
-                for action in ["httpGet", "tcpSocket"] {
-                    let a = &c[probe][action];
-                    if a.is_object() {
-                        let port = &a["port"];
-                        let bad = port.is_null() || port.as_u64().is_some_and(|p| p == 0 || p > 65535);
-                        if bad {
-                            invalid.push(format!(
-                                "spec.containers[{i}].{probe}.{action}.port: Invalid value: 0: must be between 1 and 65535, inclusive"
-                            ));
-                        }
-                    }
-                }
-            }
-        }
+        let invalid = validation::probe_ports(spec);
         if !invalid.is_empty() {
             return Err(status(
                 422,
@@ -391,6 +385,23 @@ impl FakeApi {
                         missing.join("; ")
                     ),
                 ));
+            }
+        }
+        if let Some(max) = policy.cpu_limit_request_ratio {
+            for c in spec["containers"].as_array().into_iter().flatten() {
+                let cpu = |k: &str| c["resources"][k]["cpu"].as_str().map(validation::millicores);
+                if let (Some(limit), Some(request)) = (cpu("limits"), cpu("requests")) {
+                    let ratio = limit / request;
+                    if ratio > f64::from(max) {
+                        return Err(status(
+                            403,
+                            "Forbidden",
+                            &format!(
+                                "pods {name:?} is forbidden: cpu max limit to request ratio per Container is {max}, but provided ratio is {ratio:.6}"
+                            ),
+                        ));
+                    }
+                }
             }
         }
         Ok(())
@@ -428,8 +439,19 @@ impl FakeApi {
         let Some(obj) = objects.get_mut(key) else {
             return status(404, "NotFound", &format!("{:?} not found", parts(key).1));
         };
+        // Optimistic concurrency: a patch that names the version it was computed from applies
+        // only to that version.
+        let expected = call.body["metadata"]["resourceVersion"].as_str();
+        if expected.is_some() && obj["metadata"]["resourceVersion"].as_str() != expected {
+            let msg = format!(
+                "Operation cannot be fulfilled on {} {:?}: the object has been modified; please apply your changes to the latest version and try again",
+                kind_of(key),
+                parts(key).1
+            );
+            return status(409, "Conflict", &msg);
+        }
         let patch = scope(&call.body, on_status);
-        merge(obj, &patch);
+        json_patch::merge(obj, &patch);
         obj["metadata"]["resourceVersion"] = json!(self.next_version());
         let manager = call.param("fieldManager").unwrap_or_else(|| "kube-rs".into());
         let mut touched = BTreeSet::new();
@@ -555,7 +577,8 @@ impl FakeApi {
                 remove_path(obj, p);
             }
         }
-        merge(obj, &body);
+        // Maps merge key by key, lists and scalars are replaced (atomic lists, as CRDs' are).
+        json_patch::merge(obj, &body);
         obj["metadata"]["resourceVersion"] = json!(self.next_version());
         let mine = fields.entry(manager).or_default();
         mine.retain(|p| (p.first().map(String::as_str) == Some("status")) != on_status);
@@ -610,22 +633,6 @@ fn without_status(v: &Value) -> Value {
         o.remove("status");
     }
     v
-}
-
-/// RFC 7386: objects merge key by key, `null` removes, anything else replaces.
-pub fn merge(target: &mut Value, patch: &Value) {
-    match (target, patch) {
-        (Value::Object(t), Value::Object(p)) => {
-            for (k, v) in p {
-                if v.is_null() {
-                    t.remove(k);
-                } else {
-                    merge(t.entry(k.clone()).or_insert(Value::Null), v);
-                }
-            }
-        }
-        (t, p) => *t = p.clone(),
-    }
 }
 
 /// The leaf fields of `v`: scalars, lists (owned whole) and empty maps.

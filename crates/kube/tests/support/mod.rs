@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod psa;
+pub mod validation;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -367,12 +368,12 @@ impl Harness {
         self.sync();
     }
 
-    /// Live instance Pods (neither Terminating nor done) by their node label.
+    /// Live instance Pods (neither Terminating nor done) by their node.
     pub fn pods_by_node(&self) -> BTreeMap<String, Vec<String>> {
         self.pods_where(|_| true)
     }
 
-    /// Live instance Pods that `keep` keeps, by their node label.
+    /// Live instance Pods that `keep` keeps, by their node.
     pub fn pods_where(&self, keep: impl Fn(&Value) -> bool) -> BTreeMap<String, Vec<String>> {
         let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for (k, v) in self.api.objects() {
@@ -382,7 +383,7 @@ impl Harness {
                 && !matches!(phase, "Failed" | "Succeeded")
                 && keep(&v)
             {
-                let node = v["metadata"]["labels"]["ikukantai.dev/node"].as_str().unwrap().to_owned();
+                let node = v["metadata"]["annotations"]["ikukantai.dev/node"].as_str().unwrap().to_owned();
                 out.entry(node).or_default().push(v["metadata"]["name"].as_str().unwrap().to_owned());
             }
         }

@@ -341,6 +341,8 @@ pub struct Autoscaler {
     stable_rps: WindowBuckets,
     panic_rps: WindowBuckets,
     origin: Vec<WindowBuckets>,
+    /// The second of the last poke, and the origins that poked in it.
+    pokes: (u64, Vec<NodeIndex>),
     panic_since: Option<Instant>,
     max_panic_pods: u32,
     delay: Option<MaxWindow>,
@@ -367,6 +369,7 @@ impl Autoscaler {
             stable_rps: WindowBuckets::new(epoch, spec.stable_window),
             panic_rps: WindowBuckets::new(epoch, spec.panic_window),
             origin: Vec::new(),
+            pokes: (0, Vec::new()),
             panic_since: (ready > 1).then_some(now),
             max_panic_pods: if ready > 1 { ready } else { 0 },
             delay,
@@ -412,9 +415,21 @@ impl Autoscaler {
     /// A request arrived at `origin` for a revision with no instance: records a synthetic
     /// concurrency of 1 (Knative's activator "poke") and tells whether the caller should tick at
     /// once instead of waiting for the next period.
+    ///
+    /// A gateway pokes for every request it queues at zero; those are one waiting user each, not
+    /// one more instance each. So a second counts at most one per origin that poked in it:
+    /// summing every poke asked for as many instances as requests had queued, and a burst at zero
+    /// started a dozen instances to drop most of them a window later.
     pub fn poke(&mut self, now: Instant, origin: NodeIndex) -> bool {
-        self.record(now, &Stat { concurrency: 1.0, requests: 1.0, ..Stat::default() });
-        self.record_origin(now, origin, 1.0);
+        let second = now.saturating_duration_since(self.epoch).as_secs();
+        if self.pokes.0 != second {
+            self.pokes = (second, Vec::new());
+        }
+        if !self.pokes.1.contains(&origin) {
+            self.pokes.1.push(origin);
+            self.record(now, &Stat { concurrency: 1.0, requests: 1.0, ..Stat::default() });
+            self.record_origin(now, origin, 1.0);
+        }
         self.scale == 0
     }
 

@@ -370,6 +370,26 @@ fn poke_at_zero_asks_for_an_immediate_tick_and_scales_up() {
 }
 
 #[test]
+fn a_burst_of_pokes_counts_once_per_origin_and_second() {
+    let t0 = Instant::now();
+    let o = ScalingOverrides { initial_scale: Some(0), ..spec10_overrides() };
+    let mut a = Autoscaler::new(spec_with(0, o), t0, 0);
+    // Forty requests queue at zero within the same second, at two origins.
+    for k in 0..40u64 {
+        a.poke(t0 + secs(3) + std::time::Duration::from_millis(k), (k % 2) as usize);
+    }
+    let d = a.tick(t0 + secs(3) + std::time::Duration::from_millis(40), ready(0, t0));
+    // Two waiting users at a target of 10: one instance (forty pokes summed asked for four).
+    assert_eq!(d.desired, 1);
+    assert_eq!((d.observed_stable, d.demand_by_origin), (2.0, vec![1.0, 1.0]));
+    // The next second counts again.
+    a.poke(t0 + secs(4), 0);
+    a.poke(t0 + secs(4), 0);
+    let d = a.tick(t0 + secs(4), ready(0, t0));
+    assert_eq!(d.observed_stable, 1.5, "(2 + 1) / 2 seconds");
+}
+
+#[test]
 fn failed_activation_is_given_up_after_the_timeout() {
     // scaler.go Activating branch: past the progress deadline (+30 s) zero is allowed.
     let t0 = Instant::now();

@@ -9,18 +9,22 @@
 //!    and started on another just because demand wobbled, and a cold start is not paid twice.
 //! 3. When the total is right but instances sit far from where the demand is, one instance moves
 //!    per `migrate_after`, and only if the move saves at least `min_gain_ms` for that demand — at
-//!    once, though, when the demand's site has no instance at all.
+//!    once, though, when the demand's site has no instance at all. A move makes before it breaks:
+//!    the new instance is asked for first, the old one goes at the next decision, so for that
+//!    while the placement holds one instance more than the total.
 //!
 //! Without any demand signal the ideal is an even spread from the current placement.
 //!
-//! It also asks for a **minimum**: one instance per *site* with a real share of the demand (a site
-//! groups origin nodes within `site_rtt_ms` of each other). The KPA sizes a revision by total
+//! It also asks for a **minimum**: one instance per *site* with more than a trickle of demand (a
+//! site groups origin nodes within `site_rtt_ms` of each other). The KPA sizes a revision by total
 //! concurrency, so two users at two sites 50 ms apart get one instance, and one of them pays the
 //! trip on every request; with the minimum each site keeps its own instance while it has demand.
+//! The floor is absolute, not a share of the total: with twenty sites each has a twentieth of the
+//! demand, and a share rule left most of them to travel to an instance that wandered between them.
 
 use std::time::{Duration, Instant};
 
-use super::{Placement, PlacementInput, SpreadPlacement, apportion};
+use super::{Placement, PlacementInput, SpreadPlacement};
 
 /// Tuning of [`NearestPlacement`].
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -31,8 +35,9 @@ pub struct NearestParams {
     pub min_gain_ms: f64,
     /// Origins closer than this (RTT, ms) are one site.
     pub site_rtt_ms: f64,
-    /// A site needs at least this share of the demand to get its own instance.
-    pub min_site_share: f64,
+    /// A site needs at least this much demand (concurrency: the share of one instance its
+    /// requests keep busy, trips included) to get its own instance.
+    pub min_site_demand: f64,
 }
 
 impl Default for NearestParams {
@@ -41,7 +46,7 @@ impl Default for NearestParams {
             migrate_after: Duration::from_secs(30),
             min_gain_ms: 5.0,
             site_rtt_ms: 10.0,
-            min_site_share: 0.1,
+            min_site_demand: 0.01,
         }
     }
 }
@@ -63,10 +68,15 @@ impl NearestPlacement {
     fn ideal(input: &PlacementInput<'_>, total: u32) -> Option<Vec<u32>> {
         let n = input.nodes();
         let demand: Vec<f64> = (0..n).map(|j| input.demand.get(j).copied().unwrap_or(0.0)).collect();
-        if !demand.iter().any(|&d| d > 0.0) {
+        let sum: f64 = demand.iter().filter(|d| d.is_finite() && **d > 0.0).sum();
+        if sum <= 0.0 {
             return None;
         }
-        let units = apportion(total, &demand);
+        // Whole shares first: an origin with demand for k instances gets them near it.
+        let units: Vec<u32> = demand
+            .iter()
+            .map(|&d| if d.is_finite() && d > 0.0 { (f64::from(total) * d / sum).floor() as u32 } else { 0 })
+            .collect();
         let mut room: Vec<u32> = input.capacity.to_vec();
         let mut ideal = vec![0u32; n];
         let fastest_processing = input.processing_ms.iter().flatten().copied().fold(f64::INFINITY, f64::min);
@@ -98,7 +108,60 @@ impl NearestPlacement {
                 }
             }
         }
+        let placed: u32 = ideal.iter().sum();
+        cover(input, &demand, total.saturating_sub(placed), &mut ideal, &mut room);
         Some(ideal)
+    }
+}
+
+/// Places the fractional rest of the demand, `left` instances, where they cut the demand-weighted
+/// distance to the nearest instance most (greedy k-median). With fewer instances than origins
+/// this finds the node central to many (a cloud near every edge) rather than the single busiest
+/// origin, which would make every other origin pay the trip to it. Once every origin with demand
+/// has an instance at hand, the rest go where demand per instance is highest.
+fn cover(input: &PlacementInput<'_>, demand: &[f64], mut left: u32, ideal: &mut [u32], room: &mut [u32]) {
+    let n = input.nodes();
+    let origins: Vec<usize> = (0..n).filter(|&o| demand[o].is_finite() && demand[o] > 0.0).collect();
+    // An origin without any instance pays at least the farthest trip there is, and then some.
+    let uncovered = origins
+        .iter()
+        .flat_map(|&o| (0..n).map(move |j| (o, j)))
+        .map(|(o, j)| input.response_ms(o, j))
+        .fold(0.0, f64::max)
+        * 2.0
+        + 1.0;
+    let mut nearest: Vec<f64> = origins
+        .iter()
+        .map(|&o| (0..n).filter(|&j| ideal[j] > 0).map(|j| input.response_ms(o, j)).fold(uncovered, f64::min))
+        .collect();
+    while left > 0 {
+        let gain = |j: usize, nearest: &[f64]| -> f64 {
+            origins
+                .iter()
+                .zip(nearest)
+                .map(|(&o, &near)| demand[o] * (near - input.response_ms(o, j)).max(0.0))
+                .sum()
+        };
+        let best = (0..n)
+            .filter(|&j| room[j] > 0)
+            .map(|j| (gain(j, &nearest), j))
+            .max_by(|a, b| a.0.total_cmp(&b.0).then(b.1.cmp(&a.1)));
+        let Some((g, mut j)) = best else { return };
+        if g <= 1e-9 {
+            // Everyone is served at distance 0 already: add capacity where it is busiest.
+            let busiest = (0..n).filter(|&j| room[j] > 0).max_by(|&a, &b| {
+                let load = |x: usize| demand[x].max(0.0) / f64::from(ideal[x] + 1);
+                load(a).total_cmp(&load(b)).then(b.cmp(&a))
+            });
+            let Some(b) = busiest else { return };
+            j = b;
+        }
+        ideal[j] += 1;
+        room[j] -= 1;
+        left -= 1;
+        for (k, &o) in origins.iter().enumerate() {
+            nearest[k] = nearest[k].min(input.response_ms(o, j));
+        }
     }
 }
 
@@ -113,9 +176,7 @@ impl Placement for NearestPlacement {
             return 0;
         }
         let mut origins: Vec<usize> = (0..demand.len().min(rtt.len()))
-            .filter(|&o| {
-                demand[o].is_finite() && demand[o] > 0.0 && demand[o] >= self.params.min_site_share * total
-            })
+            .filter(|&o| demand[o].is_finite() && demand[o] > 0.0 && demand[o] >= self.params.min_site_demand)
             .collect();
         origins.sort_by(|&a, &b| demand[b].total_cmp(&demand[a]).then(a.cmp(&b)));
         let mut sites: Vec<usize> = Vec::new();
@@ -182,8 +243,13 @@ impl Placement for NearestPlacement {
                     (0..n).any(|j| out[j] > 0 && input.rtt.get(d, j, input.now) <= self.params.site_rtt_ms);
                 let since = *self.misplaced_since.get_or_insert(input.now);
                 if !covered || input.now.saturating_duration_since(since) >= self.params.migrate_after {
-                    out[s] -= 1;
+                    // Make before break: the instance at `s` goes once the one at `d` exists
+                    // (the next decision's scale-down takes it), so a move never leaves the
+                    // revision without an instance while the new one starts.
                     out[d] += 1;
+                    if input.current.get(d).copied().unwrap_or(0) >= out[d] {
+                        out[s] -= 1;
+                    }
                     self.misplaced_since = None;
                 }
             }

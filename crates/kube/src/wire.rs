@@ -98,6 +98,10 @@ pub struct GatewayReport {
     /// Latest RTT measured to each peer node, in milliseconds.
     #[serde(default)]
     pub rtt_ms: BTreeMap<String, f64>,
+    /// The node's network coordinate (`x1,…;height;adjustment;error`, ms), sent with the RTTs:
+    /// placement estimates the pairs nobody measured from everyone's coordinates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coordinate: Option<String>,
 }
 
 /// A request for a revision with no instance arrived at `node`: scale it up now, here.

@@ -84,6 +84,7 @@ async fn only_a_gateway_pushes_load_and_demand_and_only_for_its_own_node() {
         node: node.into(),
         revisions: vec![],
         rtt_ms: [("node1".to_owned(), 52.0)].into(),
+        coordinate: None,
     };
 
     assert_eq!(
@@ -145,12 +146,32 @@ async fn reports_naming_nodes_that_do_not_exist_grow_nothing() {
     // A few first: without the check this fails at once instead of grinding through the flood
     // (100k nodes would make an n² RTT matrix).
     let few = (0..10).map(|n| (format!("fake-{n}"), 1.0)).collect();
-    h.ctx.record_report(&GatewayReport { node: "node1".into(), revisions: vec![], rtt_ms: few });
-    h.ctx.record_report(&GatewayReport { node: "fake-7".into(), revisions: vec![], rtt_ms: BTreeMap::new() });
+    h.ctx.record_report(&GatewayReport {
+        node: "node1".into(),
+        revisions: vec![],
+        rtt_ms: few,
+        coordinate: None,
+    });
+    h.ctx.record_report(&GatewayReport {
+        node: "fake-7".into(),
+        revisions: vec![],
+        rtt_ms: BTreeMap::new(),
+        coordinate: None,
+    });
     assert!(h.ctx.metrics_text().contains("ikukantai_controller_nodes 1\n"), "{}", h.ctx.metrics_text());
     let flood: BTreeMap<String, f64> = (0..100_000).map(|n| (format!("fake-{n}"), 1.0)).collect();
-    h.ctx.record_report(&GatewayReport { node: "node1".into(), revisions: vec![], rtt_ms: flood.clone() });
-    h.ctx.record_report(&GatewayReport { node: "fake-7".into(), revisions: vec![], rtt_ms: flood });
+    h.ctx.record_report(&GatewayReport {
+        node: "node1".into(),
+        revisions: vec![],
+        rtt_ms: flood.clone(),
+        coordinate: None,
+    });
+    h.ctx.record_report(&GatewayReport {
+        node: "fake-7".into(),
+        revisions: vec![],
+        rtt_ms: flood,
+        coordinate: None,
+    });
     let metrics = h.ctx.metrics_text();
     assert!(metrics.contains("ikukantai_controller_nodes 1\n"), "{metrics}");
 }

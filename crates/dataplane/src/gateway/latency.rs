@@ -88,6 +88,11 @@ impl Gateway {
         self.shared.config.node
     }
 
+    /// The name of node `i`, if this gateway knows it.
+    pub fn node_name(&self, i: NodeIndex) -> Option<String> {
+        self.shared.nodes().names.get(i).cloned()
+    }
+
     /// How often its monitor plans a round of probes.
     pub fn probe_interval(&self) -> std::time::Duration {
         self.shared.config.probe.interval

@@ -266,6 +266,9 @@ impl Context {
                 state.rtt.record(from, to, ms, now);
             }
         }
+        if let Some(c) = r.coordinate.as_deref().and_then(|c| c.parse().ok()) {
+            state.rtt.set_coordinate(from, c, now);
+        }
         self.metrics.nodes.set(state.nodes.iter().flatten().count() as i64);
         for load in &r.revisions {
             if let Some(scaler) = state.scalers.get_mut(&(load.namespace.clone(), load.revision.clone())) {

@@ -23,8 +23,9 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use ikukantai_api::config::FleetConfig;
 use ikukantai_dataplane::gateway::{Gateway, GatewayConfig, GatewayEvents, Links, MemoryRelease};
-use ikukantai_link::connect::{NodeConnector, probe_rtt};
+use ikukantai_dataplane::monitor::{self, Measurement, Peer};
 use ikukantai_policy::estimate::RttMatrix;
+use ikukantai_policy::probe::ProbeParams;
 use ikukantai_policy::registry::PolicyParams;
 use k8s_openapi::api::core::v1::{ConfigMap, Node};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -43,9 +44,6 @@ use crate::wire::{DEMAND_PATH, Demand, GatewayReport, Pusher, REPORT_PATH, Revis
 /// The RTT assumed between two nodes until the monitor measured it (ms): in-cluster links are
 /// fast until proven otherwise.
 const PRIOR_RTT_MS: f64 = 1.0;
-
-/// Peer gateways probed at the same time.
-const PROBES_AT_ONCE: usize = 32;
 
 /// Options of `ikukantai gateway`.
 #[derive(Debug, Clone)]
@@ -150,27 +148,34 @@ fn report_to_send(
         node: node.to_owned(),
         revisions,
         rtt_ms,
+        coordinate: None,
     })
 }
 
-/// Measures the RTT to every peer gateway (`(node, admin address)`), records it in the gateway
-/// (balancers, `latency_between_nodes`) and in `rtt_ms` (reported to the controller). Probes run
-/// concurrently: a peer that does not answer costs its own timeout, not everyone's.
+/// Runs the gateway's latency monitor, the local fleet's too (`ikukantai_dataplane::monitor`),
+/// over the peer gateways `peers` lists (`(node, admin address)`; nodes the gateway does not know
+/// yet are left out): at most the planner's budget of probes an interval, spread over it. Results
+/// go to the gateway (balancers, `latency_between_nodes`, its coordinate) and to `rtt_ms`
+/// (reported to the controller); a peer that does not answer costs its own probe only.
 pub async fn probe_peers(
-    gateway: &Gateway,
-    connector: &NodeConnector,
-    peers: Vec<(String, SocketAddr)>,
-    rtt_ms: &RwLock<BTreeMap<String, f64>>,
+    gateway: Arc<Gateway>,
+    peers: impl Fn() -> Vec<(String, SocketAddr)> + Send + 'static,
+    rtt_ms: Arc<RwLock<BTreeMap<String, f64>>>,
 ) {
-    futures_util::stream::iter(peers)
-        .for_each_concurrent(PROBES_AT_ONCE, |(node, admin)| async move {
-            let ms = probe_rtt(connector, admin).await;
-            if let (Some(ms), Some(i)) = (ms, gateway.node_index(&node)) {
-                gateway.record_rtt(i, ms);
-                rtt_ms.write().insert(node, ms);
-            }
-        })
-        .await;
+    let names = gateway.clone();
+    let known = move || {
+        peers()
+            .into_iter()
+            .filter_map(|(node, admin)| Some(Peer { node: names.node_index(&node)?, admin }))
+            .collect()
+    };
+    let names = gateway.clone();
+    let record = move |m: &Measurement| {
+        if let Some(name) = names.node_name(m.to) {
+            rtt_ms.write().insert(name, m.rtt_ms);
+        }
+    };
+    monitor::run(gateway, known, record).await;
 }
 
 /// Logs a watch's errors: it retries with backoff, and until it lists the gateway is not ready.
@@ -234,6 +239,7 @@ pub async fn run(options: GatewayOptions) -> Result<(), ProcessError> {
         domain: config.domain.clone(),
         links: Links::Direct,
         rtt: RttMatrix::new(n, PRIOR_RTT_MS, Duration::from_secs(30)),
+        probe: ProbeParams { interval: config.kubernetes.probe_interval, ..ProbeParams::default() },
         policy: PolicyParams::default(),
         memory_release: options.memory_release,
         edge: options.edge,
@@ -287,22 +293,13 @@ pub async fn run(options: GatewayOptions) -> Result<(), ProcessError> {
     );
     drive!("nodes", node_api, watcher::Config::default(), node_writer);
 
-    // Latency monitor: probe every peer gateway's admin port.
+    // Latency monitor: probe the peer gateways' admin ports as the planner says.
     let rtt_ms: Arc<RwLock<BTreeMap<String, f64>>> = Arc::default();
     let probes = {
-        let (gateway, rtt_ms, me) = (gateway.clone(), rtt_ms.clone(), options.node.clone());
+        let me = options.node.clone();
         let admin_port = options.admin.port();
-        let interval = config.kubernetes.probe_interval;
-        tokio::spawn(async move {
-            let connector = NodeConnector::new(None);
-            let mut tick = tokio::time::interval(interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                let peers = peers(&peer_store.state(), &me, admin_port);
-                probe_peers(&gateway, &connector, peers, &rtt_ms).await;
-            }
-        })
+        let listed = move || peers(&peer_store.state(), &me, admin_port);
+        tokio::spawn(probe_peers(gateway.clone(), listed, rtt_ms.clone()))
     };
 
     // Reports to the controller, every second when there is something to say.
@@ -324,10 +321,14 @@ pub async fn run(options: GatewayOptions) -> Result<(), ProcessError> {
                     })
                     .collect();
                 let rtt_ms = rtt_ms.read().clone();
-                let Some(report) = report_to_send(&node, loads, rtt_ms, &mut sent, std::time::Instant::now())
-                else {
+                let now = std::time::Instant::now();
+                let Some(mut report) = report_to_send(&node, loads, rtt_ms, &mut sent, now) else {
                     continue;
                 };
+                // The coordinate goes with the RTTs, for placement's estimates of the rest.
+                if !report.rtt_ms.is_empty() {
+                    report.coordinate = Some(gateway.coordinate().to_string());
+                }
                 if let Err(e) = pusher.push(REPORT_PATH, &report).await {
                     tracing::debug!(error = %e, "report not delivered");
                 }
@@ -410,18 +411,30 @@ mod tests {
     async fn peers_are_probed_and_their_rtt_recorded_where_balancers_and_metrics_see_it() {
         let listen = || async { TcpListener::bind("127.0.0.1:0").await.unwrap() };
         let events = Arc::new(ikukantai_dataplane::gateway::NoEvents);
-        let me =
+        let me = Arc::new(
             Gateway::start(GatewayConfig::single("node1"), listen().await, listen().await, events.clone())
-                .unwrap();
+                .unwrap(),
+        );
         let peer =
             Gateway::start(GatewayConfig::single("node2"), listen().await, listen().await, events).unwrap();
-        // node3's gateway is gone: nothing listens on port 1, so the connection is refused.
+        // node3's gateway is gone: nothing listens on port 1, so the connection is refused; node4
+        // is not a node this gateway knows.
         let gone: SocketAddr = "127.0.0.1:1".parse().unwrap();
         me.add_node("node2", PRIOR_RTT_MS);
         me.add_node("node3", PRIOR_RTT_MS);
-        let rtt_ms = RwLock::default();
-        let peers = vec![("node2".to_owned(), peer.admin_addr()), ("node3".to_owned(), gone)];
-        probe_peers(&me, &NodeConnector::new(None), peers, &rtt_ms).await;
+        let rtt_ms: Arc<RwLock<BTreeMap<String, f64>>> = Arc::default();
+        let listed = vec![
+            ("node2".to_owned(), peer.admin_addr()),
+            ("node3".to_owned(), gone),
+            ("node4".to_owned(), peer.admin_addr()),
+        ];
+        let monitor = tokio::spawn(probe_peers(me.clone(), move || listed.clone(), rtt_ms.clone()));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !rtt_ms.read().contains_key("node2") {
+            assert!(std::time::Instant::now() < deadline, "node2 never measured");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        monitor.abort();
         let measured = rtt_ms.read().clone();
         assert_eq!(measured.keys().collect::<Vec<_>>(), vec!["node2"], "{measured:?}");
         assert!(measured["node2"] >= 0.0);

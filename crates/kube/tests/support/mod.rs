@@ -452,6 +452,7 @@ impl Harness {
                     origin: WireStat { concurrency: total, requests: total * 10.0, ..WireStat::default() },
                 }],
                 rtt_ms: nodes.iter().map(|n| (n.clone(), if n == origin { 0.0 } else { 60.0 })).collect(),
+                coordinate: None,
             });
         }
     }

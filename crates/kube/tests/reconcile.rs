@@ -115,7 +115,10 @@ async fn load_entering_at_a_node_scales_up_there_and_back_down_when_it_stops() {
         h.reconcile(&svc).await;
         counts.push(h.pods_by_node().values().map(Vec::len).sum::<usize>());
     }
-    assert!(counts.windows(2).all(|w| w[1] <= w[0]), "never up again: {counts:?}");
+    // Never up again, but for one instance while a misplaced one moves (it makes before it
+    // breaks: the new one first, the old one at the next decision).
+    assert!(counts.windows(2).all(|w| w[1] <= w[0] + 1), "never up again: {counts:?}");
+    assert!(counts.windows(3).all(|w| w[1] <= w[0] || w[2] <= w[0]), "a move is one step: {counts:?}");
     assert_eq!(counts.last(), Some(&0), "{counts:?}");
     assert_eq!(total(&h.placement("hello-00001")["spec"]["nodes"]), 0);
 }

@@ -25,6 +25,8 @@ pub struct InstanceLoad {
     service_ms: PeakEwma,
     /// Send → response, as this gateway sees it: how long a slot stays taken (milliseconds).
     held_ms: PeakEwma,
+    /// Requests of *other* gateways at the instance when it last answered this one, and when.
+    others: Option<(u32, Instant)>,
 }
 
 impl InstanceLoad {
@@ -36,6 +38,7 @@ impl InstanceLoad {
             in_flight: 0,
             service_ms: PeakEwma::new(ESTIMATE_DECAY),
             held_ms: PeakEwma::new(ESTIMATE_DECAY),
+            others: None,
         }
     }
 
@@ -46,7 +49,12 @@ impl InstanceLoad {
     /// it processes. So, as seen from here, an instance with `cc` slots can have
     /// `cc × (1 + RTT / processing time)` requests in flight (its bandwidth-delay product) before
     /// it is really full; its queue proxy still enforces `cc` at the instance.
-    pub fn candidate(&self, cc: u32, rtt_ms: f64) -> Candidate {
+    ///
+    /// Other gateways send to the same instance, and this one does not see them — except in the
+    /// load the queue proxy reports on each response. For a couple of processing times after such
+    /// a report, the requests of others it counted are taken as in flight here too: a site's
+    /// only instance, busy with its own users, does not look free to a gateway one trip away.
+    pub fn candidate(&self, cc: u32, rtt_ms: f64, now: Instant) -> Candidate {
         let service_ms = self.service_ms.get();
         let capacity = if cc == 0 {
             0
@@ -54,10 +62,15 @@ impl InstanceLoad {
             let in_transit = (f64::from(cc) * rtt_ms / service_ms.unwrap_or(1.0).max(1.0)).ceil();
             cc.saturating_add(in_transit.min(f64::from(u32::MAX / 2)) as u32)
         };
+        let fresh = Duration::from_secs_f64(2.0 * service_ms.unwrap_or(1.0).max(1.0) / 1e3);
+        let others = match self.others {
+            Some((n, at)) if now.saturating_duration_since(at) <= fresh => n,
+            _ => 0,
+        };
         Candidate {
             id: self.id,
             node: self.node,
-            in_flight: self.in_flight,
+            in_flight: self.in_flight.saturating_add(others),
             capacity,
             service_time_ms: service_ms,
             held_ms: self.held_ms.get(),
@@ -83,7 +96,7 @@ pub fn pick<I: BorrowMut<InstanceLoad>>(
     scratch.clear();
     scratch.extend(instances.iter().map(|i| {
         let i = i.borrow();
-        i.candidate(cc, ctx.rtt.get(ctx.origin, i.node, ctx.now))
+        i.candidate(cc, ctx.rtt.get(ctx.origin, i.node, ctx.now), ctx.now)
     }));
     let chosen = balancer.pick(ctx, scratch)?;
     // Candidates are built in instance order, so the index is the instance's.
@@ -122,6 +135,12 @@ pub fn feed_back(
     {
         i.service_ms.observe(now, response.service_ms.unwrap_or(held));
         i.held_ms.observe(now, held);
+        if response.from_queue_proxy
+            && let Some(load) = response.reported_in_flight
+        {
+            // The load counts this response's request, and this gateway's others still there.
+            i.others = Some((load.saturating_sub(i.in_flight), now));
+        }
     }
     balancer.observe(&Completion {
         id,
@@ -148,11 +167,11 @@ mod tests {
     fn a_distant_instance_holds_more_requests_than_its_slots() {
         let now = Instant::now();
         let mut i = InstanceLoad::new(1, 1);
-        assert_eq!(i.candidate(2, 40.0).capacity, 2 + 80, "1 ms assumed before any estimate");
+        assert_eq!(i.candidate(2, 40.0, now).capacity, 2 + 80, "1 ms assumed before any estimate");
         i.service_ms.observe(now, 10.0);
-        assert_eq!(i.candidate(2, 40.0).capacity, 2 + 8);
-        assert_eq!(i.candidate(2, 0.0).capacity, 2);
-        assert_eq!(i.candidate(0, 40.0).capacity, 0, "unlimited stays unlimited");
+        assert_eq!(i.candidate(2, 40.0, now).capacity, 2 + 8);
+        assert_eq!(i.candidate(2, 0.0, now).capacity, 2);
+        assert_eq!(i.candidate(0, 40.0, now).capacity, 0, "unlimited stays unlimited");
     }
 
     #[test]
@@ -175,7 +194,14 @@ mod tests {
         };
         feed_back(balancer.as_mut(), Some(&mut instances[0]), (1, 0, 0), &response, now);
         assert_eq!(instances[0].service_ms(), Some(10.0));
-        assert_eq!(instances[0].candidate(1, 0.0).held_ms, Some(12.0));
+        assert_eq!(instances[0].candidate(1, 0.0, now).held_ms, Some(12.0));
+        // The queue proxy counted two requests of other gateways: for two processing times they
+        // count here too, then they are forgotten.
+        let busy = Response { reported_in_flight: Some(3), ..response };
+        feed_back(balancer.as_mut(), Some(&mut instances[0]), (1, 0, 0), &busy, now);
+        instances[0].in_flight -= 1;
+        assert_eq!(instances[0].candidate(1, 0.0, now + Duration::from_millis(20)).in_flight, 2);
+        assert_eq!(instances[0].candidate(1, 0.0, now + Duration::from_millis(21)).in_flight, 0);
         // A failure teaches the estimates nothing.
         let failed = Response { success: false, latency: Duration::from_secs(1), ..response };
         feed_back(balancer.as_mut(), Some(&mut instances[1]), (2, 1, 0), &failed, now);

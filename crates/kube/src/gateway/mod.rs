@@ -217,7 +217,11 @@ pub async fn drain(gateway: Arc<Gateway>, routing: impl Future<Output = ()>) {
 
 /// Runs the gateway until SIGTERM/Ctrl-C, then drains it.
 pub async fn run(options: GatewayOptions) -> Result<(), ProcessError> {
-    let client = Client::try_default().await?;
+    run_with(Client::try_default().await?, options).await
+}
+
+/// [`run`] with this client (the tests': a fake API server).
+pub async fn run_with(client: Client, options: GatewayOptions) -> Result<(), ProcessError> {
     let node_api = Api::<PartialObjectMeta<Node>>::all(client.clone());
     let mut nodes: Vec<String> =
         node_api.list(&Default::default()).await?.items.iter().map(ResourceExt::name_any).collect();

@@ -17,7 +17,10 @@
 //!   creates pass admission: the namespace's Pod Security level
 //!   (`pod-security.kubernetes.io/enforce`), a ResourceQuota that requires limits and a
 //!   LimitRange's CPU limit-to-request ratio;
-//! - TokenReviews answer from the tokens the test issued.
+//! - TokenReviews answer from the tokens the test issued;
+//! - a GET of a collection lists it (label selectors apply; metadata-only when the client asks
+//!   for `PartialObjectMetadata`); a watch stays open without events; collections the test
+//!   [`FakeApi::forbid`]s answer 403, as RBAC does.
 
 #![allow(dead_code, reason = "each test crate uses part of the fake API server")]
 
@@ -76,12 +79,19 @@ pub struct Call {
     pub path: String,
     pub query: String,
     pub content_type: String,
+    /// The `Accept` header: metadata-only requests ask for `as=PartialObjectMetadata(List)`.
+    pub accept: String,
     pub body: Value,
 }
 
 impl Call {
     pub fn is(&self, method: &Method, path: &str) -> bool {
         self.method == method && self.path == path
+    }
+
+    /// A watch (`?watch=true`): the server keeps it open.
+    pub fn is_watch(&self) -> bool {
+        self.param("watch").is_some_and(|w| w == "true" || w == "1")
     }
 
     fn param(&self, key: &str) -> Option<String> {
@@ -138,6 +148,8 @@ pub struct FakeApi {
     /// Token → the `status.user` a TokenReview returns for it, and the audiences it was issued for.
     tokens: Mutex<HashMap<String, (Value, Vec<String>)>>,
     version: AtomicU64,
+    /// Collections whose list and watch RBAC forbids.
+    forbidden: Mutex<BTreeSet<String>>,
     pub calls: Mutex<Vec<Call>>,
 }
 
@@ -164,6 +176,13 @@ fn uid(path: &str) -> String {
     format!("uid-{kind}-{name}")
 }
 
+/// Whether `path` names a collection (`/api/v1/nodes`, `/apis/G/V/namespaces/NS/R`), not an object.
+fn is_collection(path: &str) -> bool {
+    let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let base = if segs.first() == Some(&"api") { 2 } else { 3 };
+    segs.len() > base && (segs.len() - base) % 2 == 1
+}
+
 fn kind_of(path: &str) -> String {
     parts(path).0
 }
@@ -177,6 +196,7 @@ impl FakeApi {
             policies: Mutex::default(),
             tokens: Mutex::default(),
             version: AtomicU64::new(1),
+            forbidden: Mutex::default(),
             calls: Mutex::default(),
         })
     }
@@ -216,6 +236,11 @@ impl FakeApi {
         for (k, v) in self.objects.lock().unwrap().iter_mut().filter(|(k, _)| k.starts_with(prefix)) {
             f(k, v);
         }
+    }
+
+    /// Lists and watches of the collection at `path` get 403, as RBAC answers.
+    pub fn forbid(&self, path: &str) {
+        self.forbidden.lock().unwrap().insert(path.to_owned());
     }
 
     pub fn set_policy(&self, namespace: &str, policy: NamespacePolicy) {
@@ -279,6 +304,12 @@ impl FakeApi {
         let on_status = path.ends_with("/status");
         let key = path.trim_end_matches("/status").to_owned();
         match call.method {
+            Method::GET if self.forbidden.lock().unwrap().contains(&key) => status(
+                403,
+                "Forbidden",
+                &format!("{} is forbidden: cannot list resource {:?}", parts(&key).1, parts(&key).1),
+            ),
+            Method::GET if is_collection(&key) => self.list(call, &key),
             Method::GET => match self.get(&key) {
                 Some(obj) => (200, obj),
                 None => status(404, "NotFound", &format!("{} {:?} not found", kind_of(&key), parts(&key).1)),
@@ -312,6 +343,39 @@ impl FakeApi {
             },
             _ => panic!("unexpected call {call:?}"),
         }
+    }
+
+    /// The objects directly under `key` that the label selector selects; only their metadata
+    /// when the client asked for `PartialObjectMetadataList`.
+    fn list(&self, call: &Call, key: &str) -> (u16, Value) {
+        let prefix = format!("{key}/");
+        let selector = call.param("labelSelector");
+        let metadata_only = call.accept.contains("as=PartialObjectMetadata");
+        let items: Vec<Value> = self
+            .objects
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(k, v)| {
+                k.starts_with(&prefix)
+                    && !k[prefix.len()..].contains('/')
+                    && selector.as_ref().is_none_or(|s| selects(s, v))
+            })
+            .map(|(_, v)| {
+                if metadata_only {
+                    json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata", "metadata": v["metadata"]})
+                } else {
+                    v.clone()
+                }
+            })
+            .collect();
+        let version = self.version.load(Ordering::Relaxed).to_string();
+        let (api_version, kind) =
+            if metadata_only { ("meta.k8s.io/v1", "PartialObjectMetadataList") } else { ("v1", "List") };
+        (
+            200,
+            json!({"apiVersion": api_version, "kind": kind, "metadata": {"resourceVersion": version}, "items": items}),
+        )
     }
 
     fn create(&self, call: &Call) -> (u16, Value) {

@@ -134,6 +134,8 @@ impl Harness {
         let api = FakeApi::new(clock.clone());
         let server = api.clone();
         tokio::spawn(async move {
+            // Open watches: answered never, they stay open without events.
+            let mut watching = Vec::new();
             while let Some((request, send)) = handle.next_request().await {
                 let (parts, body) = request.into_parts();
                 let bytes = body.collect_bytes().await.unwrap();
@@ -146,6 +148,11 @@ impl Harness {
                         .get(http::header::CONTENT_TYPE)
                         .map(|v| v.to_str().unwrap().to_owned())
                         .unwrap_or_default(),
+                    accept: parts
+                        .headers
+                        .get(http::header::ACCEPT)
+                        .map(|v| v.to_str().unwrap().to_owned())
+                        .unwrap_or_default(),
                     body: if bytes.is_empty() {
                         Value::Null
                     } else {
@@ -153,7 +160,12 @@ impl Harness {
                     },
                 };
                 let (status, reply) = server.answer(&call);
+                let watch = call.is_watch() && status == 200;
                 server.calls.lock().unwrap().push(call);
+                if watch {
+                    watching.push(send);
+                    continue;
+                }
                 send.send_response(
                     Response::builder()
                         .status(status)

@@ -162,14 +162,7 @@ async fn gateways(n: usize, probe: ProbeParams) -> anyhow::Result<Vec<Arc<Gatewa
             node: i,
             links,
             rtt: RttMatrix::new(n, 1.0, interval * 3),
-            probe: ProbeParams {
-                interval,
-                explore: std::env::var("EXPLORE")
-                    .ok()
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(ProbeParams::default().explore),
-                ..ProbeParams::default()
-            },
+            probe,
             ..GatewayConfig::single(&names[i])
         };
         let listener = TcpListener::bind("127.0.0.1:0").await?;

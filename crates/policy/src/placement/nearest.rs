@@ -134,18 +134,30 @@ fn cover(input: &PlacementInput<'_>, demand: &[f64], mut left: u32, ideal: &mut 
         .iter()
         .map(|&o| (0..n).filter(|&j| ideal[j] > 0).map(|j| input.response_ms(o, j)).fold(uncovered, f64::min))
         .collect();
+    let gain = |j: usize, nearest: &[f64]| -> f64 {
+        origins
+            .iter()
+            .zip(nearest)
+            .map(|(&o, &near)| demand[o] * (near - input.response_ms(o, j)).max(0.0))
+            .sum()
+    };
+    // Lazy greedy: a node's gain only shrinks as instances are added, so a stale gain is an upper
+    // bound, and only the top of the heap needs recomputing (hundreds of nodes stay cheap).
+    let mut bounds: std::collections::BinaryHeap<(Gain, std::cmp::Reverse<usize>)> =
+        (0..n).filter(|&j| room[j] > 0).map(|j| (Gain(gain(j, &nearest)), std::cmp::Reverse(j))).collect();
     while left > 0 {
-        let gain = |j: usize, nearest: &[f64]| -> f64 {
-            origins
-                .iter()
-                .zip(nearest)
-                .map(|(&o, &near)| demand[o] * (near - input.response_ms(o, j)).max(0.0))
-                .sum()
-        };
-        let best = (0..n)
-            .filter(|&j| room[j] > 0)
-            .map(|j| (gain(j, &nearest), j))
-            .max_by(|a, b| a.0.total_cmp(&b.0).then(b.1.cmp(&a.1)));
+        let mut best = None;
+        while let Some((_, std::cmp::Reverse(j))) = bounds.pop() {
+            if room[j] == 0 {
+                continue;
+            }
+            let g = gain(j, &nearest);
+            if bounds.peek().is_none_or(|(next, _)| g >= next.0) {
+                best = Some((g, j));
+                break;
+            }
+            bounds.push((Gain(g), std::cmp::Reverse(j)));
+        }
         let Some((g, mut j)) = best else { return };
         if g <= 1e-9 {
             // Everyone is served at distance 0 already: add capacity where it is busiest.
@@ -154,6 +166,9 @@ fn cover(input: &PlacementInput<'_>, demand: &[f64], mut left: u32, ideal: &mut 
                 load(a).total_cmp(&load(b)).then(b.cmp(&a))
             });
             let Some(b) = busiest else { return };
+            if b != j {
+                bounds.push((Gain(g), std::cmp::Reverse(j)));
+            }
             j = b;
         }
         ideal[j] += 1;
@@ -162,6 +177,27 @@ fn cover(input: &PlacementInput<'_>, demand: &[f64], mut left: u32, ideal: &mut 
         for (k, &o) in origins.iter().enumerate() {
             nearest[k] = nearest[k].min(input.response_ms(o, j));
         }
+        if room[j] > 0 {
+            bounds.push((Gain(gain(j, &nearest)), std::cmp::Reverse(j)));
+        }
+    }
+}
+
+/// A gain, ordered (gains are finite and non-negative).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Gain(f64);
+
+impl Eq for Gain {}
+
+impl PartialOrd for Gain {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Gain {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.total_cmp(&other.0)
     }
 }
 

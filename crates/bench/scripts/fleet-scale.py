@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Measures an `ikukantai up` fleet (docs/benchmarks.md, "Local fleet at scale"): how long until
-its API answers, its idle CPU, probes per node per round (from the gateways' metrics), the error
+its API and every gateway answer, its idle CPU, probes per node per round (from the gateways' metrics), the error
 of the RTTs it measured against the configured ones, and, with a Service of 10 instances spread
 over 10 nodes, the share of routed pairs (origin gateway -> node with an instance) whose measured
 RTT is within max(1 ms, 10 %) of the configured one, each round.
@@ -61,7 +61,21 @@ while cli('get', 'nodes').returncode != 0:
     time.sleep(0.02)
 ready = time.time() - t0
 n = len(json.loads(cli('get', 'nodes', '-o', 'json').stdout))
-print(f'{n} nodes: API answering {ready:.2f} s after start; load average {os.getloadavg()[0]:.1f}')
+
+def answers(i):
+    try:
+        return urllib.request.urlopen(f'http://127.0.1.{i + 1}:{ADMIN_PORT}/healthz', timeout=1).status == 200
+    except OSError:
+        return False
+
+waiting = set(range(n))
+while waiting:
+    waiting = {i for i in waiting if not answers(i)}
+    if waiting:
+        time.sleep(0.02)
+gateways = time.time() - t0
+print(f'{n} nodes: API answering {ready:.2f} s after start, every gateway {gateways:.2f} s; '
+      f'load average {os.getloadavg()[0]:.1f}')
 
 def idle(label, seconds):
     time.sleep(20)

@@ -38,7 +38,8 @@ pub struct Measurement {
     pub from: NodeIndex,
     /// The probed node.
     pub to: NodeIndex,
-    /// The round trip (ms).
+    /// The round trip as the gateway recorded it: the lower median of its last few probes to
+    /// `to` (ms).
     pub rtt_ms: f64,
     /// When it was measured.
     pub at: Instant,
@@ -130,7 +131,8 @@ impl<G: Deref<Target = Gateway>> Probe<G> {
         }
         let peer: Option<Coordinate> =
             reply.headers.get(COORDINATE_HEADER).and_then(|v| v.to_str().ok()).and_then(|s| s.parse().ok());
-        let own = gateway.record_probe(to, reply.rtt_ms, peer.as_ref(), reason == ProbeReason::Explore, at);
-        on_measured(&Measurement { from, to, rtt_ms: reply.rtt_ms, at, own, peer, reason });
+        let recorded =
+            gateway.record_probe(to, reply.rtt_ms, peer.as_ref(), reason == ProbeReason::Explore, at);
+        on_measured(&Measurement { from, to, rtt_ms: recorded.rtt_ms, at, own: recorded.own, peer, reason });
     }
 }

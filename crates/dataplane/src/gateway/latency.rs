@@ -7,7 +7,9 @@ use std::time::Instant;
 use http::HeaderValue;
 use ikukantai_link::connect::NodeConnector;
 use ikukantai_link::link::Link;
-use ikukantai_policy::estimate::{Coordinate, NodeIndex, Rtt, Vivaldi, VivaldiParams};
+use ikukantai_policy::estimate::{
+    Coordinate, MEASURED_SAMPLES, NodeIndex, PeerFilter, Rtt, Vivaldi, VivaldiParams,
+};
 use ikukantai_policy::probe::{Needs, PlannedProbe, ProbeParams, ProbePlanner, nearest};
 
 use super::{Gateway, Shared};
@@ -18,6 +20,9 @@ use crate::metrics::LinkLabels;
 pub(super) struct Latency {
     pub(super) vivaldi: Vivaldi,
     pub(super) planner: ProbePlanner,
+    /// The last probes to each peer: what is recorded is their lower median, so one probe that
+    /// waited for a busy CPU does not move the balancers.
+    measured: PeerFilter,
     /// The routed nodes when the monitor last looked (a new one is probed at once).
     routed_seen: Vec<NodeIndex>,
 }
@@ -27,6 +32,7 @@ impl Latency {
         Self {
             vivaldi: Vivaldi::new(vivaldi, seed ^ node as u64),
             planner: ProbePlanner::new(node, probe, seed),
+            measured: PeerFilter::new(MEASURED_SAMPLES, 2 * probe.budget),
             routed_seen: Vec::new(),
         }
     }
@@ -50,6 +56,15 @@ impl Shared {
         }
         NodeConnector::new(self.config.links.make(node, self.probes_made()))
     }
+}
+
+/// What a probe left in the gateway.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    /// The RTT recorded: the lower median of the last few probes to the peer (ms).
+    pub rtt_ms: f64,
+    /// This node's coordinate after the probe.
+    pub own: Coordinate,
 }
 
 /// How a gateway reaches the other nodes: directly, or through emulated links made when they are
@@ -115,9 +130,9 @@ impl Gateway {
     }
 
     /// Records one probe: `ms` to `to`, whose answer carried `peer`'s coordinate (if it did).
-    /// The sample goes to the balancers' matrix and to `latency_between_nodes`; with `learn` (a
-    /// random probe, `policy::probe`), this node's coordinate learns from it too. Returns this
-    /// node's coordinate after it.
+    /// The lower median of the last few probes to `to` goes to the balancers' matrix and to
+    /// `latency_between_nodes`; with `learn` (a random probe, `policy::probe`), this node's
+    /// coordinate learns from it too (through its own filter). Returns what was recorded.
     pub fn record_probe(
         &self,
         to: NodeIndex,
@@ -125,17 +140,18 @@ impl Gateway {
         peer: Option<&Coordinate>,
         learn: bool,
         now: Instant,
-    ) -> Coordinate {
-        self.record_rtt_at(to, ms, now);
-        let own = {
+    ) -> Recorded {
+        let (rtt_ms, own) = {
             let mut latency = self.shared.latency();
+            let rtt_ms = latency.measured.push_median(to, ms);
             if let Some(peer) = peer.filter(|_| learn)
                 && let Err(e) = latency.vivaldi.observe(to, peer, ms)
             {
                 tracing::debug!(to, error = %e, "probe not used for the coordinates");
             }
-            latency.vivaldi.coordinate().clone()
+            (rtt_ms, latency.vivaldi.coordinate().clone())
         };
+        self.record_rtt_at(to, rtt_ms, now);
         self.shared.metrics.coordinate_error.set(own.error);
         let node = self.shared.config.node;
         let mut rtt = self.shared.rtt.write();
@@ -143,10 +159,10 @@ impl Gateway {
         if let Some(peer) = peer {
             rtt.set_coordinate(to, peer.clone(), now);
         }
-        own
+        Recorded { rtt_ms, own }
     }
 
-    /// Records a measured RTT from this node to `to` (milliseconds).
+    /// Records a measured RTT from this node to `to` (milliseconds), as it is.
     pub fn record_rtt(&self, to: NodeIndex, ms: f64) {
         self.record_rtt_at(to, ms, Instant::now());
     }
@@ -216,6 +232,7 @@ impl Gateway {
         let mut latency = self.shared.latency();
         latency.vivaldi.forget(node);
         latency.planner.forget(node);
+        latency.measured.forget(node);
     }
 
     /// Resolves when the routes changed (a new route may name a node to measure at once).

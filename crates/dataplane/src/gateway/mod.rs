@@ -59,7 +59,7 @@ use crate::tunnels::Tunnels;
 use activator::dispatch;
 use ingress::Ingress;
 use latency::Latency;
-pub use latency::Links;
+pub use latency::{Links, Recorded};
 use routes::Table;
 pub use routes::{InstanceRoute, RevisionRoute, RouteTarget, Routes, ServiceRoute};
 

@@ -3,13 +3,16 @@
 //!
 //! - this module: [`Ewma`], [`PeakEwma`];
 //! - `rtt`: [`RttMatrix`], measured first, coordinates second, priors last ([`RttSource`]);
-//! - `vivaldi`: [`Vivaldi`] network coordinates with a height term (Serf's).
+//! - `vivaldi`: [`Vivaldi`] network coordinates with a height term (Serf's);
+//! - `filter`: [`PeerFilter`], the last few samples per peer for a moving median.
 //!
 //! All of them take the current time as an argument; nothing here reads a clock.
 
+mod filter;
 mod rtt;
 mod vivaldi;
 
+pub use filter::{MEASURED_SAMPLES, PeerFilter};
 pub use rtt::{Rtt, RttMatrix, RttSource};
 pub use vivaldi::{Coordinate, CoordinateError, ObserveError, Vivaldi, VivaldiParams};
 

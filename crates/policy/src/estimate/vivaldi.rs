@@ -21,7 +21,7 @@ use std::str::FromStr;
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
 
-use super::NodeIndex;
+use super::{NodeIndex, PeerFilter};
 
 /// Two points closer than this (ms) are treated as one (Serf's `zeroThreshold`, 1 µs).
 const ZERO_MS: f64 = 1e-3;
@@ -219,15 +219,6 @@ pub enum ObserveError {
     Rtt(f64),
 }
 
-/// The recent samples to one peer, for the median filter.
-#[derive(Debug, Clone)]
-struct Recent {
-    peer: NodeIndex,
-    samples: Vec<f64>,
-    /// When it was last updated, in this node's count of samples (to drop the least recent).
-    seen: u64,
-}
-
 /// One node's coordinate and the state that updates it from its own probes (Serf's `Client`).
 #[derive(Debug, Clone)]
 pub struct Vivaldi {
@@ -236,7 +227,7 @@ pub struct Vivaldi {
     origin: Coordinate,
     adjustment_samples: Vec<f64>,
     adjustment_next: usize,
-    recent: Vec<Recent>,
+    filter: PeerFilter,
     observed: u64,
     resets: u64,
     rng: SmallRng,
@@ -250,7 +241,7 @@ impl Vivaldi {
             origin: Coordinate::origin(&params),
             adjustment_samples: vec![0.0; params.adjustment_window],
             adjustment_next: 0,
-            recent: Vec::new(),
+            filter: PeerFilter::new(params.latency_filter, params.filter_peers),
             observed: 0,
             resets: 0,
             rng: SmallRng::seed_from_u64(seed),
@@ -280,7 +271,7 @@ impl Vivaldi {
 
     /// Drops what the filter kept about `peer` (it left the fleet).
     pub fn forget(&mut self, peer: NodeIndex) {
-        self.recent.retain(|r| r.peer != peer);
+        self.filter.forget(peer);
     }
 
     /// Takes in one probe: this node measured `rtt_ms` to `peer`, whose coordinate is
@@ -314,27 +305,7 @@ impl Vivaldi {
 
     /// The median of the last few samples to `peer`, this one included.
     fn filtered(&mut self, peer: NodeIndex, rtt_ms: f64) -> f64 {
-        let keep = self.params.latency_filter.max(1);
-        let seen = self.observed;
-        let at = match self.recent.iter().position(|r| r.peer == peer) {
-            Some(i) => i,
-            None => {
-                if self.recent.len() >= self.params.filter_peers.max(1) {
-                    let oldest = (0..self.recent.len()).min_by_key(|&i| self.recent[i].seen).unwrap_or(0);
-                    self.recent.swap_remove(oldest);
-                }
-                self.recent.push(Recent { peer, samples: Vec::with_capacity(keep), seen });
-                self.recent.len() - 1
-            }
-        };
-        let r = &mut self.recent[at];
-        r.seen = seen;
-        if r.samples.len() >= keep {
-            r.samples.remove(0);
-        }
-        r.samples.push(rtt_ms);
-        let mut sorted = r.samples.clone();
-        sorted.sort_by(f64::total_cmp);
+        let sorted = self.filter.push(peer, rtt_ms);
         sorted[sorted.len() / 2]
     }
 
@@ -454,10 +425,10 @@ mod tests {
         for p in 0..10 {
             v.observe(p, &peer, 5.0).unwrap();
         }
-        assert_eq!(v.recent.len(), 4);
-        assert!(v.recent.iter().all(|r| r.peer >= 6), "the least recent went first");
+        assert_eq!(v.filter.len(), 4);
+        assert!((6..10).all(|p| v.filter.has(p)), "the least recent went first");
         v.forget(9);
-        assert_eq!(v.recent.len(), 3);
+        assert_eq!(v.filter.len(), 3);
     }
 
     #[test]

@@ -6,6 +6,9 @@
 use std::borrow::BorrowMut;
 use std::time::{Duration, Instant};
 
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
+
 use crate::balance::{Balancer, Candidate, Completion, PickContext};
 use crate::estimate::{NodeIndex, PeakEwma};
 
@@ -83,23 +86,113 @@ impl InstanceLoad {
     }
 }
 
+/// Up to this many instances, a pick weighs them all.
+pub const SHORTLIST_ALL: usize = 32;
+/// Beyond [`SHORTLIST_ALL`], the nearest this many by RTT …
+pub const SHORTLIST_NEAR: usize = 24;
+/// … and this many more drawn at random from the rest, new for every pick.
+pub const SHORTLIST_FAR: usize = 8;
+/// How long the nearest instances' order stands before it is taken again from the RTT matrix
+/// (RTTs change with each probe round, every few seconds).
+pub const SHORTLIST_RESORT: Duration = Duration::from_secs(2);
+
+/// Which instances of a revision one pick weighs, and the scratch it builds candidates in.
+///
+/// A revision spread over hundreds of nodes would cost every request a look at each instance.
+/// Beyond [`SHORTLIST_ALL`] instances a pick weighs the [`SHORTLIST_NEAR`] nearest and
+/// [`SHORTLIST_FAR`] others at random, so its cost does not grow with the revision (Knative's
+/// activators subset their pods for the same reason) while a far instance with room is still seen.
+#[derive(Debug)]
+pub struct Shortlist {
+    candidates: Vec<Candidate>,
+    /// The instance behind each candidate.
+    chosen: Vec<usize>,
+    /// Instance indices, the nearest first (beyond [`SHORTLIST_ALL`] instances only).
+    nearest: Vec<usize>,
+    /// The instances' count and when `nearest` was taken; `None` until it is, or after
+    /// [`Shortlist::routes_changed`].
+    sorted: Option<(usize, Instant)>,
+    rng: SmallRng,
+}
+
+impl Shortlist {
+    /// An empty shortlist; `seed` draws its far instances.
+    pub fn new(seed: u64) -> Self {
+        Self {
+            candidates: Vec::new(),
+            chosen: Vec::new(),
+            nearest: Vec::new(),
+            sorted: None,
+            rng: SmallRng::seed_from_u64(seed),
+        }
+    }
+
+    /// The routed instances changed: the nearest are taken again at the next pick.
+    pub fn routes_changed(&mut self) {
+        self.sorted = None;
+    }
+
+    /// Fills `candidates` (in instance order) with the instances this pick weighs.
+    fn fill<I: std::borrow::Borrow<InstanceLoad>>(
+        &mut self,
+        ctx: &PickContext<'_>,
+        cc: u32,
+        instances: &[I],
+    ) {
+        let candidate = |i: &InstanceLoad| i.candidate(cc, ctx.rtt.get(ctx.origin, i.node, ctx.now), ctx.now);
+        self.candidates.clear();
+        self.chosen.clear();
+        if instances.len() <= SHORTLIST_ALL {
+            self.chosen.extend(0..instances.len());
+        } else {
+            self.sort_nearest(ctx, instances);
+            self.chosen.extend_from_slice(&self.nearest[..SHORTLIST_NEAR]);
+            let rest = &self.nearest[SHORTLIST_NEAR..];
+            let far = rand::seq::index::sample(&mut self.rng, rest.len(), SHORTLIST_FAR.min(rest.len()));
+            self.chosen.extend(far.iter().map(|k| rest[k]));
+            // Balancers rotate and break ties in instance (id) order.
+            self.chosen.sort_unstable();
+        }
+        self.candidates.extend(self.chosen.iter().map(|&k| candidate(instances[k].borrow())));
+    }
+
+    /// Orders `nearest` so its first [`SHORTLIST_NEAR`] are the nearest instances, if the order
+    /// is missing or old.
+    fn sort_nearest<I: std::borrow::Borrow<InstanceLoad>>(&mut self, ctx: &PickContext<'_>, instances: &[I]) {
+        let current = self.sorted.is_some_and(|(len, at)| {
+            len == instances.len() && ctx.now.saturating_duration_since(at) < SHORTLIST_RESORT
+        });
+        if current {
+            return;
+        }
+        let rtt = |k: &usize| ctx.rtt.get(ctx.origin, instances[*k].borrow().node, ctx.now);
+        let mut keyed: Vec<(f64, usize)> = (0..instances.len()).map(|k| (rtt(&k), k)).collect();
+        keyed.select_nth_unstable_by(SHORTLIST_NEAR, |a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        self.nearest.clear();
+        self.nearest.extend(keyed.iter().map(|&(_, k)| k));
+        self.sorted = Some((instances.len(), ctx.now));
+    }
+}
+
+impl Default for Shortlist {
+    fn default() -> Self {
+        Self::new(0)
+    }
+}
+
 /// Picks an instance for a request through `balancer` and counts it in flight there; `None`
-/// means wait. `instances` are sorted by id; `scratch` is reused from pick to pick; `cc` is the
-/// revision's containerConcurrency.
+/// means wait. `instances` are sorted by id; `shortlist` says which of them are weighed (all, up
+/// to [`SHORTLIST_ALL`]) and is reused from pick to pick; `cc` is the revision's
+/// containerConcurrency.
 pub fn pick<I: BorrowMut<InstanceLoad>>(
     balancer: &mut dyn Balancer,
     ctx: &PickContext<'_>,
     cc: u32,
     instances: &mut [I],
-    scratch: &mut Vec<Candidate>,
+    shortlist: &mut Shortlist,
 ) -> Option<usize> {
-    scratch.clear();
-    scratch.extend(instances.iter().map(|i| {
-        let i = i.borrow();
-        i.candidate(cc, ctx.rtt.get(ctx.origin, i.node, ctx.now), ctx.now)
-    }));
-    let chosen = balancer.pick(ctx, scratch)?;
-    // Candidates are built in instance order, so the index is the instance's.
+    shortlist.fill(ctx, cc, instances);
+    let chosen = shortlist.chosen[balancer.pick(ctx, &shortlist.candidates)?];
     instances[chosen].borrow_mut().in_flight += 1;
     Some(chosen)
 }
@@ -180,7 +273,7 @@ mod tests {
         let rtt = RttMatrix::new(2, 30.0, Duration::from_secs(30));
         let mut balancer = registry::balancer("ert", &PolicyParams::default()).expect("registered");
         let mut instances = vec![InstanceLoad::new(1, 0), InstanceLoad::new(2, 1)];
-        let mut scratch = Vec::new();
+        let mut scratch = Shortlist::default();
         let ctx = PickContext { origin: 0, rtt: &rtt, now, target_concurrency: 1.0, queued: 0 };
         let first = pick(balancer.as_mut(), &ctx, 1, &mut instances, &mut scratch);
         assert_eq!(first, Some(0), "the local instance");
@@ -206,5 +299,66 @@ mod tests {
         let failed = Response { success: false, latency: Duration::from_secs(1), ..response };
         feed_back(balancer.as_mut(), Some(&mut instances[1]), (2, 1, 0), &failed, now);
         assert_eq!(instances[1].service_ms(), None);
+    }
+
+    /// 100 instances, one per node, node `j` at `j` ms from the origin (node 0).
+    fn a_hundred() -> (RttMatrix, Vec<InstanceLoad>) {
+        let mut rtt = RttMatrix::new(100, 1.0, Duration::from_secs(30));
+        for j in 1..100 {
+            rtt.set_prior_symmetric(0, j, j as f64);
+        }
+        (rtt, (0..100).map(|j| InstanceLoad::new(j as u64, j)).collect())
+    }
+
+    #[test]
+    fn a_large_revision_is_weighed_by_its_nearest_and_a_few_at_random() {
+        let now = Instant::now();
+        let (rtt, instances) = a_hundred();
+        let ctx = PickContext { origin: 0, rtt: &rtt, now, target_concurrency: 1.0, queued: 0 };
+        let mut shortlist = Shortlist::new(7);
+        let mut far_seen = std::collections::BTreeSet::<usize>::new();
+        for _ in 0..50 {
+            shortlist.fill(&ctx, 1, &instances);
+            assert_eq!(shortlist.candidates.len(), SHORTLIST_ALL);
+            assert!(shortlist.chosen.windows(2).all(|w| w[0] < w[1]), "in instance order, no repeats");
+            assert!((0..SHORTLIST_NEAR).all(|k| shortlist.chosen.contains(&k)), "the nearest, always");
+            far_seen.extend(shortlist.chosen.iter().copied().filter(|&k| k >= SHORTLIST_NEAR));
+        }
+        assert!(far_seen.len() > 50, "the far ones change from pick to pick: {}", far_seen.len());
+        // Up to SHORTLIST_ALL instances, every one is weighed.
+        shortlist.fill(&ctx, 1, &instances[..SHORTLIST_ALL]);
+        assert_eq!(shortlist.chosen, (0..SHORTLIST_ALL).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_far_instance_with_room_is_found_when_the_nearest_are_full() {
+        let now = Instant::now();
+        let (rtt, mut instances) = a_hundred();
+        // Full, the link's allowance included.
+        for i in instances.iter_mut().filter(|i| i.node != 80) {
+            i.in_flight = 1_000;
+        }
+        let ctx = PickContext { origin: 0, rtt: &rtt, now, target_concurrency: 1.0, queued: 0 };
+        let mut balancer = registry::balancer("even", &PolicyParams::default()).expect("registered");
+        let mut shortlist = Shortlist::new(7);
+        let found = (0..100).find_map(|_| pick(balancer.as_mut(), &ctx, 1, &mut instances, &mut shortlist));
+        assert_eq!(found, Some(80));
+        assert_eq!(instances[80].in_flight, 1);
+    }
+
+    #[test]
+    fn new_routes_are_sorted_again() {
+        let now = Instant::now();
+        let (rtt, mut instances) = a_hundred();
+        let ctx = PickContext { origin: 0, rtt: &rtt, now, target_concurrency: 1.0, queued: 0 };
+        let mut shortlist = Shortlist::new(7);
+        shortlist.fill(&ctx, 1, &instances);
+        // The nearest instance moves far away: same count, so only `routes_changed` tells.
+        instances[0].node = 99;
+        instances[99].node = 0;
+        shortlist.routes_changed();
+        shortlist.fill(&ctx, 1, &instances);
+        assert!(shortlist.chosen.contains(&99));
+        assert_eq!(shortlist.candidates.iter().find(|c| c.node == 0).map(|c| c.id), Some(99));
     }
 }

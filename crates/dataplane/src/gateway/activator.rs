@@ -39,7 +39,7 @@ impl Picked {
 }
 
 pub(super) fn pick(shared: &Shared, inner: &mut RevisionInner, queued: u32, now: Instant) -> Option<Picked> {
-    let RevisionInner { route, instances, scratch, balancer, .. } = inner;
+    let RevisionInner { route, instances, shortlist, balancer, .. } = inner;
     let rtt = shared.rtt.read();
     let ctx = PickContext {
         origin: shared.config.node,
@@ -48,7 +48,7 @@ pub(super) fn pick(shared: &Shared, inner: &mut RevisionInner, queued: u32, now:
         target_concurrency: route.target_concurrency,
         queued,
     };
-    let i = gateway::pick(balancer.as_mut(), &ctx, route.container_concurrency, instances, scratch)?;
+    let i = gateway::pick(balancer.as_mut(), &ctx, route.container_concurrency, instances, shortlist)?;
     Some(Picked::of(&instances[i]))
 }
 

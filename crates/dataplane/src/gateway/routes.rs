@@ -12,9 +12,9 @@ use ikukantai_api::config::FleetConfig;
 use ikukantai_api::revision::{Revision, SERVICE_LABEL};
 use ikukantai_http::pool::Upstream;
 use ikukantai_policy::autoscaler::ScalingSpec;
-use ikukantai_policy::balance::{Balancer, Candidate};
+use ikukantai_policy::balance::Balancer;
 use ikukantai_policy::estimate::NodeIndex;
-use ikukantai_policy::gateway::InstanceLoad;
+use ikukantai_policy::gateway::{InstanceLoad, Shortlist};
 use ikukantai_policy::queue::{PriorityRule, QueueDiscipline};
 use ikukantai_policy::registry::{self, PolicyParams};
 use parking_lot::Mutex;
@@ -147,7 +147,7 @@ impl BorrowMut<InstanceLoad> for InstanceState {
 pub(super) struct RevisionInner {
     pub(super) route: RevisionRoute,
     pub(super) instances: Vec<InstanceState>,
-    pub(super) scratch: Vec<Candidate>,
+    pub(super) shortlist: Shortlist,
     pub(super) balancer: Box<dyn Balancer>,
     pub(super) waiting: Box<dyn QueueDiscipline<oneshot::Sender<u64>>>,
 }
@@ -308,7 +308,7 @@ impl RevisionState {
             inner: Mutex::new(RevisionInner {
                 route: r.clone(),
                 instances,
-                scratch: Vec::new(),
+                shortlist: Shortlist::new(params.seed),
                 balancer: registry::balancer(&r.balancer, &params).map_err(err)?,
                 waiting: registry::queue(&r.queue, &params).map_err(err)?,
             }),
@@ -342,6 +342,7 @@ impl RevisionState {
             })
             .collect();
         inner.instances.sort_by_key(|i| i.load.id);
+        inner.shortlist.routes_changed();
         inner.route = r.clone();
         if r.failure.is_some() && inner.instances.is_empty() {
             // No instance will come: the waiting requests are answered with the failure.

@@ -144,6 +144,25 @@ pub(crate) enum Cmd {
         #[arg(long)]
         hub: Option<usize>,
     },
+    /// Times `ikukantai sim` on a large fleet (`topology`'s layout, users at every node): by
+    /// default 1 000 nodes at 20 000 requests a second for 10 minutes of virtual time.
+    SimScale {
+        #[arg(long, default_value_t = 10)]
+        cloud: usize,
+        #[arg(long, default_value_t = 990)]
+        edge: usize,
+        /// Requests a second over the whole fleet.
+        #[arg(long, default_value_t = 20_000.0)]
+        rate: f64,
+        /// Measured virtual seconds (after a 10 s warm-up).
+        #[arg(long, default_value_t = 600)]
+        seconds: u64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Policy sets to run, one after the other.
+        #[arg(long, value_delimiter = ',', default_value = "ours")]
+        sets: Vec<String>,
+    },
     /// The gateway's memory, idle and with requests buffered.
     Rss {
         /// Requests to buffer (default: a revision's whole activator queue).

@@ -11,6 +11,7 @@
 //!   spread, or planned by every gateway's own monitor, and what a link crossing waits for besides
 //!   its delay (docs/latency.md);
 //! - `topology`: writes a large edge fleet's topology (every pair listed) for `ikukantai up`;
+//! - `sim-scale`: how long `ikukantai sim` takes for a fleet of 1 000 nodes (docs/benchmarks.md);
 //! - `soak`: a gateway under abusive clients while a normal one keeps sending (docs/security.md);
 //! - `backend`, `gateway`, `hyper-floor`: the processes the two above start;
 //! - `queue-proxy`: a queue proxy alone in front of a backend, to profile it (docs/benchmarks.md);
@@ -25,6 +26,7 @@ mod peers;
 mod probes;
 mod proxy;
 mod rss;
+mod simscale;
 mod soak;
 mod topology;
 mod yardsticks;
@@ -63,6 +65,9 @@ fn main() -> anyhow::Result<()> {
         Cmd::Topology { cloud, edge, seed, hub } => {
             print!("{}", hub.map_or_else(|| topology::topology(cloud, edge, seed), topology::hub));
             Ok(())
+        }
+        Cmd::SimScale { cloud, edge, rate, seconds, seed, sets } => {
+            simscale::sim_scale(&simscale::Scale { cloud, edge, rate, seconds, seed, sets })
         }
         Cmd::Probes { nodes, modes, rounds, interval, explore, candidates } => {
             let params = ikukantai_policy::probe::ProbeParams {

@@ -8,6 +8,10 @@
 //! same file.
 
 use std::fmt::Write;
+use std::time::Duration;
+
+use ikukantai_api::duration::GoDuration;
+use ikukantai_api::topology::{LinkSpec, NodeSpec, Topology};
 
 /// SplitMix64: enough randomness for a layout, without a dependency.
 struct Mix(u64);
@@ -41,11 +45,14 @@ pub(crate) fn hub(n: usize) -> String {
     out
 }
 
-/// The YAML of the fleet.
-pub(crate) fn topology(cloud: usize, edge: usize, seed: u64) -> String {
+/// The edge fleet's nodes (name, tier, capacity) and the RTT between two of them (ms).
+struct Layout {
+    nodes: Vec<(String, &'static str, u32)>,
+    rtt: Box<dyn Fn(usize, usize) -> f64>,
+}
+
+fn layout(cloud: usize, edge: usize, seed: u64) -> Layout {
     let mut rng = Mix(seed);
-    let name =
-        |i: usize| if i < cloud { format!("cloud-{}", i + 1) } else { format!("edge-{:02}", i - cloud + 1) };
     let n = cloud + edge;
     // Edge site k: RTT to the cloud's centre spread over 5–120 ms; an access link of 1–3 ms (both
     // ways) and the rest as distance on the plane.
@@ -62,23 +69,66 @@ pub(crate) fn topology(cloud: usize, edge: usize, seed: u64) -> String {
     for (i, a) in access.iter_mut().enumerate().take(cloud) {
         *a = 0.25 + 0.5 * rng.unit() * (i as f64 + 1.0) / cloud as f64;
     }
-    let rtt = |a: usize, b: usize| {
+    let nodes = (0..n)
+        .map(|i| {
+            if i < cloud {
+                (format!("cloud-{}", i + 1), "cloud", 20)
+            } else {
+                (format!("edge-{:02}", i - cloud + 1), "edge", 4)
+            }
+        })
+        .collect();
+    let rtt = move |a: usize, b: usize| {
         let d = ((at[a].0 - at[b].0).powi(2) + (at[a].1 - at[b].1).powi(2)).sqrt();
         d + access[a] + access[b]
     };
+    Layout { nodes, rtt: Box::new(rtt) }
+}
+
+/// The YAML of the fleet.
+pub(crate) fn topology(cloud: usize, edge: usize, seed: u64) -> String {
+    let Layout { nodes, rtt } = layout(cloud, edge, seed);
     let mut out = format!(
         "# {cloud} cloud nodes and {edge} edge sites at 5-120 ms from the cloud, every pair listed\n\
          # (ikukantai-bench topology --cloud {cloud} --edge {edge} --seed {seed}).\nnodes:\n"
     );
-    for i in 0..n {
-        let (tier, capacity) = if i < cloud { ("cloud", 20) } else { ("edge", 4) };
-        let _ = writeln!(out, "  - {{name: {}, labels: {{tier: {tier}}}, capacity: {capacity}}}", name(i));
+    for (name, tier, capacity) in &nodes {
+        let _ = writeln!(out, "  - {{name: {name}, labels: {{tier: {tier}}}, capacity: {capacity}}}");
     }
     out.push_str("links:\n");
-    for a in 0..n {
-        for b in a + 1..n {
-            let _ = writeln!(out, "  - {{between: [{}, {}], rtt: {:.1}ms}}", name(a), name(b), rtt(a, b));
+    for a in 0..nodes.len() {
+        for b in a + 1..nodes.len() {
+            let _ =
+                writeln!(out, "  - {{between: [{}, {}], rtt: {:.1}ms}}", nodes[a].0, nodes[b].0, rtt(a, b));
         }
     }
     out
+}
+
+/// The same fleet as a [`Topology`], built without YAML (a thousand nodes list half a million
+/// links).
+pub(crate) fn fleet(cloud: usize, edge: usize, seed: u64) -> Topology {
+    let Layout { nodes, rtt } = layout(cloud, edge, seed);
+    let mut links = Vec::with_capacity(nodes.len() * nodes.len().saturating_sub(1) / 2);
+    for a in 0..nodes.len() {
+        for b in a + 1..nodes.len() {
+            // Rounded as the YAML writes it, so both describe the same fleet.
+            let ms = (rtt(a, b) * 10.0).round() / 10.0;
+            links.push(LinkSpec {
+                between: vec![nodes[a].0.clone(), nodes[b].0.clone()],
+                rtt: GoDuration(Duration::from_secs_f64(ms / 1e3)),
+                jitter: None,
+                bandwidth: None,
+            });
+        }
+    }
+    let nodes = nodes
+        .into_iter()
+        .map(|(name, tier, capacity)| NodeSpec {
+            name,
+            labels: [("tier".to_string(), tier.to_string())].into(),
+            capacity,
+        })
+        .collect();
+    Topology { nodes, links, default_rtt: GoDuration(Duration::from_micros(500)) }
 }

@@ -19,6 +19,8 @@ use crate::world::{Instance, Phase, World};
 pub(crate) struct Control {
     last_stats: Time,
     last_decision: Time,
+    /// A pass for pokes is due.
+    poked: bool,
 }
 
 impl World {
@@ -35,10 +37,20 @@ impl World {
         self.events.after(span(RECONCILE_PERIOD), Event::Control);
     }
 
-    /// Demand at zero: the autoscaler hears of it at once and decides.
+    /// Demand at zero: the autoscaler hears of it at once, and the control plane decides as soon
+    /// as it gets to it — once for all the pokes that came meanwhile, as the fleet's reconciler
+    /// wakes once for many.
     pub(crate) fn poke(&mut self, origin: u32, rev: u32) {
         let now = self.events.instant(self.events.now());
         self.revisions[rev as usize].scaler.autoscaler.poke(now, origin as usize);
+        if !std::mem::replace(&mut self.control.poked, true) {
+            self.events.after(0, Event::Poked);
+        }
+    }
+
+    /// The pass the pokes asked for.
+    pub(crate) fn poked(&mut self) {
+        self.control.poked = false;
         self.reconcile(true);
     }
 
@@ -127,18 +139,13 @@ impl World {
     /// after the stop grace).
     fn converge(&mut self, rev: u32, desired: &[u32]) {
         let grace = span(self.links.longest_rtt() + STOP_GRACE_HOPS);
-        for (node, &want) in desired.iter().enumerate() {
-            let here: Vec<(u32, bool, u32)> = self
-                .instances
-                .iter()
-                .enumerate()
-                .filter(|(_, i)| {
-                    i.rev == rev
-                        && i.node as usize == node
-                        && matches!(i.phase, Phase::Starting | Phase::Ready)
-                })
-                .map(|(k, i)| (k as u32, i.phase == Phase::Ready, k as u32))
-                .collect();
+        let mut by_node: Vec<Vec<(u32, bool, u32)>> = vec![Vec::new(); desired.len()];
+        for (k, i) in self.instances.iter().enumerate() {
+            if i.rev == rev && matches!(i.phase, Phase::Starting | Phase::Ready) {
+                by_node[i.node as usize].push((k as u32, i.phase == Phase::Ready, k as u32));
+            }
+        }
+        for (node, (&want, here)) in desired.iter().zip(by_node).enumerate() {
             let have = here.len();
             for k in surplus(here, want as usize) {
                 self.instances[k as usize].phase = Phase::Stopping;
@@ -207,7 +214,10 @@ impl World {
                 };
                 let there = self.links.one_way(from, to, &mut self.rng);
                 let back = self.links.one_way(to, from, &mut self.rng);
-                self.rtt.record(from, to, there + back + self.model.probe_overhead_ms, at);
+                // As a gateway records it: the lower median of its last few probes to the peer.
+                let ms =
+                    self.probe_filters[from].push_median(to, there + back + self.model.probe_overhead_ms);
+                self.rtt.record(from, to, ms, at);
             }
         }
         self.events.after(self.probe_interval, Event::Probe);

@@ -36,6 +36,8 @@ pub(crate) enum Event {
     Control,
     /// A gateway saw demand for a revision without instances.
     Poke { origin: u32, rev: u32 },
+    /// The control plane decides for the pokes it heard (one pass for all that came at once).
+    Poked,
     /// An instance became ready.
     Ready { instance: u32 },
     /// An instance's stop grace ended: it goes once idle.
@@ -53,9 +55,17 @@ pub(crate) struct Events {
     base: Instant,
 }
 
+/// The `Instant` every simulated run's virtual zero maps to: one for the process, so what the
+/// policy code is handed before a world exists (a scaler's start) lines up with it exactly, and
+/// the wall time spent building a large world cannot shift a run.
+pub(crate) fn zero() -> Instant {
+    static ZERO: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *ZERO.get_or_init(Instant::now)
+}
+
 impl Events {
     pub(crate) fn new() -> Self {
-        Self { heap: BinaryHeap::new(), seq: 0, now: 0, base: Instant::now() }
+        Self { heap: BinaryHeap::new(), seq: 0, now: 0, base: zero() }
     }
 
     /// Now, in virtual time.

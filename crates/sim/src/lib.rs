@@ -144,7 +144,7 @@ fn revision(s: &Scenario, set: &PolicySet, seed: u64) -> Result<Revision, SimErr
     registry::queue::<u32>(&queue, &params).map_err(|e| err(e.to_string()))?;
     let placement = registry::placement(&placement_name, &params).map_err(|e| err(e.to_string()))?;
     let target = spec.target;
-    let start = std::time::Instant::now();
+    let start = events::zero();
     Ok(Revision {
         scaler: RevisionScaler::new(spec, placement, start, 0),
         cc,
@@ -173,6 +173,7 @@ fn step(world: &mut World, until: Time) -> bool {
         Event::Recheck { node, rev } => world.recheck(node, rev),
         Event::Control => world.control_tick(),
         Event::Poke { origin, rev } => world.poke(origin, rev),
+        Event::Poked => world.poked(),
         Event::Ready { instance } => world.ready(instance),
         Event::Drain { instance } => world.drain(instance),
         Event::Probe => world.probe(),

@@ -6,9 +6,9 @@
 use std::borrow::{Borrow, BorrowMut};
 use std::collections::VecDeque;
 
-use ikukantai_policy::balance::{Balancer, Candidate, PickContext};
-use ikukantai_policy::estimate::RttMatrix;
-use ikukantai_policy::gateway::{self, InstanceLoad, Response};
+use ikukantai_policy::balance::{Balancer, PickContext};
+use ikukantai_policy::estimate::{MEASURED_SAMPLES, PeerFilter, RttMatrix};
+use ikukantai_policy::gateway::{self, InstanceLoad, Response, Shortlist};
 use ikukantai_policy::queue::{HeaderLookup, QueueDiscipline, RequestMeta};
 use ikukantai_policy::registry::{self, PolicyParams};
 use ikukantai_policy::scaler::RevisionScaler;
@@ -96,12 +96,19 @@ pub(crate) struct Request {
 pub(crate) struct GatewayRevision {
     version: u64,
     instances: Vec<Routed>,
-    scratch: Vec<Candidate>,
+    shortlist: Shortlist,
     balancer: Box<dyn Balancer>,
     pub(crate) waiting: Box<dyn QueueDiscipline<u32>>,
     pub(crate) activator: RequestStats,
     pub(crate) origin: RequestStats,
     recheck: bool,
+}
+
+impl GatewayRevision {
+    /// Where `instance` is among the routed ones (kept in id order).
+    fn position(&self, instance: u32) -> Option<usize> {
+        self.instances.binary_search_by_key(&instance, |x| x.instance).ok()
+    }
 }
 
 impl std::fmt::Debug for GatewayRevision {
@@ -167,6 +174,8 @@ pub(crate) struct World {
     pub(crate) queue_depth: usize,
     pub(crate) control: crate::control::Control,
     pub(crate) probe_interval: Time,
+    /// Each node's recent probes per peer (the gateway's filter).
+    pub(crate) probe_filters: Vec<PeerFilter>,
     pub(crate) load: Vec<crate::load::Generator>,
 }
 
@@ -213,6 +222,7 @@ impl World {
             queue_depth: ikukantai_dataplane::defaults::GATEWAY_QUEUE_DEPTH,
             control: crate::control::Control::default(),
             probe_interval: 0,
+            probe_filters: vec![PeerFilter::new(MEASURED_SAMPLES, 64); n],
             load: Vec::new(),
         }
     }
@@ -276,7 +286,7 @@ impl World {
             Box::new(GatewayRevision {
                 version: u64::MAX,
                 instances: Vec::new(),
-                scratch: Vec::new(),
+                shortlist: Shortlist::new(params.seed),
                 balancer: registry::balancer(&revision.balancer, &params).expect("checked when built"),
                 waiting: registry::queue(&revision.queue, &params).expect("checked when built"),
                 activator: RequestStats::new(now),
@@ -285,20 +295,21 @@ impl World {
             })
         });
         if g.version != revision.version {
-            // Routed instances keep their state (in flight, estimates), as `set_routes` keeps it.
-            let mut previous = std::mem::take(&mut g.instances);
+            // Routed instances keep their state (in flight, estimates), as `set_routes` keeps it;
+            // both lists are in id order, so one merge.
+            let mut previous = std::mem::take(&mut g.instances).into_iter().peekable();
             g.instances = revision
                 .routed
                 .iter()
-                .map(|&i| match previous.iter().position(|x| x.instance == i) {
-                    Some(at) => previous.swap_remove(at),
-                    None => Routed {
+                .map(|&i| {
+                    while previous.next_if(|x| x.instance < i).is_some() {}
+                    previous.next_if(|x| x.instance == i).unwrap_or_else(|| Routed {
                         load: InstanceLoad::new(u64::from(i), self.instances[i as usize].node as usize),
                         instance: i,
-                    },
+                    })
                 })
                 .collect();
-            g.instances.sort_by_key(|x| x.load.id);
+            g.shortlist.routes_changed();
             g.version = revision.version;
         }
         g
@@ -419,7 +430,7 @@ impl World {
                 success: true,
             };
             let id = u64::from(r.instance);
-            let node = g.instances.iter().position(|x| x.load.id == id);
+            let node = g.position(r.instance);
             let serving = self.instances[r.instance as usize].node as usize;
             let g = self.gateway(r.origin, r.rev);
             let load = node.map(|i| &mut g.instances[i].load);
@@ -438,8 +449,9 @@ impl World {
         let r = self.requests[req as usize].clone();
         let at = self.events.instant(self.events.now());
         let g = self.gateway(r.origin, r.rev);
-        if let Some(i) = g.instances.iter_mut().find(|x| x.load.id == u64::from(r.instance)) {
-            i.load.in_flight = i.load.in_flight.saturating_sub(1);
+        if let Some(i) = g.position(r.instance) {
+            let load = &mut g.instances[i].load;
+            load.in_flight = load.in_flight.saturating_sub(1);
         }
         g.origin.request_out(at, false);
         if r.buffered {
@@ -511,6 +523,6 @@ fn pick(
     now: std::time::Instant,
 ) -> Option<u32> {
     let ctx = PickContext { origin: origin as usize, rtt, now, target_concurrency: target, queued };
-    let i = gateway::pick(g.balancer.as_mut(), &ctx, cc, &mut g.instances, &mut g.scratch)?;
+    let i = gateway::pick(g.balancer.as_mut(), &ctx, cc, &mut g.instances, &mut g.shortlist)?;
     Some(g.instances[i].instance)
 }

@@ -122,24 +122,27 @@ impl NearestPlacement {
 fn cover(input: &PlacementInput<'_>, demand: &[f64], mut left: u32, ideal: &mut [u32], room: &mut [u32]) {
     let n = input.nodes();
     let origins: Vec<usize> = (0..n).filter(|&o| demand[o].is_finite() && demand[o] > 0.0).collect();
+    let m = origins.len();
+    // Every response time once (the RTT matrix is asked n × m times, not that many times per
+    // instance placed), read origin by origin as the matrix lies, kept node by node as a gain
+    // reads it.
+    let mut response = vec![0.0; n * m];
+    for (k, &o) in origins.iter().enumerate() {
+        for j in 0..n {
+            response[j * m + k] = input.response_ms(o, j);
+        }
+    }
+    let row = |j: usize| &response[j * m..(j + 1) * m];
     // An origin without any instance pays at least the farthest trip there is, and then some.
-    let uncovered = origins
-        .iter()
-        .flat_map(|&o| (0..n).map(move |j| (o, j)))
-        .map(|(o, j)| input.response_ms(o, j))
-        .fold(0.0, f64::max)
-        * 2.0
-        + 1.0;
-    let mut nearest: Vec<f64> = origins
-        .iter()
-        .map(|&o| (0..n).filter(|&j| ideal[j] > 0).map(|j| input.response_ms(o, j)).fold(uncovered, f64::min))
-        .collect();
+    let uncovered = response.iter().copied().fold(0.0, f64::max) * 2.0 + 1.0;
+    let mut nearest = vec![uncovered; m];
+    for j in (0..n).filter(|&j| ideal[j] > 0) {
+        for (near, &r) in nearest.iter_mut().zip(row(j)) {
+            *near = near.min(r);
+        }
+    }
     let gain = |j: usize, nearest: &[f64]| -> f64 {
-        origins
-            .iter()
-            .zip(nearest)
-            .map(|(&o, &near)| demand[o] * (near - input.response_ms(o, j)).max(0.0))
-            .sum()
+        origins.iter().zip(nearest).zip(row(j)).map(|((&o, &near), &r)| demand[o] * (near - r).max(0.0)).sum()
     };
     // Lazy greedy: a node's gain only shrinks as instances are added, so a stale gain is an upper
     // bound, and only the top of the heap needs recomputing (hundreds of nodes stay cheap).
@@ -174,8 +177,8 @@ fn cover(input: &PlacementInput<'_>, demand: &[f64], mut left: u32, ideal: &mut 
         ideal[j] += 1;
         room[j] -= 1;
         left -= 1;
-        for (k, &o) in origins.iter().enumerate() {
-            nearest[k] = nearest[k].min(input.response_ms(o, j));
+        for (near, &r) in nearest.iter_mut().zip(row(j)) {
+            *near = near.min(r);
         }
         if room[j] > 0 {
             bounds.push((Gain(gain(j, &nearest)), std::cmp::Reverse(j)));

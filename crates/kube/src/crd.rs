@@ -5,9 +5,12 @@
 #![allow(clippy::duplicated_attributes)]
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use ikukantai_api::revision::Revision;
 use ikukantai_api::service::{RevisionTemplate, ServiceSpec, ServiceStatus};
+use ikukantai_dataplane::gateway::{InstanceRoute, RevisionRoute};
+use ikukantai_policy::queue::{PriorityRule, PriorityRuleError};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::{CustomResource, CustomResourceExt, ResourceExt};
 use schemars::JsonSchema;
@@ -195,6 +198,49 @@ pub struct RevisionRouting {
     pub instances: Vec<InstanceAddress>,
 }
 
+impl RevisionRouting {
+    /// The published form of `route`, as [`RevisionRoute::of`] builds it for both runtimes: its
+    /// settings, `priority_rules` as the revision's annotation writes them (the rules `route`
+    /// holds, parsed), its failure, and its ready `instances` by Pod address (a gateway knows
+    /// nodes by its own indices, so the route's own instances are not published).
+    pub fn of(route: &RevisionRoute, priority_rules: &str, instances: Vec<InstanceAddress>) -> Self {
+        Self {
+            name: route.revision.clone(),
+            container_concurrency: route.container_concurrency,
+            target_concurrency: route.target_concurrency,
+            timeout_seconds: route.timeout.as_secs(),
+            balancer: route.balancer.clone(),
+            queue: route.queue.clone(),
+            priority_rules: priority_rules.to_owned(),
+            failure: route.failure.clone(),
+            instances,
+        }
+    }
+
+    /// A gateway's route of this revision of `namespace/service`, to `instances`: the route
+    /// [`RevisionRouting::of`] was made from. Fails if the priority rules do not parse.
+    pub fn route(
+        &self,
+        namespace: &str,
+        service: &str,
+        instances: Vec<InstanceRoute>,
+    ) -> Result<RevisionRoute, PriorityRuleError> {
+        Ok(RevisionRoute {
+            namespace: namespace.to_owned(),
+            service: service.to_owned(),
+            revision: self.name.clone(),
+            container_concurrency: self.container_concurrency,
+            target_concurrency: self.target_concurrency,
+            timeout: Duration::from_secs(self.timeout_seconds),
+            balancer: self.balancer.clone(),
+            queue: self.queue.clone(),
+            priority_rules: PriorityRule::parse_list(&self.priority_rules)?,
+            instances,
+            failure: self.failure.clone(),
+        })
+    }
+}
+
 /// A ready instance.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -311,6 +357,45 @@ spec:
             walk(&crd.spec.names.kind, schema, &mut problems);
             assert!(problems.is_empty(), "{problems:#?}");
         }
+    }
+
+    #[test]
+    fn a_published_revision_route_reads_back_as_the_route_both_runtimes_build() {
+        use ikukantai_api::annotations::revision_settings;
+        use ikukantai_api::config::FleetConfig;
+        use ikukantai_policy::autoscaler::ScalingSpec;
+
+        let rules = "header:x-priority, path:/admin:10";
+        let template: RevisionTemplate = serde_json::from_value(serde_json::json!({
+            "metadata": {"annotations": {
+                "ikukantai.dev/balancer": "even", "ikukantai.dev/queue": "priority",
+                "ikukantai.dev/queue-priority-rules": rules, "autoscaling.knative.dev/target": "3"}},
+            "spec": {"containerConcurrency": 4, "timeoutSeconds": 30, "containers": [{"image": "x"}]}
+        }))
+        .unwrap();
+        let revision = Revision::new("hello", "team", &template, 2);
+        let config = FleetConfig::new();
+        let settings = revision_settings(&revision.metadata.annotations, &config, "").unwrap();
+        let spec = ScalingSpec::resolve(&config.autoscaler, 4, &settings.scaling);
+        let instances =
+            vec![InstanceRoute { name: "a".into(), node: 1, addr: "10.0.3.7:8012".parse().unwrap() }];
+        let route = RevisionRoute {
+            failure: Some("CrashLoopBackOff".into()),
+            ..RevisionRoute::of(&revision, &settings, &config, &spec, instances.clone())
+        };
+        assert_eq!(route.priority_rules.len(), 2);
+        let address = InstanceAddress { name: "a".into(), node: "node2".into(), ip: "10.0.3.7".into() };
+        let published = RevisionRouting::of(&route, rules, vec![address.clone()]);
+        assert_eq!(
+            (published.name.as_str(), published.timeout_seconds, published.target_concurrency),
+            ("hello-00002", 30, spec.target)
+        );
+        assert_eq!((published.priority_rules.as_str(), &published.instances), (rules, &vec![address]));
+        let wire: RevisionRouting =
+            serde_json::from_value(serde_json::to_value(&published).unwrap()).unwrap();
+        assert_eq!(wire.route("team", "hello", instances).unwrap(), route, "every field survives the trip");
+        let bad = RevisionRouting { priority_rules: "tier:gold".into(), ..wire };
+        assert!(bad.route("team", "hello", Vec::new()).is_err());
     }
 
     #[test]

@@ -29,7 +29,9 @@ use crate::crd::{KnativeService, Placement, ServiceRoute};
 use crate::wire::{Demand, GatewayReport, InstanceStats};
 
 mod apply;
+mod converge;
 mod nodes;
+mod plan;
 mod pods;
 mod routes;
 mod services;

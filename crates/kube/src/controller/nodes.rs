@@ -20,6 +20,7 @@ pub(super) const NOT_READY_TAINT: &str = "node.kubernetes.io/not-ready";
 /// how long its Pods stay bound to a node that lost readiness before they are evicted.
 pub(super) const DEFAULT_TOLERATION_SECONDS: i64 = 300;
 
+#[derive(Debug, Clone)]
 pub(super) struct NodeInfo {
     pub(super) name: String,
     /// The node is Ready.

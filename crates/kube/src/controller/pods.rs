@@ -1,15 +1,16 @@
-//! Instance Pods: what state each is in, and creating/deleting them to match a plan.
+//! Instance Pods: what state each is in, which go and come to match a plan, and doing it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use ikukantai_api::config::SidecarResources;
+use ikukantai_policy::occupancy::surplus;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, PostParams};
 
-use super::apply::Plan;
+use super::plan::{Deletion, PodChanges, RevisionPlan};
 use super::{Context, Error};
 use crate::crd::{NODE_ANNOTATION, NODE_LABEL};
 use crate::pod::{INDEX_LABEL, PodParams, build_pod, pod_ready};
@@ -97,38 +98,12 @@ fn refused(e: &kube::core::Status) -> bool {
     (400..500).contains(&e.code) && e.code != 409 && e.code != 429
 }
 
-/// Deletes the plan's revision's Failed/Succeeded Pods and its extra live ones (not ready first,
-/// then the highest index), including those on nodes that are gone, and creates the missing
-/// ones under indices no Pod of the revision on that node holds (a Terminating one keeps its
-/// name until its kubelet confirms its end). `pods` are the revision's Pods in every phase.
-///
-/// Returns why its Pods cannot be created, if the API server refused one (then no create is
-/// tried again before an exponential backoff ends) or the Pod cannot be built.
-pub(super) async fn converge_pods(
-    service: &str,
-    plan: &Plan,
-    pods: &[&Arc<Pod>],
-    owner: OwnerReference,
-    queue_proxy_image: &str,
-    sidecar: &SidecarResources,
-    ctx: &Context,
-) -> Result<Option<String>, Error> {
-    let ns = plan.revision.metadata.namespace().to_owned();
-    let key = (ns.clone(), plan.revision.name().to_owned());
-    let now = ctx.clock.now();
-    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
-    let index_of =
-        |p: &Pod| p.labels().get(INDEX_LABEL).and_then(|i| i.parse::<u32>().ok()).unwrap_or(u32::MAX);
-    let delete = |name: String| {
-        let api = api.clone();
-        async move {
-            match api.delete(&name, &DeleteParams::default()).await {
-                Ok(_) => Ok(()),
-                Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-                Err(e) => Err(Error::from(e)),
-            }
-        }
-    };
+/// Which of a revision's Pods (`pods`, in every phase) go and come for `desired` instances per
+/// node: its Failed/Succeeded ones and its extra live ones go (not ready first, then the highest
+/// index), including those on nodes that are gone; missing ones come under indices no Pod of the
+/// revision on that node holds. Nothing holds the creates back here ([`PodChanges::held`]).
+pub(super) fn pod_changes(pods: &[&Arc<Pod>], desired: &BTreeMap<String, u32>) -> PodChanges {
+    let mut changes = PodChanges::default();
     let mut taken: BTreeMap<String, BTreeSet<u32>> = BTreeMap::new();
     let mut by_node: BTreeMap<String, Vec<&Arc<Pod>>> = BTreeMap::new();
     for p in pods {
@@ -139,66 +114,99 @@ pub(super) async fn converge_pods(
             Phase::Going => {}
             Phase::Done => {
                 let why = p.status.as_ref().and_then(|s| s.reason.clone()).unwrap_or_default();
-                tracing::info!(pod = %p.name_any(), %node, reason = %why, "deleting an instance that ended");
-                delete(p.name_any()).await?;
+                changes.delete.push(Deletion { pod: p.name_any(), node, ended: Some(why) });
             }
         }
     }
-    // Deletions first: they free room on the node for what comes next.
-    for (node, group) in &mut by_node {
-        let want = plan.desired.get(node).copied().unwrap_or(0) as usize;
-        if group.len() > want {
-            group.sort_by_key(|p| (pod_ready(p), std::cmp::Reverse(index_of(p))));
-            for p in group.iter().take(group.len() - want) {
-                tracing::info!(pod = %p.name_any(), %node, "deleting instance");
-                delete(p.name_any()).await?;
-            }
+    for (node, group) in &by_node {
+        let want = desired.get(node).copied().unwrap_or(0) as usize;
+        let ranked = group.iter().map(|p| (p.name_any(), pod_ready(p), index_of(p)));
+        for pod in surplus(ranked, want) {
+            changes.delete.push(Deletion { pod, node: node.clone(), ended: None });
         }
     }
-    let missing =
-        plan.desired.iter().any(|(node, &want)| by_node.get(node).map_or(0, Vec::len) < want as usize);
-    if missing && let Some(r) = ctx.state.lock().refusal(&key, now) {
-        return Ok(Some(r.message.clone()));
-    }
-    for (node, &want) in &plan.desired {
+    for (node, &want) in desired {
         let have = by_node.get(node).map_or(0, Vec::len);
         let taken = taken.entry(node.clone()).or_default();
         for _ in have..want as usize {
             let index = (0..).find(|i| !taken.contains(i)).expect("a free index");
             taken.insert(index);
-            let params = PodParams {
-                service,
-                node,
-                index,
-                queue: &plan.queue,
-                queue_proxy_image,
-                sidecar,
-                controller_url: &ctx.settings.controller_url,
-                owner: owner.clone(),
-            };
-            match build_pod(&plan.revision, &params) {
-                Ok(pod) => {
-                    tracing::info!(pod = %pod.name_any(), %node, "creating instance");
-                    match api.create(&PostParams::default(), &pod).await {
-                        Ok(_) => {
-                            ctx.state.lock().refused.remove(&key);
-                        }
-                        // A create retried on a stale cache: the instance exists.
-                        Err(kube::Error::Api(e)) if e.code == 409 => {}
-                        Err(kube::Error::Api(e)) if refused(&e) => {
-                            let r = ctx.state.lock().refuse(key, e.message.clone(), now);
-                            tracing::warn!(pod = %pod.name_any(), message = %e.message, failures = r.failures,
-                                retry_in = ?r.until.saturating_duration_since(now), "instance refused");
-                            return Ok(Some(r.message));
-                        }
-                        Err(e) => return Err(e.into()),
-                    }
-                }
-                Err(message) => {
-                    tracing::warn!(revision = %plan.revision.name(), %message, "cannot build the instance's Pod");
-                    return Ok(Some(message));
-                }
+            changes.create.push((node.clone(), index));
+        }
+    }
+    changes
+}
+
+/// The instance index in a Pod's name (as its label says).
+fn index_of(p: &Pod) -> u32 {
+    p.labels().get(INDEX_LABEL).and_then(|i| i.parse::<u32>().ok()).unwrap_or(u32::MAX)
+}
+
+/// Performs a revision's [`PodChanges`]: deletes, then (unless a refusal holds them back)
+/// creates, each Pod built for `owner` (its Placement).
+///
+/// Returns why its Pods cannot be created, if the API server refused one (then no create is
+/// tried again before an exponential backoff ends) or the Pod cannot be built.
+pub(super) async fn converge_pods(
+    service: &str,
+    plan: &RevisionPlan,
+    owner: OwnerReference,
+    queue_proxy_image: &str,
+    sidecar: &SidecarResources,
+    ctx: &Context,
+) -> Result<Option<String>, Error> {
+    let ns = plan.revision.metadata.namespace().to_owned();
+    let key = (ns.clone(), plan.revision.name().to_owned());
+    let now = ctx.clock.now();
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
+    for d in &plan.pods.delete {
+        match &d.ended {
+            Some(reason) => {
+                tracing::info!(pod = %d.pod, node = %d.node, %reason, "deleting an instance that ended");
             }
+            None => tracing::info!(pod = %d.pod, node = %d.node, "deleting instance"),
+        }
+        match api.delete(&d.pod, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if let Some(held) = &plan.pods.held {
+        return Ok(Some(held.clone()));
+    }
+    for (node, index) in &plan.pods.create {
+        let params = PodParams {
+            service,
+            node,
+            index: *index,
+            queue: &plan.queue,
+            queue_proxy_image,
+            sidecar,
+            controller_url: &ctx.settings.controller_url,
+            owner: owner.clone(),
+        };
+        let pod = match build_pod(&plan.revision, &params) {
+            Ok(pod) => pod,
+            Err(message) => {
+                tracing::warn!(revision = %plan.revision.name(), %message, "cannot build the instance's Pod");
+                return Ok(Some(message));
+            }
+        };
+        tracing::info!(pod = %pod.name_any(), %node, "creating instance");
+        match api.create(&PostParams::default(), &pod).await {
+            Ok(_) => {
+                ctx.state.lock().refused.remove(&key);
+            }
+            // A create retried on a stale cache: the instance exists.
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(kube::Error::Api(e)) if refused(&e) => {
+                let r = ctx.state.lock().refuse(key, e.message.clone(), now);
+                tracing::warn!(pod = %pod.name_any(), message = %e.message, failures = r.failures,
+                    retry_in = ?r.until.saturating_duration_since(now), "instance refused");
+                return Ok(Some(r.message));
+            }
+            Err(e) => return Err(e.into()),
         }
     }
     Ok(None)

@@ -7,6 +7,7 @@ use ikukantai_api::annotations::{PRIORITY_RULES_ANNOTATION, revision_settings};
 use ikukantai_api::config::FleetConfig;
 use ikukantai_api::revision::Revision;
 use ikukantai_api::status::ResolvedTarget;
+use ikukantai_dataplane::gateway::RevisionRoute;
 use ikukantai_policy::autoscaler::ScalingSpec;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, Patch, PatchParams};
@@ -50,26 +51,18 @@ pub(super) fn route_spec(
             let settings =
                 revision_settings(&r.metadata.annotations, config, "spec.template.metadata.annotations")
                     .ok()?;
-            let cc = r.spec.container_concurrency();
+            let spec =
+                ScalingSpec::resolve(&config.autoscaler, r.spec.container_concurrency(), &settings.scaling);
+            // Built as the local fleet builds it; gateways read it back with `RevisionRouting::route`.
+            let route = RevisionRoute {
+                failure: failure.map(str::to_owned),
+                ..RevisionRoute::of(r, &settings, config, &spec, Vec::new())
+            };
+            let rules = r.metadata.annotations.get(PRIORITY_RULES_ANNOTATION).map_or("", String::as_str);
             let mut instances: Vec<InstanceAddress> =
                 pods.iter().filter(|p| rev_of(p) == Some(r.name())).filter_map(|p| address(p)).collect();
             instances.sort_by(|a, b| a.name.cmp(&b.name));
-            Some(RevisionRouting {
-                name: r.name().to_owned(),
-                container_concurrency: cc,
-                target_concurrency: ScalingSpec::resolve(&config.autoscaler, cc, &settings.scaling).target,
-                timeout_seconds: r.spec.timeout_seconds(),
-                balancer: settings.balancer.unwrap_or_else(|| config.policies.balancer.clone()),
-                queue: settings.queue.unwrap_or_else(|| config.policies.queue.clone()),
-                priority_rules: r
-                    .metadata
-                    .annotations
-                    .get(PRIORITY_RULES_ANNOTATION)
-                    .cloned()
-                    .unwrap_or_default(),
-                failure: failure.map(str::to_owned),
-                instances,
-            })
+            Some(RevisionRouting::of(&route, rules, instances))
         })
         .collect();
     ServiceRouteSpec { traffic, revisions }

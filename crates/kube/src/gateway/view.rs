@@ -3,10 +3,8 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
 
-use ikukantai_dataplane::gateway::{InstanceRoute, RevisionRoute, RouteTarget, Routes, ServiceRoute};
-use ikukantai_policy::queue::PriorityRule;
+use ikukantai_dataplane::gateway::{InstanceRoute, RouteTarget, Routes, ServiceRoute};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
 
@@ -37,10 +35,6 @@ pub fn routes(view: &ClusterView<'_>) -> Routes {
             .collect();
         routes.services.push(ServiceRoute { namespace: ns.clone(), name: service.clone(), traffic });
         for r in &published.spec.revisions {
-            let Ok(priority_rules) = PriorityRule::parse_list(&r.priority_rules) else {
-                tracing::warn!(revision = %r.name, "priority rules invalid; not routed");
-                continue;
-            };
             let instances = r
                 .instances
                 .iter()
@@ -50,19 +44,12 @@ pub fn routes(view: &ClusterView<'_>) -> Routes {
                     Some(InstanceRoute { name: i.name.clone(), node, addr: SocketAddr::new(ip, QUEUE_PORT) })
                 })
                 .collect();
-            routes.revisions.push(RevisionRoute {
-                namespace: ns.clone(),
-                service: service.clone(),
-                revision: r.name.clone(),
-                container_concurrency: r.container_concurrency,
-                target_concurrency: r.target_concurrency,
-                timeout: Duration::from_secs(r.timeout_seconds),
-                balancer: r.balancer.clone(),
-                queue: r.queue.clone(),
-                priority_rules,
-                instances,
-                failure: r.failure.clone(),
-            });
+            match r.route(&ns, &service, instances) {
+                Ok(route) => routes.revisions.push(route),
+                Err(error) => {
+                    tracing::warn!(revision = %r.name, %error, "priority rules invalid; not routed")
+                }
+            }
         }
     }
     routes
@@ -88,6 +75,8 @@ pub fn peers(slices: &[Arc<EndpointSlice>], me: &str, admin_port: u16) -> Vec<(S
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use serde_json::json;
 
     use super::*;

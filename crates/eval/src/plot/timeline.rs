@@ -139,9 +139,10 @@ where
             buckets(samples(), width, until, |s| s.origin == *origin && f.is_none_or(|f| s.function == f))
         })
         .collect();
-    let ymax = series.iter().flatten().filter_map(|b| b.p90).fold(1.0f64, f64::max) * 1.1;
     let (starts, phases) = marks(report, run);
     for (((label, ..), area), buckets) in rows.iter().zip(&areas).zip(&series) {
+        // Each panel its own scale: one origin's seconds of queueing would flatten the others.
+        let ymax = buckets.iter().filter_map(|b| b.p90).fold(1.0f64, f64::max) * 1.1;
         let mut chart = ChartBuilder::on(area)
             .caption(label, ("sans-serif", 14))
             .margin(6)

@@ -536,10 +536,12 @@ pub(crate) async fn logs(instance: &str, tail: Option<usize>, api: &ApiArgs) -> 
     Ok(ExitCode::SUCCESS)
 }
 
-/// A scenario of `bench` and `sim` (a mapping with `function` and `load`), not a manifest.
+/// A scenario of `bench` and `sim` (a mapping with `load` and `function` or `functions`), not a
+/// manifest.
 fn is_scenario(text: &str) -> bool {
-    serde_saphyr::from_str::<serde_json::Value>(text)
-        .is_ok_and(|v| v.get("function").is_some() && v.get("load").is_some())
+    serde_saphyr::from_str::<serde_json::Value>(text).is_ok_and(|v| {
+        (v.get("function").is_some() || v.get("functions").is_some()) && v.get("load").is_some()
+    })
 }
 
 /// Checks scenario files; returns how many problems were found.
@@ -550,7 +552,7 @@ fn validate_scenarios(scenarios: &[(String, String)]) -> usize {
             Ok(s) => outln!("ok: {file}: scenario {}", s.name),
             Err(e) => {
                 eprintln!("{e}");
-                problems += 1;
+                problems += e.0.len();
             }
         }
     }

@@ -325,3 +325,66 @@ fn bench_runs_a_scenario_and_writes_report_and_plots() {
     }
     assert_eq!(processes_of(&out), 0);
 }
+
+#[test]
+fn bench_runs_two_functions_and_phases_and_writes_their_rows_and_time_series() {
+    let dir = scratch("bench-functions");
+    std::fs::create_dir_all(&dir).unwrap();
+    // `late` has no users for the first second of measuring, then some at the edge only.
+    let scenario = write(
+        &dir,
+        "two.yaml",
+        "name: two\ntopology:\n  nodes: [{name: cloud, capacity: 4}, {name: edge, capacity: 2}]\n  links: [{between: [cloud, edge], rtt: 20ms}]\n\
+         functions:\n\
+         - {name: early, work: [1ms, 2ms], containerConcurrency: 2, target: 2, window: 6s}\n\
+         - {name: late, work: [1ms, 2ms], containerConcurrency: 2, target: 2, window: 6s,\n   \
+            load: {origins: [edge], phases: [{name: none, duration: 1s, scale: 0}, {name: some, duration: 1s, scale: 2}]}}\n\
+         load: {origins: [cloud, edge], users: [2], rate_per_user: 5, warmup: 1s, duration: 2s, timeout: 2s}\n\
+         policies: [ours]\n",
+    );
+    let out = dir.join("out");
+    let run = Command::new(BIN).args(["bench", &scenario, "--out"]).arg(&out).output().unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let rows: Vec<(String, String, u64)> = report["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let s = |k: &str| r[k].as_str().unwrap().to_owned();
+            (s("function"), s("origin"), r["stats"]["requests"].as_u64().unwrap())
+        })
+        .collect();
+    let keys: Vec<(&str, &str)> = rows.iter().map(|(f, o, _)| (f.as_str(), o.as_str())).collect();
+    assert_eq!(
+        keys,
+        [
+            ("all", "all"),
+            ("all", "cloud"),
+            ("all", "edge"),
+            ("early", "all"),
+            ("early", "cloud"),
+            ("early", "edge"),
+            ("late", "all"),
+            ("late", "edge")
+        ]
+    );
+    assert!(rows.iter().all(|(.., n)| *n > 0), "{rows:?}");
+    assert_eq!(rows[0].2, rows[3].2 + rows[6].2, "the totals are both functions'");
+    // Every request of `late` was sent after its idle phase: its send times are on the load's clock.
+    let level = &report["runs"][0]["levels"][0];
+    let measure = level["began"].as_f64().unwrap() + 1.0;
+    let late: Vec<f64> = level["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["function"] == 1)
+        .map(|s| s["at"].as_f64().unwrap())
+        .collect();
+    assert!(!late.is_empty() && late.iter().all(|&at| at >= measure + 1.0 - 1e-6), "{late:?} vs {measure}");
+    if std::path::Path::new("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf").exists() {
+        assert!(out.join("timeline-ours.png").metadata().unwrap().len() > 1000);
+    }
+    assert_eq!(processes_of(&out), 0);
+}

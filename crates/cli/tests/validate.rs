@@ -171,3 +171,30 @@ fn scenarios_validate_and_a_bad_one_is_named_by_its_field() {
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("load.origins[1]: unknown node \"nowhere\""), "{}", text(&out.stderr));
 }
+
+#[test]
+fn a_scenario_with_bad_phases_and_functions_lists_every_problem() {
+    let dir = std::env::temp_dir().join(format!("ikukantai-scenario-phases-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.yaml");
+    let text_in = std::fs::read_to_string(repo_root().join("bench/two-functions.yaml")).unwrap();
+    let text_out = text_in
+        .replace("- {name: steady, duration: 10s}", "- {name: steady, duration: 10s, origins: {cloud: 2}}")
+        .replace("target: 4\n", "target: 4\n    annotations: {ikukantai.dev/queue: lifo}\n");
+    assert_ne!(text_in, text_out);
+    std::fs::write(&bad, text_out).unwrap();
+    let out = ikukantai(&["validate", "-f", bad.to_str().unwrap()]);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    let file = bad.display();
+    for expected in [
+        format!(
+            "{file}: functions[1].load.phases[1].origins.cloud: \"cloud\" is not an origin of this load (edge-a, edge-b)"
+        ),
+        format!("{file}: functions[1].annotations[\"ikukantai.dev/queue\"]: unknown queue \"lifo\""),
+        "2 problem(s) found".to_owned(),
+    ] {
+        assert!(stderr.contains(&expected), "missing {expected:?} in\n{stderr}");
+    }
+}

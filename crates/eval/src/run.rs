@@ -17,16 +17,19 @@ use ikukantai_fleet::fleet::{Fleet, FleetOptions};
 use parking_lot::Mutex;
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
-use rand_distr::{Distribution, Exp};
+use rand_distr::{Distribution, Exp1};
 use serde::{Deserialize, Serialize};
 
-use crate::scenario::{PolicySet, Scenario};
+use crate::scenario::{FunctionSpec, PolicySet, RateCurve, Scenario};
 
 /// One request's outcome.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Sample {
     /// Origin node index.
     pub origin: usize,
+    /// The function's index in the scenario (`Scenario::functions`).
+    #[serde(default)]
+    pub function: usize,
     /// Response time in ms (to the end of the body), `None` when it did not complete in time.
     pub latency_ms: Option<f64>,
     /// Serving node index, when known.
@@ -47,6 +50,10 @@ pub struct LevelRun {
     pub sent: usize,
     /// Seconds measured.
     pub seconds: f64,
+    /// When the level's load began (its warm-up), in seconds since the set's load began: the
+    /// samples' `at` is on the same clock.
+    #[serde(default)]
+    pub began: f64,
 }
 
 /// All levels of one policy set.
@@ -67,36 +74,43 @@ fn free_port_on(ips: &[std::net::IpAddr]) -> std::io::Result<u16> {
     }
 }
 
-/// The Service a scenario deploys for a policy set; `binary` serves it (`function hello`). The
-/// simulator reads its revision from the same text.
-pub fn manifest(s: &Scenario, set: &PolicySet, binary: &Path) -> String {
+/// The Service a scenario deploys for one of its functions under a policy set; `binary` serves
+/// it (`function hello`). The simulator reads its revision from the same text. The function's
+/// own annotations come last, so one it sets wins over the set's.
+pub fn manifest(f: &FunctionSpec, set: &PolicySet, binary: &Path) -> String {
+    let mut annotations = std::collections::BTreeMap::from([
+        ("autoscaling.knative.dev/window".to_owned(), f.window.to_string()),
+        ("autoscaling.knative.dev/target".to_owned(), f.target.to_string()),
+        ("autoscaling.knative.dev/initial-scale".to_owned(), "0".to_owned()),
+        ("ikukantai.dev/balancer".to_owned(), set.balancer.clone()),
+        ("ikukantai.dev/placement".to_owned(), set.placement.clone()),
+    ]);
+    annotations.extend(f.annotations.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let annotations: String = annotations.iter().map(|(k, v)| format!("        {k:?}: {v:?}\n")).collect();
     format!(
         r#"apiVersion: serving.knative.dev/v1
 kind: Service
 metadata:
-  name: fn
+  name: {name:?}
 spec:
   template:
     metadata:
       annotations:
-        autoscaling.knative.dev/window: "{window}"
-        autoscaling.knative.dev/target: "{target}"
-        autoscaling.knative.dev/initial-scale: "0"
-        ikukantai.dev/balancer: {balancer}
-        ikukantai.dev/placement: {placement}
-    spec:
+{annotations}    spec:
       containerConcurrency: {cc}
       containers:
         - image: ikukantai/hello
           command: [{binary:?}, function, hello]
 "#,
-        window = s.function.window,
-        target = s.function.target,
-        balancer = set.balancer,
-        placement = set.placement,
-        cc = s.function.container_concurrency,
+        name = f.service(),
+        cc = f.container_concurrency,
         binary = binary.display().to_string(),
     )
+}
+
+/// Every function's Service, as (label, manifest) sources for `Fleet::apply`.
+pub fn manifests(s: &Scenario, set: &PolicySet, binary: &Path) -> Vec<(String, String)> {
+    s.functions().iter().map(|f| (format!("function {}", f.service()), manifest(f, set, binary))).collect()
 }
 
 /// The fleet configuration of every scenario: zero initial scale allowed, a short scale-to-zero
@@ -169,7 +183,7 @@ pub async fn run_set(
         holder: format!("ikukantai bench, policy set {}", set.name),
     })
     .await?;
-    fleet.apply(&[("scenario".into(), manifest(s, set, binary))])?;
+    fleet.apply(&manifests(s, set, binary))?;
     // Let the latency monitor measure once.
     tokio::time::sleep(SETTLE).await;
     let gateways: Vec<SocketAddr> = fleet.nodes().iter().map(|n| n.gateway).collect();
@@ -201,94 +215,45 @@ struct Level<'a> {
 }
 
 async fn run_level(ctx: &Level<'_>, users: u32, seed: u64) -> LevelRun {
-    let Level { s, set, gateways, progress, stop, began } = *ctx;
+    let Level { s, gateways, began, .. } = *ctx;
     let client: Client<HttpConnector, Full<Bytes>> =
         Client::builder(TokioExecutor::new()).pool_max_idle_per_host(4096).build(HttpConnector::new());
-    let warmup = s.load.warmup.0;
-    let duration = s.load.duration.0;
-    let timeout = s.load.timeout.0;
     let start = Instant::now();
-    let measure_from = start + warmup;
-    let end = measure_from + duration;
+    let clock = Clock {
+        start,
+        measure_from: start + s.load.warmup.0,
+        end: start + s.load.warmup.0 + s.load.duration.0,
+        began,
+        timeout: s.load.timeout.0,
+    };
     let samples = Arc::new(Mutex::new(Vec::new()));
     let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let (lo, hi) = (s.function.work[0].0.as_secs_f64() * 1e3, s.function.work[1].0.as_secs_f64() * 1e3);
-    let mut generators = Vec::new();
-    for (k, (origin, rate)) in s.origin_rates(users).into_iter().enumerate().filter(|(_, (_, r))| *r > 0.0) {
-        let client = client.clone();
-        let samples = samples.clone();
-        let sent = sent.clone();
-        let gateway = gateways[origin];
-        let nodes: Arc<Vec<String>> = Arc::new(s.topology.nodes.iter().map(|n| n.name.clone()).collect());
-        generators.push(tokio::spawn(async move {
-            let mut rng = SmallRng::seed_from_u64(seed ^ (k as u64) << 8);
-            let exp = Exp::new(rate.max(1e-9)).expect("positive rate");
-            let mut next = Instant::now();
-            let mut inflight = Vec::new();
-            loop {
-                next += Duration::from_secs_f64(exp.sample(&mut rng));
-                if next >= end {
-                    break;
-                }
-                tokio::time::sleep_until(next.into()).await;
-                let work = if hi > lo { rng.random_range(lo..hi) } else { lo };
-                let measured = next >= measure_from;
-                if measured {
-                    sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                }
-                let (client, samples, nodes) = (client.clone(), samples.clone(), nodes.clone());
-                inflight.push(tokio::spawn(async move {
-                    let req = Request::get(format!("http://{gateway}/sleep/{work:.3}"))
-                        .header("host", "fn.default")
-                        .body(Full::new(Bytes::new()))
-                        .expect("request");
-                    let t = Instant::now();
-                    let at = t.duration_since(began).as_secs_f64();
-                    let outcome = tokio::time::timeout(timeout, async {
-                        let resp = client.request(req).await.ok()?;
-                        let served = resp
-                            .headers()
-                            .get("x-ikukantai-node")
-                            .and_then(|v| v.to_str().ok())
-                            .and_then(|n| nodes.iter().position(|x| x == n));
-                        let ok = resp.status().is_success();
-                        resp.into_body().collect().await.ok()?;
-                        ok.then_some(served)
-                    })
-                    .await;
-                    if measured {
-                        let sample = match outcome {
-                            Ok(Some(served)) => Sample {
-                                origin,
-                                latency_ms: Some(t.elapsed().as_secs_f64() * 1e3),
-                                served,
-                                at,
-                            },
-                            _ => Sample { origin, latency_ms: None, served: None, at },
-                        };
-                        samples.lock().push(sample);
-                    }
-                }));
-            }
-            for f in inflight {
-                let _ = f.await;
-            }
-        }));
-    }
-    let total = (warmup + duration).as_secs_f64();
-    loop {
-        let done = start.elapsed().as_secs_f64().min(total);
-        let phase = if Instant::now() < measure_from { "warm-up" } else { "measure" };
-        progress.update(&set.name, users, phase, done, total);
-        if generators.iter().all(|g| g.is_finished()) {
-            break;
-        }
-        if *stop.borrow() {
-            generators.iter().for_each(|g| g.abort());
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    let nodes: Arc<Vec<String>> = Arc::new(s.topology.nodes.iter().map(|n| n.name.clone()).collect());
+    let generators: Vec<_> = s
+        .streams(users)
+        .into_iter()
+        .enumerate()
+        .map(|(k, stream)| {
+            let f = &s.functions()[stream.function];
+            let target = Target {
+                gateway: gateways[stream.origin],
+                host: format!("{}.default", f.service()),
+                work_ms: f.work_ms(),
+                origin: stream.origin,
+                function: stream.function,
+            };
+            let sink = Sink {
+                client: client.clone(),
+                samples: samples.clone(),
+                sent: sent.clone(),
+                nodes: nodes.clone(),
+            };
+            // One generator per stream, seeded by its place in the list (the first function's
+            // streams are the origins in order, as before functions could be several).
+            tokio::spawn(generate(stream.curve, target, clock, sink, seed ^ (k as u64) << 8))
+        })
+        .collect();
+    watch_level(ctx, users, &clock, &generators).await;
     for g in generators {
         let _ = g.await;
     }
@@ -297,6 +262,116 @@ async fn run_level(ctx: &Level<'_>, users: u32, seed: u64) -> LevelRun {
         users,
         samples,
         sent: sent.load(std::sync::atomic::Ordering::Relaxed),
-        seconds: duration.as_secs_f64(),
+        seconds: s.load.duration.0.as_secs_f64(),
+        began: start.duration_since(began).as_secs_f64(),
+    }
+}
+
+/// A level's times.
+#[derive(Debug, Clone, Copy)]
+struct Clock {
+    /// When the level (its warm-up) began.
+    start: Instant,
+    measure_from: Instant,
+    end: Instant,
+    /// When the set's load began: samples' `at` counts from it.
+    began: Instant,
+    timeout: Duration,
+}
+
+/// Where one stream's requests go.
+struct Target {
+    gateway: SocketAddr,
+    host: String,
+    work_ms: (f64, f64),
+    origin: usize,
+    function: usize,
+}
+
+/// Where a level's outcomes go.
+#[derive(Clone)]
+struct Sink {
+    client: Client<HttpConnector, Full<Bytes>>,
+    samples: Arc<Mutex<Vec<Sample>>>,
+    sent: Arc<std::sync::atomic::AtomicUsize>,
+    nodes: Arc<Vec<String>>,
+}
+
+/// One stream's open-loop generator: arrivals of a Poisson process following `curve` (each
+/// request sent on time, whatever the earlier ones are doing), until the level ends and every
+/// request it sent is answered or given up on.
+async fn generate(curve: RateCurve, target: Target, clock: Clock, sink: Sink, seed: u64) {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let (lo, hi) = target.work_ms;
+    let target = Arc::new(target);
+    let mut next = Instant::now();
+    let mut inflight = Vec::new();
+    loop {
+        let e: f64 = Exp1.sample(&mut rng);
+        let Some(gap) = curve.gap(next.saturating_duration_since(clock.start).as_secs_f64(), e) else {
+            break;
+        };
+        next += Duration::from_secs_f64(gap);
+        if next >= clock.end {
+            break;
+        }
+        tokio::time::sleep_until(next.into()).await;
+        let work = if hi > lo { rng.random_range(lo..hi) } else { lo };
+        let measured = next >= clock.measure_from;
+        if measured {
+            sink.sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        inflight.push(tokio::spawn(send(target.clone(), work, measured, clock, sink.clone())));
+    }
+    for f in inflight {
+        let _ = f.await;
+    }
+}
+
+/// Sends one request and records its outcome if it is measured.
+async fn send(target: Arc<Target>, work: f64, measured: bool, clock: Clock, sink: Sink) {
+    let req = Request::get(format!("http://{}/sleep/{work:.3}", target.gateway))
+        .header("host", &target.host)
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let t = Instant::now();
+    let at = t.duration_since(clock.began).as_secs_f64();
+    let outcome = tokio::time::timeout(clock.timeout, async {
+        let resp = sink.client.request(req).await.ok()?;
+        let served = resp
+            .headers()
+            .get("x-ikukantai-node")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|n| sink.nodes.iter().position(|x| x == n));
+        let ok = resp.status().is_success();
+        resp.into_body().collect().await.ok()?;
+        ok.then_some(served)
+    })
+    .await;
+    if measured {
+        let (latency_ms, served) = match outcome {
+            Ok(Some(served)) => (Some(t.elapsed().as_secs_f64() * 1e3), served),
+            _ => (None, None),
+        };
+        let (origin, function) = (target.origin, target.function);
+        sink.samples.lock().push(Sample { origin, function, latency_ms, served, at });
+    }
+}
+
+/// Reports progress until every generator is done, or aborts them on Ctrl-C.
+async fn watch_level(ctx: &Level<'_>, users: u32, clock: &Clock, generators: &[tokio::task::JoinHandle<()>]) {
+    let total = (clock.end - clock.start).as_secs_f64();
+    loop {
+        let done = clock.start.elapsed().as_secs_f64().min(total);
+        let phase = if Instant::now() < clock.measure_from { "warm-up" } else { "measure" };
+        ctx.progress.update(&ctx.set.name, users, phase, done, total);
+        if generators.iter().all(|g| g.is_finished()) {
+            break;
+        }
+        if *ctx.stop.borrow() {
+            generators.iter().for_each(|g| g.abort());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }

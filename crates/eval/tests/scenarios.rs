@@ -17,7 +17,7 @@ fn shipped_scenarios_parse() {
         }
     }
     names.sort();
-    for expected in ["multi-edge", "overload", "paper", "paper-100ms"] {
+    for expected in ["flash-crowd", "multi-edge", "overload", "paper", "paper-100ms", "two-functions"] {
         assert!(names.iter().any(|n| n == expected), "{names:?}");
     }
 }

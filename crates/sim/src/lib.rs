@@ -54,30 +54,41 @@ pub enum SimError {
 
 /// Runs one policy set over all the scenario's levels, as `ikukantai bench` would.
 pub fn run_set(s: &Scenario, set: &PolicySet, seed: u64, model: &Model) -> Result<SetRun, SimError> {
-    let revision = revision(s, set, seed)?;
+    let revisions =
+        (0..s.functions().len()).map(|f| revision(s, f, set, seed)).collect::<Result<Vec<_>, _>>()?;
     let rtt = s.topology.rtt_matrix(PROBE_INTERVAL * 3);
     let mut world = World::new(
         model.clone(),
         Links::new(&s.topology),
         s.topology.capacities(),
         rtt,
-        vec![revision],
+        revisions,
         seed,
         span(s.load.timeout.0),
         SmallRng::seed_from_u64(seed ^ 0x5133_0001),
     );
     world.start_control(span(PROBE_INTERVAL));
     run_until(&mut world, span(SETTLE));
-    let work = (s.function.work[0].0.as_secs_f64() * 1e3, s.function.work[1].0.as_secs_f64() * 1e3);
     let mut levels = Vec::new();
     let began = world.events.now();
     for (li, &users) in s.load.users.iter().enumerate() {
         let start = world.events.now();
         let measure_from = start + span(s.load.warmup.0);
         let end = measure_from + span(s.load.duration.0);
-        for (origin, rate) in s.origin_rates(users).into_iter().filter(|(_, r)| *r > 0.0) {
-            let origin = origin as u32;
-            world.start_generator(Generator::new(seed, origin, 0, li as u32, rate, work, measure_from, end));
+        for stream in s.streams(users) {
+            let (origin, rev) = (stream.origin as u32, stream.function as u32);
+            let work = s.functions()[stream.function].work_ms();
+            world.start_generator(Generator::new(
+                seed,
+                origin,
+                rev,
+                li as u32,
+                stream.curve,
+                work,
+                start,
+                measure_from,
+                end,
+            ));
         }
         run_until(&mut world, end);
         // Like the bench's generators, the level ends once every request of it is answered or
@@ -92,6 +103,7 @@ pub fn run_set(s: &Scenario, set: &PolicySet, seed: u64, model: &Model) -> Resul
             .iter()
             .map(|x| Sample {
                 origin: x.origin as usize,
+                function: x.rev as usize,
                 latency_ms: x.latency_ms,
                 served: x.served.map(|s| s as usize),
                 at: (x.arrival - began) as f64 / 1e9,
@@ -99,9 +111,10 @@ pub fn run_set(s: &Scenario, set: &PolicySet, seed: u64, model: &Model) -> Resul
             .collect();
         levels.push(LevelRun {
             users,
-            sent: samples.len(),
+            sent: std::mem::take(&mut world.sent),
             samples,
             seconds: s.load.duration.0.as_secs_f64(),
+            began: (start - began) as f64 / 1e9,
         });
     }
     Ok(SetRun { set: set.clone(), levels })
@@ -121,11 +134,15 @@ pub fn run(s: &Scenario, seed: u64, model: &Model) -> Result<Vec<SetRun>, SimErr
         .collect()
 }
 
-/// The scenario's revision for a policy set, read from the very manifest the bench applies.
-fn revision(s: &Scenario, set: &PolicySet, seed: u64) -> Result<Revision, SimError> {
-    let err = |message: String| SimError::Revision { set: set.name.clone(), message };
+/// Function `f`'s revision under a policy set, read from the very manifest the bench applies.
+fn revision(s: &Scenario, f: usize, set: &PolicySet, seed: u64) -> Result<Revision, SimError> {
+    let function = s.functions()[f].service();
+    let err = |message: String| SimError::Revision {
+        set: set.name.clone(),
+        message: format!("function {function}: {message}"),
+    };
     let config = fleet_config();
-    let text = manifest(s, set, Path::new("ikukantai"));
+    let text = manifest(&s.functions()[f], set, Path::new("ikukantai"));
     let loaded = parse_str("scenario", &text).map_err(|d| err(d.to_string()))?;
     let Some(Document::Service(service)) = loaded.into_iter().next().map(|l| l.document) else {
         return Err(err("the scenario's manifest is not a Service".into()));

@@ -1,11 +1,13 @@
-//! Open-loop load, as `ikukantai bench` drives it: per origin, Poisson arrivals at `users ×
-//! rate_per_user` per second, each request with a work time uniform in the function's range. The
-//! arrivals and work times depend only on the seed, the level and the origin, so every policy set
-//! meets the very same requests.
+//! Open-loop load, as `ikukantai bench` drives it: per function and origin, Poisson arrivals
+//! following the scenario's rate over time (`Scenario::streams`: `users × rate_per_user`, times
+//! the phases' factors), each request with a work time uniform in its function's range. The
+//! arrivals and work times depend only on the seed, the level, the origin and the function, so
+//! every policy set meets the very same requests.
 
+use ikukantai_eval::scenario::RateCurve;
 use rand::rngs::SmallRng;
 use rand::{RngExt, SeedableRng};
-use rand_distr::{Distribution, Exp};
+use rand_distr::{Distribution, Exp1};
 
 use crate::events::{Event, Time};
 use crate::world::World;
@@ -17,50 +19,50 @@ pub(crate) struct Generator {
     rev: u32,
     level: u32,
     rng: SmallRng,
-    gaps: Exp<f64>,
+    curve: RateCurve,
     work_ms: (f64, f64),
+    /// When the level began: the curve's time 0.
+    start: Time,
     measure_from: Time,
     end: Time,
 }
 
 impl Generator {
-    /// A generator of `rate` requests per second at `origin`, from now until `end`.
+    /// A generator of requests at `origin` for revision `rev`, following `curve` from the level's
+    /// `start` (now) until `end`.
     #[expect(clippy::too_many_arguments, reason = "one call site, each a different fact")]
     pub(crate) fn new(
         seed: u64,
         origin: u32,
         rev: u32,
         level: u32,
-        rate: f64,
+        curve: RateCurve,
         work_ms: (f64, f64),
+        start: Time,
         measure_from: Time,
         end: Time,
     ) -> Self {
         let rng = SmallRng::seed_from_u64(
             seed ^ (u64::from(level) + 1) ^ (u64::from(origin) << 8) ^ (u64::from(rev) << 32),
         );
-        Self {
-            origin,
-            rev,
-            level,
-            rng,
-            gaps: Exp::new(rate.max(1e-9)).expect("positive rate"),
-            work_ms,
-            measure_from,
-            end,
-        }
+        Self { origin, rev, level, rng, curve, work_ms, start, measure_from, end }
     }
 
-    fn gap(&mut self) -> Time {
-        (self.gaps.sample(&mut self.rng) * 1e9) as Time
+    /// The time from `now` to the next arrival, if the rate is not zero from now on.
+    fn gap(&mut self, now: Time) -> Option<Time> {
+        let e: f64 = Exp1.sample(&mut self.rng);
+        let t = (now - self.start) as f64 / 1e9;
+        self.curve.gap(t, e).map(|g| (g * 1e9) as Time)
     }
 }
 
 impl World {
     /// Starts a generator: its first arrival is scheduled.
     pub(crate) fn start_generator(&mut self, mut g: Generator) {
-        let first = self.events.now() + g.gap();
-        if first < g.end {
+        let now = self.events.now();
+        if let Some(first) = g.gap(now).map(|gap| now + gap)
+            && first < g.end
+        {
             self.events.at(first, Event::Arrive { generator: self.load.len() as u32 });
         }
         self.load.push(g);
@@ -73,10 +75,12 @@ impl World {
         let (lo, hi) = g.work_ms;
         let work = if hi > lo { g.rng.random_range(lo..hi) } else { lo };
         let (origin, rev, level, measured) = (g.origin, g.rev, g.level, now >= g.measure_from);
-        let next = now + g.gap();
-        if next < g.end {
+        if let Some(next) = g.gap(now).map(|gap| now + gap)
+            && next < g.end
+        {
             self.events.at(next, Event::Arrive { generator: index });
         }
+        self.sent += usize::from(measured);
         let req = self.new_request(origin, rev, work, level, measured);
         self.schedule_timeout(req);
         self.admit(req);

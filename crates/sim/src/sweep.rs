@@ -88,10 +88,13 @@ pub fn case(seed: u64, index: usize) -> Scenario {
     let hi = (lo * rng.random_range(1.0..1.5f64)).min(50.0);
     let cc = rng.random_range(1..=4u32);
     let function = FunctionSpec {
+        name: None,
         work: [ms(lo), ms(hi)],
         container_concurrency: cc,
         target: f64::from(cc),
         window: GoDuration(Duration::from_secs(rng.random_range(6..=12))),
+        annotations: Default::default(),
+        load: None,
     };
     // Skewed demand: log-normal weights; some edges have no users, most cases a cloud origin.
     let mut origins = Vec::new();
@@ -128,7 +131,8 @@ pub fn case(seed: u64, index: usize) -> Scenario {
         name: format!("sweep-{seed}-{index}"),
         description: format!("Sweep case {index} of seed {seed}: {clouds} cloud nodes, {edges} edge sites."),
         topology: Topology { nodes, links, default_rtt: GoDuration(Duration::from_millis(50)) },
-        function,
+        function: Some(function),
+        functions: Vec::new(),
         load: LoadSpec {
             origins: origins.into_iter().map(|(_, scale, node)| Origin::Scaled { node, scale }).collect(),
             users,
@@ -136,6 +140,7 @@ pub fn case(seed: u64, index: usize) -> Scenario {
             warmup: GoDuration(Duration::from_secs(10)),
             duration: GoDuration(Duration::from_secs(20)),
             timeout: GoDuration(Duration::from_secs(5)),
+            phases: None,
         },
         policies: vec!["knative".into(), "ikukantai".into(), "ours".into()],
     }
@@ -180,7 +185,7 @@ pub struct CaseResult {
 pub fn compare(index: usize, s: &Scenario, runs: &[SetRun], model: &Model) -> CaseResult {
     let n = s.topology.nodes.len();
     let mut cells = Vec::new();
-    let (lo, hi) = (s.function.work[0].0.as_secs_f64() * 1e3, s.function.work[1].0.as_secs_f64() * 1e3);
+    let (lo, hi) = s.functions()[0].work_ms();
     let ideal = lo + 0.9 * (hi - lo) + model.timer_ms + model.client_ms + 2.0 * model.hop_ms;
     for level in 0..s.load.users.len() {
         for o in &s.load.origins {

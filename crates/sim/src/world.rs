@@ -147,6 +147,7 @@ impl HeaderLookup for NoHeaders {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Seen {
     pub(crate) origin: u32,
+    pub(crate) rev: u32,
     pub(crate) arrival: Time,
     pub(crate) latency_ms: Option<f64>,
     pub(crate) served: Option<u32>,
@@ -169,6 +170,9 @@ pub(crate) struct World {
     /// Requests whose client has no answer yet, per level.
     pub(crate) outstanding: Vec<usize>,
     pub(crate) seen: Vec<Seen>,
+    /// Measured requests the generators sent in the current level (counted as they leave, so
+    /// that every one can be checked off against `seen`).
+    pub(crate) sent: usize,
     pub(crate) seed: u64,
     pub(crate) client_timeout: Time,
     pub(crate) queue_depth: usize,
@@ -217,6 +221,7 @@ impl World {
             free: Vec::new(),
             outstanding: Vec::new(),
             seen: Vec::new(),
+            sent: 0,
             seed,
             client_timeout,
             queue_depth: ikukantai_dataplane::defaults::GATEWAY_QUEUE_DEPTH,
@@ -500,6 +505,7 @@ impl World {
         }
         self.seen.push(Seen {
             origin: r.origin,
+            rev: r.rev,
             arrival: r.arrival,
             latency_ms: outcome.map(|o| o.0),
             served: outcome.map(|o| o.1),

@@ -98,9 +98,9 @@ fn sweep_cases_are_valid_scenarios_within_the_ranges_and_round_trip_as_yaml() {
         let edges = s.topology.nodes.len() - clouds;
         assert!((1..=3).contains(&clouds) && (2..=30).contains(&edges), "{clouds} clouds, {edges} edges");
         assert!(s.topology.nodes.iter().skip(clouds).all(|n| (1..=4).contains(&n.capacity)));
-        let cc = s.function.container_concurrency;
+        let cc = s.functions()[0].container_concurrency;
         assert!((1..=4).contains(&cc));
-        assert!(s.function.work[1].0 <= std::time::Duration::from_millis(50));
+        assert!(s.functions()[0].work[1].0 <= std::time::Duration::from_millis(50));
         assert!(s.load.origins.iter().any(|o| !o.node().starts_with("cloud")), "an edge origin at least");
         assert_eq!(sweep::case(5, index), s, "the same seed and index give the same case");
     }

@@ -1,5 +1,8 @@
 //! Plots (PNG and SVG): response-time CDFs (the paper's Fig. 9), where requests were served
-//! (its Fig. 10), and p50/p90 against load for every policy set.
+//! (its Fig. 10), p50/p90 against load for every policy set, and per set the time series of
+//! every origin (`timeline`).
+
+pub mod timeline;
 
 use std::path::Path;
 
@@ -214,27 +217,40 @@ pub fn write_all(report: &Report, dir: &Path) -> Result<Vec<String>, String> {
     let last = report.scenario.load.users.len() - 1;
     let mut files = Vec::new();
     type Job<'a> = (
-        &'a str,
+        String,
         (u32, u32),
         Box<dyn Fn(&DrawingArea<BitMapBackend<'_>, Shift>) -> Result<(), String> + 'a>,
         Box<dyn Fn(&DrawingArea<SVGBackend<'_>, Shift>) -> Result<(), String> + 'a>,
     );
-    let jobs: Vec<Job<'_>> = vec![
-        ("cdf-low", (900, 560), Box::new(|a| cdf(a, report, 0)), Box::new(|a| cdf(a, report, 0))),
-        ("cdf-high", (900, 560), Box::new(|a| cdf(a, report, last)), Box::new(|a| cdf(a, report, last))),
+    let mut jobs: Vec<Job<'_>> = vec![
+        ("cdf-low".into(), (900, 560), Box::new(|a| cdf(a, report, 0)), Box::new(|a| cdf(a, report, 0))),
         (
-            "served-high",
+            "cdf-high".into(),
+            (900, 560),
+            Box::new(|a| cdf(a, report, last)),
+            Box::new(|a| cdf(a, report, last)),
+        ),
+        (
+            "served-high".into(),
             (1400, 520),
             Box::new(|a| served(a, report, last)),
             Box::new(|a| served(a, report, last)),
         ),
         (
-            "latency-vs-load",
+            "latency-vs-load".into(),
             (900, 560),
             Box::new(|a| versus_load(a, report)),
             Box::new(|a| versus_load(a, report)),
         ),
     ];
+    for run in &report.runs {
+        jobs.push((
+            format!("timeline-{}", run.set.name),
+            timeline::size(report),
+            Box::new(move |a| timeline::draw(a, report, run)),
+            Box::new(move |a| timeline::draw(a, report, run)),
+        ));
+    }
     for (name, size, png, svg) in jobs {
         let png_path = dir.join(format!("{name}.png"));
         png(&BitMapBackend::new(&png_path, size).into_drawing_area())?;
@@ -244,4 +260,53 @@ pub fn write_all(report: &Report, dir: &Path) -> Result<Vec<String>, String> {
         files.push(format!("{name}.svg"));
     }
     Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::run::{LevelRun, Sample, SetRun};
+    use crate::scenario::{PolicySet, Scenario};
+
+    #[test]
+    fn every_set_gets_a_time_series_with_a_panel_per_origin() {
+        let text = "name: t\ntopology: {nodes: [{name: a}, {name: b}]}\n\
+                    function: {work: [1ms, 2ms], target: 1, window: 6s}\n\
+                    load: {origins: [a, b], users: [1, 2], rate_per_user: 1, warmup: 1s, timeout: 1s,\n\
+                           phases: [{name: calm, duration: 2s}, {name: crowd, duration: 2s, origins: {b: 3}}]}\n\
+                    policies: [knative, ours]\n";
+        let s = Scenario::parse("t.yaml", text).unwrap();
+        let level = |users, began: f64| {
+            let samples = (0..40)
+                .map(|k| Sample {
+                    origin: k % 2,
+                    function: 0,
+                    latency_ms: (k % 7 != 0).then_some(5.0 + k as f64),
+                    served: Some(0),
+                    at: began + 1.0 + k as f64 / 10.0,
+                })
+                .collect::<Vec<_>>();
+            LevelRun { users, sent: samples.len(), samples, seconds: 4.0, began }
+        };
+        let runs = ["knative", "ours"].map(|n| SetRun {
+            set: PolicySet::named(n).unwrap(),
+            levels: vec![level(1, 0.0), level(2, 5.0)],
+        });
+        let report = Report::new(s, runs.to_vec(), String::new());
+        let dir = std::env::temp_dir().join(format!("ikukantai-plot-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let files = write_all(&report, &dir).unwrap();
+        let svg = std::fs::read_to_string(dir.join("timeline-ours.svg"));
+        let png = std::fs::metadata(dir.join("timeline-knative.png")).map(|m| m.len());
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(
+            files.contains(&"timeline-ours.png".to_owned())
+                && files.contains(&"timeline-knative.svg".to_owned())
+        );
+        let svg = svg.unwrap();
+        for text in ["origin a", "origin b", "crowd", "t, ours: p50"] {
+            assert!(svg.contains(text), "no {text:?} in the SVG");
+        }
+        assert!(png.unwrap() > 1000);
+    }
 }

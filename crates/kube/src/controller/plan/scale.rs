@@ -1,9 +1,12 @@
 //! How many instances of one revision on which node: its instances and each node's room for it,
 //! as the Pods and nodes say, then the revision's scaler (the KPA and its placement policy).
 
+use std::collections::HashMap;
+
 use ikukantai_api::annotations::revision_settings;
 use ikukantai_api::revision::Revision;
 use ikukantai_policy::autoscaler::{ScalingSpec, Stat, TickInputs};
+use ikukantai_policy::occupancy::room_per_node;
 use ikukantai_policy::registry::{self, PolicyParams};
 use ikukantai_policy::scaler::{RevisionScaler, ScaleInputs};
 
@@ -131,6 +134,27 @@ fn occupancy(
         }
         ready += u32::from(pod_ready(p));
     }
+    // Other revisions' instances use a node, and so does every Pod still draining there; Failed
+    // ones do not. Counted once over the Pods (policy::occupancy), not once per node.
+    let index: HashMap<&str, usize> =
+        observed.nodes.iter().zip(idx).map(|(info, &i)| (info.name.as_str(), i)).collect();
+    let mut capacity = vec![0u32; n];
+    for (info, &i) in observed.nodes.iter().zip(idx) {
+        capacity[i] = info.capacity;
+    }
+    let using: Vec<(bool, usize)> = observed
+        .pods
+        .iter()
+        .filter_map(|p| {
+            let node = *index.get(pod_node(p)?.as_str())?;
+            match phase(p) {
+                Phase::Live => Some((observed.is_of(p, &rev), node)),
+                Phase::Going => Some((false, node)),
+                Phase::Done => None,
+            }
+        })
+        .collect();
+    let free = room_per_node(&using, &true, &capacity);
     for (info, &i) in observed.nodes.iter().zip(idx) {
         if !info.ready {
             // A node that lost readiness keeps its instances until they would be evicted (a
@@ -139,19 +163,6 @@ fn occupancy(
             room[i] = if holds { current[i] } else { 0 };
             continue;
         }
-        // Other revisions' instances use the node, and so does every Pod still draining there;
-        // Failed ones do not.
-        let others = observed
-            .pods
-            .iter()
-            .filter(|p| pod_node(p).as_deref() == Some(info.name.as_str()))
-            .filter(|p| match phase(p) {
-                Phase::Live => !observed.is_of(p, &rev),
-                Phase::Going => true,
-                Phase::Done => false,
-            })
-            .count() as u32;
-        let free = info.capacity.saturating_sub(others);
         // A cordoned node, one whose taints the revision does not tolerate, one its node selector
         // or required affinity rules out, or one the scheduler just found full, keeps what it has
         // and gets nothing new.
@@ -160,7 +171,7 @@ fn occupancy(
             || !tolerates(revision.spec.tolerations.as_ref(), &info.taints)
             || !info.admits(&revision.spec)
             || full;
-        room[i] = if closed { free.min(current[i]) } else { free };
+        room[i] = if closed { free[i].min(current[i]) } else { free[i] };
     }
     Occupancy { current, room, ready }
 }

@@ -355,3 +355,44 @@ fn demand_that_arrived_before_the_revision_had_a_scaler_is_not_lost() {
     let plan = w.plan();
     assert_eq!(plan.scaled[0].pods.create, vec![("node2".to_owned(), 0)]);
 }
+
+#[test]
+fn a_pod_still_draining_holds_its_node_and_a_failed_one_does_not() {
+    let mut w = World::new(&["node1", "node2"], &json!({}));
+    for n in &mut w.observed.nodes {
+        n.capacity = 1;
+    }
+    // Another Service's Pods: one being deleted on node1 (still running until it drains), one
+    // that failed on node2.
+    let other = |node: &str, extra: Value| {
+        let mut pod = json!({
+            "metadata": {
+                "name": format!("other-{node}"), "namespace": "default",
+                "labels": {REVISION_LABEL: "other-00001", SERVICE_LABEL: "other", MANAGED_BY_LABEL: MANAGED_BY,
+                           NODE_LABEL: node, INDEX_LABEL: "0"}
+            },
+            "spec": {"nodeName": node, "containers": []},
+            "status": running(),
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            pod[k].as_object_mut().unwrap().extend(v.as_object().unwrap().clone());
+        }
+        Arc::new(serde_json::from_value::<Pod>(pod).unwrap())
+    };
+    w.observed.pods.push(other("node1", json!({"metadata": {"deletionTimestamp": "2030-01-01T00:00:00Z"}})));
+    w.observed.pods.push(other("node2", json!({"status": {"phase": "Failed"}})));
+    for first in [true, false] {
+        // Whichever node the first instance would prefer, only node2 has room for it.
+        if !first {
+            w.observed.nodes.reverse();
+        }
+        let plan = w.plan();
+        let PlacementChange::Apply(spec) = &plan.scaled[0].placement else { panic!("a new Placement") };
+        assert_eq!(
+            spec.nodes,
+            BTreeMap::from([("node1".into(), 0), ("node2".into(), 1)]),
+            "node order reversed: {}",
+            !first
+        );
+    }
+}

@@ -114,12 +114,14 @@ impl Fleet {
                 state.work.decide_now = true;
             }
             Poke::Instance { namespace, revision, name } => {
-                state.wake(&(namespace, revision), now, nodes);
-                state.work.routes = true;
-                let starting =
-                    state.instances.get(&name).is_some_and(|r| r.instance.phase() == Phase::Starting);
-                if !starting {
+                let phase = state.instances.get(&name).map(|r| r.instance.phase());
+                if phase != Some(Phase::Starting) {
                     state.starts.finished(&name);
+                }
+                // One out of the books (stopping) no longer counts for its revision or the routes.
+                if phase.is_some() {
+                    state.wake(&(namespace, revision), now, nodes);
+                    state.work.routes = true;
                 }
             }
             Poke::Reconcile | Poke::Stopped => {}
@@ -451,7 +453,9 @@ fn reachable_revisions(s: &ServiceRecord) -> Vec<String> {
 }
 
 /// Revisions at rest leave the active set: decided zero with empty windows, no instance or
-/// start, nobody waiting. So does a revision whose service is gone, once nothing of it is left.
+/// start. So does a revision whose service is gone, once nothing of it is left. Nobody waits for
+/// a revision at rest (a waiting request pokes, and a poke stays in the window), so its next
+/// start is not a cold one unless a poke says so again (one whose only instance failed, say).
 fn settle(state: &mut State, now: Instant) {
     let mut busy: BTreeSet<(&str, &str)> = BTreeSet::new();
     for x in state.instances.values() {
@@ -466,13 +470,16 @@ fn settle(state: &mut State, now: Instant) {
         .iter()
         .filter(|key| {
             !busy.contains(&(key.0.as_str(), key.1.as_str()))
-                && state.revision(key).is_none_or(|r| {
-                    !r.waiting && r.desired.iter().all(|&d| d == 0) && r.scaler.autoscaler.is_at_rest(now)
-                })
+                && state
+                    .revision(key)
+                    .is_none_or(|r| r.desired.iter().all(|&d| d == 0) && r.scaler.autoscaler.is_at_rest(now))
         })
         .cloned()
         .collect();
     for key in at_rest {
+        if let Some(r) = state.revision_mut(&key) {
+            r.waiting = false;
+        }
         state.work.active.remove(&key);
     }
 }

@@ -278,3 +278,35 @@ async fn a_cold_start_begins_at_once_while_another_services_burst_waits_for_its_
     assert_eq!(waiting, 2);
     fleet.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_revision_whose_instance_failed_comes_to_rest_after_the_activation_timeout() {
+    let (fleet, _dir) = fleet("failed").await;
+    apply(&fleet, &[manifest("broken", &["/nonexistent/ikukantai-test-binary"], AT_ZERO)]);
+    step(&fleet, Instant::now());
+    fleet
+        .poke
+        .send(Poke::Demand { namespace: "default".into(), revision: "broken-00001".into(), origin: 0 })
+        .unwrap();
+    step(&fleet, Instant::now());
+    let failed = |f: &Fleet| f.instances().iter().any(|i| i.state == "Failed");
+    step_until(&fleet, "the instance failed", failed).await;
+    step(&fleet, Instant::now());
+    assert_eq!(active(&fleet), ["broken-00001"]);
+    // Knative gives an activation up after its timeout (630 s); then nothing is left of it to
+    // visit, though the request that poked never got an instance.
+    let t0 = Instant::now();
+    let timeout = fleet.options.config.autoscaler.activation_timeout;
+    step(&fleet, t0 + timeout + Duration::from_secs(3));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !fleet.instances().is_empty() {
+        assert!(Instant::now() < deadline, "the failed instance was never stopped");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        step(&fleet, t0 + timeout + Duration::from_secs(4));
+    }
+    step(&fleet, t0 + timeout + Duration::from_secs(8));
+    assert_eq!(active(&fleet), Vec::<String>::new());
+    reset_visits(&fleet);
+    step(&fleet, t0 + timeout + Duration::from_secs(20));
+    assert_eq!(reset_visits(&fleet), 0);
+}

@@ -158,6 +158,9 @@ async fn scale_from_zero_buffers_pokes_at_once_and_forwards_when_ready() {
     assert!(stat.proxied_requests > 0.0 && stat.requests == stat.proxied_requests, "{stat:?}");
     let reports = gw.report();
     assert!(reports[0].activator.requests > 0.0, "{reports:?}");
+    // No request since: nothing to report (a revision without requests costs no allocation).
+    let reports = gw.report();
+    assert!(reports.is_empty(), "{reports:?}");
 }
 
 #[tokio::test]

@@ -446,3 +446,27 @@ async fn instances_that_go_quiet_push_nothing_and_the_revision_still_scales_down
     let after: usize = h.pods_by_node().values().map(Vec::len).sum();
     assert!(after <= 2, "half a stable window of silence is half a window of zeros: {peak} → {after}");
 }
+
+#[tokio::test]
+async fn a_service_back_at_zero_stops_ticking_until_demand_or_a_change() {
+    let mut h = Harness::new(&["node1"]);
+    let svc = ksvc("Konnichiwa", &json!({"autoscaling.knative.dev/window": "6s"}));
+    let (action, _) = h.reconcile(&svc).await;
+    assert_eq!(action, Action::requeue(Duration::from_secs(2)), "initial scale 1: it ticks");
+    h.make_ready();
+    // No requests: past the stable window and the grace period it goes to zero, and once its
+    // last Pod is gone nothing is left to tick for (Knative's KPA likewise waits at zero).
+    let mut actions = Vec::new();
+    for _ in 0..40 {
+        h.load(2, 0.0, "node1");
+        actions.push(h.reconcile(&svc).await.0);
+        h.api.finish_terminating();
+        h.sync();
+        if actions.last() == Some(&Action::await_change()) {
+            break;
+        }
+    }
+    assert_eq!(h.pods_by_node().values().map(Vec::len).sum::<usize>(), 0);
+    assert_eq!(actions.last(), Some(&Action::await_change()), "{actions:?}");
+    assert!(actions[..actions.len() - 1].iter().all(|a| *a == Action::requeue(Duration::from_secs(2))));
+}

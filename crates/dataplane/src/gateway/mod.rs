@@ -414,18 +414,26 @@ impl Gateway {
         table.revisions.values().map(|r| r.inner.lock().waiting.len()).sum()
     }
 
-    /// Cuts this gateway's per-revision stats for the period since the last call.
+    /// Cuts this gateway's per-revision stats for the period since the last call, and returns
+    /// those of the revisions that had requests in it. Every revision's counters are cut, so a
+    /// period always runs from one call to the next; the rest report zero, which both control
+    /// planes take as the default (a fleet with thousands of idle revisions allocates nothing for
+    /// them here, each second).
     pub fn report(&self) -> Vec<RevisionReport> {
         let now = std::time::Instant::now();
+        let busy = |s: &Stat| s.concurrency > 0.0 || s.requests > 0.0;
         let table = self.shared.table.read();
         table
             .revisions
             .values()
-            .map(|r| RevisionReport {
-                namespace: r.labels.namespace.clone(),
-                revision: r.labels.revision.clone(),
-                activator: r.activator.report(now),
-                origin: r.origin.report(now),
+            .filter_map(|r| {
+                let (activator, origin) = (r.activator.report(now), r.origin.report(now));
+                (busy(&activator) || busy(&origin)).then(|| RevisionReport {
+                    namespace: r.labels.namespace.clone(),
+                    revision: r.labels.revision.clone(),
+                    activator,
+                    origin,
+                })
             })
             .collect()
     }

@@ -38,6 +38,7 @@ impl Fleet {
             queue: settings.queue.clone().unwrap_or_else(|| config.policies.queue.clone()),
             desired: vec![0; self.options.topology.nodes.len()],
             status: RevisionRecordStatus::default(),
+            waiting: false,
             settings,
             revision,
         })
@@ -140,6 +141,9 @@ impl Fleet {
             }
             prepared.push((key, svc, record));
         }
+        let now = Instant::now();
+        let nodes = self.options.topology.nodes.len();
+        let _order = self.store_order.lock();
         for (key, svc, record) in prepared {
             let existing = state.services.get(&key);
             let mut all: Vec<Revision> = existing
@@ -150,15 +154,22 @@ impl Fleet {
             }
             let status = existing.map(stored_status).unwrap_or_default();
             self.store.save(&svc, &all, &status)?;
+            if let Some(r) = &record {
+                state.owners.insert((key.0.clone(), r.revision.name().to_owned()), key.1.clone());
+            }
             let entry = state
                 .services
-                .entry(key)
+                .entry(key.clone())
                 .or_insert_with(|| ServiceRecord { service: svc.clone(), revisions: Vec::new() });
             entry.service = svc;
             if let Some(r) = record {
                 entry.revisions.push(r);
             }
+            // Its routing may have changed: every revision of it is decided again.
+            state.wake_service(&key, now, nodes);
         }
+        state.work.decide_now = true;
+        state.work.routes = true;
         drop(state);
         let _ = self.poke.send(Poke::Reconcile);
         Ok(ApplyResult { lines })
@@ -167,10 +178,21 @@ impl Fleet {
     /// Deletes a service, its revisions and instances.
     pub fn delete(&self, namespace: &str, name: &str) -> Result<(), FleetError> {
         let mut state = self.state.lock();
-        if state.services.remove(&(namespace.to_owned(), name.to_owned())).is_none() {
+        let Some(removed) = state.services.remove(&(namespace.to_owned(), name.to_owned())) else {
             return Err(FleetError::NotFound(format!("service {namespace}/{name} not found")));
-        }
+        };
+        // Writes of earlier passes end first (later ones wait for the books).
+        drop(self.store_order.lock());
         self.store.delete(namespace, name)?;
+        // Its revisions are visited once more: with no record, nothing is wanted of them.
+        for r in &removed.revisions {
+            let key = (namespace.to_owned(), r.revision.name().to_owned());
+            state.owners.remove(&key);
+            state.work.active.insert(key.clone());
+            state.work.dirty.insert(key);
+        }
+        state.work.decide_now = true;
+        state.work.routes = true;
         drop(state);
         let _ = self.poke.send(Poke::Reconcile);
         Ok(())

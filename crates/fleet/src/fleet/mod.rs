@@ -4,6 +4,9 @@
 //! - this module: the fleet, its start and shutdown, and the books it keeps;
 //! - `apply`: applying and deleting services;
 //! - `reconcile`: the control loop, one function per phase;
+//! - `work`: what the loop has to do (revisions not at rest, dirty ones, timers), so that idle
+//!   revisions cost nothing per pass;
+//! - `instances`: starting instances (paced by `starts`) and stopping them;
 //! - `views`: what the API shows of the fleet;
 //! - `error`: `FleetError`; `defaults`: the fleet's constants.
 
@@ -33,16 +36,24 @@ use parking_lot::Mutex;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
-use crate::agent::{Instance, Phase};
+use crate::agent::{Instance, InstanceSpec, Phase};
 use crate::lifetime::{KEPT_LOGS, StateLock, prune_logs, reap_orphans};
 use crate::store::{RevisionRecordStatus, Store, StoreProblem};
+use defaults::{START_SLOT_TIMEOUT, concurrent_starts};
+use starts::{RevisionKey, StartQueue};
+use work::Work;
 
 mod apply;
 pub mod defaults;
 mod error;
+mod instances;
 mod names;
 mod reconcile;
+mod starts;
+#[cfg(test)]
+mod tests;
 mod views;
+mod work;
 
 pub use apply::local_warning;
 pub use error::FleetError;
@@ -84,6 +95,8 @@ struct RevisionRecord {
     desired: Vec<u32>,
     /// Ready once, or failed before that (kept in the store).
     status: RevisionRecordStatus,
+    /// Requests wait for its first instance (a gateway poked): its starts are cold ones.
+    waiting: bool,
 }
 
 struct ServiceRecord {
@@ -111,6 +124,27 @@ struct State {
     last_decision: Instant,
     routes: Routes,
     counter: u64,
+    /// The service (its name) of each revision, by (namespace, revision).
+    owners: BTreeMap<RevisionKey, String>,
+    /// What the control loop has to do.
+    work: Work,
+    /// Instance starts waiting for their turn or under way.
+    starts: StartQueue<InstanceSpec>,
+}
+
+impl State {
+    /// The revision `key`, if its service exists.
+    fn revision(&self, key: &RevisionKey) -> Option<&RevisionRecord> {
+        let service = self.owners.get(key)?;
+        let s = self.services.get(&(key.0.clone(), service.clone()))?;
+        s.revisions.iter().find(|r| r.revision.name() == key.1)
+    }
+
+    fn revision_mut(&mut self, key: &RevisionKey) -> Option<&mut RevisionRecord> {
+        let service = self.owners.get(key)?;
+        let s = self.services.get_mut(&(key.0.clone(), service.clone()))?;
+        s.revisions.iter_mut().find(|r| r.revision.name() == key.1)
+    }
 }
 
 /// A running local fleet.
@@ -125,11 +159,16 @@ pub struct Fleet {
     /// Problems found while loading the state directory.
     pub problems: Vec<StoreProblem>,
     poke: mpsc::UnboundedSender<Poke>,
+    /// The control loop's end of the pokes until it starts (tests step it by hand instead).
+    pokes: Mutex<Option<mpsc::UnboundedReceiver<Poke>>>,
     logs: PathBuf,
     /// The state directory, canonical (instances are marked with it).
     state_dir: PathBuf,
     /// Held until shutdown.
     lock: Mutex<Option<StateLock>>,
+    /// Orders the writes of the store: taken with the books locked, so writes happen in the
+    /// order of the changes even when one is written after the books are unlocked.
+    store_order: Mutex<()>,
 }
 
 impl std::fmt::Debug for Fleet {
@@ -143,8 +182,12 @@ enum Poke {
     /// A request for a revision without instances arrived at node `origin`: its autoscaler
     /// records the demand (Knative's activator poke) and the fleet decides at once.
     Demand { namespace: String, revision: String, origin: usize },
-    /// The services changed (apply, delete): decide at once.
+    /// The books changed (apply, delete: what to do is marked in them already): a pass now.
     Reconcile,
+    /// An instance of `revision` changed state, or entered the books.
+    Instance { namespace: String, revision: String, name: String },
+    /// An instance finished stopping: its room is free.
+    Stopped,
 }
 
 /// A gateway's events, as pokes.
@@ -183,6 +226,17 @@ async fn listen(node: &str, what: &str, addr: SocketAddr) -> Result<TcpListener,
 impl Fleet {
     /// Starts the gateways, restores the stored services and starts reconciling.
     pub async fn start(options: FleetOptions) -> Result<Arc<Self>, FleetError> {
+        let fleet = Self::start_idle(options).await?;
+        let pokes = fleet.pokes.lock().take();
+        if let Some(pokes) = pokes {
+            tokio::spawn(reconcile::run(fleet.clone(), pokes));
+        }
+        crate::monitor::start(&fleet);
+        Ok(fleet)
+    }
+
+    /// A fleet whose control loop and monitors are not running (tests step the loop by hand).
+    async fn start_idle(options: FleetOptions) -> Result<Arc<Self>, FleetError> {
         let store = Store::open(&options.state_dir)?;
         let state_dir = options.state_dir.canonicalize().map_err(|source| FleetError::Io {
             what: format!("state directory {}", options.state_dir.display()),
@@ -248,13 +302,18 @@ impl Fleet {
                 last_decision: now,
                 routes: Routes::default(),
                 counter: 0,
+                owners: BTreeMap::new(),
+                work: Work::new(now),
+                starts: StartQueue::new(concurrent_starts(), START_SLOT_TIMEOUT),
             }),
             started: now,
             problems,
             poke: poke_tx,
+            pokes: Mutex::new(Some(poke_rx)),
             logs,
             state_dir,
             lock: Mutex::new(Some(state_lock)),
+            store_order: Mutex::new(()),
             options,
         });
         {
@@ -272,12 +331,15 @@ impl Fleet {
                     record.service.metadata.namespace().to_owned(),
                     record.service.metadata.name().to_owned(),
                 );
-                state.services.insert(key, record);
+                for r in &record.revisions {
+                    state.owners.insert((key.0.clone(), r.revision.name().to_owned()), key.1.clone());
+                }
+                state.services.insert(key.clone(), record);
+                // Visited in the first pass; those at rest leave the active set there.
+                state.wake_service(&key, now, n);
             }
         }
         fleet.prune_logs();
-        tokio::spawn(reconcile::run(fleet.clone(), poke_rx));
-        crate::monitor::start(&fleet);
         Ok(fleet)
     }
 

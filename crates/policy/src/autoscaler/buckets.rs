@@ -68,6 +68,31 @@ impl WindowBuckets {
         self.total += value;
     }
 
+    /// As if zero had been recorded in every second from the last write through `now`'s: the
+    /// quiet seconds count as zeros, and the history is not reset however long they last. Costs at
+    /// most one pass over the buckets, whatever the gap.
+    pub(crate) fn record_zeros_through(&mut self, now: Instant) {
+        let tick = self.tick(now);
+        if !self.written {
+            // Zeros since the epoch (the revision's creation), as a report each second gives.
+            self.reset(0);
+        }
+        if tick <= self.last_write {
+            return;
+        }
+        if tick - self.last_write >= self.len() {
+            self.buckets.iter_mut().for_each(|b| *b = 0.0);
+            self.total = 0.0;
+        } else {
+            for t in self.last_write + 1..=tick {
+                let idx = (t % self.len()) as usize;
+                self.total -= self.buckets[idx];
+                self.buckets[idx] = 0.0;
+            }
+        }
+        self.last_write = tick;
+    }
+
     /// True when nothing was recorded within the last window.
     pub(crate) fn is_empty(&self, now: Instant) -> bool {
         !self.written || self.tick(now).saturating_sub(self.last_write) >= self.len()
@@ -163,6 +188,37 @@ mod tests {
         assert_eq!(b.average(at(t0, 7000)), 0.0);
         b.record(at(t0, 8000), 4.0);
         assert_eq!(b.average(at(t0, 8000)), 1.0);
+    }
+
+    #[test]
+    fn zeros_through_now_equal_a_zero_recorded_every_second() {
+        let t0 = Instant::now();
+        for (gap, value) in [(0u64, 3.0), (1, 3.0), (5, 7.0), (9, 7.0), (10, 2.0), (11, 2.0), (250, 9.0)] {
+            // Fed every second, zeros included, as a report each second does.
+            let mut every = WindowBuckets::new(t0, Duration::from_secs(10));
+            // Fed the same data, then nothing for `gap` seconds, then told those were zeros.
+            let mut lazy = WindowBuckets::new(t0, Duration::from_secs(10));
+            for s in 0..4 {
+                every.record(at(t0, s * 1000 + 300), 5.0);
+                lazy.record(at(t0, s * 1000 + 300), 5.0);
+            }
+            for s in 4..4 + gap {
+                every.record(at(t0, s * 1000 + 300), 0.0);
+            }
+            let now = at(t0, (4 + gap) * 1000 + 700);
+            lazy.record_zeros_through(now);
+            every.record(now, value);
+            lazy.record(now, value);
+            for later in [0, 1500, 4000, 12_000] {
+                let t = at(t0, (4 + gap) * 1000 + 700 + later);
+                assert_eq!(every.average(t), lazy.average(t), "gap {gap} s, {later} ms later");
+            }
+        }
+        // Never written: zeros since the epoch, so a first value is averaged over the window.
+        let mut fresh = WindowBuckets::new(t0, Duration::from_secs(10));
+        fresh.record_zeros_through(at(t0, 30_000));
+        fresh.record(at(t0, 30_000), 10.0);
+        assert_eq!(fresh.average(at(t0, 30_000)), 1.0);
     }
 
     #[test]

@@ -404,6 +404,37 @@ impl Autoscaler {
         self.panic_rps.record(now, rps);
     }
 
+    /// Nothing was reported for the revision since its last report until `now`, because nothing
+    /// happened (no instance, no request, at any of `origins` nodes): its windows count those
+    /// seconds as zeros, exactly as if every source had reported zero each second. A runtime that
+    /// stops feeding an idle revision calls this before it feeds or pokes it again, so the
+    /// decisions do not depend on whether it was fed while idle.
+    pub fn record_idle_until(&mut self, now: Instant, origins: usize) {
+        self.stable_concurrency.record_zeros_through(now);
+        self.panic_concurrency.record_zeros_through(now);
+        self.stable_rps.record_zeros_through(now);
+        self.panic_rps.record_zeros_through(now);
+        while self.origin.len() < origins {
+            self.origin.push(WindowBuckets::new(self.epoch, self.spec.stable_window));
+        }
+        for o in &mut self.origin {
+            o.record_zeros_through(now);
+        }
+    }
+
+    /// Whether the revision is at rest: it decided zero last, outside panic mode, and every window
+    /// averages zero at `now`. Ticking such a revision again without new stats decides zero again
+    /// and changes nothing, so a runtime may leave it alone until something is recorded.
+    pub fn is_at_rest(&self, now: Instant) -> bool {
+        self.scale == 0
+            && self.panic_since.is_none()
+            && self.stable_concurrency.average(now) == 0.0
+            && self.panic_concurrency.average(now) == 0.0
+            && self.stable_rps.average(now) == 0.0
+            && self.panic_rps.average(now) == 0.0
+            && self.origin.iter().all(|o| o.average(now) == 0.0)
+    }
+
     /// Records the concurrency of requests that entered the fleet at `origin` (for placement).
     pub fn record_origin(&mut self, now: Instant, origin: NodeIndex, concurrency: f64) {
         while self.origin.len() <= origin {

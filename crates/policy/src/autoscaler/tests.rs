@@ -488,3 +488,55 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn an_idle_revision_left_alone_decides_as_one_fed_zeros_every_second() {
+    // A runtime may stop feeding a revision at rest; `record_idle_until` makes the quiet seconds
+    // the zeros its sources would have reported, so what follows is decided the same either way.
+    let t0 = Instant::now();
+    let o = ScalingOverrides { initial_scale: Some(0), target: Some(1.0), ..spec10_overrides() };
+    let (mut fed, mut left) =
+        (Autoscaler::new(spec_with(1, o), t0, 0), Autoscaler::new(spec_with(1, o), t0, 0));
+    let origins = 3;
+    for s in 0..500 {
+        let t = t0 + secs(s) + Duration::from_millis(250);
+        fed.record(t, &Stat::default());
+        for node in 0..origins {
+            fed.record_origin(t, node, 0.0);
+        }
+        if s % 2 == 0 {
+            fed.tick(t, ready(0, t0));
+        }
+    }
+    assert!(fed.is_at_rest(t0 + secs(500)) && left.is_at_rest(t0 + secs(500)));
+    // A burst at zero: a poke from node 2, then the gateway's queue, 30 waiting for 3 s.
+    let wake = t0 + secs(500) + Duration::from_millis(600);
+    left.record_idle_until(wake, origins);
+    for a in [&mut fed, &mut left] {
+        a.poke(wake, 2);
+        for s in 0..3 {
+            let t = wake + secs(s);
+            a.record(t, &Stat { concurrency: 30.0, requests: 30.0, ..Stat::default() });
+            a.record_origin(t, 2, 30.0);
+        }
+    }
+    for s in [2, 4, 8, 30, 70] {
+        let t = wake + secs(s);
+        assert_eq!(fed.tick(t, ready(0, t0)), left.tick(t, ready(0, t0)), "{s} s after the burst began");
+    }
+}
+
+#[test]
+fn a_revision_is_at_rest_only_at_zero_with_empty_windows() {
+    let t0 = Instant::now();
+    let o = ScalingOverrides { initial_scale: Some(0), window: Some(secs(6)), ..spec10_overrides() };
+    let mut a = Autoscaler::new(spec_with(0, o), t0, 0);
+    assert!(a.is_at_rest(t0), "starts at zero with nothing recorded");
+    a.poke(t0 + secs(1), 0);
+    assert!(!a.is_at_rest(t0 + secs(1)), "demand in the window");
+    assert_eq!(a.tick(t0 + secs(1), ready(0, t0)).desired, 1);
+    // The demand slides out of the window, but the last decision was one instance.
+    assert!(!a.is_at_rest(t0 + secs(20)));
+    let b = Autoscaler::new(spec10(), t0, 0);
+    assert!(!b.is_at_rest(t0), "initial scale 1");
+}

@@ -16,9 +16,9 @@
 //!
 //! Spinning costs CPU per deadline, not per byte: a fleet of 100 nodes probing each other sets
 //! hundreds of deadlines a second, each spun on by this thread and by a worker, which alone took
-//! a third of the CPU of such a fleet (docs/latency.md). So the spinning is budgeted
-//! ([`SPIN_RATE`], saved up to [`SPIN_BURST`]); past the budget a wait ends when the machine wakes
-//! it (0.2–0.5 ms late on that VM), still never early.
+//! a third of the CPU of such a fleet (docs/latency.md). So the spinning is budgeted (20 ms of it
+//! a second, saved up to 100 ms: `SPIN_RATE`, `SPIN_BURST`); past the budget a wait ends when the
+//! machine wakes it (0.2–0.5 ms late on that VM), still never early.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;

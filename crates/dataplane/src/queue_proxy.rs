@@ -8,7 +8,8 @@
 //! - applies `timeoutSeconds` (504 if no response in time, the stream cut if it runs past),
 //!   `responseStartTimeoutSeconds` and `idleTimeoutSeconds`;
 //! - keeps time-weighted concurrency and request-rate stats for the autoscaler, counting requests
-//!   that came through the gateway's buffering path (`K-Proxy-Request: activator`) separately;
+//!   a Knative activator marks as its own (`K-Proxy-Request: activator`) separately (ikukantai's
+//!   gateway does not: it counts a request only while it waits, and strips a client's mark);
 //! - tells every response where it was served and how loaded the instance is
 //!   (`x-ikukantai-instance`, `x-ikukantai-node`, `x-ikukantai-load`, `x-ikukantai-service-time`);
 //! - tunnels connections that switch protocols (WebSocket, `tunnels`): a tunnel holds

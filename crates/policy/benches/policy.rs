@@ -42,6 +42,7 @@ fn bench_pick(c: &mut Criterion) {
                     capacity: 10,
                     service_time_ms: Some(3.0 + (i % 3) as f64),
                     held_ms: Some(4.0 + (i % 3) as f64),
+                    rtt_ms: None,
                 })
                 .collect();
             let mut balancer = (entry.build)(&PolicyParams::default());

@@ -77,6 +77,7 @@ impl InstanceLoad {
             capacity,
             service_time_ms: service_ms,
             held_ms: self.held_ms.get(),
+            rtt_ms: Some(rtt_ms),
         }
     }
 
@@ -92,8 +93,8 @@ pub const SHORTLIST_ALL: usize = 32;
 pub const SHORTLIST_NEAR: usize = 24;
 /// … and this many more drawn at random from the rest, new for every pick.
 pub const SHORTLIST_FAR: usize = 8;
-/// How long the nearest instances' order stands before it is taken again from the RTT matrix
-/// (RTTs change with each probe round, every few seconds).
+/// How long the nearest instances' order, and the RTTs it was taken from, stand before they are
+/// taken again from the RTT matrix (RTTs change with each probe round, every few seconds).
 pub const SHORTLIST_RESORT: Duration = Duration::from_secs(2);
 
 /// Which instances of a revision one pick weighs, and the scratch it builds candidates in.
@@ -102,16 +103,21 @@ pub const SHORTLIST_RESORT: Duration = Duration::from_secs(2);
 /// Beyond [`SHORTLIST_ALL`] instances a pick weighs the [`SHORTLIST_NEAR`] nearest and
 /// [`SHORTLIST_FAR`] others at random, so its cost does not grow with the revision (Knative's
 /// activators subset their pods for the same reason) while a far instance with room is still seen.
+/// Their RTTs are the ones the order was taken from (at most [`SHORTLIST_RESORT`] old), so a pick
+/// asks the matrix nothing; up to [`SHORTLIST_ALL`] instances each pick asks it afresh.
 #[derive(Debug)]
 pub struct Shortlist {
     candidates: Vec<Candidate>,
-    /// The instance behind each candidate.
-    chosen: Vec<usize>,
-    /// Instance indices, the nearest first (beyond [`SHORTLIST_ALL`] instances only).
-    nearest: Vec<usize>,
+    /// The instance behind each candidate, and its RTT from the origin.
+    chosen: Vec<(usize, f64)>,
+    /// Instance indices and their RTTs, the nearest first (beyond [`SHORTLIST_ALL`] instances
+    /// only).
+    nearest: Vec<(f64, usize)>,
     /// The instances' count and when `nearest` was taken; `None` until it is, or after
     /// [`Shortlist::routes_changed`].
     sorted: Option<(usize, Instant)>,
+    /// The origin's RTT row, when a sort reads it whole.
+    row: Vec<f64>,
     rng: SmallRng,
 }
 
@@ -123,6 +129,7 @@ impl Shortlist {
             chosen: Vec::new(),
             nearest: Vec::new(),
             sorted: None,
+            row: Vec::new(),
             rng: SmallRng::seed_from_u64(seed),
         }
     }
@@ -139,21 +146,22 @@ impl Shortlist {
         cc: u32,
         instances: &[I],
     ) {
-        let candidate = |i: &InstanceLoad| i.candidate(cc, ctx.rtt.get(ctx.origin, i.node, ctx.now), ctx.now);
         self.candidates.clear();
         self.chosen.clear();
         if instances.len() <= SHORTLIST_ALL {
-            self.chosen.extend(0..instances.len());
+            let rtt = |k: usize| ctx.rtt.get(ctx.origin, instances[k].borrow().node, ctx.now);
+            self.chosen.extend((0..instances.len()).map(|k| (k, rtt(k))));
         } else {
             self.sort_nearest(ctx, instances);
-            self.chosen.extend_from_slice(&self.nearest[..SHORTLIST_NEAR]);
+            self.chosen.extend(self.nearest[..SHORTLIST_NEAR].iter().map(|&(rtt, k)| (k, rtt)));
             let rest = &self.nearest[SHORTLIST_NEAR..];
             let far = rand::seq::index::sample(&mut self.rng, rest.len(), SHORTLIST_FAR.min(rest.len()));
-            self.chosen.extend(far.iter().map(|k| rest[k]));
+            self.chosen.extend(far.iter().map(|k| (rest[k].1, rest[k].0)));
             // Balancers rotate and break ties in instance (id) order.
-            self.chosen.sort_unstable();
+            self.chosen.sort_unstable_by_key(|&(k, _)| k);
         }
-        self.candidates.extend(self.chosen.iter().map(|&k| candidate(instances[k].borrow())));
+        self.candidates
+            .extend(self.chosen.iter().map(|&(k, rtt)| instances[k].borrow().candidate(cc, rtt, ctx.now)));
     }
 
     /// Orders `nearest` so its first [`SHORTLIST_NEAR`] are the nearest instances, if the order
@@ -165,11 +173,17 @@ impl Shortlist {
         if current {
             return;
         }
-        let rtt = |k: &usize| ctx.rtt.get(ctx.origin, instances[*k].borrow().node, ctx.now);
-        let mut keyed: Vec<(f64, usize)> = (0..instances.len()).map(|k| (rtt(&k), k)).collect();
-        keyed.select_nth_unstable_by(SHORTLIST_NEAR, |a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
         self.nearest.clear();
-        self.nearest.extend(keyed.iter().map(|&(_, k)| k));
+        // Instances on most nodes: the origin's whole row in one pass beats a lookup each.
+        if instances.len() * 8 >= ctx.rtt.len() {
+            ctx.rtt.row_into(ctx.origin, ctx.now, &mut self.row);
+            let row = &self.row;
+            self.nearest.extend(instances.iter().enumerate().map(|(k, i)| (row[i.borrow().node], k)));
+        } else {
+            let rtt = |k: usize| ctx.rtt.get(ctx.origin, instances[k].borrow().node, ctx.now);
+            self.nearest.extend((0..instances.len()).map(|k| (rtt(k), k)));
+        }
+        self.nearest.select_nth_unstable_by(SHORTLIST_NEAR, |a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
         self.sorted = Some((instances.len(), ctx.now));
     }
 }
@@ -192,7 +206,7 @@ pub fn pick<I: BorrowMut<InstanceLoad>>(
     shortlist: &mut Shortlist,
 ) -> Option<usize> {
     shortlist.fill(ctx, cc, instances);
-    let chosen = shortlist.chosen[balancer.pick(ctx, &shortlist.candidates)?];
+    let (chosen, _) = shortlist.chosen[balancer.pick(ctx, &shortlist.candidates)?];
     instances[chosen].borrow_mut().in_flight += 1;
     Some(chosen)
 }
@@ -320,14 +334,41 @@ mod tests {
         for _ in 0..50 {
             shortlist.fill(&ctx, 1, &instances);
             assert_eq!(shortlist.candidates.len(), SHORTLIST_ALL);
-            assert!(shortlist.chosen.windows(2).all(|w| w[0] < w[1]), "in instance order, no repeats");
-            assert!((0..SHORTLIST_NEAR).all(|k| shortlist.chosen.contains(&k)), "the nearest, always");
-            far_seen.extend(shortlist.chosen.iter().copied().filter(|&k| k >= SHORTLIST_NEAR));
+            let chosen: Vec<usize> = shortlist.chosen.iter().map(|&(k, _)| k).collect();
+            assert!(chosen.windows(2).all(|w| w[0] < w[1]), "in instance order, no repeats");
+            assert!((0..SHORTLIST_NEAR).all(|k| chosen.contains(&k)), "the nearest, always");
+            // Instance k is on node k, k ms away.
+            assert!(shortlist.candidates.iter().all(|c| c.rtt_ms == Some(c.node as f64)));
+            far_seen.extend(chosen.into_iter().filter(|&k| k >= SHORTLIST_NEAR));
         }
         assert!(far_seen.len() > 50, "the far ones change from pick to pick: {}", far_seen.len());
         // Up to SHORTLIST_ALL instances, every one is weighed.
         shortlist.fill(&ctx, 1, &instances[..SHORTLIST_ALL]);
-        assert_eq!(shortlist.chosen, (0..SHORTLIST_ALL).collect::<Vec<_>>());
+        let chosen: Vec<usize> = shortlist.chosen.iter().map(|&(k, _)| k).collect();
+        assert_eq!(chosen, (0..SHORTLIST_ALL).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_large_revision_weighs_the_rtts_its_order_was_taken_from() {
+        let now = Instant::now();
+        let (mut rtt, instances) = a_hundred();
+        let mut shortlist = Shortlist::new(7);
+        let rtt_to_node_1 =
+            |shortlist: &Shortlist| shortlist.candidates.iter().find(|c| c.node == 1).and_then(|c| c.rtt_ms);
+        shortlist.fill(
+            &PickContext { origin: 0, rtt: &rtt, now, target_concurrency: 1.0, queued: 0 },
+            1,
+            &instances,
+        );
+        assert_eq!(rtt_to_node_1(&shortlist), Some(1.0));
+        rtt.record(0, 1, 9.0, now);
+        let later = now + SHORTLIST_RESORT - Duration::from_millis(1);
+        let ctx = PickContext { origin: 0, rtt: &rtt, now: later, target_concurrency: 1.0, queued: 0 };
+        shortlist.fill(&ctx, 1, &instances);
+        assert_eq!(rtt_to_node_1(&shortlist), Some(1.0), "no lookup between sorts");
+        let ctx = PickContext { now: now + SHORTLIST_RESORT, ..ctx };
+        shortlist.fill(&ctx, 1, &instances);
+        assert_eq!(rtt_to_node_1(&shortlist), Some(9.0), "taken again with the order");
     }
 
     #[test]
@@ -358,7 +399,7 @@ mod tests {
         instances[99].node = 0;
         shortlist.routes_changed();
         shortlist.fill(&ctx, 1, &instances);
-        assert!(shortlist.chosen.contains(&99));
+        assert!(shortlist.chosen.iter().any(|&(k, rtt)| k == 99 && rtt == 0.0));
         assert_eq!(shortlist.candidates.iter().find(|c| c.node == 0).map(|c| c.id), Some(99));
     }
 }

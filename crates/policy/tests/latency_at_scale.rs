@@ -125,6 +125,7 @@ fn routing_and_placement_with_estimates_cost_at_most_2_percent_more_than_with_th
             capacity: 10,
             service_time_ms: Some(PROCESSING_MS),
             held_ms: None,
+            rtt_ms: None,
         })
         .collect();
     let origins: Vec<NodeIndex> = (0..200).map(|_| rng.random_range(0..n)).collect();

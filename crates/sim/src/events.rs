@@ -1,7 +1,7 @@
 //! Virtual time and the event queue.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, VecDeque};
 use std::time::{Duration, Instant};
 
 /// Virtual time: nanoseconds since the simulation began.
@@ -50,6 +50,9 @@ pub(crate) enum Event {
 #[derive(Debug)]
 pub(crate) struct Events {
     heap: BinaryHeap<Reverse<(Time, u64, Event)>>,
+    /// Events a fixed delay ahead (clients' deadlines) come in time order already: a FIFO keeps
+    /// them, as many as requests sent in the last timeout, out of the heap.
+    deadlines: VecDeque<(Time, u64, Event)>,
     seq: u64,
     now: Time,
     base: Instant,
@@ -65,7 +68,7 @@ pub(crate) fn zero() -> Instant {
 
 impl Events {
     pub(crate) fn new() -> Self {
-        Self { heap: BinaryHeap::new(), seq: 0, now: 0, base: zero() }
+        Self { heap: BinaryHeap::new(), deadlines: VecDeque::new(), seq: 0, now: 0, base: zero() }
     }
 
     /// Now, in virtual time.
@@ -89,14 +92,51 @@ impl Events {
         self.at(self.now + after, event);
     }
 
+    /// Schedules `event` at `at`, no earlier than any deadline scheduled before it.
+    pub(crate) fn deadline(&mut self, at: Time, event: Event) {
+        self.seq += 1;
+        let at = at.max(self.now);
+        assert!(self.deadlines.back().is_none_or(|&(last, _, _)| last <= at), "deadlines out of order");
+        self.deadlines.push_back((at, self.seq, event));
+    }
+
     /// The next event due at or before `until`, and the clock moved to it.
     pub(crate) fn next(&mut self, until: Time) -> Option<Event> {
-        let Reverse((at, _, _)) = self.heap.peek()?;
-        if *at > until {
+        let in_heap = self.heap.peek().map(|Reverse((at, seq, _))| (*at, *seq));
+        let in_fifo = self.deadlines.front().map(|&(at, seq, _)| (at, seq));
+        let fifo_first = match (in_heap, in_fifo) {
+            (_, None) => false,
+            (None, Some(_)) => true,
+            (Some(h), Some(d)) => d < h,
+        };
+        let (at, _) = if fifo_first { in_fifo? } else { in_heap? };
+        if at > until {
             return None;
         }
-        let Reverse((at, _, event)) = self.heap.pop()?;
+        let event = if fifo_first { self.deadlines.pop_front()?.2 } else { self.heap.pop()?.0.2 };
         self.now = at;
         Some(event)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deadlines_and_other_events_leave_in_time_then_schedule_order() {
+        let mut e = Events::new();
+        e.deadline(5, Event::ClientTimeout { req: 1 });
+        e.at(5, Event::Control);
+        e.at(3, Event::Probe);
+        e.deadline(9, Event::ClientTimeout { req: 2 });
+        e.at(7, Event::Poked);
+        let order: Vec<(Event, Time)> = std::iter::from_fn(|| e.next(8).map(|ev| (ev, e.now()))).collect();
+        assert_eq!(
+            order,
+            [(Event::Probe, 3), (Event::ClientTimeout { req: 1 }, 5), (Event::Control, 5), (Event::Poked, 7)]
+        );
+        assert_eq!(e.next(9), Some(Event::ClientTimeout { req: 2 }));
+        assert_eq!(e.next(100), None);
     }
 }

@@ -10,11 +10,11 @@ impl World {
     /// A forwarded request reaches its instance.
     pub(crate) fn at_instance(&mut self, req: u32) {
         let r = &self.requests[req as usize];
-        let (instance, buffered) = (r.instance, r.buffered);
+        let instance = r.instance;
         let at = self.events.instant(self.events.now());
         let cc = self.revisions[r.rev as usize].cc;
         let inst = &mut self.instances[instance as usize];
-        inst.stats.request_in(at, buffered);
+        inst.stats.request_in(at, false);
         if cc == 0 || inst.busy < cc {
             inst.busy += 1;
             self.start_processing(req);
@@ -25,13 +25,13 @@ impl World {
 
     /// The function answered: the response heads back, the next waiting request starts.
     pub(crate) fn processed(&mut self, req: u32) {
-        let (instance, buffered, origin) = {
+        let (instance, origin) = {
             let r = &self.requests[req as usize];
-            (r.instance, r.buffered, r.origin)
+            (r.instance, r.origin)
         };
         let at = self.events.instant(self.events.now());
         let inst = &mut self.instances[instance as usize];
-        inst.stats.request_out(at, buffered);
+        inst.stats.request_out(at, false);
         inst.busy -= 1;
         // What the queue proxy's load header says: in flight and waiting, this one included.
         let load = inst.busy + inst.queue.len() as u32 + 1;

@@ -77,7 +77,8 @@ pub(crate) struct Request {
     pub(crate) work_ms: f64,
     pub(crate) sent: Time,
     pub(crate) instance: u32,
-    pub(crate) buffered: bool,
+    /// Where the instance was in its gateway's routed list when picked.
+    pub(crate) slot: u32,
     /// Level it belongs to, and whether it is measured.
     pub(crate) level: u32,
     pub(crate) measured: bool,
@@ -105,8 +106,13 @@ pub(crate) struct GatewayRevision {
 }
 
 impl GatewayRevision {
-    /// Where `instance` is among the routed ones (kept in id order).
-    fn position(&self, instance: u32) -> Option<usize> {
+    /// Where `instance` is among the routed ones (kept in id order): at `hint`, where the pick
+    /// found it, unless the routes changed since.
+    fn position(&self, instance: u32, hint: u32) -> Option<usize> {
+        let hint = hint as usize;
+        if self.instances.get(hint).is_some_and(|x| x.instance == instance) {
+            return Some(hint);
+        }
         self.instances.binary_search_by_key(&instance, |x| x.instance).ok()
     }
 }
@@ -248,7 +254,7 @@ impl World {
             work_ms,
             sent: 0,
             instance: u32::MAX,
-            buffered: false,
+            slot: 0,
             level,
             measured,
             gateway: AtGateway::Waiting,
@@ -332,7 +338,7 @@ impl World {
         let picked = pick(g, &rtt, origin, cc, target, queued, now);
         self.rtt = rtt;
         if let Some(instance) = picked {
-            self.forward(req, instance, false);
+            self.forward(req, instance);
             return;
         }
         let depth = self.queue_depth;
@@ -382,8 +388,14 @@ impl World {
             }
         }
         self.rtt = rtt;
+        // The activator counts a request while it waits; once forwarded, its instance counts it
+        // (so the time on the link counts nowhere).
+        let g = self.gateway(node, rev);
+        for _ in &go {
+            g.activator.request_out(now, false);
+        }
         for (req, instance) in go {
-            self.forward(req, instance, true);
+            self.forward(req, instance);
         }
     }
 
@@ -398,13 +410,13 @@ impl World {
     }
 
     /// Sends a request to an instance across the link between their nodes.
-    fn forward(&mut self, req: u32, instance: u32, buffered: bool) {
+    fn forward(&mut self, req: u32, (instance, slot): (u32, u32)) {
         let now = self.events.now();
         let to = self.instances[instance as usize].node;
         let r = &mut self.requests[req as usize];
         r.sent = now;
         r.instance = instance;
-        r.buffered = buffered;
+        r.slot = slot;
         r.gateway = AtGateway::Forwarded;
         r.in_transit = true;
         let from = r.origin;
@@ -435,7 +447,7 @@ impl World {
                 success: true,
             };
             let id = u64::from(r.instance);
-            let node = g.position(r.instance);
+            let node = g.position(r.instance, r.slot);
             let serving = self.instances[r.instance as usize].node as usize;
             let g = self.gateway(r.origin, r.rev);
             let load = node.map(|i| &mut g.instances[i].load);
@@ -454,14 +466,11 @@ impl World {
         let r = self.requests[req as usize].clone();
         let at = self.events.instant(self.events.now());
         let g = self.gateway(r.origin, r.rev);
-        if let Some(i) = g.position(r.instance) {
+        if let Some(i) = g.position(r.instance, r.slot) {
             let load = &mut g.instances[i].load;
             load.in_flight = load.in_flight.saturating_sub(1);
         }
         g.origin.request_out(at, false);
-        if r.buffered {
-            g.activator.request_out(at, false);
-        }
         self.requests[req as usize].gateway = AtGateway::Finished;
         self.dispatch(r.origin, r.rev);
     }
@@ -515,7 +524,7 @@ impl World {
     /// The client's deadline for a request.
     pub(crate) fn schedule_timeout(&mut self, req: u32) {
         let at = self.requests[req as usize].arrival + self.client_timeout;
-        self.events.at(at, Event::ClientTimeout { req });
+        self.events.deadline(at, Event::ClientTimeout { req });
     }
 }
 
@@ -527,8 +536,8 @@ fn pick(
     target: f64,
     queued: u32,
     now: std::time::Instant,
-) -> Option<u32> {
+) -> Option<(u32, u32)> {
     let ctx = PickContext { origin: origin as usize, rtt, now, target_concurrency: target, queued };
     let i = gateway::pick(g.balancer.as_mut(), &ctx, cc, &mut g.instances, &mut g.shortlist)?;
-    Some(g.instances[i].instance)
+    Some((g.instances[i].instance, i as u32))
 }

@@ -39,9 +39,6 @@ use crate::metrics::{RejectLabels, RequestLabels, RevisionLabels};
 /// What a 405 says is served: any method but CONNECT (the instance decides the rest).
 static ALLOWED: HeaderValue = HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS, TRACE");
 
-/// The proxy header's value on a request that waited in the activator queue.
-static ACTIVATOR: HeaderValue = HeaderValue::from_static("activator");
-
 pub(super) struct Ingress(pub(super) Arc<Shared>);
 
 /// A request the gateway answers itself rather than forward: the answer, and the labels it is
@@ -134,9 +131,14 @@ struct Entered<'a> {
 }
 
 impl Entered<'_> {
-    /// From now on a [`Forwarded`] guard accounts for the request.
+    /// From now on a [`Forwarded`] guard accounts for the request. A request that waited leaves
+    /// the activator's count here: its instance counts it from now on, so the time it spends on a
+    /// link counts nowhere (the autoscaler sizes instances, not links).
     fn hand_over(mut self) {
         self.handed_over = true;
+        if self.buffered {
+            self.rev.activator.request_out(std::time::Instant::now(), false);
+        }
     }
 }
 
@@ -159,7 +161,6 @@ struct Forwarded {
     id: u64,
     node: NodeIndex,
     arrival: Instant,
-    buffered: bool,
     code: u16,
     /// Counted among the requests already (a tunnel's `101`, when it was passed on).
     recorded: bool,
@@ -191,9 +192,6 @@ impl Drop for Forwarded {
         }
         let now = Instant::now();
         self.rev.origin.request_out(now.into_std(), false);
-        if self.buffered {
-            self.rev.activator.request_out(now.into_std(), false);
-        }
         self.rev.in_flight_gauge.dec();
         if !self.recorded {
             record_outcome(shared, &self.rev, Some(self.node), self.code, now - self.arrival);
@@ -469,8 +467,7 @@ impl Ingress {
         let Routed { service, rev } = routed;
         let Admitted { picked: Picked { id, name, node, upstream }, buffered, timeout, deadline } = admitted;
         rev.in_flight_gauge.inc();
-        let done =
-            Forwarded { shared: shared.clone(), rev, id, node, arrival, buffered, code: 0, recorded: false };
+        let done = Forwarded { shared: shared.clone(), rev, id, node, arrival, code: 0, recorded: false };
         let edge = &shared.config.edge;
         let (mut parts, body) = req.into_parts();
         host_from_target(&mut parts);
@@ -489,7 +486,7 @@ impl Ingress {
         };
         let req = Request::from_parts(parts, boxed(Limited::new(body, shared.config.max_body_bytes)));
         let origin = shared.origin_value.as_ref();
-        let request = send(upstream, req, client, origin, buffered, client_upgrade.is_some());
+        let request = send(upstream, req, client, origin, client_upgrade.is_some());
         let sent = if buffered { Instant::now() } else { arrival };
         async move {
             let rejection = match shared.timers.timeout_at(deadline, request).await {
@@ -583,8 +580,8 @@ struct Client {
 }
 
 /// Sends `req` to `to` with the gateway's own headers, written straight into the forwarded head:
-/// the origin (`origin`) and proxy (`buffered`) headers replace whatever the client sent under
-/// those names, and so do `X-Forwarded-For` and `-Proto` ([`Client`]); `upgrade` says the request
+/// the origin header (`origin`) replaces whatever the client sent under that name, and so do
+/// `X-Forwarded-For` and `-Proto` ([`Client`]); `upgrade` says the request
 /// asks to switch protocols. Boxed: the request's future, whose size every waiting request pays,
 /// holds a pointer rather than the forward's state.
 fn send<'a>(
@@ -592,11 +589,10 @@ fn send<'a>(
     req: Request<Body>,
     client: Client,
     origin: Option<&'a HeaderValue>,
-    buffered: bool,
     upgrade: bool,
 ) -> Pin<Box<impl Future<Output = Result<Response<PooledBody>, UpstreamError>> + Send + 'a>> {
     Box::pin(async move {
-        let mut added = [(&X_FORWARDED_FOR, &client.forwarded_for); 4];
+        let mut added = [(&X_FORWARDED_FOR, &client.forwarded_for); 3];
         let mut count = 1;
         if !client.proto_given {
             added[count] = (&X_FORWARDED_PROTO, &HTTP);
@@ -604,10 +600,6 @@ fn send<'a>(
         }
         if let Some(v) = origin {
             added[count] = (&ORIGIN_NAME, v);
-            count += 1;
-        }
-        if buffered {
-            added[count] = (&PROXY_NAME, &ACTIVATOR);
             count += 1;
         }
         let remove: &[&HeaderName] = if client.trusted { &PLATFORM } else { &UNTRUSTED };

@@ -97,7 +97,7 @@ impl Balancer for ErtBalancer {
         for k in 0..m {
             let i = (start + k) % m;
             let c = &candidates[i];
-            let rtt = ctx.rtt.get(ctx.origin, c.node, ctx.now);
+            let rtt = c.rtt_ms(ctx);
             let service = self.service_ms(c);
             if !c.has_room() {
                 full_cost = full_cost.min(rtt + service);

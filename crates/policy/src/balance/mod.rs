@@ -37,12 +37,21 @@ pub struct Candidate {
     /// slots here, from sending to the response (milliseconds), if known: processing plus the
     /// proxying overhead, plus the link for an instance on another node.
     pub held_ms: Option<f64>,
+    /// The RTT from the request's origin to the instance's node (milliseconds) as the gateway
+    /// took it for this pick; `None`: the balancer asks the matrix ([`Candidate::rtt_ms`]).
+    pub rtt_ms: Option<f64>,
 }
 
 impl Candidate {
     /// True when one more request may be sent.
     pub fn has_room(&self) -> bool {
         self.capacity == 0 || self.in_flight < self.capacity
+    }
+
+    /// The RTT from the request's origin to the instance (milliseconds): the gateway's, else the
+    /// matrix's.
+    pub fn rtt_ms(&self, ctx: &PickContext<'_>) -> f64 {
+        self.rtt_ms.unwrap_or_else(|| ctx.rtt.get(ctx.origin, self.node, ctx.now))
     }
 }
 

@@ -6,7 +6,7 @@ use super::*;
 use crate::registry::{self, PolicyParams};
 
 pub(crate) fn cand(id: u64, node: usize, in_flight: u32, capacity: u32) -> Candidate {
-    Candidate { id, node, in_flight, capacity, service_time_ms: None, held_ms: None }
+    Candidate { id, node, in_flight, capacity, service_time_ms: None, held_ms: None, rtt_ms: None }
 }
 
 /// node0, node1 (cloud, 0.5 ms apart) and node2 (edge, 50 ms from both).
@@ -238,7 +238,15 @@ fn arb_candidates() -> impl Strategy<Value = (Vec<Candidate>, usize, u32)> {
             let one = (0usize..3, 0u32..14, prop::option::of(0.5f64..80.0)).prop_map(
                 move |(node, in_flight, st)| {
                     let in_flight = if capacity > 0 { in_flight.min(capacity) } else { in_flight };
-                    Candidate { id: 0, node, in_flight, capacity, service_time_ms: st, held_ms: None }
+                    Candidate {
+                        id: 0,
+                        node,
+                        in_flight,
+                        capacity,
+                        service_time_ms: st,
+                        held_ms: None,
+                        rtt_ms: None,
+                    }
                 },
             );
             (prop::collection::vec(one, n), Just(origin), Just(queued))

@@ -200,31 +200,64 @@ impl RttMatrix {
     /// The RTT to use at `now` and its source: a fresh sample, else both nodes' recent
     /// coordinates if their expected error is small enough, else the prior.
     pub fn lookup(&self, from: NodeIndex, to: NodeIndex, now: Instant) -> Rtt {
-        if from == to {
-            return Rtt { ms: self.prior_ms[from * self.n + to], source: RttSource::Local };
+        self.choose(from, to, now, self.sample(from, to), self.recent_coordinate(from, now))
+    }
+
+    /// Every RTT from `from` at `now` (ms, by node), as [`RttMatrix::get`] gives them one by one:
+    /// a caller that needs a whole row reads it in one pass.
+    pub fn row_into(&self, from: NodeIndex, now: Instant, out: &mut Vec<f64>) {
+        out.clear();
+        if from >= self.n {
+            return;
         }
-        if let Some((ms, taken)) = self.sample(from, to)
-            && now.saturating_duration_since(taken) <= self.max_age
-        {
-            return Rtt { ms, source: RttSource::Measured };
-        }
-        if let Some((ms, error)) = self.estimate(from, to, now)
-            && error <= self.coordinates.max_error
-        {
-            return Rtt { ms, source: RttSource::Estimated { error } };
-        }
-        Rtt { ms: self.prior_ms[from * self.n + to], source: RttSource::Prior }
+        let samples = self.rows[from].as_deref();
+        let here = self.recent_coordinate(from, now);
+        out.extend((0..self.n).map(|to| self.choose(from, to, now, samples.and_then(|r| r[to]), here).ms));
     }
 
     /// The coordinates' estimate for `from → to` and its expected relative error, whatever the
     /// error (`None` without two recent compatible coordinates).
     pub fn estimate(&self, from: NodeIndex, to: NodeIndex, now: Instant) -> Option<(f64, f64)> {
-        let recent = |i: NodeIndex| {
-            self.coordinate(i)
-                .filter(|(_, at)| now.saturating_duration_since(*at) <= self.coordinates.max_age)
-                .map(|(c, _)| c)
-        };
-        let (a, b) = (recent(from)?, recent(to)?);
+        Self::between(self.recent_coordinate(from, now)?, self.recent_coordinate(to, now)?)
+    }
+
+    /// [`RttMatrix::lookup`] with the pair's sample and `from`'s recent coordinate at hand.
+    fn choose(
+        &self,
+        from: NodeIndex,
+        to: NodeIndex,
+        now: Instant,
+        sample: Option<(f64, Instant)>,
+        here: Option<&Coordinate>,
+    ) -> Rtt {
+        let prior = self.prior_ms[from * self.n + to];
+        if from == to {
+            return Rtt { ms: prior, source: RttSource::Local };
+        }
+        if let Some((ms, taken)) = sample
+            && now.saturating_duration_since(taken) <= self.max_age
+        {
+            return Rtt { ms, source: RttSource::Measured };
+        }
+        if let Some(a) = here
+            && let Some(b) = self.recent_coordinate(to, now)
+            && let Some((ms, error)) = Self::between(a, b)
+            && error <= self.coordinates.max_error
+        {
+            return Rtt { ms, source: RttSource::Estimated { error } };
+        }
+        Rtt { ms: prior, source: RttSource::Prior }
+    }
+
+    /// Node `node`'s coordinate if it was refreshed recently enough to stand in for samples.
+    fn recent_coordinate(&self, node: NodeIndex, now: Instant) -> Option<&Coordinate> {
+        self.coordinate(node)
+            .filter(|(_, at)| now.saturating_duration_since(*at) <= self.coordinates.max_age)
+            .map(|(c, _)| c)
+    }
+
+    /// Two coordinates' distance and expected relative error, if they are comparable.
+    fn between(a: &Coordinate, b: &Coordinate) -> Option<(f64, f64)> {
         a.is_compatible_with(b).then(|| (a.distance_ms(b), (a.error + b.error) / 2.0))
     }
 
@@ -302,6 +335,29 @@ mod tests {
         assert_eq!(strict.lookup(1, 0, later).source, RttSource::Prior, "0.2 > 0.1");
         let loose = m.with_coordinate_limits(0.9, Duration::from_secs(1000));
         assert!(matches!(loose.lookup(2, 0, later).source, RttSource::Estimated { .. }));
+    }
+
+    #[test]
+    fn a_row_is_what_each_lookup_gives() {
+        let t0 = Instant::now();
+        let mut m = RttMatrix::new(5, 1.0, Duration::from_secs(10))
+            .with_coordinate_limits(0.5, Duration::from_secs(100));
+        m.set_prior_symmetric(0, 4, 70.0);
+        m.set_coordinate(0, at(0.0, 0.1), t0);
+        m.set_coordinate(1, at(30.0, 0.3), t0);
+        m.set_coordinate(2, at(5.0, 1.5), t0);
+        m.record(0, 3, 25.0, t0);
+        m.record(0, 1, 26.0, t0 - Duration::from_secs(20));
+        let mut row = Vec::new();
+        for now in [t0, t0 + Duration::from_secs(11), t0 + Duration::from_secs(101)] {
+            for from in 0..5 {
+                m.row_into(from, now, &mut row);
+                let each: Vec<f64> = (0..5).map(|to| m.get(from, to, now)).collect();
+                assert_eq!(row, each, "from {from}");
+            }
+        }
+        m.row_into(9, t0, &mut row);
+        assert!(row.is_empty(), "no such node");
     }
 
     #[test]

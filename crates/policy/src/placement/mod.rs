@@ -55,6 +55,16 @@ impl PlacementInput<'_> {
         self.rtt.get(from, to, self.now) + self.processing_ms.get(to).copied().flatten().unwrap_or(0.0)
     }
 
+    /// [`PlacementInput::response_ms`] from `from` to every node, into `out` (one pass over the
+    /// RTT matrix's row).
+    pub fn response_row(&self, from: usize, out: &mut Vec<f64>) {
+        self.rtt.row_into(from, self.now, out);
+        out.resize(self.nodes(), 0.0);
+        for (to, r) in out.iter_mut().enumerate() {
+            *r += self.processing_ms.get(to).copied().flatten().unwrap_or(0.0);
+        }
+    }
+
     /// Current placement clipped to capacity.
     fn current_within_capacity(&self) -> Vec<u32> {
         (0..self.nodes()).map(|j| self.current.get(j).copied().unwrap_or(0).min(self.capacity[j])).collect()

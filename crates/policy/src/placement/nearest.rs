@@ -79,6 +79,7 @@ impl NearestPlacement {
             .collect();
         let mut room: Vec<u32> = input.capacity.to_vec();
         let mut ideal = vec![0u32; n];
+        let mut response = Vec::new();
         let fastest_processing = input.processing_ms.iter().flatten().copied().fold(f64::INFINITY, f64::min);
         let mut origins: Vec<usize> = (0..n).filter(|&o| units[o] > 0).collect();
         origins.sort_by(|&a, &b| units[b].cmp(&units[a]).then(a.cmp(&b)));
@@ -95,8 +96,9 @@ impl NearestPlacement {
             if left == 0 {
                 continue;
             }
+            input.response_row(o, &mut response);
             let mut by_cost: Vec<(f64, usize)> =
-                (0..n).filter(|&j| room[j] > 0).map(|j| (input.response_ms(o, j), j)).collect();
+                (0..n).filter(|&j| room[j] > 0).map(|j| (response[j], j)).collect();
             by_cost.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
             for (_, j) in by_cost {
                 let here = left.min(room[j]);
@@ -123,84 +125,70 @@ fn cover(input: &PlacementInput<'_>, demand: &[f64], mut left: u32, ideal: &mut 
     let n = input.nodes();
     let origins: Vec<usize> = (0..n).filter(|&o| demand[o].is_finite() && demand[o] > 0.0).collect();
     let m = origins.len();
-    // Every response time once (the RTT matrix is asked n × m times, not that many times per
-    // instance placed), read origin by origin as the matrix lies, kept node by node as a gain
-    // reads it.
-    let mut response = vec![0.0; n * m];
-    for (k, &o) in origins.iter().enumerate() {
-        for j in 0..n {
-            response[j * m + k] = input.response_ms(o, j);
-        }
+    // Every response time once, origin by origin as the RTT matrix lies: the gains below read
+    // it that way too.
+    let mut response = Vec::with_capacity(n * m);
+    let mut row = Vec::new();
+    for &o in &origins {
+        input.response_row(o, &mut row);
+        response.extend_from_slice(&row);
     }
-    let row = |j: usize| &response[j * m..(j + 1) * m];
+    let from = |k: usize| &response[k * n..(k + 1) * n];
     // An origin without any instance pays at least the farthest trip there is, and then some.
     let uncovered = response.iter().copied().fold(0.0, f64::max) * 2.0 + 1.0;
     let mut nearest = vec![uncovered; m];
-    for j in (0..n).filter(|&j| ideal[j] > 0) {
-        for (near, &r) in nearest.iter_mut().zip(row(j)) {
-            *near = near.min(r);
+    for (k, near) in nearest.iter_mut().enumerate() {
+        for j in (0..n).filter(|&j| ideal[j] > 0) {
+            *near = near.min(from(k)[j]);
         }
     }
-    let gain = |j: usize, nearest: &[f64]| -> f64 {
-        origins.iter().zip(nearest).zip(row(j)).map(|((&o, &near), &r)| demand[o] * (near - r).max(0.0)).sum()
-    };
-    // Lazy greedy: a node's gain only shrinks as instances are added, so a stale gain is an upper
-    // bound, and only the top of the heap needs recomputing (hundreds of nodes stay cheap).
-    let mut bounds: std::collections::BinaryHeap<(Gain, std::cmp::Reverse<usize>)> =
-        (0..n).filter(|&j| room[j] > 0).map(|j| (Gain(gain(j, &nearest)), std::cmp::Reverse(j))).collect();
-    while left > 0 {
-        let mut best = None;
-        while let Some((_, std::cmp::Reverse(j))) = bounds.pop() {
-            if room[j] == 0 {
-                continue;
-            }
-            let g = gain(j, &nearest);
-            if bounds.peek().is_none_or(|(next, _)| g >= next.0) {
-                best = Some((g, j));
-                break;
-            }
-            bounds.push((Gain(g), std::cmp::Reverse(j)));
+    // Each node's gain: how much placing an instance there would cut the demand-weighted
+    // distance. Kept exact as instances are added: a placement changes the nearest instance of
+    // only the origins it is nearer to, and every node's gain changes only through those — so
+    // the first instance costs n × m and the next ones little, not n × m each.
+    let mut gains = vec![0.0; n];
+    for (k, &near) in nearest.iter().enumerate() {
+        let d = demand[origins[k]];
+        for (gain, &r) in gains.iter_mut().zip(from(k)) {
+            *gain += d * (near - r).max(0.0);
         }
-        let Some((g, mut j)) = best else { return };
-        if g <= 1e-9 {
+    }
+    let mut improved: Vec<(usize, f64, f64)> = Vec::new();
+    while left > 0 {
+        // The highest gain, the lowest index on ties.
+        let best = (0..n).filter(|&j| room[j] > 0).fold(None::<usize>, |best, j| match best {
+            Some(b) if gains[b] >= gains[j] => Some(b),
+            _ => Some(j),
+        });
+        let Some(mut j) = best else { return };
+        if gains[j] <= 1e-9 {
             // Everyone is served at distance 0 already: add capacity where it is busiest.
             let busiest = (0..n).filter(|&j| room[j] > 0).max_by(|&a, &b| {
                 let load = |x: usize| demand[x].max(0.0) / f64::from(ideal[x] + 1);
                 load(a).total_cmp(&load(b)).then(b.cmp(&a))
             });
             let Some(b) = busiest else { return };
-            if b != j {
-                bounds.push((Gain(g), std::cmp::Reverse(j)));
-            }
             j = b;
         }
         ideal[j] += 1;
         room[j] -= 1;
         left -= 1;
-        for (near, &r) in nearest.iter_mut().zip(row(j)) {
-            *near = near.min(r);
+        improved.clear();
+        for (k, near) in nearest.iter_mut().enumerate() {
+            let r = from(k)[j];
+            if r < *near {
+                improved.push((k, *near, r));
+                *near = r;
+            }
         }
-        if room[j] > 0 {
-            bounds.push((Gain(gain(j, &nearest)), std::cmp::Reverse(j)));
+        for &(k, before, after) in &improved {
+            let d = demand[origins[k]];
+            for ((x, gain), &r) in gains.iter_mut().enumerate().zip(from(k)) {
+                if room[x] > 0 {
+                    *gain = (*gain - d * ((before - r).max(0.0) - (after - r).max(0.0))).max(0.0);
+                }
+            }
         }
-    }
-}
-
-/// A gain, ordered (gains are finite and non-negative).
-#[derive(Debug, Clone, Copy, PartialEq)]
-struct Gain(f64);
-
-impl Eq for Gain {}
-
-impl PartialOrd for Gain {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for Gain {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.0.total_cmp(&other.0)
     }
 }
 
@@ -295,5 +283,97 @@ impl Placement for NearestPlacement {
             _ => self.misplaced_since = None,
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::estimate::RttMatrix;
+
+    /// Greedy k-median as written down: every node's gain computed afresh for every instance.
+    fn cover_by_the_book(
+        response: &[Vec<f64>],
+        demand: &[f64],
+        mut left: u32,
+        ideal: &mut [u32],
+        room: &mut [u32],
+    ) {
+        let n = room.len();
+        let distance = |ideal: &[u32]| -> f64 {
+            let far = response.iter().flatten().copied().fold(0.0, f64::max) * 2.0 + 1.0;
+            (0..n)
+                .filter(|&o| demand[o] > 0.0)
+                .map(|o| {
+                    demand[o] * (0..n).filter(|&j| ideal[j] > 0).map(|j| response[o][j]).fold(far, f64::min)
+                })
+                .sum()
+        };
+        while left > 0 {
+            let before = distance(ideal);
+            let gain = |j: usize| {
+                let mut with = ideal.to_vec();
+                with[j] += 1;
+                before - distance(&with)
+            };
+            let Some(j) = (0..n).filter(|&j| room[j] > 0).fold(None::<usize>, |best, j| match best {
+                Some(b) if gain(b) >= gain(j) => Some(b),
+                _ => Some(j),
+            }) else {
+                return;
+            };
+            let j = if gain(j) > 1e-9 {
+                j
+            } else {
+                (0..n)
+                    .filter(|&j| room[j] > 0)
+                    .max_by(|&a, &b| {
+                        let load = |x: usize| demand[x] / f64::from(ideal[x] + 1);
+                        load(a).total_cmp(&load(b)).then(b.cmp(&a))
+                    })
+                    .expect("a node with room")
+            };
+            ideal[j] += 1;
+            room[j] -= 1;
+            left -= 1;
+        }
+    }
+
+    proptest! {
+        // Whole milliseconds and demands keep the sums exact, so ties break alike.
+        #[test]
+        fn cover_places_as_the_greedy_by_the_book(
+            n in 2usize..9,
+            rtts in proptest::collection::vec(1u32..60, 64),
+            demand in proptest::collection::vec(0u32..4, 8),
+            room in proptest::collection::vec(0u32..3, 8),
+            placed in proptest::collection::vec(0u32..2, 8),
+            left in 0u32..8,
+        ) {
+            let now = std::time::Instant::now();
+            let mut rtt = RttMatrix::new(n, 1.0, Duration::from_secs(10));
+            for a in 0..n {
+                for b in a + 1..n {
+                    rtt.set_prior_symmetric(a, b, f64::from(rtts[a * 8 + b]));
+                }
+            }
+            let demand: Vec<f64> = demand[..n].iter().map(|&d| f64::from(d)).collect();
+            let capacity = vec![4; n];
+            let processing = vec![None; n];
+            let input = PlacementInput {
+                desired: 0, demand: &demand, capacity: &capacity, current: &[], processing_ms: &processing, rtt: &rtt, now,
+            };
+            let response: Vec<Vec<f64>> = (0..n).map(|o| (0..n).map(|j| input.response_ms(o, j)).collect()).collect();
+            let (mut ideal, mut room) = (placed[..n].to_vec(), room[..n].to_vec());
+            let (mut expected, mut expected_room) = (ideal.clone(), room.clone());
+            cover(&input, &demand, left, &mut ideal, &mut room);
+            cover_by_the_book(&response, &demand, left, &mut expected, &mut expected_room);
+            prop_assert_eq!(ideal, expected);
+            prop_assert_eq!(room, expected_room);
+        }
     }
 }

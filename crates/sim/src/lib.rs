@@ -11,10 +11,12 @@
 //! - [`model`]: the modelled costs and the links;
 //! - `world`: the books and the gateway's part of a request; `instance`: the queue proxy;
 //!   `control`: the control plane and the monitor; `load`: the load generators;
-//!   `events`: virtual time.
+//!   `events`: virtual time;
+//! - [`ideal`]: the all-local yardstick the sweep judges light load against.
 
 mod control;
 mod events;
+pub mod ideal;
 mod instance;
 mod load;
 pub mod model;

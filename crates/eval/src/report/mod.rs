@@ -32,7 +32,8 @@ pub struct Stats {
     pub served_share: Vec<f64>,
 }
 
-fn percentile(sorted: &[f64], q: f64) -> f64 {
+/// The `q` quantile of `sorted` by the report's rule: the nearest rank, rounded.
+pub fn percentile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }

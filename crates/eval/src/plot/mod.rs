@@ -286,7 +286,7 @@ mod tests {
                     at: began + 1.0 + k as f64 / 10.0,
                 })
                 .collect::<Vec<_>>();
-            LevelRun { users, sent: samples.len(), samples, seconds: 4.0, began }
+            LevelRun { users, sent: samples.len(), samples, seconds: 4.0, began, instances: Vec::new() }
         };
         let runs = ["knative", "ours"].map(|n| SetRun {
             set: PolicySet::named(n).unwrap(),

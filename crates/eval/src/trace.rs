@@ -12,10 +12,12 @@ use serde::{Deserialize, Serialize};
 /// within a control period, rarely enough to cost the measured fleet nothing it would notice.
 pub const POLL_PERIOD: Duration = Duration::from_millis(500);
 
-/// The window within which a stop at one node and a start at another make a move: the fleet's
-/// decision period (a placement moves an instance by starting the new one in one decision and
-/// stopping the old one once that is ready).
-pub const MOVE_WINDOW: Duration = ikukantai_fleet::fleet::defaults::DECISION_PERIOD;
+/// The window within which a stop at one node and a start at another make a move: a placement
+/// moves an instance by starting the new one in one decision and stopping the old one in the
+/// next, once that is ready, so a decision period apart; plus a read period, which the bench's
+/// events may be late by.
+pub const MOVE_WINDOW: Duration =
+    ikukantai_fleet::fleet::defaults::DECISION_PERIOD.saturating_add(POLL_PERIOD);
 
 /// What happened to an instance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -318,6 +318,18 @@ fn bench_runs_a_scenario_and_writes_report_and_plots() {
     }
     let md = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(md.contains("| knative | 2 | all |") && md.contains("| ours | 2 | edge |"), "{md}");
+    // The fleet's instances were read as the load ran: each set started instances from zero and
+    // saw them ready, each at a node where one had started.
+    for run in report["runs"].as_array().unwrap() {
+        let events = run["levels"][0]["instances"].as_array().unwrap();
+        let of = |change: &str| {
+            let at_nodes = events.iter().filter(|e| e["change"] == change).map(|e| e["node"].as_u64());
+            at_nodes.collect::<Option<Vec<_>>>().unwrap()
+        };
+        let (started, ready) = (of("started"), of("ready"));
+        assert!(!ready.is_empty() && ready.iter().all(|n| started.contains(n)), "{events:?}");
+    }
+    assert!(md.contains("## Instances"), "{md}");
     if std::path::Path::new("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf").exists() {
         for f in ["cdf-low.png", "cdf-high.svg", "served-high.png", "latency-vs-load.svg"] {
             assert!(out.join(f).metadata().unwrap().len() > 1000, "{f}");

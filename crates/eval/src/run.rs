@@ -21,6 +21,7 @@ use rand_distr::{Distribution, Exp1};
 use serde::{Deserialize, Serialize};
 
 use crate::scenario::{FunctionSpec, PolicySet, RateCurve, Scenario};
+use crate::trace::{InstanceEvent, Listed, POLL_PERIOD, Tracker};
 
 /// One request's outcome.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -54,6 +55,10 @@ pub struct LevelRun {
     /// samples' `at` is on the same clock.
     #[serde(default)]
     pub began: f64,
+    /// Instances started, ready and stopped from the level's start until the next level's (the
+    /// first level's from the set's deployment), on the samples' clock.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub instances: Vec<InstanceEvent>,
 }
 
 /// All levels of one policy set.
@@ -188,13 +193,17 @@ pub async fn run_set(
     tokio::time::sleep(SETTLE).await;
     let gateways: Vec<SocketAddr> = fleet.nodes().iter().map(|n| n.gateway).collect();
     let mut levels = Vec::new();
-    let ctx = Level { s, set, gateways: &gateways, progress, stop, began: Instant::now() };
+    let began = Instant::now();
+    let watch = Arc::new(Watch::new(fleet.clone(), s, began));
+    let watching = tokio::spawn(watch_instances(watch.clone()));
+    let ctx = Level { s, set, gateways: &gateways, progress, stop, began, watch: &watch };
     for (li, &users) in s.load.users.iter().enumerate() {
         if *stop.borrow() {
             break;
         }
         levels.push(run_level(&ctx, users, seed ^ (li as u64 + 1)).await);
     }
+    watching.abort();
     // Whatever happened, the fleet's processes go.
     fleet.shutdown().await;
     if *stop.borrow() {
@@ -212,6 +221,8 @@ struct Level<'a> {
     stop: &'a tokio::sync::watch::Receiver<bool>,
     /// When the set's first level began.
     began: Instant,
+    /// The fleet's instances, read as the levels run.
+    watch: &'a Watch,
 }
 
 async fn run_level(ctx: &Level<'_>, users: u32, seed: u64) -> LevelRun {
@@ -264,6 +275,67 @@ async fn run_level(ctx: &Level<'_>, users: u32, seed: u64) -> LevelRun {
         sent: sent.load(std::sync::atomic::Ordering::Relaxed),
         seconds: s.load.duration.0.as_secs_f64(),
         began: start.duration_since(began).as_secs_f64(),
+        instances: ctx.watch.take(),
+    }
+}
+
+/// The fleet's instances, read every [`POLL_PERIOD`] into instance events: what `ikukantai get
+/// instances` lists, from the fleet in this process.
+struct Watch {
+    fleet: Arc<Fleet>,
+    /// Each function's Service name, in scenario order.
+    services: Vec<String>,
+    nodes: Vec<String>,
+    began: Instant,
+    seen: Mutex<(Tracker, Vec<InstanceEvent>)>,
+}
+
+impl Watch {
+    fn new(fleet: Arc<Fleet>, s: &Scenario, began: Instant) -> Self {
+        Self {
+            fleet,
+            services: s.functions().iter().map(|f| f.service().to_owned()).collect(),
+            nodes: s.topology.nodes.iter().map(|n| n.name.clone()).collect(),
+            began,
+            seen: Mutex::new((Tracker::default(), Vec::new())),
+        }
+    }
+
+    /// Reads the instances once; what changed since the last read becomes events.
+    fn poll(&self) {
+        let listed: Vec<Listed> = self
+            .fleet
+            .instances()
+            .into_iter()
+            .filter_map(|v| {
+                Some(Listed {
+                    function: self.services.iter().position(|f| *f == v.service)?,
+                    node: self.nodes.iter().position(|n| *n == v.node)?,
+                    ready: v.state == "Ready",
+                    stopping: matches!(v.state.as_str(), "Terminating" | "Stopped"),
+                    name: v.name,
+                })
+            })
+            .collect();
+        let at = self.began.elapsed().as_secs_f64();
+        let (tracker, events) = &mut *self.seen.lock();
+        events.extend(tracker.observe(at, &listed));
+    }
+
+    /// The events since the last time, read up to now.
+    fn take(&self) -> Vec<InstanceEvent> {
+        self.poll();
+        std::mem::take(&mut self.seen.lock().1)
+    }
+}
+
+/// Polls `watch` until aborted; a read that comes late is skipped rather than caught up.
+async fn watch_instances(watch: Arc<Watch>) {
+    let mut every = tokio::time::interval(POLL_PERIOD);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        every.tick().await;
+        watch.poll();
     }
 }
 

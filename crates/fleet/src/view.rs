@@ -35,7 +35,8 @@ pub struct InstanceView {
     pub revision: String,
     /// Node.
     pub node: String,
-    /// `Starting`, `Ready`, `CrashLoopBackOff`, `Failed`, `Terminating`.
+    /// `Starting`, `Ready`, `CrashLoopBackOff`, `Failed`, `Terminating` (out of the routes, being
+    /// stopped).
     pub state: String,
     /// Why, when not ready.
     pub message: Option<String>,

@@ -4,6 +4,7 @@
 //! `RevisionScaler` (KPA + placement) decides; surplus instances are chosen by
 //! `policy::occupancy::surplus`, rooms by `room_per_node`: the fleet's code, not a copy.
 
+use ikukantai_eval::trace::Change;
 use ikukantai_fleet::fleet::defaults::{DECISION_PERIOD, RECONCILE_PERIOD, STATS_PERIOD, STOP_GRACE_HOPS};
 use ikukantai_policy::autoscaler::{Stat, TickInputs};
 use ikukantai_policy::occupancy::{instances_per_node, room_per_node, surplus};
@@ -59,6 +60,8 @@ impl World {
         let inst = &mut self.instances[instance as usize];
         if inst.phase == Phase::Starting {
             inst.phase = Phase::Ready;
+            let (rev, node) = (inst.rev, inst.node);
+            self.trace.push(self.events.now(), rev, node, Change::Ready);
             self.reconcile(false);
         }
     }
@@ -149,6 +152,7 @@ impl World {
             let have = here.len();
             for k in surplus(here, want as usize) {
                 self.instances[k as usize].phase = Phase::Stopping;
+                self.trace.push(self.events.now(), rev, node as u32, Change::Stopped);
                 self.events.after(grace, Event::Drain { instance: k });
             }
             for _ in have..want as usize {
@@ -164,6 +168,7 @@ impl World {
                     stats: RequestStats::new(at),
                 });
                 let instance = (self.instances.len() - 1) as u32;
+                self.trace.push(self.events.now(), rev, node as u32, Change::Started);
                 self.events.after(ms(cold), Event::Ready { instance });
             }
         }

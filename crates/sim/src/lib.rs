@@ -11,14 +11,17 @@
 //! - [`model`]: the modelled costs and the links;
 //! - `world`: the books and the gateway's part of a request; `instance`: the queue proxy;
 //!   `control`: the control plane and the monitor; `load`: the load generators;
-//!   `events`: virtual time.
+//!   `events`: virtual time; `trace`: the instances' starts, readiness and stops;
+//! - [`ideal`]: the all-local yardstick the sweep judges light load against.
 
 mod control;
 mod events;
+pub mod ideal;
 mod instance;
 mod load;
 pub mod model;
 pub mod sweep;
+mod trace;
 mod world;
 
 use std::path::Path;
@@ -115,6 +118,7 @@ pub fn run_set(s: &Scenario, set: &PolicySet, seed: u64, model: &Model) -> Resul
             samples,
             seconds: s.load.duration.0.as_secs_f64(),
             began: (start - began) as f64 / 1e9,
+            instances: world.trace.take(began),
         });
     }
     Ok(SetRun { set: set.clone(), levels })

@@ -48,21 +48,49 @@ impl Generator {
         Self { origin, rev, level, rng, curve, work_ms, start, measure_from, end }
     }
 
-    /// The time from `now` to the next arrival, if the rate is not zero from now on.
-    fn gap(&mut self, now: Time) -> Option<Time> {
+    /// The next arrival after `now`, if the rate is not zero from now on and it comes before the
+    /// level ends.
+    fn next_after(&mut self, now: Time) -> Option<Time> {
         let e: f64 = Exp1.sample(&mut self.rng);
         let t = (now - self.start) as f64 / 1e9;
-        self.curve.gap(t, e).map(|g| (g * 1e9) as Time)
+        let gap = self.curve.gap(t, e).map(|g| (g * 1e9) as Time)?;
+        Some(now + gap).filter(|&next| next < self.end)
     }
+
+    /// The request arriving `now`: its work time, and when the next one arrives. The world and
+    /// [`replay`] both draw through here, so they see the same requests.
+    fn draw(&mut self, now: Time) -> (f64, Option<Time>) {
+        let (lo, hi) = self.work_ms;
+        let work = if hi > lo { self.rng.random_range(lo..hi) } else { lo };
+        (work, self.next_after(now))
+    }
+}
+
+/// A request as a generator offers it: when, how much work, whether it is measured.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Offered {
+    pub(crate) arrival: Time,
+    pub(crate) work_ms: f64,
+    pub(crate) measured: bool,
+}
+
+/// Every request `g` sends over its level, without a world: the very arrivals and work times
+/// the simulation draws (they depend only on the generator's seed and curve).
+pub(crate) fn replay(mut g: Generator) -> Vec<Offered> {
+    let mut out = Vec::new();
+    let mut next = g.next_after(g.start);
+    while let Some(arrival) = next {
+        let (work_ms, after) = g.draw(arrival);
+        out.push(Offered { arrival, work_ms, measured: arrival >= g.measure_from });
+        next = after;
+    }
+    out
 }
 
 impl World {
     /// Starts a generator: its first arrival is scheduled.
     pub(crate) fn start_generator(&mut self, mut g: Generator) {
-        let now = self.events.now();
-        if let Some(first) = g.gap(now).map(|gap| now + gap)
-            && first < g.end
-        {
+        if let Some(first) = g.next_after(self.events.now()) {
             self.events.at(first, Event::Arrive { generator: self.load.len() as u32 });
         }
         self.load.push(g);
@@ -72,12 +100,9 @@ impl World {
     pub(crate) fn arrive(&mut self, index: u32) {
         let now = self.events.now();
         let g = &mut self.load[index as usize];
-        let (lo, hi) = g.work_ms;
-        let work = if hi > lo { g.rng.random_range(lo..hi) } else { lo };
+        let (work, next) = g.draw(now);
         let (origin, rev, level, measured) = (g.origin, g.rev, g.level, now >= g.measure_from);
-        if let Some(next) = g.gap(now).map(|gap| now + gap)
-            && next < g.end
-        {
+        if let Some(next) = next {
             self.events.at(next, Event::Arrive { generator: index });
         }
         self.sent += usize::from(measured);

@@ -187,6 +187,8 @@ pub(crate) struct World {
     /// Each node's recent probes per peer (the gateway's filter).
     pub(crate) probe_filters: Vec<PeerFilter>,
     pub(crate) load: Vec<crate::load::Generator>,
+    /// Instances started, ready and stopped, for the report.
+    pub(crate) trace: crate::trace::Trace,
 }
 
 impl std::fmt::Debug for World {
@@ -235,6 +237,7 @@ impl World {
             probe_interval: 0,
             probe_filters: vec![PeerFilter::new(MEASURED_SAMPLES, 64); n],
             load: Vec::new(),
+            trace: Default::default(),
         }
     }
 

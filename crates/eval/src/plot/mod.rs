@@ -267,6 +267,7 @@ mod tests {
     use super::*;
     use crate::run::{LevelRun, Sample, SetRun};
     use crate::scenario::{PolicySet, Scenario};
+    use crate::trace::{Change, InstanceEvent};
 
     #[test]
     fn every_set_gets_a_time_series_with_a_panel_per_origin() {
@@ -286,17 +287,25 @@ mod tests {
                     at: began + 1.0 + k as f64 / 10.0,
                 })
                 .collect::<Vec<_>>();
-            LevelRun { users, sent: samples.len(), samples, seconds: 4.0, began }
+            LevelRun { users, sent: samples.len(), samples, seconds: 4.0, began, instances: Vec::new() }
         };
-        let runs = ["knative", "ours"].map(|n| SetRun {
+        let mut runs = ["knative", "ours"].map(|n| SetRun {
             set: PolicySet::named(n).unwrap(),
             levels: vec![level(1, 0.0), level(2, 5.0)],
         });
+        // `ours` moves its instance from a to b.
+        let event = |at, node, change| InstanceEvent { at, function: 0, node, change };
+        runs[1].levels[0].instances = vec![
+            event(0.5, 0, Change::Started),
+            event(3.0, 1, Change::Started),
+            event(3.5, 0, Change::Stopped),
+        ];
         let report = Report::new(s, runs.to_vec(), String::new());
         let dir = std::env::temp_dir().join(format!("ikukantai-plot-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let files = write_all(&report, &dir).unwrap();
         let svg = std::fs::read_to_string(dir.join("timeline-ours.svg"));
+        let strip = std::fs::read_to_string(dir.join("timeline-knative.svg"));
         let png = std::fs::metadata(dir.join("timeline-knative.png")).map(|m| m.len());
         let _ = std::fs::remove_dir_all(&dir);
         assert!(
@@ -304,9 +313,15 @@ mod tests {
                 && files.contains(&"timeline-knative.svg".to_owned())
         );
         let svg = svg.unwrap();
-        for text in ["origin a", "origin b", "crowd", "t, ours: p50"] {
+        for text in ["origin a", "origin b", "crowd", "t, ours: p50", "instances per node (row height = 1)"] {
             assert!(svg.contains(text), "no {text:?} in the SVG");
         }
+        // The move: a purple vertical line from a's row (0) to b's (1), and a triangle in each
+        // origin's panel; the set without events draws the strip empty.
+        let purple = "#963CAA";
+        assert!(svg.matches(purple).count() >= 4, "{} purple marks", svg.matches(purple).count());
+        let strip = strip.unwrap();
+        assert!(strip.contains("instances per node") && !strip.contains(purple));
         assert!(png.unwrap() > 1000);
     }
 }

@@ -1,7 +1,9 @@
 //! Time series: per origin (and per function, with several), p50 and p90 of the requests sent
 //! in each few seconds and the share served at the origin, over a policy set's whole run, with
 //! the levels' measuring starts and the phases marked: a cold start, a ping-pong between sites
-//! or a crowd moving shows as it happens.
+//! or a crowd moving shows as it happens. Below them, when the run recorded its instances, a strip
+//! of instances per node over time with every start and stop marked and moves drawn from node to
+//! node; each origin's panel marks the moves to or from its node.
 
 use plotters::coord::Shift;
 use plotters::prelude::*;
@@ -9,6 +11,7 @@ use plotters::prelude::*;
 use super::{COLORS, err};
 use crate::report::Report;
 use crate::run::{Sample, SetRun};
+use crate::trace::{self, InstanceEvent, MOVE_WINDOW, Move};
 
 /// The requests sent in one time bucket.
 #[derive(Debug, Clone, PartialEq)]
@@ -131,6 +134,14 @@ where
         .fold(1.0, f64::max);
     let width = bucket_width(until);
     let rows = panels(report);
+    let events = instance_events(run);
+    let moves = trace::moves(&events, MOVE_WINDOW.as_secs_f64());
+    let (root, strip) = if has_instances(report) {
+        let (top, strip) = root.split_vertically(root.dim_in_pixel().1 - strip_height(report));
+        (top, Some(strip))
+    } else {
+        (root, None)
+    };
     let areas = root.split_evenly((rows.len().max(1), 1));
     let samples = || run.levels.iter().flat_map(|l| l.samples.iter());
     let series: Vec<Vec<Bucket>> = rows
@@ -140,7 +151,7 @@ where
         })
         .collect();
     let (starts, phases) = marks(report, run);
-    for (((label, ..), area), buckets) in rows.iter().zip(&areas).zip(&series) {
+    for (((label, origin, _), area), buckets) in rows.iter().zip(&areas).zip(&series) {
         // Each panel its own scale: one origin's seconds of queueing would flatten the others.
         let ymax = buckets.iter().filter_map(|b| b.p90).fold(1.0f64, f64::max) * 1.1;
         let mut chart = ChartBuilder::on(area)
@@ -183,8 +194,110 @@ where
             .filter(|b| b.sent > b.completed)
             .map(|b| Cross::new((b.from + width / 2.0, ymax * 0.9), 3, COLORS[0]));
         chart.draw_series(lost).map_err(err)?;
+        // Moves to or from this origin's node: a purple triangle at the bottom.
+        let here = moves.iter().filter(|m| m.from == *origin || m.to == *origin);
+        chart
+            .draw_series(here.map(|m| TriangleMarker::new((m.at, ymax * 0.04), 5, COLORS[3].filled())))
+            .map_err(err)?;
+    }
+    if let Some(strip) = strip {
+        draw_instances(&strip, report, &events, &moves, until)?;
     }
     root.present().map_err(err)
+}
+
+/// Every level's instance events, in time order.
+fn instance_events(run: &SetRun) -> Vec<InstanceEvent> {
+    let mut events: Vec<InstanceEvent> =
+        run.levels.iter().flat_map(|l| l.instances.iter().copied()).collect();
+    events.sort_by(|a, b| a.at.total_cmp(&b.at));
+    events
+}
+
+/// Whether any set of the report recorded its instances (then every set's plot has the strip).
+fn has_instances(report: &Report) -> bool {
+    report.runs.iter().any(|r| r.levels.iter().any(|l| !l.instances.is_empty()))
+}
+
+/// The instance strip's height: a row per node.
+fn strip_height(report: &Report) -> u32 {
+    if has_instances(report) { 90 + 18 * report.nodes.len() as u32 } else { 0 }
+}
+
+/// Instances per node over time: a row per node, its count as a step line (row height = the
+/// most any node held), a start as a green triangle, a stop as a red cross, a move as a purple
+/// line from the node it left to a dot at the one it went to.
+fn draw_instances<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    report: &Report,
+    events: &[InstanceEvent],
+    moves: &[Move],
+    until: f64,
+) -> Result<(), String>
+where
+    DB::ErrorType: 'static,
+{
+    let nodes = &report.nodes;
+    let steps = trace::counts(events, nodes.len());
+    let most = steps.iter().flatten().map(|(_, c)| *c).max().unwrap_or(1).max(1);
+    let caption = format!(
+        "instances per node (row height = {most}): green = start, red = stop, purple = a move (within {} s)",
+        MOVE_WINDOW.as_secs_f64()
+    );
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, ("sans-serif", 14))
+        .margin(6)
+        .x_label_area_size(30)
+        .y_label_area_size(90)
+        .right_y_label_area_size(45)
+        .build_cartesian_2d(0.0..until, -0.6..(nodes.len() as f64 - 0.4))
+        .map_err(err)?;
+    let label = |y: &f64| {
+        let i = y.round();
+        let on_row = (y - i).abs() < 1e-6 && i >= 0.0;
+        if on_row { nodes.get(i as usize).cloned().unwrap_or_default() } else { String::new() }
+    };
+    chart
+        .configure_mesh()
+        .x_desc("seconds")
+        .y_labels(nodes.len().max(1) * 2 + 1)
+        .y_label_formatter(&label)
+        .light_line_style(WHITE)
+        .draw()
+        .map_err(err)?;
+    let row = |node: usize, count: u32| node as f64 - 0.4 + 0.8 * f64::from(count) / f64::from(most);
+    for (node, steps) in steps.iter().enumerate() {
+        let mut line = vec![(0.0, row(node, 0))];
+        let mut before = 0;
+        for &(at, count) in steps {
+            line.push((at, row(node, before)));
+            line.push((at, row(node, count)));
+            before = count;
+        }
+        line.push((until, row(node, before)));
+        chart.draw_series(std::iter::once(PathElement::new(line, COLORS[1].stroke_width(1)))).map_err(err)?;
+        let mut before = 0;
+        for &(at, count) in steps {
+            let y = row(node, count);
+            if count > before {
+                let start = TriangleMarker::new((at, y), 4, COLORS[2].filled());
+                chart.draw_series(std::iter::once(start)).map_err(err)?;
+            } else {
+                let stop = Cross::new((at, y), 3, COLORS[0].stroke_width(2));
+                chart.draw_series(std::iter::once(stop)).map_err(err)?;
+            }
+            before = count;
+        }
+    }
+    for m in moves {
+        let path =
+            PathElement::new(vec![(m.at, m.from as f64), (m.at, m.to as f64)], COLORS[3].stroke_width(2));
+        chart.draw_series(std::iter::once(path)).map_err(err)?;
+        chart
+            .draw_series(std::iter::once(Circle::new((m.at, m.to as f64), 3, COLORS[3].filled())))
+            .map_err(err)?;
+    }
+    Ok(())
 }
 
 /// The buckets' values as lines through their middles, broken where a bucket has none.
@@ -201,9 +314,9 @@ fn runs_of(buckets: &[Bucket], width: f64, value: impl Fn(&Bucket) -> Option<f64
     lines
 }
 
-/// The file size for a report's time series: a panel per row.
+/// The file size for a report's time series: a panel per row, and the instance strip.
 pub(super) fn size(report: &Report) -> (u32, u32) {
-    (1400, 60 + 200 * panels(report).len().max(1) as u32)
+    (1400, 60 + 200 * panels(report).len().max(1) as u32 + strip_height(report))
 }
 
 #[cfg(test)]

@@ -1,8 +1,9 @@
-//! The report as Markdown: what was run, then the rows, the rows per phase, and the spread over
-//! repeated runs.
+//! The report as Markdown: what was run, then the rows, the rows per phase, the spread over
+//! repeated runs, and the instances' starts, stops and moves.
 
 use super::{Report, Row};
 use crate::scenario::{FunctionSpec, Phase, Scenario};
+use crate::trace::{self, Change, MOVE_WINDOW};
 
 impl Report {
     /// The Markdown report.
@@ -48,6 +49,46 @@ impl Report {
                     list(&r.p50, 1.0),
                     list(&r.p90, 1.0),
                     list(&r.local, 100.0)
+                );
+            }
+        }
+        out += &self.instances();
+        out
+    }
+
+    /// Per set and level, instances started and stopped and the moves among them, with the
+    /// first few moves named; empty when no run recorded its instances.
+    fn instances(&self) -> String {
+        if self.runs.iter().all(|r| r.levels.iter().all(|l| l.instances.is_empty())) {
+            return String::new();
+        }
+        let repeated = if self.spread.is_empty() { "" } else { " (the first run's)" };
+        let mut out = format!(
+            "\n## Instances\n\nInstances started and stopped per level{repeated}, and moves: a stop at one node \
+             with a start of the same function at another within {} s. The time series marks each.\n\n\
+             | set | users/origin | started | stopped | moves | first moves (s: from → to) |\n|---|---|---|---|---|---|\n",
+            MOVE_WINDOW.as_secs_f64()
+        );
+        for run in &self.runs {
+            for level in &run.levels {
+                let count = |c: Change| level.instances.iter().filter(|e| e.change == c).count();
+                let moves = trace::moves(&level.instances, MOVE_WINDOW.as_secs_f64());
+                let mut named: Vec<String> = moves
+                    .iter()
+                    .take(5)
+                    .map(|m| format!("{:.1}: {} → {}", m.at, self.nodes[m.from], self.nodes[m.to]))
+                    .collect();
+                if moves.len() > 5 {
+                    named.push("…".into());
+                }
+                out += &format!(
+                    "| {} | {} | {} | {} | {} | {} |\n",
+                    run.set.name,
+                    level.users,
+                    count(Change::Started),
+                    count(Change::Stopped),
+                    moves.len(),
+                    named.join(", ")
                 );
             }
         }

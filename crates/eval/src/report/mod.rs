@@ -32,7 +32,8 @@ pub struct Stats {
     pub served_share: Vec<f64>,
 }
 
-fn percentile(sorted: &[f64], q: f64) -> f64 {
+/// The `q` quantile of `sorted` by the report's rule: the nearest rank, rounded.
+pub fn percentile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
@@ -235,6 +236,8 @@ impl Report {
                     level
                         .samples
                         .extend(more.samples.iter().map(|x| Sample { at: x.at + shift, ..x.clone() }));
+                    // Instance events stay the first run's: counts and moves summed over runs
+                    // would describe no run.
                     level.sent += more.sent;
                     level.seconds += more.seconds;
                 }
@@ -295,7 +298,14 @@ mod tests {
             .iter()
             .map(|&l| Sample { origin: 0, function: 0, latency_ms: Some(l), served: Some(served), at: 0.0 })
             .collect::<Vec<_>>();
-        let level = LevelRun { users: 1, sent: samples.len(), samples, seconds: 2.0, began: 0.0 };
+        let level = LevelRun {
+            users: 1,
+            sent: samples.len(),
+            samples,
+            seconds: 2.0,
+            began: 0.0,
+            instances: Vec::new(),
+        };
         vec![SetRun { set: PolicySet::named("ours").unwrap(), levels: vec![level] }]
     }
 
@@ -340,7 +350,7 @@ mod tests {
             sample(1, 1, 10.0, 7.5),
             Sample { latency_ms: None, served: None, ..sample(1, 1, 0.0, 7.9) },
         ];
-        let level = LevelRun { users: 1, sent: 5, samples, seconds: 2.0, began: 5.0 };
+        let level = LevelRun { users: 1, sent: 5, samples, seconds: 2.0, began: 5.0, instances: Vec::new() };
         let runs = vec![SetRun { set: PolicySet::named("ours").unwrap(), levels: vec![level] }];
         let report = Report::new(s, runs, String::new());
         let cell = |rows: &[Row], phase: Option<&str>, function: &str, origin: &str| {

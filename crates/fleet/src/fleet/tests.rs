@@ -182,6 +182,10 @@ async fn demand_wakes_only_its_revision_whose_instance_stops_after_the_grace_the
         step(&fleet, t);
     }
     assert!(fleet.state.lock().instances.is_empty(), "out of the books once the grace is over");
+    // Out of the routes, it lists as being stopped for as long as it is listed (its process
+    // still drains, ready as it is).
+    let listed = fleet.instances();
+    assert!(listed.iter().all(|i| i.state == Phase::Terminating.name()), "{listed:?}");
     // Once stopped, the next decision finds it at rest.
     let deadline = Instant::now() + Duration::from_secs(20);
     while !fleet.instances().is_empty() {

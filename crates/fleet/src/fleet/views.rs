@@ -73,12 +73,13 @@ impl Fleet {
     /// Every instance.
     pub fn instances(&self) -> Vec<InstanceView> {
         let state = self.state.lock();
-        state
-            .instances
-            .values()
-            .chain(state.stopping.values())
-            .map(|r| {
+        let running = state.instances.values().map(|r| (r, false));
+        running
+            .chain(state.stopping.values().map(|r| (r, true)))
+            .map(|(r, stopping)| {
                 let phase = r.instance.phase();
+                // One out of the routes is being stopped, though its process still drains.
+                let phase = if stopping && phase != Phase::Stopped { Phase::Terminating } else { phase };
                 InstanceView {
                     name: r.instance.name.clone(),
                     namespace: r.namespace.clone(),

@@ -1,0 +1,83 @@
+//! The simulator's instance events: a crowd that moves from one edge to another shows as
+//! instances started where it goes and stopped where it left, at the nodes the placement chose.
+
+use ikukantai_eval::scenario::{PolicySet, Scenario};
+use ikukantai_eval::trace::{self, Change, InstanceEvent};
+use ikukantai_sim::model::Model;
+
+fn flash_crowd() -> Scenario {
+    // Looked up when the test runs (one target dir may serve several clones).
+    let root = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")), std::path::PathBuf::from);
+    let path = root.join("../../bench/flash-crowd.yaml");
+    Scenario::parse("flash-crowd.yaml", &std::fs::read_to_string(path).unwrap()).expect("valid scenario")
+}
+
+/// The most instances `node` held between `from` and `to` seconds, given its count steps.
+fn most(steps: &[(f64, u32)], from: f64, to: f64) -> u32 {
+    let before = steps.iter().rev().find(|(at, _)| *at < from).map_or(0, |(_, c)| *c);
+    steps.iter().filter(|(at, _)| *at >= from && *at < to).map(|(_, c)| *c).fold(before, u32::max)
+}
+
+#[test]
+fn a_moving_crowd_starts_instances_where_it_goes_and_stops_them_where_it_left() {
+    let s = flash_crowd();
+    let run = ikukantai_sim::run_set(&s, &PolicySet::named("ours").unwrap(), 1, &Model::default()).unwrap();
+    let level = &run.levels[0];
+    let events: &[InstanceEvent] = &level.instances;
+    let node = |name: &str| s.topology.index_of(name).unwrap();
+    let (cloud, a, b) = (node("cloud"), node("edge-a"), node("edge-b"));
+    // Phase spans, on the samples' clock.
+    let measure = level.began + s.load.warmup.0.as_secs_f64();
+    let span = |k: usize| {
+        let (_, from, to) = &s.phase_spans()[k];
+        (measure + from, measure + to)
+    };
+    let (calm, crowd_a, crowd_b, idle) = (span(0), span(1), span(2), span(3));
+    let steps = trace::counts(events, 3);
+
+    // Every instance is started before it is ready or stopped, and stays within its node's room.
+    for (n, capacity) in [(cloud, 10), (a, 2), (b, 2)] {
+        assert!(steps[n].iter().all(|(_, c)| *c <= capacity), "node {n}: {:?}", steps[n]);
+        let first = events.iter().find(|e| e.node == n).expect("every node serves its own users");
+        assert_eq!(first.change, Change::Started, "node {n}");
+    }
+    // Calm: one instance at each edge. The crowd at edge-a fills edge-a's room; when it moves
+    // on, instances start for it (where, is the placement's call) while edge-b keeps its own.
+    assert_eq!((most(&steps[a], calm.0 + 2.0, calm.1), most(&steps[b], calm.0 + 2.0, calm.1)), (1, 1));
+    assert_eq!(most(&steps[a], crowd_a.0, crowd_a.1), 2, "{:?}", steps[a]);
+    let at = |n: usize, change: Change, (from, to): (f64, f64)| {
+        events.iter().filter(|e| e.node == n && e.change == change && e.at >= from && e.at < to).count()
+    };
+    assert!(at(a, Change::Started, crowd_a) >= 1);
+    assert!([cloud, a, b].iter().any(|&n| at(n, Change::Started, crowd_b) >= 1), "{events:?}");
+    assert_eq!(at(b, Change::Stopped, crowd_b), 0, "{events:?}");
+    // Once the crowd left edge-a, its extra instance goes; over the idle phase every instance
+    // goes (scale to zero), and the burst after it starts them again at both edges.
+    assert!(at(a, Change::Stopped, (crowd_b.0, idle.1)) >= 1, "{events:?}");
+    let burst = (idle.1, idle.1 + 8.0);
+    assert!(at(a, Change::Started, burst) >= 1 && at(b, Change::Started, burst) >= 1, "{events:?}");
+    for n in [cloud, a, b] {
+        assert_eq!(
+            most(&steps[n], idle.1 - 0.01, idle.1),
+            0,
+            "node {n} at the idle phase's end: {:?}",
+            steps[n]
+        );
+    }
+}
+
+#[test]
+fn instance_events_are_deterministic_and_go_with_the_level_they_happen_in() {
+    let s = flash_crowd();
+    let set = PolicySet::named("knative").unwrap();
+    let run = |seed| ikukantai_sim::run_set(&s, &set, seed, &Model::default()).unwrap();
+    let (one, again) = (run(2), run(2));
+    assert_eq!(one.levels[0].instances, again.levels[0].instances);
+    let level = &one.levels[0];
+    let end =
+        level.began + (s.load.warmup.0 + s.load.duration.0).as_secs_f64() + s.load.timeout.0.as_secs_f64();
+    assert!(!level.instances.is_empty());
+    assert!(level.instances.iter().all(|e| e.at <= end && e.function == 0), "{:?}", level.instances);
+    assert!(level.instances.windows(2).all(|w| w[0].at <= w[1].at), "in time order");
+}

@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use crate::autoscaler::{Autoscaler, Decision, ScalingSpec, TickInputs};
+use crate::autoscaler::{Autoscaler, Decision, ScalingMetric, ScalingSpec, TickInputs};
 use crate::estimate::RttMatrix;
 use crate::placement::{Placement, PlacementInput};
 
@@ -48,7 +48,11 @@ impl RevisionScaler {
         let decision = self.autoscaler.tick(now, inputs.tick);
         let mut demand = decision.demand_by_origin.clone();
         demand.resize(n, 0.0);
-        let mut want = decision.desired.max(self.placement.minimum(&demand, inputs.rtt, now));
+        // Demand is concurrency: an instance's share of it is its concurrency target.
+        let spec = self.autoscaler.spec();
+        let per_instance =
+            if spec.metric == ScalingMetric::Concurrency { spec.target } else { f64::INFINITY };
+        let mut want = decision.desired.max(self.placement.minimum(&demand, per_instance, inputs.rtt, now));
         let max_scale = self.autoscaler.spec().max_scale;
         if max_scale > 0 {
             want = want.min(max_scale);

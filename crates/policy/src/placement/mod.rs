@@ -78,10 +78,11 @@ pub trait Placement: Send + std::fmt::Debug {
     /// Instances per node.
     fn place(&mut self, input: &PlacementInput<'_>) -> Vec<u32>;
 
-    /// The fewest instances this policy wants for the current demand, whatever the autoscaler
-    /// says (a latency-aware policy may want one instance per distant site with demand). The
-    /// caller passes `max(autoscaler's desired, minimum)` as `desired`. Default: no minimum.
-    fn minimum(&self, _demand: &[f64], _rtt: &RttMatrix, _now: Instant) -> u32 {
+    /// The fewest instances this policy wants for the current demand (concurrency by origin),
+    /// whatever the autoscaler says (a latency-aware policy may want the instances each distant
+    /// site's own demand needs, `per_instance` being what one instance is sized for). The caller
+    /// passes `max(autoscaler's desired, minimum)` as `desired`. Default: no minimum.
+    fn minimum(&self, _demand: &[f64], _per_instance: f64, _rtt: &RttMatrix, _now: Instant) -> u32 {
         0
     }
 }

@@ -21,6 +21,10 @@
 //! trip on every request; with the minimum each site keeps its own instance while it has demand.
 //! The floor is absolute, not a share of the total: with twenty sites each has a twentieth of the
 //! demand, and a share rule left most of them to travel to an instance that wandered between them.
+//! And a site gets what its own demand needs at the autoscaler's target, not just one: a site short
+//! of instances queues its users at home (the trip costs more), the KPA panics on that queue and
+//! scales the whole revision up, then back down once it drains — at 1 000 nodes that swung between
+//! 400 and 1 800 instances every 18 s.
 
 use std::time::{Duration, Instant};
 
@@ -197,7 +201,13 @@ impl Placement for NearestPlacement {
         "nearest"
     }
 
-    fn minimum(&self, demand: &[f64], rtt: &crate::estimate::RttMatrix, now: Instant) -> u32 {
+    fn minimum(
+        &self,
+        demand: &[f64],
+        per_instance: f64,
+        rtt: &crate::estimate::RttMatrix,
+        now: Instant,
+    ) -> u32 {
         let total: f64 = demand.iter().filter(|d| d.is_finite() && **d > 0.0).sum();
         if total <= 0.0 {
             return 0;
@@ -206,13 +216,20 @@ impl Placement for NearestPlacement {
             .filter(|&o| demand[o].is_finite() && demand[o] > 0.0 && demand[o] >= self.params.min_site_demand)
             .collect();
         origins.sort_by(|&a, &b| demand[b].total_cmp(&demand[a]).then(a.cmp(&b)));
-        let mut sites: Vec<usize> = Vec::new();
+        // Sites, each with the demand of the origins it groups.
+        let mut sites: Vec<(usize, f64)> = Vec::new();
         for o in origins {
-            if !sites.iter().any(|&s| rtt.get(o, s, now) <= self.params.site_rtt_ms) {
-                sites.push(o);
+            match sites.iter_mut().find(|(s, _)| rtt.get(o, *s, now) <= self.params.site_rtt_ms) {
+                Some((_, d)) => *d += demand[o],
+                None => sites.push((o, demand[o])),
             }
         }
-        sites.len() as u32
+        // Each site needs what its own demand keeps busy, not a share of the total: a site short
+        // of instances queues its users locally (the trip elsewhere costs more), the autoscaler
+        // panics on that queue and scales the whole revision up, then back down once it drains.
+        let per_instance =
+            if per_instance.is_finite() && per_instance > 0.0 { per_instance } else { f64::INFINITY };
+        sites.iter().map(|&(_, d)| ((d / per_instance).ceil() as u32).max(1)).sum()
     }
 
     fn place(&mut self, input: &PlacementInput<'_>) -> Vec<u32> {

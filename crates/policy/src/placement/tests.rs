@@ -169,19 +169,24 @@ fn nearest_wants_one_instance_per_distant_site_with_demand() {
     let w = World::edge_cloud(vec![10, 10, 10]);
     let p = NearestPlacement::new(NearestParams::default());
     let now = Instant::now();
-    assert_eq!(p.minimum(&[0.0, 0.0, 0.0], &w.rtt, now), 0);
-    assert_eq!(p.minimum(&[0.2, 0.0, 0.3], &w.rtt, now), 2, "cloud and edge are 50 ms apart");
-    assert_eq!(p.minimum(&[0.2, 0.2, 0.0], &w.rtt, now), 1, "node0 and node1 are one site (0.5 ms)");
+    assert_eq!(p.minimum(&[0.0, 0.0, 0.0], 1.0, &w.rtt, now), 0);
+    assert_eq!(p.minimum(&[0.2, 0.0, 0.3], 1.0, &w.rtt, now), 2, "cloud and edge are 50 ms apart");
+    assert_eq!(p.minimum(&[0.2, 0.2, 0.0], 1.0, &w.rtt, now), 1, "node0 and node1 are one site (0.5 ms)");
     assert_eq!(
-        p.minimum(&[1.0, 0.0, 0.005], &w.rtt, now),
+        p.minimum(&[1.0, 0.0, 0.005], 1.0, &w.rtt, now),
         1,
         "a trickle keeping under 1 % of an instance busy gets none"
     );
     let twenty: Vec<f64> = (0..3).map(|_| 0.05).collect();
-    assert_eq!(p.minimum(&twenty, &w.rtt, now), 2, "small shares of a wide demand each count");
+    assert_eq!(p.minimum(&twenty, 1.0, &w.rtt, now), 2, "small shares of a wide demand each count");
+    // A site gets what its own demand keeps busy at the target, wherever the rest of the
+    // demand is: 1.5 at the edge with a target of 0.7 is three instances there.
+    assert_eq!(p.minimum(&[0.2, 0.0, 1.5], 0.7, &w.rtt, now), 1 + 3);
+    assert_eq!(p.minimum(&[0.6, 0.6, 0.0], 0.7, &w.rtt, now), 2, "one site, 1.2 of demand");
+    assert_eq!(p.minimum(&[0.2, 0.0, 1.5], f64::INFINITY, &w.rtt, now), 2, "no target: one per site");
     // The baselines ask for nothing extra.
-    assert_eq!(SpreadPlacement.minimum(&[0.2, 0.0, 0.3], &w.rtt, now), 0);
-    assert_eq!(YukariPlacement::new().minimum(&[0.2, 0.0, 0.3], &w.rtt, now), 0);
+    assert_eq!(SpreadPlacement.minimum(&[0.2, 0.0, 0.3], 1.0, &w.rtt, now), 0);
+    assert_eq!(YukariPlacement::new().minimum(&[0.2, 0.0, 0.3], 1.0, &w.rtt, now), 0);
 }
 
 #[test]

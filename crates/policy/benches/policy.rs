@@ -39,7 +39,10 @@ fn bench_pick(c: &mut Criterion) {
                     id: i as u64,
                     node: i % 10,
                     in_flight: (i * 7 % 10) as u32,
+                    own: (i * 7 % 10) as u32,
                     capacity: 10,
+                    slots: 10,
+                    load: (i * 7 % 10) as f64,
                     service_time_ms: Some(3.0 + (i % 3) as f64),
                     held_ms: Some(4.0 + (i % 3) as f64),
                 })

@@ -122,7 +122,10 @@ fn routing_and_placement_with_estimates_cost_at_most_2_percent_more_than_with_th
             id: k as u64 + 1,
             node,
             in_flight: 0,
+            own: 0,
             capacity: 10,
+            slots: 10,
+            load: 0.0,
             service_time_ms: Some(PROCESSING_MS),
             held_ms: None,
         })

@@ -10,7 +10,7 @@ use rand::SeedableRng;
 use rand::rngs::SmallRng;
 
 use crate::balance::{Balancer, Candidate, Completion, PickContext};
-use crate::estimate::{NodeIndex, PeakEwma};
+use crate::estimate::{Ewma, NodeIndex, PeakEwma};
 
 /// How fast an instance's estimates forget: a few seconds of requests.
 pub const ESTIMATE_DECAY: Duration = Duration::from_secs(5);
@@ -26,10 +26,14 @@ pub struct InstanceLoad {
     pub in_flight: u32,
     /// Its processing time (milliseconds).
     service_ms: PeakEwma,
-    /// Send → response, as this gateway sees it: how long a slot stays taken (milliseconds).
-    held_ms: PeakEwma,
+    /// Send → response, as this gateway sees it: how long a slot stays taken (milliseconds), on
+    /// average (a peak would count a queue others made at the instance as this gateway's own).
+    held_ms: Ewma,
     /// Requests of *other* gateways at the instance when it last answered this one, and when.
     others: Option<(u32, Instant)>,
+    /// The same, averaged over the last few seconds of answers: what to expect of an instance
+    /// whose last report is no longer fresh.
+    others_mean: Ewma,
 }
 
 impl InstanceLoad {
@@ -40,8 +44,9 @@ impl InstanceLoad {
             node,
             in_flight: 0,
             service_ms: PeakEwma::new(ESTIMATE_DECAY),
-            held_ms: PeakEwma::new(ESTIMATE_DECAY),
+            held_ms: Ewma::new(ESTIMATE_DECAY),
             others: None,
+            others_mean: Ewma::new(ESTIMATE_DECAY),
         }
     }
 
@@ -57,24 +62,35 @@ impl InstanceLoad {
     /// load the queue proxy reports on each response. For a couple of processing times after such
     /// a report, the requests of others it counted are taken as in flight here too: a site's
     /// only instance, busy with its own users, does not look free to a gateway one trip away.
+    ///
+    /// The candidate's `load` is what a request sent now should expect to find at the instance:
+    /// this gateway's requests there (those in flight, less the share of their time they spend on
+    /// the link) and the other gateways', as last reported while that is fresh, else as reported
+    /// on average over the last few seconds — an instance busy half the time with its own site's
+    /// users is not idle just because this gateway has not heard from it lately.
     pub fn candidate(&self, cc: u32, rtt_ms: f64, now: Instant) -> Candidate {
         let service_ms = self.service_ms.get();
+        let service = service_ms.unwrap_or(1.0).max(1.0);
         let capacity = if cc == 0 {
             0
         } else {
-            let in_transit = (f64::from(cc) * rtt_ms / service_ms.unwrap_or(1.0).max(1.0)).ceil();
+            let in_transit = (f64::from(cc) * rtt_ms / service).ceil();
             cc.saturating_add(in_transit.min(f64::from(u32::MAX / 2)) as u32)
         };
-        let fresh = Duration::from_secs_f64(2.0 * service_ms.unwrap_or(1.0).max(1.0) / 1e3);
-        let others = match self.others {
-            Some((n, at)) if now.saturating_duration_since(at) <= fresh => n,
-            _ => 0,
+        let fresh = Duration::from_secs_f64(2.0 * service / 1e3);
+        let (others, others_load) = match self.others {
+            Some((n, at)) if now.saturating_duration_since(at) <= fresh => (n, f64::from(n)),
+            _ => (0, self.others_mean.get().unwrap_or(0.0)),
         };
+        let own_there = f64::from(self.in_flight) * service / (service + rtt_ms.max(0.0));
         Candidate {
             id: self.id,
             node: self.node,
             in_flight: self.in_flight.saturating_add(others),
+            own: self.in_flight,
             capacity,
+            slots: cc,
+            load: own_there + others_load,
             service_time_ms: service_ms,
             held_ms: self.held_ms.get(),
             rtt_ms: Some(rtt_ms),
@@ -246,7 +262,9 @@ pub fn feed_back(
             && let Some(load) = response.reported_in_flight
         {
             // The load counts this response's request, and this gateway's others still there.
-            i.others = Some((load.saturating_sub(i.in_flight), now));
+            let others = load.saturating_sub(i.in_flight);
+            i.others = Some((others, now));
+            i.others_mean.observe(now, f64::from(others));
         }
     }
     balancer.observe(&Completion {
@@ -313,6 +331,39 @@ mod tests {
         let failed = Response { success: false, latency: Duration::from_secs(1), ..response };
         feed_back(balancer.as_mut(), Some(&mut instances[1]), (2, 1, 0), &failed, now);
         assert_eq!(instances[1].service_ms(), None);
+    }
+
+    #[test]
+    fn an_instance_not_heard_from_lately_keeps_the_load_others_put_on_it() {
+        let t0 = Instant::now();
+        let mut balancer = registry::balancer("ert", &PolicyParams::default()).expect("registered");
+        // An instance one 20 ms trip away; this gateway sent it a request now and then, and it
+        // was busy with another gateway's request every other time it answered.
+        let mut i = InstanceLoad::new(1, 1);
+        for k in 0..40u32 {
+            let now = t0 + Duration::from_millis(250 * u64::from(k));
+            i.in_flight = 1;
+            let response = Response {
+                latency: Duration::from_millis(30),
+                service_ms: Some(10.0),
+                from_queue_proxy: true,
+                reported_in_flight: Some(1 + k % 2),
+                success: true,
+            };
+            feed_back(balancer.as_mut(), Some(&mut i), (1, 1, 0), &response, now);
+            i.in_flight = 0;
+        }
+        let last = t0 + Duration::from_millis(250 * 39);
+        // Fresh: the last report (another gateway's request there).
+        assert_eq!(i.candidate(1, 20.0, last).load, 1.0);
+        // A second later: about half a request of others', on average.
+        let later = i.candidate(1, 20.0, last + Duration::from_secs(1));
+        assert!((0.35..0.65).contains(&later.load), "{later:?}");
+        assert_eq!(later.in_flight, 0, "room is counted from fresh reports only");
+        // This gateway's own requests count by the share of their time they are there.
+        i.in_flight = 3;
+        let own = i.candidate(1, 20.0, last + Duration::from_secs(1)).load - later.load;
+        assert!((own - 1.0).abs() < 1e-9, "3 × 10 / (10 + 20): {own}");
     }
 
     /// 100 instances, one per node, node `j` at `j` ms from the origin (node 0).

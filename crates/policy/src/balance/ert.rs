@@ -4,26 +4,29 @@
 //! state, and picks the smallest:
 //!
 //! ```text
-//! cost = RTT(origin → node) + service × max(1, (in_flight + 1) / soft_limit)
+//! cost = RTT(origin → node) + wait(load, slots) + service × max(1, (in_flight + 1) / soft_limit)
 //! ```
 //!
 //! - `service` is the instance's recent processing-time estimate (peak-EWMA, kept by the gateway),
 //!   else this balancer's estimate for the node, else for the whole revision, else a prior;
-//! - `soft_limit` is containerConcurrency when set (then the instance never slows down below it),
-//!   else the autoscaler's target concurrency: beyond the load an instance is sized for, processing
-//!   is assumed to stretch linearly (processor sharing).
+//! - `wait` is how long a request arriving now should expect to wait for one of the instance's
+//!   containerConcurrency slots, given the requests expected there ([`Candidate::load`]: this
+//!   gateway's, and the other gateways' as the instance reports them): half a processing time per
+//!   slot if all are taken, a processing time per slot for each request queued beyond them. So an
+//!   instance busy with its own site's users is not taken for an idle one by a gateway a trip
+//!   away, and a gateway's own spill counts against the site it spills to;
+//! - `soft_limit` (containerConcurrency 0 only) is the autoscaler's target concurrency: beyond the
+//!   load an instance is sized for, processing is assumed to stretch linearly (processor sharing).
 //!
-//! When instances are full (containerConcurrency reached), waiting for one of them is an option
-//! too: the expected wait for the `queued + 1`-th slot to free is `(queued + 1) × held / slots`,
-//! where `held` is how long a slot stays taken as this gateway sees it (send to response:
-//! processing plus proxying, plus the link for a remote instance — whose slots the gateway counts
-//! by its bandwidth-delay product, so the ratio stays the instance's real throughput). Using the
-//! processing time alone here made the wait look shorter than it was once the machine was busy,
-//! and requests queued for a local slot long past the point where the trip was cheaper.
-//! If waiting and then being served there beats every instance with room, the balancer answers
-//! `None` and the gateway buffers the request. So traffic stays local while local is fastest, and
-//! spills over exactly when the local queue would cost more than the trip to another node. Ties
-//! rotate, so equal instances share the load round-robin.
+//! When instances are full (as this gateway counts them), waiting for one of them is an option
+//! too. This gateway's requests there are answered at `Σ own / held` per millisecond (Little's
+//! law: its requests in flight there over how long each stays, on average — send to response, the
+//! link and any queue at the instance included, so the share other gateways take of the same
+//! slots is counted); the `queued + 1`-th waiting request expects to wait `(queued + ½) / rate`,
+//! then the trip and the instance's own queue. If that beats every instance with room, the
+//! balancer answers `None` and the gateway buffers the request. So traffic stays local while
+//! local is fastest, and spills over when the local queue would cost more than the trip to another
+//! node and that node's queue. Ties rotate, so equal instances share the load round-robin.
 
 use std::time::Duration;
 
@@ -70,6 +73,22 @@ impl ErtBalancer {
     }
 }
 
+/// The expected wait for a slot at an instance with `slots` slots (0 = unlimited) and `load`
+/// requests there (processing or queued) for a request arriving now, each taking `service`
+/// milliseconds: half a processing time per slot if all slots are taken (the chance of which is
+/// `(load / slots)^slots` below the brim), plus a processing time per slot for each request
+/// queued beyond them. Counting the queue once, from the instance's own report, is what keeps a
+/// queue of other gateways' requests from being counted again in how long a slot seems to be
+/// held.
+fn queue_wait(load: f64, slots: u32, service: f64) -> f64 {
+    if slots == 0 {
+        return 0.0;
+    }
+    let c = f64::from(slots);
+    let all_busy = (load / c).clamp(0.0, 1.0).powf(c);
+    (0.5 * all_busy + (load - c).max(0.0)) * service / c
+}
+
 struct Best {
     index: usize,
     cost: f64,
@@ -89,26 +108,30 @@ impl Balancer for ErtBalancer {
         let start = self.rotation % m;
         self.rotation = self.rotation.wrapping_add(1);
         let mut best: Option<Best> = None;
-        // Best "wait for a full instance" option: its cost once a slot frees, and its slots.
+        // The "wait here for a full instance" option: the best cost once one of this gateway's
+        // requests there is answered and its slot is taken again, and the rate they are answered
+        // at (requests per millisecond, by Little's law: in flight / how long each stays).
         let mut full_cost = f64::INFINITY;
-        let mut full_slots = 0u32;
-        let mut full_held = 0.0;
-        let mut full_count = 0u32;
+        let mut full_rate = 0.0;
         for k in 0..m {
             let i = (start + k) % m;
             let c = &candidates[i];
             let rtt = c.rtt_ms(ctx);
             let service = self.service_ms(c);
             if !c.has_room() {
-                full_cost = full_cost.min(rtt + service);
-                full_slots += c.capacity;
-                full_held += c.held_ms.unwrap_or(rtt + service).max(service);
-                full_count += 1;
+                let slots = f64::from(c.slots.max(1));
+                let queue = (c.load - slots).max(0.0) * service / slots;
+                full_cost = full_cost.min(rtt + queue + service);
+                let held = c.held_ms.unwrap_or(rtt + service).max(service);
+                full_rate += f64::from(c.own) / held;
                 continue;
             }
-            let soft = if c.capacity > 0 { f64::from(c.capacity) } else { ctx.target_concurrency.max(1.0) };
-            let stretch = if c.capacity > 0 { 1.0 } else { (f64::from(c.in_flight + 1) / soft).max(1.0) };
-            let cost = rtt + service * stretch;
+            let stretch = if c.capacity > 0 {
+                1.0
+            } else {
+                (f64::from(c.in_flight + 1) / ctx.target_concurrency.max(1.0)).max(1.0)
+            };
+            let cost = rtt + queue_wait(c.load, c.slots, service) + service * stretch;
             let better = match &best {
                 None => true,
                 Some(b) => {
@@ -120,9 +143,12 @@ impl Balancer for ErtBalancer {
             }
         }
         let best = best?;
-        if full_count > 0 {
-            let mean_held = full_held / f64::from(full_count);
-            let wait = f64::from(ctx.queued + 1) * mean_held / f64::from(full_slots.max(1));
+        if full_cost.is_finite() {
+            // The request waits here behind those queued before it for one of this gateway's
+            // requests to be answered: half the time between two answers, on average, for the
+            // first. Others' requests at the same instances take their share of the slots, and
+            // this counts it: what frees for this gateway is what it sees answered.
+            let wait = (f64::from(ctx.queued) + 0.5) / full_rate.max(f64::MIN_POSITIVE);
             if full_cost + wait < best.cost {
                 return None;
             }

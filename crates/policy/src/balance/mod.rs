@@ -29,13 +29,23 @@ pub struct Candidate {
     pub node: NodeIndex,
     /// Requests in flight to the instance now (including ones this gateway sent).
     pub in_flight: u32,
-    /// containerConcurrency: at most this many in flight; 0 = unlimited.
+    /// Of those, the requests this gateway sent.
+    pub own: u32,
+    /// At most this many in flight, as this gateway counts them (containerConcurrency, plus the
+    /// link's bandwidth-delay allowance for an instance across a link); 0 = unlimited.
     pub capacity: u32,
+    /// containerConcurrency at the instance itself: requests it processes at once; 0 = unlimited.
+    pub slots: u32,
+    /// Requests expected at the instance (processing or waiting in its queue proxy, of every
+    /// gateway) when one sent now arrives there: this gateway's, less those still on the link,
+    /// and the other gateways' as the instance last reported them, or their recent average.
+    pub load: f64,
     /// Recent estimate of the instance's processing time (milliseconds), if known.
     pub service_time_ms: Option<f64>,
     /// Recent estimate of how long a request sent from this gateway holds one of the instance's
-    /// slots here, from sending to the response (milliseconds), if known: processing plus the
-    /// proxying overhead, plus the link for an instance on another node.
+    /// slots here, from sending to the response (milliseconds, on average), if known: processing
+    /// plus the proxying overhead and any wait at the instance, plus the link for an instance on
+    /// another node.
     pub held_ms: Option<f64>,
     /// The RTT from the request's origin to the instance's node (milliseconds) as the gateway
     /// took it for this pick; `None`: the balancer asks the matrix ([`Candidate::rtt_ms`]).

@@ -6,7 +6,18 @@ use super::*;
 use crate::registry::{self, PolicyParams};
 
 pub(crate) fn cand(id: u64, node: usize, in_flight: u32, capacity: u32) -> Candidate {
-    Candidate { id, node, in_flight, capacity, service_time_ms: None, held_ms: None, rtt_ms: None }
+    Candidate {
+        id,
+        node,
+        in_flight,
+        own: in_flight,
+        capacity,
+        slots: capacity,
+        load: f64::from(in_flight),
+        service_time_ms: None,
+        held_ms: None,
+        rtt_ms: None,
+    }
 }
 
 /// node0, node1 (cloud, 0.5 ms apart) and node2 (edge, 50 ms from both).
@@ -173,9 +184,9 @@ fn ert_waits_for_a_local_slot_while_the_queue_is_short_and_spills_when_it_is_lon
     let cs = [local, cloud];
     let mut c = ctx(&rtt, 2, t0);
     c.queued = 5;
-    assert_eq!(b.pick(&c, &cs), None, "6 × 4 ms / 10 slots = 2.4 ms wait beats 50 ms");
+    assert_eq!(b.pick(&c, &cs), None, "10 answered per 4 ms: a 5.5 × 0.4 ms wait beats 50 ms");
     c.queued = 200;
-    assert_eq!(b.pick(&c, &cs), Some(1), "201 × 0.4 ms = 80 ms wait: go to the cloud");
+    assert_eq!(b.pick(&c, &cs), Some(1), "200.5 × 0.4 ms = 80 ms wait: go to the cloud");
 }
 
 #[test]
@@ -189,10 +200,73 @@ fn ert_counts_the_wait_in_how_long_slots_are_really_held() {
     cloud.service_time_ms = Some(4.0);
     let mut c = ctx(&rtt, 2, Instant::now());
     c.queued = 7;
-    assert_eq!(b.pick(&c, &[local, cloud]), None, "8 × 4 ms = 32 ms + 4 beats 54 ms");
+    assert_eq!(b.pick(&c, &[local, cloud]), None, "7.5 × 4 ms = 30 ms + 4 beats 54 ms");
     // A busy machine: the gateway sees each local request hold its slot for 9 ms.
     local.held_ms = Some(9.0);
-    assert_eq!(b.pick(&c, &[local, cloud]), Some(1), "8 × 9 ms = 72 ms: the trip is cheaper");
+    assert_eq!(b.pick(&c, &[local, cloud]), Some(1), "7.5 × 9 ms = 67.5 ms: the trip is cheaper");
+}
+
+#[test]
+fn an_overloaded_edge_keeps_serving_its_own_users_up_to_the_point_where_waiting_exceeds_the_trip() {
+    let rtt = edge_cloud();
+    let mut b = ErtBalancer::new(ErtParams::default());
+    // The edge's only slot is busy with one of its own users (10 ms); the cloud, 50 ms away, is idle.
+    let mut local = cand(1, 2, 1, 1);
+    local.service_time_ms = Some(10.0);
+    local.held_ms = Some(10.0);
+    let mut cloud = cand(2, 0, 0, 3);
+    cloud.slots = 1;
+    cloud.service_time_ms = Some(10.0);
+    let mut c = ctx(&rtt, 2, Instant::now());
+    // Waiting behind q others costs (q + ½) × 10 ms, the trip 50 ms: wait while q ≤ 4.
+    for queued in 0..=4 {
+        c.queued = queued;
+        assert_eq!(b.pick(&c, &[local, cloud]), None, "{queued} queued: wait at home");
+    }
+    c.queued = 5;
+    assert_eq!(b.pick(&c, &[local, cloud]), Some(1), "55 ms of waiting: the trip is cheaper");
+    // The cloud's instance has a queue of its own (2 beyond its slot, as it reported): half a
+    // processing time for the one it serves and one for each queued, 25 ms more there, so the
+    // edge keeps two more at home.
+    cloud.in_flight = 3;
+    cloud.load = 3.0;
+    cloud.capacity = 4;
+    for queued in 5..=6 {
+        c.queued = queued;
+        assert_eq!(b.pick(&c, &[local, cloud]), None, "{queued} queued: the cloud queues too");
+    }
+}
+
+#[test]
+fn two_sites_one_trip_apart_wait_for_their_own_busy_instance_rather_than_cross() {
+    // node0 and node1 are 15 ms apart, each with one instance (10 ms, containerConcurrency 1)
+    // busy half the time with its own users. node0's instance is busy now.
+    let mut rtt = RttMatrix::new(2, 15.0, Duration::from_secs(30));
+    rtt.set_prior(0, 0, 0.0);
+    rtt.set_prior(1, 1, 0.0);
+    let mut b = ErtBalancer::new(ErtParams::default());
+    let mut home = cand(1, 0, 1, 1);
+    home.service_time_ms = Some(10.0);
+    home.held_ms = Some(10.0);
+    // Seen from node0: room by the link's allowance, and the other site's users there half the
+    // time on average.
+    let mut other = cand(2, 1, 0, 3);
+    other.slots = 1;
+    other.load = 0.5;
+    other.service_time_ms = Some(10.0);
+    let mut c = ctx(&rtt, 0, Instant::now());
+    // Home: 5 ms for the slot + 10; across: 15 + 2.5 ms (busy half the time, half a
+    // processing time left) + 10.
+    for queued in 0..=1 {
+        c.queued = queued;
+        assert_eq!(b.pick(&c, &[home, other]), None, "{queued} queued: wait at home");
+    }
+    c.queued = 2;
+    assert_eq!(b.pick(&c, &[home, other]), Some(1), "25 ms of waiting: cross");
+    // Had node0 not counted the other site's own users, it would cross with one queued.
+    other.load = 0.0;
+    c.queued = 1;
+    assert_eq!(b.pick(&c, &[home, other]), Some(1));
 }
 
 #[test]
@@ -242,7 +316,10 @@ fn arb_candidates() -> impl Strategy<Value = (Vec<Candidate>, usize, u32)> {
                         id: 0,
                         node,
                         in_flight,
+                        own: in_flight,
                         capacity,
+                        slots: capacity,
+                        load: f64::from(in_flight),
                         service_time_ms: st,
                         held_ms: None,
                         rtt_ms: None,

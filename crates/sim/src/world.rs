@@ -387,16 +387,13 @@ impl World {
             while !g.waiting.is_empty() {
                 let Some(instance) = pick(g, &rtt, node, cc, target, 0, now) else { break };
                 let req = g.waiting.pop().expect("not empty");
+                // The activator counts a request while it waits; once forwarded, its instance
+                // counts it (so the time on the link counts nowhere).
+                g.activator.request_out(now, false);
                 go.push((req, instance));
             }
         }
         self.rtt = rtt;
-        // The activator counts a request while it waits; once forwarded, its instance counts it
-        // (so the time on the link counts nowhere).
-        let g = self.gateway(node, rev);
-        for _ in &go {
-            g.activator.request_out(now, false);
-        }
         for (req, instance) in go {
             self.forward(req, instance);
         }

@@ -200,7 +200,7 @@ impl RttMatrix {
     /// The RTT to use at `now` and its source: a fresh sample, else both nodes' recent
     /// coordinates if their expected error is small enough, else the prior.
     pub fn lookup(&self, from: NodeIndex, to: NodeIndex, now: Instant) -> Rtt {
-        self.choose(from, to, now, self.sample(from, to), self.recent_coordinate(from, now))
+        self.choose(from, to, now, self.sample(from, to), || self.recent_coordinate(from, now))
     }
 
     /// Every RTT from `from` at `now` (ms, by node), as [`RttMatrix::get`] gives them one by one:
@@ -212,7 +212,7 @@ impl RttMatrix {
         }
         let samples = self.rows[from].as_deref();
         let here = self.recent_coordinate(from, now);
-        out.extend((0..self.n).map(|to| self.choose(from, to, now, samples.and_then(|r| r[to]), here).ms));
+        out.extend((0..self.n).map(|to| self.choose(from, to, now, samples.and_then(|r| r[to]), || here).ms));
     }
 
     /// The coordinates' estimate for `from → to` and its expected relative error, whatever the
@@ -221,14 +221,15 @@ impl RttMatrix {
         Self::between(self.recent_coordinate(from, now)?, self.recent_coordinate(to, now)?)
     }
 
-    /// [`RttMatrix::lookup`] with the pair's sample and `from`'s recent coordinate at hand.
-    fn choose(
-        &self,
+    /// [`RttMatrix::lookup`] with the pair's sample at hand and `from`'s recent coordinate a call
+    /// away (asked only when the sample is not fresh: a gateway's lookups mostly end at the sample).
+    fn choose<'a>(
+        &'a self,
         from: NodeIndex,
         to: NodeIndex,
         now: Instant,
         sample: Option<(f64, Instant)>,
-        here: Option<&Coordinate>,
+        here: impl FnOnce() -> Option<&'a Coordinate>,
     ) -> Rtt {
         let prior = self.prior_ms[from * self.n + to];
         if from == to {
@@ -239,7 +240,7 @@ impl RttMatrix {
         {
             return Rtt { ms, source: RttSource::Measured };
         }
-        if let Some(a) = here
+        if let Some(a) = here()
             && let Some(b) = self.recent_coordinate(to, now)
             && let Some((ms, error)) = Self::between(a, b)
             && error <= self.coordinates.max_error

@@ -133,6 +133,23 @@ pub(crate) fn sim(path: &Path, out: &Path, seed: u64, runs: u32) -> anyhow::Resu
     Ok(ExitCode::SUCCESS)
 }
 
+/// `ikukantai sim --case K`: cases of a sweep as scenario files, to rerun one by one.
+pub(crate) fn write_cases(cases: &[usize], out: &Path, seed: u64) -> anyhow::Result<ExitCode> {
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    for &case in cases {
+        let file = out.join(format!("case-{case}.yaml"));
+        write_case(seed, case, &file)?;
+        outln!("{}", file.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn write_case(seed: u64, case: usize, file: &Path) -> anyhow::Result<()> {
+    let text = serde_saphyr::to_string(&ikukantai_sim::sweep::case(seed, case))
+        .with_context(|| format!("cannot write case {case} as YAML"))?;
+    std::fs::write(file, text).with_context(|| format!("cannot write {}", file.display()))
+}
+
 /// `ikukantai sim --sweep N`: random cases, `ours` against the better baseline, the worst cases
 /// written out as scenarios for `bench` and `sim`.
 pub(crate) fn sweep(count: usize, out: &Path, seed: u64) -> anyhow::Result<ExitCode> {
@@ -151,9 +168,7 @@ pub(crate) fn sweep(count: usize, out: &Path, seed: u64) -> anyhow::Result<ExitC
     );
     for (rank, case) in sweep::worst_cases(&results, 5).into_iter().enumerate() {
         let file = out.join(format!("worst-{}.yaml", rank + 1));
-        let text = serde_saphyr::to_string(&sweep::case(seed, case))
-            .with_context(|| format!("cannot write case {case} as YAML"))?;
-        std::fs::write(&file, text).with_context(|| format!("cannot write {}", file.display()))?;
+        write_case(seed, case, &file)?;
         md += &format!("- `{}`: case {case}\n", file.display());
     }
     std::fs::write(out.join("sweep.json"), serde_json::to_vec_pretty(&(&summary, &results))?)?;

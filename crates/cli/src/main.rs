@@ -171,8 +171,8 @@ enum Command {
     /// modelled links and processing; the same report as `bench`, in seconds, and repeatable.
     /// With `--sweep N`, N random edge–cloud cases instead, `ours` against the baselines.
     Sim {
-        /// Scenario file (see bench/*.yaml); not with `--sweep`.
-        #[arg(required_unless_present = "sweep", conflicts_with = "sweep")]
+        /// Scenario file (see bench/*.yaml); not with `--sweep` or `--case`.
+        #[arg(required_unless_present_any = ["sweep", "case"], conflicts_with_all = ["sweep", "case"])]
         scenario: Option<PathBuf>,
         /// Output directory (report.json, report.md, plots; or sweep.md, sweep.json and the worst
         /// cases as scenario files).
@@ -187,6 +187,10 @@ enum Command {
         /// Run every policy set this many times (seeds S, S+1, …), as `bench --runs`.
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..), conflicts_with = "sweep")]
         runs: u32,
+        /// Write case K of the sweep seeded `--seed` as `case-K.yaml` in `--out`, to rerun with
+        /// `sim` or `bench`, and run nothing (repeatable).
+        #[arg(long, value_name = "K", conflicts_with = "sweep")]
+        case: Vec<usize>,
     },
     /// Print the CustomResourceDefinitions (Knative Service, Placement) for Kubernetes.
     Crds {
@@ -244,10 +248,10 @@ fn main() -> ExitCode {
             Command::Bench { scenario, out, seed, runs } => {
                 evaluate::bench(&scenario, &out, seed, runs).await
             }
-            Command::Sim { scenario, out, seed, sweep, runs } => match (scenario, sweep) {
+            Command::Sim { scenario, out, seed, sweep, runs, case } => match (scenario, sweep) {
                 (_, Some(count)) => evaluate::sweep(count, &out, seed),
                 (Some(scenario), None) => evaluate::sim(&scenario, &out, seed, runs),
-                (None, None) => unreachable!("clap requires one"),
+                (None, None) => evaluate::write_cases(&case, &out, seed),
             },
         }
     });

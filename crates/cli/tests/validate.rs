@@ -198,3 +198,20 @@ fn a_scenario_with_bad_phases_and_functions_lists_every_problem() {
         assert!(stderr.contains(&expected), "missing {expected:?} in\n{stderr}");
     }
 }
+
+#[test]
+fn a_sweep_case_is_written_as_a_scenario_that_validates() {
+    let dir = std::env::temp_dir().join(format!("ikukantai-case-{}", std::process::id()));
+    let out =
+        ikukantai(&["sim", "--case", "4", "--case", "7", "--seed", "3", "--out", dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let files = ["case-4.yaml", "case-7.yaml"].map(|f| dir.join(f));
+    let checked =
+        ikukantai(&["validate", "-f", files[0].to_str().unwrap(), "-f", files[1].to_str().unwrap()]);
+    let written = std::fs::read_to_string(&files[0]);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(checked.status.success(), "{}", text(&checked.stderr));
+    assert!(written.unwrap().contains("name: sweep-3-4"), "named after its seed and index");
+    let out = ikukantai(&["sim", "bench/smoke.yaml", "--case", "1", "--out", "/nonexistent"]);
+    assert_eq!(out.status.code(), Some(2), "a scenario and a case are one too many");
+}

@@ -77,6 +77,7 @@ fn bench_place(c: &mut Criterion) {
                 processing_ms: &processing,
                 rtt: &rtt,
                 now,
+                per_instance: 1.0,
             };
             group.bench_with_input(BenchmarkId::new(entry.name, n), &input, |b, input| {
                 b.iter_batched(

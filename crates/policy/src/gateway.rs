@@ -32,7 +32,8 @@ pub struct InstanceLoad {
     /// Requests of *other* gateways at the instance when it last answered this one, and when.
     others: Option<(u32, Instant)>,
     /// The same, averaged over the last few seconds of answers: what to expect of an instance
-    /// whose last report is no longer fresh.
+    /// whose last report is no longer fresh — fading as that report ages, since only sending
+    /// there brings a new one.
     others_mean: Ewma,
 }
 
@@ -67,7 +68,9 @@ impl InstanceLoad {
     /// this gateway's requests there (those in flight, less the share of their time they spend on
     /// the link) and the other gateways', as last reported while that is fresh, else as reported
     /// on average over the last few seconds — an instance busy half the time with its own site's
-    /// users is not idle just because this gateway has not heard from it lately.
+    /// users is not idle just because this gateway has not heard from it lately. That average
+    /// fades as the last report ages (by [`ESTIMATE_DECAY`]): a queue seen once, at a cold start,
+    /// would otherwise keep this gateway away, and so from ever hearing that it drained.
     pub fn candidate(&self, cc: u32, rtt_ms: f64, now: Instant) -> Candidate {
         let service_ms = self.service_ms.get();
         let service = service_ms.unwrap_or(1.0).max(1.0);
@@ -80,7 +83,7 @@ impl InstanceLoad {
         let fresh = Duration::from_secs_f64(2.0 * service / 1e3);
         let (others, others_load) = match self.others {
             Some((n, at)) if now.saturating_duration_since(at) <= fresh => (n, f64::from(n)),
-            _ => (0, self.others_mean.get().unwrap_or(0.0)),
+            _ => (0, self.others_mean.fading(now).unwrap_or(0.0)),
         };
         let own_there = f64::from(self.in_flight) * service / (service + rtt_ms.max(0.0));
         Candidate {
@@ -452,5 +455,26 @@ mod tests {
         shortlist.fill(&ctx, 1, &instances);
         assert!(shortlist.chosen.iter().any(|&(k, rtt)| k == 99 && rtt == 0.0));
         assert_eq!(shortlist.candidates.iter().find(|c| c.node == 0).map(|c| c.id), Some(99));
+    }
+
+    #[test]
+    fn a_queue_reported_once_fades_until_the_instance_is_heard_from_again() {
+        let now = Instant::now();
+        let mut balancer = registry::balancer("ert", &PolicyParams::default()).expect("registered");
+        let mut instance = InstanceLoad::new(1, 0);
+        // One answer, at a cold start, with five requests of others queued there.
+        let response = Response {
+            latency: Duration::from_millis(50),
+            service_ms: Some(10.0),
+            from_queue_proxy: true,
+            reported_in_flight: Some(5),
+            success: true,
+        };
+        feed_back(balancer.as_mut(), Some(&mut instance), (1, 0, 0), &response, now);
+        let load = |after: Duration| instance.candidate(1, 0.0, now + after).load;
+        assert_eq!(load(Duration::ZERO), 5.0, "fresh: as reported");
+        let stale = load(Duration::from_secs(1));
+        assert!(stale < 5.0 && stale > 4.0, "the average, fading a little: {stale}");
+        assert!(load(ESTIMATE_DECAY * 4) < 0.1, "faded: {}", load(ESTIMATE_DECAY * 4));
     }
 }

@@ -52,21 +52,24 @@ impl RevisionScaler {
         let spec = self.autoscaler.spec();
         let per_instance =
             if spec.metric == ScalingMetric::Concurrency { spec.target } else { f64::INFINITY };
-        let mut want = decision.desired.max(self.placement.minimum(&demand, per_instance, inputs.rtt, now));
-        let max_scale = self.autoscaler.spec().max_scale;
-        if max_scale > 0 {
-            want = want.min(max_scale);
-        }
         let processing = vec![None; n];
-        let desired = self.placement.place(&PlacementInput {
-            desired: want,
+        let mut input = PlacementInput {
+            desired: decision.desired,
             demand: &demand,
             capacity: inputs.room,
             current: inputs.current,
             processing_ms: &processing,
             rtt: inputs.rtt,
             now,
-        });
+            per_instance,
+        };
+        let mut want = decision.desired.max(self.placement.minimum(&input));
+        let max_scale = self.autoscaler.spec().max_scale;
+        if max_scale > 0 {
+            want = want.min(max_scale);
+        }
+        input.desired = want;
+        let desired = self.placement.place(&input);
         (decision, desired)
     }
 }

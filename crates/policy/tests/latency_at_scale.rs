@@ -92,6 +92,7 @@ fn routing_and_placement_with_estimates_cost_at_most_2_percent_more_than_with_th
         processing_ms: &processing,
         rtt,
         now: sim.now,
+        per_instance: 1.0,
     };
     let mut hosts = Vec::new();
     for entry in registry::PLACEMENTS {

@@ -52,6 +52,14 @@ impl Ewma {
     pub fn get(&self) -> Option<f64> {
         self.value
     }
+
+    /// The average as a belief that fades while no sample comes: its value weighted by how
+    /// recent the last sample is (1 at once, 1/e one decay later). For an estimate that is only
+    /// refreshed by acting on it, so one high sample cannot keep it from ever being refreshed.
+    pub fn fading(&self, now: Instant) -> Option<f64> {
+        let (value, at) = (self.value?, self.updated?);
+        Some(value * decay_weight(now.saturating_duration_since(at), self.decay))
+    }
 }
 
 /// Peak-sensitive EWMA (the estimator linkerd and tower use for latency): a sample above the current

@@ -35,6 +35,9 @@ pub struct PlacementInput<'a> {
     pub rtt: &'a RttMatrix,
     /// Now.
     pub now: Instant,
+    /// The concurrency one instance is sized for (the autoscaler's target), in the unit of
+    /// `demand`; infinite when the revision is not scaled on concurrency.
+    pub per_instance: f64,
 }
 
 impl PlacementInput<'_> {
@@ -78,11 +81,11 @@ pub trait Placement: Send + std::fmt::Debug {
     /// Instances per node.
     fn place(&mut self, input: &PlacementInput<'_>) -> Vec<u32>;
 
-    /// The fewest instances this policy wants for the current demand (concurrency by origin),
-    /// whatever the autoscaler says (a latency-aware policy may want the instances each distant
-    /// site's own demand needs, `per_instance` being what one instance is sized for). The caller
-    /// passes `max(autoscaler's desired, minimum)` as `desired`. Default: no minimum.
-    fn minimum(&self, _demand: &[f64], _per_instance: f64, _rtt: &RttMatrix, _now: Instant) -> u32 {
+    /// The fewest instances this policy wants for the input's demand (concurrency by origin),
+    /// whatever the autoscaler says (`input.desired` is not read): a latency-aware policy may
+    /// want the instances each distant site's own demand needs. The caller passes
+    /// `max(autoscaler's desired, minimum)` as `desired` to [`Placement::place`]. Default: none.
+    fn minimum(&self, _input: &PlacementInput<'_>) -> u32 {
         0
     }
 }

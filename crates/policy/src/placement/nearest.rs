@@ -49,7 +49,7 @@ impl Default for NearestParams {
         Self {
             migrate_after: Duration::from_secs(30),
             min_gain_ms: 5.0,
-            site_rtt_ms: 10.0,
+            site_rtt_ms: 1.0,
             min_site_demand: 0.01,
         }
     }
@@ -62,25 +62,88 @@ pub struct NearestPlacement {
     misplaced_since: Option<Instant>,
 }
 
+/// Origins close enough to be served as one, and their demand.
+#[derive(Debug, Clone, Copy)]
+struct Site {
+    /// The busiest origin of the site: where its instances go.
+    at: usize,
+    /// The concurrency its origins' requests keep busy.
+    demand: f64,
+}
+
+/// Instances a site with `demand` concurrency needs, `per_instance` each (the target; infinite
+/// when the revision is not scaled on concurrency): what keeps them at the target — the
+/// autoscaler's own sizing, so a site short of instances does not queue its users at home. At
+/// least one.
+fn site_need(demand: f64, per_instance: f64) -> u32 {
+    if !(per_instance.is_finite() && per_instance > 0.0 && demand.is_finite() && demand > 0.0) {
+        return 1;
+    }
+    ((demand / per_instance).ceil() as u32).max(1)
+}
+
 impl NearestPlacement {
     /// A new placement policy.
     pub fn new(params: NearestParams) -> Self {
         Self { params, misplaced_since: None }
     }
 
+    /// The sites with demand, the busiest first: origins with at least `min_site_demand`, each
+    /// joining the first busier origin within `site_rtt_ms` of it (that origin stands for the
+    /// site), with the demand of the origins it groups.
+    fn sites(&self, input: &PlacementInput<'_>) -> Vec<Site> {
+        let demand = input.demand;
+        let mut origins: Vec<usize> = (0..demand.len().min(input.rtt.len()))
+            .filter(|&o| demand[o].is_finite() && demand[o] > 0.0 && demand[o] >= self.params.min_site_demand)
+            .collect();
+        origins.sort_by(|&a, &b| demand[b].total_cmp(&demand[a]).then(a.cmp(&b)));
+        let mut sites: Vec<Site> = Vec::new();
+        for o in origins {
+            match sites.iter_mut().find(|s| input.rtt.get(o, s.at, input.now) <= self.params.site_rtt_ms) {
+                Some(site) => site.demand += demand[o],
+                None => sites.push(Site { at: o, demand: demand[o] }),
+            }
+        }
+        sites
+    }
+
+    /// What each site's own demand needs (see [`site_need`]), the busiest site first.
+    fn site_needs(&self, input: &PlacementInput<'_>) -> Vec<(usize, u32)> {
+        self.sites(input)
+            .into_iter()
+            .map(|site| (site.at, site_need(site.demand, input.per_instance)))
+            .collect()
+    }
+
     /// The ideal placement for the input (step 1), or `None` without a demand signal.
-    fn ideal(input: &PlacementInput<'_>, total: u32) -> Option<Vec<u32>> {
+    fn ideal(&self, input: &PlacementInput<'_>, total: u32) -> Option<Vec<u32>> {
         let n = input.nodes();
         let demand: Vec<f64> = (0..n).map(|j| input.demand.get(j).copied().unwrap_or(0.0)).collect();
         let sum: f64 = demand.iter().filter(|d| d.is_finite() && **d > 0.0).sum();
         if sum <= 0.0 {
             return None;
         }
-        // Whole shares first: an origin with demand for k instances gets them near it.
-        let units: Vec<u32> = demand
-            .iter()
-            .map(|&d| if d.is_finite() && d > 0.0 { (f64::from(total) * d / sum).floor() as u32 } else { 0 })
-            .collect();
+        // Each site what its own demand needs, the busiest first, when the total allows it; one
+        // each when it covers only that; whatever is left in whole shares of the demand, so an
+        // origin with demand for k more instances gets them near it. Fewer instances than sites
+        // are all placed where they are near most of the demand (below).
+        let mut units = vec![0u32; n];
+        let mut left = total;
+        let needs = self.site_needs(input);
+        let all: u32 = needs.iter().map(|&(_, need)| need).sum();
+        if total as usize >= needs.len() {
+            for (at, need) in needs {
+                let here = if total >= all { need } else { 1 };
+                units[at] += here;
+                left -= here;
+            }
+        }
+        let rest = left;
+        for (o, &d) in demand.iter().enumerate() {
+            if d.is_finite() && d > 0.0 {
+                units[o] += (f64::from(rest) * d / sum).floor() as u32;
+            }
+        }
         let mut room: Vec<u32> = input.capacity.to_vec();
         let mut ideal = vec![0u32; n];
         let mut response = Vec::new();
@@ -201,40 +264,13 @@ impl Placement for NearestPlacement {
         "nearest"
     }
 
-    fn minimum(
-        &self,
-        demand: &[f64],
-        per_instance: f64,
-        rtt: &crate::estimate::RttMatrix,
-        now: Instant,
-    ) -> u32 {
-        let total: f64 = demand.iter().filter(|d| d.is_finite() && **d > 0.0).sum();
-        if total <= 0.0 {
-            return 0;
-        }
-        let mut origins: Vec<usize> = (0..demand.len().min(rtt.len()))
-            .filter(|&o| demand[o].is_finite() && demand[o] > 0.0 && demand[o] >= self.params.min_site_demand)
-            .collect();
-        origins.sort_by(|&a, &b| demand[b].total_cmp(&demand[a]).then(a.cmp(&b)));
-        // Sites, each with the demand of the origins it groups.
-        let mut sites: Vec<(usize, f64)> = Vec::new();
-        for o in origins {
-            match sites.iter_mut().find(|(s, _)| rtt.get(o, *s, now) <= self.params.site_rtt_ms) {
-                Some((_, d)) => *d += demand[o],
-                None => sites.push((o, demand[o])),
-            }
-        }
-        // Each site needs what its own demand keeps busy, not a share of the total: a site short
-        // of instances queues its users locally (the trip elsewhere costs more), the autoscaler
-        // panics on that queue and scales the whole revision up, then back down once it drains.
-        let per_instance =
-            if per_instance.is_finite() && per_instance > 0.0 { per_instance } else { f64::INFINITY };
-        sites.iter().map(|&(_, d)| ((d / per_instance).ceil() as u32).max(1)).sum()
+    fn minimum(&self, input: &PlacementInput<'_>) -> u32 {
+        self.site_needs(input).iter().map(|&(_, need)| need).sum()
     }
 
     fn place(&mut self, input: &PlacementInput<'_>) -> Vec<u32> {
         let total = input.reachable_total();
-        let Some(ideal) = Self::ideal(input, total) else {
+        let Some(ideal) = self.ideal(input, total) else {
             self.misplaced_since = None;
             return SpreadPlacement.place(input);
         };
@@ -383,6 +419,7 @@ mod tests {
             let processing = vec![None; n];
             let input = PlacementInput {
                 desired: 0, demand: &demand, capacity: &capacity, current: &[], processing_ms: &processing, rtt: &rtt, now,
+                per_instance: 1.0,
             };
             let response: Vec<Vec<f64>> = (0..n).map(|o| (0..n).map(|j| input.response_ms(o, j)).collect()).collect();
             let (mut ideal, mut room) = (placed[..n].to_vec(), room[..n].to_vec());

@@ -32,7 +32,13 @@ impl World {
             processing_ms: &self.processing,
             rtt: &self.rtt,
             now,
+            per_instance: f64::INFINITY,
         }
+    }
+
+    /// What `p` asks for at least, with `per_instance` concurrency an instance.
+    fn minimum(&self, p: &dyn Placement, demand: &[f64], per_instance: f64) -> u32 {
+        p.minimum(&PlacementInput { per_instance, ..self.input(0, demand, &[], Instant::now()) })
     }
 }
 
@@ -168,25 +174,41 @@ fn nearest_does_not_migrate_for_a_small_gain() {
 fn nearest_wants_one_instance_per_distant_site_with_demand() {
     let w = World::edge_cloud(vec![10, 10, 10]);
     let p = NearestPlacement::new(NearestParams::default());
-    let now = Instant::now();
-    assert_eq!(p.minimum(&[0.0, 0.0, 0.0], 1.0, &w.rtt, now), 0);
-    assert_eq!(p.minimum(&[0.2, 0.0, 0.3], 1.0, &w.rtt, now), 2, "cloud and edge are 50 ms apart");
-    assert_eq!(p.minimum(&[0.2, 0.2, 0.0], 1.0, &w.rtt, now), 1, "node0 and node1 are one site (0.5 ms)");
+    assert_eq!(w.minimum(&p, &[0.0, 0.0, 0.0], 1.0), 0);
+    assert_eq!(w.minimum(&p, &[0.2, 0.0, 0.3], 1.0), 2, "cloud and edge are 50 ms apart");
+    assert_eq!(w.minimum(&p, &[0.2, 0.2, 0.0], 1.0), 1, "node0 and node1 are one site (0.5 ms)");
     assert_eq!(
-        p.minimum(&[1.0, 0.0, 0.005], 1.0, &w.rtt, now),
+        w.minimum(&p, &[1.0, 0.0, 0.005], 1.0),
         1,
         "a trickle keeping under 1 % of an instance busy gets none"
     );
-    let twenty: Vec<f64> = (0..3).map(|_| 0.05).collect();
-    assert_eq!(p.minimum(&twenty, 1.0, &w.rtt, now), 2, "small shares of a wide demand each count");
+    assert_eq!(w.minimum(&p, &[0.05; 3], 1.0), 2, "small shares of a wide demand each count");
     // A site gets what its own demand keeps busy at the target, wherever the rest of the
-    // demand is: 1.5 at the edge with a target of 0.7 is three instances there.
-    assert_eq!(p.minimum(&[0.2, 0.0, 1.5], 0.7, &w.rtt, now), 1 + 3);
-    assert_eq!(p.minimum(&[0.6, 0.6, 0.0], 0.7, &w.rtt, now), 2, "one site, 1.2 of demand");
-    assert_eq!(p.minimum(&[0.2, 0.0, 1.5], f64::INFINITY, &w.rtt, now), 2, "no target: one per site");
+    // demand is, room or not: 1.5 at the edge with a target of 0.7 is three instances there.
+    assert_eq!(w.minimum(&p, &[0.2, 0.0, 1.5], 0.7), 1 + 3);
+    assert_eq!(w.minimum(&p, &[0.6, 0.6, 0.0], 0.7), 2, "one site, 1.2 of demand");
+    assert_eq!(w.minimum(&p, &[0.2, 0.0, 1.5], f64::INFINITY), 2, "no target: one per site");
     // The baselines ask for nothing extra.
-    assert_eq!(SpreadPlacement.minimum(&[0.2, 0.0, 0.3], 1.0, &w.rtt, now), 0);
-    assert_eq!(YukariPlacement::new().minimum(&[0.2, 0.0, 0.3], 1.0, &w.rtt, now), 0);
+    assert_eq!(w.minimum(&SpreadPlacement, &[0.2, 0.0, 0.3], 1.0), 0);
+    assert_eq!(w.minimum(&YukariPlacement::new(), &[0.2, 0.0, 0.3], 1.0), 0);
+}
+
+#[test]
+fn nearest_puts_each_sites_instances_at_the_site() {
+    // A busy far site (node 0) and two small ones (nodes 2, 3) 4 ms apart, with an empty node 1
+    // 2 ms from each: shares of the demand give node 0 two instances and the small sites none,
+    // and one instance left goes to node 1, central to both, so neither has its own.
+    let mut rtt = RttMatrix::new(4, 50.0, Duration::from_secs(30));
+    rtt.set_prior_symmetric(1, 2, 2.0);
+    rtt.set_prior_symmetric(1, 3, 2.0);
+    rtt.set_prior_symmetric(2, 3, 4.0);
+    let w = World { rtt, capacity: vec![4, 4, 1, 1], processing: vec![None; 4] };
+    let mut p = NearestPlacement::new(NearestParams::default());
+    let demand = [0.3, 0.0, 0.05, 0.05];
+    let input = w.input(0, &demand, &[], Instant::now());
+    let total = p.minimum(&input);
+    assert_eq!(total, 3, "one a site");
+    assert_eq!(p.place(&PlacementInput { desired: total, ..input }), [1, 0, 1, 1]);
 }
 
 #[test]
@@ -228,6 +250,7 @@ proptest! {
                 let input = PlacementInput {
                     desired: want, demand: &demand, capacity: &capacity, current: &current,
                     processing_ms: &processing, rtt: &rtt, now: t0 + Duration::from_secs(step as u64 * step_secs),
+                    per_instance: 1.0,
                 };
                 let out = policy.place(&input);
                 prop_assert_eq!(out.len(), n);

@@ -73,6 +73,7 @@ fn bench_place(c: &mut Criterion) {
                 desired: 2 * with_demand,
                 demand: &demand,
                 capacity: &capacity,
+                free: &capacity,
                 current: &current,
                 processing_ms: &processing,
                 rtt: &rtt,

@@ -30,6 +30,36 @@ pub fn room_per_node<K: PartialEq>(placed: &[(K, usize)], revision: &K, capacity
     capacity.iter().zip(others).map(|(cap, others)| cap.saturating_sub(others)).collect()
 }
 
+/// Room for the revision on each node, both ways it is counted while other revisions hold
+/// headroom (`headroom(other, node)`: how many of its instances there are headroom). `free`: as
+/// [`room_per_node`] counts it over `occupied` (instances running, starting or still stopping).
+/// `claimable`: capacity less other revisions' instances in `placed` (running or starting) that
+/// are not headroom — headroom yields to another revision's need, and its holder gives it back at
+/// its next decision, when that room is no longer its own; an instance on its way out is room
+/// already. Returns (claimable, free).
+pub fn rooms_with_headroom<K: PartialEq>(
+    placed: &[(K, usize)],
+    occupied: &[(K, usize)],
+    revision: &K,
+    capacity: &[u32],
+    headroom: impl Fn(&K, usize) -> u32,
+) -> (Vec<u32>, Vec<u32>) {
+    let free = room_per_node(occupied, revision, capacity);
+    // Each other revision's instances per node, at most its headroom of them yielding.
+    let mut seen: Vec<(&K, usize, u32)> = Vec::new();
+    for (key, node) in placed.iter().filter(|(key, node)| key != revision && *node < capacity.len()) {
+        match seen.iter_mut().find(|(k, n, _)| *k == key && n == node) {
+            Some((_, _, count)) => *count += 1,
+            None => seen.push((key, *node, 1)),
+        }
+    }
+    let mut claimable = capacity.to_vec();
+    for (key, node, count) in seen {
+        claimable[node] = claimable[node].saturating_sub(count - count.min(headroom(key, node)));
+    }
+    (claimable, free)
+}
+
 /// Which instances of one revision on one node to stop to come down to `want`: those not ready
 /// before ready ones, then the newest (largest `age` key) first.
 pub fn surplus<T, K: Ord>(instances: impl IntoIterator<Item = (T, bool, K)>, want: usize) -> Vec<T> {
@@ -57,6 +87,31 @@ mod tests {
         assert_eq!(room_per_node(&placed, &"a", &[3, 1, 4]), [2, 0, 3]);
         assert_eq!(room_per_node(&placed, &"b", &[3, 1, 4]), [1, 1, 3]);
         assert_eq!(room_per_node(&placed, &"a", &[]), Vec::<u32>::new());
+    }
+
+    #[test]
+    fn other_revisions_headroom_is_room_to_claim_but_not_free() {
+        let placed = [("a", 0), ("a", 0), ("b", 0), ("b", 1), ("b", 1), ("c", 1)];
+        // b holds one of its two on node 1 as headroom, and claims one more than it has on node 0.
+        let headroom = |k: &&str, node: usize| {
+            if *k == "b" && node == 1 {
+                1
+            } else if *k == "b" {
+                3
+            } else {
+                0
+            }
+        };
+        let (claimable, free) = rooms_with_headroom(&placed, &placed, &"a", &[3, 4], headroom);
+        assert_eq!(free, [2, 1]);
+        assert_eq!(claimable, [3, 2], "b's headroom yields, at most its instances there");
+        // Its own headroom is no room for itself to claim.
+        let (claimable, free) = rooms_with_headroom(&placed, &placed, &"b", &[3, 4], headroom);
+        assert_eq!((claimable, free), (vec![1, 3], vec![1, 3]));
+        assert_eq!(rooms_with_headroom(&placed, &placed, &"a", &[3, 4], |_, _| 0), (vec![2, 1], vec![2, 1]));
+        // c's instance on node 1 is stopping: not free yet, but no longer in the way of a claim.
+        let live: Vec<_> = placed.iter().copied().filter(|p| *p != ("c", 1)).collect();
+        assert_eq!(rooms_with_headroom(&live, &placed, &"a", &[3, 4], headroom), (vec![3, 3], vec![2, 1]));
     }
 
     #[test]

@@ -15,8 +15,11 @@ pub struct ScaleInputs<'a> {
     pub tick: TickInputs,
     /// Instances of this revision on each node now (running or starting).
     pub current: &'a [u32],
-    /// Instances of this revision each node can still hold.
+    /// Instances of this revision each node can still hold, other revisions' headroom counted
+    /// as room (it yields).
     pub room: &'a [u32],
+    /// Of that, what no other revision's instance holds (what headroom may take).
+    pub free: &'a [u32],
     /// Node-to-node RTTs.
     pub rtt: &'a RttMatrix,
 }
@@ -40,6 +43,12 @@ impl RevisionScaler {
         self.placement.name()
     }
 
+    /// Of the instances last decided on each node, how many are headroom that yields to other
+    /// revisions ([`Placement::headroom`]; empty when none).
+    pub fn headroom(&self) -> &[u32] {
+        self.placement.headroom()
+    }
+
     /// One tick: the KPA's count, raised to what the placement needs to cover distant sites with
     /// demand (never beyond max-scale), spread over the nodes. Returns the decision and the
     /// desired instances per node (`inputs.room.len()` entries).
@@ -57,6 +66,7 @@ impl RevisionScaler {
             desired: decision.desired,
             demand: &demand,
             capacity: inputs.room,
+            free: inputs.free,
             current: inputs.current,
             processing_ms: &processing,
             rtt: inputs.rtt,
@@ -105,12 +115,16 @@ mod tests {
                 tick: TickInputs { ready: 0, reachable: true, buffering_since: Some(now) },
                 current: &[0, 0, 0],
                 room: &[10, 10, 10],
+                free: &[10, 10, 10],
                 rtt: &rtt,
             },
         );
         assert!(decision.desired >= 1, "{decision:?}");
-        assert_eq!(desired.iter().sum::<u32>(), decision.desired);
-        assert_eq!(desired[2], decision.desired, "all near the demand: {desired:?}");
+        // The site's headroom may add to the KPA's count, never take from it; it is said as such.
+        let total = desired.iter().sum::<u32>();
+        assert!(total > decision.desired, "{desired:?} for {decision:?}");
+        assert_eq!(desired[2], total, "all near the demand: {desired:?}");
+        assert_eq!(s.headroom()[2], total - decision.desired);
     }
 
     #[test]
@@ -128,6 +142,7 @@ mod tests {
                 tick: TickInputs { ready: 0, reachable: true, buffering_since: Some(now) },
                 current: &[0, 0, 0],
                 room: &[0, 5, 5],
+                free: &[0, 5, 5],
                 rtt: &rtt,
             },
         );

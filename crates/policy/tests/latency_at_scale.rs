@@ -88,6 +88,7 @@ fn routing_and_placement_with_estimates_cost_at_most_2_percent_more_than_with_th
         desired: 40,
         demand: &demand,
         capacity: &capacity,
+        free: &capacity,
         current: &current,
         processing_ms: &processing,
         rtt,

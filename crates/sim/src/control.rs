@@ -2,12 +2,12 @@
 //! `RECONCILE_PERIOD` and at once on demand at zero or an instance becoming ready; stats every
 //! `STATS_PERIOD`, decisions every `DECISION_PERIOD` (the fleet's own constants). Each revision's
 //! `RevisionScaler` (KPA + placement) decides; surplus instances are chosen by
-//! `policy::occupancy::surplus`, rooms by `room_per_node`: the fleet's code, not a copy.
+//! `policy::occupancy::surplus`, rooms by `rooms_with_headroom`: the fleet's code, not a copy.
 
 use ikukantai_eval::trace::Change;
 use ikukantai_fleet::fleet::defaults::{DECISION_PERIOD, RECONCILE_PERIOD, STATS_PERIOD, STOP_GRACE_HOPS};
 use ikukantai_policy::autoscaler::{Stat, TickInputs};
-use ikukantai_policy::occupancy::{instances_per_node, room_per_node, surplus};
+use ikukantai_policy::occupancy::{instances_per_node, rooms_with_headroom, surplus};
 use ikukantai_policy::scaler::ScaleInputs;
 use ikukantai_policy::stats::RequestStats;
 use rand::RngExt;
@@ -122,15 +122,19 @@ impl World {
             .filter(|i| i.phase != Phase::Gone)
             .map(|i| (i.rev, i.node as usize))
             .collect();
+        // Every revision's headroom as of the instances above, not as decided during this pass.
+        let headrooms: Vec<Vec<u32>> = self.revisions.iter().map(|r| r.scaler.headroom().to_vec()).collect();
         for rev in 0..self.revisions.len() as u32 {
             let ready =
                 self.instances.iter().filter(|i| i.rev == rev && i.phase == Phase::Ready).count() as u32;
             let current = instances_per_node(&placed, &rev, self.n);
-            let room = room_per_node(&occupied, &rev, &self.capacity);
+            let headroom = |&r: &u32, node: usize| headrooms[r as usize].get(node).copied().unwrap_or(0);
+            let (room, free) = rooms_with_headroom(&placed, &occupied, &rev, &self.capacity, headroom);
             let inputs = ScaleInputs {
                 tick: TickInputs { ready, reachable: true, buffering_since: Some(self.events.instant(0)) },
                 current: &current,
                 room: &room,
+                free: &free,
                 rtt: &self.rtt,
             };
             let (_, desired) = self.revisions[rev as usize].scaler.decide(at, inputs);

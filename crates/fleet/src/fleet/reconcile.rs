@@ -15,7 +15,7 @@ use ikukantai_api::revision::Revision;
 use ikukantai_api::status::awaits_readiness;
 use ikukantai_dataplane::gateway::{InstanceRoute, RevisionReport, RevisionRoute, Routes, ServiceRoute};
 use ikukantai_policy::autoscaler::{Stat, TickInputs};
-use ikukantai_policy::occupancy::{instances_per_node, room_per_node, surplus};
+use ikukantai_policy::occupancy::{instances_per_node, rooms_with_headroom, surplus};
 use ikukantai_policy::scaler::ScaleInputs;
 use tokio::sync::mpsc;
 use tokio::time::MissedTickBehavior;
@@ -311,6 +311,18 @@ impl Fleet {
         for x in instances.values().filter(|x| x.instance.phase() == Phase::Ready) {
             *ready.entry((x.namespace.as_str(), x.revision.as_str())).or_default() += 1;
         }
+        // Each revision's headroom as last decided: room another revision's need may claim.
+        let headroom: BTreeMap<(String, String), Vec<u32>> = services
+            .iter()
+            .flat_map(|((ns, _), svc)| {
+                svc.revisions
+                    .iter()
+                    .map(|r| ((ns.clone(), r.revision.name().to_owned()), r.scaler.headroom().to_vec()))
+            })
+            .collect();
+        let headroom_of = |&(ns, rev): &(&str, &str), node: usize| {
+            headroom.get(&(ns.to_owned(), rev.to_owned())).and_then(|h| h.get(node)).copied().unwrap_or(0)
+        };
         // Per service: routed to, or the new revision that must start to prove itself ready.
         let mut reachable: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
         let active: Vec<RevisionKey> = work.active.iter().cloned().collect();
@@ -327,13 +339,14 @@ impl Fleet {
             let key = (key.0.as_str(), key.1.as_str());
             let ready = ready.get(&key).copied().unwrap_or(0);
             let current = instances_per_node(&placed, &key, n);
-            let room = room_per_node(&occupied, &key, &capacity);
+            let (room, free) = rooms_with_headroom(&placed, &occupied, &key, &capacity, headroom_of);
             let (decision, desired) = record.scaler.decide(
                 now,
                 ScaleInputs {
                     tick: TickInputs { ready, reachable, buffering_since: Some(self.started) },
                     current: &current,
                     room: &room,
+                    free: &free,
                     rtt,
                 },
             );

@@ -25,8 +25,12 @@ pub struct PlacementInput<'a> {
     pub desired: u32,
     /// Demand by the node requests entered at (any non-negative unit, e.g. concurrency).
     pub demand: &'a [f64],
-    /// Instances of this revision each node can hold (its capacity minus other revisions').
+    /// Instances of this revision each node can hold: its capacity less other revisions'
+    /// instances, those they hold as headroom ([`Placement::headroom`]) not counted, for they
+    /// yield to another revision's need.
     pub capacity: &'a [u32],
+    /// Of that, what no other revision's instance holds at all: the room headroom may take.
+    pub free: &'a [u32],
     /// Instances of this revision on each node now.
     pub current: &'a [u32],
     /// Mean processing time observed on each node (milliseconds), if known.
@@ -87,6 +91,14 @@ pub trait Placement: Send + std::fmt::Debug {
     /// `max(autoscaler's desired, minimum)` as `desired` to [`Placement::place`]. Default: none.
     fn minimum(&self, _input: &PlacementInput<'_>) -> u32 {
         0
+    }
+
+    /// Of the last placement's instances on each node, how many are headroom: beyond what the
+    /// demand needs at the target, taken because the node had room, and given up when another
+    /// revision needs that room (the controllers count them as free room for others). Empty
+    /// when none.
+    fn headroom(&self) -> &[u32] {
+        &[]
     }
 }
 

@@ -60,6 +60,8 @@ impl Default for NearestParams {
 pub struct NearestPlacement {
     params: NearestParams,
     misplaced_since: Option<Instant>,
+    /// Of the last placement's instances on each node, those that are headroom.
+    headroom: Vec<u32>,
 }
 
 /// Origins close enough to be served as one, and their demand.
@@ -71,21 +73,50 @@ struct Site {
     demand: f64,
 }
 
-/// Instances a site with `demand` concurrency needs, `per_instance` each (the target; infinite
-/// when the revision is not scaled on concurrency): what keeps them at the target — the
-/// autoscaler's own sizing, so a site short of instances does not queue its users at home. At
-/// least one.
-fn site_need(demand: f64, per_instance: f64) -> u32 {
+/// The chance a site's request may find all its instances at their target concurrency, which
+/// its instances are sized to stay under while its node has free room: at 5 %, queueing hardly
+/// reaches a site's p90, so a lightly loaded site answers as its own idle instances would.
+const WAIT_CHANCE: f64 = 0.05;
+
+/// What a site with `demand` concurrency needs, `per_instance` each (the target; infinite when
+/// the revision is not scaled on concurrency): the instances that keep it at the target — the
+/// autoscaler's own sizing, so a site short of instances does not queue its users at home; at
+/// least one — and, within `free` room at its node, the headroom that keeps the chance of a
+/// request finding them all at the target under [`WAIT_CHANCE`] (Erlang C, the instances'
+/// target slots as servers). Returns (at the target, headroom).
+fn site_need(demand: f64, per_instance: f64, free: u32) -> (u32, u32) {
     if !(per_instance.is_finite() && per_instance > 0.0 && demand.is_finite() && demand > 0.0) {
-        return 1;
+        return (1, 0);
     }
-    ((demand / per_instance).ceil() as u32).max(1)
+    let base = ((demand / per_instance).ceil() as u32).max(1);
+    let mut k = base;
+    while k < free && wait_chance(demand, f64::from(k) * per_instance) > WAIT_CHANCE {
+        k += 1;
+    }
+    (base, k - base)
+}
+
+/// Erlang C: the chance an arrival waits at `servers` (whole: at least one) with `load` Erlangs
+/// offered; 1 when they cannot keep up.
+pub(super) fn wait_chance(load: f64, servers: f64) -> f64 {
+    let s = servers.floor().max(1.0);
+    if load >= s {
+        return 1.0;
+    }
+    // Erlang B by its recurrence, then C from B.
+    let mut b = 1.0;
+    let mut j = 1.0;
+    while j <= s {
+        b = load * b / (j + load * b);
+        j += 1.0;
+    }
+    s * b / (s - load * (1.0 - b))
 }
 
 impl NearestPlacement {
     /// A new placement policy.
     pub fn new(params: NearestParams) -> Self {
-        Self { params, misplaced_since: None }
+        Self { params, misplaced_since: None, headroom: Vec::new() }
     }
 
     /// The sites with demand, the busiest first: origins with at least `min_site_demand`, each
@@ -107,16 +138,22 @@ impl NearestPlacement {
         sites
     }
 
-    /// What each site's own demand needs (see [`site_need`]), the busiest site first.
-    fn site_needs(&self, input: &PlacementInput<'_>) -> Vec<(usize, u32)> {
+    /// What each site's own demand needs at its node, the busiest site first: (node, at the
+    /// target, headroom; see [`site_need`]).
+    fn site_needs(&self, input: &PlacementInput<'_>) -> Vec<(usize, u32, u32)> {
         self.sites(input)
             .into_iter()
-            .map(|site| (site.at, site_need(site.demand, input.per_instance)))
+            .map(|site| {
+                let free = input.free.get(site.at).copied().unwrap_or(0);
+                let (base, headroom) = site_need(site.demand, input.per_instance, free);
+                (site.at, base, headroom)
+            })
             .collect()
     }
 
-    /// The ideal placement for the input (step 1), or `None` without a demand signal.
-    fn ideal(&self, input: &PlacementInput<'_>, total: u32) -> Option<Vec<u32>> {
+    /// The ideal placement for the input (step 1), and the headroom in it per node; `None`
+    /// without a demand signal.
+    fn ideal(&self, input: &PlacementInput<'_>, total: u32) -> Option<(Vec<u32>, Vec<u32>)> {
         let n = input.nodes();
         let demand: Vec<f64> = (0..n).map(|j| input.demand.get(j).copied().unwrap_or(0.0)).collect();
         let sum: f64 = demand.iter().filter(|d| d.is_finite() && **d > 0.0).sum();
@@ -129,13 +166,17 @@ impl NearestPlacement {
         // are all placed where they are near most of the demand (below).
         let mut units = vec![0u32; n];
         let mut left = total;
+        let mut headroom = vec![0u32; n];
         let needs = self.site_needs(input);
-        let all: u32 = needs.iter().map(|&(_, need)| need).sum();
+        let all: u32 = needs.iter().map(|&(_, base, extra)| base + extra).sum();
         if total as usize >= needs.len() {
-            for (at, need) in needs {
-                let here = if total >= all { need } else { 1 };
+            for (at, base, extra) in needs {
+                let here = if total >= all { base + extra } else { 1 };
                 units[at] += here;
                 left -= here;
+                if total >= all {
+                    headroom[at] += extra;
+                }
             }
         }
         let rest = left;
@@ -179,7 +220,7 @@ impl NearestPlacement {
         }
         let placed: u32 = ideal.iter().sum();
         cover(input, &demand, total.saturating_sub(placed), &mut ideal, &mut room);
-        Some(ideal)
+        Some((ideal, headroom))
     }
 }
 
@@ -265,13 +306,18 @@ impl Placement for NearestPlacement {
     }
 
     fn minimum(&self, input: &PlacementInput<'_>) -> u32 {
-        self.site_needs(input).iter().map(|&(_, need)| need).sum()
+        self.site_needs(input).iter().map(|&(_, base, extra)| base + extra).sum()
+    }
+
+    fn headroom(&self) -> &[u32] {
+        &self.headroom
     }
 
     fn place(&mut self, input: &PlacementInput<'_>) -> Vec<u32> {
         let total = input.reachable_total();
-        let Some(ideal) = self.ideal(input, total) else {
+        let Some((ideal, headroom)) = self.ideal(input, total) else {
             self.misplaced_since = None;
+            self.headroom.clear();
             return SpreadPlacement.place(input);
         };
         let n = input.nodes();
@@ -310,9 +356,12 @@ impl Placement for NearestPlacement {
         }
         // Step 3: one migration at a time, after the misplacement has lasted.
         let worst_surplus = (0..n).filter(|&j| out[j] > ideal[j]).max_by_key(|&j| (out[j] - ideal[j], j));
+        // Headroom is had where room is free, never moved for: the room it depends on comes and
+        // goes with other revisions' decisions.
+        let needed = |j: usize| ideal[j] - headroom[j];
         let worst_deficit = (0..n)
-            .filter(|&j| out[j] < ideal[j] && out[j] < input.capacity[j])
-            .max_by_key(|&j| (ideal[j] - out[j], std::cmp::Reverse(j)));
+            .filter(|&j| out[j] < needed(j) && out[j] < input.capacity[j])
+            .max_by_key(|&j| (needed(j) - out[j], std::cmp::Reverse(j)));
         match (worst_surplus, worst_deficit) {
             (Some(s), Some(d))
                 if input.response_ms(d, s) - input.response_ms(d, d) >= self.params.min_gain_ms =>
@@ -335,6 +384,7 @@ impl Placement for NearestPlacement {
             }
             _ => self.misplaced_since = None,
         }
+        self.headroom = headroom.iter().zip(&out).map(|(&h, &o)| h.min(o)).collect();
         out
     }
 }
@@ -418,7 +468,7 @@ mod tests {
             let capacity = vec![4; n];
             let processing = vec![None; n];
             let input = PlacementInput {
-                desired: 0, demand: &demand, capacity: &capacity, current: &[], processing_ms: &processing, rtt: &rtt, now,
+                desired: 0, demand: &demand, capacity: &capacity, free: &capacity, current: &[], processing_ms: &processing, rtt: &rtt, now,
                 per_instance: 1.0,
             };
             let response: Vec<Vec<f64>> = (0..n).map(|o| (0..n).map(|j| input.response_ms(o, j)).collect()).collect();

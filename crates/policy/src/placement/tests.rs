@@ -2,6 +2,7 @@ use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
 
+use super::nearest::wait_chance;
 use super::*;
 use crate::balance::tests::edge_cloud;
 use crate::registry::{self, PolicyParams};
@@ -28,6 +29,7 @@ impl World {
             desired,
             demand,
             capacity: &self.capacity,
+            free: &self.capacity,
             current,
             processing_ms: &self.processing,
             rtt: &self.rtt,
@@ -172,7 +174,8 @@ fn nearest_does_not_migrate_for_a_small_gain() {
 
 #[test]
 fn nearest_wants_one_instance_per_distant_site_with_demand() {
-    let w = World::edge_cloud(vec![10, 10, 10]);
+    // Capacity 1 leaves no room for headroom: each site counts what keeps it at its target.
+    let w = World::edge_cloud(vec![1, 1, 1]);
     let p = NearestPlacement::new(NearestParams::default());
     assert_eq!(w.minimum(&p, &[0.0, 0.0, 0.0], 1.0), 0);
     assert_eq!(w.minimum(&p, &[0.2, 0.0, 0.3], 1.0), 2, "cloud and edge are 50 ms apart");
@@ -194,6 +197,42 @@ fn nearest_wants_one_instance_per_distant_site_with_demand() {
 }
 
 #[test]
+fn nearest_gives_a_site_with_room_headroom_against_queueing() {
+    let w = World::edge_cloud(vec![10, 10, 10]);
+    let p = NearestPlacement::new(NearestParams::default());
+    // 0.3 at one slot an instance: one instance waits 30 % of the time, two 3.9 %.
+    assert_eq!(w.minimum(&p, &[0.0, 0.0, 0.3], 1.0), 2);
+    // 0.3 at three slots an instance: one instance (three servers) waits 0.4 % of the time.
+    assert_eq!(w.minimum(&p, &[0.0, 0.0, 0.3], 3.0), 1);
+    // 4 at one slot: the target needs 4, queueing under 5 % needs 9 (Erlang C 2.4 %; 8: 5.9 %).
+    assert_eq!(w.minimum(&p, &[0.0, 0.0, 4.0], 1.0), 9);
+    // Headroom only within the site's own room: its users gain nothing from one far away.
+    let small = World::edge_cloud(vec![10, 10, 5]);
+    assert_eq!(small.minimum(&p, &[0.0, 0.0, 4.0], 1.0), 5);
+    let full = World::edge_cloud(vec![10, 10, 2]);
+    assert_eq!(full.minimum(&p, &[0.0, 0.0, 4.0], 1.0), 4, "the target still counts beyond room");
+}
+
+#[test]
+fn nearest_takes_headroom_only_in_free_room_and_says_so() {
+    let w = World::edge_cloud(vec![10, 10, 10]);
+    let mut p = NearestPlacement::new(NearestParams::default());
+    let demand = [0.0, 0.0, 0.3];
+    let now = Instant::now();
+    // Room there, but all of it another revision's headroom: only the site's own need.
+    let none_free = [10, 10, 0];
+    let input = PlacementInput { per_instance: 1.0, free: &none_free, ..w.input(0, &demand, &[], now) };
+    assert_eq!(p.minimum(&input), 1);
+    assert_eq!(p.place(&PlacementInput { desired: 1, ..input }), [0, 0, 1]);
+    assert_eq!(p.headroom(), [0, 0, 0]);
+    // Free: one more against queueing, and said to be headroom.
+    let input = PlacementInput { per_instance: 1.0, ..w.input(0, &demand, &[0, 0, 1], now) };
+    assert_eq!(p.minimum(&input), 2);
+    assert_eq!(p.place(&PlacementInput { desired: 2, ..input }), [0, 0, 2]);
+    assert_eq!(p.headroom(), [0, 0, 1]);
+}
+
+#[test]
 fn nearest_puts_each_sites_instances_at_the_site() {
     // A busy far site (node 0) and two small ones (nodes 2, 3) 4 ms apart, with an empty node 1
     // 2 ms from each: shares of the demand give node 0 two instances and the small sites none,
@@ -209,6 +248,14 @@ fn nearest_puts_each_sites_instances_at_the_site() {
     let total = p.minimum(&input);
     assert_eq!(total, 3, "one a site");
     assert_eq!(p.place(&PlacementInput { desired: total, ..input }), [1, 0, 1, 1]);
+}
+
+#[test]
+fn wait_chance_is_erlang_c() {
+    assert!((wait_chance(0.3, 1.0) - 0.3).abs() < 1e-12, "one server: its utilisation");
+    assert!((wait_chance(1.0, 2.0) - 1.0 / 3.0).abs() < 1e-12);
+    assert_eq!(wait_chance(2.0, 2.0), 1.0, "cannot keep up");
+    assert!(wait_chance(4.0, 9.0) < 0.05 && wait_chance(4.0, 8.0) > 0.05);
 }
 
 #[test]
@@ -248,7 +295,7 @@ proptest! {
             let mut current = current.clone();
             for (step, &want) in std::iter::once(&desired).chain(&later_desired).enumerate() {
                 let input = PlacementInput {
-                    desired: want, demand: &demand, capacity: &capacity, current: &current,
+                    desired: want, demand: &demand, capacity: &capacity, free: &capacity, current: &current,
                     processing_ms: &processing, rtt: &rtt, now: t0 + Duration::from_secs(step as u64 * step_secs),
                     per_instance: 1.0,
                 };

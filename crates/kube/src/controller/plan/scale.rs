@@ -94,6 +94,9 @@ pub(super) fn decide(
             tick: TickInputs { ready, reachable, buffering_since: Some(under.started) },
             current: &current,
             room: &room,
+            // The scheduler fits Pods first come, first served: headroom is taken only where
+            // nothing else is, and does not yield.
+            free: &room,
             rtt: &state.rtt,
         },
     );

@@ -119,13 +119,19 @@ impl NearestPlacement {
         Self { params, misplaced_since: None, headroom: Vec::new() }
     }
 
-    /// The sites with demand, the busiest first: origins with at least `min_site_demand`, each
-    /// joining the first busier origin within `site_rtt_ms` of it (that origin stands for the
-    /// site), with the demand of the origins it groups.
+    /// The sites with demand, the busiest first: origins with at least `min_site_demand` (a
+    /// quarter of it where an instance runs already), each joining the first busier origin within
+    /// `site_rtt_ms` of it (that origin stands for the site), with the demand of the origins it
+    /// groups. Demand counts the trip: a trickle served elsewhere weighs more than served at
+    /// home, and a single floor would start and stop its instance by turns.
     fn sites(&self, input: &PlacementInput<'_>) -> Vec<Site> {
         let demand = input.demand;
+        let floor = |o: usize| {
+            let held = input.current.get(o).is_some_and(|&c| c > 0);
+            if held { self.params.min_site_demand / 4.0 } else { self.params.min_site_demand }
+        };
         let mut origins: Vec<usize> = (0..demand.len().min(input.rtt.len()))
-            .filter(|&o| demand[o].is_finite() && demand[o] > 0.0 && demand[o] >= self.params.min_site_demand)
+            .filter(|&o| demand[o].is_finite() && demand[o] > 0.0 && demand[o] >= floor(o))
             .collect();
         origins.sort_by(|&a, &b| demand[b].total_cmp(&demand[a]).then(a.cmp(&b)));
         let mut sites: Vec<Site> = Vec::new();

@@ -185,6 +185,12 @@ fn nearest_wants_one_instance_per_distant_site_with_demand() {
         1,
         "a trickle keeping under 1 % of an instance busy gets none"
     );
+    let held =
+        PlacementInput { per_instance: 1.0, ..w.input(0, &[1.0, 0.0, 0.005], &[1, 0, 1], Instant::now()) };
+    assert_eq!(p.minimum(&held), 2, "but keeps the instance it has down to a quarter of that");
+    let held =
+        PlacementInput { per_instance: 1.0, ..w.input(0, &[1.0, 0.0, 0.002], &[1, 0, 1], Instant::now()) };
+    assert_eq!(p.minimum(&held), 1);
     assert_eq!(w.minimum(&p, &[0.05; 3], 1.0), 2, "small shares of a wide demand each count");
     // A site gets what its own demand keeps busy at the target, wherever the rest of the
     // demand is, room or not: 1.5 at the edge with a target of 0.7 is three instances there.

@@ -49,7 +49,8 @@ fn bench_pick(c: &mut Criterion) {
                 })
                 .collect();
             let mut balancer = (entry.build)(&PolicyParams::default());
-            let ctx = PickContext { origin: 3, rtt: &rtt, now, target_concurrency: 7.0, queued: 0 };
+            let ctx =
+                PickContext { origin: 3, rtt: &rtt, now, target_concurrency: 7.0, queued: 0, fresh: true };
             group.bench_with_input(BenchmarkId::new(entry.name, n), &candidates, |b, cs| {
                 b.iter(|| black_box(balancer.pick(black_box(&ctx), black_box(cs))))
             });

@@ -309,7 +309,7 @@ mod tests {
         let mut balancer = registry::balancer("ert", &PolicyParams::default()).expect("registered");
         let mut instances = vec![InstanceLoad::new(1, 0), InstanceLoad::new(2, 1)];
         let mut scratch = Shortlist::default();
-        let ctx = PickContext { origin: 0, rtt: &rtt, now, target_concurrency: 1.0, queued: 0 };
+        let ctx = PickContext { origin: 0, rtt: &rtt, now, target_concurrency: 1.0, queued: 0, fresh: true };
         let first = pick(balancer.as_mut(), &ctx, 1, &mut instances, &mut scratch);
         assert_eq!(first, Some(0), "the local instance");
         assert_eq!(instances[0].in_flight, 1);
@@ -382,7 +382,7 @@ mod tests {
     fn a_large_revision_is_weighed_by_its_nearest_and_a_few_at_random() {
         let now = Instant::now();
         let (rtt, instances) = a_hundred();
-        let ctx = PickContext { origin: 0, rtt: &rtt, now, target_concurrency: 1.0, queued: 0 };
+        let ctx = PickContext { origin: 0, rtt: &rtt, now, target_concurrency: 1.0, queued: 0, fresh: true };
         let mut shortlist = Shortlist::new(7);
         let mut far_seen = std::collections::BTreeSet::<usize>::new();
         for _ in 0..50 {
@@ -410,14 +410,15 @@ mod tests {
         let rtt_to_node_1 =
             |shortlist: &Shortlist| shortlist.candidates.iter().find(|c| c.node == 1).and_then(|c| c.rtt_ms);
         shortlist.fill(
-            &PickContext { origin: 0, rtt: &rtt, now, target_concurrency: 1.0, queued: 0 },
+            &PickContext { origin: 0, rtt: &rtt, now, target_concurrency: 1.0, queued: 0, fresh: true },
             1,
             &instances,
         );
         assert_eq!(rtt_to_node_1(&shortlist), Some(1.0));
         rtt.record(0, 1, 9.0, now);
         let later = now + SHORTLIST_RESORT - Duration::from_millis(1);
-        let ctx = PickContext { origin: 0, rtt: &rtt, now: later, target_concurrency: 1.0, queued: 0 };
+        let ctx =
+            PickContext { origin: 0, rtt: &rtt, now: later, target_concurrency: 1.0, queued: 0, fresh: true };
         shortlist.fill(&ctx, 1, &instances);
         assert_eq!(rtt_to_node_1(&shortlist), Some(1.0), "no lookup between sorts");
         let ctx = PickContext { now: now + SHORTLIST_RESORT, ..ctx };
@@ -433,7 +434,7 @@ mod tests {
         for i in instances.iter_mut().filter(|i| i.node != 80) {
             i.in_flight = 1_000;
         }
-        let ctx = PickContext { origin: 0, rtt: &rtt, now, target_concurrency: 1.0, queued: 0 };
+        let ctx = PickContext { origin: 0, rtt: &rtt, now, target_concurrency: 1.0, queued: 0, fresh: true };
         let mut balancer = registry::balancer("even", &PolicyParams::default()).expect("registered");
         let mut shortlist = Shortlist::new(7);
         let found = (0..100).find_map(|_| pick(balancer.as_mut(), &ctx, 1, &mut instances, &mut shortlist));
@@ -445,7 +446,7 @@ mod tests {
     fn new_routes_are_sorted_again() {
         let now = Instant::now();
         let (rtt, mut instances) = a_hundred();
-        let ctx = PickContext { origin: 0, rtt: &rtt, now, target_concurrency: 1.0, queued: 0 };
+        let ctx = PickContext { origin: 0, rtt: &rtt, now, target_concurrency: 1.0, queued: 0, fresh: true };
         let mut shortlist = Shortlist::new(7);
         shortlist.fill(&ctx, 1, &instances);
         // The nearest instance moves far away: same count, so only `routes_changed` tells.

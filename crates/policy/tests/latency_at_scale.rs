@@ -146,7 +146,7 @@ fn routing_and_placement_with_estimates_cost_at_most_2_percent_more_than_with_th
             let mut balancer = (entry.build)(&PolicyParams::default());
             let mut sum = 0.0;
             for &origin in &origins {
-                let ctx = PickContext { origin, rtt, now, target_concurrency: 10.0, queued: 0 };
+                let ctx = PickContext { origin, rtt, now, target_concurrency: 10.0, queued: 0, fresh: true };
                 for _ in 0..20 {
                     let pick = balancer.pick(&ctx, &candidates).expect("every instance has room");
                     sum += sim.world.rtt(origin, candidates[pick].node) + PROCESSING_MS;

@@ -338,7 +338,7 @@ impl World {
         let g = self.gateway(origin, rev);
         g.origin.request_in(now, false);
         let queued = g.waiting.len() as u32;
-        let picked = pick(g, &rtt, origin, cc, target, queued, now);
+        let picked = pick(g, &rtt, origin, cc, target, Some(queued), now);
         self.rtt = rtt;
         if let Some(instance) = picked {
             self.forward(req, instance);
@@ -385,7 +385,7 @@ impl World {
         {
             let g = self.gateway(node, rev);
             while !g.waiting.is_empty() {
-                let Some(instance) = pick(g, &rtt, node, cc, target, 0, now) else { break };
+                let Some(instance) = pick(g, &rtt, node, cc, target, None, now) else { break };
                 let req = g.waiting.pop().expect("not empty");
                 // The activator counts a request while it waits; once forwarded, its instance
                 // counts it (so the time on the link counts nowhere).
@@ -534,10 +534,18 @@ fn pick(
     origin: u32,
     cc: u32,
     target: f64,
-    queued: u32,
+    queued: Option<u32>,
     now: std::time::Instant,
 ) -> Option<(u32, u32)> {
-    let ctx = PickContext { origin: origin as usize, rtt, now, target_concurrency: target, queued };
+    // `queued`: a new request and the requests ahead of it; `None` for the head of the queue.
+    let ctx = PickContext {
+        origin: origin as usize,
+        rtt,
+        now,
+        target_concurrency: target,
+        queued: queued.unwrap_or(0),
+        fresh: queued.is_some(),
+    };
     let i = gateway::pick(g.balancer.as_mut(), &ctx, cc, &mut g.instances, &mut g.shortlist)?;
     Some((g.instances[i].instance, i as u32))
 }

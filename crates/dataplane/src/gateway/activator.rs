@@ -38,7 +38,13 @@ impl Picked {
     }
 }
 
-pub(super) fn pick(shared: &Shared, inner: &mut RevisionInner, queued: u32, now: Instant) -> Option<Picked> {
+/// `queued`: a new request and how many wait ahead of it; `None` for the head of the queue.
+pub(super) fn pick(
+    shared: &Shared,
+    inner: &mut RevisionInner,
+    queued: Option<u32>,
+    now: Instant,
+) -> Option<Picked> {
     let RevisionInner { route, instances, shortlist, balancer, .. } = inner;
     let rtt = shared.rtt.read();
     let ctx = PickContext {
@@ -46,7 +52,8 @@ pub(super) fn pick(shared: &Shared, inner: &mut RevisionInner, queued: u32, now:
         rtt: &rtt,
         now: now.into_std(),
         target_concurrency: route.target_concurrency,
-        queued,
+        queued: queued.unwrap_or(0),
+        fresh: queued.is_some(),
     };
     let i = gateway::pick(balancer.as_mut(), &ctx, route.container_concurrency, instances, shortlist)?;
     Some(Picked::of(&instances[i]))
@@ -64,7 +71,7 @@ pub(super) fn dispatch_locked(shared: &Shared, rev: &RevisionState, inner: &mut 
     }
     let now = Instant::now();
     while !inner.waiting.is_empty() {
-        let Some(p) = pick(shared, inner, 0, now) else { break };
+        let Some(p) = pick(shared, inner, None, now) else { break };
         let mut delivered = false;
         while let Some(waiter) = inner.waiting.pop() {
             if waiter.send(p.id).is_ok() {

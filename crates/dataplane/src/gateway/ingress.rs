@@ -376,7 +376,7 @@ impl Ingress {
         let timeout = inner.route.timeout;
         let deadline = arrival + timeout;
         let ahead = inner.waiting.len() as u32;
-        if let Some(picked) = pick(shared, &mut inner, ahead, arrival) {
+        if let Some(picked) = pick(shared, &mut inner, Some(ahead), arrival) {
             entered.hand_over();
             return Ok(Admission::Now(Admitted { picked, buffered: false, timeout, deadline }));
         }

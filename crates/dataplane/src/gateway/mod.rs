@@ -532,7 +532,7 @@ mod tests {
         let shared = &gw.shared;
         let now = Instant::now();
         let mut inner = rev.inner.lock();
-        assert!(activator::pick(shared, &mut inner, 0, now).is_some());
+        assert!(activator::pick(shared, &mut inner, Some(0), now).is_some());
         let req = request();
         let queued: Vec<_> = (0..waiters)
             .map(|_| {

@@ -27,8 +27,17 @@
 //! balancer answers `None` and the gateway buffers the request. So traffic stays local while
 //! local is fastest, and spills over when the local queue would cost more than the trip to another
 //! node and that node's queue. Ties rotate, so equal instances share the load round-robin.
+//!
+//! That is each request's best choice, and in sustained overload it is a poor one for all of
+//! them: when the requests arriving outrun what the full instances answer, the same share must
+//! leave whatever the queue's length, and a queue grown to the trip's length only makes those who
+//! stay wait (Naor, 1969: the individually optimal queue is longer than the socially optimal one).
+//! So while new requests arrive faster than the full instances answer this gateway's requests
+//! (both rates over the last [`ErtParams::crowded_after`] or so), a new request waits only behind
+//! fewer than one request a slot of those instances, and otherwise takes the best instance with
+//! room. Below saturation a burst queues at home as before.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::{Balancer, Candidate, Completion, PickContext};
 use crate::estimate::PeakEwma;
@@ -40,11 +49,14 @@ pub struct ErtParams {
     pub decay: Duration,
     /// Processing time assumed before anything was observed (milliseconds).
     pub prior_service_ms: f64,
+    /// Over how long new requests are counted to tell saturation from a burst: longer than a
+    /// burst, short against a level of load.
+    pub crowded_after: Duration,
 }
 
 impl Default for ErtParams {
     fn default() -> Self {
-        Self { decay: Duration::from_secs(5), prior_service_ms: 1.0 }
+        Self { decay: Duration::from_secs(5), prior_service_ms: 1.0, crowded_after: Duration::from_secs(1) }
     }
 }
 
@@ -57,12 +69,37 @@ pub struct ErtBalancer {
     by_node: Vec<PeakEwma>,
     overall: PeakEwma,
     rotation: usize,
+    /// New requests, counted with a weight that decays by `crowded_after`, and when last.
+    arrivals: (f64, Option<Instant>),
 }
 
 impl ErtBalancer {
     /// A new balancer.
     pub fn new(params: ErtParams) -> Self {
-        Self { params, by_node: Vec::new(), overall: PeakEwma::new(params.decay), rotation: 0 }
+        Self {
+            params,
+            by_node: Vec::new(),
+            overall: PeakEwma::new(params.decay),
+            rotation: 0,
+            arrivals: (0.0, None),
+        }
+    }
+
+    /// Whether the home queue is held short (module docs) for a new request that finds
+    /// `ctx.queued` waiting ahead of it at full instances of `slots` slots, which answer this
+    /// gateway's requests at `answered` per millisecond. Requests already waiting neither count
+    /// nor are held.
+    fn crowded(&mut self, ctx: &PickContext<'_>, slots: f64, answered: f64) -> bool {
+        if !ctx.fresh {
+            return false;
+        }
+        // New requests per millisecond: a count decaying by `crowded_after`, over that span.
+        let tau = self.params.crowded_after.as_secs_f64() * 1e3;
+        let (count, last) = self.arrivals;
+        let elapsed = last.map_or(0.0, |at| ctx.now.saturating_duration_since(at).as_secs_f64() * 1e3);
+        let count = count * (-elapsed / tau.max(f64::MIN_POSITIVE)).exp() + 1.0;
+        self.arrivals = (count, Some(ctx.now));
+        slots > 0.0 && f64::from(ctx.queued) >= slots && count / tau > answered
     }
 
     fn service_ms(&self, c: &Candidate) -> f64 {
@@ -113,6 +150,7 @@ impl Balancer for ErtBalancer {
         // at (requests per millisecond, by Little's law: in flight / how long each stays).
         let mut full_cost = f64::INFINITY;
         let mut full_rate = 0.0;
+        let mut full_slots = 0.0;
         for k in 0..m {
             let i = (start + k) % m;
             let c = &candidates[i];
@@ -122,6 +160,7 @@ impl Balancer for ErtBalancer {
                 let slots = f64::from(c.slots.max(1));
                 let queue = (c.load - slots).max(0.0) * service / slots;
                 full_cost = full_cost.min(rtt + queue + service);
+                full_slots += slots;
                 let held = c.held_ms.unwrap_or(rtt + service).max(service);
                 full_rate += f64::from(c.own) / held;
                 continue;
@@ -142,8 +181,9 @@ impl Balancer for ErtBalancer {
                 best = Some(Best { index: i, cost, in_flight: c.in_flight });
             }
         }
+        let crowded = self.crowded(ctx, full_slots, full_rate);
         let best = best?;
-        if full_cost.is_finite() {
+        if full_cost.is_finite() && !crowded {
             // The request waits here behind those queued before it for one of this gateway's
             // requests to be answered: half the time between two answers, on average, for the
             // first. Others' requests at the same instances take their share of the slots, and

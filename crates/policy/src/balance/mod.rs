@@ -76,8 +76,11 @@ pub struct PickContext<'a> {
     pub now: Instant,
     /// The autoscaler's per-instance target concurrency: the load an instance is meant to carry.
     pub target_concurrency: f64,
-    /// Requests of this revision already waiting at this gateway.
+    /// Requests of this revision already waiting at this gateway (ahead of this one).
     pub queued: u32,
+    /// A request that just arrived; false for one already waiting, weighed again at the head
+    /// of the queue.
+    pub fresh: bool,
 }
 
 /// Feedback about one finished request.

@@ -29,7 +29,7 @@ pub(crate) fn edge_cloud() -> RttMatrix {
 }
 
 fn ctx(rtt: &RttMatrix, origin: usize, now: Instant) -> PickContext<'_> {
-    PickContext { origin, rtt, now, target_concurrency: 10.0, queued: 0 }
+    PickContext { origin, rtt, now, target_concurrency: 10.0, queued: 0, fresh: true }
 }
 
 #[test]
@@ -238,6 +238,38 @@ fn an_overloaded_edge_keeps_serving_its_own_users_up_to_the_point_where_waiting_
 }
 
 #[test]
+fn in_sustained_overload_the_home_queue_is_held_to_one_request_a_slot() {
+    let rtt = edge_cloud();
+    let mut b = ErtBalancer::new(ErtParams::default());
+    // The edge's one slot answers this gateway's requests every 10 ms.
+    let mut local = cand(1, 2, 1, 1);
+    local.service_time_ms = Some(10.0);
+    local.held_ms = Some(10.0);
+    let mut cloud = cand(2, 0, 0, 3);
+    cloud.slots = 1;
+    cloud.service_time_ms = Some(10.0);
+    let t0 = Instant::now();
+    let at = |ms: u64, queued: u32| PickContext { queued, ..ctx(&rtt, 2, t0 + Duration::from_millis(ms)) };
+    // New requests every 12 ms, slower than it answers: one that finds three ahead waits while
+    // that beats the trip ((3 + ½) × 10 + 10 = 45 < 60 ms).
+    for k in 0..200 {
+        assert_eq!(b.pick(&at(k * 12, 3), &[local, cloud]), None, "request {k}");
+    }
+    // Every 8 ms, faster than it answers: a new request that finds one ahead takes the trip,
+    // though waiting would be shorter for it; one that finds none waits.
+    for k in 0..200 {
+        let _ = b.pick(&at(2_400 + k * 8, 0), &[local, cloud]);
+    }
+    assert_eq!(b.pick(&at(4_000, 1), &[local, cloud]), Some(1), "(1 + ½) × 10 ms would beat 60 ms");
+    assert_eq!(b.pick(&at(4_008, 0), &[local, cloud]), None);
+    // A request already waiting is weighed as before.
+    let head = PickContext { fresh: false, ..at(4_010, 3) };
+    assert_eq!(b.pick(&head, &[local, cloud]), None);
+    // After a lull, a new request that finds the queue long waits.
+    assert_eq!(b.pick(&at(10_000, 3), &[local, cloud]), None);
+}
+
+#[test]
 fn two_sites_one_trip_apart_wait_for_their_own_busy_instance_rather_than_cross() {
     // node0 and node1 are 15 ms apart, each with one instance (10 ms, containerConcurrency 1)
     // busy half the time with its own users. node0's instance is busy now.
@@ -343,7 +375,7 @@ proptest! {
         for entry in registry::BALANCERS {
             let mut b = (entry.build)(&params);
             for step in 0..steps {
-                let c = PickContext { origin, rtt: &rtt, now: t0 + Duration::from_secs(step as u64), target_concurrency: 7.0, queued };
+                let c = PickContext { origin, rtt: &rtt, now: t0 + Duration::from_secs(step as u64), target_concurrency: 7.0, queued, fresh: true };
                 let pick = b.pick(&c, &cs);
                 if let Some(i) = pick {
                     prop_assert!(cs[i].has_room(), "{} chose full instance {:?}", entry.name, cs[i]);

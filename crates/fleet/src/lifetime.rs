@@ -205,6 +205,21 @@ mod tests {
             std::process::Command::new("sleep").arg("30").env(FLEET_ENV, state).spawn().unwrap()
         };
         let (mut mine, mut theirs) = (spawn(dir.path()), spawn(other.path()));
+        // Until a child has exec'd, /proc may show it with this process's environment (bounded:
+        // the assertion below says what went wrong).
+        for child in [&mine, &theirs] {
+            let environ = format!("/proc/{}/environ", child.id());
+            let marked = || {
+                std::fs::read(&environ)
+                    .is_ok_and(|e| e.windows(FLEET_ENV.len()).any(|w| w == FLEET_ENV.as_bytes()))
+            };
+            for _ in 0..5_000 {
+                if marked() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
         let reaped = reap_orphans(dir.path());
         assert_eq!(reaped, vec![mine.id()]);
         assert!(!mine.wait().unwrap().success(), "killed");

@@ -364,7 +364,8 @@ impl Placement for NearestPlacement {
         let worst_surplus = (0..n).filter(|&j| out[j] > ideal[j]).max_by_key(|&j| (out[j] - ideal[j], j));
         // Headroom is had where room is free, never moved for: the room it depends on comes and
         // goes with other revisions' decisions.
-        let needed = |j: usize| ideal[j] - headroom[j];
+        // (A site whose node processes slower than another has its units placed there instead.)
+        let needed = |j: usize| ideal[j].saturating_sub(headroom[j]);
         let worst_deficit = (0..n)
             .filter(|&j| out[j] < needed(j) && out[j] < input.capacity[j])
             .max_by_key(|&j| (needed(j) - out[j], std::cmp::Reverse(j)));

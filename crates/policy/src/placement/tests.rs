@@ -239,6 +239,21 @@ fn nearest_takes_headroom_only_in_free_room_and_says_so() {
 }
 
 #[test]
+fn nearest_with_a_slow_site_places_its_headroom_elsewhere_without_harm() {
+    // The edge (node 2) processes slower than the cloud: its units go to the fastest nodes, its
+    // headroom with them, and nothing is said to be headroom where none was placed.
+    let mut w = World::edge_cloud(vec![10, 10, 10]);
+    w.processing = vec![Some(3.0), Some(3.0), Some(30.0)];
+    let mut p = NearestPlacement::new(NearestParams::default());
+    let input =
+        PlacementInput { per_instance: 1.0, ..w.input(0, &[0.0, 0.0, 0.3], &[0, 0, 0], Instant::now()) };
+    let total = p.minimum(&input);
+    let out = p.place(&PlacementInput { desired: total, ..input });
+    assert_eq!(out.iter().sum::<u32>(), total);
+    assert!(p.headroom().iter().zip(&out).all(|(h, o)| h <= o), "{:?} of {out:?}", p.headroom());
+}
+
+#[test]
 fn nearest_puts_each_sites_instances_at_the_site() {
     // A busy far site (node 0) and two small ones (nodes 2, 3) 4 ms apart, with an empty node 1
     // 2 ms from each: shares of the demand give node 0 two instances and the small sites none,

@@ -240,10 +240,10 @@ fn nearest_takes_headroom_only_in_free_room_and_says_so() {
 
 #[test]
 fn nearest_with_a_slow_site_places_its_headroom_elsewhere_without_harm() {
-    // The edge (node 2) processes slower than the cloud: its units go to the fastest nodes, its
-    // headroom with them, and nothing is said to be headroom where none was placed.
+    // The edge (node 2) processes so much slower than the cloud that its units go there (50 ms
+    // + 3 beats 100), its headroom with them; nothing is said to be headroom where none was placed.
     let mut w = World::edge_cloud(vec![10, 10, 10]);
-    w.processing = vec![Some(3.0), Some(3.0), Some(30.0)];
+    w.processing = vec![Some(3.0), Some(3.0), Some(100.0)];
     let mut p = NearestPlacement::new(NearestParams::default());
     let input =
         PlacementInput { per_instance: 1.0, ..w.input(0, &[0.0, 0.0, 0.3], &[0, 0, 0], Instant::now()) };

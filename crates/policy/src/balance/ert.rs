@@ -40,7 +40,7 @@
 use std::time::{Duration, Instant};
 
 use super::{Balancer, Candidate, Completion, PickContext};
-use crate::estimate::PeakEwma;
+use crate::estimate::{PeakEwma, decay_weight};
 
 /// Tuning of [`ErtBalancer`].
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -94,12 +94,12 @@ impl ErtBalancer {
             return false;
         }
         // New requests per millisecond: a count decaying by `crowded_after`, over that span.
-        let tau = self.params.crowded_after.as_secs_f64() * 1e3;
+        let tau = self.params.crowded_after;
         let (count, last) = self.arrivals;
-        let elapsed = last.map_or(0.0, |at| ctx.now.saturating_duration_since(at).as_secs_f64() * 1e3);
-        let count = count * (-elapsed / tau.max(f64::MIN_POSITIVE)).exp() + 1.0;
+        let kept = last.map_or(1.0, |at| decay_weight(ctx.now.saturating_duration_since(at), tau));
+        let count = count * kept + 1.0;
         self.arrivals = (count, Some(ctx.now));
-        slots > 0.0 && f64::from(ctx.queued) >= slots && count / tau > answered
+        slots > 0.0 && f64::from(ctx.queued) >= slots && count / (tau.as_secs_f64() * 1e3) > answered
     }
 
     fn service_ms(&self, c: &Candidate) -> f64 {

@@ -206,17 +206,24 @@ fn ert_counts_the_wait_in_how_long_slots_are_really_held() {
     assert_eq!(b.pick(&c, &[local, cloud]), Some(1), "7.5 × 9 ms = 67.5 ms: the trip is cheaper");
 }
 
-#[test]
-fn an_overloaded_edge_keeps_serving_its_own_users_up_to_the_point_where_waiting_exceeds_the_trip() {
-    let rtt = edge_cloud();
-    let mut b = ErtBalancer::new(ErtParams::default());
-    // The edge's only slot is busy with one of its own users (10 ms); the cloud, 50 ms away, is idle.
+/// An edge's instance (node 2, one slot, 10 ms) busy with one of this gateway's requests, and an
+/// idle one at the cloud (node 0, one slot, 10 ms), 50 ms away.
+fn busy_edge_idle_cloud() -> (Candidate, Candidate) {
     let mut local = cand(1, 2, 1, 1);
     local.service_time_ms = Some(10.0);
     local.held_ms = Some(10.0);
     let mut cloud = cand(2, 0, 0, 3);
     cloud.slots = 1;
     cloud.service_time_ms = Some(10.0);
+    (local, cloud)
+}
+
+#[test]
+fn an_overloaded_edge_keeps_serving_its_own_users_up_to_the_point_where_waiting_exceeds_the_trip() {
+    let rtt = edge_cloud();
+    let mut b = ErtBalancer::new(ErtParams::default());
+    // The edge's only slot is busy with one of its own users (10 ms); the cloud, 50 ms away, is idle.
+    let (local, mut cloud) = busy_edge_idle_cloud();
     let mut c = ctx(&rtt, 2, Instant::now());
     // Waiting behind q others costs (q + ½) × 10 ms, the trip 50 ms: wait while q ≤ 4.
     for queued in 0..=4 {
@@ -242,12 +249,7 @@ fn in_sustained_overload_the_home_queue_is_held_to_one_request_a_slot() {
     let rtt = edge_cloud();
     let mut b = ErtBalancer::new(ErtParams::default());
     // The edge's one slot answers this gateway's requests every 10 ms.
-    let mut local = cand(1, 2, 1, 1);
-    local.service_time_ms = Some(10.0);
-    local.held_ms = Some(10.0);
-    let mut cloud = cand(2, 0, 0, 3);
-    cloud.slots = 1;
-    cloud.service_time_ms = Some(10.0);
+    let (local, cloud) = busy_edge_idle_cloud();
     let t0 = Instant::now();
     let at = |ms: u64, queued: u32| PickContext { queued, ..ctx(&rtt, 2, t0 + Duration::from_millis(ms)) };
     // New requests every 12 ms, slower than it answers: one that finds three ahead waits while

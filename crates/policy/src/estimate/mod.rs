@@ -99,7 +99,7 @@ impl PeakEwma {
 }
 
 /// `exp(-elapsed / decay)`: how much of an old value survives `elapsed`.
-fn decay_weight(elapsed: Duration, decay: Duration) -> f64 {
+pub(crate) fn decay_weight(elapsed: Duration, decay: Duration) -> f64 {
     if decay.is_zero() {
         return 0.0;
     }

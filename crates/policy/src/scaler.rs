@@ -62,7 +62,7 @@ impl RevisionScaler {
         let per_instance =
             if spec.metric == ScalingMetric::Concurrency { spec.target } else { f64::INFINITY };
         let processing = vec![None; n];
-        let mut input = PlacementInput {
+        let input = PlacementInput {
             desired: decision.desired,
             demand: &demand,
             capacity: inputs.room,
@@ -73,13 +73,7 @@ impl RevisionScaler {
             now,
             per_instance,
         };
-        let mut want = decision.desired.max(self.placement.minimum(&input));
-        let max_scale = self.autoscaler.spec().max_scale;
-        if max_scale > 0 {
-            want = want.min(max_scale);
-        }
-        input.desired = want;
-        let desired = self.placement.place(&input);
+        let desired = self.placement.place_at_least_minimum(&input, self.autoscaler.spec().max_scale);
         (decision, desired)
     }
 }

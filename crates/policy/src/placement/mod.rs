@@ -93,6 +93,13 @@ pub trait Placement: Send + std::fmt::Debug {
         0
     }
 
+    /// [`Placement::place`] for `input.desired` raised to [`Placement::minimum`] but not beyond
+    /// `max_total` (0: no bound): what a revision's scaler asks. A policy may do both in one.
+    fn place_at_least_minimum(&mut self, input: &PlacementInput<'_>, max_total: u32) -> Vec<u32> {
+        let desired = raised(input.desired, self.minimum(input), max_total);
+        self.place(&PlacementInput { desired, ..*input })
+    }
+
     /// Of the last placement's instances on each node, how many are headroom: beyond what the
     /// demand needs at the target, taken because the node had room, and given up when another
     /// revision needs that room (the controllers count them as free room for others). Empty
@@ -100,6 +107,12 @@ pub trait Placement: Send + std::fmt::Debug {
     fn headroom(&self) -> &[u32] {
         &[]
     }
+}
+
+/// `desired` raised to `minimum`, bounded by `max_total` (0: no bound).
+fn raised(desired: u32, minimum: u32, max_total: u32) -> u32 {
+    let want = desired.max(minimum);
+    if max_total > 0 { want.min(max_total) } else { want }
 }
 
 /// Splits `total` whole units over `weights` in proportion (largest remainder, ties to the lower

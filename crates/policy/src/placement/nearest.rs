@@ -135,8 +135,11 @@ impl NearestPlacement {
             .collect();
         origins.sort_by(|&a, &b| demand[b].total_cmp(&demand[a]).then(a.cmp(&b)));
         let mut sites: Vec<Site> = Vec::new();
+        // An origin's RTTs in one pass over its row: a lookup per site costs more at a thousand.
+        let mut row = Vec::new();
         for o in origins {
-            match sites.iter_mut().find(|s| input.rtt.get(o, s.at, input.now) <= self.params.site_rtt_ms) {
+            input.rtt.row_into(o, input.now, &mut row);
+            match sites.iter_mut().find(|s| row[s.at] <= self.params.site_rtt_ms) {
                 Some(site) => site.demand += demand[o],
                 None => sites.push(Site { at: o, demand: demand[o] }),
             }
@@ -159,7 +162,12 @@ impl NearestPlacement {
 
     /// The ideal placement for the input (step 1), and the headroom in it per node; `None`
     /// without a demand signal.
-    fn ideal(&self, input: &PlacementInput<'_>, total: u32) -> Option<(Vec<u32>, Vec<u32>)> {
+    fn ideal(
+        &self,
+        input: &PlacementInput<'_>,
+        total: u32,
+        needs: &[(usize, u32, u32)],
+    ) -> Option<(Vec<u32>, Vec<u32>)> {
         let n = input.nodes();
         let demand: Vec<f64> = (0..n).map(|j| input.demand.get(j).copied().unwrap_or(0.0)).collect();
         let sum: f64 = demand.iter().filter(|d| d.is_finite() && **d > 0.0).sum();
@@ -173,10 +181,9 @@ impl NearestPlacement {
         let mut units = vec![0u32; n];
         let mut left = total;
         let mut headroom = vec![0u32; n];
-        let needs = self.site_needs(input);
-        let all: u32 = needs.iter().map(|&(_, base, extra)| base + extra).sum();
+        let all = sum_of(needs);
         if total as usize >= needs.len() {
-            for (at, base, extra) in needs {
+            for &(at, base, extra) in needs {
                 let here = if total >= all { base + extra } else { 1 };
                 units[at] += here;
                 left -= here;
@@ -312,7 +319,14 @@ impl Placement for NearestPlacement {
     }
 
     fn minimum(&self, input: &PlacementInput<'_>) -> u32 {
-        self.site_needs(input).iter().map(|&(_, base, extra)| base + extra).sum()
+        sum_of(&self.site_needs(input))
+    }
+
+    fn place_at_least_minimum(&mut self, input: &PlacementInput<'_>, max_total: u32) -> Vec<u32> {
+        // The sites once, for the minimum and the placement.
+        let needs = self.site_needs(input);
+        let desired = super::raised(input.desired, sum_of(&needs), max_total);
+        self.place_for(&PlacementInput { desired, ..*input }, &needs)
     }
 
     fn headroom(&self) -> &[u32] {
@@ -320,8 +334,21 @@ impl Placement for NearestPlacement {
     }
 
     fn place(&mut self, input: &PlacementInput<'_>) -> Vec<u32> {
+        let needs = self.site_needs(input);
+        self.place_for(input, &needs)
+    }
+}
+
+/// The instances that sites' `needs` ask for.
+fn sum_of(needs: &[(usize, u32, u32)]) -> u32 {
+    needs.iter().map(|&(_, base, extra)| base + extra).sum()
+}
+
+impl NearestPlacement {
+    /// [`Placement::place`] with the sites' needs taken already.
+    fn place_for(&mut self, input: &PlacementInput<'_>, needs: &[(usize, u32, u32)]) -> Vec<u32> {
         let total = input.reachable_total();
-        let Some((ideal, headroom)) = self.ideal(input, total) else {
+        let Some((ideal, headroom)) = self.ideal(input, total, needs) else {
             self.misplaced_since = None;
             self.headroom.clear();
             return SpreadPlacement.place(input);

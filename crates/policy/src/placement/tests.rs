@@ -336,4 +336,30 @@ proptest! {
             }
         }
     }
+
+    #[test]
+    fn placing_at_least_the_minimum_in_one_pass_is_placing_for_the_raised_total(
+        (capacity, demand, current, rtts, desired) in arb_world(),
+        max_total in 0u32..12,
+    ) {
+        let n = capacity.len();
+        let mut rtt = RttMatrix::new(n, 1.0, Duration::from_secs(30));
+        for i in 0..n { for j in 0..n { if i != j { rtt.set_prior(i, j, rtts[i * n + j]); } } }
+        let processing = vec![None; n];
+        let input = PlacementInput {
+            desired, demand: &demand, capacity: &capacity, free: &capacity, current: &current,
+            processing_ms: &processing, rtt: &rtt, now: Instant::now(), per_instance: 0.5,
+        };
+        for entry in registry::PLACEMENTS {
+            let mut one = (entry.build)(&PolicyParams::default());
+            let mut two = (entry.build)(&PolicyParams::default());
+            let raised = raised(desired, two.minimum(&input), max_total);
+            prop_assert_eq!(
+                one.place_at_least_minimum(&input, max_total),
+                two.place(&PlacementInput { desired: raised, ..input }),
+                "{}", entry.name
+            );
+            prop_assert_eq!(one.headroom(), two.headroom());
+        }
+    }
 }

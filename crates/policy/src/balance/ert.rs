@@ -40,7 +40,7 @@
 use std::time::{Duration, Instant};
 
 use super::{Balancer, Candidate, Completion, PickContext};
-use crate::estimate::{PeakEwma, decay_weight};
+use crate::estimate::{NodeIndex, PeakEwma, decay_weight};
 
 /// Tuning of [`ErtBalancer`].
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -66,7 +66,9 @@ const EPSILON_MS: f64 = 1e-6;
 #[derive(Debug)]
 pub struct ErtBalancer {
     params: ErtParams,
-    by_node: Vec<PeakEwma>,
+    /// Processing time by node, for the nodes this gateway heard from (by node: a gateway sends
+    /// to a few nodes, and a dense table of every node was a cache miss a candidate).
+    by_node: Vec<(NodeIndex, PeakEwma)>,
     overall: PeakEwma,
     rotation: usize,
     /// New requests, counted with a weight that decays by `crowded_after`, and when last.
@@ -102,9 +104,14 @@ impl ErtBalancer {
         slots > 0.0 && f64::from(ctx.queued) >= slots && count / (tau.as_secs_f64() * 1e3) > answered
     }
 
+    fn node_estimate(&self, node: NodeIndex) -> Option<f64> {
+        let k = self.by_node.binary_search_by_key(&node, |&(n, _)| n).ok()?;
+        self.by_node[k].1.get()
+    }
+
     fn service_ms(&self, c: &Candidate) -> f64 {
         c.service_time_ms
-            .or_else(|| self.by_node.get(c.node).and_then(PeakEwma::get))
+            .or_else(|| self.node_estimate(c.node))
             .or_else(|| self.overall.get())
             .unwrap_or(self.params.prior_service_ms)
     }
@@ -122,7 +129,7 @@ fn queue_wait(load: f64, slots: u32, service: f64) -> f64 {
         return 0.0;
     }
     let c = f64::from(slots);
-    let all_busy = (load / c).clamp(0.0, 1.0).powf(c);
+    let all_busy = (load / c).clamp(0.0, 1.0).powi(slots.min(i32::MAX as u32) as i32);
     (0.5 * all_busy + (load - c).max(0.0)) * service / c
 }
 
@@ -151,8 +158,7 @@ impl Balancer for ErtBalancer {
         let mut full_cost = f64::INFINITY;
         let mut full_rate = 0.0;
         let mut full_slots = 0.0;
-        for k in 0..m {
-            let i = (start + k) % m;
+        for i in (start..m).chain(0..start) {
             let c = &candidates[i];
             let rtt = c.rtt_ms(ctx);
             let service = self.service_ms(c);
@@ -201,10 +207,14 @@ impl Balancer for ErtBalancer {
             return;
         }
         let ms = done.processing_ms();
-        if self.by_node.len() <= done.node {
-            self.by_node.resize(done.node + 1, PeakEwma::new(self.params.decay));
-        }
-        self.by_node[done.node].observe(done.now, ms);
+        let k = match self.by_node.binary_search_by_key(&done.node, |&(n, _)| n) {
+            Ok(k) => k,
+            Err(k) => {
+                self.by_node.insert(k, (done.node, PeakEwma::new(self.params.decay)));
+                k
+            }
+        };
+        self.by_node[k].1.observe(done.now, ms);
         self.overall.observe(done.now, ms);
     }
 }

@@ -200,7 +200,8 @@ impl RttMatrix {
     /// The RTT to use at `now` and its source: a fresh sample, else both nodes' recent
     /// coordinates if their expected error is small enough, else the prior.
     pub fn lookup(&self, from: NodeIndex, to: NodeIndex, now: Instant) -> Rtt {
-        self.choose(from, to, now, self.sample(from, to), || self.recent_coordinate(from, now))
+        let fresh = now.checked_sub(self.max_age);
+        self.choose(from, to, now, fresh, self.sample(from, to), || self.recent_coordinate(from, now))
     }
 
     /// Every RTT from `from` at `now` (ms, by node), as [`RttMatrix::get`] gives them one by one:
@@ -212,7 +213,10 @@ impl RttMatrix {
         }
         let samples = self.rows[from].as_deref();
         let here = self.recent_coordinate(from, now);
-        out.extend((0..self.n).map(|to| self.choose(from, to, now, samples.and_then(|r| r[to]), || here).ms));
+        let fresh = now.checked_sub(self.max_age);
+        out.extend(
+            (0..self.n).map(|to| self.choose(from, to, now, fresh, samples.and_then(|r| r[to]), || here).ms),
+        );
     }
 
     /// The coordinates' estimate for `from → to` and its expected relative error, whatever the
@@ -221,13 +225,15 @@ impl RttMatrix {
         Self::between(self.recent_coordinate(from, now)?, self.recent_coordinate(to, now)?)
     }
 
-    /// [`RttMatrix::lookup`] with the pair's sample at hand and `from`'s recent coordinate a call
-    /// away (asked only when the sample is not fresh: a gateway's lookups mostly end at the sample).
+    /// [`RttMatrix::lookup`] with the pair's sample at hand, the oldest fresh sample's time
+    /// (`None`: all are fresh) and `from`'s recent coordinate a call away (asked only when the
+    /// sample is not fresh: a gateway's lookups mostly end at the sample).
     fn choose<'a>(
         &'a self,
         from: NodeIndex,
         to: NodeIndex,
         now: Instant,
+        fresh_since: Option<Instant>,
         sample: Option<(f64, Instant)>,
         here: impl FnOnce() -> Option<&'a Coordinate>,
     ) -> Rtt {
@@ -236,7 +242,7 @@ impl RttMatrix {
             return Rtt { ms: prior, source: RttSource::Local };
         }
         if let Some((ms, taken)) = sample
-            && now.saturating_duration_since(taken) <= self.max_age
+            && fresh_since.is_none_or(|oldest| taken >= oldest)
         {
             return Rtt { ms, source: RttSource::Measured };
         }

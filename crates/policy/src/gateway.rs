@@ -6,35 +6,56 @@
 use std::borrow::BorrowMut;
 use std::time::{Duration, Instant};
 
-use rand::SeedableRng;
 use rand::rngs::SmallRng;
+use rand::{RngExt, SeedableRng};
 
 use crate::balance::{Balancer, Candidate, Completion, PickContext};
-use crate::estimate::{Ewma, NodeIndex, PeakEwma};
+use crate::estimate::{NodeIndex, blend, blend_peak, decay_weight};
 
 /// How fast an instance's estimates forget: a few seconds of requests.
 pub const ESTIMATE_DECAY: Duration = Duration::from_secs(5);
 
 /// One instance of a revision as one gateway sees it.
+///
+/// One cache line: a pick reads a few dozen of these out of a gateway's view of a revision that
+/// may have hundreds, and a view is copied when the routes change. So the estimates share the
+/// time they were last updated (every successful response updates them all), and "none yet" is
+/// NaN rather than an `Option`.
 #[derive(Debug, Clone)]
+#[repr(align(64))]
 pub struct InstanceLoad {
     /// Stable identity (balancers key their state by it; instances are kept sorted by it).
     pub id: u64,
     /// The node it runs on.
     pub node: NodeIndex,
+    /// Its processing time (milliseconds): a peak-EWMA; NaN before any response.
+    service_ms: f64,
+    /// Send → response, as this gateway sees it: how long a slot stays taken (milliseconds), on
+    /// average (a peak would count a queue others made at the instance as this gateway's own);
+    /// NaN before any response.
+    held_ms: f64,
+    /// Requests of *other* gateways at the instance, averaged over the last few seconds of its
+    /// reports: what to expect of an instance whose last report is no longer fresh — fading as
+    /// that report ages, since only sending there brings a new one. NaN before any report.
+    others_mean: f64,
+    /// When the last successful response came: the time of all the estimates (a response
+    /// without a load report leaves the others' average as it was, dated from then).
+    heard: Option<Instant>,
     /// Requests this gateway sent it that have not ended.
     pub in_flight: u32,
-    /// Its processing time (milliseconds).
-    service_ms: PeakEwma,
-    /// Send → response, as this gateway sees it: how long a slot stays taken (milliseconds), on
-    /// average (a peak would count a queue others made at the instance as this gateway's own).
-    held_ms: Ewma,
-    /// Requests of *other* gateways at the instance when it last answered this one, and when.
-    others: Option<(u32, Instant)>,
-    /// The same, averaged over the last few seconds of answers: what to expect of an instance
-    /// whose last report is no longer fresh — fading as that report ages, since only sending
-    /// there brings a new one.
-    others_mean: Ewma,
+    /// Requests of other gateways at the instance in the last response's report;
+    /// [`NO_REPORT`] if it carried none.
+    others: u32,
+}
+
+const _: () = assert!(std::mem::size_of::<InstanceLoad>() == 64, "one cache line");
+
+/// [`InstanceLoad::others`] when the last response reported no load.
+const NO_REPORT: u32 = u32::MAX;
+
+/// `value`, or `None` for NaN (an estimate not taken yet).
+fn known(value: f64) -> Option<f64> {
+    (!value.is_nan()).then_some(value)
 }
 
 impl InstanceLoad {
@@ -43,12 +64,33 @@ impl InstanceLoad {
         Self {
             id,
             node,
+            service_ms: f64::NAN,
+            held_ms: f64::NAN,
+            others_mean: f64::NAN,
+            heard: None,
             in_flight: 0,
-            service_ms: PeakEwma::new(ESTIMATE_DECAY),
-            held_ms: Ewma::new(ESTIMATE_DECAY),
-            others: None,
-            others_mean: Ewma::new(ESTIMATE_DECAY),
+            others: NO_REPORT,
         }
+    }
+
+    /// What one successful response taught, at `now`: the processing time and how long the slot
+    /// was held (milliseconds), and the other gateways' requests there if it reported them.
+    fn learn(&mut self, now: Instant, service_ms: f64, held_ms: f64, others: Option<u32>) {
+        let step = |old: f64, sample: f64, blend: fn(f64, Duration, f64, Duration) -> f64| match self.heard {
+            Some(at) if !old.is_nan() => {
+                blend(old, now.saturating_duration_since(at), sample, ESTIMATE_DECAY)
+            }
+            _ => sample,
+        };
+        let service_ms = step(self.service_ms, service_ms, blend_peak);
+        let held_ms = step(self.held_ms, held_ms, blend);
+        let others_mean = match others {
+            Some(n) => step(self.others_mean, f64::from(n), blend),
+            None => self.others_mean,
+        };
+        (self.service_ms, self.held_ms, self.others_mean) = (service_ms, held_ms, others_mean);
+        self.others = others.unwrap_or(NO_REPORT);
+        self.heard = Some(now);
     }
 
     /// The balancer's view of the instance, `rtt_ms` away, with containerConcurrency `cc`.
@@ -72,7 +114,7 @@ impl InstanceLoad {
     /// fades as the last report ages (by [`ESTIMATE_DECAY`]): a queue seen once, at a cold start,
     /// would otherwise keep this gateway away, and so from ever hearing that it drained.
     pub fn candidate(&self, cc: u32, rtt_ms: f64, now: Instant) -> Candidate {
-        let service_ms = self.service_ms.get();
+        let service_ms = known(self.service_ms);
         let service = service_ms.unwrap_or(1.0).max(1.0);
         let capacity = if cc == 0 {
             0
@@ -80,10 +122,14 @@ impl InstanceLoad {
             let in_transit = (f64::from(cc) * rtt_ms / service).ceil();
             cc.saturating_add(in_transit.min(f64::from(u32::MAX / 2)) as u32)
         };
-        let fresh = Duration::from_secs_f64(2.0 * service / 1e3);
-        let (others, others_load) = match self.others {
-            Some((n, at)) if now.saturating_duration_since(at) <= fresh => (n, f64::from(n)),
-            _ => (0, self.others_mean.fading(now).unwrap_or(0.0)),
+        let since = self.heard.map(|at| now.saturating_duration_since(at));
+        let fresh = since.is_some_and(|since| since.as_secs_f64() * 1e3 <= 2.0 * service);
+        let (others, others_load) = if fresh && self.others != NO_REPORT {
+            (self.others, f64::from(self.others))
+        } else {
+            // The average, fading as the last report ages.
+            let faded = since.map_or(0.0, |since| decay_weight(since, ESTIMATE_DECAY));
+            (0, known(self.others_mean).map_or(0.0, |mean| mean * faded))
         };
         let own_there = f64::from(self.in_flight) * service / (service + rtt_ms.max(0.0));
         Candidate {
@@ -95,14 +141,14 @@ impl InstanceLoad {
             slots: cc,
             load: own_there + others_load,
             service_time_ms: service_ms,
-            held_ms: self.held_ms.get(),
+            held_ms: known(self.held_ms),
             rtt_ms: Some(rtt_ms),
         }
     }
 
     /// The current processing-time estimate (milliseconds).
     pub fn service_ms(&self) -> Option<f64> {
-        self.service_ms.get()
+        known(self.service_ms)
     }
 }
 
@@ -110,99 +156,154 @@ impl InstanceLoad {
 pub const SHORTLIST_ALL: usize = 32;
 /// Beyond [`SHORTLIST_ALL`], the nearest this many by RTT …
 pub const SHORTLIST_NEAR: usize = 24;
-/// … and this many more drawn at random from the rest, new for every pick.
+/// … and this many more of the rest, new for every pick: consecutive in instance order from one
+/// drawn at random, so each is as likely to be weighed as any other and their states lie side by
+/// side in memory (drawn one by one, each was a cache miss).
 pub const SHORTLIST_FAR: usize = 8;
 /// How long the nearest instances' order, and the RTTs it was taken from, stand before they are
 /// taken again from the RTT matrix (RTTs change with each probe round, every few seconds).
 pub const SHORTLIST_RESORT: Duration = Duration::from_secs(2);
 
-/// Which instances of a revision one pick weighs, and the scratch it builds candidates in.
+/// Which instances of a revision one gateway's picks weigh.
 ///
 /// A revision spread over hundreds of nodes would cost every request a look at each instance.
 /// Beyond [`SHORTLIST_ALL`] instances a pick weighs the [`SHORTLIST_NEAR`] nearest and
-/// [`SHORTLIST_FAR`] others at random, so its cost does not grow with the revision (Knative's
-/// activators subset their pods for the same reason) while a far instance with room is still seen.
+/// [`SHORTLIST_FAR`] others, so its cost does not grow with the revision (Knative's activators
+/// subset their pods for the same reason) while a far instance with room is still seen.
 /// Their RTTs are the ones the order was taken from (at most [`SHORTLIST_RESORT`] old), so a pick
 /// asks the matrix nothing; up to [`SHORTLIST_ALL`] instances each pick asks it afresh.
 #[derive(Debug)]
 pub struct Shortlist {
-    candidates: Vec<Candidate>,
-    /// The instance behind each candidate, and its RTT from the origin.
-    chosen: Vec<(usize, f64)>,
-    /// Instance indices and their RTTs, the nearest first (beyond [`SHORTLIST_ALL`] instances
-    /// only).
-    nearest: Vec<(f64, usize)>,
-    /// The instances' count and when `nearest` was taken; `None` until it is, or after
+    /// The nearest instances' indices and RTTs, in instance order (beyond [`SHORTLIST_ALL`]
+    /// instances only).
+    near: Vec<(usize, f64)>,
+    /// The rest, the same way.
+    far: Vec<(usize, f64)>,
+    /// The instances' count and when `near` was taken; `None` until it is, or after
     /// [`Shortlist::routes_changed`].
     sorted: Option<(usize, Instant)>,
+    /// The instances' nodes, taken when the routes changed.
+    nodes: Vec<NodeIndex>,
+    rng: SmallRng,
+}
+
+/// What a pick builds and throws away: one for any number of [`Shortlist`]s (a simulated fleet
+/// has a thousand gateways; each holding its own would keep ~60 KB a revision, cold).
+#[derive(Debug, Default)]
+pub struct PickScratch {
+    candidates: Vec<Candidate>,
+    /// The chosen instances' states, copied.
+    states: Vec<InstanceLoad>,
+    /// The instance behind each candidate, and its RTT from the origin.
+    chosen: Vec<(usize, f64)>,
     /// The origin's RTT row, when a sort reads it whole.
     row: Vec<f64>,
-    rng: SmallRng,
+    /// For a sort: each instance's RTT, and the RTTs with instance indices.
+    rtts: Vec<f64>,
+    order: Vec<(f64, usize)>,
 }
 
 impl Shortlist {
     /// An empty shortlist; `seed` draws its far instances.
     pub fn new(seed: u64) -> Self {
         Self {
-            candidates: Vec::new(),
-            chosen: Vec::new(),
-            nearest: Vec::new(),
+            near: Vec::new(),
+            far: Vec::new(),
             sorted: None,
-            row: Vec::new(),
+            nodes: Vec::new(),
             rng: SmallRng::seed_from_u64(seed),
         }
     }
 
-    /// The routed instances changed: the nearest are taken again at the next pick.
+    /// The routed instances changed (any of them, or their nodes): the nearest are taken again
+    /// at the next pick.
     pub fn routes_changed(&mut self) {
         self.sorted = None;
     }
 
-    /// Fills `candidates` (in instance order) with the instances this pick weighs.
+    /// Fills `scratch.candidates` (in instance order) with the instances this pick weighs.
     fn fill<I: std::borrow::Borrow<InstanceLoad>>(
         &mut self,
+        scratch: &mut PickScratch,
         ctx: &PickContext<'_>,
         cc: u32,
         instances: &[I],
     ) {
-        self.candidates.clear();
-        self.chosen.clear();
+        scratch.candidates.clear();
+        let chosen = &mut scratch.chosen;
+        chosen.clear();
         if instances.len() <= SHORTLIST_ALL {
             let rtt = |k: usize| ctx.rtt.get(ctx.origin, instances[k].borrow().node, ctx.now);
-            self.chosen.extend((0..instances.len()).map(|k| (k, rtt(k))));
+            chosen.extend((0..instances.len()).map(|k| (k, rtt(k))));
         } else {
-            self.sort_nearest(ctx, instances);
-            self.chosen.extend(self.nearest[..SHORTLIST_NEAR].iter().map(|&(rtt, k)| (k, rtt)));
-            let rest = &self.nearest[SHORTLIST_NEAR..];
-            let far = rand::seq::index::sample(&mut self.rng, rest.len(), SHORTLIST_FAR.min(rest.len()));
-            self.chosen.extend(far.iter().map(|k| (rest[k].1, rest[k].0)));
-            // Balancers rotate and break ties in instance (id) order.
-            self.chosen.sort_unstable_by_key(|&(k, _)| k);
+            self.sort_nearest(scratch, ctx, instances);
+            let chosen = &mut scratch.chosen;
+            // The window from a random far instance on, wrapping around: its wrapped head comes
+            // first in instance order. Balancers rotate and break ties in instance order, so the
+            // nearest and the window are merged in it.
+            let (len, from) = (self.far.len(), self.rng.random_range(0..self.far.len()));
+            let end = from + SHORTLIST_FAR.min(len);
+            let window = self.far[..end.saturating_sub(len)].iter().chain(&self.far[from..end.min(len)]);
+            let mut far = window.copied().peekable();
+            for &(k, rtt) in &self.near {
+                while let Some(f) = far.next_if(|&(j, _)| j < k) {
+                    chosen.push(f);
+                }
+                chosen.push((k, rtt));
+            }
+            chosen.extend(far);
         }
-        self.candidates
-            .extend(self.chosen.iter().map(|&(k, rtt)| instances[k].borrow().candidate(cc, rtt, ctx.now)));
+        let PickScratch { candidates, states, chosen, .. } = scratch;
+        // The instances' states first, in a loop that does nothing else, so their cache misses
+        // overlap; then the candidates from the copies.
+        states.clear();
+        states.extend(chosen.iter().map(|&(k, _)| instances[k].borrow().clone()));
+        let weighed = states.iter().zip(chosen.iter());
+        candidates.extend(weighed.map(|(i, &(_, rtt))| i.candidate(cc, rtt, ctx.now)));
     }
 
-    /// Orders `nearest` so its first [`SHORTLIST_NEAR`] are the nearest instances, if the order
-    /// is missing or old.
-    fn sort_nearest<I: std::borrow::Borrow<InstanceLoad>>(&mut self, ctx: &PickContext<'_>, instances: &[I]) {
-        let current = self.sorted.is_some_and(|(len, at)| {
-            len == instances.len() && ctx.now.saturating_duration_since(at) < SHORTLIST_RESORT
-        });
-        if current {
+    /// Takes `near` and `far` again from the RTT matrix, if they are missing or old.
+    fn sort_nearest<I: std::borrow::Borrow<InstanceLoad>>(
+        &mut self,
+        scratch: &mut PickScratch,
+        ctx: &PickContext<'_>,
+        instances: &[I],
+    ) {
+        let routes_known = self.sorted.is_some_and(|(len, _)| len == instances.len());
+        if routes_known
+            && self.sorted.is_some_and(|(_, at)| ctx.now.saturating_duration_since(at) < SHORTLIST_RESORT)
+        {
             return;
         }
-        self.nearest.clear();
-        // Instances on most nodes: the origin's whole row in one pass beats a lookup each.
-        if instances.len() * 8 >= ctx.rtt.len() {
-            ctx.rtt.row_into(ctx.origin, ctx.now, &mut self.row);
-            let row = &self.row;
-            self.nearest.extend(instances.iter().enumerate().map(|(k, i)| (row[i.borrow().node], k)));
-        } else {
-            let rtt = |k: usize| ctx.rtt.get(ctx.origin, instances[k].borrow().node, ctx.now);
-            self.nearest.extend((0..instances.len()).map(|k| (rtt(k), k)));
+        if !routes_known {
+            // The instances' nodes, side by side: a sort reads no instance's state.
+            self.nodes.clear();
+            self.nodes.extend(instances.iter().map(|i| i.borrow().node));
         }
-        self.nearest.select_nth_unstable_by(SHORTLIST_NEAR, |a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        let PickScratch { row, rtts, order, .. } = scratch;
+        // Each instance's RTT; with instances on most nodes, the origin's whole row in one pass
+        // beats a lookup each.
+        rtts.clear();
+        if self.nodes.len() * 8 >= ctx.rtt.len() {
+            ctx.rtt.row_into(ctx.origin, ctx.now, row);
+            rtts.extend(self.nodes.iter().map(|&node| row[node]));
+        } else {
+            rtts.extend(self.nodes.iter().map(|&node| ctx.rtt.get(ctx.origin, node, ctx.now)));
+        }
+        order.clear();
+        order.extend(rtts.iter().enumerate().map(|(k, &rtt)| (rtt, k)));
+        order.select_nth_unstable_by(SHORTLIST_NEAR, |a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        self.near.clear();
+        self.near.extend(order[..SHORTLIST_NEAR].iter().map(|&(rtt, k)| (k, rtt)));
+        self.near.sort_unstable_by_key(|&(k, _)| k);
+        // The rest, in instance order.
+        self.far.clear();
+        let mut near = self.near.iter().map(|&(k, _)| k).peekable();
+        for (k, &rtt) in rtts.iter().enumerate() {
+            if near.next_if_eq(&k).is_none() {
+                self.far.push((k, rtt));
+            }
+        }
         self.sorted = Some((instances.len(), ctx.now));
     }
 }
@@ -215,17 +316,18 @@ impl Default for Shortlist {
 
 /// Picks an instance for a request through `balancer` and counts it in flight there; `None`
 /// means wait. `instances` are sorted by id; `shortlist` says which of them are weighed (all, up
-/// to [`SHORTLIST_ALL`]) and is reused from pick to pick; `cc` is the revision's
-/// containerConcurrency.
+/// to [`SHORTLIST_ALL`]) and is kept from pick to pick; `scratch` may serve any shortlist; `cc` is
+/// the revision's containerConcurrency.
 pub fn pick<I: BorrowMut<InstanceLoad>>(
     balancer: &mut dyn Balancer,
     ctx: &PickContext<'_>,
     cc: u32,
     instances: &mut [I],
     shortlist: &mut Shortlist,
+    scratch: &mut PickScratch,
 ) -> Option<usize> {
-    shortlist.fill(ctx, cc, instances);
-    let (chosen, _) = shortlist.chosen[balancer.pick(ctx, &shortlist.candidates)?];
+    shortlist.fill(scratch, ctx, cc, instances);
+    let (chosen, _) = scratch.chosen[balancer.pick(ctx, &scratch.candidates)?];
     instances[chosen].borrow_mut().in_flight += 1;
     Some(chosen)
 }
@@ -259,16 +361,12 @@ pub fn feed_back(
     if response.success
         && let Some(i) = instance
     {
-        i.service_ms.observe(now, response.service_ms.unwrap_or(held));
-        i.held_ms.observe(now, held);
-        if response.from_queue_proxy
-            && let Some(load) = response.reported_in_flight
-        {
-            // The load counts this response's request, and this gateway's others still there.
-            let others = load.saturating_sub(i.in_flight);
-            i.others = Some((others, now));
-            i.others_mean.observe(now, f64::from(others));
-        }
+        // The reported load counts this response's request, and this gateway's others still there.
+        let others = response
+            .reported_in_flight
+            .filter(|_| response.from_queue_proxy)
+            .map(|load| load.saturating_sub(i.in_flight).min(NO_REPORT - 1));
+        i.learn(now, response.service_ms.unwrap_or(held), held, others);
     }
     balancer.observe(&Completion {
         id,
@@ -296,7 +394,7 @@ mod tests {
         let now = Instant::now();
         let mut i = InstanceLoad::new(1, 1);
         assert_eq!(i.candidate(2, 40.0, now).capacity, 2 + 80, "1 ms assumed before any estimate");
-        i.service_ms.observe(now, 10.0);
+        i.learn(now, 10.0, 10.0, None);
         assert_eq!(i.candidate(2, 40.0, now).capacity, 2 + 8);
         assert_eq!(i.candidate(2, 0.0, now).capacity, 2);
         assert_eq!(i.candidate(0, 40.0, now).capacity, 0, "unlimited stays unlimited");
@@ -308,9 +406,9 @@ mod tests {
         let rtt = RttMatrix::new(2, 30.0, Duration::from_secs(30));
         let mut balancer = registry::balancer("ert", &PolicyParams::default()).expect("registered");
         let mut instances = vec![InstanceLoad::new(1, 0), InstanceLoad::new(2, 1)];
-        let mut scratch = Shortlist::default();
+        let (mut shortlist, mut scratch) = (Shortlist::default(), PickScratch::default());
         let ctx = PickContext { origin: 0, rtt: &rtt, now, target_concurrency: 1.0, queued: 0, fresh: true };
-        let first = pick(balancer.as_mut(), &ctx, 1, &mut instances, &mut scratch);
+        let first = pick(balancer.as_mut(), &ctx, 1, &mut instances, &mut shortlist, &mut scratch);
         assert_eq!(first, Some(0), "the local instance");
         assert_eq!(instances[0].in_flight, 1);
         let response = Response {
@@ -383,22 +481,22 @@ mod tests {
         let now = Instant::now();
         let (rtt, instances) = a_hundred();
         let ctx = PickContext { origin: 0, rtt: &rtt, now, target_concurrency: 1.0, queued: 0, fresh: true };
-        let mut shortlist = Shortlist::new(7);
+        let (mut shortlist, mut scratch) = (Shortlist::new(7), PickScratch::default());
         let mut far_seen = std::collections::BTreeSet::<usize>::new();
         for _ in 0..50 {
-            shortlist.fill(&ctx, 1, &instances);
-            assert_eq!(shortlist.candidates.len(), SHORTLIST_ALL);
-            let chosen: Vec<usize> = shortlist.chosen.iter().map(|&(k, _)| k).collect();
+            shortlist.fill(&mut scratch, &ctx, 1, &instances);
+            assert_eq!(scratch.candidates.len(), SHORTLIST_ALL);
+            let chosen: Vec<usize> = scratch.chosen.iter().map(|&(k, _)| k).collect();
             assert!(chosen.windows(2).all(|w| w[0] < w[1]), "in instance order, no repeats");
             assert!((0..SHORTLIST_NEAR).all(|k| chosen.contains(&k)), "the nearest, always");
             // Instance k is on node k, k ms away.
-            assert!(shortlist.candidates.iter().all(|c| c.rtt_ms == Some(c.node as f64)));
+            assert!(scratch.candidates.iter().all(|c| c.rtt_ms == Some(c.node as f64)));
             far_seen.extend(chosen.into_iter().filter(|&k| k >= SHORTLIST_NEAR));
         }
         assert!(far_seen.len() > 50, "the far ones change from pick to pick: {}", far_seen.len());
         // Up to SHORTLIST_ALL instances, every one is weighed.
-        shortlist.fill(&ctx, 1, &instances[..SHORTLIST_ALL]);
-        let chosen: Vec<usize> = shortlist.chosen.iter().map(|&(k, _)| k).collect();
+        shortlist.fill(&mut scratch, &ctx, 1, &instances[..SHORTLIST_ALL]);
+        let chosen: Vec<usize> = scratch.chosen.iter().map(|&(k, _)| k).collect();
         assert_eq!(chosen, (0..SHORTLIST_ALL).collect::<Vec<_>>());
     }
 
@@ -406,24 +504,25 @@ mod tests {
     fn a_large_revision_weighs_the_rtts_its_order_was_taken_from() {
         let now = Instant::now();
         let (mut rtt, instances) = a_hundred();
-        let mut shortlist = Shortlist::new(7);
+        let (mut shortlist, mut scratch) = (Shortlist::new(7), PickScratch::default());
         let rtt_to_node_1 =
-            |shortlist: &Shortlist| shortlist.candidates.iter().find(|c| c.node == 1).and_then(|c| c.rtt_ms);
+            |scratch: &PickScratch| scratch.candidates.iter().find(|c| c.node == 1).and_then(|c| c.rtt_ms);
         shortlist.fill(
+            &mut scratch,
             &PickContext { origin: 0, rtt: &rtt, now, target_concurrency: 1.0, queued: 0, fresh: true },
             1,
             &instances,
         );
-        assert_eq!(rtt_to_node_1(&shortlist), Some(1.0));
+        assert_eq!(rtt_to_node_1(&scratch), Some(1.0));
         rtt.record(0, 1, 9.0, now);
         let later = now + SHORTLIST_RESORT - Duration::from_millis(1);
         let ctx =
             PickContext { origin: 0, rtt: &rtt, now: later, target_concurrency: 1.0, queued: 0, fresh: true };
-        shortlist.fill(&ctx, 1, &instances);
-        assert_eq!(rtt_to_node_1(&shortlist), Some(1.0), "no lookup between sorts");
+        shortlist.fill(&mut scratch, &ctx, 1, &instances);
+        assert_eq!(rtt_to_node_1(&scratch), Some(1.0), "no lookup between sorts");
         let ctx = PickContext { now: now + SHORTLIST_RESORT, ..ctx };
-        shortlist.fill(&ctx, 1, &instances);
-        assert_eq!(rtt_to_node_1(&shortlist), Some(9.0), "taken again with the order");
+        shortlist.fill(&mut scratch, &ctx, 1, &instances);
+        assert_eq!(rtt_to_node_1(&scratch), Some(9.0), "taken again with the order");
     }
 
     #[test]
@@ -436,8 +535,9 @@ mod tests {
         }
         let ctx = PickContext { origin: 0, rtt: &rtt, now, target_concurrency: 1.0, queued: 0, fresh: true };
         let mut balancer = registry::balancer("even", &PolicyParams::default()).expect("registered");
-        let mut shortlist = Shortlist::new(7);
-        let found = (0..100).find_map(|_| pick(balancer.as_mut(), &ctx, 1, &mut instances, &mut shortlist));
+        let (mut shortlist, mut scratch) = (Shortlist::new(7), PickScratch::default());
+        let found = (0..100)
+            .find_map(|_| pick(balancer.as_mut(), &ctx, 1, &mut instances, &mut shortlist, &mut scratch));
         assert_eq!(found, Some(80));
         assert_eq!(instances[80].in_flight, 1);
     }
@@ -447,15 +547,15 @@ mod tests {
         let now = Instant::now();
         let (rtt, mut instances) = a_hundred();
         let ctx = PickContext { origin: 0, rtt: &rtt, now, target_concurrency: 1.0, queued: 0, fresh: true };
-        let mut shortlist = Shortlist::new(7);
-        shortlist.fill(&ctx, 1, &instances);
+        let (mut shortlist, mut scratch) = (Shortlist::new(7), PickScratch::default());
+        shortlist.fill(&mut scratch, &ctx, 1, &instances);
         // The nearest instance moves far away: same count, so only `routes_changed` tells.
         instances[0].node = 99;
         instances[99].node = 0;
         shortlist.routes_changed();
-        shortlist.fill(&ctx, 1, &instances);
-        assert!(shortlist.chosen.iter().any(|&(k, rtt)| k == 99 && rtt == 0.0));
-        assert_eq!(shortlist.candidates.iter().find(|c| c.node == 0).map(|c| c.id), Some(99));
+        shortlist.fill(&mut scratch, &ctx, 1, &instances);
+        assert!(scratch.chosen.iter().any(|&(k, rtt)| k == 99 && rtt == 0.0));
+        assert_eq!(scratch.candidates.iter().find(|c| c.node == 0).map(|c| c.id), Some(99));
     }
 
     #[test]

@@ -3,12 +3,11 @@
 //! (`policy::gateway::pick` / `feed_back`, the revision's balancer and queue discipline, the
 //! fleet's `RequestStats`); this module only keeps the books the real gateway keeps.
 
-use std::borrow::{Borrow, BorrowMut};
 use std::collections::VecDeque;
 
 use ikukantai_policy::balance::{Balancer, PickContext};
 use ikukantai_policy::estimate::{MEASURED_SAMPLES, PeerFilter, RttMatrix};
-use ikukantai_policy::gateway::{self, InstanceLoad, Response, Shortlist};
+use ikukantai_policy::gateway::{self, InstanceLoad, PickScratch, Response, Shortlist};
 use ikukantai_policy::queue::{HeaderLookup, QueueDiscipline, RequestMeta};
 use ikukantai_policy::registry::{self, PolicyParams};
 use ikukantai_policy::scaler::RevisionScaler;
@@ -96,7 +95,7 @@ pub(crate) struct Request {
 /// One revision as one gateway sees it.
 pub(crate) struct GatewayRevision {
     version: u64,
-    instances: Vec<Routed>,
+    instances: Vec<InstanceLoad>,
     shortlist: Shortlist,
     balancer: Box<dyn Balancer>,
     pub(crate) waiting: Box<dyn QueueDiscipline<u32>>,
@@ -110,34 +109,17 @@ impl GatewayRevision {
     /// found it, unless the routes changed since.
     fn position(&self, instance: u32, hint: u32) -> Option<usize> {
         let hint = hint as usize;
-        if self.instances.get(hint).is_some_and(|x| x.instance == instance) {
+        let id = u64::from(instance);
+        if self.instances.get(hint).is_some_and(|x| x.id == id) {
             return Some(hint);
         }
-        self.instances.binary_search_by_key(&instance, |x| x.instance).ok()
+        self.instances.binary_search_by_key(&id, |x| x.id).ok()
     }
 }
 
 impl std::fmt::Debug for GatewayRevision {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GatewayRevision").field("instances", &self.instances.len()).finish()
-    }
-}
-
-#[derive(Debug)]
-struct Routed {
-    load: InstanceLoad,
-    instance: u32,
-}
-
-impl Borrow<InstanceLoad> for Routed {
-    fn borrow(&self) -> &InstanceLoad {
-        &self.load
-    }
-}
-
-impl BorrowMut<InstanceLoad> for Routed {
-    fn borrow_mut(&mut self) -> &mut InstanceLoad {
-        &mut self.load
     }
 }
 
@@ -168,6 +150,8 @@ pub(crate) struct World {
     pub(crate) n: usize,
     pub(crate) capacity: Vec<u32>,
     pub(crate) rtt: RttMatrix,
+    /// What every gateway's picks build and throw away.
+    scratch: PickScratch,
     pub(crate) revisions: Vec<Revision>,
     pub(crate) instances: Vec<Instance>,
     pub(crate) gateways: Vec<Option<Box<GatewayRevision>>>,
@@ -222,6 +206,7 @@ impl World {
             n,
             capacity,
             rtt,
+            scratch: PickScratch::default(),
             revisions,
             instances: Vec::new(),
             gateways,
@@ -316,11 +301,11 @@ impl World {
                 .routed
                 .iter()
                 .map(|&i| {
-                    while previous.next_if(|x| x.instance < i).is_some() {}
-                    previous.next_if(|x| x.instance == i).unwrap_or_else(|| Routed {
-                        load: InstanceLoad::new(u64::from(i), self.instances[i as usize].node as usize),
-                        instance: i,
-                    })
+                    let id = u64::from(i);
+                    while previous.next_if(|x| x.id < id).is_some() {}
+                    previous
+                        .next_if(|x| x.id == id)
+                        .unwrap_or_else(|| InstanceLoad::new(id, self.instances[i as usize].node as usize))
                 })
                 .collect();
             g.shortlist.routes_changed();
@@ -335,11 +320,12 @@ impl World {
         let now = self.events.instant(self.events.now());
         let (cc, target) = (self.revisions[rev as usize].cc, self.revisions[rev as usize].target);
         let rtt = std::mem::replace(&mut self.rtt, RttMatrix::new(0, 0.0, Default::default()));
+        let mut scratch = std::mem::take(&mut self.scratch);
         let g = self.gateway(origin, rev);
         g.origin.request_in(now, false);
         let queued = g.waiting.len() as u32;
-        let picked = pick(g, &rtt, origin, cc, target, Some(queued), now);
-        self.rtt = rtt;
+        let picked = pick(g, (&rtt, &mut scratch), origin, cc, target, Some(queued), now);
+        (self.rtt, self.scratch) = (rtt, scratch);
         if let Some(instance) = picked {
             self.forward(req, instance);
             return;
@@ -381,11 +367,14 @@ impl World {
         let now = self.events.instant(self.events.now());
         let (cc, target) = (self.revisions[rev as usize].cc, self.revisions[rev as usize].target);
         let rtt = std::mem::replace(&mut self.rtt, RttMatrix::new(0, 0.0, Default::default()));
+        let mut scratch = std::mem::take(&mut self.scratch);
         let mut go = Vec::new();
         {
             let g = self.gateway(node, rev);
             while !g.waiting.is_empty() {
-                let Some(instance) = pick(g, &rtt, node, cc, target, None, now) else { break };
+                let Some(instance) = pick(g, (&rtt, &mut scratch), node, cc, target, None, now) else {
+                    break;
+                };
                 let req = g.waiting.pop().expect("not empty");
                 // The activator counts a request while it waits; once forwarded, its instance
                 // counts it (so the time on the link counts nowhere).
@@ -393,7 +382,7 @@ impl World {
                 go.push((req, instance));
             }
         }
-        self.rtt = rtt;
+        (self.rtt, self.scratch) = (rtt, scratch);
         for (req, instance) in go {
             self.forward(req, instance);
         }
@@ -450,7 +439,7 @@ impl World {
             let node = g.position(r.instance, r.slot);
             let serving = self.instances[r.instance as usize].node as usize;
             let g = self.gateway(r.origin, r.rev);
-            let load = node.map(|i| &mut g.instances[i].load);
+            let load = node.map(|i| &mut g.instances[i]);
             gateway::feed_back(g.balancer.as_mut(), load, (id, serving, r.origin as usize), &response, at);
             self.let_go(req);
             let latency = (now - r.arrival) as f64 / 1e6 + self.model.client_ms;
@@ -467,7 +456,7 @@ impl World {
         let at = self.events.instant(self.events.now());
         let g = self.gateway(r.origin, r.rev);
         if let Some(i) = g.position(r.instance, r.slot) {
-            let load = &mut g.instances[i].load;
+            let load = &mut g.instances[i];
             load.in_flight = load.in_flight.saturating_sub(1);
         }
         g.origin.request_out(at, false);
@@ -530,7 +519,7 @@ impl World {
 
 fn pick(
     g: &mut GatewayRevision,
-    rtt: &RttMatrix,
+    (rtt, scratch): (&RttMatrix, &mut PickScratch),
     origin: u32,
     cc: u32,
     target: f64,
@@ -546,6 +535,6 @@ fn pick(
         queued: queued.unwrap_or(0),
         fresh: queued.is_some(),
     };
-    let i = gateway::pick(g.balancer.as_mut(), &ctx, cc, &mut g.instances, &mut g.shortlist)?;
-    Some((g.instances[i].instance, i as u32))
+    let i = gateway::pick(g.balancer.as_mut(), &ctx, cc, &mut g.instances, &mut g.shortlist, scratch)?;
+    Some((g.instances[i].id as u32, i as u32))
 }

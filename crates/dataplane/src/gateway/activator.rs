@@ -45,7 +45,7 @@ pub(super) fn pick(
     queued: Option<u32>,
     now: Instant,
 ) -> Option<Picked> {
-    let RevisionInner { route, instances, shortlist, balancer, .. } = inner;
+    let RevisionInner { route, instances, shortlist, scratch, balancer, .. } = inner;
     let rtt = shared.rtt.read();
     let ctx = PickContext {
         origin: shared.config.node,
@@ -55,7 +55,8 @@ pub(super) fn pick(
         queued: queued.unwrap_or(0),
         fresh: queued.is_some(),
     };
-    let i = gateway::pick(balancer.as_mut(), &ctx, route.container_concurrency, instances, shortlist)?;
+    let cc = route.container_concurrency;
+    let i = gateway::pick(balancer.as_mut(), &ctx, cc, instances, shortlist, scratch)?;
     Some(Picked::of(&instances[i]))
 }
 

@@ -14,7 +14,7 @@ use ikukantai_http::pool::Upstream;
 use ikukantai_policy::autoscaler::ScalingSpec;
 use ikukantai_policy::balance::Balancer;
 use ikukantai_policy::estimate::NodeIndex;
-use ikukantai_policy::gateway::{InstanceLoad, Shortlist};
+use ikukantai_policy::gateway::{InstanceLoad, PickScratch, Shortlist};
 use ikukantai_policy::queue::{PriorityRule, QueueDiscipline};
 use ikukantai_policy::registry::{self, PolicyParams};
 use parking_lot::Mutex;
@@ -148,6 +148,7 @@ pub(super) struct RevisionInner {
     pub(super) route: RevisionRoute,
     pub(super) instances: Vec<InstanceState>,
     pub(super) shortlist: Shortlist,
+    pub(super) scratch: PickScratch,
     pub(super) balancer: Box<dyn Balancer>,
     pub(super) waiting: Box<dyn QueueDiscipline<oneshot::Sender<u64>>>,
 }
@@ -309,6 +310,7 @@ impl RevisionState {
                 route: r.clone(),
                 instances,
                 shortlist: Shortlist::new(params.seed),
+                scratch: PickScratch::default(),
                 balancer: registry::balancer(&r.balancer, &params).map_err(err)?,
                 waiting: registry::queue(&r.queue, &params).map_err(err)?,
             }),

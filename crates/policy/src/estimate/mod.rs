@@ -39,10 +39,7 @@ impl Ewma {
     /// Adds a sample observed at `now`.
     pub fn observe(&mut self, now: Instant, sample: f64) {
         self.value = Some(match (self.value, self.updated) {
-            (Some(old), Some(at)) => {
-                let w = decay_weight(now.saturating_duration_since(at), self.decay);
-                old * w + sample * (1.0 - w)
-            }
+            (Some(old), Some(at)) => blend(old, now.saturating_duration_since(at), sample, self.decay),
             _ => sample,
         });
         self.updated = Some(now);
@@ -81,11 +78,7 @@ impl PeakEwma {
     /// Records one observation (any unit; the balancers use milliseconds).
     pub fn observe(&mut self, now: Instant, sample: f64) {
         let next = match (self.estimate, self.updated) {
-            (Some(old), _) if sample > old => sample,
-            (Some(old), Some(at)) => {
-                let w = decay_weight(now.saturating_duration_since(at), self.decay);
-                old * w + sample * (1.0 - w)
-            }
+            (Some(old), Some(at)) => blend_peak(old, now.saturating_duration_since(at), sample, self.decay),
             _ => sample,
         };
         self.estimate = Some(next);
@@ -96,6 +89,17 @@ impl PeakEwma {
     pub fn get(&self) -> Option<f64> {
         self.estimate
     }
+}
+
+/// One step of [`Ewma`]: `old`, last updated `elapsed` ago, with `sample` blended in.
+pub(crate) fn blend(old: f64, elapsed: Duration, sample: f64, decay: Duration) -> f64 {
+    let w = decay_weight(elapsed, decay);
+    old * w + sample * (1.0 - w)
+}
+
+/// One step of [`PeakEwma`]: a sample above `old` replaces it, one below is blended in.
+pub(crate) fn blend_peak(old: f64, elapsed: Duration, sample: f64, decay: Duration) -> f64 {
+    if sample > old { sample } else { blend(old, elapsed, sample, decay) }
 }
 
 /// `exp(-elapsed / decay)`: how much of an old value survives `elapsed`.

@@ -76,10 +76,8 @@ impl InstanceLoad {
     /// What one successful response taught, at `now`: the processing time and how long the slot
     /// was held (milliseconds), and the other gateways' requests there if it reported them.
     fn learn(&mut self, now: Instant, service_ms: f64, held_ms: f64, others: Option<u32>) {
-        let step = |old: f64, sample: f64, blend: fn(f64, Duration, f64, Duration) -> f64| match self.heard {
-            Some(at) if !old.is_nan() => {
-                blend(old, now.saturating_duration_since(at), sample, ESTIMATE_DECAY)
-            }
+        let step = |old: f64, sample: f64, rule: fn(f64, Duration, f64, Duration) -> f64| match self.heard {
+            Some(at) if !old.is_nan() => rule(old, now.saturating_duration_since(at), sample, ESTIMATE_DECAY),
             _ => sample,
         };
         let service_ms = step(self.service_ms, service_ms, blend_peak);

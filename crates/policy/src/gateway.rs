@@ -499,6 +499,25 @@ mod tests {
     }
 
     #[test]
+    fn the_nearest_are_the_lowest_rtts_ties_to_the_lower_index() {
+        let now = Instant::now();
+        let (mut rtt, instances) = a_hundred();
+        // Thirteen distinct RTTs over a hundred nodes, out of order: many ties.
+        for j in 1..100 {
+            rtt.set_prior_symmetric(0, j, ((j * 7) % 13) as f64);
+        }
+        let ctx = PickContext { origin: 0, rtt: &rtt, now, target_concurrency: 1.0, queued: 0, fresh: true };
+        let (mut shortlist, mut scratch) = (Shortlist::new(7), PickScratch::default());
+        shortlist.fill(&mut scratch, &ctx, 1, &instances);
+        let mut by_rtt: Vec<(f64, usize)> = (0..100).map(|k| (rtt.get(0, k, now), k)).collect();
+        by_rtt.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        let mut expected: Vec<usize> = by_rtt[..SHORTLIST_NEAR].iter().map(|&(_, k)| k).collect();
+        expected.sort_unstable();
+        let near: Vec<usize> = shortlist.near.iter().map(|&(k, _)| k).collect();
+        assert_eq!(near, expected);
+    }
+
+    #[test]
     fn a_large_revision_weighs_the_rtts_its_order_was_taken_from() {
         let now = Instant::now();
         let (mut rtt, instances) = a_hundred();

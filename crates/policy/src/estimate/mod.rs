@@ -1,7 +1,7 @@
-//! Estimators: time-decayed EWMA, peak-EWMA, the node-to-node RTT matrix and the network
+//! Estimators: time-decayed EWMA steps, peak-EWMA, the node-to-node RTT matrix and the network
 //! coordinates that fill it in between measurements.
 //!
-//! - this module: [`Ewma`], [`PeakEwma`];
+//! - this module: [`PeakEwma`], and the EWMA steps estimators kept elsewhere share (`blend`);
 //! - `rtt`: [`RttMatrix`], measured first, coordinates second, priors last ([`RttSource`]);
 //! - `vivaldi`: [`Vivaldi`] network coordinates with a height term (Serf's);
 //! - `filter`: [`PeerFilter`], the last few samples per peer for a moving median.
@@ -20,44 +20,6 @@ use std::time::{Duration, Instant};
 
 /// Index of a node in the fleet's node list (the topology's order).
 pub type NodeIndex = usize;
-
-/// An exponentially weighted moving average whose weights decay with *time*, not with the number of
-/// samples: a sample taken `dt` after the previous one keeps `exp(-dt / decay)` of the old value.
-#[derive(Debug, Clone)]
-pub struct Ewma {
-    value: Option<f64>,
-    updated: Option<Instant>,
-    decay: Duration,
-}
-
-impl Ewma {
-    /// An empty average; the first sample becomes its value.
-    pub fn new(decay: Duration) -> Self {
-        Self { value: None, updated: None, decay }
-    }
-
-    /// Adds a sample observed at `now`.
-    pub fn observe(&mut self, now: Instant, sample: f64) {
-        self.value = Some(match (self.value, self.updated) {
-            (Some(old), Some(at)) => blend(old, now.saturating_duration_since(at), sample, self.decay),
-            _ => sample,
-        });
-        self.updated = Some(now);
-    }
-
-    /// The current average, `None` before the first sample.
-    pub fn get(&self) -> Option<f64> {
-        self.value
-    }
-
-    /// The average as a belief that fades while no sample comes: its value weighted by how
-    /// recent the last sample is (1 at once, 1/e one decay later). For an estimate that is only
-    /// refreshed by acting on it, so one high sample cannot keep it from ever being refreshed.
-    pub fn fading(&self, now: Instant) -> Option<f64> {
-        let (value, at) = (self.value?, self.updated?);
-        Some(value * decay_weight(now.saturating_duration_since(at), self.decay))
-    }
-}
 
 /// Peak-sensitive EWMA (the estimator linkerd and tower use for latency): a sample above the current
 /// estimate replaces it at once, a sample below it is blended in with a time-decayed weight. It reacts
@@ -91,7 +53,9 @@ impl PeakEwma {
     }
 }
 
-/// One step of [`Ewma`]: `old`, last updated `elapsed` ago, with `sample` blended in.
+/// One step of an exponentially weighted moving average whose weights decay with *time*, not
+/// with the number of samples: `old`, last updated `elapsed` ago, keeps `exp(-elapsed / decay)`
+/// of its weight against `sample`.
 pub(crate) fn blend(old: f64, elapsed: Duration, sample: f64, decay: Duration) -> f64 {
     let w = decay_weight(elapsed, decay);
     old * w + sample * (1.0 - w)
@@ -131,16 +95,11 @@ mod tests {
     }
 
     #[test]
-    fn ewma_first_sample_is_value_and_decays_by_time() {
-        let t0 = Instant::now();
-        let mut e = Ewma::new(Duration::from_secs(1));
-        assert_eq!(e.get(), None);
-        e.observe(t0, 10.0);
-        assert_eq!(e.get(), Some(10.0));
+    fn an_ewma_step_decays_by_time() {
         // One decay constant later, the old value keeps e^-1 of its weight.
-        e.observe(t0 + Duration::from_secs(1), 0.0);
+        let blended = blend(10.0, Duration::from_secs(1), 0.0, Duration::from_secs(1));
         let expected = 10.0 * (-1.0f64).exp();
-        assert!((e.get().unwrap() - expected).abs() < 1e-9);
+        assert!((blended - expected).abs() < 1e-9);
     }
 
     #[test]

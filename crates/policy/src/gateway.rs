@@ -129,7 +129,12 @@ impl InstanceLoad {
             let faded = since.map_or(0.0, |since| decay_weight(since, ESTIMATE_DECAY));
             (0, known(self.others_mean).map_or(0.0, |mean| mean * faded))
         };
-        let own_there = f64::from(self.in_flight) * service / (service + rtt_ms.max(0.0));
+        // Of this gateway's requests in flight, those at the instance: by the share of send →
+        // response not spent on the link (a queue there lengthens it), at least processing's.
+        let rtt = rtt_ms.max(0.0);
+        let processing = service / (service + rtt);
+        let at_instance = known(self.held_ms).and_then(|held| share_at_instance(held, rtt));
+        let own_there = f64::from(self.in_flight) * at_instance.map_or(processing, |s| s.max(processing));
         Candidate {
             id: self.id,
             node: self.node,
@@ -148,6 +153,12 @@ impl InstanceLoad {
     pub fn service_ms(&self) -> Option<f64> {
         known(self.service_ms)
     }
+}
+
+/// The share of a request's send → response time `held_ms` spent at the instance rather than on
+/// a link of round trip `rtt_ms`; `None` for no time at all.
+fn share_at_instance(held_ms: f64, rtt_ms: f64) -> Option<f64> {
+    (held_ms > 0.0).then(|| ((held_ms - rtt_ms) / held_ms).clamp(0.0, 1.0))
 }
 
 /// Up to this many instances, a pick weighs them all.
@@ -343,6 +354,9 @@ pub struct Response {
     pub reported_in_flight: Option<u32>,
     /// False for a 5xx or no answer.
     pub success: bool,
+    /// The round trip to the instance's node as the gateway reckons it (milliseconds), if it
+    /// does: the share of a request's time not spent at the instance.
+    pub rtt_ms: Option<f64>,
 }
 
 /// Feeds a response back into the instance's estimates (`instance`: `None` if it left the routes
@@ -359,11 +373,18 @@ pub fn feed_back(
     if response.success
         && let Some(i) = instance
     {
-        // The reported load counts this response's request, and this gateway's others still there.
+        // The reported load counts this response's request, and this gateway's others there:
+        // of those in flight, by the share of this one's time not spent on the link (all of
+        // them without an RTT — those on the link are not the instance's load).
+        let at_instance = response.rtt_ms.and_then(|rtt| share_at_instance(held, rtt)).unwrap_or(1.0);
+        let own_there = match i.in_flight {
+            0 => 0.0,
+            n => 1.0 + f64::from(n - 1) * at_instance,
+        };
         let others = response
             .reported_in_flight
             .filter(|_| response.from_queue_proxy)
-            .map(|load| load.saturating_sub(i.in_flight).min(NO_REPORT - 1));
+            .map(|load| (f64::from(load) - own_there).max(0.0).round().min(f64::from(NO_REPORT - 1)) as u32);
         i.learn(now, response.service_ms.unwrap_or(held), held, others);
     }
     balancer.observe(&Completion {
@@ -415,6 +436,7 @@ mod tests {
             from_queue_proxy: true,
             reported_in_flight: Some(1),
             success: true,
+            rtt_ms: Some(0.0),
         };
         feed_back(balancer.as_mut(), Some(&mut instances[0]), (1, 0, 0), &response, now);
         assert_eq!(instances[0].service_ms(), Some(10.0));
@@ -448,6 +470,7 @@ mod tests {
                 from_queue_proxy: true,
                 reported_in_flight: Some(1 + k % 2),
                 success: true,
+                rtt_ms: Some(20.0),
             };
             feed_back(balancer.as_mut(), Some(&mut i), (1, 1, 0), &response, now);
             i.in_flight = 0;
@@ -463,6 +486,36 @@ mod tests {
         i.in_flight = 3;
         let own = i.candidate(1, 20.0, last + Duration::from_secs(1)).load - later.load;
         assert!((own - 1.0).abs() < 1e-9, "3 × 10 / (10 + 20): {own}");
+    }
+
+    #[test]
+    fn requests_on_the_link_are_not_counted_as_the_instance_load() {
+        let now = Instant::now();
+        let mut balancer = registry::balancer("ert", &PolicyParams::default()).expect("registered");
+        // An instance 80 ms away (processing 40 ms): nine of this gateway's requests in flight,
+        // each taking 200 ms from send to response — 60 % of it at the instance, queue included.
+        let mut i = InstanceLoad::new(1, 1);
+        i.in_flight = 9;
+        let response = Response {
+            latency: Duration::from_millis(200),
+            service_ms: Some(40.0),
+            from_queue_proxy: true,
+            reported_in_flight: Some(8),
+            success: true,
+            rtt_ms: Some(80.0),
+        };
+        feed_back(balancer.as_mut(), Some(&mut i), (1, 1, 0), &response, now);
+        // The report's 8: this response's request and 60 % of the other eight of ours (4.8), so
+        // about 2 of other gateways — not 8 − 9 = none.
+        let seen = i.candidate(3, 80.0, now);
+        assert_eq!(seen.in_flight, 9 + 2);
+        // Expected at the instance: 60 % of ours (as measured: 200 ms, 80 on the link), and theirs.
+        assert!((seen.load - (9.0 * 0.6 + 2.0)).abs() < 1e-9, "{seen:?}");
+        // Without an RTT every request of ours counts as there, as before.
+        let mut j = InstanceLoad::new(2, 1);
+        j.in_flight = 9;
+        feed_back(balancer.as_mut(), Some(&mut j), (2, 1, 0), &Response { rtt_ms: None, ..response }, now);
+        assert_eq!(j.candidate(3, 80.0, now).in_flight, 9);
     }
 
     /// 100 instances, one per node, node `j` at `j` ms from the origin (node 0).
@@ -587,6 +640,7 @@ mod tests {
             from_queue_proxy: true,
             reported_in_flight: Some(5),
             success: true,
+            rtt_ms: None,
         };
         feed_back(balancer.as_mut(), Some(&mut instance), (1, 0, 0), &response, now);
         let load = |after: Duration| instance.candidate(1, 0.0, now + after).load;

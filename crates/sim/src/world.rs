@@ -427,6 +427,8 @@ impl World {
         if r.gateway == AtGateway::Forwarded {
             let now = self.events.now();
             let at = self.events.instant(now);
+            let serving = self.instances[r.instance as usize].node as usize;
+            let rtt_ms = self.rtt.get(r.origin as usize, serving, at);
             let g = self.gateway(r.origin, r.rev);
             let response = Response {
                 latency: std::time::Duration::from_nanos(now - r.sent),
@@ -434,11 +436,10 @@ impl World {
                 from_queue_proxy: true,
                 reported_in_flight: Some(r.reported_load),
                 success: true,
+                rtt_ms: Some(rtt_ms),
             };
             let id = u64::from(r.instance);
             let node = g.position(r.instance, r.slot);
-            let serving = self.instances[r.instance as usize].node as usize;
-            let g = self.gateway(r.origin, r.rev);
             let load = node.map(|i| &mut g.instances[i]);
             gateway::feed_back(g.balancer.as_mut(), load, (id, serving, r.origin as usize), &response, at);
             self.let_go(req);

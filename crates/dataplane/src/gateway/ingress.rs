@@ -630,16 +630,18 @@ fn feedback(
             _ => {}
         }
     }
+    let origin = done.shared.config.node;
     let response = decisions::Response {
         latency,
         service_ms,
         from_queue_proxy: instance && node,
         reported_in_flight: load,
         success: !failed,
+        rtt_ms: Some(done.shared.rtt.read().get(origin, done.node, now.into_std())),
     };
     let inner = &mut *done.rev.inner.lock();
     let instance_load = inner.instances.iter_mut().find(|x| x.load.id == done.id).map(|x| &mut x.load);
-    let key = (done.id, done.node, done.shared.config.node);
+    let key = (done.id, done.node, origin);
     feed_back(inner.balancer.as_mut(), instance_load, key, &response, now.into_std());
     instance || node || load.is_some() || service_ms.is_some()
 }

@@ -19,11 +19,15 @@
 //!   load an instance is sized for, processing is assumed to stretch linearly (processor sharing).
 //!
 //! When instances are full (as this gateway counts them), waiting for one of them is an option
-//! too. This gateway's requests there are answered at `Σ own / held` per millisecond (Little's
-//! law: its requests in flight there over how long each stays, on average — send to response, the
-//! link and any queue at the instance included, so the share other gateways take of the same
-//! slots is counted); the `queued + 1`-th waiting request expects to wait `(queued + ½) / rate`,
-//! then the trip and the instance's own queue. If that beats every instance with room, the
+//! too — for those that would cost less than the best instance with room, since a slot freeing
+//! elsewhere is one a waiting request would not take. This gateway's requests there are answered
+//! at `Σ own / held` per millisecond (Little's law: its requests in flight there over how long
+//! each stays, on average — send to response, the link and any queue at the instance included, so
+//! the share other gateways take of the same slots is counted); the `queued + 1`-th waiting
+//! request expects to wait `(queued + ½) / rate`, each request queued ahead counted
+//! [`ErtParams::waiting_weight`] times (a wait is uncertain and binding, a trip is neither), then
+//! the trip and the instance's own queue (averaged over those instances by the rate each frees
+//! slots at). If that beats every instance with room, the
 //! balancer answers `None` and the gateway buffers the request. So traffic stays local while
 //! local is fastest, and spills over when the local queue would cost more than the trip to another
 //! node and that node's queue. Ties rotate, so equal instances share the load round-robin.
@@ -52,11 +56,23 @@ pub struct ErtParams {
     /// Over how long new requests are counted to tell saturation from a burst: longer than a
     /// burst, short against a level of load.
     pub crowded_after: Duration,
+    /// How much each request queued ahead in this gateway's own queue counts against a trip (1:
+    /// at its mean). A request that waits is committed to it (it is weighed again only at the
+    /// head of the queue), and the wait behind each one ahead, taken from how fast answers came
+    /// lately, varies about as much as its mean, where a trip varies by the link's jitter. The
+    /// head's own wait for the next answer counts at its mean: at light load, a moment's wait for
+    /// a busy instance at home beats a neighbour's trip.
+    pub waiting_weight: f64,
 }
 
 impl Default for ErtParams {
     fn default() -> Self {
-        Self { decay: Duration::from_secs(5), prior_service_ms: 1.0, crowded_after: Duration::from_secs(1) }
+        Self {
+            decay: Duration::from_secs(5),
+            prior_service_ms: 1.0,
+            crowded_after: Duration::from_secs(1),
+            waiting_weight: 2.0,
+        }
     }
 }
 
@@ -73,6 +89,9 @@ pub struct ErtBalancer {
     rotation: usize,
     /// New requests, counted with a weight that decays by `crowded_after`, and when last.
     arrivals: (f64, Option<Instant>),
+    /// A pick's full instances: (cost once a slot frees, rate this gateway's requests there are
+    /// answered at, slots).
+    full: Vec<(f64, f64, f64)>,
 }
 
 impl ErtBalancer {
@@ -84,6 +103,7 @@ impl ErtBalancer {
             overall: PeakEwma::new(params.decay),
             rotation: 0,
             arrivals: (0.0, None),
+            full: Vec::new(),
         }
     }
 
@@ -152,12 +172,11 @@ impl Balancer for ErtBalancer {
         let start = self.rotation % m;
         self.rotation = self.rotation.wrapping_add(1);
         let mut best: Option<Best> = None;
-        // The "wait here for a full instance" option: the best cost once one of this gateway's
-        // requests there is answered and its slot is taken again, and the rate they are answered
-        // at (requests per millisecond, by Little's law: in flight / how long each stays).
-        let mut full_cost = f64::INFINITY;
-        let mut full_rate = 0.0;
-        let mut full_slots = 0.0;
+        // The "wait here for a full instance" option, per full instance: the cost once one of
+        // this gateway's requests there is answered and its slot is taken again, and the rate
+        // they are answered at (requests per millisecond, by Little's law: in flight / how long
+        // each stays).
+        self.full.clear();
         for i in (start..m).chain(0..start) {
             let c = &candidates[i];
             let rtt = c.rtt_ms(ctx);
@@ -165,10 +184,8 @@ impl Balancer for ErtBalancer {
             if !c.has_room() {
                 let slots = f64::from(c.slots.max(1));
                 let queue = (c.load - slots).max(0.0) * service / slots;
-                full_cost = full_cost.min(rtt + queue + service);
-                full_slots += slots;
                 let held = c.held_ms.unwrap_or(rtt + service).max(service);
-                full_rate += f64::from(c.own) / held;
+                self.full.push((rtt + queue + service, f64::from(c.own) / held, slots));
                 continue;
             }
             let stretch = if c.capacity > 0 {
@@ -187,6 +204,20 @@ impl Balancer for ErtBalancer {
                 best = Some(Best { index: i, cost, in_flight: c.in_flight });
             }
         }
+        // Only the full instances worth waiting for (cheaper than the best with room) free a slot
+        // a waiting request would take: their answers set the rate, their costs what waiting buys.
+        let below = best.as_ref().map_or(f64::INFINITY, |b| b.cost);
+        let (mut full_rate, mut full_slots, mut weighted) = (0.0, 0.0, 0.0);
+        for &(cost, rate, slots) in self.full.iter().filter(|f| f.0 < below) {
+            full_rate += rate;
+            full_slots += slots;
+            weighted += cost * rate;
+        }
+        let full_cost = if full_rate > 0.0 {
+            weighted / full_rate
+        } else {
+            self.full.iter().map(|f| f.0).filter(|&c| c < below).fold(f64::INFINITY, f64::min)
+        };
         let crowded = self.crowded(ctx, full_slots, full_rate);
         let best = best?;
         if full_cost.is_finite() && !crowded {
@@ -194,7 +225,8 @@ impl Balancer for ErtBalancer {
             // requests to be answered: half the time between two answers, on average, for the
             // first. Others' requests at the same instances take their share of the slots, and
             // this counts it: what frees for this gateway is what it sees answered.
-            let wait = (f64::from(ctx.queued) + 0.5) / full_rate.max(f64::MIN_POSITIVE);
+            let ahead = self.params.waiting_weight * f64::from(ctx.queued);
+            let wait = (ahead + 0.5) / full_rate.max(f64::MIN_POSITIVE);
             if full_cost + wait < best.cost {
                 return None;
             }

@@ -28,6 +28,11 @@ pub(crate) fn edge_cloud() -> RttMatrix {
     m
 }
 
+/// `ert` with a wait in its own queue counted at its mean (the arithmetic of most tests here).
+fn ert_at_mean() -> ErtBalancer {
+    ErtBalancer::new(ErtParams { waiting_weight: 1.0, ..ErtParams::default() })
+}
+
 fn ctx(rtt: &RttMatrix, origin: usize, now: Instant) -> PickContext<'_> {
     PickContext { origin, rtt, now, target_concurrency: 10.0, queued: 0, fresh: true }
 }
@@ -175,7 +180,7 @@ fn ert_rotates_between_equal_instances() {
 fn ert_waits_for_a_local_slot_while_the_queue_is_short_and_spills_when_it_is_long() {
     let rtt = edge_cloud();
     let t0 = Instant::now();
-    let mut b = ErtBalancer::new(ErtParams::default());
+    let mut b = ert_at_mean();
     // Local instance full (cc 10), processing 4 ms; a cloud instance with room 50 ms away.
     let mut local = cand(1, 2, 10, 10);
     local.service_time_ms = Some(4.0);
@@ -192,7 +197,7 @@ fn ert_waits_for_a_local_slot_while_the_queue_is_short_and_spills_when_it_is_lon
 #[test]
 fn ert_counts_the_wait_in_how_long_slots_are_really_held() {
     let rtt = edge_cloud();
-    let mut b = ErtBalancer::new(ErtParams::default());
+    let mut b = ert_at_mean();
     // One local slot (cc 1), processing 4 ms; a cloud instance with room.
     let mut local = cand(1, 2, 1, 1);
     local.service_time_ms = Some(4.0);
@@ -221,7 +226,7 @@ fn busy_edge_idle_cloud() -> (Candidate, Candidate) {
 #[test]
 fn an_overloaded_edge_keeps_serving_its_own_users_up_to_the_point_where_waiting_exceeds_the_trip() {
     let rtt = edge_cloud();
-    let mut b = ErtBalancer::new(ErtParams::default());
+    let mut b = ert_at_mean();
     // The edge's only slot is busy with one of its own users (10 ms); the cloud, 50 ms away, is idle.
     let (local, mut cloud) = busy_edge_idle_cloud();
     let mut c = ctx(&rtt, 2, Instant::now());
@@ -245,9 +250,49 @@ fn an_overloaded_edge_keeps_serving_its_own_users_up_to_the_point_where_waiting_
 }
 
 #[test]
-fn in_sustained_overload_the_home_queue_is_held_to_one_request_a_slot() {
+fn by_default_each_request_queued_ahead_counts_double_against_the_trip() {
     let rtt = edge_cloud();
     let mut b = ErtBalancer::new(ErtParams::default());
+    let (local, cloud) = busy_edge_idle_cloud();
+    let mut c = ctx(&rtt, 2, Instant::now());
+    // Waiting behind q others: (2q + ½) × 10 ms, then 10 ms of processing; the cloud 60 ms.
+    for queued in 0..=2 {
+        c.queued = queued;
+        assert_eq!(b.pick(&c, &[local, cloud]), None, "{queued} queued: wait at home");
+    }
+    c.queued = 3;
+    assert_eq!(b.pick(&c, &[local, cloud]), Some(1), "35 ms of waiting, counted as 65: the trip");
+}
+
+#[test]
+fn only_full_instances_worth_waiting_for_set_how_fast_a_wait_ends() {
+    let rtt = edge_cloud();
+    let mut b = ert_at_mean();
+    // At home one busy slot answers every 10 ms. At the cloud, 50 ms away: one instance full of
+    // this gateway's requests (30 in flight, a queue of 2 beyond its 10 slots: 62 ms), answering
+    // one every 2 ms, and an idle one (60 ms).
+    let (local, _) = busy_edge_idle_cloud();
+    let mut busy = cand(2, 0, 30, 30);
+    busy.slots = 10;
+    busy.load = 12.0;
+    busy.service_time_ms = Some(10.0);
+    busy.held_ms = Some(60.0);
+    let mut idle = cand(3, 1, 0, 3);
+    idle.slots = 1;
+    idle.service_time_ms = Some(10.0);
+    let mut c = ctx(&rtt, 2, Instant::now());
+    // A slot freeing at the busy cloud instance is one a waiting request would not take (the idle
+    // one is cheaper): the wait is (q + ½) × 10 ms at home, not (q + ½) / 0.6.
+    c.queued = 4;
+    assert_eq!(b.pick(&c, &[local, busy, idle]), None, "45 + 10 ms beats 60");
+    c.queued = 5;
+    assert_eq!(b.pick(&c, &[local, busy, idle]), Some(2), "55 + 10 ms: the idle cloud instance");
+}
+
+#[test]
+fn in_sustained_overload_the_home_queue_is_held_to_one_request_a_slot() {
+    let rtt = edge_cloud();
+    let mut b = ert_at_mean();
     // The edge's one slot answers this gateway's requests every 10 ms.
     let (local, cloud) = busy_edge_idle_cloud();
     let t0 = Instant::now();
@@ -278,7 +323,7 @@ fn two_sites_one_trip_apart_wait_for_their_own_busy_instance_rather_than_cross()
     let mut rtt = RttMatrix::new(2, 15.0, Duration::from_secs(30));
     rtt.set_prior(0, 0, 0.0);
     rtt.set_prior(1, 1, 0.0);
-    let mut b = ErtBalancer::new(ErtParams::default());
+    let mut b = ert_at_mean();
     let mut home = cand(1, 0, 1, 1);
     home.service_time_ms = Some(10.0);
     home.held_ms = Some(10.0);

@@ -355,7 +355,7 @@ pub struct Response {
     /// False for a 5xx or no answer.
     pub success: bool,
     /// The round trip to the instance's node as the gateway reckons it (milliseconds), if it
-    /// does: the share of a request's time not spent at the instance.
+    /// does: the part of the request's time not spent at the instance.
     pub rtt_ms: Option<f64>,
 }
 
@@ -374,9 +374,11 @@ pub fn feed_back(
         && let Some(i) = instance
     {
         // The reported load counts this response's request, and this gateway's others there:
-        // of those in flight, by the share of this one's time not spent on the link (all of
-        // them without an RTT — those on the link are not the instance's load).
-        let at_instance = response.rtt_ms.and_then(|rtt| share_at_instance(held, rtt)).unwrap_or(1.0);
+        // of those in flight, by the share of this one's time not spent on the link, at least
+        // its processing's (the RTT is an estimate, maybe a prior far off). Without an RTT, all.
+        let processing = response.service_ms.filter(|_| held > 0.0).map_or(0.0, |ms| (ms / held).min(1.0));
+        let on_site = response.rtt_ms.and_then(|rtt| share_at_instance(held, rtt));
+        let at_instance = on_site.map_or(1.0, |share| share.max(processing));
         let own_there = match i.in_flight {
             0 => 0.0,
             n => 1.0 + f64::from(n - 1) * at_instance,
@@ -516,6 +518,18 @@ mod tests {
         j.in_flight = 9;
         feed_back(balancer.as_mut(), Some(&mut j), (2, 1, 0), &Response { rtt_ms: None, ..response }, now);
         assert_eq!(j.candidate(3, 80.0, now).in_flight, 9);
+        // An RTT far above the truth (a prior) leaves at least the processing's share (40 of
+        // 200 ms): 1 + 8 × 0.2 of ours, not 1 and seven phantom others.
+        let mut k = InstanceLoad::new(3, 1);
+        k.in_flight = 9;
+        feed_back(
+            balancer.as_mut(),
+            Some(&mut k),
+            (3, 1, 0),
+            &Response { rtt_ms: Some(500.0), ..response },
+            now,
+        );
+        assert_eq!(k.candidate(3, 500.0, now).in_flight, 9 + 5, "8 − 2.6, rounded");
     }
 
     /// 100 instances, one per node, node `j` at `j` ms from the origin (node 0).

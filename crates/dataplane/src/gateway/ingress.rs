@@ -618,7 +618,10 @@ fn feedback(
     latency: Duration,
     failed: bool,
 ) -> bool {
-    let number = |v: &HeaderValue| v.to_str().ok().and_then(|v| v.parse::<f64>().ok());
+    // A number the estimates can take: finite, not negative.
+    let number = |v: &HeaderValue| {
+        v.to_str().ok().and_then(|v| v.parse::<f64>().ok()).filter(|x| x.is_finite() && *x >= 0.0)
+    };
     // One pass over the response's few headers, rather than a hashed lookup per name.
     let (mut service_ms, mut load, mut instance, mut node) = (None, None, false, false);
     for (name, value) in headers {

@@ -36,9 +36,9 @@
 //! them: when the requests arriving outrun what the full instances answer, the same share must
 //! leave whatever the queue's length, and a queue grown to the trip's length only makes those who
 //! stay wait (Naor, 1969: the individually optimal queue is longer than the socially optimal one).
-//! So while new requests arrive faster than the full instances answer this gateway's requests
-//! (both rates over the last [`ErtParams::crowded_after`] or so), a new request waits only behind
-//! fewer than one request a slot of those instances, and otherwise takes the best instance with
+//! So while new requests arrive faster than the full instances worth waiting for answer this
+//! gateway's requests (both rates over the last [`ErtParams::crowded_after`] or so), a new request
+//! waits only behind fewer than one request a slot of those instances, and otherwise takes the best instance with
 //! room. Below saturation a burst queues at home as before.
 
 use std::time::{Duration, Instant};
@@ -184,7 +184,7 @@ impl Balancer for ErtBalancer {
             if !c.has_room() {
                 let slots = f64::from(c.slots.max(1));
                 let queue = (c.load - slots).max(0.0) * service / slots;
-                let held = c.held_ms.unwrap_or(rtt + service).max(service);
+                let held = c.held_ms.unwrap_or(rtt + service).max(service).max(EPSILON_MS);
                 self.full.push((rtt + queue + service, f64::from(c.own) / held, slots));
                 continue;
             }
@@ -213,11 +213,8 @@ impl Balancer for ErtBalancer {
             full_slots += slots;
             weighted += cost * rate;
         }
-        let full_cost = if full_rate > 0.0 {
-            weighted / full_rate
-        } else {
-            self.full.iter().map(|f| f.0).filter(|&c| c < below).fold(f64::INFINITY, f64::min)
-        };
+        // Without any of this gateway's requests there, nothing tells when a slot frees: no wait.
+        let full_cost = if full_rate > 0.0 { weighted / full_rate } else { f64::INFINITY };
         let crowded = self.crowded(ctx, full_slots, full_rate);
         let best = best?;
         if full_cost.is_finite() && !crowded {

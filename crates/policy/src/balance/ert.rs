@@ -27,19 +27,19 @@
 //! request expects to wait `(queued + ½) / rate`, each request queued ahead counted
 //! [`ErtParams::waiting_weight`] times (a wait is uncertain and binding, a trip is neither), then
 //! the trip and the instance's own queue (averaged over those instances by the rate each frees
-//! slots at). If that beats every instance with room, the
-//! balancer answers `None` and the gateway buffers the request. So traffic stays local while
-//! local is fastest, and spills over when the local queue would cost more than the trip to another
-//! node and that node's queue. Ties rotate, so equal instances share the load round-robin.
+//! slots at). If that beats every instance with room, the balancer answers `None` and the gateway
+//! buffers the request. So traffic stays local while local is fastest, and spills over when the
+//! local queue would cost more than the trip to another node and that node's queue. Ties rotate,
+//! so equal instances share the load round-robin.
 //!
 //! That is each request's best choice, and in sustained overload it is a poor one for all of
 //! them: when the requests arriving outrun what the full instances answer, the same share must
 //! leave whatever the queue's length, and a queue grown to the trip's length only makes those who
 //! stay wait (Naor, 1969: the individually optimal queue is longer than the socially optimal one).
 //! So while new requests arrive faster than the full instances worth waiting for answer this
-//! gateway's requests (both rates over the last [`ErtParams::crowded_after`] or so), a new request
-//! waits only behind fewer than one request a slot of those instances, and otherwise takes the best instance with
-//! room. Below saturation a burst queues at home as before.
+//! gateway's requests (both rates over the last [`ErtParams::crowded_after`] or so), a new
+//! request waits only behind fewer than one request a slot of those instances, and otherwise
+//! takes the best instance with room. Below saturation a burst queues at home as before.
 
 use std::time::{Duration, Instant};
 

@@ -290,6 +290,31 @@ fn only_full_instances_worth_waiting_for_set_how_fast_a_wait_ends() {
 }
 
 #[test]
+fn waiting_costs_the_full_instances_by_the_rate_each_frees_slots_at() {
+    // node0 (the origin), node1 10 ms away, node2 50 ms away.
+    let mut rtt = RttMatrix::new(3, 50.0, Duration::from_secs(30));
+    rtt.set_prior_symmetric(0, 1, 10.0);
+    let mut b = ert_at_mean();
+    // Full: home (10 ms once a slot frees, one answer every 10 ms) and node1 (20 ms, one every
+    // 30 ms); idle: node2 (60 ms).
+    let mut home = cand(1, 0, 1, 1);
+    home.service_time_ms = Some(10.0);
+    home.held_ms = Some(10.0);
+    let mut near = cand(2, 1, 1, 1);
+    near.service_time_ms = Some(10.0);
+    near.held_ms = Some(30.0);
+    let mut far = cand(3, 2, 0, 1);
+    far.service_time_ms = Some(10.0);
+    let mut c = ctx(&rtt, 0, Instant::now());
+    // Slots free at 2/15 a ms, three in four at home: waiting costs 12.5 ms on average, plus
+    // (q + ½) × 7.5 ms.
+    c.queued = 5;
+    assert_eq!(b.pick(&c, &[home, near, far]), None, "12.5 + 41.25 < 60");
+    c.queued = 6;
+    assert_eq!(b.pick(&c, &[home, near, far]), Some(2), "12.5 + 48.75 > 60 (home's 10 would not be)");
+}
+
+#[test]
 fn in_sustained_overload_the_home_queue_is_held_to_one_request_a_slot() {
     let rtt = edge_cloud();
     let mut b = ert_at_mean();

@@ -640,7 +640,8 @@ fn feedback(
         from_queue_proxy: instance && node,
         reported_in_flight: load,
         success: !failed,
-        rtt_ms: Some(done.shared.rtt.read().get(origin, done.node, now.into_std())),
+        // Only a success teaches the estimates: no lookup for a failure.
+        rtt_ms: (!failed).then(|| done.shared.rtt.read().get(origin, done.node, now.into_std())),
     };
     let inner = &mut *done.rev.inner.lock();
     let instance_load = inner.instances.iter_mut().find(|x| x.load.id == done.id).map(|x| &mut x.load);

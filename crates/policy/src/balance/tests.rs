@@ -28,6 +28,13 @@ pub(crate) fn edge_cloud() -> RttMatrix {
     m
 }
 
+/// `c` with its processing time and, if given, how long this gateway's requests hold a slot.
+fn timed(mut c: Candidate, service_ms: f64, held_ms: Option<f64>) -> Candidate {
+    c.service_time_ms = Some(service_ms);
+    c.held_ms = held_ms;
+    c
+}
+
 /// `ert` with a wait in its own queue counted at its mean (the arithmetic of most tests here).
 fn ert_at_mean() -> ErtBalancer {
     ErtBalancer::new(ErtParams { waiting_weight: 1.0, ..ErtParams::default() })
@@ -214,12 +221,9 @@ fn ert_counts_the_wait_in_how_long_slots_are_really_held() {
 /// An edge's instance (node 2, one slot, 10 ms) busy with one of this gateway's requests, and an
 /// idle one at the cloud (node 0, one slot, 10 ms), 50 ms away.
 fn busy_edge_idle_cloud() -> (Candidate, Candidate) {
-    let mut local = cand(1, 2, 1, 1);
-    local.service_time_ms = Some(10.0);
-    local.held_ms = Some(10.0);
-    let mut cloud = cand(2, 0, 0, 3);
+    let local = timed(cand(1, 2, 1, 1), 10.0, Some(10.0));
+    let mut cloud = timed(cand(2, 0, 0, 3), 10.0, None);
     cloud.slots = 1;
-    cloud.service_time_ms = Some(10.0);
     (local, cloud)
 }
 
@@ -272,14 +276,11 @@ fn only_full_instances_worth_waiting_for_set_how_fast_a_wait_ends() {
     // this gateway's requests (30 in flight, a queue of 2 beyond its 10 slots: 62 ms), answering
     // one every 2 ms, and an idle one (60 ms).
     let (local, _) = busy_edge_idle_cloud();
-    let mut busy = cand(2, 0, 30, 30);
+    let mut busy = timed(cand(2, 0, 30, 30), 10.0, Some(60.0));
     busy.slots = 10;
     busy.load = 12.0;
-    busy.service_time_ms = Some(10.0);
-    busy.held_ms = Some(60.0);
-    let mut idle = cand(3, 1, 0, 3);
+    let mut idle = timed(cand(3, 1, 0, 3), 10.0, None);
     idle.slots = 1;
-    idle.service_time_ms = Some(10.0);
     let mut c = ctx(&rtt, 2, Instant::now());
     // A slot freeing at the busy cloud instance is one a waiting request would not take (the idle
     // one is cheaper): the wait is (q + ½) × 10 ms at home, not (q + ½) / 0.6.
@@ -297,14 +298,9 @@ fn waiting_costs_the_full_instances_by_the_rate_each_frees_slots_at() {
     let mut b = ert_at_mean();
     // Full: home (10 ms once a slot frees, one answer every 10 ms) and node1 (20 ms, one every
     // 30 ms); idle: node2 (60 ms).
-    let mut home = cand(1, 0, 1, 1);
-    home.service_time_ms = Some(10.0);
-    home.held_ms = Some(10.0);
-    let mut near = cand(2, 1, 1, 1);
-    near.service_time_ms = Some(10.0);
-    near.held_ms = Some(30.0);
-    let mut far = cand(3, 2, 0, 1);
-    far.service_time_ms = Some(10.0);
+    let home = timed(cand(1, 0, 1, 1), 10.0, Some(10.0));
+    let near = timed(cand(2, 1, 1, 1), 10.0, Some(30.0));
+    let far = timed(cand(3, 2, 0, 1), 10.0, None);
     let mut c = ctx(&rtt, 0, Instant::now());
     // Slots free at 2/15 a ms, three in four at home: waiting costs 12.5 ms on average, plus
     // (q + ½) × 7.5 ms.

@@ -126,8 +126,8 @@ impl InstanceLoad {
             (self.others, f64::from(self.others))
         } else {
             // The average, fading as the last report ages.
-            let faded = since.map_or(0.0, |since| decay_weight(since, ESTIMATE_DECAY));
-            (0, known(self.others_mean).map_or(0.0, |mean| mean * faded))
+            let faded = |since| decay_weight(since, ESTIMATE_DECAY);
+            (0, known(self.others_mean).zip(since).map_or(0.0, |(mean, since)| mean * faded(since)))
         };
         // Of this gateway's requests in flight, those at the instance: by the share of send →
         // response not spent on the link (a queue there lengthens it), at least processing's.
@@ -299,11 +299,9 @@ impl Shortlist {
         } else {
             rtts.extend(self.nodes.iter().map(|&node| ctx.rtt.get(ctx.origin, node, ctx.now)));
         }
-        order.clear();
-        order.extend(rtts.iter().enumerate().map(|(k, &rtt)| (rtt, k)));
-        order.select_nth_unstable_by(SHORTLIST_NEAR, |a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        nearest(rtts, SHORTLIST_NEAR, order);
         self.near.clear();
-        self.near.extend(order[..SHORTLIST_NEAR].iter().map(|&(rtt, k)| (k, rtt)));
+        self.near.extend(order.iter().map(|&(rtt, k)| (k, rtt)));
         self.near.sort_unstable_by_key(|&(k, _)| k);
         // The rest, in instance order.
         self.far.clear();
@@ -314,6 +312,27 @@ impl Shortlist {
             }
         }
         self.sorted = Some((instances.len(), ctx.now));
+    }
+}
+
+/// The `keep` smallest of `rtts` as (RTT, index), nearest first (ties: the lower index), in one
+/// pass: past the first few, an RTT is mostly compared once and left.
+fn nearest(rtts: &[f64], keep: usize, out: &mut Vec<(f64, usize)>) {
+    use std::cmp::Ordering::{Greater, Less};
+    out.clear();
+    if keep == 0 {
+        return;
+    }
+    for (k, &rtt) in rtts.iter().enumerate() {
+        if out.len() == keep {
+            // An equal RTT has a higher index than those kept: it loses the tie.
+            if out.last().is_some_and(|last| rtt.total_cmp(&last.0) != Less) {
+                continue;
+            }
+            out.pop();
+        }
+        let at = out.partition_point(|&(kept, _)| kept.total_cmp(&rtt) != Greater);
+        out.insert(at, (rtt, k));
     }
 }
 
@@ -662,5 +681,21 @@ mod tests {
         let stale = load(Duration::from_secs(1));
         assert!(stale < 5.0 && stale > 4.0, "the average, fading a little: {stale}");
         assert!(load(ESTIMATE_DECAY * 4) < 0.1, "faded: {}", load(ESTIMATE_DECAY * 4));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_nearest_are_the_first_of_the_rtts_sorted(
+            rtts in proptest::collection::vec(proptest::prop_oneof![0.0..5.0f64, proptest::strategy::Just(1.0), proptest::strategy::Just(f64::NAN)], 0..60),
+            keep in 0usize..30,
+        ) {
+            let mut sorted: Vec<(f64, usize)> = rtts.iter().enumerate().map(|(k, &r)| (r, k)).collect();
+            sorted.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+            sorted.truncate(keep);
+            let mut out = Vec::new();
+            nearest(&rtts, keep, &mut out);
+            let bits = |v: &[(f64, usize)]| v.iter().map(|&(r, k)| (r.to_bits(), k)).collect::<Vec<_>>();
+            proptest::prop_assert_eq!(bits(&out), bits(&sorted));
+        }
     }
 }

@@ -275,6 +275,14 @@ impl World {
         }
     }
 
+    /// [`World::gateway`] with what its picks read besides: the RTT matrix and the scratch.
+    fn picking(&mut self, node: u32, rev: u32) -> (&mut GatewayRevision, &RttMatrix, &mut PickScratch) {
+        self.gateway(node, rev);
+        let slot = node as usize * self.revisions.len() + rev as usize;
+        let g = self.gateways[slot].as_deref_mut().expect("made just now");
+        (g, &self.rtt, &mut self.scratch)
+    }
+
     /// The gateway state of `rev` at `node`, caught up with the routes.
     pub(crate) fn gateway(&mut self, node: u32, rev: u32) -> &mut GatewayRevision {
         let slot = node as usize * self.revisions.len() + rev as usize;
@@ -319,13 +327,10 @@ impl World {
         let (origin, rev) = (self.requests[req as usize].origin, self.requests[req as usize].rev);
         let now = self.events.instant(self.events.now());
         let (cc, target) = (self.revisions[rev as usize].cc, self.revisions[rev as usize].target);
-        let rtt = std::mem::replace(&mut self.rtt, RttMatrix::new(0, 0.0, Default::default()));
-        let mut scratch = std::mem::take(&mut self.scratch);
-        let g = self.gateway(origin, rev);
+        let (g, rtt, scratch) = self.picking(origin, rev);
         g.origin.request_in(now, false);
         let queued = g.waiting.len() as u32;
-        let picked = pick(g, (&rtt, &mut scratch), origin, cc, target, Some(queued), now);
-        (self.rtt, self.scratch) = (rtt, scratch);
+        let picked = pick(g, (rtt, scratch), origin, cc, target, Some(queued), now);
         if let Some(instance) = picked {
             self.forward(req, instance);
             return;
@@ -366,13 +371,11 @@ impl World {
     pub(crate) fn dispatch(&mut self, node: u32, rev: u32) {
         let now = self.events.instant(self.events.now());
         let (cc, target) = (self.revisions[rev as usize].cc, self.revisions[rev as usize].target);
-        let rtt = std::mem::replace(&mut self.rtt, RttMatrix::new(0, 0.0, Default::default()));
-        let mut scratch = std::mem::take(&mut self.scratch);
         let mut go = Vec::new();
         {
-            let g = self.gateway(node, rev);
+            let (g, rtt, scratch) = self.picking(node, rev);
             while !g.waiting.is_empty() {
-                let Some(instance) = pick(g, (&rtt, &mut scratch), node, cc, target, None, now) else {
+                let Some(instance) = pick(g, (rtt, &mut *scratch), node, cc, target, None, now) else {
                     break;
                 };
                 let req = g.waiting.pop().expect("not empty");
@@ -382,7 +385,6 @@ impl World {
                 go.push((req, instance));
             }
         }
-        (self.rtt, self.scratch) = (rtt, scratch);
         for (req, instance) in go {
             self.forward(req, instance);
         }

@@ -45,11 +45,15 @@ impl PeerFilter {
         self.pushed += 1;
         let at = match self.recent.iter().position(|r| r.peer == peer) {
             Some(i) => i,
+            None if self.recent.len() >= self.max_peers => {
+                // The least recently sampled peer's place, and its buffer, go to the new one.
+                let oldest = (0..self.recent.len()).min_by_key(|&i| self.recent[i].seen).unwrap_or(0);
+                let r = &mut self.recent[oldest];
+                r.peer = peer;
+                r.samples.clear();
+                oldest
+            }
             None => {
-                if self.recent.len() >= self.max_peers {
-                    let oldest = (0..self.recent.len()).min_by_key(|&i| self.recent[i].seen).unwrap_or(0);
-                    self.recent.swap_remove(oldest);
-                }
                 self.recent.push(Recent { peer, samples: Vec::with_capacity(self.keep), seen: 0 });
                 self.recent.len() - 1
             }

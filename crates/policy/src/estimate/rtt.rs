@@ -43,8 +43,47 @@ struct CoordinateUse {
     max_age: Duration,
 }
 
-/// One node's samples to every node: (ms, when taken).
-type Row = Box<[Option<(f64, Instant)>]>;
+/// One measured RTT: 16 bytes rather than an `Option<(f64, Instant)>`'s 24, since a row is read
+/// whole (a placement reads every origin's; at a thousand nodes the matrix is the size of L3).
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    ms: f64,
+    /// When taken, in nanoseconds from [`epoch`]; [`NOT_TAKEN`] for none.
+    taken: i64,
+}
+
+const NOT_TAKEN: i64 = i64::MIN;
+
+impl Sample {
+    const NONE: Sample = Sample { ms: f64::NAN, taken: NOT_TAKEN };
+
+    fn get(self) -> Option<(f64, Instant)> {
+        (self.taken != NOT_TAKEN).then(|| (self.ms, from_nanos(self.taken)))
+    }
+}
+
+/// The instant sample times count from: one for the process, so matrices compare alike.
+fn epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+/// `at` in nanoseconds from [`epoch`], either side of it (saturating some 292 years away).
+fn nanos(at: Instant) -> i64 {
+    let clamp = |d: Duration| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX - 1);
+    match at.checked_duration_since(epoch()) {
+        Some(after) => clamp(after),
+        None => -clamp(epoch().duration_since(at)),
+    }
+}
+
+fn from_nanos(ns: i64) -> Instant {
+    let d = Duration::from_nanos(ns.unsigned_abs());
+    if ns >= 0 { epoch() + d } else { epoch() - d }
+}
+
+/// One node's samples to every node.
+type Row = Box<[Sample]>;
 
 /// Round-trip times between nodes, in milliseconds.
 ///
@@ -132,7 +171,7 @@ impl RttMatrix {
         self.prior_ms = Arc::new(prior_ms);
         for row in self.rows.iter_mut().flatten() {
             let mut grown = row.to_vec();
-            grown.resize(n, None);
+            grown.resize(n, Sample::NONE);
             *row = grown.into_boxed_slice();
         }
         self.rows.resize(n, None);
@@ -163,8 +202,8 @@ impl RttMatrix {
         if from >= n || to >= n {
             return;
         }
-        let row = self.rows[from].get_or_insert_with(|| vec![None; n].into_boxed_slice());
-        row[to] = Some((rtt_ms, now));
+        let row = self.rows[from].get_or_insert_with(|| vec![Sample::NONE; n].into_boxed_slice());
+        row[to] = Sample { ms: rtt_ms, taken: nanos(now) };
     }
 
     /// Sets node `node`'s network coordinate, as of `now`.
@@ -187,7 +226,7 @@ impl RttMatrix {
         }
         self.rows[node] = None;
         for row in self.rows.iter_mut().flatten() {
-            row[node] = None;
+            row[node] = Sample::NONE;
         }
         self.coords[node] = None;
     }
@@ -200,8 +239,17 @@ impl RttMatrix {
     /// The RTT to use at `now` and its source: a fresh sample, else both nodes' recent
     /// coordinates if their expected error is small enough, else the prior.
     pub fn lookup(&self, from: NodeIndex, to: NodeIndex, now: Instant) -> Rtt {
-        let fresh = now.checked_sub(self.max_age);
-        self.choose(from, to, now, fresh, self.sample(from, to), || self.recent_coordinate(from, now))
+        // A node to itself needs no sample: most of a gateway's responses come from its own node.
+        let sample = (from != to).then(|| self.rows.get(from)?.as_ref()?.get(to).copied()).flatten();
+        let fresh = self.fresh_since(now);
+        self.choose(from, to, now, fresh, sample.unwrap_or(Sample::NONE), || {
+            self.recent_coordinate(from, now)
+        })
+    }
+
+    /// The oldest time a fresh sample may have been taken at `now`, in [`nanos`].
+    fn fresh_since(&self, now: Instant) -> i64 {
+        now.checked_sub(self.max_age).map_or(i64::MIN + 1, nanos)
     }
 
     /// Every RTT from `from` at `now` (ms, by node), as [`RttMatrix::get`] gives them one by one:
@@ -211,12 +259,22 @@ impl RttMatrix {
         if from >= self.n {
             return;
         }
+        let (n, fresh) = (self.n, self.fresh_since(now));
+        let priors = &self.prior_ms[from * n..(from + 1) * n];
         let samples = self.rows[from].as_deref();
-        let here = self.recent_coordinate(from, now);
-        let fresh = now.checked_sub(self.max_age);
-        out.extend(
-            (0..self.n).map(|to| self.choose(from, to, now, fresh, samples.and_then(|r| r[to]), || here).ms),
-        );
+        match (self.recent_coordinate(from, now), samples) {
+            (None, None) => out.extend_from_slice(priors),
+            // Without coordinates from here, a fresh sample else the prior: one branch-free pass.
+            (None, Some(samples)) => {
+                let pick = |(s, &prior): (&Sample, &f64)| if s.taken >= fresh { s.ms } else { prior };
+                out.extend(samples.iter().zip(priors).map(pick));
+                out[from] = priors[from];
+            }
+            (here, _) => {
+                let sample = |to: usize| samples.map_or(Sample::NONE, |r| r[to]);
+                out.extend((0..n).map(|to| self.choose(from, to, now, fresh, sample(to), || here).ms));
+            }
+        }
     }
 
     /// The coordinates' estimate for `from → to` and its expected relative error, whatever the
@@ -225,26 +283,23 @@ impl RttMatrix {
         Self::between(self.recent_coordinate(from, now)?, self.recent_coordinate(to, now)?)
     }
 
-    /// [`RttMatrix::lookup`] with the pair's sample at hand, the oldest fresh sample's time
-    /// (`None`: all are fresh) and `from`'s recent coordinate a call away (asked only when the
+    /// [`RttMatrix::lookup`] with the pair's sample at hand, the oldest fresh sample's time and `from`'s recent coordinate a call away (asked only when the
     /// sample is not fresh: a gateway's lookups mostly end at the sample).
     fn choose<'a>(
         &'a self,
         from: NodeIndex,
         to: NodeIndex,
         now: Instant,
-        fresh_since: Option<Instant>,
-        sample: Option<(f64, Instant)>,
+        fresh_since: i64,
+        sample: Sample,
         here: impl FnOnce() -> Option<&'a Coordinate>,
     ) -> Rtt {
         let prior = self.prior_ms[from * self.n + to];
         if from == to {
             return Rtt { ms: prior, source: RttSource::Local };
         }
-        if let Some((ms, taken)) = sample
-            && fresh_since.is_none_or(|oldest| taken >= oldest)
-        {
-            return Rtt { ms, source: RttSource::Measured };
+        if sample.taken >= fresh_since {
+            return Rtt { ms: sample.ms, source: RttSource::Measured };
         }
         if let Some(a) = here()
             && let Some(b) = self.recent_coordinate(to, now)
@@ -270,7 +325,7 @@ impl RttMatrix {
 
     /// The last measured sample and when it was taken, fresh or not.
     pub fn sample(&self, from: NodeIndex, to: NodeIndex) -> Option<(f64, Instant)> {
-        self.rows.get(from)?.as_ref()?.get(to).copied().flatten()
+        self.rows.get(from)?.as_ref()?.get(to)?.get()
     }
 
     /// True when `from → to` has a sample no older than `max_age`.
@@ -355,6 +410,9 @@ mod tests {
         m.set_coordinate(2, at(5.0, 1.5), t0);
         m.record(0, 3, 25.0, t0);
         m.record(0, 1, 26.0, t0 - Duration::from_secs(20));
+        // A row with samples and no coordinate of its own, one of them to itself (never used).
+        m.record(4, 0, 33.0, t0);
+        m.record(4, 4, 9.0, t0);
         let mut row = Vec::new();
         for now in [t0, t0 + Duration::from_secs(11), t0 + Duration::from_secs(101)] {
             for from in 0..5 {
@@ -418,6 +476,22 @@ mod tests {
         assert!(Arc::ptr_eq(&a.prior_ms, &b.prior_ms));
         a.set_prior(0, 1, 9.0);
         assert_eq!((a.prior(0, 1), b.prior(0, 1)), (9.0, 1.0));
+    }
+
+    #[test]
+    fn samples_keep_their_exact_time_either_side_of_the_epoch() {
+        let e = epoch();
+        let mut m = RttMatrix::new(3, 1.0, Duration::from_secs(10));
+        let after = e + Duration::from_nanos(3_000_000_007);
+        m.record(0, 1, 5.0, after);
+        assert_eq!(m.sample(0, 1), Some((5.0, after)));
+        if let Some(before) = e.checked_sub(Duration::from_nanos(1_234_567_891)) {
+            m.record(0, 2, 6.0, before);
+            assert_eq!(m.sample(0, 2), Some((6.0, before)));
+            assert!(m.is_fresh(0, 2, before + Duration::from_secs(10)));
+            assert!(!m.is_fresh(0, 2, before + Duration::from_secs(10) + Duration::from_nanos(1)));
+        }
+        assert_eq!(m.sample(1, 0), None, "never taken");
     }
 
     #[test]

@@ -243,6 +243,10 @@ impl NearestPlacement {
 /// origin, which would make every other origin pay the trip to it. Once every origin with demand
 /// has an instance at hand, the rest go where demand per instance is highest.
 fn cover(input: &PlacementInput<'_>, demand: &[f64], mut left: u32, ideal: &mut [u32], room: &mut [u32]) {
+    if left == 0 {
+        // Nothing to place: the n × m response times below would be read for nothing.
+        return;
+    }
     let n = input.nodes();
     let origins: Vec<usize> = (0..n).filter(|&o| demand[o].is_finite() && demand[o] > 0.0).collect();
     let m = origins.len();

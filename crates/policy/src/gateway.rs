@@ -207,7 +207,7 @@ pub struct PickScratch {
     chosen: Vec<(usize, f64)>,
     /// The origin's RTT row, when a sort reads it whole.
     row: Vec<f64>,
-    /// For a sort: each instance's RTT, and the RTTs with instance indices.
+    /// For a sort: each instance's RTT, and the nearest's RTTs with their instance indices.
     rtts: Vec<f64>,
     order: Vec<(f64, usize)>,
 }

@@ -122,6 +122,7 @@ mod tests {
         }
         assert_eq!(f.len(), 4);
         assert!((6..10).all(|p| f.has(p)), "the least recent went first");
+        assert_eq!(f.push(20, 7.0), &[7.0], "a new peer starts without the dropped one's samples");
         f.forget(9);
         assert_eq!(f.len(), 3);
         assert!(!f.has(9));

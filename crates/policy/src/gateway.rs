@@ -126,8 +126,8 @@ impl InstanceLoad {
             (self.others, f64::from(self.others))
         } else {
             // The average, fading as the last report ages.
-            let faded = |since| decay_weight(since, ESTIMATE_DECAY);
-            (0, known(self.others_mean).zip(since).map_or(0.0, |(mean, since)| mean * faded(since)))
+            let faded = |(mean, since)| mean * decay_weight(since, ESTIMATE_DECAY);
+            (0, known(self.others_mean).zip(since).map_or(0.0, faded))
         };
         // Of this gateway's requests in flight, those at the instance: by the share of send →
         // response not spent on the link (a queue there lengthens it), at least processing's.

@@ -12,7 +12,8 @@
 //! - `wait` is how long a request arriving now should expect to wait for one of the instance's
 //!   containerConcurrency slots, given the requests expected there ([`Candidate::load`]: this
 //!   gateway's, and the other gateways' as the instance reports them): half a processing time per
-//!   slot if all are taken, a processing time per slot for each request queued beyond them. So an
+//!   slot if all are taken, a processing time per slot for each request queued beyond them,
+//!   counted [`ErtParams::waiting_weight`] times as a request queued ahead at home is. So an
 //!   instance busy with its own site's users is not taken for an idle one by a gateway a trip
 //!   away, and a gateway's own spill counts against the site it spills to;
 //! - `soft_limit` (containerConcurrency 0 only) is the autoscaler's target concurrency: beyond the
@@ -56,12 +57,13 @@ pub struct ErtParams {
     /// Over how long new requests are counted to tell saturation from a burst: longer than a
     /// burst, short against a level of load.
     pub crowded_after: Duration,
-    /// How much each request queued ahead in this gateway's own queue counts against a trip (1:
-    /// at its mean). A request that waits is committed to it (it is weighed again only at the
-    /// head of the queue), and the wait behind each one ahead, taken from how fast answers came
-    /// lately, varies about as much as its mean, where a trip varies by the link's jitter. The
-    /// head's own wait for the next answer counts at its mean: at light load, a moment's wait for
-    /// a busy instance at home beats a neighbour's trip.
+    /// How much each request queued ahead counts against a trip (1: at its mean), in this
+    /// gateway's own queue or in an instance's. A request that waits is committed to it (at home
+    /// it is weighed again only at the head of the queue; at an instance, never), and the wait
+    /// behind each one ahead, taken from how fast answers came lately or from a report a trip
+    /// old that every gateway reads alike, varies about as much as its mean, where a trip varies
+    /// by the link's jitter. The wait for the next free slot counts at its mean: at light load, a
+    /// moment's wait for a busy instance beats a neighbour's trip.
     pub waiting_weight: f64,
 }
 
@@ -71,7 +73,7 @@ impl Default for ErtParams {
             decay: Duration::from_secs(5),
             prior_service_ms: 1.0,
             crowded_after: Duration::from_secs(1),
-            waiting_weight: 2.0,
+            waiting_weight: 5.0,
         }
     }
 }
@@ -141,16 +143,16 @@ impl ErtBalancer {
 /// requests there (processing or queued) for a request arriving now, each taking `service`
 /// milliseconds: half a processing time per slot if all slots are taken (the chance of which is
 /// `(load / slots)^slots` below the brim), plus a processing time per slot for each request
-/// queued beyond them. Counting the queue once, from the instance's own report, is what keeps a
+/// queued beyond them, counted `weight` times ([`ErtParams::waiting_weight`]). Counting the queue once, from the instance's own report, is what keeps a
 /// queue of other gateways' requests from being counted again in how long a slot seems to be
 /// held.
-fn queue_wait(load: f64, slots: u32, service: f64) -> f64 {
+fn queue_wait(load: f64, slots: u32, service: f64, weight: f64) -> f64 {
     if slots == 0 {
         return 0.0;
     }
     let c = f64::from(slots);
     let all_busy = (load / c).clamp(0.0, 1.0).powi(slots.min(i32::MAX as u32) as i32);
-    (0.5 * all_busy + (load - c).max(0.0)) * service / c
+    (0.5 * all_busy + weight * (load - c).max(0.0)) * service / c
 }
 
 struct Best {
@@ -193,7 +195,8 @@ impl Balancer for ErtBalancer {
             } else {
                 (f64::from(c.in_flight + 1) / ctx.target_concurrency.max(1.0)).max(1.0)
             };
-            let cost = rtt + queue_wait(c.load, c.slots, service) + service * stretch;
+            let cost =
+                rtt + queue_wait(c.load, c.slots, service, self.params.waiting_weight) + service * stretch;
             let better = match &best {
                 None => true,
                 Some(b) => {

@@ -254,18 +254,36 @@ fn an_overloaded_edge_keeps_serving_its_own_users_up_to_the_point_where_waiting_
 }
 
 #[test]
-fn by_default_each_request_queued_ahead_counts_double_against_the_trip() {
+fn by_default_each_request_queued_ahead_counts_five_times_against_the_trip() {
     let rtt = edge_cloud();
     let mut b = ErtBalancer::new(ErtParams::default());
     let (local, cloud) = busy_edge_idle_cloud();
     let mut c = ctx(&rtt, 2, Instant::now());
-    // Waiting behind q others: (2q + ½) × 10 ms, then 10 ms of processing; the cloud 60 ms.
-    for queued in 0..=2 {
-        c.queued = queued;
-        assert_eq!(b.pick(&c, &[local, cloud]), None, "{queued} queued: wait at home");
-    }
-    c.queued = 3;
-    assert_eq!(b.pick(&c, &[local, cloud]), Some(1), "35 ms of waiting, counted as 65: the trip");
+    // Waiting behind q others: (5q + ½) × 10 ms, then 10 ms of processing; the cloud 60 ms.
+    c.queued = 0;
+    assert_eq!(b.pick(&c, &[local, cloud]), None, "the next answer, at its mean: wait at home");
+    c.queued = 1;
+    assert_eq!(b.pick(&c, &[local, cloud]), Some(1), "15 ms of waiting, counted as 55: the trip");
+}
+
+#[test]
+fn requests_queued_at_an_instance_count_as_those_queued_at_home_its_busy_slots_at_their_mean() {
+    // node0 (the origin), node1 10 ms away, node2 50 ms away.
+    let mut rtt = RttMatrix::new(3, 50.0, Duration::from_secs(30));
+    rtt.set_prior_symmetric(0, 1, 10.0);
+    let c = ctx(&rtt, 0, Instant::now());
+    // node1's one slot (10 ms) is busy with another gateway's request; the link leaves this
+    // gateway room to send. node2's is idle: 60 ms.
+    let mut near = timed(cand(1, 1, 0, 3), 10.0, None);
+    (near.slots, near.load) = (1, 1.0);
+    let far = timed(cand(2, 2, 0, 1), 10.0, None);
+    let (mut weighted, mut at_mean) = (ErtBalancer::new(ErtParams::default()), ert_at_mean());
+    assert_eq!(weighted.pick(&c, &[near, far]), Some(0), "10 + ½ × 10 + 10 ms: the busy slot at its mean");
+    // One more request queued there: 10 + (½ + 1) × 10 + 10 = 35 ms at its mean, but a queue read
+    // from a report a trip old, that other gateways read too, counts as a queue at home does.
+    near.load = 2.0;
+    assert_eq!(at_mean.pick(&c, &[near, far]), Some(0), "35 < 60");
+    assert_eq!(weighted.pick(&c, &[near, far]), Some(1), "10 + (½ + 5) × 10 + 10 = 75 > 60");
 }
 
 #[test]

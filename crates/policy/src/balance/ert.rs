@@ -27,8 +27,8 @@
 //! the share other gateways take of the same slots is counted); the `queued + 1`-th waiting
 //! request expects to wait `(queued + ½) / rate`, each request queued ahead counted
 //! [`ErtParams::waiting_weight`] times (a wait is uncertain and binding, a trip is neither), then
-//! the trip and the instance's own queue (averaged over those instances by the rate each frees
-//! slots at). If that beats every instance with room, the balancer answers `None` and the gateway
+//! the trip and the instance's own queue at its mean (averaged over those instances by the rate
+//! each frees slots at). If that beats every instance with room, the balancer answers `None` and the gateway
 //! buffers the request. So traffic stays local while local is fastest, and spills over when the
 //! local queue would cost more than the trip to another node and that node's queue. Ties rotate,
 //! so equal instances share the load round-robin.
@@ -58,12 +58,14 @@ pub struct ErtParams {
     /// burst, short against a level of load.
     pub crowded_after: Duration,
     /// How much each request queued ahead counts against a trip (1: at its mean), in this
-    /// gateway's own queue or in an instance's. A request that waits is committed to it (at home
-    /// it is weighed again only at the head of the queue; at an instance, never), and the wait
-    /// behind each one ahead, taken from how fast answers came lately or from a report a trip
-    /// old that every gateway reads alike, varies about as much as its mean, where a trip varies
-    /// by the link's jitter. The wait for the next free slot counts at its mean: at light load, a
-    /// moment's wait for a busy instance beats a neighbour's trip.
+    /// gateway's own queue or in the queue of an instance with room (a full instance's queue, in
+    /// the cost of waiting here for it, counts at its mean). A request that waits is committed to
+    /// it (at home it is weighed again only at the head of the queue; at an instance, never), and
+    /// the wait behind each one ahead, taken from how fast answers came lately or from the other
+    /// gateways' requests in a report a trip old that all of them read alike, varies about as
+    /// much as its mean, where a trip varies by the link's jitter. The wait for the next free
+    /// slot counts at its mean: at light load, a moment's wait for a busy instance beats a
+    /// neighbour's trip.
     pub waiting_weight: f64,
 }
 
@@ -143,9 +145,9 @@ impl ErtBalancer {
 /// requests there (processing or queued) for a request arriving now, each taking `service`
 /// milliseconds: half a processing time per slot if all slots are taken (the chance of which is
 /// `(load / slots)^slots` below the brim), plus a processing time per slot for each request
-/// queued beyond them, counted `weight` times ([`ErtParams::waiting_weight`]). Counting the queue once, from the instance's own report, is what keeps a
-/// queue of other gateways' requests from being counted again in how long a slot seems to be
-/// held.
+/// queued beyond them, counted `weight` times ([`ErtParams::waiting_weight`]). The queue is
+/// taken from the instance's own report only, not also from how long a slot seems held: so a
+/// queue of other gateways' requests is not counted a second time in this gateway's hold times.
 fn queue_wait(load: f64, slots: u32, service: f64, weight: f64) -> f64 {
     if slots == 0 {
         return 0.0;

@@ -256,6 +256,7 @@ fn an_overloaded_edge_keeps_serving_its_own_users_up_to_the_point_where_waiting_
 #[test]
 fn by_default_each_request_queued_ahead_counts_five_times_against_the_trip() {
     let rtt = edge_cloud();
+    assert_eq!(ErtParams::default().waiting_weight, 5.0);
     let mut b = ErtBalancer::new(ErtParams::default());
     let (local, cloud) = busy_edge_idle_cloud();
     let mut c = ctx(&rtt, 2, Instant::now());
@@ -268,22 +269,23 @@ fn by_default_each_request_queued_ahead_counts_five_times_against_the_trip() {
 
 #[test]
 fn requests_queued_at_an_instance_count_as_those_queued_at_home_its_busy_slots_at_their_mean() {
-    // node0 (the origin), node1 10 ms away, node2 50 ms away.
-    let mut rtt = RttMatrix::new(3, 50.0, Duration::from_secs(30));
+    // node0 (the origin), node1 10 ms away, node2 30 ms away.
+    let mut rtt = RttMatrix::new(3, 30.0, Duration::from_secs(30));
     rtt.set_prior_symmetric(0, 1, 10.0);
     let c = ctx(&rtt, 0, Instant::now());
     // node1's one slot (10 ms) is busy with another gateway's request; the link leaves this
-    // gateway room to send. node2's is idle: 60 ms.
+    // gateway room to send. node2's is idle: 40 ms.
     let mut near = timed(cand(1, 1, 0, 3), 10.0, None);
     (near.slots, near.load) = (1, 1.0);
     let far = timed(cand(2, 2, 0, 1), 10.0, None);
     let (mut weighted, mut at_mean) = (ErtBalancer::new(ErtParams::default()), ert_at_mean());
-    assert_eq!(weighted.pick(&c, &[near, far]), Some(0), "10 + ½ × 10 + 10 ms: the busy slot at its mean");
+    // The busy slot at its mean: 10 + ½ × 10 + 10 = 25 ms (weighted too, it would be 45).
+    assert_eq!(weighted.pick(&c, &[near, far]), Some(0), "25 < 40");
     // One more request queued there: 10 + (½ + 1) × 10 + 10 = 35 ms at its mean, but a queue read
     // from a report a trip old, that other gateways read too, counts as a queue at home does.
     near.load = 2.0;
-    assert_eq!(at_mean.pick(&c, &[near, far]), Some(0), "35 < 60");
-    assert_eq!(weighted.pick(&c, &[near, far]), Some(1), "10 + (½ + 5) × 10 + 10 = 75 > 60");
+    assert_eq!(at_mean.pick(&c, &[near, far]), Some(0), "35 < 40");
+    assert_eq!(weighted.pick(&c, &[near, far]), Some(1), "10 + (½ + 5) × 10 + 10 = 75 > 40");
 }
 
 #[test]

@@ -28,10 +28,10 @@
 //! request expects to wait `(queued + ½) / rate`, each request queued ahead counted
 //! [`ErtParams::waiting_weight`] times (a wait is uncertain and binding, a trip is neither), then
 //! the trip and the instance's own queue at its mean (averaged over those instances by the rate
-//! each frees slots at). If that beats every instance with room, the balancer answers `None` and the gateway
-//! buffers the request. So traffic stays local while local is fastest, and spills over when the
-//! local queue would cost more than the trip to another node and that node's queue. Ties rotate,
-//! so equal instances share the load round-robin.
+//! each frees slots at). If that beats every instance with room, the balancer answers `None` and
+//! the gateway buffers the request. So traffic stays local while local is fastest, and spills over
+//! when the local queue would cost more than the trip to another node and that node's queue. Ties
+//! rotate, so equal instances share the load round-robin.
 //!
 //! That is each request's best choice, and in sustained overload it is a poor one for all of
 //! them: when the requests arriving outrun what the full instances answer, the same share must

@@ -278,14 +278,19 @@ impl World {
     /// [`World::gateway`] with what its picks read besides: the RTT matrix and the scratch.
     fn picking(&mut self, node: u32, rev: u32) -> (&mut GatewayRevision, &RttMatrix, &mut PickScratch) {
         self.gateway(node, rev);
-        let slot = node as usize * self.revisions.len() + rev as usize;
+        let slot = self.slot(node, rev);
         let g = self.gateways[slot].as_deref_mut().expect("made just now");
         (g, &self.rtt, &mut self.scratch)
     }
 
+    /// Where the gateway state of `rev` at `node` is kept.
+    fn slot(&self, node: u32, rev: u32) -> usize {
+        node as usize * self.revisions.len() + rev as usize
+    }
+
     /// The gateway state of `rev` at `node`, caught up with the routes.
     pub(crate) fn gateway(&mut self, node: u32, rev: u32) -> &mut GatewayRevision {
-        let slot = node as usize * self.revisions.len() + rev as usize;
+        let slot = self.slot(node, rev);
         let revision = &self.revisions[rev as usize];
         let g = self.gateways[slot].get_or_insert_with(|| {
             let params = PolicyParams { seed: self.seed ^ u64::from(node), ..PolicyParams::default() };

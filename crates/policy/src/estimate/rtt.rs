@@ -240,11 +240,14 @@ impl RttMatrix {
     /// coordinates if their expected error is small enough, else the prior.
     pub fn lookup(&self, from: NodeIndex, to: NodeIndex, now: Instant) -> Rtt {
         // A node to itself needs no sample: most of a gateway's responses come from its own node.
-        let sample = (from != to).then(|| self.rows.get(from)?.as_ref()?.get(to).copied()).flatten();
+        let sample = if from == to { Sample::NONE } else { self.stored(from, to) };
         let fresh = self.fresh_since(now);
-        self.choose(from, to, now, fresh, sample.unwrap_or(Sample::NONE), || {
-            self.recent_coordinate(from, now)
-        })
+        self.choose(from, to, now, fresh, sample, || self.recent_coordinate(from, now))
+    }
+
+    /// The sample stored for `from → to`, taken or not.
+    fn stored(&self, from: NodeIndex, to: NodeIndex) -> Sample {
+        self.rows.get(from).and_then(|row| row.as_ref()?.get(to).copied()).unwrap_or(Sample::NONE)
     }
 
     /// The oldest time a fresh sample may have been taken at `now`, in [`nanos`].
@@ -283,8 +286,9 @@ impl RttMatrix {
         Self::between(self.recent_coordinate(from, now)?, self.recent_coordinate(to, now)?)
     }
 
-    /// [`RttMatrix::lookup`] with the pair's sample at hand, the oldest fresh sample's time and `from`'s recent coordinate a call away (asked only when the
-    /// sample is not fresh: a gateway's lookups mostly end at the sample).
+    /// [`RttMatrix::lookup`] with the pair's sample at hand, the oldest fresh sample's time (in
+    /// [`nanos`]) and `from`'s recent coordinate a call away (asked only when the sample is not
+    /// fresh: a gateway's lookups mostly end at the sample).
     fn choose<'a>(
         &'a self,
         from: NodeIndex,
@@ -325,7 +329,7 @@ impl RttMatrix {
 
     /// The last measured sample and when it was taken, fresh or not.
     pub fn sample(&self, from: NodeIndex, to: NodeIndex) -> Option<(f64, Instant)> {
-        self.rows.get(from)?.as_ref()?.get(to)?.get()
+        self.stored(from, to).get()
     }
 
     /// True when `from → to` has a sample no older than `max_age`.

@@ -38,7 +38,8 @@ pub struct Candidate {
     pub slots: u32,
     /// Requests expected at the instance (processing or waiting in its queue proxy, of every
     /// gateway) when one sent now arrives there: this gateway's, less those still on the link,
-    /// and the other gateways' as the instance last reported them, or their recent average.
+    /// and the other gateways' as the instance last reported them (from across a link, drawn
+    /// toward their average), or their recent average.
     pub load: f64,
     /// Recent estimate of the instance's processing time (milliseconds), if known.
     pub service_time_ms: Option<f64>,

@@ -101,13 +101,14 @@ impl InstanceLoad {
     ///
     /// Other gateways send to the same instance, and this one does not see them — except in the
     /// load the queue proxy reports on each response. For a couple of processing times after such
-    /// a report, the requests of others it counted are taken as in flight here too: a site's
-    /// only instance, busy with its own users, does not look free to a gateway one trip away.
+    /// a report, the requests of others it counted are taken as in flight here too, as reported
+    /// (the room a request may take is counted, not predicted): a site's only instance, busy with
+    /// its own users, does not look free to a gateway one trip away.
     ///
     /// The candidate's `load` is what a request sent now should expect to find at the instance:
     /// this gateway's requests there (those in flight, less the share of their time they spend on
     /// the link) and the other gateways', as last reported while that is fresh (from across a link,
-    /// drawn toward their average: [`InstanceLoad::others_on_arrival`]), else as reported
+    /// drawn toward their average: `InstanceLoad::others_on_arrival`), else as reported
     /// on average over the last few seconds — an instance busy half the time with its own site's
     /// users is not idle just because this gateway has not heard from it lately. That average
     /// fades as the last report ages (by [`ESTIMATE_DECAY`]): a queue seen once, at a cold start,
@@ -152,9 +153,11 @@ impl InstanceLoad {
 
     /// The other gateways' requests a request sent now should find at the instance, from a fresh
     /// report: by the time it arrives the report is a round trip old, and the requests it counted
-    /// have turned over about once a processing time. So a report from this site stands as it is,
-    /// and one from across a link counts less the longer the trip: its difference from the
-    /// others' average fades by `exp(−RTT / processing time)`. Taken as it was, a short queue in a
+    /// have turned over about once a processing time (a queue beyond the slots takes longer to
+    /// drain; timing the fade by that was tried, docs/sweeps.md). So a report from this node
+    /// (RTT 0) stands as it is, and one from across a link counts less the longer the trip: its
+    /// difference from the others' average (of the last few seconds' reports; the first report
+    /// is its own) fades by `exp(−RTT / processing time)`. Taken as it was, a short queue in a
     /// report a trip old drew every overloaded gateway that read it, and the first to arrive
     /// filled it: the others waited there, behind a queue their own spill made.
     fn others_on_arrival(&self, rtt_ms: f64, service_ms: f64) -> f64 {

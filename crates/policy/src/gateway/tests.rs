@@ -74,7 +74,7 @@ fn an_instance_not_heard_from_lately_keeps_the_load_others_put_on_it() {
     // processing times, drawn most of the way to the average.
     assert_eq!(i.candidate(1, 0.0, last).load, 1.0);
     let fresh = i.candidate(1, 20.0, last);
-    assert!((0.5..0.65).contains(&fresh.load), "{fresh:?}");
+    assert!((0.5..0.55).contains(&fresh.load), "{fresh:?}");
     assert_eq!(fresh.in_flight, 1, "room is counted from the report as it is");
     // A second later: about half a request of others', on average.
     let later = i.candidate(1, 20.0, last + Duration::from_secs(1));
@@ -111,9 +111,10 @@ fn a_fresh_report_from_across_a_link_counts_toward_the_others_average_by_the_tri
     let mean = i.others_mean;
     assert!(mean > 3.0 && mean < 4.0, "mostly 4: {mean}");
     let load = |rtt_ms: f64| i.candidate(4, rtt_ms, last).load;
-    assert_eq!(load(0.0), 1.0, "at this site, as reported");
+    assert_eq!(load(0.0), 1.0, "at this node, as reported");
     let a_trip = load(10.0);
     let expected = mean + (1.0 - mean) * (-1.0f64).exp();
+    assert!(a_trip > 1.0 && a_trip < mean, "between the report and the average: {a_trip}");
     assert!((a_trip - expected).abs() < 1e-9, "one processing time away: {a_trip} vs {expected}");
     assert!((load(100.0) - mean).abs() < 1e-3, "ten away: the average, {}", load(100.0));
 }

@@ -9,7 +9,8 @@
 //!    and started on another just because demand wobbled, and a cold start is not paid twice.
 //! 3. When the total is right but instances sit far from where the demand is, one instance moves
 //!    per `migrate_after`, and only if the move saves at least `min_gain_ms` for that demand — at
-//!    once, though, when the demand's site has no instance at all. A move makes before it breaks:
+//!    once, though, when the demand's site has no instance at all (such sites are weighed first;
+//!    a move too small to pay for one site never holds up another's). A move makes before it breaks:
 //!    the new instance is asked for first, the old one goes at the next decision, so for that
 //!    while the placement holds one instance more than the total.
 //!
@@ -349,6 +350,42 @@ fn sum_of(needs: &[(usize, u32, u32)]) -> u32 {
 }
 
 impl NearestPlacement {
+    /// The move step 3 would make: from the node with the largest surplus over the ideal that
+    /// saves at least `min_gain_ms` for the demand of a node short of it, and whether that site
+    /// has an instance already (then the move waits `migrate_after`). Each site with no instance
+    /// at hand is weighed, the largest deficit first, then the largest deficit of all: a move too
+    /// small to pay for one site does not hold up a site whose users pay the trip every request.
+    fn worth_moving(
+        &self,
+        input: &PlacementInput<'_>,
+        out: &[u32],
+        ideal: &[u32],
+        headroom: &[u32],
+    ) -> Option<(usize, usize, bool)> {
+        let n = input.nodes();
+        // Headroom is had where room is free, never moved for: the room it depends on comes and
+        // goes with other revisions' decisions.
+        // (A site whose node processes slower than another has its units placed there instead.)
+        let needed = |j: usize| ideal[j].saturating_sub(headroom[j]);
+        let covered = |d: usize| {
+            out[d] > 0
+                || (0..n).any(|j| out[j] > 0 && input.rtt.get(d, j, input.now) <= self.params.site_rtt_ms)
+        };
+        let mut surplus: Vec<usize> = (0..n).filter(|&j| out[j] > ideal[j]).collect();
+        surplus.sort_by_key(|&j| std::cmp::Reverse((out[j] - ideal[j], j)));
+        let mut deficit: Vec<usize> =
+            (0..n).filter(|&j| out[j] < needed(j) && out[j] < input.capacity[j]).collect();
+        deficit.sort_by_key(|&j| (std::cmp::Reverse(needed(j) - out[j]), j));
+        let from = |d: usize| {
+            let gain = |s: usize| input.response_ms(d, s) - input.response_ms(d, d);
+            surplus.iter().copied().find(|&s| gain(s) >= self.params.min_gain_ms)
+        };
+        // Lazily: at a thousand nodes every deficit's scan of every node would cost on each call.
+        let uncovered =
+            deficit.iter().filter(|&&d| !covered(d)).find_map(|&d| from(d).map(|s| (s, d, false)));
+        uncovered.or_else(|| deficit.first().and_then(|&d| from(d).map(|s| (s, d, covered(d)))))
+    }
+
     /// [`Placement::place`] with the sites' needs taken already.
     fn place_for(&mut self, input: &PlacementInput<'_>, needs: &[(usize, u32, u32)]) -> Vec<u32> {
         let total = input.reachable_total();
@@ -392,22 +429,8 @@ impl NearestPlacement {
             }
         }
         // Step 3: one migration at a time, after the misplacement has lasted.
-        let worst_surplus = (0..n).filter(|&j| out[j] > ideal[j]).max_by_key(|&j| (out[j] - ideal[j], j));
-        // Headroom is had where room is free, never moved for: the room it depends on comes and
-        // goes with other revisions' decisions.
-        // (A site whose node processes slower than another has its units placed there instead.)
-        let needed = |j: usize| ideal[j].saturating_sub(headroom[j]);
-        let worst_deficit = (0..n)
-            .filter(|&j| out[j] < needed(j) && out[j] < input.capacity[j])
-            .max_by_key(|&j| (needed(j) - out[j], std::cmp::Reverse(j)));
-        match (worst_surplus, worst_deficit) {
-            (Some(s), Some(d))
-                if input.response_ms(d, s) - input.response_ms(d, d) >= self.params.min_gain_ms =>
-            {
-                // A site with demand and no instance at all is covered at once: its users pay the
-                // trip on every request until then, a cold start is paid once. Finer moves wait.
-                let covered =
-                    (0..n).any(|j| out[j] > 0 && input.rtt.get(d, j, input.now) <= self.params.site_rtt_ms);
+        match self.worth_moving(input, &out, &ideal, &headroom) {
+            Some((s, d, covered)) => {
                 let since = *self.misplaced_since.get_or_insert(input.now);
                 if !covered || input.now.saturating_duration_since(since) >= self.params.migrate_after {
                     // Make before break: the instance at `s` goes once the one at `d` exists
@@ -420,7 +443,7 @@ impl NearestPlacement {
                     self.misplaced_since = None;
                 }
             }
-            _ => self.misplaced_since = None,
+            None => self.misplaced_since = None,
         }
         self.headroom = headroom.iter().zip(&out).map(|(&h, &o)| h.min(o)).collect();
         out

@@ -173,6 +173,29 @@ fn nearest_does_not_migrate_for_a_small_gain() {
 }
 
 #[test]
+fn nearest_covers_a_far_site_although_a_near_one_has_a_larger_deficit() {
+    // The cloud (node 0) holds three of four; edge a (node 1, 3 ms away) is short of two, edge b
+    // (node 2, 50 ms away) has none. Moving to a saves 3 ms, under the 5 ms gain; that must not
+    // hold up b, whose users pay 50 ms on every request.
+    let mut rtt = RttMatrix::new(3, 0.0, Duration::from_secs(60));
+    rtt.set_prior_symmetric(0, 1, 3.0);
+    rtt.set_prior_symmetric(0, 2, 50.0);
+    rtt.set_prior_symmetric(1, 2, 50.0);
+    let w = World { rtt, capacity: vec![10, 10, 10], processing: vec![None; 3] };
+    let t0 = Instant::now();
+    let mut p = NearestPlacement::new(NearestParams::default());
+    let demand = [0.0, 3.0, 0.5];
+    let current = p.place(&w.input(4, &demand, &[3, 1, 0], t0));
+    assert_eq!(current, [3, 1, 1], "b is covered at once");
+    let current = p.place(&w.input(4, &demand, &current, t0 + Duration::from_secs(1)));
+    assert_eq!(current, [2, 1, 1]);
+    // Then nothing moves for a's 3 ms, however long it lasts.
+    for s in [2, 60, 120] {
+        assert_eq!(p.place(&w.input(4, &demand, &current, t0 + Duration::from_secs(s))), current);
+    }
+}
+
+#[test]
 fn nearest_wants_one_instance_per_distant_site_with_demand() {
     // Capacity 1 leaves no room for headroom: each site counts what keeps it at its target.
     let w = World::edge_cloud(vec![1, 1, 1]);

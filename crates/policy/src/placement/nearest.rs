@@ -9,10 +9,11 @@
 //!    and started on another just because demand wobbled, and a cold start is not paid twice.
 //! 3. When the total is right but instances sit far from where the demand is, one instance moves
 //!    per `migrate_after`, and only if the move saves at least `min_gain_ms` for that demand — at
-//!    once, though, when the demand's site has no instance at all (such sites are weighed first;
-//!    a move too small to pay for one site never holds up another's). A move makes before it breaks:
-//!    the new instance is asked for first, the old one goes at the next decision, so for that
-//!    while the placement holds one instance more than the total.
+//!    once, though, and for any trip, when the demand's site has no instance at all (every such
+//!    site in the same decision, as a scale-up would cover them; a move too small to pay for one
+//!    site never holds up another's). A move
+//!    makes before it breaks: the new instance is asked for first, the old one goes at the next
+//!    decision, so for that while the placement holds one instance more than the total.
 //!
 //! Without any demand signal the ideal is an even spread from the current placement.
 //!
@@ -351,10 +352,11 @@ fn sum_of(needs: &[(usize, u32, u32)]) -> u32 {
 
 impl NearestPlacement {
     /// The move step 3 would make: from the node with the largest surplus over the ideal that
-    /// saves at least `min_gain_ms` for the demand of a node short of it, and whether that site
-    /// has an instance already (then the move waits `migrate_after`). Each site with no instance
-    /// at hand is weighed, the largest deficit first, then the largest deficit of all: a move too
-    /// small to pay for one site does not hold up a site whose users pay the trip every request.
+    /// saves enough for the demand of a node short of it, and whether that site has an instance
+    /// already (then the move waits `migrate_after`). Each site with no instance at hand is
+    /// weighed first, the largest deficit first, and any saving beyond `site_rtt_ms` is enough;
+    /// then the largest deficit of all, which must save `min_gain_ms`. So a move too small to pay
+    /// for one site does not hold up a site whose users pay a trip on every request.
     fn worth_moving(
         &self,
         input: &PlacementInput<'_>,
@@ -376,14 +378,20 @@ impl NearestPlacement {
         let mut deficit: Vec<usize> =
             (0..n).filter(|&j| out[j] < needed(j) && out[j] < input.capacity[j]).collect();
         deficit.sort_by_key(|&j| (std::cmp::Reverse(needed(j) - out[j]), j));
-        let from = |d: usize| {
+        let from = |d: usize, at_least: f64| {
             let gain = |s: usize| input.response_ms(d, s) - input.response_ms(d, d);
-            surplus.iter().copied().find(|&s| gain(s) >= self.params.min_gain_ms)
+            surplus.iter().copied().find(|&s| gain(s) >= at_least)
         };
-        // Lazily: at a thousand nodes every deficit's scan of every node would cost on each call.
-        let uncovered =
-            deficit.iter().filter(|&&d| !covered(d)).find_map(|&d| from(d).map(|s| (s, d, false)));
-        uncovered.or_else(|| deficit.first().and_then(|&d| from(d).map(|s| (s, d, covered(d)))))
+        // A site without an instance is owed one by the minimum; the trip its users pay, however
+        // short, is what made it a site of its own. Lazily: at a thousand nodes every deficit's
+        // scan of every node would cost on each call.
+        let uncovered = deficit
+            .iter()
+            .filter(|&&d| !covered(d))
+            .find_map(|&d| from(d, self.params.site_rtt_ms).map(|s| (s, d, false)));
+        uncovered.or_else(|| {
+            deficit.first().and_then(|&d| from(d, self.params.min_gain_ms).map(|s| (s, d, covered(d))))
+        })
     }
 
     /// [`Placement::place`] with the sites' needs taken already.
@@ -428,22 +436,39 @@ impl NearestPlacement {
                 }
             }
         }
-        // Step 3: one migration at a time, after the misplacement has lasted.
-        match self.worth_moving(input, &out, &ideal, &headroom) {
-            Some((s, d, covered)) => {
-                let since = *self.misplaced_since.get_or_insert(input.now);
-                if !covered || input.now.saturating_duration_since(since) >= self.params.migrate_after {
-                    // Make before break: the instance at `s` goes once the one at `d` exists
-                    // (the next decision's scale-down takes it), so a move never leaves the
-                    // revision without an instance while the new one starts.
-                    out[d] += 1;
-                    if input.current.get(d).copied().unwrap_or(0) >= out[d] {
-                        out[s] -= 1;
-                    }
-                    self.misplaced_since = None;
-                }
+        // Step 3: one migration at a time, after the misplacement has lasted; every site with no
+        // instance at all at once, as a scale-up would cover it.
+        // The placement as if each instance moved away had gone already: what the next move weighs.
+        let mut moved = out.clone();
+        let mut sites_covered = false;
+        loop {
+            let Some((s, d, covered)) = self.worth_moving(input, &moved, &ideal, &headroom) else {
+                self.misplaced_since = None;
+                break;
+            };
+            if covered && sites_covered {
+                // Sites were covered in this decision: the finer moves' wait starts at the next.
+                break;
             }
-            None => self.misplaced_since = None,
+            let since = *self.misplaced_since.get_or_insert(input.now);
+            if covered && input.now.saturating_duration_since(since) < self.params.migrate_after {
+                break;
+            }
+            // Make before break: the instance at `s` goes once the one at `d` exists (the next
+            // decision's scale-down takes it), so a move never leaves the revision without an
+            // instance while the new one starts. Only the first: the placement holds at most one
+            // instance more than the total (a revision's max-scale is a promise).
+            out[d] += 1;
+            moved[d] += 1;
+            moved[s] -= 1;
+            if sites_covered || input.current.get(d).copied().unwrap_or(0) >= out[d] {
+                out[s] -= 1;
+            }
+            self.misplaced_since = None;
+            if covered {
+                break;
+            }
+            sites_covered = true;
         }
         self.headroom = headroom.iter().zip(&out).map(|(&h, &o)| h.min(o)).collect();
         out

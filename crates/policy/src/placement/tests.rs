@@ -196,6 +196,46 @@ fn nearest_covers_a_far_site_although_a_near_one_has_a_larger_deficit() {
 }
 
 #[test]
+fn nearest_gives_a_site_a_few_ms_away_its_own_instance_but_moves_no_more_for_that_trip() {
+    // The demand is at node 1, 3 ms from node 0, which holds both instances: node 1's users pay
+    // 3 ms a request, so it gets one at once; the second one would save 3 ms, under the 5 ms gain.
+    let mut rtt = RttMatrix::new(3, 0.0, Duration::from_secs(60));
+    rtt.set_prior_symmetric(0, 1, 3.0);
+    rtt.set_prior_symmetric(0, 2, 50.0);
+    rtt.set_prior_symmetric(1, 2, 50.0);
+    let w = World { rtt, capacity: vec![10, 10, 10], processing: vec![None; 3] };
+    let t0 = Instant::now();
+    let mut p = NearestPlacement::new(NearestParams::default());
+    let demand = [0.0, 3.0, 0.0];
+    let current = p.place(&w.input(2, &demand, &[2, 0, 0], t0));
+    assert_eq!(current, [2, 1, 0], "covered at once");
+    let current = p.place(&w.input(2, &demand, &current, t0 + Duration::from_secs(1)));
+    assert_eq!(current, [1, 1, 0]);
+    for s in [2, 60, 120] {
+        assert_eq!(p.place(&w.input(2, &demand, &current, t0 + Duration::from_secs(s))), current);
+    }
+}
+
+#[test]
+fn nearest_covers_every_site_without_an_instance_in_one_decision() {
+    // Three edges 20, 30 and 40 ms from the cloud and far from each other; the cloud holds all
+    // three instances (placed before their demand was known).
+    let mut rtt = RttMatrix::new(4, 0.0, Duration::from_secs(60));
+    for (a, b, ms) in [(0, 1, 20.0), (0, 2, 30.0), (0, 3, 40.0), (1, 2, 50.0), (1, 3, 60.0), (2, 3, 70.0)] {
+        rtt.set_prior_symmetric(a, b, ms);
+    }
+    let w = World { rtt, capacity: vec![10, 10, 10, 10], processing: vec![None; 4] };
+    let t0 = Instant::now();
+    let mut p = NearestPlacement::new(NearestParams::default());
+    let demand = [0.0, 1.0, 1.0, 1.0];
+    let current = p.place(&w.input(3, &demand, &[3, 0, 0, 0], t0));
+    // One cloud instance stays until its replacement exists: never more than one over the total.
+    assert_eq!(current, [1, 1, 1, 1], "each edge gets its own at once");
+    let current = p.place(&w.input(3, &demand, &current, t0 + Duration::from_secs(2)));
+    assert_eq!(current, [0, 1, 1, 1]);
+}
+
+#[test]
 fn nearest_wants_one_instance_per_distant_site_with_demand() {
     // Capacity 1 leaves no room for headroom: each site counts what keeps it at its target.
     let w = World::edge_cloud(vec![1, 1, 1]);

@@ -11,9 +11,9 @@
 //!    per `migrate_after`, and only if the move saves at least `min_gain_ms` for that demand — at
 //!    once, though, and for any trip, when the demand's site has no instance at all (every such
 //!    site in the same decision, as a scale-up would cover them; a move too small to pay for one
-//!    site never holds up another's). A move
-//!    makes before it breaks: the new instance is asked for first, the old one goes at the next
-//!    decision, so for that while the placement holds one instance more than the total.
+//!    site never holds up another's). A move makes before it breaks: the new instance is asked
+//!    for first, the old one goes at the next decision, so for that while the placement holds one
+//!    instance more than the total (never more: a decision's further moves break first).
 //!
 //! Without any demand signal the ideal is an even spread from the current placement.
 //!

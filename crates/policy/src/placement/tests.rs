@@ -38,6 +38,15 @@ impl World {
         }
     }
 
+    /// Node 0, node 1 3 ms from it (a site of its own, but close) and node 2 50 ms from both.
+    fn near_and_far() -> Self {
+        let mut rtt = RttMatrix::new(3, 0.0, Duration::from_secs(60));
+        rtt.set_prior_symmetric(0, 1, 3.0);
+        rtt.set_prior_symmetric(0, 2, 50.0);
+        rtt.set_prior_symmetric(1, 2, 50.0);
+        Self { rtt, capacity: vec![10, 10, 10], processing: vec![None; 3] }
+    }
+
     /// What `p` asks for at least, with `per_instance` concurrency an instance.
     fn minimum(&self, p: &dyn Placement, demand: &[f64], per_instance: f64) -> u32 {
         p.minimum(&PlacementInput { per_instance, ..self.input(0, demand, &[], Instant::now()) })
@@ -177,11 +186,7 @@ fn nearest_covers_a_far_site_although_a_near_one_has_a_larger_deficit() {
     // The cloud (node 0) holds three of four; edge a (node 1, 3 ms away) is short of two, edge b
     // (node 2, 50 ms away) has none. Moving to a saves 3 ms, under the 5 ms gain; that must not
     // hold up b, whose users pay 50 ms on every request.
-    let mut rtt = RttMatrix::new(3, 0.0, Duration::from_secs(60));
-    rtt.set_prior_symmetric(0, 1, 3.0);
-    rtt.set_prior_symmetric(0, 2, 50.0);
-    rtt.set_prior_symmetric(1, 2, 50.0);
-    let w = World { rtt, capacity: vec![10, 10, 10], processing: vec![None; 3] };
+    let w = World::near_and_far();
     let t0 = Instant::now();
     let mut p = NearestPlacement::new(NearestParams::default());
     let demand = [0.0, 3.0, 0.5];
@@ -199,11 +204,7 @@ fn nearest_covers_a_far_site_although_a_near_one_has_a_larger_deficit() {
 fn nearest_gives_a_site_a_few_ms_away_its_own_instance_but_moves_no_more_for_that_trip() {
     // The demand is at node 1, 3 ms from node 0, which holds both instances: node 1's users pay
     // 3 ms a request, so it gets one at once; the second one would save 3 ms, under the 5 ms gain.
-    let mut rtt = RttMatrix::new(3, 0.0, Duration::from_secs(60));
-    rtt.set_prior_symmetric(0, 1, 3.0);
-    rtt.set_prior_symmetric(0, 2, 50.0);
-    rtt.set_prior_symmetric(1, 2, 50.0);
-    let w = World { rtt, capacity: vec![10, 10, 10], processing: vec![None; 3] };
+    let w = World::near_and_far();
     let t0 = Instant::now();
     let mut p = NearestPlacement::new(NearestParams::default());
     let demand = [0.0, 3.0, 0.0];

@@ -15,7 +15,11 @@
 //!   slot if all are taken, a processing time per slot for each request queued beyond them,
 //!   counted [`ErtParams::waiting_weight`] times as a request queued ahead at home is. So an
 //!   instance busy with its own site's users is not taken for an idle one by a gateway a trip
-//!   away, and a gateway's own spill counts against the site it spills to;
+//!   away, and a gateway's own spill counts against the site it spills to. An instance on the
+//!   gateway's own node is reached at once, and the requests it counts there (its own, and a
+//!   fresh report's) are still there when the request arrives: a slot they leave free is free,
+//!   and only the others' average is a guess — so a site's users are not sent a few
+//!   milliseconds to a neighbour for fear of a wait at a home instance with a slot free;
 //! - `soft_limit` (containerConcurrency 0 only) is the autoscaler's target concurrency: beyond the
 //!   load an instance is sized for, processing is assumed to stretch linearly (processor sharing).
 //!
@@ -143,17 +147,34 @@ impl ErtBalancer {
 
 /// The expected wait for a slot at an instance with `slots` slots (0 = unlimited) and `load`
 /// requests there (processing or queued) for a request arriving now, each taking `service`
-/// milliseconds: half a processing time per slot if all slots are taken (the chance of which is
-/// `(load / slots)^slots` below the brim), plus a processing time per slot for each request
-/// queued beyond them, counted `weight` times ([`ErtParams::waiting_weight`]). The queue is
-/// taken from the instance's own report only, not also from how long a slot seems held: so a
-/// queue of other gateways' requests is not counted a second time in this gateway's hold times.
-fn queue_wait(load: f64, slots: u32, service: f64, weight: f64) -> f64 {
+/// milliseconds: half a processing time per slot if all slots are taken, plus a processing time
+/// per slot for each request queued beyond them, counted `weight` times
+/// ([`ErtParams::waiting_weight`]). The queue is taken from the instance's own report only, not
+/// also from how long a slot seems held: so a queue of other gateways' requests is not counted a
+/// second time in this gateway's hold times.
+///
+/// The chance that all slots are taken is `(load / slots)^slots` below the brim for an instance
+/// across a link. At home (`counted`: the requests in flight there that this gateway counts, its
+/// own and a fresh report's), those are certain; the `free` slots they leave are all taken only
+/// by the rest of the load, an average of other gateways' requests that come and go, at
+/// `(rest / free)^(free + 1)`: one power higher than a count would be, since a trickle of a
+/// neighbour's spill there on average rarely holds a slot at the moment a request arrives, while
+/// a neighbour's steady overflow still does (docs/sweeps.md, the fifteenth change).
+fn queue_wait(load: f64, slots: u32, counted: Option<u32>, service: f64, weight: f64) -> f64 {
     if slots == 0 {
         return 0.0;
     }
     let c = f64::from(slots);
-    let all_busy = (load / c).clamp(0.0, 1.0).powi(slots.min(i32::MAX as u32) as i32);
+    let chance = |load: f64, slots: u32, power: u32| {
+        (load / f64::from(slots)).clamp(0.0, 1.0).powi(power.min(i32::MAX as u32) as i32)
+    };
+    let all_busy = match counted {
+        Some(counted) if counted < slots => {
+            let free = slots - counted;
+            chance((load - f64::from(counted)).max(0.0), free, free.saturating_add(1))
+        }
+        _ => chance(load, slots, slots),
+    };
     (0.5 * all_busy + weight * (load - c).max(0.0)) * service / c
 }
 
@@ -197,8 +218,9 @@ impl Balancer for ErtBalancer {
             } else {
                 (f64::from(c.in_flight + 1) / ctx.target_concurrency.max(1.0)).max(1.0)
             };
-            let cost =
-                rtt + queue_wait(c.load, c.slots, service, self.params.waiting_weight) + service * stretch;
+            let counted = (c.node == ctx.origin).then_some(c.in_flight);
+            let wait = queue_wait(c.load, c.slots, counted, service, self.params.waiting_weight);
+            let cost = rtt + wait + service * stretch;
             let better = match &best {
                 None => true,
                 Some(b) => {

@@ -389,6 +389,42 @@ fn two_sites_one_trip_apart_wait_for_their_own_busy_instance_rather_than_cross()
     assert_eq!(b.pick(&c, &[home, other]), Some(1));
 }
 
+/// node0 and node1 2.5 ms apart; instances of 50 ms. At node0 two instances of two slots, one of
+/// this gateway's requests in each; at node1 one idle instance.
+fn two_home_instances_half_busy_and_a_neighbour() -> (RttMatrix, [Candidate; 3]) {
+    let mut rtt = RttMatrix::new(2, 2.5, Duration::from_secs(30));
+    rtt.set_prior(0, 0, 0.0);
+    rtt.set_prior(1, 1, 0.0);
+    let home = |id| Candidate { slots: 2, ..timed(cand(id, 0, 1, 2), 50.0, Some(50.0)) };
+    let neighbour = Candidate { slots: 2, ..timed(cand(3, 1, 0, 3), 50.0, None) };
+    (rtt, [home(1), home(2), neighbour])
+}
+
+#[test]
+fn a_home_slot_left_free_by_the_requests_counted_there_is_free() {
+    let (rtt, cs) = two_home_instances_half_busy_and_a_neighbour();
+    let mut b = ErtBalancer::new(ErtParams::default());
+    // Home: 50 ms, a slot free for sure. Guessing a busy slot at home from one request in two
+    // (¼ × ½ × 25 ms) made it 53.1 ms, and the neighbour's 52.5 took the site's users.
+    for _ in 0..4 {
+        assert_ne!(b.pick(&ctx(&rtt, 0, Instant::now()), &cs), Some(2));
+    }
+}
+
+#[test]
+fn at_a_home_instance_a_neighbours_steady_overflow_counts_and_a_trickle_barely() {
+    let (rtt, [mut home, _, neighbour]) = two_home_instances_half_busy_and_a_neighbour();
+    let mut b = ErtBalancer::new(ErtParams::default());
+    let c = ctx(&rtt, 0, Instant::now());
+    // Other gateways' requests hold the free slot 60 % of the time, on their recent average:
+    // 50 + 0.6² × ½ × 25 = 54.5 ms against the neighbour's 52.5.
+    home.load = 1.6;
+    assert_eq!(b.pick(&c, &[home, neighbour]), Some(1));
+    // A trickle (10 %): 50.1 ms, home.
+    home.load = 1.1;
+    assert_eq!(b.pick(&c, &[home, neighbour]), Some(0));
+}
+
 #[test]
 fn ert_spills_when_unlimited_instances_are_overloaded() {
     let rtt = edge_cloud();

@@ -157,9 +157,10 @@ impl ErtBalancer {
 /// across a link. At home (`counted`: the requests in flight there that this gateway counts, its
 /// own and a fresh report's), those are certain; the `free` slots they leave are all taken only
 /// by the rest of the load, an average of other gateways' requests that come and go, at
-/// `(rest / free)^(free + 1)`: one power higher than a count would be, since a trickle of a
-/// neighbour's spill there on average rarely holds a slot at the moment a request arrives, while
-/// a neighbour's steady overflow still does (docs/sweeps.md, the fifteenth change).
+/// `(rest / free)^(free + 1)`: one power higher than a count would be, so that a trickle of a
+/// neighbour's spill barely counts and a steady overflow still does. The power was chosen by the
+/// sweeps, against `(rest / free)^free` and against no guess at all below the brim
+/// (docs/sweeps.md, the fifteenth change).
 fn queue_wait(load: f64, slots: u32, counted: Option<u32>, service: f64, weight: f64) -> f64 {
     if slots == 0 {
         return 0.0;

@@ -32,10 +32,15 @@
 //! request expects to wait `(queued + ½) / rate`, each request queued ahead counted
 //! [`ErtParams::waiting_weight`] times (a wait is uncertain and binding, a trip is neither), then
 //! the trip and the instance's own queue at its mean (averaged over those instances by the rate
-//! each frees slots at). If that beats every instance with room, the balancer answers `None` and
-//! the gateway buffers the request. So traffic stays local while local is fastest, and spills over
-//! when the local queue would cost more than the trip to another node and that node's queue. Ties
-//! rotate, so equal instances share the load round-robin.
+//! each frees slots at). The `½ / rate` is the wait for the next answer when nothing says when it
+//! comes; at a home instance of one slot held by a request of this gateway's whose start it saw
+//! (sent to the idle slot, or its predecessor's answer), the rest of that request's processing
+//! is known instead: a request that finds the slot nearly done waits for it, one that finds it
+//! just taken may go to a neighbour a few ms away. If that beats every instance with room, the
+//! balancer answers `None` and the gateway buffers the request. So traffic stays local while
+//! local is fastest, and spills over when the local queue would cost more than the trip to
+//! another node and that node's queue. Ties rotate, so equal instances share the load
+//! round-robin.
 //!
 //! That is each request's best choice, and in sustained overload it is a poor one for all of
 //! them: when the requests arriving outrun what the full instances answer, the same share must
@@ -86,6 +91,9 @@ impl Default for ErtParams {
 
 const EPSILON_MS: f64 = 1e-6;
 
+/// At most this many home instances' slot start times are kept.
+const HOME_SLOTS_KEPT: usize = 256;
+
 /// The expected-response-time balancer.
 #[derive(Debug)]
 pub struct ErtBalancer {
@@ -98,8 +106,11 @@ pub struct ErtBalancer {
     /// New requests, counted with a weight that decays by `crowded_after`, and when last.
     arrivals: (f64, Option<Instant>),
     /// A pick's full instances: (cost once a slot frees, rate this gateway's requests there are
-    /// answered at, slots).
-    full: Vec<(f64, f64, f64)>,
+    /// answered at, slots, when its slot frees if this gateway knows: milliseconds from now).
+    full: Vec<(f64, f64, f64, Option<f64>)>,
+    /// Instances of one slot on this gateway's node, by id: when this gateway's request holding
+    /// the slot started (sent to an idle slot, or the moment the one before it was answered).
+    home_started: Vec<(u64, Instant)>,
 }
 
 impl ErtBalancer {
@@ -112,6 +123,33 @@ impl ErtBalancer {
             rotation: 0,
             arrivals: (0.0, None),
             full: Vec::new(),
+            home_started: Vec::new(),
+        }
+    }
+
+    /// When the single slot of home instance `c`, held by one of this gateway's requests, should
+    /// free (milliseconds from now), if this gateway knows when that request started.
+    fn home_slot_frees_in(&self, ctx: &PickContext<'_>, c: &Candidate, service: f64) -> Option<f64> {
+        if c.node != ctx.origin || c.slots != 1 || c.own != 1 || c.in_flight != 1 {
+            return None;
+        }
+        let k = self.home_started.binary_search_by_key(&c.id, |&(id, _)| id).ok()?;
+        let elapsed = ctx.now.saturating_duration_since(self.home_started[k].1).as_secs_f64() * 1e3;
+        Some((service - elapsed).max(0.0))
+    }
+
+    /// Notes that home instance `id`'s slot was taken by one of this gateway's requests at `at`.
+    fn home_slot_taken(&mut self, id: u64, at: Instant) {
+        match self.home_started.binary_search_by_key(&id, |&(i, _)| i) {
+            Ok(k) => self.home_started[k].1 = at,
+            Err(k) => {
+                // Instances leave; the list only ever holds this node's, so it is cleared rarely.
+                if self.home_started.len() >= HOME_SLOTS_KEPT {
+                    self.home_started.clear();
+                }
+                let k = k.min(self.home_started.len());
+                self.home_started.insert(k, (id, at));
+            }
         }
     }
 
@@ -211,7 +249,8 @@ impl Balancer for ErtBalancer {
                 let slots = f64::from(c.slots.max(1));
                 let queue = (c.load - slots).max(0.0) * service / slots;
                 let held = c.held_ms.unwrap_or(rtt + service).max(service).max(EPSILON_MS);
-                self.full.push((rtt + queue + service, f64::from(c.own) / held, slots));
+                let frees_in = self.home_slot_frees_in(ctx, c, service);
+                self.full.push((rtt + queue + service, f64::from(c.own) / held, slots, frees_in));
                 continue;
             }
             let stretch = if c.capacity > 0 {
@@ -236,11 +275,19 @@ impl Balancer for ErtBalancer {
         // a waiting request would take: their answers set the rate, their costs what waiting buys.
         let below = best.as_ref().map_or(f64::INFINITY, |b| b.cost);
         let (mut full_rate, mut full_slots, mut weighted) = (0.0, 0.0, 0.0);
-        for &(cost, rate, slots) in self.full.iter().filter(|f| f.0 < below) {
+        // When the first of them frees, if this gateway knows it of every one.
+        let mut first_frees: Option<f64> = None;
+        let mut all_known = true;
+        for &(cost, rate, slots, frees_in) in self.full.iter().filter(|f| f.0 < below) {
             full_rate += rate;
             full_slots += slots;
             weighted += cost * rate;
+            match frees_in {
+                Some(t) => first_frees = Some(first_frees.map_or(t, |f: f64| f.min(t))),
+                None => all_known = false,
+            }
         }
+        let first_frees = first_frees.filter(|_| all_known);
         // Without any of this gateway's requests there, nothing tells when a slot frees: no wait.
         let full_cost = if full_rate > 0.0 { weighted / full_rate } else { f64::INFINITY };
         let crowded = self.crowded(ctx, full_slots, full_rate);
@@ -251,15 +298,26 @@ impl Balancer for ErtBalancer {
             // first. Others' requests at the same instances take their share of the slots, and
             // this counts it: what frees for this gateway is what it sees answered.
             let ahead = self.params.waiting_weight * f64::from(ctx.queued);
-            let wait = (ahead + 0.5) / full_rate.max(f64::MIN_POSITIVE);
+            let rate = full_rate.max(f64::MIN_POSITIVE);
+            let wait = ahead / rate + first_frees.unwrap_or(0.5 / rate);
             if full_cost + wait < best.cost {
                 return None;
             }
+        }
+        let chosen = &candidates[best.index];
+        if chosen.node == ctx.origin && chosen.slots == 1 && chosen.own == 0 {
+            self.home_slot_taken(chosen.id, ctx.now);
         }
         Some(best.index)
     }
 
     fn observe(&mut self, done: &Completion) {
+        // A home slot freed: the next of this gateway's requests waiting there, if any, has it.
+        if done.node == done.origin
+            && let Ok(k) = self.home_started.binary_search_by_key(&done.id, |&(id, _)| id)
+        {
+            self.home_started[k].1 = done.now;
+        }
         if !done.success {
             return;
         }

@@ -425,6 +425,53 @@ fn at_a_home_instance_a_neighbours_steady_overflow_counts_and_a_trickle_barely()
     assert_eq!(b.pick(&c, &[home, neighbour]), Some(0));
 }
 
+/// node0 and node1 3.8 ms apart, an instance of one 50 ms slot at each: node0's holding
+/// `own` of node0's requests, node1's idle.
+fn one_slot_home_and_an_idle_neighbour(own: u32) -> (RttMatrix, [Candidate; 2]) {
+    let mut rtt = RttMatrix::new(2, 3.8, Duration::from_secs(30));
+    rtt.set_prior(0, 0, 0.0);
+    rtt.set_prior(1, 1, 0.0);
+    let home = timed(cand(1, 0, own, 1), 50.0, Some(50.0));
+    let neighbour = Candidate { slots: 1, ..timed(cand(2, 1, 0, 2), 50.0, None) };
+    (rtt, [home, neighbour])
+}
+
+#[test]
+fn a_busy_home_slot_is_waited_for_when_its_request_is_nearly_done() {
+    let mut b = ErtBalancer::new(ErtParams::default());
+    let t0 = Instant::now();
+    let (rtt, idle) = one_slot_home_and_an_idle_neighbour(0);
+    assert_eq!(b.pick(&ctx(&rtt, 0, t0), &idle), Some(0), "the idle home slot, taken at t0");
+    let (_, busy) = one_slot_home_and_an_idle_neighbour(1);
+    let at = |ms| ctx(&rtt, 0, t0 + Duration::from_millis(ms));
+    // 48 ms into 50: free in 2 ms, 52 ms in all, against the neighbour's 53.8.
+    assert_eq!(b.pick(&at(48), &busy), None);
+    // 10 ms in: 40 ms to wait; cross.
+    assert_eq!(b.pick(&at(10), &busy), Some(1));
+    // Its answer came at 40 ms and a second request of this gateway holds the slot since: 8 ms in.
+    let done = Completion {
+        id: 1,
+        node: 0,
+        origin: 0,
+        latency: Duration::from_millis(40),
+        service_time: Some(Duration::from_millis(40)),
+        reported_in_flight: Some(2),
+        success: true,
+        now: t0 + Duration::from_millis(40),
+    };
+    b.observe(&done);
+    assert_eq!(b.pick(&at(48), &busy), Some(1));
+}
+
+#[test]
+fn a_busy_home_slot_whose_start_is_unknown_is_waited_for_at_half_a_processing_time() {
+    // Never picked here (the balancer does not know when the request holding it started): 25 ms
+    // of wait on average, 75 ms in all; cross at any moment.
+    let mut b = ErtBalancer::new(ErtParams::default());
+    let (rtt, busy) = one_slot_home_and_an_idle_neighbour(1);
+    assert_eq!(b.pick(&ctx(&rtt, 0, Instant::now()), &busy), Some(1));
+}
+
 #[test]
 fn ert_spills_when_unlimited_instances_are_overloaded() {
     let rtt = edge_cloud();

@@ -276,18 +276,13 @@ impl Balancer for ErtBalancer {
         let below = best.as_ref().map_or(f64::INFINITY, |b| b.cost);
         let (mut full_rate, mut full_slots, mut weighted) = (0.0, 0.0, 0.0);
         // When the first of them frees, if this gateway knows it of every one.
-        let mut first_frees: Option<f64> = None;
-        let mut all_known = true;
+        let mut first_frees = Some(f64::INFINITY);
         for &(cost, rate, slots, frees_in) in self.full.iter().filter(|f| f.0 < below) {
             full_rate += rate;
             full_slots += slots;
             weighted += cost * rate;
-            match frees_in {
-                Some(t) => first_frees = Some(first_frees.map_or(t, |f: f64| f.min(t))),
-                None => all_known = false,
-            }
+            first_frees = first_frees.zip(frees_in).map(|(first, t)| first.min(t));
         }
-        let first_frees = first_frees.filter(|_| all_known);
         // Without any of this gateway's requests there, nothing tells when a slot frees: no wait.
         let full_cost = if full_rate > 0.0 { weighted / full_rate } else { f64::INFINITY };
         let crowded = self.crowded(ctx, full_slots, full_rate);

@@ -28,6 +28,14 @@ pub(crate) fn edge_cloud() -> RttMatrix {
     m
 }
 
+/// node0 and node1 `ms` apart (each 0 from itself).
+fn two_nodes(ms: f64) -> RttMatrix {
+    let mut rtt = RttMatrix::new(2, ms, Duration::from_secs(30));
+    rtt.set_prior(0, 0, 0.0);
+    rtt.set_prior(1, 1, 0.0);
+    rtt
+}
+
 /// `c` with its processing time and, if given, how long this gateway's requests hold a slot.
 fn timed(mut c: Candidate, service_ms: f64, held_ms: Option<f64>) -> Candidate {
     c.service_time_ms = Some(service_ms);
@@ -361,9 +369,7 @@ fn in_sustained_overload_the_home_queue_is_held_to_one_request_a_slot() {
 fn two_sites_one_trip_apart_wait_for_their_own_busy_instance_rather_than_cross() {
     // node0 and node1 are 15 ms apart, each with one instance (10 ms, containerConcurrency 1)
     // busy half the time with its own users. node0's instance is busy now.
-    let mut rtt = RttMatrix::new(2, 15.0, Duration::from_secs(30));
-    rtt.set_prior(0, 0, 0.0);
-    rtt.set_prior(1, 1, 0.0);
+    let rtt = two_nodes(15.0);
     let mut b = ert_at_mean();
     let mut home = cand(1, 0, 1, 1);
     home.service_time_ms = Some(10.0);
@@ -392,9 +398,7 @@ fn two_sites_one_trip_apart_wait_for_their_own_busy_instance_rather_than_cross()
 /// node0 and node1 2.5 ms apart; instances of 50 ms. At node0 two instances of two slots, one of
 /// this gateway's requests in each; at node1 one idle instance.
 fn two_home_instances_half_busy_and_a_neighbour() -> (RttMatrix, [Candidate; 3]) {
-    let mut rtt = RttMatrix::new(2, 2.5, Duration::from_secs(30));
-    rtt.set_prior(0, 0, 0.0);
-    rtt.set_prior(1, 1, 0.0);
+    let rtt = two_nodes(2.5);
     let home = |id| Candidate { slots: 2, ..timed(cand(id, 0, 1, 2), 50.0, Some(50.0)) };
     let neighbour = Candidate { slots: 2, ..timed(cand(3, 1, 0, 3), 50.0, None) };
     (rtt, [home(1), home(2), neighbour])
@@ -428,9 +432,7 @@ fn at_a_home_instance_a_neighbours_steady_overflow_counts_and_a_trickle_barely()
 /// node0 and node1 3.8 ms apart, an instance of one 50 ms slot at each: node0's holding
 /// `own` of node0's requests, node1's idle.
 fn one_slot_home_and_an_idle_neighbour(own: u32) -> (RttMatrix, [Candidate; 2]) {
-    let mut rtt = RttMatrix::new(2, 3.8, Duration::from_secs(30));
-    rtt.set_prior(0, 0, 0.0);
-    rtt.set_prior(1, 1, 0.0);
+    let rtt = two_nodes(3.8);
     let home = timed(cand(1, 0, own, 1), 50.0, Some(50.0));
     let neighbour = Candidate { slots: 1, ..timed(cand(2, 1, 0, 2), 50.0, None) };
     (rtt, [home, neighbour])

@@ -181,40 +181,35 @@ fn nearest_does_not_migrate_for_a_small_gain() {
     }
 }
 
+/// `nearest` on [`World::near_and_far`] with `total` instances from `start`: at once `covered`
+/// (the uncovered site's instance asked for before the one it replaces goes), a second later
+/// `settled`, and then nothing moves however long it lasts.
+fn covers_at_once_then_holds(total: u32, demand: &[f64], start: &[u32], covered: &[u32], settled: &[u32]) {
+    let w = World::near_and_far();
+    let t0 = Instant::now();
+    let mut p = NearestPlacement::new(NearestParams::default());
+    let current = p.place(&w.input(total, demand, start, t0));
+    assert_eq!(current, covered, "covered at once");
+    let current = p.place(&w.input(total, demand, &current, t0 + Duration::from_secs(1)));
+    assert_eq!(current, settled);
+    for s in [2, 60, 120] {
+        assert_eq!(p.place(&w.input(total, demand, &current, t0 + Duration::from_secs(s))), current);
+    }
+}
+
 #[test]
 fn nearest_covers_a_far_site_although_a_near_one_has_a_larger_deficit() {
     // The cloud (node 0) holds three of four; edge a (node 1, 3 ms away) is short of two, edge b
     // (node 2, 50 ms away) has none. Moving to a saves 3 ms, under the 5 ms gain; that must not
-    // hold up b, whose users pay 50 ms on every request.
-    let w = World::near_and_far();
-    let t0 = Instant::now();
-    let mut p = NearestPlacement::new(NearestParams::default());
-    let demand = [0.0, 3.0, 0.5];
-    let current = p.place(&w.input(4, &demand, &[3, 1, 0], t0));
-    assert_eq!(current, [3, 1, 1], "b is covered at once");
-    let current = p.place(&w.input(4, &demand, &current, t0 + Duration::from_secs(1)));
-    assert_eq!(current, [2, 1, 1]);
-    // Then nothing moves for a's 3 ms, however long it lasts.
-    for s in [2, 60, 120] {
-        assert_eq!(p.place(&w.input(4, &demand, &current, t0 + Duration::from_secs(s))), current);
-    }
+    // hold up b, whose users pay 50 ms on every request; then nothing moves for a's 3 ms.
+    covers_at_once_then_holds(4, &[0.0, 3.0, 0.5], &[3, 1, 0], &[3, 1, 1], &[2, 1, 1]);
 }
 
 #[test]
 fn nearest_gives_a_site_a_few_ms_away_its_own_instance_but_moves_no_more_for_that_trip() {
     // The demand is at node 1, 3 ms from node 0, which holds both instances: node 1's users pay
     // 3 ms a request, so it gets one at once; the second one would save 3 ms, under the 5 ms gain.
-    let w = World::near_and_far();
-    let t0 = Instant::now();
-    let mut p = NearestPlacement::new(NearestParams::default());
-    let demand = [0.0, 3.0, 0.0];
-    let current = p.place(&w.input(2, &demand, &[2, 0, 0], t0));
-    assert_eq!(current, [2, 1, 0], "covered at once");
-    let current = p.place(&w.input(2, &demand, &current, t0 + Duration::from_secs(1)));
-    assert_eq!(current, [1, 1, 0]);
-    for s in [2, 60, 120] {
-        assert_eq!(p.place(&w.input(2, &demand, &current, t0 + Duration::from_secs(s))), current);
-    }
+    covers_at_once_then_holds(2, &[0.0, 3.0, 0.0], &[2, 0, 0], &[2, 1, 0], &[1, 1, 0]);
 }
 
 #[test]

@@ -76,9 +76,11 @@ struct Site {
 }
 
 /// The chance a site's request may find all its instances at their target concurrency, which
-/// its instances are sized to stay under while its node has free room: at 5 %, queueing hardly
-/// reaches a site's p90, so a lightly loaded site answers as its own idle instances would.
-const WAIT_CHANCE: f64 = 0.05;
+/// its instances are sized to stay under while its node has free room, so a lightly loaded site
+/// answers as its own idle instances would. A light site's p90 is taken over a few dozen
+/// requests: of 30, three queued set it, which happens to one such span in five at 5 % and to
+/// one in fifty at 2 % (the sweeps chose 2 % against 5 % and 1 %: docs/sweeps.md).
+const WAIT_CHANCE: f64 = 0.02;
 
 /// What a site with `demand` concurrency needs, `per_instance` each (the target; infinite when
 /// the revision is not scaled on concurrency): the instances that keep it at the target — the

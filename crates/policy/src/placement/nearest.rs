@@ -77,24 +77,36 @@ struct Site {
 
 /// The chance a site's request may find all its instances at their target concurrency, which
 /// its instances are sized to stay under while its node has free room, so a lightly loaded site
-/// answers as its own idle instances would. A light site's p90 is taken over a few dozen
-/// requests: of 30, three queued set it, which happens to one such span in five at 5 % and to
-/// one in fifty at 2 % (the sweeps chose 2 % against 5 % and 1 %: docs/sweeps.md).
-const WAIT_CHANCE: f64 = 0.02;
+/// answers as its own idle instances would: at 5 %, queueing hardly reaches a busy site's p90.
+const WAIT_CHANCE: f64 = 0.05;
+
+/// The same for a site one instance carries at [`WAIT_CHANCE`]: its users are few, its p90 is
+/// taken over a few dozen requests, and of 30, three queued set it — one such span in five at
+/// 5 %, one in 45 at 2 % (the sweeps chose this against 5 % and 2 % for every site:
+/// docs/sweeps.md).
+const THIN_WAIT_CHANCE: f64 = 0.02;
 
 /// What a site with `demand` concurrency needs, `per_instance` each (the target; infinite when
 /// the revision is not scaled on concurrency): the instances that keep it at the target — the
 /// autoscaler's own sizing, so a site short of instances does not queue its users at home; at
 /// least one — and, within `free` room at its node, the headroom that keeps the chance of a
-/// request finding them all at the target under [`WAIT_CHANCE`] (Erlang C, the instances'
-/// target slots as servers). Returns (at the target, headroom).
-fn site_need(demand: f64, per_instance: f64, free: u32) -> (u32, u32) {
+/// request finding them all at the target under [`WAIT_CHANCE`] ([`THIN_WAIT_CHANCE`] where one
+/// instance would do; Erlang C, the instances' target slots as servers). Of the `held` instances
+/// the site has, those beyond that stay while one fewer would queue more than half as often: a
+/// demand hovering at a bound would otherwise start and stop an instance by turns. Returns (at
+/// the target, headroom).
+fn site_need(demand: f64, per_instance: f64, free: u32, held: u32) -> (u32, u32) {
     if !(per_instance.is_finite() && per_instance > 0.0 && demand.is_finite() && demand > 0.0) {
         return (1, 0);
     }
     let base = ((demand / per_instance).ceil() as u32).max(1);
+    let queues_over = |k: u32, chance: f64| wait_chance(demand, f64::from(k) * per_instance) > chance;
+    let bound = if base == 1 && !queues_over(1, WAIT_CHANCE) { THIN_WAIT_CHANCE } else { WAIT_CHANCE };
     let mut k = base;
-    while k < free && wait_chance(demand, f64::from(k) * per_instance) > WAIT_CHANCE {
+    while k < free && queues_over(k, bound) {
+        k += 1;
+    }
+    while k < free.min(held) && queues_over(k, bound / 2.0) {
         k += 1;
     }
     (base, k - base)
@@ -158,7 +170,8 @@ impl NearestPlacement {
             .into_iter()
             .map(|site| {
                 let free = input.free.get(site.at).copied().unwrap_or(0);
-                let (base, headroom) = site_need(site.demand, input.per_instance, free);
+                let held = input.current.get(site.at).copied().unwrap_or(0);
+                let (base, headroom) = site_need(site.demand, input.per_instance, free, held);
                 (site.at, base, headroom)
             })
             .collect()

@@ -80,10 +80,10 @@ struct Site {
 /// answers as its own idle instances would: at 5 %, queueing hardly reaches a busy site's p90.
 const WAIT_CHANCE: f64 = 0.05;
 
-/// The same for a site one instance carries at [`WAIT_CHANCE`]: its users are few, its p90 is
-/// taken over a few dozen requests, and of 30, three queued set it — one such span in five at
-/// 5 %, one in 45 at 2 % (the sweeps chose this against 5 % and 2 % for every site:
-/// docs/sweeps.md).
+/// The same for a site one instance carries at [`WAIT_CHANCE`] — at the targets of one to a few
+/// requests an instance, a site of at most a request or two in flight: its p90 is taken over a
+/// few dozen requests, and of 23, three queued set it, one such span in ten at 5 %, one in 95 at
+/// 2 % (the sweeps chose this against 5 % and 2 % for every site: docs/sweeps.md).
 const THIN_WAIT_CHANCE: f64 = 0.02;
 
 /// What a site with `demand` concurrency needs, `per_instance` each (the target; infinite when
@@ -100,7 +100,9 @@ fn site_need(demand: f64, per_instance: f64, free: u32, held: u32) -> (u32, u32)
         return (1, 0);
     }
     let base = ((demand / per_instance).ceil() as u32).max(1);
-    let queues_over = |k: u32, chance: f64| wait_chance(demand, f64::from(k) * per_instance) > chance;
+    // An instance is one server at least: below a target of 1 a whole one is what it adds.
+    let servers = |k: u32| f64::from(k) * per_instance.max(1.0);
+    let queues_over = |k: u32, chance: f64| wait_chance(demand, servers(k)) > chance;
     let bound = if base == 1 && !queues_over(1, WAIT_CHANCE) { THIN_WAIT_CHANCE } else { WAIT_CHANCE };
     let mut k = base;
     while k < free && queues_over(k, bound) {

@@ -275,6 +275,8 @@ fn nearest_gives_a_site_with_room_headroom_against_queueing() {
     // 1.5 %, not.
     assert_eq!(w.minimum(&p, &[0.0, 0.0, 0.03], 1.0), 2);
     assert_eq!(w.minimum(&p, &[0.0, 0.0, 0.015], 1.0), 1);
+    // Below a target of 1 an instance is still a whole server: the second is enough.
+    assert_eq!(w.minimum(&p, &[0.0, 0.0, 0.03], 0.7), 2);
     // Headroom only within the site's own room: its users gain nothing from one far away.
     let small = World::edge_cloud(vec![10, 10, 5]);
     assert_eq!(small.minimum(&p, &[0.0, 0.0, 4.0], 1.0), 5);
@@ -291,7 +293,7 @@ fn nearest_keeps_headroom_it_holds_until_one_fewer_would_queue_half_as_often() {
         p.minimum(&PlacementInput { per_instance: 1.0, ..w.input(0, &demand, &current, Instant::now()) })
     };
     // 0.3 at one slot an instance: two wait 3.9 % of the time, under the bound; a third held
-    // already stays (3.9 % is over half the bound), so a demand at the bound does not flap.
+    // already stays (3.9 % is over half the bound), so a demand near the bound does not flap.
     assert_eq!(minimum(0.3, 0), 2);
     assert_eq!(minimum(0.3, 2), 2);
     assert_eq!(minimum(0.3, 3), 3);

@@ -133,14 +133,19 @@ impl ErtBalancer {
         if c.node != ctx.origin || c.slots != 1 || c.own != 1 || c.in_flight != 1 {
             return None;
         }
-        let k = self.home_started.binary_search_by_key(&c.id, |&(id, _)| id).ok()?;
+        let k = self.home_slot(c.id).ok()?;
         let elapsed = ctx.now.saturating_duration_since(self.home_started[k].1).as_secs_f64() * 1e3;
         Some((service - elapsed).max(0.0))
     }
 
+    /// Where home instance `id` is in `home_started` (or would go).
+    fn home_slot(&self, id: u64) -> Result<usize, usize> {
+        self.home_started.binary_search_by_key(&id, |&(i, _)| i)
+    }
+
     /// Notes that home instance `id`'s slot was taken by one of this gateway's requests at `at`.
     fn home_slot_taken(&mut self, id: u64, at: Instant) {
-        match self.home_started.binary_search_by_key(&id, |&(i, _)| i) {
+        match self.home_slot(id) {
             Ok(k) => self.home_started[k].1 = at,
             Err(k) => {
                 // Instances leave; the list only ever holds this node's, so it is cleared rarely.
@@ -309,7 +314,7 @@ impl Balancer for ErtBalancer {
     fn observe(&mut self, done: &Completion) {
         // A home slot freed: the next of this gateway's requests waiting there, if any, has it.
         if done.node == done.origin
-            && let Ok(k) = self.home_started.binary_search_by_key(&done.id, |&(id, _)| id)
+            && let Ok(k) = self.home_slot(done.id)
         {
             self.home_started[k].1 = done.now;
         }

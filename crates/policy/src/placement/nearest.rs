@@ -100,7 +100,9 @@ fn site_need(demand: f64, per_instance: f64, free: u32, held: u32) -> (u32, u32)
         return (1, 0);
     }
     let base = ((demand / per_instance).ceil() as u32).max(1);
-    let queues_over = |k: u32, chance: f64| wait_chance(demand, f64::from(k) * per_instance) > chance;
+    // An instance is one server at least: below a target of 1 a whole one is what it adds.
+    let servers = |k: u32| f64::from(k) * per_instance.max(1.0);
+    let queues_over = |k: u32, chance: f64| wait_chance(demand, servers(k)) > chance;
     let bound = if base == 1 && !queues_over(1, WAIT_CHANCE) { THIN_WAIT_CHANCE } else { WAIT_CHANCE };
     let mut k = base;
     while k < free && queues_over(k, bound) {

@@ -536,12 +536,12 @@ pub(crate) async fn logs(instance: &str, tail: Option<usize>, api: &ApiArgs) -> 
     Ok(ExitCode::SUCCESS)
 }
 
-/// A scenario of `bench` and `sim` (a mapping with `load` and `function` or `functions`), not a
-/// manifest.
+/// A scenario of `bench` and `sim` (a mapping with any of `topology`, `load`, `function` or
+/// `functions`, which no manifest or topology file has), so that one missing a part is told
+/// which.
 fn is_scenario(text: &str) -> bool {
-    serde_saphyr::from_str::<serde_json::Value>(text).is_ok_and(|v| {
-        (v.get("function").is_some() || v.get("functions").is_some()) && v.get("load").is_some()
-    })
+    serde_saphyr::from_str::<serde_json::Value>(text)
+        .is_ok_and(|v| ["topology", "load", "function", "functions"].iter().any(|k| v.get(k).is_some()))
 }
 
 /// Checks scenario files; returns how many problems were found.

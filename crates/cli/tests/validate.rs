@@ -166,10 +166,16 @@ fn scenarios_validate_and_a_bad_one_is_named_by_its_field() {
     let bad = dir.join("bad.yaml");
     let text_in = std::fs::read_to_string(repo_root().join("bench/smoke.yaml")).unwrap();
     std::fs::write(&bad, text_in.replace("origins: [node1, node3]", "origins: [node1, nowhere]")).unwrap();
+    // A scenario missing a part is still read as one, and told which part.
+    let partial = dir.join("partial.yaml");
+    std::fs::write(&partial, text_in.replace("function:", "fucntion:")).unwrap();
     let out = ikukantai(&["validate", "-f", bad.to_str().unwrap()]);
+    let partial_out = ikukantai(&["validate", "-f", partial.to_str().unwrap()]);
     let _ = std::fs::remove_dir_all(&dir);
     assert!(!out.status.success());
     assert!(text(&out.stderr).contains("load.origins[1]: unknown node \"nowhere\""), "{}", text(&out.stderr));
+    assert!(!partial_out.status.success());
+    assert!(text(&partial_out.stderr).contains("fucntion: unknown field"), "{}", text(&partial_out.stderr));
 }
 
 #[test]

@@ -14,7 +14,7 @@ pub(crate) fn ms(x: f64) -> Time {
 
 /// A duration as virtual time.
 pub(crate) fn span(d: Duration) -> Time {
-    d.as_nanos() as Time
+    Time::try_from(d.as_nanos()).unwrap_or(Time::MAX)
 }
 
 /// What happens at a point in virtual time.

@@ -54,7 +54,8 @@ impl Generator {
         let e: f64 = Exp1.sample(&mut self.rng);
         let t = (now - self.start) as f64 / 1e9;
         let gap = self.curve.gap(t, e).map(|g| (g * 1e9) as Time)?;
-        Some(now + gap).filter(|&next| next < self.end)
+        // A rate near zero draws a gap of centuries: past the end, not around to the start.
+        Some(now.saturating_add(gap)).filter(|&next| next < self.end)
     }
 
     /// The request arriving `now`: its work time, and when the next one arrives. The world and

@@ -140,3 +140,18 @@ fn two_functions_with_the_same_seed_give_the_same_bytes() {
     let json = |r: &SetRun| serde_json::to_string(r).unwrap();
     assert_eq!(json(&run(&s, "ours", 3)), json(&run(&s, "ours", 3)));
 }
+
+#[test]
+fn a_rate_near_zero_sends_nothing_rather_than_a_flood() {
+    // A gap of ~1e12 s once wrapped past the 64-bit nanosecond clock and sent every request at
+    // once (at 1e-20 a second, until memory ran out).
+    for rate in ["1e-12", "1e-20"] {
+        let text = format!(
+            "name: t\n{TOPOLOGY}function: {{work: [5ms, 5ms], containerConcurrency: 1, target: 1, window: 6s}}\n\
+             load: {{origins: [cloud, edge-a], users: [1], rate_per_user: {rate}, warmup: 0s, duration: 3s, timeout: 1s}}\n"
+        );
+        let s = Scenario::parse("t.yaml", &text).expect("valid scenario");
+        let level = &run(&s, "ours", 1).levels[0];
+        assert_eq!((level.sent, level.samples.len()), (0, 0), "rate {rate}");
+    }
+}

@@ -36,9 +36,8 @@ impl Report {
                  | set | users/origin | {function}origin | p50 ms per run | p90 ms per run | local per run |\n|---|---|{}---|---|---|---|\n",
                 if several { "---|" } else { "" }
             );
-            let list = |v: &[f64], scale: f64| {
-                v.iter().map(|x| format!("{:.1}", x * scale)).collect::<Vec<_>>().join(" / ")
-            };
+            let list =
+                |v: &[f64], scale: f64| v.iter().map(|x| ms(x * scale)).collect::<Vec<_>>().join(" / ");
             for r in &self.spread {
                 let function = if several { format!("{} | ", r.function) } else { String::new() };
                 out += &format!(
@@ -107,18 +106,24 @@ impl Report {
             lead += &format!("{} | ", r.function);
         }
         format!(
-            "{lead}{} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1}% | {:.1} | {:.0}% | {} |\n",
+            "{lead}{} | {} | {} | {} | {} | {:.1}% | {:.1} | {:.0}% | {} |\n",
             r.origin,
-            st.p50,
-            st.p90,
-            st.p99,
-            st.mean,
+            ms(st.p50),
+            ms(st.p90),
+            ms(st.p99),
+            ms(st.mean),
             st.completion_rate * 100.0,
             st.throughput,
             st.local_share * 100.0,
             per_node.join(", ")
         )
     }
+}
+
+/// A time or share to one decimal; a dash where the cell has no answered request to take it
+/// from (report.json says `null`).
+fn ms(x: f64) -> String {
+    if x.is_nan() { "–".into() } else { format!("{x:.1}") }
 }
 
 fn table_head(several: bool, phases: bool) -> String {

@@ -11,20 +11,26 @@ use super::{FunctionSpec, Origin, Phase, PolicySet, Scenario};
 
 type Problems = Vec<(String, String)>;
 
+/// The name of the report's rows over every origin or function.
+const ALL: &str = "all";
+
+/// The longest span of time a scenario may give (warm-up, duration, timeout, a phase, work).
+const MAX_SPAN: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// The most requests one level may send.
+const MAX_REQUESTS_PER_LEVEL: f64 = 1e8;
+
+/// The most instances a node may hold.
+const MAX_CAPACITY: u32 = 10_000;
+
 /// Every problem with `s`; fills `load.duration` from the phases when it was left out.
 pub(super) fn check(s: &mut Scenario) -> Problems {
     let mut p = Problems::new();
     if let Err(errors) = s.topology.validate() {
         p.extend(errors.into_iter().map(|e| (format!("topology.{}", e.path), e.message)));
     }
-    for (i, name) in s.policies.iter().enumerate() {
-        if PolicySet::named(name).is_none() {
-            p.push((
-                format!("policies[{i}]"),
-                format!("unknown policy set {name:?}; use knative, ikukantai or ours"),
-            ));
-        }
-    }
+    check_names(s, &mut p);
+    check_policies(&s.policies, &mut p);
     check_origins(s, "load.origins", &s.load.origins, &mut p);
     check_levels(s, &mut p);
     if let Some(phases) = &s.load.phases {
@@ -76,7 +82,101 @@ pub(super) fn check(s: &mut Scenario) -> Problems {
             }
         }
     }
+    check_times(s, &mut p);
+    if p.is_empty() {
+        check_volume(s, &mut p);
+    }
     p
+}
+
+/// The report names the rows over every origin and every function `all`.
+fn check_names(s: &Scenario, p: &mut Problems) {
+    for (i, node) in s.topology.nodes.iter().enumerate() {
+        if node.name == ALL {
+            p.push((format!("topology.nodes[{i}].name"), reserved(ALL)));
+        }
+        if node.capacity > MAX_CAPACITY {
+            p.push((
+                format!("topology.nodes[{i}].capacity"),
+                format!("is {}; a node holds at most {MAX_CAPACITY} instances", node.capacity),
+            ));
+        }
+    }
+    for (i, f) in s.functions().iter().enumerate() {
+        if f.name.as_deref() == Some(ALL) {
+            p.push((format!("{}.name", function_path(s, i)), reserved(ALL)));
+        }
+    }
+}
+
+/// Where function `i` is in the file: the lone `function`, or `functions[i]`.
+fn function_path(s: &Scenario, i: usize) -> String {
+    if s.functions.is_empty() { "function".to_owned() } else { format!("functions[{i}]") }
+}
+
+fn reserved(name: &str) -> String {
+    format!("{name:?} is reserved: the report's rows over every origin and every function are named so")
+}
+
+fn check_policies(policies: &[String], p: &mut Problems) {
+    if policies.is_empty() {
+        p.push(("policies".into(), "needs at least one policy set (or leave it out for all three)".into()));
+    }
+    for (i, name) in policies.iter().enumerate() {
+        if PolicySet::named(name).is_none() {
+            p.push((
+                format!("policies[{i}]"),
+                format!("unknown policy set {name:?}; use knative, ikukantai or ours"),
+            ));
+        } else if let Some(j) = policies[..i].iter().position(|x| x == name) {
+            p.push((format!("policies[{i}]"), format!("{name:?} is already policies[{j}]")));
+        }
+    }
+}
+
+/// Every span of time a scenario gives, within [`MAX_SPAN`]: virtual time counts nanoseconds in
+/// 64 bits, and a level of years is a mistake, not a benchmark.
+fn check_times(s: &Scenario, p: &mut Problems) {
+    let mut spans = vec![
+        ("load.warmup".to_owned(), s.load.warmup.0),
+        ("load.duration".to_owned(), s.load.duration.0),
+        ("load.timeout".to_owned(), s.load.timeout.0),
+    ];
+    for (i, f) in s.functions().iter().enumerate() {
+        let path = function_path(s, i);
+        spans.push((format!("{path}.work"), f.work[1].0));
+        let phases = f.load.as_ref().and_then(|l| l.phases.as_deref()).unwrap_or_default();
+        for (k, phase) in phases.iter().enumerate() {
+            spans.push((format!("{path}.load.phases[{k}].duration"), phase.duration.0));
+        }
+    }
+    for (k, phase) in s.load.phases.as_deref().unwrap_or_default().iter().enumerate() {
+        spans.push((format!("load.phases[{k}].duration"), phase.duration.0));
+    }
+    for (path, span) in spans {
+        if span > MAX_SPAN {
+            p.push((
+                path,
+                format!("is {}; at most {} (7 days)", format_duration(span), format_duration(MAX_SPAN)),
+            ));
+        }
+    }
+}
+
+/// The requests a level may send at most: each is kept until the report (~60 bytes each in the
+/// simulator), and a rate no machine can send is a mistake.
+fn check_volume(s: &Scenario, p: &mut Problems) {
+    let level = (s.load.warmup.0 + s.load.duration.0).as_secs_f64();
+    let Some(&users) = s.load.users.iter().max() else { return };
+    let requests: f64 = s.streams(users).iter().map(|st| st.curve.expected(0.0, level)).sum();
+    if requests.is_nan() || requests > MAX_REQUESTS_PER_LEVEL {
+        p.push((
+            "load".into(),
+            format!(
+                "its busiest level ({users} users) sends about {requests:.3e} requests; at most {MAX_REQUESTS_PER_LEVEL:.0e} (fewer users, a lower rate or a shorter level)"
+            ),
+        ));
+    }
 }
 
 fn check_levels(s: &Scenario, p: &mut Problems) {

@@ -203,3 +203,53 @@ fn a_scenario_round_trips_through_yaml() {
     let back = Scenario::parse("s.yaml", &serde_saphyr::to_string(&s).unwrap()).unwrap();
     assert_eq!(back, s);
 }
+
+/// A scenario of one function on nodes a and b, with `load` and `extra` (YAML lines) as given.
+fn custom(nodes: &str, load: &str, extra: &str) -> Result<Scenario, ScenarioErrors> {
+    let text = format!(
+        "name: t\ntopology: {{nodes: {nodes}}}\nfunction: {{work: [1ms, 2ms], target: 1, window: 6s}}\n\
+         load: {load}\n{extra}"
+    );
+    Scenario::parse("s.yaml", &text)
+}
+
+const LOAD: &str = "{origins: [a], users: [10], rate_per_user: 2, warmup: 1s, duration: 1s, timeout: 1s}";
+
+#[test]
+fn all_is_no_name_for_a_node_or_function_and_a_policy_set_is_named_once() {
+    let p = problems(custom("[{name: all}, {name: a}]", LOAD, ""));
+    assert_eq!(p[0].0, "topology.nodes[0].name");
+    assert!(p[0].1.contains("reserved"), "{p:?}");
+    let text = format!(
+        "name: t\ntopology: {{nodes: [{{name: a}}]}}\nload: {LOAD}\nfunctions:\n  \
+         - {{name: all, work: [1ms, 2ms], target: 1, window: 6s}}\n"
+    );
+    assert_eq!(problems(Scenario::parse("s.yaml", &text))[0].0, "functions[0].name");
+    let p = problems(custom("[{name: a}]", LOAD, "policies: []\n"));
+    assert_eq!(p[0].0, "policies");
+    let p = problems(custom("[{name: a}]", LOAD, "policies: [ours, knative, ours]\n"));
+    assert_eq!(p, [("policies[2]".to_owned(), "\"ours\" is already policies[0]".to_owned())]);
+}
+
+#[test]
+fn times_volumes_and_capacities_beyond_any_run_are_refused_by_field() {
+    // 18 446 744 076 s is 2^64 ns and a little more: once, it wrapped to ~2 s of virtual time.
+    let long =
+        "{origins: [a], users: [1], rate_per_user: 1, warmup: 192h, duration: 18446744076s, timeout: 1s}";
+    let p = problems(custom("[{name: a}]", long, ""));
+    let paths: Vec<&str> = p.iter().map(|(path, _)| path.as_str()).collect();
+    assert_eq!(paths, ["load.warmup", "load.duration"], "{p:?}");
+    assert!(p[0].1.contains("at most 168h"), "{p:?}");
+    // 4 294 967 295 users at 0.05 a second over 2 s: 4.3e8 requests in the level.
+    let many =
+        "{origins: [a], users: [1, 4294967295], rate_per_user: 0.05, warmup: 1s, duration: 1s, timeout: 1s}";
+    let p = problems(custom("[{name: a}]", many, ""));
+    assert_eq!(p[0].0, "load");
+    assert!(p[0].1.contains("4294967295 users"), "{p:?}");
+    let p = problems(custom("[{name: a, capacity: 4294967295}]", LOAD, ""));
+    assert_eq!(p[0].0, "topology.nodes[0].capacity");
+    // At the bounds, accepted.
+    let edge = "{origins: [a], users: [1000], rate_per_user: 1000, warmup: 1s, duration: 99s, timeout: 168h}";
+    custom("[{name: a, capacity: 10000}]", edge, "")
+        .expect("1e8 requests, a 7-day timeout, 10 000 instances");
+}

@@ -102,6 +102,9 @@ fn check_names(s: &Scenario, p: &mut Problems) {
             ));
         }
     }
+    if !s.topology.nodes.is_empty() && s.topology.nodes.iter().all(|n| n.capacity == 0) {
+        p.push(("topology.nodes".into(), "every node has capacity 0: no instance could run".into()));
+    }
     for (i, f) in s.functions().iter().enumerate() {
         if f.name.as_deref() == Some(ALL) {
             p.push((format!("{}.name", function_path(s, i)), reserved(ALL)));

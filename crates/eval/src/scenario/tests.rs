@@ -248,6 +248,9 @@ fn times_volumes_and_capacities_beyond_any_run_are_refused_by_field() {
     assert!(p[0].1.contains("4294967295 users"), "{p:?}");
     let p = problems(custom("[{name: a, capacity: 4294967295}]", LOAD, ""));
     assert_eq!(p[0].0, "topology.nodes[0].capacity");
+    let p = problems(custom("[{name: a, capacity: 0}, {name: b, capacity: 0}]", LOAD, ""));
+    assert_eq!(p[0].0, "topology.nodes");
+    custom("[{name: a, capacity: 0}, {name: b, capacity: 1}]", LOAD, "").expect("one node can run it");
     // At the bounds, accepted.
     let edge = "{origins: [a], users: [1000], rate_per_user: 1000, warmup: 1s, duration: 99s, timeout: 168h}";
     custom("[{name: a, capacity: 10000}]", edge, "")

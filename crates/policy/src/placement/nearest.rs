@@ -349,7 +349,8 @@ impl Placement for NearestPlacement {
         // The sites once, for the minimum and the placement.
         let needs = self.site_needs(input);
         let desired = super::raised(input.desired, sum_of(&needs), max_total);
-        self.place_for(&PlacementInput { desired, ..*input }, &needs)
+        let cap = (max_total > 0).then_some(max_total);
+        self.place_for(&PlacementInput { desired, ..*input }, &needs, cap)
     }
 
     fn headroom(&self) -> &[u32] {
@@ -358,7 +359,7 @@ impl Placement for NearestPlacement {
 
     fn place(&mut self, input: &PlacementInput<'_>) -> Vec<u32> {
         let needs = self.site_needs(input);
-        self.place_for(input, &needs)
+        self.place_for(input, &needs, None)
     }
 }
 
@@ -411,8 +412,14 @@ impl NearestPlacement {
         })
     }
 
-    /// [`Placement::place`] with the sites' needs taken already.
-    fn place_for(&mut self, input: &PlacementInput<'_>, needs: &[(usize, u32, u32)]) -> Vec<u32> {
+    /// [`Placement::place`] with the sites' needs taken already; never more than `cap` instances
+    /// (the revision's max-scale), not even while one moves.
+    fn place_for(
+        &mut self,
+        input: &PlacementInput<'_>,
+        needs: &[(usize, u32, u32)],
+        cap: Option<u32>,
+    ) -> Vec<u32> {
         let total = input.reachable_total();
         let Some((ideal, headroom)) = self.ideal(input, total, needs) else {
             self.misplaced_since = None;
@@ -473,12 +480,13 @@ impl NearestPlacement {
             }
             // Make before break: the instance at `s` goes once the one at `d` exists (the next
             // decision's scale-down takes it), so a move never leaves the revision without an
-            // instance while the new one starts. Only the first: the placement holds at most one
-            // instance more than the total (a revision's max-scale is a promise).
+            // instance while the new one starts. Only the first, and only below max-scale: a
+            // revision's max-scale is a promise, so at it the move breaks first.
+            let at_cap = cap.is_some_and(|cap| out.iter().sum::<u32>() >= cap);
             out[d] += 1;
             moved[d] += 1;
             moved[s] -= 1;
-            if sites_covered || input.current.get(d).copied().unwrap_or(0) >= out[d] {
+            if at_cap || sites_covered || input.current.get(d).copied().unwrap_or(0) >= out[d] {
                 out[s] -= 1;
             }
             self.misplaced_since = None;

@@ -36,8 +36,9 @@ impl Report {
                  | set | users/origin | {function}origin | p50 ms per run | p90 ms per run | local per run |\n|---|---|{}---|---|---|---|\n",
                 if several { "---|" } else { "" }
             );
-            let list =
-                |v: &[f64], scale: f64| v.iter().map(|x| ms(x * scale)).collect::<Vec<_>>().join(" / ");
+            let list = |v: &[f64], scale: f64| {
+                v.iter().map(|x| one_decimal(x * scale)).collect::<Vec<_>>().join(" / ")
+            };
             for r in &self.spread {
                 let function = if several { format!("{} | ", r.function) } else { String::new() };
                 out += &format!(
@@ -108,10 +109,10 @@ impl Report {
         format!(
             "{lead}{} | {} | {} | {} | {} | {:.1}% | {:.1} | {:.0}% | {} |\n",
             r.origin,
-            ms(st.p50),
-            ms(st.p90),
-            ms(st.p99),
-            ms(st.mean),
+            one_decimal(st.p50),
+            one_decimal(st.p90),
+            one_decimal(st.p99),
+            one_decimal(st.mean),
             st.completion_rate * 100.0,
             st.throughput,
             st.local_share * 100.0,
@@ -120,9 +121,9 @@ impl Report {
     }
 }
 
-/// A time or share to one decimal; a dash where the cell has no answered request to take it
-/// from (report.json says `null`).
-fn ms(x: f64) -> String {
+/// A time or share to one decimal; a dash for NaN, a time no answered request gave (report.json
+/// says `null`).
+fn one_decimal(x: f64) -> String {
     if x.is_nan() { "–".into() } else { format!("{x:.1}") }
 }
 

@@ -17,8 +17,12 @@ const ALL: &str = "all";
 /// The longest span of time a scenario may give (warm-up, duration, timeout, a phase, work).
 const MAX_SPAN: Duration = Duration::from_secs(7 * 24 * 3600);
 
-/// The most requests one level may send.
-const MAX_REQUESTS_PER_LEVEL: f64 = 1e8;
+/// The most requests a run may send (every level, every policy set).
+const MAX_REQUESTS: f64 = 1e8;
+
+/// The most load levels a scenario may have: with times of at most [`MAX_SPAN`] each, a set's
+/// virtual time stays far within the simulator's 64-bit nanoseconds.
+const MAX_LEVELS: usize = 1000;
 
 /// The most instances a node may hold.
 const MAX_CAPACITY: u32 = 10_000;
@@ -30,6 +34,7 @@ pub(super) fn check(s: &mut Scenario) -> Problems {
         p.extend(errors.into_iter().map(|e| (format!("topology.{}", e.path), e.message)));
     }
     check_names(s, &mut p);
+    check_room(s, &mut p);
     check_policies(&s.policies, &mut p);
     check_origins(s, "load.origins", &s.load.origins, &mut p);
     check_levels(s, &mut p);
@@ -95,6 +100,17 @@ fn check_names(s: &Scenario, p: &mut Problems) {
         if node.name == ALL {
             p.push((format!("topology.nodes[{i}].name"), reserved(ALL)));
         }
+    }
+    for (i, f) in s.functions().iter().enumerate() {
+        if f.name.as_deref() == Some(ALL) {
+            p.push((format!("{}.name", function_path(s, i)), reserved(ALL)));
+        }
+    }
+}
+
+/// Room for an instance somewhere, and no node of more than any run could start.
+fn check_room(s: &Scenario, p: &mut Problems) {
+    for (i, node) in s.topology.nodes.iter().enumerate() {
         if node.capacity > MAX_CAPACITY {
             p.push((
                 format!("topology.nodes[{i}].capacity"),
@@ -105,11 +121,6 @@ fn check_names(s: &Scenario, p: &mut Problems) {
     if !s.topology.nodes.is_empty() && s.topology.nodes.iter().all(|n| n.capacity == 0) {
         p.push(("topology.nodes".into(), "every node has capacity 0: no instance could run".into()));
     }
-    for (i, f) in s.functions().iter().enumerate() {
-        if f.name.as_deref() == Some(ALL) {
-            p.push((format!("{}.name", function_path(s, i)), reserved(ALL)));
-        }
-    }
 }
 
 /// Where function `i` is in the file: the lone `function`, or `functions[i]`.
@@ -117,6 +128,7 @@ fn function_path(s: &Scenario, i: usize) -> String {
     if s.functions.is_empty() { "function".to_owned() } else { format!("functions[{i}]") }
 }
 
+/// The rule a reserved name breaks.
 fn reserved(name: &str) -> String {
     format!("{name:?} is reserved: the report's rows over every origin and every function are named so")
 }
@@ -166,17 +178,20 @@ fn check_times(s: &Scenario, p: &mut Problems) {
     }
 }
 
-/// The requests a level may send at most: each is kept until the report (~60 bytes each in the
-/// simulator), and a rate no machine can send is a mistake.
+/// The requests a run may send at most, over every level and policy set: each is kept until the
+/// report (~60 bytes each in the simulator), and a rate no machine can send is a mistake.
 fn check_volume(s: &Scenario, p: &mut Problems) {
     let level = (s.load.warmup.0 + s.load.duration.0).as_secs_f64();
-    let Some(&users) = s.load.users.iter().max() else { return };
-    let requests: f64 = s.streams(users).iter().map(|st| st.curve.expected(0.0, level)).sum();
-    if requests.is_nan() || requests > MAX_REQUESTS_PER_LEVEL {
+    let per_level =
+        |users: u32| -> f64 { s.streams(users).iter().map(|st| st.curve.expected(0.0, level)).sum() };
+    let requests = s.load.users.iter().map(|&u| per_level(u)).sum::<f64>() * s.policies.len() as f64;
+    if requests.is_nan() || requests > MAX_REQUESTS {
         p.push((
             "load".into(),
             format!(
-                "its busiest level ({users} users) sends about {requests:.3e} requests; at most {MAX_REQUESTS_PER_LEVEL:.0e} (fewer users, a lower rate or a shorter level)"
+                "the run sends about {requests:.3e} requests over its {} levels and {} policy sets; at most {MAX_REQUESTS:.0e} (fewer users, a lower rate, shorter or fewer levels)",
+                s.load.users.len(),
+                s.policies.len()
             ),
         ));
     }
@@ -185,6 +200,9 @@ fn check_volume(s: &Scenario, p: &mut Problems) {
 fn check_levels(s: &Scenario, p: &mut Problems) {
     if s.load.users.is_empty() {
         p.push(("load.users".into(), "needs at least one level".into()));
+    }
+    if s.load.users.len() > MAX_LEVELS {
+        p.push(("load.users".into(), format!("has {} levels; at most {MAX_LEVELS}", s.load.users.len())));
     }
     check_rate("load.rate_per_user", s.load.rate_per_user, p);
     if s.load.timeout.0.is_zero() {

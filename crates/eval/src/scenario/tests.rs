@@ -204,7 +204,7 @@ fn a_scenario_round_trips_through_yaml() {
     assert_eq!(back, s);
 }
 
-/// A scenario of one function on nodes a and b, with `load` and `extra` (YAML lines) as given.
+/// A scenario of one function on `nodes`, with `load` and `extra` (YAML lines) as given.
 fn custom(nodes: &str, load: &str, extra: &str) -> Result<Scenario, ScenarioErrors> {
     let text = format!(
         "name: t\ntopology: {{nodes: {nodes}}}\nfunction: {{work: [1ms, 2ms], target: 1, window: 6s}}\n\
@@ -245,7 +245,17 @@ fn times_volumes_and_capacities_beyond_any_run_are_refused_by_field() {
         "{origins: [a], users: [1, 4294967295], rate_per_user: 0.05, warmup: 1s, duration: 1s, timeout: 1s}";
     let p = problems(custom("[{name: a}]", many, ""));
     assert_eq!(p[0].0, "load");
-    assert!(p[0].1.contains("4294967295 users"), "{p:?}");
+    assert!(p[0].1.contains("2 levels and 3 policy sets"), "{p:?}");
+    // Each level within bounds, the run not: 4e7 requests a level, two levels, three sets.
+    let sets =
+        "{origins: [a], users: [1000, 1000], rate_per_user: 1000, warmup: 1s, duration: 39s, timeout: 1s}";
+    assert_eq!(problems(custom("[{name: a}]", sets, ""))[0].0, "load");
+    custom("[{name: a}]", sets, "policies: [ours]\n").expect("8e7 requests");
+    let levels = format!(
+        "{{origins: [a], users: [{}1], rate_per_user: 1, warmup: 1s, duration: 1s, timeout: 1s}}",
+        "1, ".repeat(1000)
+    );
+    assert_eq!(problems(custom("[{name: a}]", &levels, ""))[0].0, "load.users");
     let p = problems(custom("[{name: a, capacity: 4294967295}]", LOAD, ""));
     assert_eq!(p[0].0, "topology.nodes[0].capacity");
     let p = problems(custom("[{name: a, capacity: 0}, {name: b, capacity: 0}]", LOAD, ""));
@@ -253,6 +263,6 @@ fn times_volumes_and_capacities_beyond_any_run_are_refused_by_field() {
     custom("[{name: a, capacity: 0}, {name: b, capacity: 1}]", LOAD, "").expect("one node can run it");
     // At the bounds, accepted.
     let edge = "{origins: [a], users: [1000], rate_per_user: 1000, warmup: 1s, duration: 99s, timeout: 168h}";
-    custom("[{name: a, capacity: 10000}]", edge, "")
+    custom("[{name: a, capacity: 10000}]", edge, "policies: [ours]\n")
         .expect("1e8 requests, a 7-day timeout, 10 000 instances");
 }

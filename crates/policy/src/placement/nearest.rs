@@ -91,10 +91,10 @@ const THIN_WAIT_CHANCE: f64 = 0.02;
 /// autoscaler's own sizing, so a site short of instances does not queue its users at home; at
 /// least one — and, within `free` room at its node, the headroom that keeps the chance of a
 /// request finding them all at the target under [`WAIT_CHANCE`] ([`THIN_WAIT_CHANCE`] where one
-/// instance would do; Erlang C, the instances' target slots as servers). Of the `held` instances
-/// the site has, those beyond that stay while one fewer would queue more than half as often: a
-/// demand hovering at a bound would otherwise start and stop an instance by turns. Returns (at
-/// the target, headroom).
+/// instance would do; Erlang C, each instance its target's slots as servers, one at least). Of
+/// the `held` instances the site has, those beyond that stay while one fewer would queue more
+/// than half as often: a demand hovering at a bound would otherwise start and stop an instance by
+/// turns. Returns (at the target, headroom).
 fn site_need(demand: f64, per_instance: f64, free: u32, held: u32) -> (u32, u32) {
     if !(per_instance.is_finite() && per_instance > 0.0 && demand.is_finite() && demand > 0.0) {
         return (1, 0);
@@ -481,7 +481,8 @@ impl NearestPlacement {
             // Make before break: the instance at `s` goes once the one at `d` exists (the next
             // decision's scale-down takes it), so a move never leaves the revision without an
             // instance while the new one starts. Only the first, and only below max-scale: a
-            // revision's max-scale is a promise, so at it the move breaks first.
+            // revision's max-scale is a promise, so at it the move breaks first (a cold start
+            // once, for a gain every request after it is paid; moves wait `migrate_after`).
             let at_cap = cap.is_some_and(|cap| out.iter().sum::<u32>() >= cap);
             out[d] += 1;
             moved[d] += 1;

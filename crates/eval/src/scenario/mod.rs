@@ -187,6 +187,19 @@ impl Scenario {
         };
         let value: serde_json::Value =
             serde_saphyr::from_str(text).map_err(|e| err(String::new(), format!("invalid YAML: {e}")))?;
+        // Every missing part at once, each by its name (serde names only the first, at ".").
+        let missing: Vec<ScenarioError> = ["name", "topology", "load"]
+            .into_iter()
+            .filter(|key| value.is_object() && value.get(key).is_none())
+            .map(|key| ScenarioError {
+                file: file.into(),
+                path: key.into(),
+                message: "missing: every scenario has `name`, `topology` and `load`".into(),
+            })
+            .collect();
+        if !missing.is_empty() {
+            return Err(ScenarioErrors(missing));
+        }
         let mut s: Self = serde_path_to_error::deserialize(value)
             .map_err(|e| err(e.path().to_string(), e.inner().to_string()))?;
         let problems = check::check(&mut s);

@@ -266,3 +266,13 @@ fn times_volumes_and_capacities_beyond_any_run_are_refused_by_field() {
     custom("[{name: a, capacity: 10000}]", edge, "policies: [ours]\n")
         .expect("1e8 requests, a 7-day timeout, 10 000 instances");
 }
+
+#[test]
+fn a_missing_part_is_named_and_all_of_them_at_once() {
+    let p = problems(Scenario::parse(
+        "s.yaml",
+        "description: x\nfunction: {work: [1ms, 2ms], target: 1, window: 6s}\n",
+    ));
+    let paths: Vec<&str> = p.iter().map(|(path, _)| path.as_str()).collect();
+    assert_eq!(paths, ["name", "topology", "load"], "{p:?}");
+}

@@ -152,19 +152,22 @@ fn write_case(seed: u64, case: usize, file: &Path) -> anyhow::Result<()> {
 
 /// `ikukantai sim --sweep N`: random cases, `ours` against the better baseline, the worst cases
 /// written out as scenarios for `bench` and `sim`.
-pub(crate) fn sweep(count: usize, out: &Path, seed: u64) -> anyhow::Result<ExitCode> {
+pub(crate) fn sweep(count: usize, out: &Path, seed: u64, runs: u32) -> anyhow::Result<ExitCode> {
     use ikukantai_sim::sweep;
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let model = ikukantai_sim::model::Model::default();
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let started = std::time::Instant::now();
-    let results = sweep::run(seed, count, threads, &model);
+    let results = sweep::run(seed, count, runs, threads, &model);
     let elapsed = started.elapsed().as_secs_f64();
     let summary = sweep::summarize(&results);
     let mut md = sweep::markdown(seed, &summary, &results);
     md += &format!(
         "\n{count} cases in {elapsed:.0} s on {}.\n\nWorst cases, as scenarios:\n\n",
-        machine(&format!("ikukantai sim --sweep {count} --seed {seed} --out {}", out.display()))
+        machine(&format!(
+            "ikukantai sim --sweep {count} --seed {seed} --runs {runs} --out {}",
+            out.display()
+        ))
     );
     for (rank, case) in sweep::worst_cases(&results, 5).into_iter().enumerate() {
         let file = out.join(format!("worst-{}.yaml", rank + 1));

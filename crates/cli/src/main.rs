@@ -184,8 +184,9 @@ enum Command {
         /// Run this many random cases.
         #[arg(long, value_name = "N")]
         sweep: Option<usize>,
-        /// Run every policy set this many times (seeds S, S+1, …), as `bench --runs`.
-        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..), conflicts_with = "sweep")]
+        /// Run every policy set this many times (seeds S, S+1, …), as `bench --runs`; with
+        /// `--sweep`, each case (the cases stay those of S), its runs pooled.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
         runs: u32,
         /// Write case K of the sweep seeded `--seed` as `case-K.yaml` in `--out`, to rerun with
         /// `sim` or `bench`, and run nothing (repeatable).
@@ -249,7 +250,7 @@ fn main() -> ExitCode {
                 evaluate::bench(&scenario, &out, seed, runs).await
             }
             Command::Sim { scenario, out, seed, sweep, runs, case } => match (scenario, sweep) {
-                (_, Some(count)) => evaluate::sweep(count, &out, seed),
+                (_, Some(count)) => evaluate::sweep(count, &out, seed, runs),
                 (Some(scenario), None) => evaluate::sim(&scenario, &out, seed, runs),
                 (None, None) => evaluate::write_cases(&case, &out, seed),
             },

@@ -30,6 +30,13 @@ pub struct Job {
 /// The p90 response time of `jobs` (in arrival order) served FIFO by `slots` slots, each response
 /// costing `fixed_ms` beyond its wait and service; `None` when nothing is measured.
 pub fn fifo_p90(jobs: &[Job], slots: usize, fixed_ms: f64) -> Option<f64> {
+    let mut times = fifo_times(jobs, slots, fixed_ms);
+    times.sort_by(f64::total_cmp);
+    (!times.is_empty()).then(|| percentile(&times, 0.9))
+}
+
+/// The measured jobs' response times, as [`fifo_p90`] takes them.
+fn fifo_times(jobs: &[Job], slots: usize, fixed_ms: f64) -> Vec<f64> {
     // When each slot frees, earliest first: as the bits of a non-negative f64, which order as
     // the values do.
     let mut free: BinaryHeap<Reverse<u64>> = (0..slots.max(1)).map(|_| Reverse(0f64.to_bits())).collect();
@@ -43,8 +50,7 @@ pub fn fifo_p90(jobs: &[Job], slots: usize, fixed_ms: f64) -> Option<f64> {
             times.push(finish - job.arrival_ms + fixed_ms);
         }
     }
-    times.sort_by(f64::total_cmp);
-    (!times.is_empty()).then(|| percentile(&times, 0.9))
+    times
 }
 
 /// Whether every origin's demand at level `level` fits its own site: the load it offers over the
@@ -65,10 +71,11 @@ pub fn fits_locally(s: &Scenario, level: usize, model: &Model) -> bool {
 
 /// The all-local ideal p90 of each origin at level `level` of a one-function scenario, as
 /// (origin node index, p90 ms): that origin's requests exactly as the simulation drew them for
-/// `seed`, each holding a slot for its work plus a timer lateness drawn as the model draws it,
-/// each response costing a local request's hops and client time. `None` with several functions
-/// (they would share a site's slots in ways a per-function queue does not capture).
-pub fn all_local_p90(s: &Scenario, level: usize, seed: u64, model: &Model) -> Option<Vec<(usize, f64)>> {
+/// each of `seeds` (pooled, as the runs' are), each holding a slot for its work plus a timer
+/// lateness drawn as the model draws it, each response costing a local request's hops and client
+/// time. `None` with several functions (they would share a site's slots in ways a per-function
+/// queue does not capture).
+pub fn all_local_p90(s: &Scenario, level: usize, seeds: &[u64], model: &Model) -> Option<Vec<(usize, f64)>> {
     let [f] = s.functions() else { return None };
     let slots = |origin: usize| (s.topology.nodes[origin].capacity * f.container_concurrency.max(1)) as usize;
     let fixed_ms = 2.0 * model.hop_ms + model.client_ms;
@@ -76,28 +83,33 @@ pub fn all_local_p90(s: &Scenario, level: usize, seed: u64, model: &Model) -> Op
     let end = measure_from + span(s.load.duration.0);
     let mut out = Vec::new();
     for stream in s.streams(s.load.users[level]) {
-        let g = Generator::new(
-            seed,
-            stream.origin as u32,
-            stream.function as u32,
-            level as u32,
-            stream.curve,
-            f.work_ms(),
-            0,
-            measure_from,
-            end,
-        );
-        let mut late = SmallRng::seed_from_u64(seed ^ 0x1dea_0000 ^ stream.origin as u64);
-        let jobs: Vec<Job> = replay(g)
-            .into_iter()
-            .map(|Offered { arrival, work_ms, measured }| Job {
-                arrival_ms: arrival as f64 / 1e6,
-                service_ms: work_ms + lateness(&mut late, model),
-                measured,
-            })
-            .collect();
-        if let Some(p90) = fifo_p90(&jobs, slots(stream.origin), fixed_ms) {
-            out.push((stream.origin, p90));
+        let jobs = |seed: u64| -> Vec<Job> {
+            let g = Generator::new(
+                seed,
+                stream.origin as u32,
+                stream.function as u32,
+                level as u32,
+                stream.curve.clone(),
+                f.work_ms(),
+                0,
+                measure_from,
+                end,
+            );
+            let mut late = SmallRng::seed_from_u64(seed ^ 0x1dea_0000 ^ stream.origin as u64);
+            replay(g)
+                .into_iter()
+                .map(|Offered { arrival, work_ms, measured }| Job {
+                    arrival_ms: arrival as f64 / 1e6,
+                    service_ms: work_ms + lateness(&mut late, model),
+                    measured,
+                })
+                .collect()
+        };
+        let mut times: Vec<f64> =
+            seeds.iter().flat_map(|&seed| fifo_times(&jobs(seed), slots(stream.origin), fixed_ms)).collect();
+        times.sort_by(f64::total_cmp);
+        if !times.is_empty() {
+            out.push((stream.origin, percentile(&times, 0.9)));
         }
     }
     Some(out)
@@ -168,7 +180,7 @@ mod tests {
         // One slot per site, 10 ms of work at 10 req/s: the ideal's p90 is at least the work and
         // a local request's fixed costs, and well short of the 20 ms trip to the other site.
         let model = Model::default();
-        for (origin, p90) in all_local_p90(&s, 0, 3, &model).unwrap() {
+        for (origin, p90) in all_local_p90(&s, 0, &[3], &model).unwrap() {
             let floor = 10.0 + 2.0 * model.hop_ms + model.client_ms;
             assert!(p90 >= floor && p90 < floor + model.timer_ms + 10.0, "origin {origin}: {p90}");
         }

@@ -185,14 +185,14 @@ pub struct CaseResult {
 }
 
 /// Sets `ours` against the baselines in one case's runs (knative, ikukantai, ours), run with
-/// `seed`.
-pub fn compare(index: usize, s: &Scenario, seed: u64, runs: &[SetRun], model: &Model) -> CaseResult {
+/// `seeds` and pooled ([`pool`]).
+pub fn compare(index: usize, s: &Scenario, seeds: &[u64], runs: &[SetRun], model: &Model) -> CaseResult {
     let n = s.topology.nodes.len();
     let mut cells = Vec::new();
     // The light-load target applies only where the lightest level really is light.
     let light = crate::ideal::fits_locally(s, 0, model);
     let ideal =
-        if light { crate::ideal::all_local_p90(s, 0, seed, model).unwrap_or_default() } else { Vec::new() };
+        if light { crate::ideal::all_local_p90(s, 0, seeds, model).unwrap_or_default() } else { Vec::new() };
     for level in 0..s.load.users.len() {
         for o in &s.load.origins {
             let Some(i) = s.topology.index_of(o.node()) else { continue };
@@ -345,8 +345,10 @@ pub fn markdown(seed: u64, summary: &Summary, results: &[CaseResult]) -> String 
     out
 }
 
-/// Runs `count` cases from `seed` on `threads` threads; results in case order.
-pub fn run(seed: u64, count: usize, threads: usize, model: &Model) -> Vec<CaseResult> {
+/// Runs `count` cases from `seed` on `threads` threads, each `runs` times (simulation seeds
+/// `seed`, `seed + 1`, …; the cases stay those of `seed`), pooled; results in case order.
+pub fn run(seed: u64, count: usize, runs: u32, threads: usize, model: &Model) -> Vec<CaseResult> {
+    let seeds: Vec<u64> = (0..u64::from(runs.max(1))).map(|r| seed + r).collect();
     let next = std::sync::atomic::AtomicUsize::new(0);
     let results = parking_lot::Mutex::new(Vec::with_capacity(count));
     std::thread::scope(|scope| {
@@ -358,8 +360,12 @@ pub fn run(seed: u64, count: usize, threads: usize, model: &Model) -> Vec<CaseRe
                         break;
                     }
                     let s = case(seed, i);
-                    let Ok(runs) = crate::run(&s, seed, model) else { continue };
-                    let result = compare(i, &s, seed, &runs, model);
+                    let Ok(repeats) =
+                        seeds.iter().map(|&r| crate::run(&s, r, model)).collect::<Result<Vec<_>, _>>()
+                    else {
+                        continue;
+                    };
+                    let result = compare(i, &s, &seeds, &pool(repeats), model);
                     results.lock().push(result);
                 }
             });
@@ -368,4 +374,19 @@ pub fn run(seed: u64, count: usize, threads: usize, model: &Model) -> Vec<CaseRe
     let mut results = results.into_inner();
     results.sort_by_key(|r| r.case);
     results
+}
+
+/// Repeated runs of the same policy sets as one: each set's levels with every run's samples
+/// and requests sent.
+pub fn pool(mut repeats: Vec<Vec<SetRun>>) -> Vec<SetRun> {
+    let Some(mut pooled) = (!repeats.is_empty()).then(|| repeats.remove(0)) else { return Vec::new() };
+    for runs in repeats {
+        for (into, run) in pooled.iter_mut().zip(runs) {
+            for (level, more) in into.levels.iter_mut().zip(run.levels) {
+                level.samples.extend(more.samples);
+                level.sent += more.sent;
+            }
+        }
+    }
+    pooled
 }

@@ -105,3 +105,26 @@ fn sweep_cases_are_valid_scenarios_within_the_ranges_and_round_trip_as_yaml() {
         assert_eq!(sweep::case(5, index), s, "the same seed and index give the same case");
     }
 }
+
+#[test]
+fn a_sweep_cases_repeated_runs_pool_every_runs_requests() {
+    use ikukantai_sim::sweep;
+    let model = Model::default();
+    let s = sweep::case(5, 0);
+    let a = ikukantai_sim::run(&s, 5, &model).unwrap();
+    let b = ikukantai_sim::run(&s, 6, &model).unwrap();
+    let pooled = sweep::pool(vec![a.clone(), b.clone()]);
+    assert_eq!(pooled.len(), a.len());
+    for ((p, x), y) in pooled.iter().zip(&a).zip(&b) {
+        assert_eq!(p.set, x.set);
+        for ((pl, xl), yl) in p.levels.iter().zip(&x.levels).zip(&y.levels) {
+            assert_eq!(pl.sent, xl.sent + yl.sent);
+            assert_eq!(pl.samples.len(), xl.samples.len() + yl.samples.len());
+        }
+    }
+    // Two runs of a case are their pool, judged as one (a run alone is judged as it was).
+    let json = |r: &sweep::CaseResult| serde_json::to_string(r).unwrap();
+    let two = sweep::run(5, 1, 2, 1, &model);
+    assert_eq!(json(&two[0]), json(&sweep::compare(0, &s, &[5, 6], &pooled, &model)));
+    assert_ne!(json(&two[0]), json(&sweep::compare(0, &s, &[5], &a, &model)));
+}

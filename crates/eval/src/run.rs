@@ -70,6 +70,26 @@ pub struct SetRun {
     pub levels: Vec<LevelRun>,
 }
 
+/// Repeated runs of the same policy sets as one: each set's levels with every run's samples,
+/// requests sent and seconds measured. Every run's clock starts at its own set's start; a sample
+/// keeps its time within its level, so the phases and the time series line up. Instance events
+/// stay the first run's: counts and moves summed over runs would describe no run.
+pub fn pool(repeats: Vec<Vec<SetRun>>) -> Vec<SetRun> {
+    let mut repeats = repeats.into_iter();
+    let mut pooled = repeats.next().unwrap_or_default();
+    for runs in repeats {
+        for (into, run) in pooled.iter_mut().zip(runs) {
+            for (level, more) in into.levels.iter_mut().zip(run.levels) {
+                let shift = level.began - more.began;
+                level.samples.extend(more.samples.into_iter().map(|x| Sample { at: x.at + shift, ..x }));
+                level.sent += more.sent;
+                level.seconds += more.seconds;
+            }
+        }
+    }
+    pooled
+}
+
 fn free_port_on(ips: &[std::net::IpAddr]) -> std::io::Result<u16> {
     loop {
         let port = std::net::TcpListener::bind((ips[0], 0))?.local_addr()?.port();

@@ -185,7 +185,7 @@ pub struct CaseResult {
 }
 
 /// Sets `ours` against the baselines in one case's runs (knative, ikukantai, ours), run with
-/// `seeds` and pooled ([`pool`]).
+/// `seeds` and pooled (`ikukantai_eval::run::pool`).
 pub fn compare(index: usize, s: &Scenario, seeds: &[u64], runs: &[SetRun], model: &Model) -> CaseResult {
     let n = s.topology.nodes.len();
     let mut cells = Vec::new();
@@ -365,7 +365,7 @@ pub fn run(seed: u64, count: usize, runs: u32, threads: usize, model: &Model) ->
                     else {
                         continue;
                     };
-                    let result = compare(i, &s, &seeds, &pool(repeats), model);
+                    let result = compare(i, &s, &seeds, &ikukantai_eval::run::pool(repeats), model);
                     results.lock().push(result);
                 }
             });
@@ -374,19 +374,4 @@ pub fn run(seed: u64, count: usize, runs: u32, threads: usize, model: &Model) ->
     let mut results = results.into_inner();
     results.sort_by_key(|r| r.case);
     results
-}
-
-/// Repeated runs of the same policy sets as one: each set's levels with every run's samples
-/// and requests sent.
-pub fn pool(mut repeats: Vec<Vec<SetRun>>) -> Vec<SetRun> {
-    let Some(mut pooled) = (!repeats.is_empty()).then(|| repeats.remove(0)) else { return Vec::new() };
-    for runs in repeats {
-        for (into, run) in pooled.iter_mut().zip(runs) {
-            for (level, more) in into.levels.iter_mut().zip(run.levels) {
-                level.samples.extend(more.samples);
-                level.sent += more.sent;
-            }
-        }
-    }
-    pooled
 }

@@ -113,7 +113,7 @@ fn a_sweep_cases_repeated_runs_pool_every_runs_requests() {
     let s = sweep::case(5, 0);
     let a = ikukantai_sim::run(&s, 5, &model).unwrap();
     let b = ikukantai_sim::run(&s, 6, &model).unwrap();
-    let pooled = sweep::pool(vec![a.clone(), b.clone()]);
+    let pooled = ikukantai_eval::run::pool(vec![a.clone(), b.clone()]);
     assert_eq!(pooled.len(), a.len());
     for ((p, x), y) in pooled.iter().zip(&a).zip(&b) {
         assert_eq!(p.set, x.set);

@@ -225,25 +225,7 @@ impl Report {
     pub fn repeated(scenario: Scenario, repeats: Vec<Vec<SetRun>>, machine: String) -> Self {
         let per_run: Vec<Report> =
             repeats.iter().map(|runs| Self::new(scenario.clone(), runs.clone(), String::new())).collect();
-        let mut repeats = repeats.into_iter();
-        let mut pooled: Vec<SetRun> = repeats.next().unwrap_or_default();
-        for runs in repeats {
-            for (into, run) in pooled.iter_mut().zip(&runs) {
-                for (level, more) in into.levels.iter_mut().zip(&run.levels) {
-                    // Every run's clock starts at its own set's start; a sample keeps its time
-                    // within its level, so the phases and the time series line up.
-                    let shift = level.began - more.began;
-                    level
-                        .samples
-                        .extend(more.samples.iter().map(|x| Sample { at: x.at + shift, ..x.clone() }));
-                    // Instance events stay the first run's: counts and moves summed over runs
-                    // would describe no run.
-                    level.sent += more.sent;
-                    level.seconds += more.seconds;
-                }
-            }
-        }
-        let mut report = Self::new(scenario, pooled, machine);
+        let mut report = Self::new(scenario, crate::run::pool(repeats), machine);
         if per_run.len() > 1 {
             report.spread = report
                 .rows

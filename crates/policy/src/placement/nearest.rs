@@ -86,6 +86,13 @@ const WAIT_CHANCE: f64 = 0.05;
 /// 2 % (the sweeps chose this against 5 % and 2 % for every site: docs/sweeps.md).
 const THIN_WAIT_CHANCE: f64 = 0.02;
 
+/// Of `min_site_demand`, what a site that has an instance keeps it down to. Demand counts the
+/// trip, so the same users weigh `(processing + trip) / processing` times less once served at
+/// home — a third for a 2 ms function whose neighbour is 4 ms away — and, over a window of a dozen
+/// requests, such a trickle measured under a quarter of the floor now and then: a quarter
+/// started and stopped its instance by turns (docs/sweeps.md).
+const HELD_SHARE: f64 = 0.05;
+
 /// What a site with `demand` concurrency needs, `per_instance` each (the target; infinite when
 /// the revision is not scaled on concurrency): the instances that keep it at the target — the
 /// autoscaler's own sizing, so a site short of instances does not queue its users at home; at
@@ -137,16 +144,15 @@ impl NearestPlacement {
         Self { params, misplaced_since: None, headroom: Vec::new() }
     }
 
-    /// The sites with demand, the busiest first: origins with at least `min_site_demand` (a
-    /// quarter of it where an instance runs already), each joining the first busier origin within
-    /// `site_rtt_ms` of it (that origin stands for the site), with the demand of the origins it
-    /// groups. Demand counts the trip: a trickle served elsewhere weighs more than served at
-    /// home, and a single floor would start and stop its instance by turns.
+    /// The sites with demand, the busiest first: origins with at least `min_site_demand`
+    /// ([`HELD_SHARE`] of it where an instance runs already), each joining the first busier origin
+    /// within `site_rtt_ms` of it (that origin stands for the site), with the demand of the
+    /// origins it groups.
     fn sites(&self, input: &PlacementInput<'_>) -> Vec<Site> {
         let demand = input.demand;
         let floor = |o: usize| {
             let held = input.current.get(o).is_some_and(|&c| c > 0);
-            if held { self.params.min_site_demand / 4.0 } else { self.params.min_site_demand }
+            if held { self.params.min_site_demand * HELD_SHARE } else { self.params.min_site_demand }
         };
         let mut origins: Vec<usize> = (0..demand.len().min(input.rtt.len()))
             .filter(|&o| demand[o].is_finite() && demand[o] > 0.0 && demand[o] >= floor(o))

@@ -260,9 +260,12 @@ fn nearest_wants_one_instance_per_distant_site_with_demand() {
     );
     let held =
         PlacementInput { per_instance: 1.0, ..w.input(0, &[1.0, 0.0, 0.005], &[1, 0, 1], Instant::now()) };
-    assert_eq!(p.minimum(&held), 2, "but keeps the instance it has down to a quarter of that");
+    assert_eq!(p.minimum(&held), 2, "but keeps the instance it has down to a twentieth of that");
     let held =
-        PlacementInput { per_instance: 1.0, ..w.input(0, &[1.0, 0.0, 0.002], &[1, 0, 1], Instant::now()) };
+        PlacementInput { per_instance: 1.0, ..w.input(0, &[1.0, 0.0, 0.001], &[1, 0, 1], Instant::now()) };
+    assert_eq!(p.minimum(&held), 2, "a trickle served at home weighs less than served away");
+    let held =
+        PlacementInput { per_instance: 1.0, ..w.input(0, &[1.0, 0.0, 0.0004], &[1, 0, 1], Instant::now()) };
     assert_eq!(p.minimum(&held), 1);
     assert_eq!(w.minimum(&p, &[0.05; 3], 1.0), 2, "small shares of a wide demand each count");
     // A site gets what its own demand keeps busy at the target, wherever the rest of the

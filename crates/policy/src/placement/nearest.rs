@@ -42,7 +42,8 @@ pub struct NearestParams {
     /// Origins closer than this (RTT, ms) are one site.
     pub site_rtt_ms: f64,
     /// A site needs at least this much demand (concurrency: the share of one instance its
-    /// requests keep busy, trips included) to get its own instance.
+    /// requests keep busy, trips included) to get its own instance, and keeps it down to
+    /// a twentieth of this.
     pub min_site_demand: f64,
 }
 

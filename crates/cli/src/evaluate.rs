@@ -94,12 +94,12 @@ pub(crate) async fn bench(path: &Path, out: &Path, seed: u64, runs: u32) -> anyh
         }
     });
     let mut repeats = Vec::new();
-    for run in 0..u64::from(runs) {
+    for run_seed in run::seeds(seed, runs) {
         let mut sets = Vec::new();
         for name in &s.policies {
             let set = PolicySet::named(name).context("policy set")?;
             sets.push(
-                run::run_set(&s, &set, &binary, &work, seed + run, &Bar, &stop)
+                run::run_set(&s, &set, &binary, &work, run_seed, &Bar, &stop)
                     .await
                     .with_context(|| format!("policy set {name}"))?,
             );
@@ -119,8 +119,8 @@ pub(crate) fn sim(path: &Path, out: &Path, seed: u64, runs: u32) -> anyhow::Resu
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let started = std::time::Instant::now();
     let model = ikukantai_sim::model::Model::default();
-    let repeats = (0..u64::from(runs))
-        .map(|run| ikukantai_sim::run(&s, seed + run, &model))
+    let repeats = run::seeds(seed, runs)
+        .map(|run_seed| ikukantai_sim::run(&s, run_seed, &model))
         .collect::<Result<Vec<_>, _>>()?;
     eprintln!(
         "simulated {runs} × {} policy sets in {:.2} s",

@@ -70,6 +70,11 @@ pub struct SetRun {
     pub levels: Vec<LevelRun>,
 }
 
+/// The seeds of `runs` repeated runs from `seed`: `seed`, `seed + 1`, … (wrapping at the top).
+pub fn seeds(seed: u64, runs: u32) -> impl Iterator<Item = u64> {
+    (0..u64::from(runs)).map(move |r| seed.wrapping_add(r))
+}
+
 /// Repeated runs of the same policy sets as one: each set's levels with every run's samples,
 /// requests sent and seconds measured. Every run's clock starts at its own set's start; a sample
 /// keeps its time within its level, so the phases and the time series line up. Instance events
@@ -465,5 +470,14 @@ async fn watch_level(ctx: &Level<'_>, users: u32, clock: &Clock, generators: &[t
             break;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn repeated_runs_take_consecutive_seeds_wrapping_at_the_top() {
+        assert_eq!(super::seeds(7, 3).collect::<Vec<_>>(), [7, 8, 9]);
+        assert_eq!(super::seeds(u64::MAX, 2).collect::<Vec<_>>(), [u64::MAX, 0]);
     }
 }

@@ -30,7 +30,11 @@ pub struct Job {
 /// The p90 response time of `jobs` (in arrival order) served FIFO by `slots` slots, each response
 /// costing `fixed_ms` beyond its wait and service; `None` when nothing is measured.
 pub fn fifo_p90(jobs: &[Job], slots: usize, fixed_ms: f64) -> Option<f64> {
-    let mut times = fifo_times(jobs, slots, fixed_ms);
+    p90(fifo_times(jobs, slots, fixed_ms))
+}
+
+/// The p90 of `times`; `None` for none.
+fn p90(mut times: Vec<f64>) -> Option<f64> {
     times.sort_by(f64::total_cmp);
     (!times.is_empty()).then(|| percentile(&times, 0.9))
 }
@@ -105,11 +109,9 @@ pub fn all_local_p90(s: &Scenario, level: usize, seeds: &[u64], model: &Model) -
                 })
                 .collect()
         };
-        let mut times: Vec<f64> =
-            seeds.iter().flat_map(|&seed| fifo_times(&jobs(seed), slots(stream.origin), fixed_ms)).collect();
-        times.sort_by(f64::total_cmp);
-        if !times.is_empty() {
-            out.push((stream.origin, percentile(&times, 0.9)));
+        let times = seeds.iter().flat_map(|&seed| fifo_times(&jobs(seed), slots(stream.origin), fixed_ms));
+        if let Some(p90) = p90(times.collect()) {
+            out.push((stream.origin, p90));
         }
     }
     Some(out)

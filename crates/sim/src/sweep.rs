@@ -348,7 +348,7 @@ pub fn markdown(seed: u64, summary: &Summary, results: &[CaseResult]) -> String 
 /// Runs `count` cases from `seed` on `threads` threads, each `runs` times (simulation seeds
 /// `seed`, `seed + 1`, …; the cases stay those of `seed`), pooled; results in case order.
 pub fn run(seed: u64, count: usize, runs: u32, threads: usize, model: &Model) -> Vec<CaseResult> {
-    let seeds: Vec<u64> = (0..u64::from(runs.max(1))).map(|r| seed + r).collect();
+    let seeds: Vec<u64> = ikukantai_eval::run::seeds(seed, runs.max(1)).collect();
     let next = std::sync::atomic::AtomicUsize::new(0);
     let results = parking_lot::Mutex::new(Vec::with_capacity(count));
     std::thread::scope(|scope| {

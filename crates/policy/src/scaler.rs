@@ -61,7 +61,9 @@ impl RevisionScaler {
         let spec = self.autoscaler.spec();
         let per_instance =
             if spec.metric == ScalingMetric::Concurrency { spec.target } else { f64::INFINITY };
-        let processing = vec![None; n];
+        // Per node it is not kept: every node gets the revision's mean time in its window, which
+        // orders no node before another (up to rounding) and prices what a trip adds to a request.
+        let processing = vec![self.autoscaler.mean_service_ms(now); n];
         let input = PlacementInput {
             desired: decision.desired,
             demand: &demand,

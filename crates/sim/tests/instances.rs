@@ -6,11 +6,16 @@ use ikukantai_eval::trace::{self, Change, InstanceEvent};
 use ikukantai_sim::model::Model;
 
 fn flash_crowd() -> Scenario {
+    shipped("flash-crowd.yaml")
+}
+
+/// A scenario of `bench/`.
+fn shipped(file: &str) -> Scenario {
     // Looked up when the test runs (one target dir may serve several clones).
     let root = std::env::var_os("CARGO_MANIFEST_DIR")
         .map_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")), std::path::PathBuf::from);
-    let path = root.join("../../bench/flash-crowd.yaml");
-    Scenario::parse("flash-crowd.yaml", &std::fs::read_to_string(path).unwrap()).expect("valid scenario")
+    let path = root.join("../../bench").join(file);
+    Scenario::parse(file, &std::fs::read_to_string(path).unwrap()).expect("valid scenario")
 }
 
 /// The most instances `node` held between `from` and `to` seconds, given its count steps.
@@ -81,4 +86,23 @@ fn instance_events_are_deterministic_and_go_with_the_level_they_happen_in() {
     assert!(!level.instances.is_empty());
     assert!(level.instances.iter().all(|e| e.at <= end && e.function == 0), "{:?}", level.instances);
     assert!(level.instances.windows(2).all(|w| w[0].at <= w[1].at), "in time order");
+}
+
+#[test]
+fn a_far_trickle_keeps_its_instance_and_is_served_at_home() {
+    let s = shipped("far-trickle.yaml");
+    let run = ikukantai_sim::run_set(&s, &PolicySet::named("ours").unwrap(), 1, &Model::default()).unwrap();
+    let level = &run.levels[0];
+    let measure = level.began + s.load.warmup.0.as_secs_f64();
+    for name in ["edge-a", "edge-b"] {
+        let node = s.topology.index_of(name).unwrap();
+        // Once started, an edge's instance stays while its users keep sending: it was stopped
+        // and started by turns when its demand served at home was weighed against the floor.
+        let started =
+            level.instances.iter().filter(|e| e.node == node && e.change == Change::Started).count();
+        assert_eq!(started, 1, "{name}: {:?}", level.instances);
+        let mine: Vec<_> = level.samples.iter().filter(|x| x.origin == node && x.at >= measure).collect();
+        let home = mine.iter().filter(|x| x.served == Some(node)).count();
+        assert!(home * 10 >= mine.len() * 9, "{name}: {home} of {} at home", mine.len());
+    }
 }

@@ -464,6 +464,15 @@ impl Autoscaler {
         self.scale == 0
     }
 
+    /// The mean time a request is counted for in the stable window, in milliseconds, by Little's
+    /// law (its concurrency over its requests per second); `None` without either. Mostly the time
+    /// at an instance, but a wait at a buffering gateway and a poke at zero (one for a second)
+    /// count too, so it may exceed the processing time.
+    pub fn mean_service_ms(&self, now: Instant) -> Option<f64> {
+        let (concurrency, rps) = (self.stable_concurrency.average(now), self.stable_rps.average(now));
+        (concurrency > 0.0 && rps > 0.0).then(|| concurrency / rps * 1000.0)
+    }
+
     /// Stable-window average concurrency by origin node.
     pub fn demand_by_origin(&self, now: Instant) -> Vec<f64> {
         self.origin.iter().map(|b| b.average(now)).collect()

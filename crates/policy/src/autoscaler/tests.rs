@@ -445,6 +445,19 @@ fn demand_is_kept_per_origin_node() {
     assert_eq!(a.demand_by_origin(t0 + secs(9)), vec![2.0, 0.0, 6.0]);
 }
 
+#[test]
+fn the_mean_time_at_an_instance_is_its_concurrency_over_its_rate() {
+    let t0 = Instant::now();
+    let mut a = Autoscaler::new(spec10(), t0, 0);
+    assert_eq!(a.mean_service_ms(t0), None, "nothing recorded");
+    for s in 0..10 {
+        // 0.5 in flight at 100 requests a second: each held 5 ms (Little's law).
+        a.record(t0 + secs(s), &Stat { concurrency: 0.5, requests: 100.0, ..Stat::default() });
+    }
+    let ms = a.mean_service_ms(t0 + secs(9)).expect("known");
+    assert!((ms - 5.0).abs() < 1e-9, "{ms}");
+}
+
 mod properties {
     use super::*;
     use proptest::prelude::*;

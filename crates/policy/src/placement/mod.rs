@@ -33,7 +33,8 @@ pub struct PlacementInput<'a> {
     pub free: &'a [u32],
     /// Instances of this revision on each node now.
     pub current: &'a [u32],
-    /// Mean processing time observed on each node (milliseconds), if known.
+    /// Mean processing time observed on each node (milliseconds), if known. The scaler gives
+    /// every node the revision's mean ([`crate::autoscaler::Autoscaler::mean_service_ms`]).
     pub processing_ms: &'a [Option<f64>],
     /// Node-to-node RTTs.
     pub rtt: &'a RttMatrix,

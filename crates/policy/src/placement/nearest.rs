@@ -43,7 +43,7 @@ pub struct NearestParams {
     pub site_rtt_ms: f64,
     /// A site needs at least this much demand (concurrency: the share of one instance its
     /// requests keep busy, trips included) to get its own instance, and keeps it down to
-    /// a twentieth of this.
+    /// a twentieth of this, its demand weighed as if its instance were gone.
     pub min_site_demand: f64,
 }
 
@@ -87,11 +87,10 @@ const WAIT_CHANCE: f64 = 0.05;
 /// 2 % (the sweeps chose this against 5 % and 2 % for every site: docs/sweeps.md).
 const THIN_WAIT_CHANCE: f64 = 0.02;
 
-/// Of `min_site_demand`, what a site that has an instance keeps it down to. Demand counts the
-/// trip, so the same users weigh `(processing + trip) / processing` times less once served at
-/// home — a third for a 2 ms function whose neighbour is 4 ms away — and, over a window of a dozen
-/// requests, such a trickle measured under a quarter of the floor now and then: a quarter
-/// started and stopped its instance by turns (docs/sweeps.md).
+/// Of `min_site_demand`, what a site that has an instance keeps it down to, its demand weighed as
+/// if served at the nearest other instance ([`NearestPlacement::weight_away`]). Over a window of a
+/// dozen requests a trickle measured under a quarter of the floor now and then: a quarter started
+/// and stopped its instance by turns (docs/sweeps.md).
 const HELD_SHARE: f64 = 0.05;
 
 /// What a site with `demand` concurrency needs, `per_instance` each (the target; infinite when
@@ -146,17 +145,20 @@ impl NearestPlacement {
     }
 
     /// The sites with demand, the busiest first: origins with at least `min_site_demand`
-    /// ([`HELD_SHARE`] of it where an instance runs already), each joining the first busier origin
+    /// ([`HELD_SHARE`] of it where an instance runs already, weighed by
+    /// [`NearestPlacement::weight_away`]), each joining the first busier origin
     /// within `site_rtt_ms` of it (that origin stands for the site), with the demand of the
     /// origins it groups.
     fn sites(&self, input: &PlacementInput<'_>) -> Vec<Site> {
         let demand = input.demand;
-        let floor = |o: usize| {
+        let min = self.params.min_site_demand;
+        let wanted = |o: usize| {
             let held = input.current.get(o).is_some_and(|&c| c > 0);
-            if held { self.params.min_site_demand * HELD_SHARE } else { self.params.min_site_demand }
+            let keep = min * HELD_SHARE;
+            demand[o] >= min || held && (demand[o] >= keep || demand[o] * self.weight_away(input, o) >= keep)
         };
         let mut origins: Vec<usize> = (0..demand.len().min(input.rtt.len()))
-            .filter(|&o| demand[o].is_finite() && demand[o] > 0.0 && demand[o] >= floor(o))
+            .filter(|&o| demand[o].is_finite() && demand[o] > 0.0 && wanted(o))
             .collect();
         origins.sort_by(|&a, &b| demand[b].total_cmp(&demand[a]).then(a.cmp(&b)));
         let mut sites: Vec<Site> = Vec::new();
@@ -170,6 +172,27 @@ impl NearestPlacement {
             }
         }
         sites
+    }
+
+    /// How many times more the demand of origin `o`, served at home, would weigh were its site's
+    /// instances gone: demand counts the trip, so the same users weigh `(trip + processing) /
+    /// processing` times less once served at home — a hundred for a 1 ms function whose nearest
+    /// instance outside the site is 100 ms away, and a floor on the demand as measured would stop
+    /// their instance for a trickle that the trip makes weigh as much as the floor. 1 when no node
+    /// outside the site runs the revision or the processing time is unknown.
+    fn weight_away(&self, input: &PlacementInput<'_>, o: usize) -> f64 {
+        let home = input.response_ms(o, o);
+        if !(home.is_finite() && home > 0.0) {
+            return 1.0;
+        }
+        // Looked up only where an instance runs: this is asked of trickles, at any fleet size.
+        let away = (0..input.current.len().min(input.nodes()))
+            .filter(|&j| j != o && input.current[j] > 0)
+            .map(|j| (input.rtt.get(o, j, input.now), j))
+            .filter(|&(rtt, _)| rtt > self.params.site_rtt_ms)
+            .map(|(_, j)| input.response_ms(o, j))
+            .fold(f64::INFINITY, f64::min);
+        if away.is_finite() { (away / home).max(1.0) } else { 1.0 }
     }
 
     /// What each site's own demand needs at its node, the busiest site first: (node, at the

@@ -279,6 +279,28 @@ fn nearest_wants_one_instance_per_distant_site_with_demand() {
 }
 
 #[test]
+fn nearest_keeps_a_far_trickles_instance_by_what_it_would_weigh_without_it() {
+    // A 1 ms function; node 2 is 50 ms from the others. Served at home, a trickle that weighed
+    // 0.0204 over there (above the floor) weighs 51 times less, 0.0004: under a twentieth of the
+    // floor as measured, and its instance would stop and start by turns.
+    let w = World { processing: vec![Some(1.0); 3], ..World::edge_cloud(vec![1, 1, 1]) };
+    let p = NearestPlacement::new(NearestParams::default());
+    let minimum = |demand: f64, current: &[u32]| {
+        let demand = [1.0, 0.0, demand];
+        p.minimum(&PlacementInput { per_instance: 1.0, ..w.input(0, &demand, current, Instant::now()) })
+    };
+    assert_eq!(minimum(0.0004, &[1, 0, 1]), 2, "51 times 0.0004 is over a twentieth of 1 %");
+    assert_eq!(minimum(0.000_009, &[1, 0, 1]), 1, "51 times 0.000 009 is not");
+    assert_eq!(minimum(0.0004, &[0, 0, 1]), 1, "no other instance: it weighs what it weighs");
+    assert_eq!(minimum(0.0004, &[1, 0, 0]), 1, "and it does not start one");
+    // Nodes 0 and 1 (0.5 ms apart) are one site: weighed against each other's instance the
+    // trickles at both would lose both; weighed against node 2's, 50 ms away, they keep one.
+    let demand = [0.0002, 0.0002, 1.0];
+    let input = PlacementInput { per_instance: 1.0, ..w.input(0, &demand, &[1, 1, 1], Instant::now()) };
+    assert_eq!(p.minimum(&input), 2);
+}
+
+#[test]
 fn nearest_gives_a_site_with_room_headroom_against_queueing() {
     let w = World::edge_cloud(vec![10, 10, 10]);
     let p = NearestPlacement::new(NearestParams::default());

@@ -1,5 +1,6 @@
 //! The simulator's instance events: a crowd that moves from one edge to another shows as
-//! instances started where it goes and stopped where it left, at the nodes the placement chose.
+//! instances started where it goes and stopped where it left, at the nodes the placement chose;
+//! a trickle far from the cloud keeps its edge's instance.
 
 use ikukantai_eval::scenario::{PolicySet, Scenario};
 use ikukantai_eval::trace::{self, Change, InstanceEvent};

@@ -88,7 +88,7 @@ const WAIT_CHANCE: f64 = 0.05;
 const THIN_WAIT_CHANCE: f64 = 0.02;
 
 /// Of `min_site_demand`, what a site that has an instance keeps it down to, its demand weighed as
-/// if served at the nearest other instance ([`NearestPlacement::weight_away`]). Over a window of a
+/// if served at the nearest instance outside its site ([`NearestPlacement::weight_away`]). Over a window of a
 /// dozen requests a trickle measured under a quarter of the floor now and then: a quarter started
 /// and stopped its instance by turns (docs/sweeps.md).
 const HELD_SHARE: f64 = 0.05;

@@ -1,6 +1,6 @@
 //! The simulator's instance events: a crowd that moves from one edge to another shows as
 //! instances started where it goes and stopped where it left, at the nodes the placement chose;
-//! a trickle far from the cloud keeps its edge's instance.
+//! a trickle far from the cloud keeps its edge's instance, and gives its slot to a busier function.
 
 use ikukantai_eval::scenario::{PolicySet, Scenario};
 use ikukantai_eval::trace::{self, Change, InstanceEvent};
@@ -106,4 +106,31 @@ fn a_far_trickle_keeps_its_instance_and_is_served_at_home() {
         let home = mine.iter().filter(|x| x.served == Some(node)).count();
         assert!(home * 10 >= mine.len() * 9, "{name}: {home} of {} at home", mine.len());
     }
+}
+
+#[test]
+fn a_far_trickles_instance_gives_its_slot_to_a_busier_function() {
+    let s = shipped("trickle-and-busy.yaml");
+    let run = ikukantai_sim::run_set(&s, &PolicySet::named("ours").unwrap(), 1, &Model::default()).unwrap();
+    let level = &run.levels[0];
+    let edge = s.topology.index_of("edge-a").unwrap();
+    let busy = s.functions().iter().position(|f| f.name.as_deref() == Some("busy")).unwrap();
+    // From a few seconds after `busy`'s users come, the edge's one slot is theirs: `tiny`'s
+    // instance there is kept as headroom for its trickle, and yields.
+    let (_, from, _) = &s.phase_spans()[1];
+    let settled = level.began + s.load.warmup.0.as_secs_f64() + from + 5.0;
+    let theirs: Vec<_> =
+        level.samples.iter().filter(|x| x.function == busy && x.origin == edge && x.at >= settled).collect();
+    let home = theirs.iter().filter(|x| x.served == Some(edge)).count();
+    assert!(home * 10 >= theirs.len() * 9, "{home} of {} at home", theirs.len());
+    // Before they came, the slot was `tiny`'s: its trickle served at home.
+    let tiny = s.functions().iter().position(|f| f.name.as_deref() == Some("tiny")).unwrap();
+    let measure = level.began + s.load.warmup.0.as_secs_f64();
+    let before: Vec<_> = level
+        .samples
+        .iter()
+        .filter(|x| x.function == tiny && x.origin == edge && x.at >= measure && x.at < measure + from)
+        .collect();
+    let home = before.iter().filter(|x| x.served == Some(edge)).count();
+    assert!(!before.is_empty() && home * 10 >= before.len() * 9, "{home} of {} at home", before.len());
 }

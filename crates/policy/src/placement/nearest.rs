@@ -74,6 +74,9 @@ struct Site {
     at: usize,
     /// The concurrency its origins' requests keep busy.
     demand: f64,
+    /// Every origin of it asks only by what its demand weighs away from home
+    /// ([`NearestPlacement::weight_away`]): its instance is headroom, in free room, and yields.
+    weighed: bool,
 }
 
 /// The chance a site's request may find all its instances at their target concurrency, which
@@ -88,9 +91,9 @@ const WAIT_CHANCE: f64 = 0.05;
 const THIN_WAIT_CHANCE: f64 = 0.02;
 
 /// Of `min_site_demand`, what a site that has an instance keeps it down to, its demand weighed as
-/// if served at the nearest instance outside its site ([`NearestPlacement::weight_away`]). Over a window of a
-/// dozen requests a trickle measured under a quarter of the floor now and then: a quarter started
-/// and stopped its instance by turns (docs/sweeps.md).
+/// if served at the nearest instance outside its site ([`NearestPlacement::weight_away`]; kept only
+/// so, as headroom). Over a window of a dozen requests a trickle measured under a quarter of the
+/// floor now and then: a quarter started and stopped its instance by turns (docs/sweeps.md).
 const HELD_SHARE: f64 = 0.05;
 
 /// What a site with `demand` concurrency needs, `per_instance` each (the target; infinite when
@@ -152,23 +155,39 @@ impl NearestPlacement {
     fn sites(&self, input: &PlacementInput<'_>) -> Vec<Site> {
         let demand = input.demand;
         let min = self.params.min_site_demand;
+        let keep = min * HELD_SHARE;
+        // Whether an origin asks for an instance, and whether only by its weight away: held, by
+        // what it would weigh without it; not held, a trickle that the trip it makes now lifts
+        // over the floor and that would weigh under `keep` at home — a claim on free room only,
+        // or two revisions' trickles at a small node would take the room from each other by turns.
         let wanted = |o: usize| {
             let held = input.current.get(o).is_some_and(|&c| c > 0);
-            let keep = min * HELD_SHARE;
-            demand[o] >= min || held && (demand[o] >= keep || demand[o] * self.weight_away(input, o) >= keep)
+            if held && demand[o] >= keep {
+                Some(false)
+            } else if held {
+                (demand[o] * self.weight_away(input, o) >= keep).then_some(true)
+            } else if demand[o] >= min {
+                Some(demand[o] < keep * self.weight_away(input, o))
+            } else {
+                None
+            }
         };
-        let mut origins: Vec<usize> = (0..demand.len().min(input.rtt.len()))
-            .filter(|&o| demand[o].is_finite() && demand[o] > 0.0 && wanted(o))
+        let mut origins: Vec<(usize, bool)> = (0..demand.len().min(input.rtt.len()))
+            .filter(|&o| demand[o].is_finite() && demand[o] > 0.0)
+            .filter_map(|o| wanted(o).map(|weighed| (o, weighed)))
             .collect();
-        origins.sort_by(|&a, &b| demand[b].total_cmp(&demand[a]).then(a.cmp(&b)));
+        origins.sort_by(|&(a, _), &(b, _)| demand[b].total_cmp(&demand[a]).then(a.cmp(&b)));
         let mut sites: Vec<Site> = Vec::new();
         // An origin's RTTs in one pass over its row: a lookup per site costs more at a thousand.
         let mut row = Vec::new();
-        for o in origins {
+        for (o, weighed) in origins {
             input.rtt.row_into(o, input.now, &mut row);
             match sites.iter_mut().find(|s| row[s.at] <= self.params.site_rtt_ms) {
-                Some(site) => site.demand += demand[o],
-                None => sites.push(Site { at: o, demand: demand[o] }),
+                Some(site) => {
+                    site.demand += demand[o];
+                    site.weighed &= weighed;
+                }
+                None => sites.push(Site { at: o, demand: demand[o], weighed }),
             }
         }
         sites
@@ -178,8 +197,9 @@ impl NearestPlacement {
     /// instances gone: demand counts the trip, so the same users weigh `(trip + processing) /
     /// processing` times less once served at home — a hundred for a 1 ms function whose nearest
     /// instance outside the site is 100 ms away, and a floor on the demand as measured would stop
-    /// their instance for a trickle that the trip makes weigh as much as the floor. 1 when no node
-    /// outside the site runs the revision or the processing time is unknown.
+    /// their instance for a trickle that the trip makes weigh as much as the floor. For an origin
+    /// without an instance, how many times more it weighs now than it would at home. 1 when no
+    /// node outside the site runs the revision or the processing time is unknown.
     fn weight_away(&self, input: &PlacementInput<'_>, o: usize) -> f64 {
         let home = input.response_ms(o, o);
         if !(home.is_finite() && home > 0.0) {
@@ -196,15 +216,20 @@ impl NearestPlacement {
     }
 
     /// What each site's own demand needs at its node, the busiest site first: (node, at the
-    /// target, headroom; see [`site_need`]).
+    /// target, headroom; see [`site_need`]). A site kept only by its weight away keeps one
+    /// instance as headroom, while no other revision needs the room: a trickle's instance on a
+    /// small edge node must not keep a busier function from it.
     fn site_needs(&self, input: &PlacementInput<'_>) -> Vec<(usize, u32, u32)> {
         self.sites(input)
             .into_iter()
-            .map(|site| {
+            .filter_map(|site| {
                 let free = input.free.get(site.at).copied().unwrap_or(0);
                 let held = input.current.get(site.at).copied().unwrap_or(0);
+                if site.weighed {
+                    return (free > 0).then_some((site.at, 0, 1));
+                }
                 let (base, headroom) = site_need(site.demand, input.per_instance, free, held);
-                (site.at, base, headroom)
+                Some((site.at, base, headroom))
             })
             .collect()
     }
@@ -231,9 +256,10 @@ impl NearestPlacement {
         let mut left = total;
         let mut headroom = vec![0u32; n];
         let all = sum_of(needs);
-        if total as usize >= needs.len() {
+        if total as usize >= needs.iter().filter(|&&(_, base, _)| base > 0).count() {
             for &(at, base, extra) in needs {
-                let here = if total >= all { base + extra } else { 1 };
+                // Short of the total, one each: a site of headroom alone gets none.
+                let here = if total >= all { base + extra } else { base.min(1) };
                 units[at] += here;
                 left -= here;
                 if total >= all {

@@ -293,6 +293,30 @@ fn nearest_keeps_a_far_trickles_instance_by_what_it_would_weigh_without_it() {
     assert_eq!(minimum(0.000_009, &[1, 0, 1]), 1, "51 times 0.000 009 is not");
     assert_eq!(minimum(0.0004, &[0, 0, 1]), 1, "no other instance: it weighs what it weighs");
     assert_eq!(minimum(0.0004, &[1, 0, 0]), 1, "and it does not start one");
+    // Kept so, it is headroom: another revision's need at the node takes the room.
+    let mut p = p;
+    let demand = [1.0, 0.0, 0.0004];
+    let input = PlacementInput { per_instance: 1.0, ..w.input(1, &demand, &[1, 0, 1], Instant::now()) };
+    assert_eq!(p.place_at_least_minimum(&input, 0), vec![1, 0, 1]);
+    assert_eq!(p.headroom(), [0, 0, 1]);
+    let taken = PlacementInput { free: &[1, 1, 0], ..input };
+    assert_eq!(p.minimum(&taken), 1, "the room is another revision's now");
+    // Without an instance, such a trickle (0.0204 served 50 ms away, 0.0004 at home) claims free
+    // room only: not another revision's headroom, which would come back to it by turns.
+    let demand = [1.0, 0.0, 0.0204];
+    let away = PlacementInput { per_instance: 1.0, ..w.input(1, &demand, &[1, 0, 0], Instant::now()) };
+    assert_eq!(p.minimum(&PlacementInput { free: &[1, 1, 0], ..away }), 1);
+    assert_eq!(p.place_at_least_minimum(&away, 0), vec![1, 0, 1]);
+    assert_eq!(p.headroom(), [0, 0, 1]);
+    // Users who weigh over that at home claim the room as need, headroom or not.
+    let slow = World { processing: vec![Some(10.0); 3], ..World::edge_cloud(vec![1, 1, 1]) };
+    let busy = [1.0, 0.0, 0.55];
+    let input = PlacementInput {
+        per_instance: 1.0,
+        free: &[1, 1, 0],
+        ..slow.input(1, &busy, &[1, 0, 0], Instant::now())
+    };
+    assert_eq!(p.minimum(&input), 2, "0.55 served 50 ms away is 0.09 at home");
     // Nodes 0 and 1 (0.5 ms apart) are one site: weighed against each other's instance the
     // trickles at both would lose both; weighed against node 2's, 50 ms away, they keep one.
     let demand = [0.0002, 0.0002, 1.0];

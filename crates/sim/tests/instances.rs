@@ -2,6 +2,7 @@
 //! instances started where it goes and stopped where it left, at the nodes the placement chose;
 //! a trickle far from the cloud keeps its edge's instance, and gives its slot to a busier function.
 
+use ikukantai_eval::run::LevelRun;
 use ikukantai_eval::scenario::{PolicySet, Scenario};
 use ikukantai_eval::trace::{self, Change, InstanceEvent};
 use ikukantai_sim::model::Model;
@@ -89,6 +90,18 @@ fn instance_events_are_deterministic_and_go_with_the_level_they_happen_in() {
     assert!(level.instances.windows(2).all(|w| w[0].at <= w[1].at), "in time order");
 }
 
+/// Asserts that at least 90 % of `function`'s requests from `node` sent in `[from, to)` seconds
+/// (on the samples' clock) were served at `node`.
+fn mostly_at_home(level: &LevelRun, function: usize, node: usize, (from, to): (f64, f64)) {
+    let sent: Vec<_> = level
+        .samples
+        .iter()
+        .filter(|x| x.function == function && x.origin == node && x.at >= from && x.at < to)
+        .collect();
+    let home = sent.iter().filter(|x| x.served == Some(node)).count();
+    assert!(!sent.is_empty() && home * 10 >= sent.len() * 9, "node {node}: {home} of {} at home", sent.len());
+}
+
 #[test]
 fn a_far_trickle_keeps_its_instance_and_is_served_at_home() {
     let s = shipped("far-trickle.yaml");
@@ -102,9 +115,7 @@ fn a_far_trickle_keeps_its_instance_and_is_served_at_home() {
         let started =
             level.instances.iter().filter(|e| e.node == node && e.change == Change::Started).count();
         assert_eq!(started, 1, "{name}: {:?}", level.instances);
-        let mine: Vec<_> = level.samples.iter().filter(|x| x.origin == node && x.at >= measure).collect();
-        let home = mine.iter().filter(|x| x.served == Some(node)).count();
-        assert!(home * 10 >= mine.len() * 9, "{name}: {home} of {} at home", mine.len());
+        mostly_at_home(level, 0, node, (measure, f64::INFINITY));
     }
 }
 
@@ -114,23 +125,12 @@ fn a_far_trickles_instance_gives_its_slot_to_a_busier_function() {
     let run = ikukantai_sim::run_set(&s, &PolicySet::named("ours").unwrap(), 1, &Model::default()).unwrap();
     let level = &run.levels[0];
     let edge = s.topology.index_of("edge-a").unwrap();
-    let busy = s.functions().iter().position(|f| f.name.as_deref() == Some("busy")).unwrap();
-    // From a few seconds after `busy`'s users come, the edge's one slot is theirs: `tiny`'s
-    // instance there is kept as headroom for its trickle, and yields.
-    let (_, from, _) = &s.phase_spans()[1];
-    let settled = level.began + s.load.warmup.0.as_secs_f64() + from + 5.0;
-    let theirs: Vec<_> =
-        level.samples.iter().filter(|x| x.function == busy && x.origin == edge && x.at >= settled).collect();
-    let home = theirs.iter().filter(|x| x.served == Some(edge)).count();
-    assert!(home * 10 >= theirs.len() * 9, "{home} of {} at home", theirs.len());
-    // Before they came, the slot was `tiny`'s: its trickle served at home.
-    let tiny = s.functions().iter().position(|f| f.name.as_deref() == Some("tiny")).unwrap();
+    let function = |name: &str| s.functions().iter().position(|f| f.name.as_deref() == Some(name)).unwrap();
     let measure = level.began + s.load.warmup.0.as_secs_f64();
-    let before: Vec<_> = level
-        .samples
-        .iter()
-        .filter(|x| x.function == tiny && x.origin == edge && x.at >= measure && x.at < measure + from)
-        .collect();
-    let home = before.iter().filter(|x| x.served == Some(edge)).count();
-    assert!(!before.is_empty() && home * 10 >= before.len() * 9, "{home} of {} at home", before.len());
+    let (_, from, _) = &s.phase_spans()[1];
+    // Before `busy`'s users came, the slot was `tiny`'s: its trickle served at home.
+    mostly_at_home(level, function("tiny"), edge, (measure, measure + from));
+    // From a few seconds after they come, the edge's one slot is theirs: `tiny`'s instance there
+    // is kept as headroom for its trickle, and yields.
+    mostly_at_home(level, function("busy"), edge, (measure + from + 5.0, f64::INFINITY));
 }

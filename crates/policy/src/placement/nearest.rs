@@ -149,7 +149,8 @@ impl NearestPlacement {
 
     /// The sites with demand, the busiest first: origins with at least `min_site_demand`
     /// ([`HELD_SHARE`] of it where an instance runs already, weighed by
-    /// [`NearestPlacement::weight_away`]), each joining the first busier origin
+    /// [`NearestPlacement::weight_away`]; a site that asks only so is [`Site::weighed`]), each
+    /// joining the first busier origin
     /// within `site_rtt_ms` of it (that origin stands for the site), with the demand of the
     /// origins it groups.
     fn sites(&self, input: &PlacementInput<'_>) -> Vec<Site> {
